@@ -1,0 +1,133 @@
+//! Wiring: binds the listeners, starts the router and accept loops, and shuts it all
+//! down in order.
+//!
+//! Shutdown order: stop accepting; tell the router, which closes every connection
+//! (v5 clients get DISCONNECT 0x8B after their outbox drains); wait for connection
+//! tasks up to `shutdown_timeout`; then the router publishes the wills still due and
+//! stops.
+
+use crate::config::Config;
+use crate::connection::Shared;
+use crate::metrics::Metrics;
+use crate::router::{self, Router, RouterMsg};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub struct Broker {
+    addrs: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+    router_tx: mpsc::Sender<RouterMsg>,
+    router_task: JoinHandle<()>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+}
+
+impl Broker {
+    /// Bind every listener and start serving. Fails if a bind fails.
+    pub async fn start(config: Config) -> io::Result<Broker> {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
+        let (router_tx, router_rx) = mpsc::channel(config.limits.router_queue);
+        let router = Router::new(&config, metrics.clone());
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let tcp = TcpListener::bind(l.bind).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
+            })?;
+            listeners.push(tcp);
+        }
+        let router_task = tokio::spawn(router::run(router, router_rx));
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            router: router_tx.clone(),
+            metrics: metrics.clone(),
+            next_conn_id: AtomicU64::new(1),
+        });
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+        let mut addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for tcp in listeners {
+            let addr = tcp.local_addr()?;
+            info!("listening on {addr}");
+            addrs.push(addr);
+            accept_tasks.push(tokio::spawn(crate::listener::accept_loop(
+                tcp,
+                shared.clone(),
+                slots.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            )));
+        }
+        Ok(Broker {
+            addrs,
+            shutdown,
+            router_tx,
+            router_task,
+            accept_tasks,
+            tracker,
+            metrics,
+            config,
+        })
+    }
+
+    /// The bound addresses, in listener order (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Graceful shutdown; returns when the router has stopped.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.shutdown.cancel();
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self
+            .router_tx
+            .send(RouterMsg::Shutdown { reply: tx })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        self.tracker.close();
+        if tokio::time::timeout(self.config.mqtt.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            info!(
+                "shutdown timeout: {} connections still open",
+                self.tracker.len()
+            );
+        }
+        let (tx, rx) = oneshot::channel();
+        if self
+            .router_tx
+            .send(RouterMsg::Finish { reply: tx })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        drop(self.router_tx);
+        let _ = self.router_task.await;
+        info!("stopped");
+    }
+}

@@ -1,0 +1,531 @@
+//! Typed configuration: every limit the broker enforces, its default, and loading from
+//! TOML with `TERN_<SECTION>__<KEY>` environment overrides.
+//!
+//! Owns parsing and validating configuration, nothing else. Defaults fit a small
+//! gateway. `check_file` reports every error of a file with its key, not just the
+//! first, so an operator fixes a file in one pass.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A configuration problem, named by its key (`limits.max_packet_size`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every error found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn one(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    pub limits: Limits,
+    pub mqtt: MqttConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: vec![ListenerConfig::default()],
+            limits: Limits::default(),
+            mqtt: MqttConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(deserialize_with = "de_socket_addr")]
+    pub bind: SocketAddr,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+        }
+    }
+}
+
+/// Every cap on what a peer controls. See `configs/tern.toml` for the meaning of each.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_sessions: usize,
+    pub max_packet_size: u32,
+    pub max_keepalive: u16,
+    pub receive_maximum: u16,
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub max_topic_levels: usize,
+    pub max_topic_length: usize,
+    pub max_subscriptions_per_client: usize,
+    pub topic_alias_maximum: u16,
+    #[serde(alias = "connect_timeout_secs", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    #[serde(alias = "max_session_expiry_secs", deserialize_with = "de_duration")]
+    pub max_session_expiry: Duration,
+    pub outgoing_qos0_buffer: usize,
+    pub router_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_sessions: 20_000,
+            max_packet_size: 1024 * 1024,
+            max_keepalive: 65_535,
+            receive_maximum: 64,
+            max_inflight: 32,
+            max_queued_messages: 1_000,
+            max_queued_bytes: 4 * 1024 * 1024,
+            max_topic_levels: 32,
+            max_topic_length: 1024,
+            max_subscriptions_per_client: 256,
+            topic_alias_maximum: 32,
+            connect_timeout: Duration::from_secs(10),
+            max_session_expiry: Duration::from_secs(7 * 24 * 3600),
+            outgoing_qos0_buffer: 256,
+            router_queue: 4096,
+        }
+    }
+}
+
+/// Protocol behaviour switches.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Queue QoS 0 messages for offline persistent sessions (Mosquitto's
+    /// `queue_qos0_messages`). QoS 0 promises nothing, so off by default.
+    pub queue_qos0_offline: bool,
+    /// How long a graceful shutdown waits for outgoing buffers to drain.
+    #[serde(alias = "shutdown_timeout_secs", deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            queue_qos0_offline: false,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: "info", "tern=debug,warn", ...
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid address {s:?}: expected IP:PORT such as \"0.0.0.0:1883\""
+        ))
+    })
+}
+
+/// Parse "30s", "500ms", "5m", "2h", "7d" or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"30s\", \"5m\", \"500ms\""))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} is too large"))
+    };
+    match unit.trim() {
+        "" | "s" => secs(1),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        other => Err(format!(
+            "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
+        )),
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+impl Config {
+    /// Load `path` (if any) and apply `TERN_<SECTION>__<KEY>` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+        if let Some(p) = path {
+            // Report every problem of the file itself with its key first: the
+            // layered loader below stops at the first.
+            let errors = check_file(p);
+            if !errors.0.is_empty() {
+                return Err(errors);
+            }
+        }
+        let mut builder = config::Config::builder();
+        if let Some(p) = path {
+            builder = builder.add_source(
+                config::File::from(p)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        // The config crate's pitfall: with the default prefix separator equal to the
+        // key separator, TERN__LIMITS... would be needed; and a single '_' separator
+        // would split `max_connections` into two levels. So: prefix "TERN_", nesting
+        // "__", and keys keep their single underscores.
+        builder = builder.add_source(
+            config::Environment::with_prefix("TERN")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let cfg: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigErrors::one("", e.to_string()))?;
+        let errors = cfg.validate();
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Value checks that types alone cannot express.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        let mut err = |key: &str, msg: &str| {
+            errs.push(ConfigError {
+                key: key.into(),
+                message: msg.into(),
+            })
+        };
+        let l = &self.limits;
+        if self.listeners.is_empty() {
+            err("listeners", "at least one listener is needed");
+        }
+        if l.max_packet_size < 64 {
+            err("limits.max_packet_size", "must be at least 64 bytes");
+        }
+        if l.max_packet_size > 268_435_460 {
+            err(
+                "limits.max_packet_size",
+                "must be at most 268435460 bytes (the protocol's maximum)",
+            );
+        }
+        if l.receive_maximum == 0 {
+            err("limits.receive_maximum", "must be at least 1");
+        }
+        if l.max_inflight == 0 {
+            err("limits.max_inflight", "must be at least 1");
+        }
+        if l.max_connections == 0 {
+            err("limits.max_connections", "must be at least 1");
+        }
+        if l.max_sessions == 0 {
+            err("limits.max_sessions", "must be at least 1");
+        }
+        if l.max_topic_levels == 0 {
+            err("limits.max_topic_levels", "must be at least 1");
+        }
+        if l.max_topic_length == 0 || l.max_topic_length > 65_535 {
+            err("limits.max_topic_length", "must be between 1 and 65535");
+        }
+        if l.max_subscriptions_per_client == 0 {
+            err("limits.max_subscriptions_per_client", "must be at least 1");
+        }
+        if l.connect_timeout.is_zero() {
+            err("limits.connect_timeout", "must be more than zero");
+        }
+        if l.router_queue == 0 {
+            err("limits.router_queue", "must be at least 1");
+        }
+        if l.max_session_expiry.as_secs() > u64::from(u32::MAX) {
+            err(
+                "limits.max_session_expiry",
+                "must fit in 32 bits of seconds",
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            err(
+                "log.level",
+                "not a valid log filter (e.g. \"info\", \"tern=debug\")",
+            );
+        }
+        errs
+    }
+
+    pub fn topic_limits(&self) -> crate::topic::TopicLimits {
+        crate::topic::TopicLimits {
+            max_levels: self.limits.max_topic_levels,
+            max_len: self.limits.max_topic_length,
+        }
+    }
+}
+
+/// Check a TOML file and return every error with its key: syntax errors, unknown
+/// keys, values of the wrong type or range.
+///
+/// Each key is deserialized on its own into its section's type (every field has a
+/// default), which gives one precise error per bad key instead of serde's first-only.
+pub fn check_file(path: &Path) -> ConfigErrors {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return ConfigErrors::one("", format!("cannot read {}: {e}", path.display())),
+    };
+    check_str(&text)
+}
+
+pub fn check_str(text: &str) -> ConfigErrors {
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => return ConfigErrors::one("", format!("TOML syntax error: {e}")),
+    };
+    let mut errs = Vec::new();
+    for (section, value) in &table {
+        match section.as_str() {
+            "listeners" => match value.as_array() {
+                Some(arr) => {
+                    for (i, l) in arr.iter().enumerate() {
+                        let prefix = format!("listeners[{i}]");
+                        let Some(t) = l.as_table() else {
+                            errs.push(ConfigError {
+                                key: prefix,
+                                message: "expected a table ([[listeners]])".into(),
+                            });
+                            continue;
+                        };
+                        if !t.contains_key("bind") {
+                            errs.push(ConfigError {
+                                key: format!("{prefix}.bind"),
+                                message: "missing: every listener needs a bind address".into(),
+                            });
+                        }
+                        check_keys::<ListenerConfig>(
+                            &prefix,
+                            t,
+                            Some(("bind", "127.0.0.1:1".into())),
+                            &mut errs,
+                        );
+                    }
+                }
+                None => errs.push(ConfigError {
+                    key: "listeners".into(),
+                    message: "expected an array of tables ([[listeners]])".into(),
+                }),
+            },
+            "limits" => check_section::<Limits>(section, value, &mut errs),
+            "mqtt" => check_section::<MqttConfig>(section, value, &mut errs),
+            "log" => check_section::<LogConfig>(section, value, &mut errs),
+            other => errs.push(ConfigError {
+                key: other.into(),
+                message: "unknown section (known: listeners, limits, mqtt, log)".into(),
+            }),
+        }
+    }
+    if errs.is_empty() {
+        match toml::from_str::<Config>(text) {
+            Ok(cfg) => errs.extend(cfg.validate()),
+            Err(e) => errs.push(ConfigError {
+                key: String::new(),
+                message: e.message().to_string(),
+            }),
+        }
+    }
+    ConfigErrors(errs)
+}
+
+fn check_section<T: for<'de> Deserialize<'de>>(
+    section: &str,
+    value: &toml::Value,
+    errs: &mut Vec<ConfigError>,
+) {
+    match value.as_table() {
+        Some(t) => check_keys::<T>(section, t, None, errs),
+        None => errs.push(ConfigError {
+            key: section.into(),
+            message: format!("expected a table ([{section}])"),
+        }),
+    }
+}
+
+/// Deserialize each key of `table` alone into `T`. `filler` supplies a required key
+/// so that the lone key under test is what fails, not the missing one.
+fn check_keys<T: for<'de> Deserialize<'de>>(
+    prefix: &str,
+    table: &toml::Table,
+    filler: Option<(&str, toml::Value)>,
+    errs: &mut Vec<ConfigError>,
+) {
+    for (key, value) in table {
+        let mut one = toml::Table::new();
+        if let Some((k, v)) = &filler {
+            one.insert((*k).to_string(), v.clone());
+        }
+        one.insert(key.clone(), value.clone());
+        if let Err(e) = T::deserialize(toml::Value::Table(one)) {
+            let msg = e.message().to_string();
+            let msg = if msg.starts_with("unknown field") {
+                format!("unknown key ({msg})")
+            } else {
+                msg
+            };
+            errs.push(ConfigError {
+                key: format!("{prefix}.{key}"),
+                message: msg,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        assert!(c.validate().is_empty());
+        assert_eq!(c.listeners[0].bind.to_string(), "127.0.0.1:1883");
+        assert_eq!(c.limits.max_packet_size, 1024 * 1024);
+        assert_eq!(c.limits.connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn parses_both_duration_forms() {
+        let c: Config =
+            toml::from_str("[limits]\nconnect_timeout = \"3s\"\nmax_session_expiry_secs = 60\n")
+                .unwrap();
+        assert_eq!(c.limits.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.max_session_expiry, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn check_reports_every_error_with_its_key() {
+        let text = r#"
+[[listeners]]
+bind = "not-an-address"
+colour = "blue"
+
+[limits]
+max_packet_size = "big"
+max_conections = 5
+connect_timeout = "10 parsecs"
+
+[logging]
+level = "info"
+"#;
+        let errs = check_str(text).0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"listeners[0].bind"), "{errs:?}");
+        assert!(keys.contains(&"listeners[0].colour"), "{errs:?}");
+        assert!(keys.contains(&"limits.max_packet_size"), "{errs:?}");
+        assert!(keys.contains(&"limits.max_conections"), "{errs:?}");
+        assert!(keys.contains(&"limits.connect_timeout"), "{errs:?}");
+        assert!(keys.contains(&"logging"), "{errs:?}");
+        assert_eq!(errs.len(), 6, "{errs:?}");
+    }
+
+    #[test]
+    fn check_reports_range_errors() {
+        let errs = check_str("[limits]\nreceive_maximum = 0\nmax_packet_size = 10\n").0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["limits.max_packet_size", "limits.receive_maximum"]
+        );
+    }
+
+    #[test]
+    fn example_config_is_valid_and_default() {
+        let text = include_str!("../configs/tern.toml");
+        assert!(check_str(text).0.is_empty(), "{}", check_str(text));
+        let c: Config = toml::from_str(text).unwrap();
+        assert_eq!(
+            c,
+            Config::default(),
+            "configs/tern.toml must show the defaults"
+        );
+    }
+}

@@ -1,0 +1,956 @@
+//! One task per client connection: the codec on a socket, the CONNECT handshake and
+//! its timeout, keep-alive, topic aliases in both directions, inbound QoS 2 state, and
+//! our Receive Maximum.
+//!
+//! Owns everything that lives exactly as long as one network connection. Session
+//! state that outlives it (subscriptions, outgoing inflight, queues) belongs to the
+//! router; inbound QoS 2 ids are owned here while connected and handed back to the
+//! router on close. Works over any byte stream, so TLS and WebSockets reuse it.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
+    DisconnectProperties, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, SubAck,
+    UnsubAck,
+};
+use crate::router::{ConnHandle, ConnectRequest, DisconnectKind, RouterMsg};
+use crate::session::{ClientId, Outgoing};
+use crate::topic::validate_topic_name;
+use bytes::{Buf, BytesMut};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn, Instrument};
+
+/// What every connection task shares: configuration, the router's inbox, counters.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub router: mpsc::Sender<RouterMsg>,
+    pub metrics: Arc<Metrics>,
+    pub next_conn_id: AtomicU64,
+}
+
+/// Stop reading from the socket while this much is waiting to be written: a client
+/// that does not read its acks must not make us buffer without bound.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Read buffers above this size are released once empty, so an idle connection
+/// that once received a large packet does not keep the memory.
+const READ_BUF_KEEP: usize = 16 * 1024;
+/// Deliveries taken from the outbox per wake-up before writing.
+const OUTBOX_BATCH: usize = 64;
+
+/// How the main loop ends.
+struct Close {
+    /// Sent in a v5 DISCONNECT when set [MQTT-4.13.1-1].
+    reason: Option<ReasonCode>,
+    reason_string: Option<&'static str>,
+    kind: DisconnectKind,
+    session_expiry: Option<u32>,
+}
+
+impl Close {
+    fn error(reason: ReasonCode, why: &'static str) -> Close {
+        Close {
+            reason: Some(reason),
+            reason_string: Some(why),
+            kind: DisconnectKind::WithWill,
+            session_expiry: None,
+        }
+    }
+    fn silent() -> Close {
+        Close {
+            reason: None,
+            reason_string: None,
+            kind: DisconnectKind::WithWill,
+            session_expiry: None,
+        }
+    }
+}
+
+impl From<DecodeError> for Close {
+    fn from(e: DecodeError) -> Close {
+        let why = match e {
+            DecodeError::Malformed(w)
+            | DecodeError::Protocol(w)
+            | DecodeError::TopicNameInvalid(w) => w,
+            DecodeError::TooLarge { .. } => "packet exceeds the maximum packet size",
+            DecodeError::UnsupportedVersion(_) => "unsupported protocol version",
+        };
+        Close::error(e.reason_code(), why)
+    }
+}
+
+/// Serve one accepted connection until it ends.
+pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", %peer, id = conn_id, client = tracing::field::Empty);
+    shared
+        .metrics
+        .connections_current
+        .fetch_add(1, Ordering::Relaxed);
+    serve_inner(stream, conn_id, shared.clone())
+        .instrument(span)
+        .await;
+    shared
+        .metrics
+        .connections_current
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_inner<S>(mut stream: S, conn_id: u64, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let cfg = shared.config.clone();
+    let mut rbuf = BytesMut::with_capacity(512);
+    // [MQTT-3.1.4-?] a server closes a connection that does not send CONNECT in
+    // reasonable time (rumqttd lesson: without this, idle sockets pile up).
+    let first = tokio::time::timeout(
+        cfg.limits.connect_timeout,
+        read_connect(&mut stream, &mut rbuf, cfg.limits.max_packet_size),
+    )
+    .await;
+    let connect = match first {
+        Err(_) => {
+            debug!("no CONNECT within {:?}", cfg.limits.connect_timeout);
+            return;
+        }
+        Ok(Err(None)) => return,
+        Ok(Err(Some(DecodeError::UnsupportedVersion(level)))) => {
+            // [MQTT-3.1.2-2] answer 0x01 "unacceptable protocol version" (in the
+            // 3.1.1 format, which every version can read) and close.
+            debug!(level, "unsupported protocol level");
+            let ack = Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                properties: ConnAckProperties::default(),
+            });
+            let mut w = BytesMut::new();
+            if protocol::encode(&ack, ProtocolVersion::V311, &mut w).is_ok() {
+                let _ = stream.write_all(&w).await;
+            }
+            let _ = stream.shutdown().await;
+            return;
+        }
+        Ok(Err(Some(e))) => {
+            shared
+                .metrics
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(error = %e, "bad CONNECT");
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
+    let Some(mut conn) = handshake(&mut stream, *connect, conn_id, &shared).await else {
+        let _ = stream.shutdown().await;
+        return;
+    };
+    conn.rbuf = rbuf;
+    tracing::Span::current().record("client", &*conn.client_id);
+    info!(version = ?conn.version, "connected");
+    let close = conn.run(&mut stream).await;
+    if let (true, Some(reason)) = (conn.version.is_v5(), close.reason) {
+        let d = Packet::Disconnect(Disconnect {
+            reason_code: reason,
+            properties: DisconnectProperties {
+                reason_string: close.reason_string.map(str::to_string),
+                ..Default::default()
+            },
+        });
+        let _ = protocol::encode(&d, conn.version, &mut conn.wbuf);
+    }
+    if !conn.wbuf.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&conn.wbuf)).await;
+    }
+    let _ = stream.shutdown().await;
+    match close.reason {
+        Some(r) if r.is_error() => {
+            info!(reason = %r, why = close.reason_string.unwrap_or(""), "closed")
+        }
+        _ => info!("disconnected"),
+    }
+    let _ = shared
+        .router
+        .send(RouterMsg::Disconnected {
+            client: conn.client_id.clone(),
+            conn_id,
+            kind: close.kind,
+            session_expiry: close.session_expiry,
+            inbound_qos2: conn.inbound_qos2.into_iter().collect(),
+        })
+        .await;
+}
+
+/// Read until one whole CONNECT is decoded. `Err(None)` is EOF or an I/O error.
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max: u32,
+) -> Result<Box<Connect>, Option<DecodeError>> {
+    loop {
+        match protocol::decode(buf, None, max) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(_)) => return Err(Some(DecodeError::Protocol("first packet must be CONNECT"))),
+            Ok(None) => {}
+            Err(e) => return Err(Some(e)),
+        }
+        buf.reserve(512);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Write a refusing CONNACK and give up.
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: ProtocolVersion,
+    code: ReasonCode,
+    why: &str,
+) {
+    debug!(reason = %code, why, "CONNECT refused");
+    let ack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: code,
+        properties: ConnAckProperties {
+            reason_string: Some(why.to_string()),
+            ..Default::default()
+        },
+    });
+    let mut w = BytesMut::new();
+    if protocol::encode(&ack, version, &mut w).is_ok() {
+        let _ = stream.write_all(&w).await;
+    }
+}
+
+fn random_suffix(conn_id: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(conn_id);
+    h.finish()
+}
+
+/// Validate CONNECT, register with the router, send CONNACK.
+async fn handshake<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    c: Connect,
+    conn_id: u64,
+    shared: &Arc<Shared>,
+) -> Option<Conn> {
+    let cfg = &shared.config;
+    let lim = &cfg.limits;
+    let version = c.version;
+    let v5 = version.is_v5();
+
+    if c.properties.authentication_method.is_some() {
+        // Enhanced authentication is not offered: [MQTT-4.12.0-1] answer 0x8C.
+        refuse(
+            stream,
+            version,
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "enhanced authentication is not supported",
+        )
+        .await;
+        return None;
+    }
+    let mut assigned = None;
+    let client_id: ClientId = if c.client_id.is_empty() {
+        if !v5 && !c.clean_start {
+            // [MQTT-3.1.3-8] a 3.1.1 client with an empty id must ask for a clean
+            // session: refuse with 0x02 "identifier rejected".
+            refuse(
+                stream,
+                version,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "empty client id needs clean session",
+            )
+            .await;
+            return None;
+        }
+        // [MQTT-3.1.3-6] assign a unique id; v5 tells the client [MQTT-3.2.2-?].
+        let id = format!("tern-{:016x}", random_suffix(conn_id));
+        assigned = Some(id.clone());
+        id.into()
+    } else {
+        c.client_id.as_str().into()
+    };
+
+    // Keep alive: 1.5 x the client's value [MQTT-3.1.2-24], capped by max_keepalive.
+    let mut keep_alive = c.keep_alive;
+    let mut server_keep_alive = None;
+    if lim.max_keepalive < u16::MAX && (keep_alive == 0 || keep_alive > lim.max_keepalive) {
+        if v5 {
+            // [MQTT-3.2.2-21] the client must use the Server Keep Alive we return.
+            keep_alive = lim.max_keepalive;
+            server_keep_alive = Some(lim.max_keepalive);
+        } else if keep_alive > lim.max_keepalive {
+            // 3.1.1 cannot be told another value; refuse like Mosquitto does.
+            refuse(
+                stream,
+                version,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "keep alive above max_keepalive",
+            )
+            .await;
+            return None;
+        }
+    }
+
+    if let Some(w) = &c.will {
+        if validate_topic_name(&w.topic, cfg.topic_limits()).is_err() {
+            refuse(
+                stream,
+                version,
+                ReasonCode::TOPIC_NAME_INVALID,
+                "invalid will topic",
+            )
+            .await;
+            return None;
+        }
+        if w.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&w.payload).is_err()
+        {
+            refuse(
+                stream,
+                version,
+                ReasonCode::PAYLOAD_FORMAT_INVALID,
+                "will payload is not UTF-8",
+            )
+            .await;
+            return None;
+        }
+    }
+
+    let max_expiry = u32::try_from(lim.max_session_expiry.as_secs()).unwrap_or(u32::MAX);
+    let (session_expiry, expiry_changed) = if v5 {
+        let asked = c.properties.session_expiry_interval.unwrap_or(0);
+        if asked > max_expiry {
+            (max_expiry, true)
+        } else {
+            (asked, false)
+        }
+    } else if c.clean_start {
+        (0, false)
+    } else {
+        // A 3.1.1 persistent session has no expiry in the protocol; the configured
+        // cap keeps an abandoned one from living forever.
+        (max_expiry, false)
+    };
+
+    let window = usize::from(
+        c.properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(lim.max_inflight),
+    );
+    let (outbox_tx, outbox_rx) =
+        mpsc::channel(usize::from(lim.max_inflight) + lim.outgoing_qos0_buffer + 1);
+    let (kick_tx, kick_rx) = oneshot::channel();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let request = ConnectRequest {
+        client_id: client_id.clone(),
+        clean_start: c.clean_start,
+        session_expiry,
+        will: c.will,
+        handle: ConnHandle {
+            conn_id,
+            version,
+            outbox: outbox_tx,
+            kick: kick_tx,
+            max_packet_size: if v5 {
+                c.properties.maximum_packet_size
+            } else {
+                None
+            },
+            window,
+        },
+    };
+    if shared
+        .router
+        .send(RouterMsg::Connect {
+            request: Box::new(request),
+            reply: reply_tx,
+        })
+        .await
+        .is_err()
+    {
+        refuse(
+            stream,
+            version,
+            ReasonCode::SERVER_UNAVAILABLE,
+            "shutting down",
+        )
+        .await;
+        return None;
+    }
+    let accepted = match reply_rx.await {
+        Ok(Ok(a)) => a,
+        Ok(Err(code)) => {
+            refuse(stream, version, code, "session limit reached").await;
+            return None;
+        }
+        Err(_) => {
+            refuse(
+                stream,
+                version,
+                ReasonCode::SERVER_UNAVAILABLE,
+                "shutting down",
+            )
+            .await;
+            return None;
+        }
+    };
+
+    let mut props = ConnAckProperties::default();
+    if v5 {
+        props.assigned_client_identifier = assigned;
+        props.server_keep_alive = server_keep_alive;
+        if expiry_changed {
+            props.session_expiry_interval = Some(session_expiry);
+        }
+        props.receive_maximum = Some(lim.receive_maximum);
+        props.maximum_packet_size = Some(lim.max_packet_size);
+        props.topic_alias_maximum = Some(lim.topic_alias_maximum);
+    }
+    let mut conn = Conn {
+        client_id,
+        conn_id,
+        version,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::with_capacity(256),
+        inbound_qos2: accepted.inbound_qos2.into_iter().collect(),
+        in_aliases: HashMap::new(),
+        out_aliases: HashMap::new(),
+        out_alias_max: if v5 {
+            c.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        },
+        client_max_packet: if v5 {
+            c.properties.maximum_packet_size
+        } else {
+            None
+        },
+        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        expiry_was_zero: session_expiry == 0,
+        problem_info: c.properties.request_problem_information != Some(0),
+        outbox: outbox_rx,
+        kick: Some(kick_rx),
+        shared: shared.clone(),
+    };
+    conn.write_packet(&Packet::ConnAck(ConnAck {
+        // [MQTT-3.2.2-2/3] session present only when a session was resumed.
+        session_present: accepted.session_present,
+        reason_code: ReasonCode::SUCCESS,
+        properties: props,
+    }));
+    Some(conn)
+}
+
+struct Conn {
+    client_id: ClientId,
+    conn_id: u64,
+    version: ProtocolVersion,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    inbound_qos2: HashSet<u16>,
+    /// Topic aliases the client set on its PUBLISHes [MQTT-3.3.2-?].
+    in_aliases: HashMap<u16, String>,
+    /// Aliases we assigned on deliveries, up to the client's Topic Alias Maximum.
+    out_aliases: HashMap<Arc<str>, u16>,
+    out_alias_max: u16,
+    client_max_packet: Option<u32>,
+    keep_alive: Option<Duration>,
+    expiry_was_zero: bool,
+    problem_info: bool,
+    outbox: mpsc::Receiver<Outgoing>,
+    kick: Option<oneshot::Receiver<ReasonCode>>,
+    shared: Arc<Shared>,
+}
+
+impl Conn {
+    fn limits(&self) -> &crate::config::Limits {
+        &self.shared.config.limits
+    }
+
+    fn write_packet(&mut self, p: &Packet) {
+        if let Err(e) = protocol::encode(p, self.version, &mut self.wbuf) {
+            warn!(packet = p.name(), error = %e, "cannot encode");
+        }
+    }
+
+    fn ack_props(&self, why: &str) -> AckProperties {
+        AckProperties {
+            // [MQTT-3.1.2-29] no Reason String unless the client allows it.
+            reason_string: self.problem_info.then(|| why.to_string()),
+            user_properties: Vec::new(),
+        }
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Close {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut kick = match self.kick.take() {
+            Some(k) => k,
+            None => return Close::silent(),
+        };
+        let mut last_read = Instant::now();
+        // Packets pipelined behind CONNECT arrived with it.
+        if !self.rbuf.is_empty() {
+            if let Some(close) = self.process_input().await {
+                return close;
+            }
+        }
+        loop {
+            let ka_deadline = self.keep_alive.map(|k| last_read + k);
+            let ka = async {
+                match ka_deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let can_read = self.wbuf.len() < WRITE_HIGH_WATER;
+            if can_read && self.rbuf.capacity() - self.rbuf.len() < 256 {
+                self.rbuf.reserve(2048);
+            }
+            tokio::select! {
+                biased;
+                reason = &mut kick => {
+                    let reason = reason.unwrap_or(ReasonCode::SERVER_SHUTTING_DOWN);
+                    if reason == ReasonCode::SERVER_SHUTTING_DOWN {
+                        // Graceful shutdown: hand over what is already queued.
+                        while let Ok(o) = self.outbox.try_recv() {
+                            self.push_outgoing(o);
+                        }
+                    }
+                    return Close { reason: Some(reason), reason_string: None, kind: DisconnectKind::WithWill, session_expiry: None };
+                }
+                res = rd.read_buf(&mut self.rbuf), if can_read => {
+                    match res {
+                        Ok(0) => {
+                            debug!("peer closed the connection");
+                            return Close::silent();
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "read error");
+                            return Close::silent();
+                        }
+                        Ok(_) => {}
+                    }
+                    last_read = Instant::now();
+                    if let Some(close) = self.process_input().await {
+                        return close;
+                    }
+                }
+                res = wr.write(&self.wbuf), if !self.wbuf.is_empty() => {
+                    match res {
+                        Ok(0) | Err(_) => return Close::silent(),
+                        Ok(n) => self.wbuf.advance(n),
+                    }
+                    if self.wbuf.is_empty() {
+                        if wr.flush().await.is_err() {
+                            return Close::silent();
+                        }
+                        if self.wbuf.capacity() > READ_BUF_KEEP {
+                            self.wbuf = BytesMut::new();
+                        }
+                    }
+                }
+                o = self.outbox.recv(), if self.wbuf.len() < WRITE_HIGH_WATER => {
+                    let Some(o) = o else { return Close::silent() };
+                    self.push_outgoing(o);
+                    for _ in 0..OUTBOX_BATCH {
+                        if self.wbuf.len() >= WRITE_HIGH_WATER {
+                            break;
+                        }
+                        match self.outbox.try_recv() {
+                            Ok(o) => self.push_outgoing(o),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ka => {
+                    // [MQTT-3.1.2-24] nothing for 1.5 x keep alive: close.
+                    debug!("keep alive timeout");
+                    return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                }
+            }
+        }
+    }
+
+    /// Decode and handle every complete packet in the read buffer.
+    async fn process_input(&mut self) -> Option<Close> {
+        let max = self.limits().max_packet_size;
+        loop {
+            let packet = match protocol::decode(&mut self.rbuf, Some(self.version), max) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    self.shared
+                        .metrics
+                        .protocol_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(error = %e, "bad packet");
+                    return Some(e.into());
+                }
+            };
+            if let Some(close) = self.handle(packet).await {
+                return Some(close);
+            }
+        }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > READ_BUF_KEEP {
+            self.rbuf = BytesMut::new();
+        }
+        None
+    }
+
+    async fn to_router(&self, msg: RouterMsg) -> Option<Close> {
+        // Awaiting here is the backpressure: while the router is busy we stop
+        // reading and TCP slows the publisher down.
+        match self.shared.router.send(msg).await {
+            Ok(()) => None,
+            Err(_) => Some(Close::error(
+                ReasonCode::SERVER_SHUTTING_DOWN,
+                "server shutting down",
+            )),
+        }
+    }
+
+    async fn handle(&mut self, packet: Packet) -> Option<Close> {
+        let client = self.client_id.clone();
+        let conn_id = self.conn_id;
+        match packet {
+            Packet::Publish(p) => return self.handle_publish(p).await,
+            Packet::PubAck(a) => {
+                return self
+                    .to_router(RouterMsg::PubAck {
+                        client,
+                        conn_id,
+                        packet_id: a.packet_id,
+                    })
+                    .await;
+            }
+            Packet::PubRec(a) => {
+                let success = !a.reason_code.is_error();
+                if success {
+                    // [MQTT-4.3.3-?] answer PUBREC with PUBREL.
+                    self.write_packet(&Packet::PubRel(PubResponse::success(a.packet_id)));
+                }
+                return self
+                    .to_router(RouterMsg::PubRec {
+                        client,
+                        conn_id,
+                        packet_id: a.packet_id,
+                        success,
+                    })
+                    .await;
+            }
+            Packet::PubComp(a) => {
+                return self
+                    .to_router(RouterMsg::PubComp {
+                        client,
+                        conn_id,
+                        packet_id: a.packet_id,
+                    })
+                    .await;
+            }
+            Packet::PubRel(r) => {
+                // [MQTT-4.3.3-?] release the id; PUBCOMP either way, with 0x92 in v5
+                // if we did not know it.
+                let known = self.inbound_qos2.remove(&r.packet_id.get());
+                let mut resp = PubResponse::success(r.packet_id);
+                if !known {
+                    resp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.write_packet(&Packet::PubComp(resp));
+            }
+            Packet::Subscribe(s) => {
+                if self.version.is_v5()
+                    && s.filters
+                        .iter()
+                        .any(|f| f.options.no_local && f.filter.starts_with("$share/"))
+                {
+                    // [MQTT-3.8.3-4] No Local on a shared subscription.
+                    return Some(Close::error(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "No Local on a shared subscription",
+                    ));
+                }
+                let packet_id = s.packet_id;
+                let (tx, rx) = oneshot::channel();
+                if let Some(c) = self
+                    .to_router(RouterMsg::Subscribe {
+                        client,
+                        conn_id,
+                        subscribe: s,
+                        reply: tx,
+                    })
+                    .await
+                {
+                    return Some(c);
+                }
+                let codes = rx.await.unwrap_or_default();
+                // [MQTT-3.8.4-1] SUBACK with one code per filter, same packet id.
+                self.write_packet(&Packet::SubAck(SubAck {
+                    packet_id,
+                    properties: AckProperties::default(),
+                    reason_codes: codes,
+                }));
+            }
+            Packet::Unsubscribe(u) => {
+                let packet_id = u.packet_id;
+                let (tx, rx) = oneshot::channel();
+                if let Some(c) = self
+                    .to_router(RouterMsg::Unsubscribe {
+                        client,
+                        conn_id,
+                        unsubscribe: u,
+                        reply: tx,
+                    })
+                    .await
+                {
+                    return Some(c);
+                }
+                let codes = rx.await.unwrap_or_default();
+                self.write_packet(&Packet::UnsubAck(UnsubAck {
+                    packet_id,
+                    properties: AckProperties::default(),
+                    reason_codes: codes,
+                }));
+            }
+            Packet::PingReq => self.write_packet(&Packet::PingResp),
+            Packet::Disconnect(d) => {
+                let mut session_expiry = d.properties.session_expiry_interval;
+                if let Some(e) = session_expiry {
+                    if self.expiry_was_zero && e != 0 {
+                        // [MQTT-3.14.2-2] cannot go from zero to non-zero.
+                        return Some(Close::error(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "session expiry changed from zero",
+                        ));
+                    }
+                    let max = u32::try_from(self.limits().max_session_expiry.as_secs())
+                        .unwrap_or(u32::MAX);
+                    session_expiry = Some(e.min(max));
+                }
+                let kind = if d.reason_code == ReasonCode::NORMAL_DISCONNECTION {
+                    // [MQTT-3.14.4-3] normal disconnection discards the Will.
+                    DisconnectKind::Normal
+                } else {
+                    DisconnectKind::WithWill
+                };
+                return Some(Close {
+                    reason: None,
+                    reason_string: None,
+                    kind,
+                    session_expiry,
+                });
+            }
+            Packet::Connect(_) => {
+                // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
+                return Some(Close::error(ReasonCode::PROTOCOL_ERROR, "second CONNECT"));
+            }
+            Packet::Auth(_) => {
+                // No enhanced authentication was agreed in CONNECT [MQTT-4.12.0-?].
+                return Some(Close::error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "AUTH without an authentication method",
+                ));
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Some(Close::error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "server-only packet from a client",
+                ));
+            }
+        }
+        None
+    }
+
+    async fn handle_publish(&mut self, mut p: Publish) -> Option<Close> {
+        let v5 = self.version.is_v5();
+        if !p.properties.subscription_identifiers.is_empty() {
+            // [MQTT-3.3.4-6] a client never sends Subscription Identifiers.
+            return Some(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "subscription identifier in PUBLISH",
+            ));
+        }
+        if let Some(alias) = p.properties.topic_alias {
+            let max = self.limits().topic_alias_maximum;
+            if alias == 0 || alias > max {
+                // [MQTT-3.3.2-9/10] alias 0 or above our Topic Alias Maximum.
+                return Some(Close::error(
+                    ReasonCode::TOPIC_ALIAS_INVALID,
+                    "topic alias out of range",
+                ));
+            }
+            if p.topic.is_empty() {
+                match self.in_aliases.get(&alias) {
+                    Some(t) => p.topic.clone_from(t),
+                    None => {
+                        // [MQTT-3.3.2-?] an alias never set is a protocol error.
+                        return Some(Close::error(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "unknown topic alias",
+                        ));
+                    }
+                }
+            } else {
+                self.in_aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if validate_topic_name(&p.topic, self.shared.config.topic_limits()).is_err() {
+            return Some(Close::error(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "topic name invalid or over the limits",
+            ));
+        }
+        let packet_id = p.packet_id;
+        let qos = p.qos;
+        if v5
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // [MQTT-3.3.2-?] payload declared UTF-8 but is not: refuse it (0x99).
+            if let Some(pid) = packet_id {
+                let resp = PubResponse {
+                    packet_id: pid,
+                    reason_code: ReasonCode::PAYLOAD_FORMAT_INVALID,
+                    properties: self.ack_props("payload is not valid UTF-8"),
+                };
+                let pkt = if qos == QoS::AtLeastOnce {
+                    Packet::PubAck(resp)
+                } else {
+                    Packet::PubRec(resp)
+                };
+                self.write_packet(&pkt);
+            }
+            return None;
+        }
+        let client = self.client_id.clone();
+        let conn_id = self.conn_id;
+        match (qos, packet_id) {
+            (QoS::AtMostOnce, _) => {
+                self.to_router(RouterMsg::Publish {
+                    client,
+                    conn_id,
+                    publish: p,
+                })
+                .await
+            }
+            (QoS::AtLeastOnce, Some(pid)) => {
+                let c = self
+                    .to_router(RouterMsg::Publish {
+                        client,
+                        conn_id,
+                        publish: p,
+                    })
+                    .await;
+                if c.is_none() {
+                    // [MQTT-4.3.2-?] PUBACK once the message is routed.
+                    self.write_packet(&Packet::PubAck(PubResponse::success(pid)));
+                }
+                c
+            }
+            (QoS::ExactlyOnce, Some(pid)) => {
+                if !self.inbound_qos2.contains(&pid.get()) {
+                    if self.inbound_qos2.len() >= usize::from(self.limits().receive_maximum) {
+                        // [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive
+                        // Maximum.
+                        return Some(Close::error(
+                            ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                            "receive maximum exceeded",
+                        ));
+                    }
+                    if let Some(c) = self
+                        .to_router(RouterMsg::Publish {
+                            client,
+                            conn_id,
+                            publish: p,
+                        })
+                        .await
+                    {
+                        return Some(c);
+                    }
+                    self.inbound_qos2.insert(pid.get());
+                }
+                // A re-sent PUBLISH before PUBREL is acknowledged again but not
+                // delivered twice [MQTT-4.3.3-?] (method B: store the packet id).
+                self.write_packet(&Packet::PubRec(PubResponse::success(pid)));
+                None
+            }
+            // The decoder guarantees a packet id for QoS > 0 [MQTT-2.2.1-2].
+            _ => Some(Close::error(
+                ReasonCode::MALFORMED_PACKET,
+                "missing packet id",
+            )),
+        }
+    }
+
+    /// Encode one outbox item into the write buffer.
+    fn push_outgoing(&mut self, o: Outgoing) {
+        let (delivery, packet_id, dup) = match o {
+            Outgoing::PubRel(pid) => {
+                self.write_packet(&Packet::PubRel(PubResponse::success(pid)));
+                return;
+            }
+            Outgoing::Publish {
+                delivery,
+                packet_id,
+                dup,
+            } => (delivery, packet_id, dup),
+        };
+        let m = &delivery.message;
+        let mut publish = Publish {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: String::new(),
+            packet_id,
+            properties: Default::default(),
+            payload: m.payload.clone(),
+        };
+        let mut alias_added = false;
+        if self.version.is_v5() {
+            publish.properties = m.properties.clone();
+            publish.properties.subscription_identifiers = delivery.subscription_ids;
+            // [MQTT-3.3.2-6] the expiry sent on is what is left of it.
+            publish.properties.message_expiry_interval =
+                m.expiry_left(Instant::now()).map(|s| s.max(1));
+            if let Some(&alias) = self.out_aliases.get(&m.topic) {
+                publish.properties.topic_alias = Some(alias);
+            } else if self.out_aliases.len() < usize::from(self.out_alias_max) {
+                let alias = u16::try_from(self.out_aliases.len() + 1).unwrap_or(u16::MAX);
+                publish.properties.topic_alias = Some(alias);
+                publish.topic = m.topic.to_string();
+                alias_added = true;
+                self.out_aliases.insert(m.topic.clone(), alias);
+            } else {
+                publish.topic = m.topic.to_string();
+            }
+        } else {
+            publish.topic = m.topic.to_string();
+        }
+        let mut pkt = Packet::Publish(publish);
+        if let (Some(max), Packet::Publish(p)) = (self.client_max_packet, &mut pkt) {
+            if alias_added
+                && protocol::encoded_len(&Packet::Publish(p.clone()), self.version) > max as usize
+            {
+                // The alias property made it 3 bytes too big: send it without.
+                p.properties.topic_alias = None;
+                self.out_aliases.remove(&m.topic);
+            }
+        }
+        self.write_packet(&pkt);
+    }
+}

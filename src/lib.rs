@@ -1,0 +1,18 @@
+//! Tern: an MQTT 3.1.1 and 5.0 broker for edge gateways.
+//!
+//! The map of the code is in `ARCHITECTURE.md`. In short: `protocol`, `topic`,
+//! `subscriptions`, `retain` and `session` are pure (no I/O, time passed in);
+//! `router` owns all broker state; `connection` runs one task per socket; `listener`
+//! accepts; `broker` wires it together and shuts it down.
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod metrics;
+pub mod protocol;
+pub mod retain;
+pub mod router;
+pub mod session;
+pub mod subscriptions;
+pub mod topic;

@@ -1,0 +1,35 @@
+//! Broker-wide counters: lock-free atomics written by the router and connections.
+//!
+//! Owns the numbers only; exporting them ($SYS, Prometheus) is a later concern. Every
+//! message the broker drops is counted here under its reason.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_accepted: AtomicU64,
+    pub connections_refused_limit: AtomicU64,
+    pub connections_current: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_no_subscribers: AtomicU64,
+    pub messages_expired: AtomicU64,
+    /// QoS 1/2 messages dropped because a session's queue was at its cap.
+    pub dropped_queue_full: AtomicU64,
+    /// QoS 0 messages dropped because a connected subscriber reads too slowly.
+    pub dropped_qos0_slow: AtomicU64,
+    /// Deliveries skipped because they exceed the receiver's Maximum Packet Size.
+    pub dropped_too_large: AtomicU64,
+    /// Pushes refused by a connection's outbox (only when it is closing).
+    pub dropped_outbox_full: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub takeovers: AtomicU64,
+    pub wills_published: AtomicU64,
+    pub sessions_expired: AtomicU64,
+}
+
+impl Metrics {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

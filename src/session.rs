@@ -1,0 +1,505 @@
+//! Per-client session state: the outgoing inflight window, QoS 2 progress, the queue
+//! of messages waiting for a window slot or for the client to come back, and the
+//! session's subscriptions. Pure: time is passed in as `now`.
+//!
+//! Owns the delivery state of one client (section 4.1 "Session State"). It does not
+//! know about sockets or other sessions: the router decides what to deliver to whom
+//! and pushes the `Outgoing` items this module returns into the client's outbox.
+
+use crate::protocol::{PacketId, PublishProperties, QoS, SubscriptionOptions};
+use crate::topic::FilterSpec;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A client identifier, cheap to clone (it is a key in several maps).
+pub type ClientId = Arc<str>;
+
+/// An application message as the router holds it: one allocation shared by every
+/// receiver, so fan-out never copies the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// As published, less the per-hop Topic Alias and Subscription Identifiers.
+    pub properties: PublishProperties,
+    /// When the broker received it: the Message Expiry Interval counts from here.
+    pub received: Instant,
+}
+
+impl Message {
+    /// Whole seconds of Message Expiry Interval left at `now`, or None when the
+    /// message has no expiry. Some(0) means expired [MQTT-3.3.2-5].
+    pub fn expiry_left(&self, now: Instant) -> Option<u32> {
+        self.properties.message_expiry_interval.map(|secs| {
+            let elapsed = now.saturating_duration_since(self.received).as_secs();
+            u32::try_from(u64::from(secs).saturating_sub(elapsed)).unwrap_or(0)
+        })
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expiry_left(now) == Some(0)
+    }
+
+    /// Bytes this message charges against a queue's byte cap.
+    pub fn cost(&self) -> usize {
+        self.topic.len() + self.payload.len() + 64
+    }
+}
+
+/// One message on its way to one receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(published QoS, subscription QoS).
+    pub qos: QoS,
+    /// The retain flag to send (Retain As Published, or set for retained-on-subscribe).
+    pub retain: bool,
+    /// v5 Subscription Identifiers of every matching subscription [MQTT-3.3.4-3].
+    pub subscription_ids: Vec<u32>,
+}
+
+/// What the router pushes into a connection's outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    Publish {
+        delivery: Delivery,
+        packet_id: Option<PacketId>,
+        dup: bool,
+    },
+    /// Re-sent on session resumption for a QoS 2 message already PUBREC'd
+    /// [MQTT-4.4.0-1].
+    PubRel(PacketId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InflightState {
+    AwaitingPubAck,
+    AwaitingPubRec,
+    AwaitingPubComp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    packet_id: PacketId,
+    delivery: Delivery,
+    state: InflightState,
+}
+
+/// A subscription as the session remembers it (the trie is the index for routing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// Queue caps, from `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub queue_qos0_offline: bool,
+}
+
+/// What became of a message handed to `Session::deliver`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeliverOutcome {
+    /// Push this into the outbox now.
+    Send(Outgoing),
+    /// Held in the pending queue until a window slot frees or the client returns.
+    Queued,
+    /// Not kept: the queue is full (counted), or QoS 0 for an offline client
+    /// (not queued by policy).
+    Dropped(DropReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    QueueFull,
+    Qos0Offline,
+    Expired,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: ClientId,
+    pub subscriptions: HashMap<FilterSpec, Subscription>,
+    inflight: VecDeque<Inflight>,
+    pending: VecDeque<Delivery>,
+    pending_bytes: usize,
+    next_packet_id: u16,
+    /// How many QoS 1/2 messages may be unacknowledged at once: the client's Receive
+    /// Maximum capped by our `max_inflight` [MQTT-3.3.4-7].
+    window: usize,
+    /// Inbound QoS 2 packet ids that got PUBREC but no PUBREL yet. Held here only
+    /// while the client is offline; the connection owns them while it is online.
+    pub inbound_qos2: Vec<u16>,
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(client_id: ClientId) -> Session {
+        Session {
+            client_id,
+            subscriptions: HashMap::new(),
+            inflight: VecDeque::new(),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            next_packet_id: 1,
+            window: 1,
+            inbound_qos2: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    pub fn set_window(&mut self, window: usize) {
+        self.window = window.max(1);
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Is there room to send a QoS 1/2 message right now?
+    pub fn has_window_room(&self) -> bool {
+        self.inflight.len() < self.window && self.pending.is_empty()
+    }
+
+    /// Next free packet id, skipping ids still in flight [MQTT-2.2.1-3].
+    fn allocate_packet_id(&mut self) -> PacketId {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if let Some(pid) = PacketId::new(id) {
+                if !self.inflight.iter().any(|i| i.packet_id == pid) {
+                    return pid;
+                }
+            }
+        }
+    }
+
+    fn start_inflight(&mut self, delivery: Delivery) -> Outgoing {
+        let packet_id = self.allocate_packet_id();
+        let state = if delivery.qos == QoS::ExactlyOnce {
+            InflightState::AwaitingPubRec
+        } else {
+            InflightState::AwaitingPubAck
+        };
+        self.inflight.push_back(Inflight {
+            packet_id,
+            delivery: delivery.clone(),
+            state,
+        });
+        Outgoing::Publish {
+            delivery,
+            packet_id: Some(packet_id),
+            dup: false,
+        }
+    }
+
+    fn enqueue(&mut self, delivery: Delivery, limits: &QueueLimits) -> DeliverOutcome {
+        let cost = delivery.message.cost();
+        if self.pending.len() >= limits.max_messages
+            || self.pending_bytes.saturating_add(cost) > limits.max_bytes
+        {
+            self.dropped += 1;
+            return DeliverOutcome::Dropped(DropReason::QueueFull);
+        }
+        self.pending_bytes += cost;
+        self.pending.push_back(delivery);
+        DeliverOutcome::Queued
+    }
+
+    /// Hand a message to this session. `online` says whether a connection is
+    /// attached (QoS 0 goes straight out; QoS 1/2 only within the window, in order).
+    pub fn deliver(
+        &mut self,
+        delivery: Delivery,
+        online: bool,
+        limits: &QueueLimits,
+        now: Instant,
+    ) -> DeliverOutcome {
+        if delivery.message.is_expired(now) {
+            return DeliverOutcome::Dropped(DropReason::Expired);
+        }
+        if delivery.qos == QoS::AtMostOnce {
+            if online {
+                return DeliverOutcome::Send(Outgoing::Publish {
+                    delivery,
+                    packet_id: None,
+                    dup: false,
+                });
+            }
+            if !limits.queue_qos0_offline {
+                return DeliverOutcome::Dropped(DropReason::Qos0Offline);
+            }
+            return self.enqueue(delivery, limits);
+        }
+        if online && self.has_window_room() {
+            return DeliverOutcome::Send(self.start_inflight(delivery));
+        }
+        self.enqueue(delivery, limits)
+    }
+
+    /// Move queued messages into the window while it has room (after an ack, or when
+    /// the client comes back). Expired messages are discarded on the way [MQTT-3.3.2-5].
+    pub fn fill_window(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
+        while self.inflight.len() < self.window {
+            let Some(d) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
+            if d.message.is_expired(now) {
+                continue;
+            }
+            if d.qos == QoS::AtMostOnce {
+                out.push(Outgoing::Publish {
+                    delivery: d,
+                    packet_id: None,
+                    dup: false,
+                });
+            } else {
+                let o = self.start_inflight(d);
+                out.push(o);
+            }
+        }
+    }
+
+    fn position(&self, pid: PacketId, state: InflightState) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|i| i.packet_id == pid && i.state == state)
+    }
+
+    /// PUBACK from the client: the QoS 1 delivery is done. False if unknown.
+    pub fn on_puback(&mut self, pid: PacketId) -> bool {
+        match self.position(pid, InflightState::AwaitingPubAck) {
+            Some(i) => {
+                self.inflight.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC from the client. With a success code the message is now owned by the
+    /// receiver and we wait for PUBCOMP; an error code ends the flow [MQTT-4.3.3-?].
+    pub fn on_pubrec(&mut self, pid: PacketId, success: bool) -> bool {
+        match self.position(pid, InflightState::AwaitingPubRec) {
+            Some(i) if success => {
+                if let Some(entry) = self.inflight.get_mut(i) {
+                    entry.state = InflightState::AwaitingPubComp;
+                }
+                true
+            }
+            Some(i) => {
+                self.inflight.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBCOMP from the client: the QoS 2 delivery is done.
+    pub fn on_pubcomp(&mut self, pid: PacketId) -> bool {
+        match self.position(pid, InflightState::AwaitingPubComp) {
+            Some(i) => {
+                self.inflight.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The client reconnected to this session: re-send every unacknowledged PUBLISH
+    /// with DUP set and every PUBREL, in the original order [MQTT-4.4.0-1], then fill
+    /// the window from the queue.
+    pub fn resume(&mut self, now: Instant) -> Vec<Outgoing> {
+        let mut out = Vec::with_capacity(self.inflight.len());
+        for i in &self.inflight {
+            match i.state {
+                InflightState::AwaitingPubAck | InflightState::AwaitingPubRec => {
+                    out.push(Outgoing::Publish {
+                        delivery: i.delivery.clone(),
+                        packet_id: Some(i.packet_id),
+                        dup: true,
+                    })
+                }
+                InflightState::AwaitingPubComp => out.push(Outgoing::PubRel(i.packet_id)),
+            }
+        }
+        self.fill_window(now, &mut out);
+        out
+    }
+
+    /// Forget every message (the session ends or starts clean).
+    pub fn clear_messages(&mut self) {
+        self.inflight.clear();
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.inbound_qos2.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(qos: QoS, expiry: Option<u32>, now: Instant) -> Arc<Message> {
+        Arc::new(Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            properties: PublishProperties {
+                message_expiry_interval: expiry,
+                ..Default::default()
+            },
+            received: now,
+        })
+    }
+
+    fn d(qos: QoS, now: Instant) -> Delivery {
+        Delivery {
+            message: msg(qos, None, now),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    const LIM: QueueLimits = QueueLimits {
+        max_messages: 3,
+        max_bytes: 10_000,
+        queue_qos0_offline: false,
+    };
+
+    fn pid_of(o: &DeliverOutcome) -> PacketId {
+        match o {
+            DeliverOutcome::Send(Outgoing::Publish {
+                packet_id: Some(p), ..
+            }) => *p,
+            other => panic!("not a send: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn window_then_queue_then_drop() {
+        let now = Instant::now();
+        let mut s = Session::new("c".into());
+        s.set_window(2);
+        let a = s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now);
+        let b = s.deliver(d(QoS::ExactlyOnce, now), true, &LIM, now);
+        assert_eq!(pid_of(&a).get(), 1);
+        assert_eq!(pid_of(&b).get(), 2);
+        for _ in 0..3 {
+            assert_eq!(
+                s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now),
+                DeliverOutcome::Queued
+            );
+        }
+        assert_eq!(
+            s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now),
+            DeliverOutcome::Dropped(DropReason::QueueFull)
+        );
+        assert_eq!(s.dropped, 1);
+        // QoS 0 goes straight out even when the window is full.
+        assert!(matches!(
+            s.deliver(d(QoS::AtMostOnce, now), true, &LIM, now),
+            DeliverOutcome::Send(Outgoing::Publish {
+                packet_id: None,
+                ..
+            })
+        ));
+        assert!(s.on_puback(pid_of(&a)));
+        assert!(!s.on_puback(pid_of(&a)), "second ack is unknown");
+        let mut out = Vec::new();
+        s.fill_window(now, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(s.pending_len(), 2);
+    }
+
+    #[test]
+    fn qos2_flow_and_resume() {
+        let now = Instant::now();
+        let mut s = Session::new("c".into());
+        s.set_window(10);
+        let a = pid_of(&s.deliver(d(QoS::ExactlyOnce, now), true, &LIM, now));
+        let b = pid_of(&s.deliver(d(QoS::ExactlyOnce, now), true, &LIM, now));
+        let c = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now));
+        assert!(!s.on_pubcomp(a), "PUBCOMP before PUBREC is unknown");
+        assert!(s.on_pubrec(a, true));
+        // Disconnect, reconnect: a -> PUBREL, b and c -> PUBLISH with DUP.
+        let out = s.resume(now);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0], Outgoing::PubRel(a));
+        for (o, want) in out[1..].iter().zip([b, c]) {
+            match o {
+                Outgoing::Publish { packet_id, dup, .. } => {
+                    assert_eq!(*packet_id, Some(want));
+                    assert!(*dup);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(s.on_pubcomp(a));
+        assert!(s.on_pubrec(b, false), "error PUBREC ends the flow");
+        assert!(s.on_puback(c));
+        assert_eq!(s.inflight_len(), 0);
+    }
+
+    #[test]
+    fn offline_qos0_and_expiry() {
+        let now = Instant::now();
+        let mut s = Session::new("c".into());
+        s.set_window(5);
+        assert_eq!(
+            s.deliver(d(QoS::AtMostOnce, now), false, &LIM, now),
+            DeliverOutcome::Dropped(DropReason::Qos0Offline)
+        );
+        let lim = QueueLimits {
+            queue_qos0_offline: true,
+            ..LIM
+        };
+        assert_eq!(
+            s.deliver(d(QoS::AtMostOnce, now), false, &lim, now),
+            DeliverOutcome::Queued
+        );
+        let exp = Delivery {
+            message: msg(QoS::AtLeastOnce, Some(5), now),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+        };
+        assert_eq!(s.deliver(exp, false, &lim, now), DeliverOutcome::Queued);
+        let later = now + std::time::Duration::from_secs(6);
+        let out = s.resume(later);
+        assert_eq!(out.len(), 1, "the expired message is discarded");
+        assert_eq!(s.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn packet_ids_skip_inflight_and_wrap() {
+        let now = Instant::now();
+        let mut s = Session::new("c".into());
+        s.set_window(3);
+        s.next_packet_id = 65535;
+        let a = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now));
+        let b = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now));
+        assert_eq!((a.get(), b.get()), (65535, 1));
+        s.next_packet_id = 65535;
+        let c = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now));
+        assert_eq!(c.get(), 2, "65535 and 1 are in flight");
+    }
+}

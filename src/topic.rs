@@ -1,0 +1,234 @@
+//! Topic names and topic filters: validation, `$share/` parsing and matching. Pure.
+//!
+//! Owns the rules of section 4.7 (topic names and filters) and 4.8.2 (shared
+//! subscriptions). It knows nothing of who subscribed: see `subscriptions.rs`.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a topic or filter was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("empty topic")]
+    Empty,
+    #[error("topic longer than {0} bytes")]
+    TooLong(usize),
+    #[error("topic has more than {0} levels")]
+    TooDeep(usize),
+    #[error("wildcard in a topic name")]
+    WildcardInName,
+    #[error("'#' must be the last level and alone in it")]
+    BadMultiLevelWildcard,
+    #[error("'+' must fill a whole level")]
+    BadSingleLevelWildcard,
+    #[error("malformed shared subscription")]
+    BadShare,
+}
+
+/// Limits applied to every topic and filter (from `[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct TopicLimits {
+    pub max_levels: usize,
+    pub max_len: usize,
+}
+
+impl Default for TopicLimits {
+    fn default() -> Self {
+        TopicLimits {
+            max_levels: 32,
+            max_len: 65535,
+        }
+    }
+}
+
+fn check_size(s: &str, limits: TopicLimits) -> Result<(), TopicError> {
+    if s.is_empty() {
+        // [MQTT-4.7.3-1] topic names and filters are at least one character long.
+        return Err(TopicError::Empty);
+    }
+    if s.len() > limits.max_len {
+        return Err(TopicError::TooLong(limits.max_len));
+    }
+    if s.split('/').count() > limits.max_levels {
+        return Err(TopicError::TooDeep(limits.max_levels));
+    }
+    Ok(())
+}
+
+/// Validate a topic name of a PUBLISH or a Will.
+pub fn validate_topic_name(s: &str, limits: TopicLimits) -> Result<(), TopicError> {
+    check_size(s, limits)?;
+    // [MQTT-3.3.2-2] [MQTT-4.7.1-1] wildcards never appear in a topic name.
+    if s.contains(['+', '#']) {
+        return Err(TopicError::WildcardInName);
+    }
+    Ok(())
+}
+
+/// Validate a (non-shared) topic filter.
+pub fn validate_filter(s: &str, limits: TopicLimits) -> Result<(), TopicError> {
+    check_size(s, limits)?;
+    let mut levels = s.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+            // [MQTT-4.7.1-2] '#' alone in the last level.
+            return Err(TopicError::BadMultiLevelWildcard);
+        }
+        if level.contains('+') && level != "+" {
+            // [MQTT-4.7.1-3] '+' occupies an entire level.
+            return Err(TopicError::BadSingleLevelWildcard);
+        }
+    }
+    Ok(())
+}
+
+/// A subscription request's filter, parsed: plain, or a shared subscription
+/// `$share/{ShareName}/{filter}` (section 4.8.2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FilterSpec {
+    pub share_group: Option<Arc<str>>,
+    pub filter: Arc<str>,
+}
+
+impl FilterSpec {
+    /// Parse and validate a filter as sent in SUBSCRIBE / UNSUBSCRIBE.
+    pub fn parse(s: &str, limits: TopicLimits) -> Result<FilterSpec, TopicError> {
+        if let Some(rest) = s.strip_prefix("$share/") {
+            // [MQTT-4.8.2-1] ShareName is at least one character and has no '/',
+            // '+' or '#'; [MQTT-4.8.2-2] a filter follows it.
+            let (group, filter) = rest.split_once('/').ok_or(TopicError::BadShare)?;
+            if group.is_empty() || group.contains(['+', '#']) {
+                return Err(TopicError::BadShare);
+            }
+            validate_filter(filter, limits)?;
+            return Ok(FilterSpec {
+                share_group: Some(group.into()),
+                filter: filter.into(),
+            });
+        }
+        if s == "$share" {
+            return Err(TopicError::BadShare);
+        }
+        validate_filter(s, limits)?;
+        Ok(FilterSpec {
+            share_group: None,
+            filter: s.into(),
+        })
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.share_group.is_some()
+    }
+}
+
+impl fmt::Display for FilterSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.share_group {
+            Some(g) => write!(f, "$share/{}/{}", g, self.filter),
+            None => f.write_str(&self.filter),
+        }
+    }
+}
+
+/// Does `filter` (already validated) match `topic` (already validated)?
+/// The reference implementation that the tries are tested against.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    // [MQTT-4.7.2-1] a filter starting with a wildcard does not match '$' topics.
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) if fl == tl => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: TopicLimits = TopicLimits {
+        max_levels: 8,
+        max_len: 100,
+    };
+
+    #[test]
+    fn names() {
+        assert!(validate_topic_name("a/b", L).is_ok());
+        assert!(validate_topic_name("/", L).is_ok());
+        assert_eq!(validate_topic_name("", L), Err(TopicError::Empty));
+        assert_eq!(
+            validate_topic_name("a/+/b", L),
+            Err(TopicError::WildcardInName)
+        );
+        assert_eq!(
+            validate_topic_name("a/#", L),
+            Err(TopicError::WildcardInName)
+        );
+        assert_eq!(
+            validate_topic_name("1/2/3/4/5/6/7/8/9", L),
+            Err(TopicError::TooDeep(8))
+        );
+        assert_eq!(
+            validate_topic_name(&"x".repeat(101), L),
+            Err(TopicError::TooLong(100))
+        );
+    }
+
+    #[test]
+    fn filters() {
+        for ok in ["#", "+", "a/#", "+/+", "/+", "a/+/b/#", "sport/tennis/+"] {
+            assert!(validate_filter(ok, L).is_ok(), "{ok}");
+        }
+        for bad in ["a#", "a/#/b", "a/b#", "a+", "+a/b", "##"] {
+            assert!(validate_filter(bad, L).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shares() {
+        let s = FilterSpec::parse("$share/g1/a/+", L).unwrap();
+        assert_eq!(s.share_group.as_deref(), Some("g1"));
+        assert_eq!(&*s.filter, "a/+");
+        assert_eq!(s.to_string(), "$share/g1/a/+");
+        for bad in ["$share/", "$share//a", "$share/g", "$share/g+/a", "$share"] {
+            assert!(FilterSpec::parse(bad, L).is_err(), "{bad}");
+        }
+        assert!(!FilterSpec::parse("$SYS/#", L).unwrap().is_shared());
+    }
+
+    #[test]
+    fn matching() {
+        let cases = [
+            ("sport/tennis/player1/#", "sport/tennis/player1", true),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/ranking",
+                true,
+            ),
+            ("sport/#", "sport", true),
+            ("sport/tennis/+", "sport/tennis/player1", true),
+            ("sport/tennis/+", "sport/tennis/player1/ranking", false),
+            ("sport/+", "sport", false),
+            ("sport/+", "sport/", true),
+            ("+/+", "/finance", true),
+            ("/+", "/finance", true),
+            ("+", "/finance", false),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+        ];
+        for (f, t, want) in cases {
+            assert_eq!(matches(f, t), want, "{f} vs {t}");
+        }
+    }
+}
