@@ -1,6 +1,19 @@
-//! TEMPORARY STUB: replaced by the real decoder.
+//! MQTT 3.1.1 / 5.0 packet decoder: bytes from the wire -> [`Packet`].
+//!
+//! Owns framing (fixed header, remaining length, the Maximum Packet Size limit) and
+//! every validity check that can be made on one packet alone: reserved bits, QoS 3,
+//! packet identifier 0, UTF-8 rules, property identifiers/duplicates/ranges, reason
+//! code sets, trailing or missing bytes. Sequencing rules (CONNECT first and once,
+//! topic alias ranges, receive maximum) belong to the caller.
+//!
+//! Safety against hostile peers: the body is split off the input as one `Bytes`
+//! (payloads and binary data are zero-copy slices of it) and read through [`Reader`],
+//! which checks the remaining length before every read. Nothing is allocated from a
+//! peer-declared count; every `Vec`/`String` grows only with bytes actually present
+//! in a body that is at most `max_packet_size` long.
+
 use super::types::*;
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -28,10 +41,1337 @@ impl DecodeError {
     }
 }
 
+type Result<T> = std::result::Result<T, DecodeError>;
+
+/// The largest value a Variable Byte Integer (four bytes) can carry (section 1.5.5);
+/// also the largest Remaining Length and Subscription Identifier.
+pub(super) const MAX_VBI: u32 = 268_435_455;
+
+/// v5 property identifiers (section 2.2.2.2, table 2-4). Shared with the encoder.
+pub(super) mod prop {
+    pub const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
+    pub const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
+    pub const CONTENT_TYPE: u8 = 0x03;
+    pub const RESPONSE_TOPIC: u8 = 0x08;
+    pub const CORRELATION_DATA: u8 = 0x09;
+    pub const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+    pub const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
+    pub const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
+    pub const SERVER_KEEP_ALIVE: u8 = 0x13;
+    pub const AUTHENTICATION_METHOD: u8 = 0x15;
+    pub const AUTHENTICATION_DATA: u8 = 0x16;
+    pub const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
+    pub const WILL_DELAY_INTERVAL: u8 = 0x18;
+    pub const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
+    pub const RESPONSE_INFORMATION: u8 = 0x1A;
+    pub const SERVER_REFERENCE: u8 = 0x1C;
+    pub const REASON_STRING: u8 = 0x1F;
+    pub const RECEIVE_MAXIMUM: u8 = 0x21;
+    pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+    pub const TOPIC_ALIAS: u8 = 0x23;
+    pub const MAXIMUM_QOS: u8 = 0x24;
+    pub const RETAIN_AVAILABLE: u8 = 0x25;
+    pub const USER_PROPERTY: u8 = 0x26;
+    pub const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+    pub const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
+    pub const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
+    pub const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
+}
+
+/// Decodes one packet from the front of `buf` and advances `buf` past it.
+///
+/// `Ok(None)`: the packet is not complete yet; `buf` is untouched. `version == None`
+/// means no CONNECT has been accepted yet, so only a CONNECT is allowed
+/// [MQTT-3.1.0-1]. A CONNECT is always decoded by its own protocol level (it is
+/// self-describing); every other packet in `version`'s format.
+///
+/// `max_packet_size` bounds the whole packet (fixed header included) and is checked
+/// as soon as the fixed header is readable, before the body arrives (section
+/// 3.1.2.11.4 / 3.2.2.3.6). After an error the connection must be closed; whether
+/// the offending bytes were consumed is unspecified.
 pub fn decode(
-    _buf: &mut BytesMut,
-    _version: Option<ProtocolVersion>,
-    _max_packet_size: u32,
-) -> Result<Option<Packet>, DecodeError> {
-    unimplemented!("stub")
+    buf: &mut BytesMut,
+    version: Option<ProtocolVersion>,
+    max_packet_size: u32,
+) -> Result<Option<Packet>> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    check_first_byte(first, version)?;
+
+    let Some((remaining, len_len)) = parse_vbi(buf.get(1..).unwrap_or_default())? else {
+        return Ok(None);
+    };
+    let header_len = 1 + len_len;
+    let total = header_len.saturating_add(usize_from(remaining));
+    if total > usize_from(max_packet_size) {
+        return Err(DecodeError::TooLarge {
+            size: total,
+            max: max_packet_size,
+        });
+    }
+    if buf.len() < total {
+        return Ok(None);
+    }
+
+    let mut frame = buf.split_to(total).freeze();
+    frame.advance(header_len);
+    let mut r = Reader { buf: frame };
+    let flags = first & 0x0F;
+    let v = version.unwrap_or(ProtocolVersion::V5);
+    let packet = match first >> 4 {
+        1 => decode_connect(&mut r)?,
+        2 => decode_connack(&mut r, v)?,
+        3 => decode_publish(&mut r, v, flags)?,
+        4 => Packet::PubAck(decode_pub_response(&mut r, v, PUBACK_CODES)?),
+        5 => Packet::PubRec(decode_pub_response(&mut r, v, PUBACK_CODES)?),
+        6 => Packet::PubRel(decode_pub_response(&mut r, v, PUBREL_CODES)?),
+        7 => Packet::PubComp(decode_pub_response(&mut r, v, PUBREL_CODES)?),
+        8 => decode_subscribe(&mut r, v)?,
+        9 => decode_suback(&mut r, v)?,
+        10 => decode_unsubscribe(&mut r, v)?,
+        11 => decode_unsuback(&mut r, v)?,
+        12 => {
+            r.finish()?;
+            Packet::PingReq
+        }
+        13 => {
+            r.finish()?;
+            Packet::PingResp
+        }
+        14 => decode_disconnect(&mut r, v)?,
+        // 15, AUTH: type 0 was refused by `check_first_byte`, and so was 15 in 3.1.1.
+        _ => decode_auth(&mut r)?,
+    };
+    Ok(Some(packet))
+}
+
+/// Checks everything the first byte alone decides, so a bad packet is refused
+/// before its body is waited for.
+fn check_first_byte(first: u8, version: Option<ProtocolVersion>) -> Result<()> {
+    let packet_type = first >> 4;
+    let flags = first & 0x0F;
+    if packet_type == 0 {
+        // Type 0 is "Reserved / Forbidden" (table 2-1 in both versions).
+        return Err(DecodeError::Malformed("packet type 0 is reserved"));
+    }
+    match version {
+        // [MQTT-3.1.0-1] The first packet from the Client MUST be CONNECT.
+        None if packet_type != 1 => {
+            return Err(DecodeError::Protocol("first packet is not CONNECT"));
+        }
+        // Type 15 is reserved in 3.1.1 (AUTH exists only in 5.0).
+        Some(ProtocolVersion::V311) if packet_type == 15 => {
+            return Err(DecodeError::Malformed(
+                "packet type 15 is reserved in 3.1.1",
+            ));
+        }
+        _ => {}
+    }
+    if packet_type == 3 {
+        let qos = (flags >> 1) & 0b11;
+        if qos == 3 {
+            // [MQTT-3.3.1-4] A PUBLISH MUST NOT have both QoS bits set to 1.
+            return Err(DecodeError::Malformed("PUBLISH with QoS 3"));
+        }
+        if qos == 0 && flags & 0b1000 != 0 {
+            // [MQTT-3.3.1-2] The DUP flag MUST be set to 0 for all QoS 0 messages.
+            return Err(DecodeError::Malformed("PUBLISH with DUP set and QoS 0"));
+        }
+        return Ok(());
+    }
+    // [MQTT-2.1.3-1] (5.0) / [MQTT-2.2.2-1], [MQTT-2.2.2-2] (3.1.1): reserved flag bits
+    // MUST be set to the value listed; PUBREL [MQTT-3.6.1-1], SUBSCRIBE
+    // [MQTT-3.8.1-1] and UNSUBSCRIBE [MQTT-3.10.1-1] carry 0b0010, all others 0.
+    let expected = match packet_type {
+        6 | 8 | 10 => 0b0010,
+        _ => 0,
+    };
+    if flags != expected {
+        return Err(DecodeError::Malformed("reserved fixed header flags"));
+    }
+    Ok(())
+}
+
+/// Parses a Variable Byte Integer (section 1.5.5) at the front of `bytes`.
+/// `Ok(None)`: more bytes are needed. A fifth byte, or a non-minimal encoding
+/// (a last byte of 0 after a continuation, e.g. 0x80 0x00), is malformed
+/// [MQTT-1.5.5-1] (5.0: "MUST use the minimum number of bytes").
+fn parse_vbi(bytes: &[u8]) -> Result<Option<(u32, usize)>> {
+    let mut value: u32 = 0;
+    for (i, &b) in bytes.iter().take(4).enumerate() {
+        value |= u32::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            if i > 0 && b == 0 {
+                return Err(DecodeError::Malformed(
+                    "variable byte integer not minimally encoded",
+                ));
+            }
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    if bytes.len() >= 4 {
+        Err(DecodeError::Malformed(
+            "variable byte integer longer than 4 bytes",
+        ))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Widens without `as`: saturates on a (hypothetical) 16-bit target.
+fn usize_from(v: u32) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// A bounds-checked cursor over one packet body. Every read checks what is left;
+/// running out is Malformed, never `Ok(None)`: the Remaining Length said the packet
+/// was complete.
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8> {
+        let v = *self.buf.first().ok_or(DecodeError::Malformed(what))?;
+        self.buf.advance(1);
+        Ok(v)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
+        let a = self
+            .buf
+            .get(..N)
+            .and_then(|s| <[u8; N]>::try_from(s).ok())
+            .ok_or(DecodeError::Malformed(what))?;
+        self.buf.advance(N);
+        Ok(a)
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16> {
+        Ok(u16::from_be_bytes(self.array(what)?))
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array(what)?))
+    }
+
+    fn vbi(&mut self, what: &'static str) -> Result<u32> {
+        match parse_vbi(&self.buf)? {
+            Some((v, n)) => {
+                self.buf.advance(n);
+                Ok(v)
+            }
+            None => Err(DecodeError::Malformed(what)),
+        }
+    }
+
+    fn take(&mut self, n: usize, what: &'static str) -> Result<Bytes> {
+        if n > self.buf.len() {
+            return Err(DecodeError::Malformed(what));
+        }
+        Ok(self.buf.split_to(n))
+    }
+
+    /// Binary Data (section 1.5.6): two-byte length then that many bytes.
+    fn binary(&mut self, what: &'static str) -> Result<Bytes> {
+        let n = self.u16(what)?;
+        self.take(usize::from(n), what)
+    }
+
+    /// UTF-8 Encoded String (section 1.5.4).
+    fn string(&mut self, what: &'static str) -> Result<String> {
+        let raw = self.binary(what)?;
+        // [MQTT-1.5.4-1] (5.0) / [MQTT-1.5.3-1] (3.1.1): well-formed UTF-8, no
+        // surrogate code points (std's validator refuses them).
+        let s = std::str::from_utf8(&raw)
+            .map_err(|_| DecodeError::Malformed("string is not valid UTF-8"))?;
+        // [MQTT-1.5.4-2] (5.0) / [MQTT-1.5.3-2] (3.1.1): no U+0000.
+        if s.contains('\0') {
+            return Err(DecodeError::Malformed("string contains U+0000"));
+        }
+        Ok(s.to_owned())
+    }
+
+    fn packet_id(&mut self) -> Result<PacketId> {
+        let v = self.u16("missing packet identifier")?;
+        // [MQTT-2.2.1-3] (5.0) / [MQTT-2.3.1-1] (3.1.1): packet identifiers are non-zero.
+        PacketId::new(v).ok_or(DecodeError::Malformed("packet identifier 0"))
+    }
+
+    fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.buf)
+    }
+
+    fn finish(&self) -> Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Malformed("trailing bytes after packet"))
+        }
+    }
+}
+
+/// Which packet a property block belongs to: decides the allowed identifiers
+/// (table 2-4) and whether Subscription Identifier may repeat.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    Connect,
+    Will,
+    ConnAck,
+    Publish,
+    /// PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK.
+    Ack,
+    Subscribe,
+    Unsubscribe,
+    Disconnect,
+    Auth,
+}
+
+impl Ctx {
+    fn allows(self, id: u8) -> bool {
+        use prop::*;
+        match self {
+            Ctx::Connect => matches!(
+                id,
+                SESSION_EXPIRY_INTERVAL
+                    | RECEIVE_MAXIMUM
+                    | MAXIMUM_PACKET_SIZE
+                    | TOPIC_ALIAS_MAXIMUM
+                    | REQUEST_RESPONSE_INFORMATION
+                    | REQUEST_PROBLEM_INFORMATION
+                    | USER_PROPERTY
+                    | AUTHENTICATION_METHOD
+                    | AUTHENTICATION_DATA
+            ),
+            Ctx::Will => matches!(
+                id,
+                WILL_DELAY_INTERVAL
+                    | PAYLOAD_FORMAT_INDICATOR
+                    | MESSAGE_EXPIRY_INTERVAL
+                    | CONTENT_TYPE
+                    | RESPONSE_TOPIC
+                    | CORRELATION_DATA
+                    | USER_PROPERTY
+            ),
+            Ctx::ConnAck => matches!(
+                id,
+                SESSION_EXPIRY_INTERVAL
+                    | RECEIVE_MAXIMUM
+                    | MAXIMUM_QOS
+                    | RETAIN_AVAILABLE
+                    | MAXIMUM_PACKET_SIZE
+                    | ASSIGNED_CLIENT_IDENTIFIER
+                    | TOPIC_ALIAS_MAXIMUM
+                    | REASON_STRING
+                    | USER_PROPERTY
+                    | WILDCARD_SUBSCRIPTION_AVAILABLE
+                    | SUBSCRIPTION_IDENTIFIER_AVAILABLE
+                    | SHARED_SUBSCRIPTION_AVAILABLE
+                    | SERVER_KEEP_ALIVE
+                    | RESPONSE_INFORMATION
+                    | SERVER_REFERENCE
+                    | AUTHENTICATION_METHOD
+                    | AUTHENTICATION_DATA
+            ),
+            Ctx::Publish => matches!(
+                id,
+                PAYLOAD_FORMAT_INDICATOR
+                    | MESSAGE_EXPIRY_INTERVAL
+                    | TOPIC_ALIAS
+                    | RESPONSE_TOPIC
+                    | CORRELATION_DATA
+                    | USER_PROPERTY
+                    | SUBSCRIPTION_IDENTIFIER
+                    | CONTENT_TYPE
+            ),
+            Ctx::Ack => matches!(id, REASON_STRING | USER_PROPERTY),
+            Ctx::Subscribe => matches!(id, SUBSCRIPTION_IDENTIFIER | USER_PROPERTY),
+            Ctx::Unsubscribe => id == USER_PROPERTY,
+            Ctx::Disconnect => matches!(
+                id,
+                SESSION_EXPIRY_INTERVAL | REASON_STRING | USER_PROPERTY | SERVER_REFERENCE
+            ),
+            Ctx::Auth => matches!(
+                id,
+                AUTHENTICATION_METHOD | AUTHENTICATION_DATA | REASON_STRING | USER_PROPERTY
+            ),
+        }
+    }
+}
+
+/// Every v5 property, as read. Only the fields allowed by the block's [`Ctx`] can
+/// be set; the per-packet converters move them into the packet's property struct.
+#[derive(Default)]
+struct Props {
+    payload_format_indicator: Option<u8>,
+    message_expiry_interval: Option<u32>,
+    content_type: Option<String>,
+    response_topic: Option<String>,
+    correlation_data: Option<Bytes>,
+    subscription_identifiers: Vec<u32>,
+    session_expiry_interval: Option<u32>,
+    assigned_client_identifier: Option<String>,
+    server_keep_alive: Option<u16>,
+    authentication_method: Option<String>,
+    authentication_data: Option<Bytes>,
+    request_problem_information: Option<u8>,
+    will_delay_interval: Option<u32>,
+    request_response_information: Option<u8>,
+    response_information: Option<String>,
+    server_reference: Option<String>,
+    reason_string: Option<String>,
+    receive_maximum: Option<u16>,
+    topic_alias_maximum: Option<u16>,
+    topic_alias: Option<u16>,
+    maximum_qos: Option<u8>,
+    retain_available: Option<u8>,
+    user_properties: Vec<UserProperty>,
+    maximum_packet_size: Option<u32>,
+    wildcard_subscription_available: Option<u8>,
+    subscription_identifiers_available: Option<u8>,
+    shared_subscription_available: Option<u8>,
+}
+
+/// Stores a property that may appear at most once: each property section of 5.0
+/// says "It is a Protocol Error to include the X more than once".
+fn once<T>(slot: &mut Option<T>, v: T, what: &'static str) -> Result<()> {
+    if slot.is_some() {
+        return Err(DecodeError::Protocol(what));
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+/// For the byte properties whose only values are 0 and 1 ("It is a Protocol Error
+/// to include a value other than 0 or 1", e.g. 3.1.2.11.6, 3.2.2.3.4).
+fn zero_or_one(v: u8, what: &'static str) -> Result<u8> {
+    if v > 1 {
+        return Err(DecodeError::Protocol(what));
+    }
+    Ok(v)
+}
+
+fn has_wildcard(topic: &str) -> bool {
+    topic.contains(['+', '#'])
+}
+
+/// Reads a property block: Property Length (VBI) then properties (section 2.2.2).
+fn read_props(r: &mut Reader, ctx: Ctx) -> Result<Props> {
+    use prop::*;
+    let len = r.vbi("bad property length")?;
+    let mut pr = Reader {
+        buf: r.take(usize_from(len), "property length exceeds packet")?,
+    };
+    let mut p = Props::default();
+    while !pr.is_empty() {
+        // The identifier is a Variable Byte Integer (section 2.2.2.2); all defined
+        // ones fit in one byte.
+        let raw = pr.vbi("bad property identifier")?;
+        let id =
+            u8::try_from(raw).map_err(|_| DecodeError::Malformed("unknown property identifier"))?;
+        if !(matches!(id, 0x01..=0x03 | 0x08 | 0x09 | 0x0B | 0x11..=0x13 | 0x15..=0x1A)
+            || matches!(id, 0x1C | 0x1F | 0x21..=0x2A))
+        {
+            return Err(DecodeError::Malformed("unknown property identifier"));
+        }
+        // Section 2.2.2.2: "A Control Packet which contains an Identifier which is
+        // not valid for its packet type ... is a Malformed Packet".
+        if !ctx.allows(id) {
+            return Err(DecodeError::Malformed(
+                "property not allowed in this packet",
+            ));
+        }
+        const T: &str = "truncated property";
+        match id {
+            PAYLOAD_FORMAT_INDICATOR => {
+                let v = zero_or_one(pr.u8(T)?, "Payload Format Indicator not 0 or 1")?;
+                once(
+                    &mut p.payload_format_indicator,
+                    v,
+                    "duplicate Payload Format Indicator",
+                )?;
+            }
+            MESSAGE_EXPIRY_INTERVAL => once(
+                &mut p.message_expiry_interval,
+                pr.u32(T)?,
+                "duplicate Message Expiry Interval",
+            )?,
+            CONTENT_TYPE => once(&mut p.content_type, pr.string(T)?, "duplicate Content Type")?,
+            RESPONSE_TOPIC => {
+                let topic = pr.string(T)?;
+                // [MQTT-3.3.2-14] The Response Topic MUST NOT contain wildcards.
+                if has_wildcard(&topic) {
+                    return Err(DecodeError::Protocol("Response Topic contains a wildcard"));
+                }
+                once(&mut p.response_topic, topic, "duplicate Response Topic")?;
+            }
+            CORRELATION_DATA => once(
+                &mut p.correlation_data,
+                pr.binary(T)?,
+                "duplicate Correlation Data",
+            )?,
+            SUBSCRIPTION_IDENTIFIER => {
+                let v = pr.vbi(T)?;
+                // 3.3.2.3.8 / 3.8.2.1.2: "It is a Protocol Error if the Subscription
+                // Identifier has a value of 0". VBI bounds it to 268,435,455.
+                if v == 0 || v > MAX_VBI {
+                    return Err(DecodeError::Protocol("Subscription Identifier 0"));
+                }
+                // May repeat only in PUBLISH (one per matching subscription); in
+                // SUBSCRIBE more than one is a Protocol Error (3.8.2.1.2).
+                if ctx != Ctx::Publish && !p.subscription_identifiers.is_empty() {
+                    return Err(DecodeError::Protocol("duplicate Subscription Identifier"));
+                }
+                p.subscription_identifiers.push(v);
+            }
+            SESSION_EXPIRY_INTERVAL => once(
+                &mut p.session_expiry_interval,
+                pr.u32(T)?,
+                "duplicate Session Expiry Interval",
+            )?,
+            ASSIGNED_CLIENT_IDENTIFIER => once(
+                &mut p.assigned_client_identifier,
+                pr.string(T)?,
+                "duplicate Assigned Client Identifier",
+            )?,
+            SERVER_KEEP_ALIVE => once(
+                &mut p.server_keep_alive,
+                pr.u16(T)?,
+                "duplicate Server Keep Alive",
+            )?,
+            AUTHENTICATION_METHOD => once(
+                &mut p.authentication_method,
+                pr.string(T)?,
+                "duplicate Authentication Method",
+            )?,
+            AUTHENTICATION_DATA => once(
+                &mut p.authentication_data,
+                pr.binary(T)?,
+                "duplicate Authentication Data",
+            )?,
+            REQUEST_PROBLEM_INFORMATION => {
+                let v = zero_or_one(pr.u8(T)?, "Request Problem Information not 0 or 1")?;
+                once(
+                    &mut p.request_problem_information,
+                    v,
+                    "duplicate Request Problem Information",
+                )?;
+            }
+            WILL_DELAY_INTERVAL => once(
+                &mut p.will_delay_interval,
+                pr.u32(T)?,
+                "duplicate Will Delay Interval",
+            )?,
+            REQUEST_RESPONSE_INFORMATION => {
+                let v = zero_or_one(pr.u8(T)?, "Request Response Information not 0 or 1")?;
+                once(
+                    &mut p.request_response_information,
+                    v,
+                    "duplicate Request Response Information",
+                )?;
+            }
+            RESPONSE_INFORMATION => once(
+                &mut p.response_information,
+                pr.string(T)?,
+                "duplicate Response Information",
+            )?,
+            SERVER_REFERENCE => once(
+                &mut p.server_reference,
+                pr.string(T)?,
+                "duplicate Server Reference",
+            )?,
+            REASON_STRING => once(
+                &mut p.reason_string,
+                pr.string(T)?,
+                "duplicate Reason String",
+            )?,
+            RECEIVE_MAXIMUM => {
+                let v = pr.u16(T)?;
+                // 3.1.2.11.3 / 3.2.2.3.3: "a Protocol Error ... for it to have the value 0".
+                if v == 0 {
+                    return Err(DecodeError::Protocol("Receive Maximum 0"));
+                }
+                once(&mut p.receive_maximum, v, "duplicate Receive Maximum")?;
+            }
+            TOPIC_ALIAS_MAXIMUM => once(
+                &mut p.topic_alias_maximum,
+                pr.u16(T)?,
+                "duplicate Topic Alias Maximum",
+            )?,
+            TOPIC_ALIAS => {
+                let v = pr.u16(T)?;
+                // [MQTT-3.3.2-8] A Topic Alias of 0 is not permitted.
+                if v == 0 {
+                    return Err(DecodeError::Protocol("Topic Alias 0"));
+                }
+                once(&mut p.topic_alias, v, "duplicate Topic Alias")?;
+            }
+            MAXIMUM_QOS => {
+                // 3.2.2.3.4: only 0 or 1 may be sent (absent means 2).
+                let v = zero_or_one(pr.u8(T)?, "Maximum QoS not 0 or 1")?;
+                once(&mut p.maximum_qos, v, "duplicate Maximum QoS")?;
+            }
+            RETAIN_AVAILABLE => {
+                let v = zero_or_one(pr.u8(T)?, "Retain Available not 0 or 1")?;
+                once(&mut p.retain_available, v, "duplicate Retain Available")?;
+            }
+            USER_PROPERTY => {
+                // A UTF-8 String Pair; may appear any number of times (2.2.2.2).
+                let name = pr.string(T)?;
+                let value = pr.string(T)?;
+                p.user_properties.push((name, value));
+            }
+            MAXIMUM_PACKET_SIZE => {
+                let v = pr.u32(T)?;
+                // 3.1.2.11.4 / 3.2.2.3.6: "a Protocol Error ... for the value to be zero".
+                if v == 0 {
+                    return Err(DecodeError::Protocol("Maximum Packet Size 0"));
+                }
+                once(
+                    &mut p.maximum_packet_size,
+                    v,
+                    "duplicate Maximum Packet Size",
+                )?;
+            }
+            WILDCARD_SUBSCRIPTION_AVAILABLE => {
+                let v = zero_or_one(pr.u8(T)?, "Wildcard Subscription Available not 0 or 1")?;
+                once(
+                    &mut p.wildcard_subscription_available,
+                    v,
+                    "duplicate Wildcard Subscription Available",
+                )?;
+            }
+            SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
+                let v = zero_or_one(pr.u8(T)?, "Subscription Identifier Available not 0 or 1")?;
+                once(
+                    &mut p.subscription_identifiers_available,
+                    v,
+                    "duplicate Subscription Identifier Available",
+                )?;
+            }
+            _ => {
+                // SHARED_SUBSCRIPTION_AVAILABLE: the only identifier left after the
+                // known-identifier check above.
+                let v = zero_or_one(pr.u8(T)?, "Shared Subscription Available not 0 or 1")?;
+                once(
+                    &mut p.shared_subscription_available,
+                    v,
+                    "duplicate Shared Subscription Available",
+                )?;
+            }
+        }
+    }
+    Ok(p)
+}
+
+impl Props {
+    fn into_connect(self) -> Result<ConnectProperties> {
+        // 3.1.2.11.10: "It is a Protocol Error to include Authentication Data if
+        // there is no Authentication Method".
+        if self.authentication_data.is_some() && self.authentication_method.is_none() {
+            return Err(DecodeError::Protocol(
+                "Authentication Data without Authentication Method",
+            ));
+        }
+        Ok(ConnectProperties {
+            session_expiry_interval: self.session_expiry_interval,
+            receive_maximum: self.receive_maximum,
+            maximum_packet_size: self.maximum_packet_size,
+            topic_alias_maximum: self.topic_alias_maximum,
+            request_response_information: self.request_response_information,
+            request_problem_information: self.request_problem_information,
+            user_properties: self.user_properties,
+            authentication_method: self.authentication_method,
+            authentication_data: self.authentication_data,
+        })
+    }
+
+    fn into_publish(self) -> PublishProperties {
+        PublishProperties {
+            payload_format_indicator: self.payload_format_indicator,
+            message_expiry_interval: self.message_expiry_interval,
+            topic_alias: self.topic_alias,
+            response_topic: self.response_topic,
+            correlation_data: self.correlation_data,
+            user_properties: self.user_properties,
+            subscription_identifiers: self.subscription_identifiers,
+            content_type: self.content_type,
+        }
+    }
+
+    fn into_connack(self) -> ConnAckProperties {
+        ConnAckProperties {
+            session_expiry_interval: self.session_expiry_interval,
+            receive_maximum: self.receive_maximum,
+            maximum_qos: self.maximum_qos,
+            retain_available: self.retain_available,
+            maximum_packet_size: self.maximum_packet_size,
+            assigned_client_identifier: self.assigned_client_identifier,
+            topic_alias_maximum: self.topic_alias_maximum,
+            reason_string: self.reason_string,
+            user_properties: self.user_properties,
+            wildcard_subscription_available: self.wildcard_subscription_available,
+            subscription_identifiers_available: self.subscription_identifiers_available,
+            shared_subscription_available: self.shared_subscription_available,
+            server_keep_alive: self.server_keep_alive,
+            response_information: self.response_information,
+            server_reference: self.server_reference,
+            authentication_method: self.authentication_method,
+            authentication_data: self.authentication_data,
+        }
+    }
+
+    fn into_ack(self) -> AckProperties {
+        AckProperties {
+            reason_string: self.reason_string,
+            user_properties: self.user_properties,
+        }
+    }
+
+    fn into_disconnect(self) -> DisconnectProperties {
+        DisconnectProperties {
+            session_expiry_interval: self.session_expiry_interval,
+            reason_string: self.reason_string,
+            user_properties: self.user_properties,
+            server_reference: self.server_reference,
+        }
+    }
+
+    fn into_auth(self) -> AuthProperties {
+        AuthProperties {
+            authentication_method: self.authentication_method,
+            authentication_data: self.authentication_data,
+            reason_string: self.reason_string,
+            user_properties: self.user_properties,
+        }
+    }
+}
+
+// Reason codes each v5 packet may carry (sections 3.2.2.2, 3.4.2.1, 3.5.2.1,
+// 3.6.2.1, 3.7.2.1, 3.9.3, 3.11.3, 3.14.2.1, 3.15.2.1). Any other value is refused
+// as a Protocol Error: the packet parses, but its content is not allowed.
+const CONNACK_CODES: &[u8] = &[
+    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97,
+    0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+];
+const PUBACK_CODES: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
+const PUBREL_CODES: &[u8] = &[0x00, 0x92];
+const SUBACK_CODES: &[u8] = &[
+    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+];
+const UNSUBACK_CODES: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
+const DISCONNECT_CODES: &[u8] = &[
+    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95,
+    0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+];
+const AUTH_CODES: &[u8] = &[0x00, 0x18, 0x19];
+/// 3.1.1 SUBACK return codes [MQTT-3.9.3-2]: granted QoS 0-2 or 0x80 Failure.
+const V311_SUBACK_CODES: &[u8] = &[0x00, 0x01, 0x02, 0x80];
+
+fn reason(r: &mut Reader, allowed: &[u8]) -> Result<ReasonCode> {
+    let code = r.u8("missing reason code")?;
+    if !allowed.contains(&code) {
+        return Err(DecodeError::Protocol(
+            "reason code not allowed in this packet",
+        ));
+    }
+    Ok(ReasonCode(code))
+}
+
+fn decode_connect(r: &mut Reader) -> Result<Packet> {
+    let name = r.string("bad protocol name")?;
+    let level = r.u8("missing protocol level")?;
+    // [MQTT-3.1.2-1], [MQTT-3.1.2-2]: name "MQTT", level 4 (3.1.1) or 5 (5.0).
+    // 3.1 ("MQIsdp", level 3) is not supported either; the caller answers with
+    // 0x84 / return code 0x01.
+    let version = match (name.as_str(), level) {
+        ("MQTT", 4) => ProtocolVersion::V311,
+        ("MQTT", 5) => ProtocolVersion::V5,
+        _ => return Err(DecodeError::UnsupportedVersion(level)),
+    };
+    let v5 = version.is_v5();
+
+    let flags = r.u8("missing connect flags")?;
+    if flags & 0x01 != 0 {
+        // [MQTT-3.1.2-3] The reserved flag MUST be 0.
+        return Err(DecodeError::Malformed("CONNECT reserved flag set"));
+    }
+    let clean_start = flags & 0x02 != 0;
+    let will_flag = flags & 0x04 != 0;
+    let will_qos = (flags >> 3) & 0b11;
+    let will_retain = flags & 0x20 != 0;
+    let password_flag = flags & 0x40 != 0;
+    let username_flag = flags & 0x80 != 0;
+    if !will_flag && (will_qos != 0 || will_retain) {
+        // 5.0 [MQTT-3.1.2-11], [MQTT-3.1.2-13]; 3.1.1 [MQTT-3.1.2-11], [MQTT-3.1.2-13],
+        // [MQTT-3.1.2-15]: without a Will, Will QoS and Will Retain MUST be 0.
+        return Err(DecodeError::Malformed(
+            "Will QoS/Retain set without Will flag",
+        ));
+    }
+    let will_qos = QoS::from_u8(will_qos)
+        // 5.0 [MQTT-3.1.2-12] / 3.1.1 [MQTT-3.1.2-14]: Will QoS MUST NOT be 3.
+        .ok_or(DecodeError::Malformed("Will QoS 3"))?;
+    if !v5 && password_flag && !username_flag {
+        // 3.1.1 [MQTT-3.1.2-22]: no password without a user name (5.0 allows it).
+        return Err(DecodeError::Malformed(
+            "password flag without user name flag",
+        ));
+    }
+    let keep_alive = r.u16("missing keep alive")?;
+    let properties = if v5 {
+        read_props(r, Ctx::Connect)?.into_connect()?
+    } else {
+        ConnectProperties::default()
+    };
+
+    // Payload order is fixed: client id, will properties, will topic, will payload,
+    // user name, password [MQTT-3.1.3-1].
+    let client_id = r.string("bad client identifier")?;
+    let will = if will_flag {
+        let (delay_interval, will_props) = if v5 {
+            let mut p = read_props(r, Ctx::Will)?;
+            (p.will_delay_interval.take().unwrap_or(0), p.into_publish())
+        } else {
+            (0, PublishProperties::default())
+        };
+        let topic = r.string("bad will topic")?;
+        // The Will Topic becomes a PUBLISH topic name: it must be at least one
+        // character [MQTT-4.7.3-1] and hold no wildcard [MQTT-3.3.2-2]. CONNACK 0x90
+        // (Topic Name invalid) is the 5.0 answer.
+        if topic.is_empty() {
+            return Err(DecodeError::TopicNameInvalid("empty will topic"));
+        }
+        if has_wildcard(&topic) {
+            return Err(DecodeError::TopicNameInvalid("wildcard in will topic"));
+        }
+        let payload = r.binary("bad will payload")?;
+        Some(LastWill {
+            topic,
+            payload,
+            qos: will_qos,
+            retain: will_retain,
+            delay_interval,
+            properties: will_props,
+        })
+    } else {
+        None
+    };
+    // [MQTT-3.1.2-17]..[MQTT-3.1.2-21]: user name / password present iff flagged.
+    let username = if username_flag {
+        Some(r.string("bad user name")?)
+    } else {
+        None
+    };
+    let password = if password_flag {
+        Some(r.binary("bad password")?)
+    } else {
+        None
+    };
+    r.finish()?;
+    Ok(Packet::Connect(Box::new(Connect {
+        version,
+        clean_start,
+        keep_alive,
+        client_id,
+        will,
+        username,
+        password,
+        properties,
+    })))
+}
+
+fn decode_connack(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
+    let flags = r.u8("missing acknowledge flags")?;
+    if flags & 0xFE != 0 {
+        // 5.0 section 3.2.2.1 / 3.1.1 section 3.2.2.1: bits 7-1 are reserved, 0.
+        return Err(DecodeError::Malformed("CONNACK reserved flags set"));
+    }
+    let session_present = flags & 0x01 != 0;
+    let (reason_code, properties) = if v.is_v5() {
+        let rc = reason(r, CONNACK_CODES)?;
+        (rc, read_props(r, Ctx::ConnAck)?.into_connack())
+    } else {
+        // 3.1.1 return codes (section 3.2.2.3) mapped to their 5.0 equivalents, the
+        // inverse of `ReasonCode::to_v311_connack`.
+        let rc = match r.u8("missing return code")? {
+            0 => ReasonCode::SUCCESS,
+            1 => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            2 => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            3 => ReasonCode::SERVER_UNAVAILABLE,
+            4 => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            5 => ReasonCode::NOT_AUTHORIZED,
+            _ => return Err(DecodeError::Protocol("reserved CONNACK return code")),
+        };
+        (rc, ConnAckProperties::default())
+    };
+    r.finish()?;
+    Ok(Packet::ConnAck(ConnAck {
+        session_present,
+        reason_code,
+        properties,
+    }))
+}
+
+fn decode_publish(r: &mut Reader, v: ProtocolVersion, flags: u8) -> Result<Packet> {
+    // The flags were validated by `check_first_byte` (QoS 3, DUP with QoS 0).
+    let qos =
+        QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::Malformed("PUBLISH with QoS 3"))?;
+    let dup = flags & 0b1000 != 0;
+    let retain = flags & 0b0001 != 0;
+    let topic = r.string("bad topic name")?;
+    // [MQTT-2.2.1-2] Only QoS 1 and 2 carry a packet identifier.
+    let packet_id = if qos == QoS::AtMostOnce {
+        None
+    } else {
+        Some(r.packet_id()?)
+    };
+    let properties = if v.is_v5() {
+        read_props(r, Ctx::Publish)?.into_publish()
+    } else {
+        PublishProperties::default()
+    };
+    // [MQTT-3.3.2-2] The Topic Name MUST NOT contain wildcard characters.
+    if has_wildcard(&topic) {
+        return Err(DecodeError::TopicNameInvalid("wildcard in topic name"));
+    }
+    if topic.is_empty() {
+        if !v.is_v5() {
+            // 3.1.1 [MQTT-4.7.3-1]: topic names are at least one character long.
+            return Err(DecodeError::TopicNameInvalid("empty topic name"));
+        }
+        // 5.0 3.3.2.1: "It is a Protocol Error if the Topic Name is zero length and
+        // there is no Topic Alias".
+        if properties.topic_alias.is_none() {
+            return Err(DecodeError::Protocol(
+                "empty topic name without Topic Alias",
+            ));
+        }
+    }
+    Ok(Packet::Publish(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        packet_id,
+        properties,
+        payload: r.rest(),
+    }))
+}
+
+/// PUBACK, PUBREC, PUBREL, PUBCOMP.
+fn decode_pub_response(r: &mut Reader, v: ProtocolVersion, codes: &[u8]) -> Result<PubResponse> {
+    let packet_id = r.packet_id()?;
+    let mut resp = PubResponse::success(packet_id);
+    // 5.0 3.4.2.1: Reason Code and Property Length may be omitted (Remaining Length
+    // 2); with Remaining Length 3 the Property Length is absent and taken as 0.
+    if v.is_v5() && !r.is_empty() {
+        resp.reason_code = reason(r, codes)?;
+        if !r.is_empty() {
+            resp.properties = read_props(r, Ctx::Ack)?.into_ack();
+        }
+    }
+    r.finish()?;
+    Ok(resp)
+}
+
+fn decode_subscribe(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
+    let packet_id = r.packet_id()?;
+    let properties = if v.is_v5() {
+        let p = read_props(r, Ctx::Subscribe)?;
+        SubscribeProperties {
+            subscription_identifier: p.subscription_identifiers.first().copied(),
+            user_properties: p.user_properties,
+        }
+    } else {
+        SubscribeProperties::default()
+    };
+    let mut filters = Vec::new();
+    while !r.is_empty() {
+        // Filter syntax (wildcard placement, emptiness) is judged per filter by the
+        // broker, which answers in SUBACK: only the encoding is checked here.
+        let filter = r.string("bad topic filter")?;
+        let opts = r.u8("missing subscription options")?;
+        let options = if v.is_v5() {
+            if opts & 0xC0 != 0 {
+                // [MQTT-3.8.3-5] Reserved bits 6-7 MUST be 0.
+                return Err(DecodeError::Malformed(
+                    "subscription options reserved bits set",
+                ));
+            }
+            let retain_handling = match (opts >> 4) & 0b11 {
+                0 => RetainHandling::SendAtSubscribe,
+                1 => RetainHandling::SendAtSubscribeIfNew,
+                2 => RetainHandling::DoNotSend,
+                // 3.8.3.1: "It is a Protocol Error to send a Retain Handling value of 3".
+                _ => return Err(DecodeError::Protocol("Retain Handling 3")),
+            };
+            SubscriptionOptions {
+                qos: sub_qos(opts)?,
+                no_local: opts & 0x04 != 0,
+                retain_as_published: opts & 0x08 != 0,
+                retain_handling,
+            }
+        } else {
+            if opts & 0xFC != 0 {
+                // 3.1.1 [MQTT-3-8.3-4]: reserved bits of the Requested QoS byte are 0.
+                return Err(DecodeError::Malformed("requested QoS reserved bits set"));
+            }
+            SubscriptionOptions {
+                qos: sub_qos(opts)?,
+                ..SubscriptionOptions::default()
+            }
+        };
+        filters.push(SubscribeFilter { filter, options });
+    }
+    if filters.is_empty() {
+        // [MQTT-3.8.3-3] At least one Topic Filter; none is a Protocol Error.
+        return Err(DecodeError::Protocol("SUBSCRIBE without topic filters"));
+    }
+    Ok(Packet::Subscribe(Subscribe {
+        packet_id,
+        properties,
+        filters,
+    }))
+}
+
+/// Maximum QoS of subscription options: 3 is malformed (3.8.3.1 "It is a Protocol
+/// Error if the Maximum QoS field has the value 3"; 3.1.1 [MQTT-3-8.3-4] malformed).
+fn sub_qos(opts: u8) -> Result<QoS> {
+    QoS::from_u8(opts & 0b11).ok_or(DecodeError::Malformed("subscription QoS 3"))
+}
+
+fn decode_suback(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
+    let packet_id = r.packet_id()?;
+    let (properties, codes) = if v.is_v5() {
+        (read_props(r, Ctx::Ack)?.into_ack(), SUBACK_CODES)
+    } else {
+        (AckProperties::default(), V311_SUBACK_CODES)
+    };
+    let mut reason_codes = Vec::new();
+    while !r.is_empty() {
+        reason_codes.push(reason(r, codes)?);
+    }
+    // One reason code per filter of the SUBSCRIBE, which had at least one.
+    if reason_codes.is_empty() {
+        return Err(DecodeError::Protocol("SUBACK without reason codes"));
+    }
+    Ok(Packet::SubAck(SubAck {
+        packet_id,
+        properties,
+        reason_codes,
+    }))
+}
+
+fn decode_unsubscribe(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
+    let packet_id = r.packet_id()?;
+    let user_properties = if v.is_v5() {
+        read_props(r, Ctx::Unsubscribe)?.user_properties
+    } else {
+        Vec::new()
+    };
+    let mut filters = Vec::new();
+    while !r.is_empty() {
+        filters.push(r.string("bad topic filter")?);
+    }
+    if filters.is_empty() {
+        // [MQTT-3.10.3-2] At least one Topic Filter.
+        return Err(DecodeError::Protocol("UNSUBSCRIBE without topic filters"));
+    }
+    Ok(Packet::Unsubscribe(Unsubscribe {
+        packet_id,
+        user_properties,
+        filters,
+    }))
+}
+
+fn decode_unsuback(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
+    let packet_id = r.packet_id()?;
+    let mut ack = UnsubAck {
+        packet_id,
+        properties: AckProperties::default(),
+        reason_codes: Vec::new(),
+    };
+    // 3.1.1 UNSUBACK is only the packet identifier (Remaining Length 2).
+    if v.is_v5() {
+        ack.properties = read_props(r, Ctx::Ack)?.into_ack();
+        while !r.is_empty() {
+            ack.reason_codes.push(reason(r, UNSUBACK_CODES)?);
+        }
+        if ack.reason_codes.is_empty() {
+            return Err(DecodeError::Protocol("UNSUBACK without reason codes"));
+        }
+    }
+    r.finish()?;
+    Ok(Packet::UnsubAck(ack))
+}
+
+fn decode_disconnect(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
+    let mut d = Disconnect::default();
+    // 3.1.1 DISCONNECT has no variable header. 5.0 3.14.2.1: the Reason Code may be
+    // omitted (Remaining Length 0), and with Remaining Length 1 the Property Length
+    // is absent (taken as 0).
+    if v.is_v5() && !r.is_empty() {
+        d.reason_code = reason(r, DISCONNECT_CODES)?;
+        if !r.is_empty() {
+            d.properties = read_props(r, Ctx::Disconnect)?.into_disconnect();
+        }
+    }
+    r.finish()?;
+    Ok(Packet::Disconnect(d))
+}
+
+/// AUTH (5.0 only; a 3.1.1 type 15 is refused by `check_first_byte`).
+fn decode_auth(r: &mut Reader) -> Result<Packet> {
+    let mut a = Auth {
+        reason_code: ReasonCode::SUCCESS,
+        properties: AuthProperties::default(),
+    };
+    // 3.15.2.1: Reason Code and properties may be omitted (Remaining Length 0).
+    if !r.is_empty() {
+        a.reason_code = reason(r, AUTH_CODES)?;
+        if !r.is_empty() {
+            a.properties = read_props(r, Ctx::Auth)?.into_auth();
+        }
+    }
+    r.finish()?;
+    Ok(Packet::Auth(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::encode::{encode, encoded_len, samples};
+
+    const V5: Option<ProtocolVersion> = Some(ProtocolVersion::V5);
+    const V311: Option<ProtocolVersion> = Some(ProtocolVersion::V311);
+
+    fn bytes(b: &[u8]) -> BytesMut {
+        BytesMut::from(b)
+    }
+
+    #[test]
+    fn empty_and_partial_input_is_none_and_untouched() {
+        let mut b = BytesMut::new();
+        assert_eq!(decode(&mut b, None, 1024), Ok(None));
+        // CONNECT whose remaining length is still arriving.
+        let mut b = bytes(&[0x10, 0x80]);
+        assert_eq!(decode(&mut b, None, 1024), Ok(None));
+        assert_eq!(&b[..], &[0x10, 0x80]);
+        // Header complete, body not.
+        let mut b = bytes(&[0x30, 0x05, 0x00, 0x01]);
+        assert_eq!(decode(&mut b, V5, 1024), Ok(None));
+        assert_eq!(b.len(), 4);
+    }
+
+    #[test]
+    fn too_large_is_reported_from_the_header_alone() {
+        // 5 bytes buffered: fixed header says 2 + 200 bytes.
+        let mut b = bytes(&[0x30, 0xC8, 0x01, 0x00, 0x01]);
+        assert_eq!(
+            decode(&mut b, V5, 100),
+            Err(DecodeError::TooLarge {
+                size: 203,
+                max: 100
+            })
+        );
+        // Exactly at the limit is fine (PINGREQ is 2 bytes).
+        let mut b = bytes(&[0xC0, 0x00]);
+        assert_eq!(decode(&mut b, V5, 2), Ok(Some(Packet::PingReq)));
+        let mut b = bytes(&[0xC0, 0x00]);
+        assert_eq!(
+            decode(&mut b, V5, 1),
+            Err(DecodeError::TooLarge { size: 2, max: 1 })
+        );
+    }
+
+    #[test]
+    fn decodes_several_packets_in_sequence() {
+        let mut b = bytes(&[0xC0, 0x00, 0xD0, 0x00, 0x40, 0x02, 0x00, 0x07, 0xE0]);
+        assert_eq!(decode(&mut b, V311, 64), Ok(Some(Packet::PingReq)));
+        assert_eq!(decode(&mut b, V311, 64), Ok(Some(Packet::PingResp)));
+        let pid = PacketId::new(7).expect("non-zero");
+        assert_eq!(
+            decode(&mut b, V311, 64),
+            Ok(Some(Packet::PubAck(PubResponse::success(pid))))
+        );
+        assert_eq!(decode(&mut b, V311, 64), Ok(None));
+        assert_eq!(&b[..], &[0xE0]);
+    }
+
+    #[test]
+    fn payload_is_a_zero_copy_slice() {
+        let mut b = bytes(&[0x30, 0x06, 0x00, 0x01, b'a', b'x', b'y', b'z']);
+        let start = b.as_ptr() as usize;
+        let Ok(Some(Packet::Publish(p))) = decode(&mut b, V311, 64) else {
+            panic!("expected a PUBLISH");
+        };
+        assert_eq!(&p.payload[..], b"xyz");
+        assert_eq!(p.payload.as_ptr() as usize, start + 5);
+    }
+
+    #[test]
+    fn v5_short_forms_of_acks_and_disconnect() {
+        let pid = PacketId::new(1).expect("non-zero");
+        // PUBACK, Remaining Length 3: reason code without property length.
+        let mut b = bytes(&[0x40, 0x03, 0x00, 0x01, 0x10]);
+        let mut want = PubResponse::success(pid);
+        want.reason_code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+        assert_eq!(decode(&mut b, V5, 64), Ok(Some(Packet::PubAck(want))));
+        // DISCONNECT, Remaining Length 1.
+        let mut b = bytes(&[0xE0, 0x01, 0x04]);
+        let want = Disconnect {
+            reason_code: ReasonCode::DISCONNECT_WITH_WILL,
+            ..Disconnect::default()
+        };
+        assert_eq!(decode(&mut b, V5, 64), Ok(Some(Packet::Disconnect(want))));
+        // AUTH, Remaining Length 0.
+        let mut b = bytes(&[0xF0, 0x00]);
+        assert!(matches!(decode(&mut b, V5, 64), Ok(Some(Packet::Auth(_)))));
+    }
+
+    #[test]
+    fn publish_may_repeat_subscription_identifier() {
+        // Topic "t", properties: 0x0B 1, 0x0B 2.
+        let mut b = bytes(&[0x30, 0x08, 0x00, 0x01, b't', 0x04, 0x0B, 0x01, 0x0B, 0x02]);
+        let Ok(Some(Packet::Publish(p))) = decode(&mut b, V5, 64) else {
+            panic!("expected a PUBLISH");
+        };
+        assert_eq!(p.properties.subscription_identifiers, vec![1, 2]);
+    }
+
+    #[test]
+    fn connect_with_some_version_uses_its_own_level() {
+        for p in samples::v311() {
+            if let Packet::Connect(_) = p {
+                let mut b = BytesMut::new();
+                encode(&p, ProtocolVersion::V311, &mut b).expect("encodes");
+                assert_eq!(decode(&mut b, V5, 4096), Ok(Some(p)));
+            }
+        }
+    }
+
+    /// Tiny deterministic PRNG (xorshift64*): no dependency, same sequence on every run.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.0 = x;
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            // n is small and non-zero at every call site.
+            usize::try_from(self.next() % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
+        }
+        fn byte(&mut self) -> u8 {
+            self.next().to_le_bytes()[0]
+        }
+    }
+
+    /// Anything the decoder accepts re-encodes, with `encoded_len` exact, to bytes
+    /// that decode to the same packet.
+    fn assert_reencodes(p: &Packet, version: Option<ProtocolVersion>) {
+        let v = version.unwrap_or(ProtocolVersion::V5);
+        let mut out = BytesMut::new();
+        if let Err(e) = encode(p, v, &mut out) {
+            panic!("decoded packet does not re-encode: {e}: {p:?}");
+        }
+        assert_eq!(out.len(), encoded_len(p, v));
+        assert_eq!(
+            decode(&mut out, version, u32::MAX).as_ref(),
+            Ok(&Some(p.clone()))
+        );
+        assert!(out.is_empty());
+    }
+
+    /// Smoke fuzz: mutate valid packets (flip, insert, delete, truncate, splice
+    /// interesting bytes) and feed them to the decoder in every version mode. Checks
+    /// that nothing panics, that decode never consumes more than it was given, and
+    /// that every accepted packet survives a re-encode.
+    #[test]
+    fn smoke_fuzz_mutated_packets() {
+        let mut corpus: Vec<Vec<u8>> = Vec::new();
+        for (v, packets) in [
+            (ProtocolVersion::V311, samples::v311()),
+            (ProtocolVersion::V5, samples::v5()),
+        ] {
+            for p in packets {
+                let mut b = BytesMut::new();
+                if encode(&p, v, &mut b).is_ok() {
+                    corpus.push(b.to_vec());
+                }
+            }
+        }
+        assert!(corpus.len() > 20);
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let versions = [None, V311, V5];
+        let mut decoded = 0usize;
+        for i in 0..50_000usize {
+            let mut data = corpus[rng.below(corpus.len())].clone();
+            // Sometimes append a second packet so framing across packets is exercised.
+            if rng.below(8) == 0 {
+                data.extend_from_slice(&corpus[rng.below(corpus.len())]);
+            }
+            for _ in 0..=rng.below(4) {
+                let len = data.len();
+                match rng.below(6) {
+                    0 if len > 0 => {
+                        let at = rng.below(len);
+                        data[at] ^= 1 << rng.below(8);
+                    }
+                    1 => {
+                        let at = rng.below(len + 1);
+                        data.insert(at, rng.byte());
+                    }
+                    2 if len > 0 => {
+                        data.remove(rng.below(len));
+                    }
+                    3 => data.truncate(rng.below(len + 1)),
+                    4 if len > 0 => {
+                        let at = rng.below(len);
+                        data[at] = [0x00, 0x7F, 0x80, 0xFF, 0x01, 0x0B, 0x26][rng.below(7)];
+                    }
+                    _ if len > 0 => {
+                        let at = rng.below(len);
+                        data[at] = rng.byte();
+                    }
+                    _ => {}
+                }
+            }
+            let version = versions[i % 3];
+            let mut buf = BytesMut::from(&data[..]);
+            // Decode until the buffer is exhausted, incomplete or rejected.
+            for _ in 0..4 {
+                let before = buf.len();
+                let res = decode(&mut buf, version, 4096);
+                assert!(buf.len() <= before, "decode grew the buffer");
+                match res {
+                    Ok(Some(p)) => {
+                        assert!(buf.len() < before, "a packet consumed no bytes");
+                        decoded += 1;
+                        assert_reencodes(&p, version);
+                    }
+                    Ok(None) => {
+                        assert_eq!(buf.len(), before, "Ok(None) consumed bytes");
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = e.reason_code();
+                        break;
+                    }
+                }
+            }
+        }
+        // Sanity: the mutations are not so aggressive that nothing decodes.
+        assert!(decoded > 1_000, "only {decoded} packets decoded");
+    }
 }
