@@ -78,6 +78,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("invalid log filter {filter:?}"))?,
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -76,10 +76,11 @@ pub enum Outgoing {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The acknowledgement an inflight delivery waits for.
 enum InflightState {
-    AwaitingPubAck,
-    AwaitingPubRec,
-    AwaitingPubComp,
+    Ack,
+    Rec,
+    Comp,
 }
 
 #[derive(Debug)]
@@ -192,9 +193,9 @@ impl Session {
     fn start_inflight(&mut self, delivery: Delivery) -> Outgoing {
         let packet_id = self.allocate_packet_id();
         let state = if delivery.qos == QoS::ExactlyOnce {
-            InflightState::AwaitingPubRec
+            InflightState::Rec
         } else {
-            InflightState::AwaitingPubAck
+            InflightState::Ack
         };
         self.inflight.push_back(Inflight {
             packet_id,
@@ -284,7 +285,7 @@ impl Session {
 
     /// PUBACK from the client: the QoS 1 delivery is done. False if unknown.
     pub fn on_puback(&mut self, pid: PacketId) -> bool {
-        match self.position(pid, InflightState::AwaitingPubAck) {
+        match self.position(pid, InflightState::Ack) {
             Some(i) => {
                 self.inflight.remove(i);
                 true
@@ -296,10 +297,10 @@ impl Session {
     /// PUBREC from the client. With a success code the message is now owned by the
     /// receiver and we wait for PUBCOMP; an error code ends the flow [MQTT-4.3.3-?].
     pub fn on_pubrec(&mut self, pid: PacketId, success: bool) -> bool {
-        match self.position(pid, InflightState::AwaitingPubRec) {
+        match self.position(pid, InflightState::Rec) {
             Some(i) if success => {
                 if let Some(entry) = self.inflight.get_mut(i) {
-                    entry.state = InflightState::AwaitingPubComp;
+                    entry.state = InflightState::Comp;
                 }
                 true
             }
@@ -313,7 +314,7 @@ impl Session {
 
     /// PUBCOMP from the client: the QoS 2 delivery is done.
     pub fn on_pubcomp(&mut self, pid: PacketId) -> bool {
-        match self.position(pid, InflightState::AwaitingPubComp) {
+        match self.position(pid, InflightState::Comp) {
             Some(i) => {
                 self.inflight.remove(i);
                 true
@@ -329,14 +330,12 @@ impl Session {
         let mut out = Vec::with_capacity(self.inflight.len());
         for i in &self.inflight {
             match i.state {
-                InflightState::AwaitingPubAck | InflightState::AwaitingPubRec => {
-                    out.push(Outgoing::Publish {
-                        delivery: i.delivery.clone(),
-                        packet_id: Some(i.packet_id),
-                        dup: true,
-                    })
-                }
-                InflightState::AwaitingPubComp => out.push(Outgoing::PubRel(i.packet_id)),
+                InflightState::Ack | InflightState::Rec => out.push(Outgoing::Publish {
+                    delivery: i.delivery.clone(),
+                    packet_id: Some(i.packet_id),
+                    dup: true,
+                }),
+                InflightState::Comp => out.push(Outgoing::PubRel(i.packet_id)),
             }
         }
         self.fill_window(now, &mut out);

@@ -1,0 +1,437 @@
+//! Shared helpers for the black-box tests: start a broker (in-process or the real
+//! `tern` binary) on an OS-picked loopback port, and a raw-bytes MQTT client built on
+//! Tern's codec for protocol-level assertions.
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tern::config::{Config, ListenerConfig};
+use tern::protocol::{self, Packet, ProtocolVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A config listening on 127.0.0.1:0 with defaults otherwise.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.listeners = vec![ListenerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+    }];
+    c
+}
+
+/// An in-process broker; call `shutdown().await` or just drop the runtime.
+pub async fn start(config: Config) -> (tern::broker::Broker, SocketAddr) {
+    let b = tern::broker::Broker::start(config).await.expect("broker starts");
+    let addr = b.local_addrs()[0];
+    (b, addr)
+}
+
+pub async fn start_default() -> (tern::broker::Broker, SocketAddr) {
+    start(test_config()).await
+}
+
+/// The real `tern` binary as a child process. Killed (SIGKILL) on drop.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// stderr lines after the "listening" line, collected by a thread.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl BrokerProcess {
+    /// Run `tern --listen 127.0.0.1:0 <extra args>` and wait for its listening line.
+    pub fn spawn(extra: &[&str]) -> BrokerProcess {
+        Self::spawn_with_env(extra, &[])
+    }
+
+    pub fn spawn_with_env(extra: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.args(["--listen", "127.0.0.1:0", "--log", "info"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn_cmd(cmd)
+    }
+
+    /// Spawn a prepared command whose first listener line gives the address.
+    pub fn spawn_cmd(mut cmd: Command) -> BrokerProcess {
+        let mut child = cmd.spawn().expect("spawn tern");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(i) = line.find("listening on ") {
+                        let addr = line[i + "listening on ".len()..].trim().to_string();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("tern prints its listening address");
+        BrokerProcess {
+            child,
+            addr: addr.parse().expect("address"),
+            log,
+        }
+    }
+
+    /// Send SIGTERM and wait (bounded) for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tern did not exit within 10 s of SIGTERM");
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw MQTT client: writes packets or bytes, reads decoded packets.
+pub struct RawClient {
+    pub stream: TcpStream,
+    pub version: ProtocolVersion,
+    buf: BytesMut,
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr, version: ProtocolVersion) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            version,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, p: &Packet) {
+        let mut b = BytesMut::new();
+        protocol::encode(p, self.version, &mut b).expect("encode");
+        self.stream.write_all(&b).await.expect("write");
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet, or None on EOF / reset. Panics after `WAIT` of silence.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        self.recv_within(WAIT)
+            .await
+            .expect("a packet or EOF within the wait")
+    }
+
+    /// Ok(Some) a packet, Ok(None) EOF, Err(()) nothing within `d`.
+    pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Packet>, ()> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match protocol::decode(&mut self.buf, Some(self.version), 16 * 1024 * 1024) {
+                Ok(Some(p)) => return Ok(Some(p)),
+                Ok(None) => {}
+                Err(e) => panic!("broker sent an undecodable packet: {e}"),
+            }
+            self.buf.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Err(()),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Assert nothing arrives for `d` (and the connection stays open).
+    pub async fn expect_silence(&mut self, d: Duration) {
+        match self.recv_within(d).await {
+            Err(()) => {}
+            Ok(p) => panic!("expected silence, got {p:?}"),
+        }
+    }
+
+    /// Read until EOF, returning the packets seen before it (bounded by `WAIT`).
+    pub async fn until_closed(&mut self) -> Vec<Packet> {
+        let mut seen = Vec::new();
+        loop {
+            match self.recv_within(WAIT).await {
+                Ok(Some(p)) => seen.push(p),
+                Ok(None) => return seen,
+                Err(()) => panic!("connection not closed within {WAIT:?}; saw {seen:?}"),
+            }
+        }
+    }
+}
+
+/// A CONNECT with the given client id and clean start, no will, keep alive 60.
+pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean: bool) -> Packet {
+    Packet::Connect(Box::new(protocol::Connect {
+        version,
+        clean_start: clean,
+        keep_alive: 60,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    }))
+}
+
+/// Connect and assert a successful CONNACK; returns the client and the CONNACK.
+pub async fn raw_connected(
+    addr: SocketAddr,
+    version: ProtocolVersion,
+    client_id: &str,
+    clean: bool,
+) -> (RawClient, protocol::ConnAck) {
+    let mut c = RawClient::connect(addr, version).await;
+    c.send(&connect_packet(version, client_id, clean)).await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => {
+            assert_eq!(a.reason_code, protocol::ReasonCode::SUCCESS, "CONNACK {a:?}");
+            (c, a)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// Decode hex like "10 0c 00 04" (spaces ignored).
+pub fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// Is a command on PATH? Tests that need a peer fail in CI when it is missing.
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Require a peer program: panic with a clear message when it is missing (never a
+/// silent skip).
+pub fn require(cmd: &str) {
+    assert!(
+        have(cmd),
+        "{cmd} is not installed: run `bash .ci/run` (it installs the test peers)"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Additions for the interop / CLI / shutdown / load tests.
+
+impl BrokerProcess {
+    /// Send SIGTERM without waiting (pair with `wait_exit`).
+    pub fn signal_term(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Wait up to `d` for the process to exit; None if it is still running.
+    pub fn wait_exit(&mut self, d: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + d;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait up to `d` until the collected log has `n` lines containing `needle`.
+    pub fn wait_log_count(&self, needle: &str, n: usize, d: Duration) -> bool {
+        let deadline = std::time::Instant::now() + d;
+        loop {
+            let count = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            if count >= n {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl RawClient {
+    /// Wrap an already connected stream (e.g. one with a tiny receive buffer).
+    pub fn from_stream(stream: TcpStream, version: ProtocolVersion) -> RawClient {
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            version,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// SUBSCRIBE to one filter and assert the SUBACK grants `qos`.
+    pub async fn subscribe(&mut self, packet_id: u16, filter: &str, qos: protocol::QoS) {
+        self.send(&subscribe_packet(packet_id, filter, qos)).await;
+        match self.recv().await {
+            Some(Packet::SubAck(a)) => {
+                assert_eq!(a.packet_id.get(), packet_id, "SUBACK packet id");
+                assert_eq!(
+                    a.reason_codes,
+                    vec![protocol::ReasonCode(qos.as_u8())],
+                    "SUBACK for {filter}"
+                );
+            }
+            other => panic!("expected SUBACK for {filter}, got {other:?}"),
+        }
+    }
+}
+
+/// A PUBLISH; `packet_id` is ignored for QoS 0.
+pub fn publish_packet(topic: &str, qos: protocol::QoS, packet_id: u16, payload: &[u8]) -> Packet {
+    Packet::Publish(protocol::Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: if qos == protocol::QoS::AtMostOnce {
+            None
+        } else {
+            Some(protocol::PacketId::new(packet_id).expect("non-zero packet id"))
+        },
+        properties: Default::default(),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    })
+}
+
+/// A SUBSCRIBE of one filter with default options.
+pub fn subscribe_packet(packet_id: u16, filter: &str, qos: protocol::QoS) -> Packet {
+    Packet::Subscribe(protocol::Subscribe {
+        packet_id: protocol::PacketId::new(packet_id).expect("non-zero packet id"),
+        properties: Default::default(),
+        filters: vec![protocol::SubscribeFilter {
+            filter: filter.into(),
+            options: protocol::SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        }],
+    })
+}
+
+/// The output of a finished child process.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run a command to completion with a time limit (killed and panics past it).
+pub fn run_bounded(cmd: Command, limit: Duration) -> RunOutput {
+    run_bounded_with_stdin(cmd, b"", limit)
+}
+
+/// Like `run_bounded`, feeding `input` to the command's stdin (then closing it).
+pub fn run_bounded_with_stdin(mut cmd: Command, input: &[u8], limit: Duration) -> RunOutput {
+    use std::io::{Read, Write};
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let t_in = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = t_out.join().unwrap_or_default();
+            let stderr = t_err.join().unwrap_or_default();
+            panic!("{desc} did not finish within {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = t_in.join();
+    RunOutput {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// Poll `cond` every 10 ms until it holds or `d` passes; returns the last result.
+pub async fn wait_until(d: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
