@@ -136,6 +136,9 @@ struct Client {
     session_expiry: u32,
     /// Set while offline: when the session ends.
     expires_at: Option<Instant>,
+    /// This client's entries in `Router::deadlines`, removed when it comes back so
+    /// a client that reconnects often does not grow the map.
+    scheduled: Vec<(Instant, u64)>,
 }
 
 impl Client {
@@ -196,8 +199,19 @@ impl Router {
 
     fn schedule(&mut self, at: Instant, client: &ClientId) {
         self.deadline_seq += 1;
-        self.deadlines
-            .insert((at, self.deadline_seq), client.clone());
+        let key = (at, self.deadline_seq);
+        if let Some(c) = self.clients.get_mut(client) {
+            c.scheduled.push(key);
+            self.deadlines.insert(key, client.clone());
+        }
+    }
+
+    fn unschedule(&mut self, client: &ClientId) {
+        if let Some(c) = self.clients.get_mut(client) {
+            for key in c.scheduled.drain(..) {
+                self.deadlines.remove(&key);
+            }
+        }
     }
 
     /// Handle one message. Returns false when the router should stop.
@@ -300,10 +314,11 @@ impl Router {
             if entry.key().0 > now {
                 break;
             }
-            let id = entry.remove();
-            let Some(c) = self.clients.get(&id) else {
+            let (key, id) = entry.remove_entry();
+            let Some(c) = self.clients.get_mut(&id) else {
                 continue;
             };
+            c.scheduled.retain(|k| *k != key);
             if c.pending_will.as_ref().is_some_and(|w| w.due <= now) {
                 self.fire_will(&id, now);
             }
@@ -348,6 +363,7 @@ impl Router {
         {
             self.fire_will(id, now);
         }
+        self.unschedule(id);
         if let Some(c) = self.clients.remove(id) {
             for spec in c.session.subscriptions.keys() {
                 self.subs.remove(spec, id);
@@ -401,6 +417,7 @@ impl Router {
         } else {
             false
         };
+        self.unschedule(&id);
         let window = req.handle.window;
         let version = req.handle.version;
         let client = self.clients.entry(id.clone()).or_insert_with(|| Client {
@@ -411,6 +428,7 @@ impl Router {
             pending_will: None,
             session_expiry: 0,
             expires_at: None,
+            scheduled: Vec::new(),
         });
         client.version = version;
         client.will = req.will;
@@ -803,5 +821,220 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
         if router.next_deadline().is_some_and(|d| d <= now) {
             router.tick(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{
+        PublishProperties, SubscribeFilter, SubscribeProperties, SubscriptionOptions,
+    };
+    use bytes::Bytes;
+
+    struct TestConn {
+        outbox: mpsc::Receiver<Outgoing>,
+        kick: oneshot::Receiver<ReasonCode>,
+    }
+
+    fn router() -> Router {
+        Router::new(&Config::default(), Arc::new(Metrics::default()))
+    }
+
+    fn connect(
+        r: &mut Router,
+        id: &str,
+        conn_id: u64,
+        clean: bool,
+        expiry: u32,
+        will: Option<LastWill>,
+        now: Instant,
+    ) -> (ConnectAccepted, TestConn) {
+        let (otx, orx) = mpsc::channel(64);
+        let (ktx, krx) = oneshot::channel();
+        let req = ConnectRequest {
+            client_id: id.into(),
+            clean_start: clean,
+            session_expiry: expiry,
+            will,
+            handle: ConnHandle {
+                conn_id,
+                version: ProtocolVersion::V5,
+                outbox: otx,
+                kick: ktx,
+                max_packet_size: None,
+                window: 10,
+            },
+        };
+        let acc = r.connect(req, now).expect("accepted");
+        (
+            acc,
+            TestConn {
+                outbox: orx,
+                kick: krx,
+            },
+        )
+    }
+
+    fn subscribe(r: &mut Router, id: &str, conn_id: u64, filter: &str, qos: QoS, now: Instant) {
+        let codes = r.subscribe(
+            &id.into(),
+            conn_id,
+            Subscribe {
+                packet_id: PacketId::new(1).unwrap(),
+                properties: SubscribeProperties::default(),
+                filters: vec![SubscribeFilter {
+                    filter: filter.into(),
+                    options: SubscriptionOptions {
+                        qos,
+                        ..Default::default()
+                    },
+                }],
+            },
+            now,
+        );
+        assert_eq!(codes, vec![ReasonCode(qos.as_u8())]);
+    }
+
+    fn will(topic: &str, delay: u32) -> LastWill {
+        LastWill {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            delay_interval: delay,
+            properties: PublishProperties::default(),
+        }
+    }
+
+    fn topics(c: &mut TestConn) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(Outgoing::Publish { delivery, .. }) = c.outbox.try_recv() {
+            v.push(delivery.message.topic.to_string());
+        }
+        v
+    }
+
+    fn drop_conn(r: &mut Router, id: &str, conn_id: u64, kind: DisconnectKind, now: Instant) {
+        r.disconnected(&id.into(), conn_id, kind, None, vec![], now);
+    }
+
+    #[test]
+    fn delayed_will_fires_after_delay_and_is_cancelled_by_resume() {
+        let t0 = Instant::now();
+        let mut r = router();
+        let (_, mut watcher) = connect(&mut r, "w", 1, true, 0, None, t0);
+        subscribe(&mut r, "w", 1, "will/#", QoS::AtLeastOnce, t0);
+        let (_, _c) = connect(&mut r, "c", 2, false, 100, Some(will("will/c", 5)), t0);
+        drop_conn(&mut r, "c", 2, DisconnectKind::WithWill, t0);
+        r.tick(t0 + Duration::from_secs(4));
+        assert!(topics(&mut watcher).is_empty(), "not before the delay");
+        r.tick(t0 + Duration::from_secs(5));
+        assert_eq!(topics(&mut watcher), vec!["will/c"]);
+
+        // Again, but the client resumes within the delay: no will [MQTT-3.1.3-9].
+        let (acc, _c) = connect(&mut r, "c", 3, false, 100, Some(will("will/c", 5)), t0);
+        assert!(acc.session_present);
+        drop_conn(&mut r, "c", 3, DisconnectKind::WithWill, t0);
+        let (_, _c) = connect(
+            &mut r,
+            "c",
+            4,
+            false,
+            100,
+            None,
+            t0 + Duration::from_secs(2),
+        );
+        r.tick(t0 + Duration::from_secs(60));
+        assert!(topics(&mut watcher).is_empty());
+        assert!(r.deadlines.is_empty(), "resume removed the deadlines");
+    }
+
+    #[test]
+    fn will_sent_when_session_ends_before_delay() {
+        let t0 = Instant::now();
+        let mut r = router();
+        let (_, mut watcher) = connect(&mut r, "w", 1, true, 0, None, t0);
+        subscribe(&mut r, "w", 1, "will/#", QoS::AtMostOnce, t0);
+        let (_, _c) = connect(&mut r, "c", 2, true, 3, Some(will("will/c", 60)), t0);
+        drop_conn(&mut r, "c", 2, DisconnectKind::WithWill, t0);
+        r.tick(t0 + Duration::from_secs(3));
+        assert_eq!(topics(&mut watcher), vec!["will/c"]);
+        assert!(!r.clients.contains_key("c"), "session expired");
+    }
+
+    #[test]
+    fn normal_disconnect_discards_will_and_zero_expiry_ends_session() {
+        let t0 = Instant::now();
+        let mut r = router();
+        let (_, mut watcher) = connect(&mut r, "w", 1, true, 0, None, t0);
+        subscribe(&mut r, "w", 1, "#", QoS::AtMostOnce, t0);
+        let (_, _c) = connect(&mut r, "c", 2, true, 0, Some(will("will/c", 0)), t0);
+        drop_conn(&mut r, "c", 2, DisconnectKind::Normal, t0);
+        assert!(topics(&mut watcher).is_empty());
+        assert_eq!(r.session_count(), 1);
+    }
+
+    #[test]
+    fn takeover_kicks_old_connection_and_ignores_its_late_report() {
+        let t0 = Instant::now();
+        let mut r = router();
+        let (_, mut old) = connect(&mut r, "c", 1, false, 100, None, t0);
+        subscribe(&mut r, "c", 1, "t", QoS::AtLeastOnce, t0);
+        let (acc, mut new) = connect(&mut r, "c", 2, false, 100, None, t0);
+        assert!(acc.session_present);
+        assert_eq!(old.kick.try_recv(), Ok(ReasonCode::SESSION_TAKEN_OVER));
+        // The old connection reports its end after the takeover: ignored.
+        drop_conn(&mut r, "c", 1, DisconnectKind::WithWill, t0);
+        let p = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: PacketId::new(9),
+            properties: PublishProperties::default(),
+            payload: Bytes::from_static(b"x"),
+        };
+        r.publish(None, p, t0);
+        assert_eq!(
+            topics(&mut new),
+            vec!["t"],
+            "the new connection still gets it"
+        );
+    }
+
+    #[test]
+    fn offline_queue_redelivered_on_resume_and_expiry_sweeps() {
+        let t0 = Instant::now();
+        let mut r = router();
+        let (_, _c) = connect(&mut r, "c", 1, false, 10, None, t0);
+        subscribe(&mut r, "c", 1, "t/#", QoS::ExactlyOnce, t0);
+        drop_conn(&mut r, "c", 1, DisconnectKind::Normal, t0);
+        for i in 0..3 {
+            let p = Publish {
+                dup: false,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: format!("t/{i}"),
+                packet_id: PacketId::new(1),
+                properties: PublishProperties::default(),
+                payload: Bytes::from_static(b"x"),
+            };
+            r.publish(None, p, t0);
+        }
+        let (acc, mut c) = connect(&mut r, "c", 2, false, 10, None, t0 + Duration::from_secs(5));
+        assert!(acc.session_present);
+        assert_eq!(topics(&mut c), vec!["t/0", "t/1", "t/2"]);
+        drop_conn(
+            &mut r,
+            "c",
+            2,
+            DisconnectKind::Normal,
+            t0 + Duration::from_secs(5),
+        );
+        r.tick(t0 + Duration::from_secs(14));
+        assert_eq!(r.session_count(), 1);
+        r.tick(t0 + Duration::from_secs(15));
+        assert_eq!(r.session_count(), 0, "expired 10 s after the disconnect");
     }
 }
