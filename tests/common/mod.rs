@@ -15,16 +15,19 @@ use tokio::net::TcpStream;
 
 /// A config listening on 127.0.0.1:0 with defaults otherwise.
 pub fn test_config() -> Config {
-    let mut c = Config::default();
-    c.listeners = vec![ListenerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-    }];
-    c
+    Config {
+        listeners: vec![ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+        }],
+        ..Config::default()
+    }
 }
 
 /// An in-process broker; call `shutdown().await` or just drop the runtime.
 pub async fn start(config: Config) -> (tern::broker::Broker, SocketAddr) {
-    let b = tern::broker::Broker::start(config).await.expect("broker starts");
+    let b = tern::broker::Broker::start(config)
+        .await
+        .expect("broker starts");
     let addr = b.local_addrs()[0];
     (b, addr)
 }
@@ -216,7 +219,11 @@ pub async fn raw_connected(
     c.send(&connect_packet(version, client_id, clean)).await;
     match c.recv().await {
         Some(Packet::ConnAck(a)) => {
-            assert_eq!(a.reason_code, protocol::ReasonCode::SUCCESS, "CONNACK {a:?}");
+            assert_eq!(
+                a.reason_code,
+                protocol::ReasonCode::SUCCESS,
+                "CONNACK {a:?}"
+            );
             (c, a)
         }
         other => panic!("expected CONNACK, got {other:?}"),
