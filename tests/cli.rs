@@ -1,0 +1,241 @@
+//! The `tern` command line: `check-config` on a good and a bad file, `-c FILE`,
+//! `TERN_<SECTION>__<KEY>` environment overrides (a lowered max packet size is
+//! announced in the v5 CONNACK and a larger packet is answered with DISCONNECT 0x95
+//! for v5 (MQTT 5.0 section 3.2.2.3.6 / 4.13), a plain close for 3.1.1), repeated
+//! `--listen`, and refusing to start with an unknown key or a bad override.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+use tern::protocol::{Packet, ProtocolVersion, QoS, ReasonCode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tern");
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn tern(args: &[&str]) -> RunOutput {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    run_bounded(cmd, LIMIT)
+}
+
+fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn check_config_accepts_the_example_file() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tern.toml");
+    let out = tern(&["check-config", file]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("OK"), "{out:?}");
+    assert!(out.stderr.trim().is_empty(), "{out:?}");
+}
+
+#[test]
+fn check_config_names_every_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "bad.toml",
+        r#"
+[[listeners]]
+bind = "not-an-address"
+colour = "blue"
+
+[limits]
+max_packet_size = "big"
+max_conections = 5
+connect_timeout = "10 parsecs"
+receive_maximum = -1
+
+[mqtt]
+queue_qos0_offline = "yes"
+
+[logging]
+level = "info"
+"#,
+    );
+    let out = tern(&["check-config", &file]);
+    assert!(!out.status.success(), "bad file accepted: {out:?}");
+    for key in [
+        "listeners[0].bind",
+        "listeners[0].colour",
+        "limits.max_packet_size",
+        "limits.max_conections",
+        "limits.connect_timeout",
+        "limits.receive_maximum",
+        "mqtt.queue_qos0_offline",
+        "logging",
+    ] {
+        assert!(
+            out.stderr.contains(key),
+            "{key} not named in stderr:\n{}",
+            out.stderr
+        );
+    }
+    // One line per error, each prefixed with the file name.
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 8, "{}", out.stderr);
+    assert!(lines.iter().all(|l| l.starts_with(&file)), "{}", out.stderr);
+}
+
+#[test]
+fn check_config_reports_range_errors_and_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "range.toml",
+        "[limits]\nmax_packet_size = 10\nreceive_maximum = 0\n",
+    );
+    let out = tern(&["check-config", &file]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("limits.max_packet_size"), "{out:?}");
+    assert!(out.stderr.contains("limits.receive_maximum"), "{out:?}");
+
+    let missing = dir.path().join("nope.toml");
+    let out = tern(&["check-config", missing.to_str().unwrap()]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("nope.toml"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_listener_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "ok.toml",
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[limits]\nmax_keepalive = 100\n",
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-c", &file, "--log", "info"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let broker = BrokerProcess::spawn_cmd(cmd);
+    // The file's limits apply: a v5 client asking for keep alive 200 is told 100
+    // (Server Keep Alive, MQTT 5.0 3.2.2.3.14).
+    let mut c = RawClient::connect(broker.addr, ProtocolVersion::V5).await;
+    let mut connect = connect_packet(ProtocolVersion::V5, "cfg", true);
+    if let Packet::Connect(c) = &mut connect {
+        c.keep_alive = 200;
+    }
+    c.send(&connect).await;
+    match c.recv().await {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
+            assert_eq!(ack.properties.server_keep_alive, Some(100), "{ack:?}");
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+async fn oversized_publish_closes(addr: std::net::SocketAddr, version: ProtocolVersion) {
+    let mut c = RawClient::connect(addr, version).await;
+    let mut connect = connect_packet(version, &format!("big-{version:?}"), true);
+    if let Packet::Connect(c) = &mut connect {
+        c.keep_alive = 0;
+    }
+    c.send(&connect).await;
+    let ack = match c.recv().await {
+        Some(Packet::ConnAck(a)) => a,
+        other => panic!("expected CONNACK, got {other:?}"),
+    };
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    if version.is_v5() {
+        // The lowered limit is announced; the client must respect it [MQTT-3.2.2-15].
+        assert_eq!(ack.properties.maximum_packet_size, Some(100), "{ack:?}");
+    }
+    // A small publish is fine...
+    c.send(&publish_packet("ok", QoS::AtLeastOnce, 1, b"small"))
+        .await;
+    match c.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.packet_id.get(), 1),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    // ...a 200-byte one is too large.
+    c.send(&publish_packet("big", QoS::AtLeastOnce, 2, &[b'x'; 200]))
+        .await;
+    let seen = c.until_closed().await;
+    if version.is_v5() {
+        // DISCONNECT 0x95 Packet too large, then close (MQTT 5.0 4.13).
+        match seen.as_slice() {
+            [Packet::Disconnect(d)] => {
+                assert_eq!(d.reason_code, ReasonCode::PACKET_TOO_LARGE, "{d:?}")
+            }
+            other => panic!("expected DISCONNECT 0x95 then EOF, got {other:?}"),
+        }
+    } else {
+        assert!(
+            seen.is_empty(),
+            "3.1.1: expected a plain close, got {seen:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_override_lowers_max_packet_size() {
+    let broker = BrokerProcess::spawn_with_env(&[], &[("TERN_LIMITS__MAX_PACKET_SIZE", "100")]);
+    oversized_publish_closes(broker.addr, ProtocolVersion::V5).await;
+    oversized_publish_closes(broker.addr, ProtocolVersion::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_listen_opens_every_listener() {
+    // spawn() already passes one `--listen 127.0.0.1:0`.
+    let broker = BrokerProcess::spawn(&["--listen", "127.0.0.1:0"]);
+    assert!(
+        broker.wait_log_count("listening on ", 2, Duration::from_secs(5)),
+        "expected two listening lines:\n{}",
+        broker.log_text()
+    );
+    let addrs: Vec<std::net::SocketAddr> = broker
+        .log_text()
+        .lines()
+        .filter_map(|l| l.split("listening on ").nth(1))
+        .map(|a| a.trim().parse().expect("address"))
+        .collect();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert_ne!(addrs[0], addrs[1]);
+    for (i, addr) in addrs.into_iter().enumerate() {
+        raw_connected(addr, ProtocolVersion::V311, &format!("l{i}"), true).await;
+    }
+}
+
+#[test]
+fn unknown_key_in_config_file_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "unknown.toml",
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[limits]\nmax_frobnication = 3\n",
+    );
+    let out = tern(&["-c", &file]);
+    assert!(!out.status.success(), "tern started anyway: {out:?}");
+    assert!(
+        out.stderr.contains("limits.max_frobnication"),
+        "key not named: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("listening on"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_env_override_is_fatal() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("TERN_LIMITS__MAX_PACKET_SIZE", "10");
+    let out = run_bounded(cmd, LIMIT);
+    assert!(!out.status.success(), "tern started anyway: {out:?}");
+    assert!(
+        out.stderr.contains("limits.max_packet_size"),
+        "{}",
+        out.stderr
+    );
+}
