@@ -97,7 +97,7 @@ const TABLE: &[Row] = &[
     ("SUBSCRIBE without filters", V311, "82 02 00 01", Protocol, "without topic filters"),
     ("SUBSCRIBE without filters (v5)", V5, "82 03 00 01 00", Protocol, "without topic filters"),
     ("SUBSCRIBE options bits 6-7", V5, "82 07 00 01 00 00 01 61 c0", Malformed, "reserved bits"),
-    ("SUBSCRIBE options QoS 3", V5, "82 07 00 01 00 00 01 61 03", Malformed, "QoS 3"),
+    ("SUBSCRIBE options QoS 3", V5, "82 07 00 01 00 00 01 61 03", Protocol, "QoS 3"),
     ("SUBSCRIBE requested QoS 3", V311, "82 06 00 01 00 01 61 03", Malformed, "QoS 3"),
     ("SUBSCRIBE 3.1.1 upper QoS bits", V311, "82 06 00 01 00 01 61 04", Malformed, "reserved bits"),
     ("SUBSCRIBE Retain Handling 3", V5, "82 07 00 01 00 00 01 61 30", Protocol, "Retain Handling 3"),

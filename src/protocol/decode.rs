@@ -1012,7 +1012,10 @@ fn decode_subscribe(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
                 _ => return Err(DecodeError::Protocol("Retain Handling 3")),
             };
             SubscriptionOptions {
-                qos: sub_qos(opts)?,
+                // 3.8.3.1: "It is a Protocol Error if the Maximum QoS field has the
+                // value 3".
+                qos: QoS::from_u8(opts & 0b11)
+                    .ok_or(DecodeError::Protocol("subscription QoS 3"))?,
                 no_local: opts & 0x04 != 0,
                 retain_as_published: opts & 0x08 != 0,
                 retain_handling,
@@ -1023,7 +1026,9 @@ fn decode_subscribe(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
                 return Err(DecodeError::Malformed("requested QoS reserved bits set"));
             }
             SubscriptionOptions {
-                qos: sub_qos(opts)?,
+                // 3.1.1 [MQTT-3-8.3-4]: a requested QoS of 3 is malformed.
+                qos: QoS::from_u8(opts & 0b11)
+                    .ok_or(DecodeError::Malformed("subscription QoS 3"))?,
                 ..SubscriptionOptions::default()
             }
         };
@@ -1038,12 +1043,6 @@ fn decode_subscribe(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
         properties,
         filters,
     }))
-}
-
-/// Maximum QoS of subscription options: 3 is malformed (3.8.3.1 "It is a Protocol
-/// Error if the Maximum QoS field has the value 3"; 3.1.1 [MQTT-3-8.3-4] malformed).
-fn sub_qos(opts: u8) -> Result<QoS> {
-    QoS::from_u8(opts & 0b11).ok_or(DecodeError::Malformed("subscription QoS 3"))
 }
 
 fn decode_suback(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
