@@ -110,6 +110,8 @@ pub struct Limits {
     pub max_session_expiry: Duration,
     pub outgoing_qos0_buffer: usize,
     pub router_queue: usize,
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
 }
 
 impl Default for Limits {
@@ -131,6 +133,8 @@ impl Default for Limits {
             max_session_expiry: Duration::from_secs(7 * 24 * 3600),
             outgoing_qos0_buffer: 256,
             router_queue: 4096,
+            max_retained_messages: 10_000,
+            max_retained_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -142,6 +146,16 @@ pub struct MqttConfig {
     /// Queue QoS 0 messages for offline persistent sessions (Mosquitto's
     /// `queue_qos0_messages`). QoS 0 promises nothing, so off by default.
     pub queue_qos0_offline: bool,
+    /// When a connected subscriber's queue is full, hold back the publishers'
+    /// PUBACK / PUBREC (so their own inflight windows stop them) instead of dropping
+    /// QoS 1/2 messages. Nothing acknowledged is then lost to a slow subscriber.
+    pub backpressure: bool,
+    /// How long a subscriber may hold publishers back. After that it counts as
+    /// stalled: the held acknowledgements are released and further QoS 1/2 messages
+    /// beyond its queue cap are dropped (counted) until it catches up, so one stuck
+    /// client cannot stop the others for long.
+    #[serde(alias = "backpressure_timeout_secs", deserialize_with = "de_duration")]
+    pub backpressure_timeout: Duration,
     /// How long a graceful shutdown waits for outgoing buffers to drain.
     #[serde(alias = "shutdown_timeout_secs", deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
@@ -151,6 +165,8 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             queue_qos0_offline: false,
+            backpressure: true,
+            backpressure_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
         }
     }

@@ -1,21 +1,22 @@
 //! One task per client connection: the codec on a socket, the CONNECT handshake and
-//! its timeout, keep-alive, topic aliases in both directions, inbound QoS 2 state, and
-//! our Receive Maximum.
+//! its timeout, keep-alive, topic aliases in both directions, and our Receive
+//! Maximum.
 //!
 //! Owns everything that lives exactly as long as one network connection. Session
-//! state that outlives it (subscriptions, outgoing inflight, queues) belongs to the
-//! router; inbound QoS 2 ids are owned here while connected and handed back to the
-//! router on close. Works over any byte stream, so TLS and WebSockets reuse it.
+//! state that outlives it (subscriptions, inflight, queues, inbound QoS 2 ids)
+//! belongs to the router, which also decides every reply of an inbound QoS flow;
+//! this task writes those replies. Works over any byte stream, so TLS and
+//! WebSockets reuse it.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
-    DisconnectProperties, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, SubAck,
-    UnsubAck,
+    DisconnectProperties, Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+    SubAck, UnsubAck,
 };
 use crate::router::{ConnHandle, ConnectRequest, DisconnectKind, RouterMsg};
-use crate::session::{ClientId, Outgoing};
+use crate::session::{ClientId, Outgoing, ReplyKind};
 use crate::topic::validate_topic_name;
 use bytes::{Buf, BytesMut};
 use std::collections::{HashMap, HashSet};
@@ -158,6 +159,18 @@ where
     tracing::Span::current().record("client", &*conn.client_id);
     info!(version = ?conn.version, "connected");
     let close = conn.run(&mut stream).await;
+    // Tell the router first: a client reconnecting at once must find its old
+    // connection gone, not "taken over" (which would publish its Will after a
+    // normal DISCONNECT).
+    let _ = shared
+        .router
+        .send(RouterMsg::Disconnected {
+            client: conn.client_id.clone(),
+            conn_id,
+            kind: close.kind,
+            session_expiry: close.session_expiry,
+        })
+        .await;
     if let (true, Some(reason)) = (conn.version.is_v5(), close.reason) {
         let d = Packet::Disconnect(Disconnect {
             reason_code: reason,
@@ -178,16 +191,6 @@ where
         }
         _ => info!("disconnected"),
     }
-    let _ = shared
-        .router
-        .send(RouterMsg::Disconnected {
-            client: conn.client_id.clone(),
-            conn_id,
-            kind: close.kind,
-            session_expiry: close.session_expiry,
-            inbound_qos2: conn.inbound_qos2.into_iter().collect(),
-        })
-        .await;
 }
 
 /// Read until one whole CONNECT is decoded. `Err(None)` is EOF or an I/O error.
@@ -353,8 +356,10 @@ async fn handshake<S: AsyncWrite + Unpin>(
             .unwrap_or(u16::MAX)
             .min(lim.max_inflight),
     );
+    // Replies we may owe at once: we stop reading at `receive_maximum` owed.
+    let reply_reserve = usize::from(lim.receive_maximum) + 1;
     let (outbox_tx, outbox_rx) =
-        mpsc::channel(usize::from(lim.max_inflight) + lim.outgoing_qos0_buffer + 1);
+        mpsc::channel(usize::from(lim.max_inflight) + lim.outgoing_qos0_buffer + reply_reserve);
     let (kick_tx, kick_rx) = oneshot::channel();
     let (reply_tx, reply_rx) = oneshot::channel();
     let request = ConnectRequest {
@@ -373,6 +378,7 @@ async fn handshake<S: AsyncWrite + Unpin>(
                 None
             },
             window,
+            reply_reserve,
         },
     };
     if shared
@@ -428,7 +434,9 @@ async fn handshake<S: AsyncWrite + Unpin>(
         version,
         rbuf: BytesMut::new(),
         wbuf: BytesMut::with_capacity(256),
-        inbound_qos2: accepted.inbound_qos2.into_iter().collect(),
+        owed: 0,
+        unacked_in: HashSet::new(),
+        skipped: Vec::new(),
         in_aliases: HashMap::new(),
         out_aliases: HashMap::new(),
         out_alias_max: if v5 {
@@ -463,7 +471,15 @@ struct Conn {
     version: ProtocolVersion,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    inbound_qos2: HashSet<u16>,
+    /// Replies the router still owes us for packets we forwarded (QoS 1/2 PUBLISH,
+    /// PUBREL, PUBREC). Reading pauses at `receive_maximum`, which bounds the
+    /// outbox slots replies can take.
+    owed: usize,
+    /// Inbound QoS 1/2 packet ids not yet completed by PUBACK / PUBCOMP: what our
+    /// Receive Maximum counts [MQTT-3.3.4-9].
+    unacked_in: HashSet<u16>,
+    /// Deliveries too big for the client, to report to the router.
+    skipped: Vec<PacketId>,
     /// Topic aliases the client set on its PUBLISHes [MQTT-3.3.2-?].
     in_aliases: HashMap<u16, String>,
     /// Aliases we assigned on deliveries, up to the client's Topic Alias Maximum.
@@ -518,7 +534,8 @@ impl Conn {
                     None => std::future::pending().await,
                 }
             };
-            let can_read = self.wbuf.len() < WRITE_HIGH_WATER;
+            let can_read = self.wbuf.len() < WRITE_HIGH_WATER
+                && self.owed < usize::from(self.limits().receive_maximum);
             if can_read && self.rbuf.capacity() - self.rbuf.len() < 256 {
                 self.rbuf.reserve(2048);
             }
@@ -572,9 +589,25 @@ impl Conn {
                         if self.wbuf.len() >= WRITE_HIGH_WATER {
                             break;
                         }
-                        match self.outbox.try_recv() {
+                                                match self.outbox.try_recv() {
                             Ok(o) => self.push_outgoing(o),
                             Err(_) => break,
+                        }
+                    }
+                    // Replies written: packets held back by flow control can go on.
+                    if !self.rbuf.is_empty() {
+                        if let Some(close) = self.process_input().await {
+                            return close;
+                        }
+                    }
+                    for packet_id in std::mem::take(&mut self.skipped) {
+                        let msg = RouterMsg::Skipped {
+                            client: self.client_id.clone(),
+                            conn_id: self.conn_id,
+                            packet_id,
+                        };
+                        if let Some(close) = self.to_router(msg).await {
+                            return close;
                         }
                     }
                 }
@@ -590,7 +623,11 @@ impl Conn {
     /// Decode and handle every complete packet in the read buffer.
     async fn process_input(&mut self) -> Option<Close> {
         let max = self.limits().max_packet_size;
-        loop {
+        let owed_max = usize::from(self.limits().receive_maximum);
+        // Stop at `receive_maximum` owed replies: the rest waits in the buffer
+        // until replies are written (flow control for pipelining clients; it also
+        // bounds the outbox slots replies take).
+        while self.owed < owed_max {
             let packet = match protocol::decode(&mut self.rbuf, Some(self.version), max) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
@@ -640,10 +677,10 @@ impl Conn {
                     .await;
             }
             Packet::PubRec(a) => {
+                // The router answers a successful PUBREC with PUBREL.
                 let success = !a.reason_code.is_error();
                 if success {
-                    // [MQTT-4.3.3-?] answer PUBREC with PUBREL.
-                    self.write_packet(&Packet::PubRel(PubResponse::success(a.packet_id)));
+                    self.owed += 1;
                 }
                 return self
                     .to_router(RouterMsg::PubRec {
@@ -664,14 +701,15 @@ impl Conn {
                     .await;
             }
             Packet::PubRel(r) => {
-                // [MQTT-4.3.3-?] release the id; PUBCOMP either way, with 0x92 in v5
-                // if we did not know it.
-                let known = self.inbound_qos2.remove(&r.packet_id.get());
-                let mut resp = PubResponse::success(r.packet_id);
-                if !known {
-                    resp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-                }
-                self.write_packet(&Packet::PubComp(resp));
+                // The router releases the id and answers with PUBCOMP.
+                self.owed += 1;
+                return self
+                    .to_router(RouterMsg::PubRel {
+                        client,
+                        conn_id,
+                        packet_id: r.packet_id,
+                    })
+                    .await;
             }
             Packet::Subscribe(s) => {
                 if self.version.is_v5()
@@ -699,6 +737,14 @@ impl Conn {
                     return Some(c);
                 }
                 let codes = rx.await.unwrap_or_default();
+                if codes.is_empty() {
+                    // The router is gone (shutting down): an empty SUBACK or
+                    // UNSUBACK would be malformed.
+                    return Some(Close::error(
+                        ReasonCode::SERVER_SHUTTING_DOWN,
+                        "server shutting down",
+                    ));
+                }
                 // [MQTT-3.8.4-1] SUBACK with one code per filter, same packet id.
                 self.write_packet(&Packet::SubAck(SubAck {
                     packet_id,
@@ -721,6 +767,14 @@ impl Conn {
                     return Some(c);
                 }
                 let codes = rx.await.unwrap_or_default();
+                if codes.is_empty() {
+                    // The router is gone (shutting down): an empty SUBACK or
+                    // UNSUBACK would be malformed.
+                    return Some(Close::error(
+                        ReasonCode::SERVER_SHUTTING_DOWN,
+                        "server shutting down",
+                    ));
+                }
                 self.write_packet(&Packet::UnsubAck(UnsubAck {
                     packet_id,
                     properties: AckProperties::default(),
@@ -837,64 +891,38 @@ impl Conn {
             }
             return None;
         }
-        let client = self.client_id.clone();
-        let conn_id = self.conn_id;
-        match (qos, packet_id) {
-            (QoS::AtMostOnce, _) => {
-                self.to_router(RouterMsg::Publish {
-                    client,
-                    conn_id,
-                    publish: p,
-                })
-                .await
+        if let Some(pid) = packet_id {
+            if self.version.is_v5()
+                && !self.unacked_in.contains(&pid.get())
+                && self.unacked_in.len() >= usize::from(self.limits().receive_maximum)
+            {
+                // [MQTT-3.3.4-9] more unacknowledged QoS 1/2 PUBLISHes than our
+                // Receive Maximum. 3.1.1 has no such limit: a 3.1.1 client that
+                // pipelines more is slowed by flow control instead.
+                return Some(Close::error(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded",
+                ));
             }
-            (QoS::AtLeastOnce, Some(pid)) => {
-                let c = self
-                    .to_router(RouterMsg::Publish {
-                        client,
-                        conn_id,
-                        publish: p,
-                    })
-                    .await;
-                if c.is_none() {
-                    // [MQTT-4.3.2-?] PUBACK once the message is routed.
-                    self.write_packet(&Packet::PubAck(PubResponse::success(pid)));
-                }
-                c
-            }
-            (QoS::ExactlyOnce, Some(pid)) => {
-                if !self.inbound_qos2.contains(&pid.get()) {
-                    if self.inbound_qos2.len() >= usize::from(self.limits().receive_maximum) {
-                        // [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive
-                        // Maximum.
-                        return Some(Close::error(
-                            ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                            "receive maximum exceeded",
-                        ));
-                    }
-                    if let Some(c) = self
-                        .to_router(RouterMsg::Publish {
-                            client,
-                            conn_id,
-                            publish: p,
-                        })
-                        .await
-                    {
-                        return Some(c);
-                    }
-                    self.inbound_qos2.insert(pid.get());
-                }
-                // A re-sent PUBLISH before PUBREL is acknowledged again but not
-                // delivered twice [MQTT-4.3.3-?] (method B: store the packet id).
-                self.write_packet(&Packet::PubRec(PubResponse::success(pid)));
-                None
-            }
+            self.unacked_in.insert(pid.get());
+            // The router answers with PUBACK / PUBREC once the message is routed
+            // (and, while a receiver's queue is full, only when it drains).
+            self.owed += 1;
+        } else if qos != QoS::AtMostOnce {
             // The decoder guarantees a packet id for QoS > 0 [MQTT-2.2.1-2].
-            _ => Some(Close::error(
+            return Some(Close::error(
                 ReasonCode::MALFORMED_PACKET,
                 "missing packet id",
-            )),
+            ));
         }
+        let client = self.client_id.clone();
+        let conn_id = self.conn_id;
+        self.to_router(RouterMsg::Publish {
+            client,
+            conn_id,
+            publish: p,
+        })
+        .await
     }
 
     /// Encode one outbox item into the write buffer.
@@ -902,6 +930,31 @@ impl Conn {
         let (delivery, packet_id, dup) = match o {
             Outgoing::PubRel(pid) => {
                 self.write_packet(&Packet::PubRel(PubResponse::success(pid)));
+                return;
+            }
+            Outgoing::Reply(r) => {
+                self.owed = self.owed.saturating_sub(1);
+                let completes = match r.kind {
+                    ReplyKind::PubAck | ReplyKind::PubComp => true,
+                    // An error PUBREC ends the QoS 2 flow.
+                    ReplyKind::PubRec => r.reason.is_error(),
+                    ReplyKind::PubRel => false,
+                };
+                if completes {
+                    self.unacked_in.remove(&r.packet_id.get());
+                }
+                let body = PubResponse {
+                    packet_id: r.packet_id,
+                    reason_code: r.reason,
+                    properties: AckProperties::default(),
+                };
+                let pkt = match r.kind {
+                    ReplyKind::PubAck => Packet::PubAck(body),
+                    ReplyKind::PubRec => Packet::PubRec(body),
+                    ReplyKind::PubRel => Packet::PubRel(body),
+                    ReplyKind::PubComp => Packet::PubComp(body),
+                };
+                self.write_packet(&pkt);
                 return;
             }
             Outgoing::Publish {
@@ -942,13 +995,20 @@ impl Conn {
             publish.topic = m.topic.to_string();
         }
         let mut pkt = Packet::Publish(publish);
-        if let (Some(max), Packet::Publish(p)) = (self.client_max_packet, &mut pkt) {
-            if alias_added
-                && protocol::encoded_len(&Packet::Publish(p.clone()), self.version) > max as usize
-            {
+        if let Some(max) = self.client_max_packet {
+            let max = max as usize;
+            if alias_added && protocol::encoded_len(&pkt, self.version) > max {
                 // The alias property made it 3 bytes too big: send it without.
-                p.properties.topic_alias = None;
+                if let Packet::Publish(p) = &mut pkt {
+                    p.properties.topic_alias = None;
+                }
                 self.out_aliases.remove(&m.topic);
+            }
+            if protocol::encoded_len(&pkt, self.version) > max {
+                // [MQTT-3.1.2-25] too big for this client (queued or resumed before
+                // its limit was known): skip it, as if delivered.
+                self.skipped.extend(packet_id);
+                return;
             }
         }
         self.write_packet(&pkt);

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub dropped_too_large: AtomicU64,
     /// Pushes refused by a connection's outbox (only when it is closing).
     pub dropped_outbox_full: AtomicU64,
+    /// Retained messages not kept because of max_retained_messages / _bytes.
+    pub retained_refused: AtomicU64,
+    /// Publisher acknowledgements held back by a full subscriber queue.
+    pub acks_held: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub takeovers: AtomicU64,
     pub wills_published: AtomicU64,

@@ -1,10 +1,14 @@
 //! The router: sole owner of sessions, subscriptions, retained messages and wills.
 //!
-//! Connections talk to it over one bounded channel (`RouterMsg`); it answers requests
-//! through oneshot replies and pushes deliveries into each connection's bounded
-//! outbox with `try_send`, so it never waits on a client. No sockets here: the state
-//! machine (`Router`) is synchronous with time passed in, and `run` is the thin task
-//! around it.
+//! Connections talk to it over one bounded channel (`RouterMsg`); it answers
+//! CONNECT / SUBSCRIBE / UNSUBSCRIBE through oneshot replies and everything else
+//! through each connection's bounded outbox, into which it pushes with `try_send`:
+//! it never waits on a client. It also decides every reply of an inbound QoS flow
+//! (PUBACK, PUBREC, PUBREL, PUBCOMP), because it owns the session's QoS 2 state and
+//! knows when a message may be acknowledged: a publisher's acknowledgement is held
+//! back while a connected receiver's queue is full (backpressure), up to
+//! `backpressure_timeout`. No sockets here: `Router` is synchronous with time passed
+//! in, and `run` is the thin task around it.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -14,16 +18,17 @@ use crate::protocol::{
 };
 use crate::retain::RetainTree;
 use crate::session::{
-    ClientId, DeliverOutcome, Delivery, DropReason, Message, Outgoing, QueueLimits, Session,
-    Subscription,
+    ClientId, DeliverOutcome, Delivery, DropReason, Message, Outgoing, QueueLimits, Reply,
+    ReplyKind, Session, Subscription,
 };
 use crate::subscriptions::SubscriptionTree;
 use crate::topic::{FilterSpec, TopicLimits};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
 
 /// The handle a connection gives the router so it can reach the socket.
 #[derive(Debug)]
@@ -37,9 +42,19 @@ pub struct ConnHandle {
     /// The client's Maximum Packet Size (v5), for skipping oversized deliveries
     /// [MQTT-3.1.2-25].
     pub max_packet_size: Option<u32>,
-    /// Topic Alias Maximum of the client: aliases make a PUBLISH smaller, never
-    /// bigger, so the size check ignores them.
+    /// How many QoS 1/2 deliveries may be unacknowledged: the client's Receive
+    /// Maximum capped by `max_inflight`.
     pub window: usize,
+    /// Outbox slots kept free for replies to the client's own packets; the
+    /// connection stops reading before it could owe more than this.
+    pub reply_reserve: usize,
+}
+
+impl ConnHandle {
+    /// Outbox slots free for deliveries.
+    fn room(&self) -> usize {
+        self.outbox.capacity().saturating_sub(self.reply_reserve)
+    }
 }
 
 pub struct ConnectRequest {
@@ -54,8 +69,6 @@ pub struct ConnectRequest {
 #[derive(Debug)]
 pub struct ConnectAccepted {
     pub session_present: bool,
-    /// Inbound QoS 2 ids awaiting PUBREL, handed to the connection that now owns them.
-    pub inbound_qos2: Vec<u16>,
 }
 
 /// Why a connection ended, as the router needs to know it for the Will.
@@ -73,6 +86,7 @@ pub enum RouterMsg {
         request: Box<ConnectRequest>,
         reply: oneshot::Sender<Result<ConnectAccepted, ReasonCode>>,
     },
+    /// An application message; for QoS 1/2 the router answers with a `Reply`.
     Publish {
         client: ClientId,
         conn_id: u64,
@@ -83,13 +97,27 @@ pub enum RouterMsg {
         conn_id: u64,
         packet_id: PacketId,
     },
+    /// Answered with PUBREL when `success`.
     PubRec {
         client: ClientId,
         conn_id: u64,
         packet_id: PacketId,
         success: bool,
     },
+    /// Answered with PUBCOMP.
+    PubRel {
+        client: ClientId,
+        conn_id: u64,
+        packet_id: PacketId,
+    },
     PubComp {
+        client: ClientId,
+        conn_id: u64,
+        packet_id: PacketId,
+    },
+    /// The connection could not send this delivery (over the client's Maximum
+    /// Packet Size): count it as delivered.
+    Skipped {
         client: ClientId,
         conn_id: u64,
         packet_id: PacketId,
@@ -112,12 +140,11 @@ pub enum RouterMsg {
         kind: DisconnectKind,
         /// A new Session Expiry Interval from a v5 DISCONNECT.
         session_expiry: Option<u32>,
-        inbound_qos2: Vec<u16>,
     },
-    /// Graceful shutdown: close every connection with `reason`, then publish the
-    /// wills that are due. Replies when connections have been told.
+    /// Graceful shutdown: close every connection (DISCONNECT 0x8B), refuse new
+    /// ones. Replies when connections have been told.
     Shutdown { reply: oneshot::Sender<()> },
-    /// Publish every delayed will now and stop. Sent after connections have ended.
+    /// Publish every pending will now and stop. Sent after connections have ended.
     Finish { reply: oneshot::Sender<()> },
 }
 
@@ -125,6 +152,13 @@ pub enum RouterMsg {
 struct PendingWill {
     will: LastWill,
     due: Instant,
+}
+
+/// A publisher's acknowledgement held back until a full receiver drains.
+struct HeldAck {
+    publisher: ClientId,
+    conn_id: u64,
+    reply: Reply,
 }
 
 struct Client {
@@ -139,11 +173,20 @@ struct Client {
     /// This client's entries in `Router::deadlines`, removed when it comes back so
     /// a client that reconnects often does not grow the map.
     scheduled: Vec<(Instant, u64)>,
+    /// Since when this (connected) client's queue has been full while holding
+    /// publishers back.
+    full_since: Option<Instant>,
+    /// Publishers' acknowledgements waiting for this client's queue to drain.
+    held_acks: Vec<HeldAck>,
 }
 
 impl Client {
     fn online(&self) -> bool {
         self.conn.is_some()
+    }
+
+    fn live(&self, conn_id: u64) -> Option<&ConnHandle> {
+        self.conn.as_ref().filter(|h| h.conn_id == conn_id)
     }
 }
 
@@ -155,17 +198,31 @@ struct Target {
     ids: Vec<u32>,
 }
 
+/// What became of one delivery, for the publisher's acknowledgement.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivered {
+    Done,
+    /// Queued past a connected receiver's cap: hold the publisher's ack.
+    Held,
+}
+
 pub struct Router {
     clients: HashMap<ClientId, Client>,
     subs: SubscriptionTree<ClientId, Subscription>,
     retained: RetainTree<Arc<Message>>,
-    /// Deadlines for delayed wills and session expiry, checked by `tick`.
+    retained_bytes: usize,
+    /// Deadlines for delayed wills, session expiry and backpressure timeouts,
+    /// checked by `tick`.
     deadlines: BTreeMap<(Instant, u64), ClientId>,
     deadline_seq: u64,
     limits: QueueLimits,
     topic_limits: TopicLimits,
     max_sessions: usize,
     max_subscriptions: usize,
+    max_retained_messages: usize,
+    max_retained_bytes: usize,
+    backpressure: Option<Duration>,
+    shutting_down: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -175,6 +232,7 @@ impl Router {
             clients: HashMap::new(),
             subs: SubscriptionTree::new(),
             retained: RetainTree::new(),
+            retained_bytes: 0,
             deadlines: BTreeMap::new(),
             deadline_seq: 0,
             limits: QueueLimits {
@@ -185,6 +243,13 @@ impl Router {
             topic_limits: config.topic_limits(),
             max_sessions: config.limits.max_sessions,
             max_subscriptions: config.limits.max_subscriptions_per_client,
+            max_retained_messages: config.limits.max_retained_messages,
+            max_retained_bytes: config.limits.max_retained_bytes,
+            backpressure: config
+                .mqtt
+                .backpressure
+                .then_some(config.mqtt.backpressure_timeout),
+            shutting_down: false,
             metrics,
         }
     }
@@ -222,29 +287,69 @@ impl Router {
                 let _ = reply.send(r);
             }
             RouterMsg::Publish {
-                client, publish, ..
-            } => {
-                self.metrics
-                    .messages_received
-                    .fetch_add(1, Ordering::Relaxed);
-                self.publish(Some(&client), publish, now);
-            }
+                client,
+                conn_id,
+                publish,
+            } => self.publish_from_client(&client, conn_id, publish, now),
             RouterMsg::PubAck {
                 client,
                 conn_id,
                 packet_id,
-            } => self.with_live(&client, conn_id, now, |s| s.on_puback(packet_id)),
+            } => self.on_receiver_ack(&client, conn_id, now, |s| s.on_puback(packet_id)),
             RouterMsg::PubRec {
                 client,
                 conn_id,
                 packet_id,
                 success,
-            } => self.with_live(&client, conn_id, now, |s| s.on_pubrec(packet_id, success)),
+            } => {
+                let mut known = false;
+                self.on_receiver_ack(&client, conn_id, now, |s| {
+                    known = s.on_pubrec(packet_id, success);
+                    known
+                });
+                if success {
+                    // [MQTT-4.3.3-?] PUBREC is answered with PUBREL; 0x92 for an id
+                    // we do not have in flight.
+                    let reason = if known {
+                        ReasonCode::SUCCESS
+                    } else {
+                        ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                    };
+                    self.reply(&client, conn_id, ReplyKind::PubRel, packet_id, reason);
+                }
+            }
+            RouterMsg::PubRel {
+                client,
+                conn_id,
+                packet_id,
+            } => {
+                // [MQTT-4.3.3-?] release the id: a PUBLISH with it is new again.
+                let known = self
+                    .clients
+                    .get_mut(&client)
+                    .is_some_and(|c| c.session.inbound_qos2.remove(&packet_id.get()));
+                let reason = if known {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.reply(&client, conn_id, ReplyKind::PubComp, packet_id, reason);
+            }
             RouterMsg::PubComp {
                 client,
                 conn_id,
                 packet_id,
-            } => self.with_live(&client, conn_id, now, |s| s.on_pubcomp(packet_id)),
+            } => self.on_receiver_ack(&client, conn_id, now, |s| s.on_pubcomp(packet_id)),
+            RouterMsg::Skipped {
+                client,
+                conn_id,
+                packet_id,
+            } => {
+                self.metrics
+                    .dropped_too_large
+                    .fetch_add(1, Ordering::Relaxed);
+                self.on_receiver_ack(&client, conn_id, now, |s| s.skip(packet_id))
+            }
             RouterMsg::Subscribe {
                 client,
                 conn_id,
@@ -268,17 +373,16 @@ impl Router {
                 conn_id,
                 kind,
                 session_expiry,
-                inbound_qos2,
-            } => self.disconnected(&client, conn_id, kind, session_expiry, inbound_qos2, now),
+            } => self.disconnected(&client, conn_id, kind, session_expiry, now),
             RouterMsg::Shutdown { reply } => {
+                self.shutting_down = true;
                 for c in self.clients.values_mut() {
                     if let Some(h) = c.conn.take() {
                         // The connection drains its outbox, sends DISCONNECT 0x8B
-                        // [MQTT-4.13] and then reports back as Disconnected, which
-                        // is ignored because the handle is gone; so the will is
+                        // [MQTT-4.13] and reports back as Disconnected, which is
+                        // ignored because the handle is gone; so the will is
                         // scheduled here.
                         let _ = h.kick.send(ReasonCode::SERVER_SHUTTING_DOWN);
-                        c.session.inbound_qos2.clear();
                         if let Some(will) = c.will.take() {
                             c.pending_will = Some(PendingWill { due: now, will });
                         }
@@ -303,12 +407,39 @@ impl Router {
         true
     }
 
-    /// The earliest pending deadline (delayed will or session expiry).
+    /// Push a reply into `client`'s outbox if `conn_id` is still its connection.
+    fn reply(
+        &mut self,
+        client: &ClientId,
+        conn_id: u64,
+        kind: ReplyKind,
+        packet_id: PacketId,
+        reason: ReasonCode,
+    ) {
+        let Some(h) = self.clients.get(client).and_then(|c| c.live(conn_id)) else {
+            return;
+        };
+        let r = Reply {
+            kind,
+            packet_id,
+            reason,
+        };
+        // INVARIANT: the connection keeps `reply_reserve` slots for replies by not
+        // reading while it owes that many, so only a closing connection refuses.
+        if h.outbox.try_send(Outgoing::Reply(r)).is_err() {
+            self.metrics
+                .dropped_outbox_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The earliest pending deadline (delayed will, session expiry, backpressure).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.keys().next().map(|(t, _)| *t)
     }
 
-    /// Fire what is due at `now`: delayed wills, then expired sessions.
+    /// Fire what is due at `now`: delayed wills, backpressure timeouts, expired
+    /// sessions.
     pub fn tick(&mut self, now: Instant) {
         while let Some(entry) = self.deadlines.first_entry() {
             if entry.key().0 > now {
@@ -322,6 +453,15 @@ impl Router {
             if c.pending_will.as_ref().is_some_and(|w| w.due <= now) {
                 self.fire_will(&id, now);
             }
+            if let (Some(since), Some(timeout)) = (
+                self.clients.get(&id).and_then(|c| c.full_since),
+                self.backpressure,
+            ) {
+                if since + timeout <= now {
+                    // Stalled: let the publishers go; its further overflow drops.
+                    self.release_held(&id);
+                }
+            }
             let expired = self
                 .clients
                 .get(&id)
@@ -332,6 +472,36 @@ impl Router {
                     .sessions_expired
                     .fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Drop expired retained messages (called periodically) [MQTT-3.3.2-5].
+    pub fn sweep(&mut self, now: Instant) {
+        let mut freed = 0;
+        self.retained.retain_where(|m| {
+            let keep = !m.is_expired(now);
+            if !keep {
+                freed += m.cost();
+            }
+            keep
+        });
+        self.retained_bytes = self.retained_bytes.saturating_sub(freed);
+    }
+
+    /// Send the acknowledgements held back by `id`'s full queue.
+    fn release_held(&mut self, id: &ClientId) {
+        let held = match self.clients.get_mut(id) {
+            Some(c) => std::mem::take(&mut c.held_acks),
+            None => return,
+        };
+        for h in held {
+            self.reply(
+                &h.publisher,
+                h.conn_id,
+                h.reply.kind,
+                h.reply.packet_id,
+                h.reply.reason,
+            );
         }
     }
 
@@ -350,7 +520,7 @@ impl Router {
             properties: w.properties,
             payload: w.payload,
         };
-        self.publish(Some(id), publish, now);
+        self.publish(Some(id), publish, now, false);
     }
 
     /// Remove a session and everything it holds. A will still waiting for its
@@ -363,6 +533,7 @@ impl Router {
         {
             self.fire_will(id, now);
         }
+        self.release_held(id);
         self.unschedule(id);
         if let Some(c) = self.clients.remove(id) {
             for spec in c.session.subscriptions.keys() {
@@ -376,6 +547,9 @@ impl Router {
         req: ConnectRequest,
         now: Instant,
     ) -> Result<ConnectAccepted, ReasonCode> {
+        if self.shutting_down {
+            return Err(ReasonCode::SERVER_UNAVAILABLE);
+        }
         let id = req.client_id.clone();
         if !self.clients.contains_key(&id) && self.clients.len() >= self.max_sessions {
             return Err(ReasonCode::QUOTA_EXCEEDED);
@@ -383,42 +557,36 @@ impl Router {
         // Takeover: close the existing connection [MQTT-3.1.4-3]; its will follows
         // the normal rules (published now, or after its delay unless this
         // connection resumes the session first).
+        let mut ended = false;
         if let Some(c) = self.clients.get_mut(&id) {
             if let Some(old) = c.conn.take() {
                 let _ = old.kick.send(ReasonCode::SESSION_TAKEN_OVER);
-                c.session.inbound_qos2.clear();
                 self.metrics.takeovers.fetch_add(1, Ordering::Relaxed);
                 if let Some(will) = c.will.take() {
                     let due = now + Duration::from_secs(u64::from(will.delay_interval));
                     c.pending_will = Some(PendingWill { will, due });
                 }
+                // A session with expiry 0 ends with its connection: nothing to
+                // resume [MQTT-3.1.2-?, 3.1.2.11.2].
+                ended = c.session_expiry == 0;
             }
         }
-        let session_present = if req.clean_start {
+        let session_present = if req.clean_start || ended {
             // [MQTT-3.1.2-4] clean start discards any existing session.
             self.end_session(&id, now);
             false
         } else if let Some(c) = self.clients.get_mut(&id) {
             // Resuming: a will still waiting for its delay is not sent
-            // [MQTT-3.1.3-9].
-            if let Some(pw) = c.pending_will.take() {
-                if pw.due <= now {
-                    c.pending_will = Some(pw);
-                }
+            // [MQTT-3.1.3-9]; one already due goes out now.
+            if c.pending_will.as_ref().is_some_and(|pw| pw.due > now) {
+                c.pending_will = None;
             }
-            if self
-                .clients
-                .get(&id)
-                .is_some_and(|c| c.pending_will.is_some())
-            {
-                self.fire_will(&id, now);
-            }
+            self.fire_will(&id, now);
             true
         } else {
             false
         };
         self.unschedule(&id);
-        let window = req.handle.window;
         let version = req.handle.version;
         let client = self.clients.entry(id.clone()).or_insert_with(|| Client {
             session: Session::new(id.clone()),
@@ -429,16 +597,17 @@ impl Router {
             session_expiry: 0,
             expires_at: None,
             scheduled: Vec::new(),
+            full_since: None,
+            held_acks: Vec::new(),
         });
         client.version = version;
         client.will = req.will;
         client.session_expiry = req.session_expiry;
         client.expires_at = None;
-        client.session.set_window(window);
-        let inbound_qos2 = std::mem::take(&mut client.session.inbound_qos2);
+        client.session.set_window(req.handle.window);
         // Redeliver what was in flight with DUP, then queued messages
-        // [MQTT-4.4.0-1]. The outbox is sized to hold a full window.
-        let out = client.session.resume(now);
+        // [MQTT-4.4.0-1], as far as the window and outbox allow.
+        let out = client.session.resume(now, req.handle.room());
         for o in out {
             if req.handle.outbox.try_send(o).is_err() {
                 self.metrics
@@ -447,15 +616,13 @@ impl Router {
             }
         }
         client.conn = Some(req.handle);
-        Ok(ConnectAccepted {
-            session_present,
-            inbound_qos2,
-        })
+        Ok(ConnectAccepted { session_present })
     }
 
-    /// Run `f` on the session of `id` if `conn_id` is its live connection, then
-    /// refill the window and push what it releases.
-    fn with_live(
+    /// A receiver acknowledged (or skipped) a delivery: run `f` on its session if
+    /// `conn_id` is its live connection, move waiting messages into the freed
+    /// room, and let held-back publishers go once its queue has drained.
+    fn on_receiver_ack(
         &mut self,
         id: &ClientId,
         conn_id: u64,
@@ -465,19 +632,36 @@ impl Router {
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
-        let Some(h) = c.conn.as_ref().filter(|h| h.conn_id == conn_id) else {
+        if c.live(conn_id).is_none() || !f(&mut c.session) {
+            return;
+        }
+        self.flush_session(id, now);
+    }
+
+    /// Push what the session can release now into its outbox.
+    fn flush_session(&mut self, id: &ClientId, now: Instant) {
+        let Some(c) = self.clients.get_mut(id) else {
             return;
         };
-        if f(&mut c.session) {
-            let mut out = Vec::new();
-            c.session.fill_window(now, &mut out);
-            for o in out {
-                if h.outbox.try_send(o).is_err() {
-                    self.metrics
-                        .dropped_outbox_full
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+        let Some(h) = &c.conn else {
+            return;
+        };
+        let mut out = Vec::new();
+        c.session.fill_window(now, h.room(), &mut out);
+        for o in out {
+            if h.outbox.try_send(o).is_err() {
+                self.metrics
+                    .dropped_outbox_full
+                    .fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        if !c.held_acks.is_empty() && c.session.queue_drained(&self.limits) {
+            c.full_since = None;
+            self.release_held(id);
+        } else if c.full_since.is_some() && c.session.queue_drained(&self.limits) {
+            c.full_since = None;
         }
     }
 
@@ -487,7 +671,6 @@ impl Router {
         conn_id: u64,
         kind: DisconnectKind,
         session_expiry: Option<u32>,
-        inbound_qos2: Vec<u16>,
         now: Instant,
     ) {
         let Some(c) = self.clients.get_mut(id) else {
@@ -495,11 +678,11 @@ impl Router {
         };
         // A connection that was taken over reports late: the session is no longer
         // its own.
-        if c.conn.as_ref().is_none_or(|h| h.conn_id != conn_id) {
+        if c.live(conn_id).is_none() {
             return;
         }
         c.conn = None;
-        c.session.inbound_qos2 = inbound_qos2;
+        c.full_since = None;
         if let Some(e) = session_expiry {
             c.session_expiry = e;
         }
@@ -510,6 +693,12 @@ impl Router {
                 c.pending_will = Some(PendingWill { will, due });
             }
         }
+        // Publishers held back by this client no longer wait for it: offline
+        // sessions drop at their cap instead.
+        self.release_held(id);
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
         let expiry = c.session_expiry;
         if expiry == 0 {
             self.end_session(id, now);
@@ -541,11 +730,14 @@ impl Router {
         let Some(c) = self.clients.get_mut(id) else {
             return vec![ReasonCode::UNSPECIFIED_ERROR; sub.filters.len()];
         };
-        if c.conn.as_ref().is_none_or(|h| h.conn_id != conn_id) {
+        if c.live(conn_id).is_none() {
             return vec![ReasonCode::UNSPECIFIED_ERROR; sub.filters.len()];
         }
-        let mut retained_out: Vec<Delivery> = Vec::new();
-        for f in sub.filters {
+        // Retained messages go once per distinct filter of this packet, so a
+        // SUBSCRIBE repeating `#` cannot multiply them.
+        let mut retained_for: Vec<(Arc<str>, QoS, Option<u32>)> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for f in &sub.filters {
             let spec = match FilterSpec::parse(&f.filter, self.topic_limits) {
                 Ok(s) => s,
                 Err(_) => {
@@ -566,30 +758,34 @@ impl Router {
             self.subs.insert(&spec, id.clone(), s);
             codes.push(ReasonCode(f.options.qos.as_u8()));
             // Retained messages at subscribe time [MQTT-3.3.1-9] per Retain
-            // Handling [MQTT-3.3.1-10/11]; never for a shared subscription
-            // [MQTT-3.8.4-?: retained messages are not sent to $share].
+            // Handling [MQTT-3.3.1-10/11]; never for a shared subscription.
             let send = match f.options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
                 RetainHandling::SendAtSubscribeIfNew => !existed,
                 RetainHandling::DoNotSend => false,
             };
-            if send && !spec.is_shared() {
-                for m in self.retained.matching(&spec.filter) {
-                    if m.is_expired(now) {
-                        continue;
-                    }
-                    retained_out.push(Delivery {
-                        qos: m.qos.min(f.options.qos),
-                        // [MQTT-3.3.1-8] retained-on-subscribe carries RETAIN 1.
-                        retain: true,
-                        subscription_ids: s.identifier.into_iter().collect(),
-                        message: m,
-                    });
-                }
+            if send && !spec.is_shared() && seen.insert(f.filter.as_str()) {
+                retained_for.push((spec.filter.clone(), f.options.qos, s.identifier));
             }
         }
-        for d in retained_out {
-            self.deliver_to(id, d, now);
+        for (filter, qos, identifier) in retained_for {
+            for m in self.retained.matching(&filter) {
+                if m.is_expired(now) {
+                    continue;
+                }
+                let d = Delivery {
+                    qos: m.qos.min(qos),
+                    // [MQTT-3.3.1-8] retained-on-subscribe carries RETAIN 1.
+                    retain: true,
+                    subscription_ids: identifier.into_iter().collect(),
+                    message: m,
+                };
+                // Never held: nobody waits for an ack of a retained message. Stop
+                // at the queue cap rather than building a huge backlog.
+                if self.deliver_to(id, d, now, false).is_none() {
+                    break;
+                }
+            }
         }
         codes
     }
@@ -599,7 +795,7 @@ impl Router {
         let Some(c) = self.clients.get_mut(id) else {
             return vec![ReasonCode::UNSPECIFIED_ERROR; n];
         };
-        if c.conn.as_ref().is_none_or(|h| h.conn_id != conn_id) {
+        if c.live(conn_id).is_none() {
             return vec![ReasonCode::UNSPECIFIED_ERROR; n];
         }
         unsub
@@ -619,12 +815,69 @@ impl Router {
             .collect()
     }
 
+    /// A PUBLISH from a connected client: QoS 2 duplicate suppression, routing, and
+    /// the acknowledgement (now, or held while a receiver's queue is full).
+    fn publish_from_client(&mut self, id: &ClientId, conn_id: u64, p: Publish, now: Instant) {
+        self.metrics
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        // A taken-over connection's last packets: its client resends what was
+        // not acknowledged on the new connection.
+        if c.live(conn_id).is_none() {
+            return;
+        }
+        let (kind, pid) = match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(pid)) => (ReplyKind::PubAck, pid),
+            (QoS::ExactlyOnce, Some(pid)) => {
+                if c.session.inbound_qos2.contains(&pid.get()) {
+                    // Re-sent before PUBREL: acknowledge again, deliver once
+                    // [MQTT-4.3.3-10].
+                    self.reply(id, conn_id, ReplyKind::PubRec, pid, ReasonCode::SUCCESS);
+                    return;
+                }
+                c.session.inbound_qos2.insert(pid.get());
+                (ReplyKind::PubRec, pid)
+            }
+            _ => {
+                self.publish(Some(id), p, now, false);
+                return;
+            }
+        };
+        let held_by = self.publish(Some(id), p, now, true);
+        let reply = Reply {
+            kind,
+            packet_id: pid,
+            reason: ReasonCode::SUCCESS,
+        };
+        match held_by.and_then(|t| self.clients.get_mut(&t)) {
+            Some(target) => {
+                self.metrics.acks_held.fetch_add(1, Ordering::Relaxed);
+                target.held_acks.push(HeldAck {
+                    publisher: id.clone(),
+                    conn_id,
+                    reply,
+                })
+            }
+            None => self.reply(id, conn_id, kind, pid, ReasonCode::SUCCESS),
+        }
+    }
+
     /// Route one application message: retained store, then every matching
-    /// subscription. `from` is the publisher, for No Local.
-    pub fn publish(&mut self, from: Option<&ClientId>, mut p: Publish, now: Instant) {
+    /// subscription. `from` is the publisher, for No Local. With `may_hold`, returns
+    /// a receiver whose full queue should hold the publisher's acknowledgement.
+    pub fn publish(
+        &mut self,
+        from: Option<&ClientId>,
+        mut p: Publish,
+        now: Instant,
+        may_hold: bool,
+    ) -> Option<ClientId> {
         let topic: Arc<str> = Arc::from(p.topic.as_str());
-        // Per-hop properties never travel on [MQTT-3.3.2-?]: the alias is the
-        // publisher's, subscription identifiers are the receiver's.
+        // Per-hop properties never travel on: the alias is the publisher's,
+        // subscription identifiers are the receiver's [MQTT-3.3.2-?, 3.3.4-?].
         p.properties.topic_alias = None;
         p.properties.subscription_identifiers.clear();
         let msg = Arc::new(Message {
@@ -636,12 +889,7 @@ impl Router {
             received: now,
         });
         if msg.retain {
-            if msg.payload.is_empty() {
-                // [MQTT-3.3.1-6] an empty retained message clears the topic.
-                self.retained.remove(&topic);
-            } else {
-                self.retained.set(&topic, msg.clone());
-            }
+            self.store_retained(&topic, &msg);
         }
         let clients = &self.clients;
         let matches = self
@@ -687,6 +935,7 @@ impl Router {
                 .messages_no_subscribers
                 .fetch_add(1, Ordering::Relaxed);
         }
+        let mut held_by = None;
         for t in targets {
             let d = Delivery {
                 message: msg.clone(),
@@ -695,14 +944,44 @@ impl Router {
                 retain: msg.retain && t.retain_as_published,
                 subscription_ids: t.ids,
             };
-            self.deliver_to(&t.client, d, now);
+            if self.deliver_to(&t.client, d, now, may_hold) == Some(Delivered::Held) {
+                held_by.get_or_insert(t.client);
+            }
         }
+        held_by
     }
 
-    fn deliver_to(&mut self, id: &ClientId, d: Delivery, now: Instant) {
-        let Some(c) = self.clients.get_mut(id) else {
+    /// Set, replace or clear a retained message [MQTT-3.3.1-5/6], within the caps.
+    fn store_retained(&mut self, topic: &str, msg: &Arc<Message>) {
+        if let Some(old) = self.retained.remove(topic) {
+            self.retained_bytes = self.retained_bytes.saturating_sub(old.cost());
+        }
+        if msg.payload.is_empty() {
+            // [MQTT-3.3.1-6] an empty retained message clears the topic.
             return;
-        };
+        }
+        if self.retained.len() >= self.max_retained_messages
+            || self.retained_bytes + msg.cost() > self.max_retained_bytes
+        {
+            self.metrics
+                .retained_refused
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(topic, "retained message not kept: max_retained_* reached");
+            return;
+        }
+        self.retained_bytes += msg.cost();
+        self.retained.set(topic, msg.clone());
+    }
+
+    /// Hand one delivery to a session. None when it was dropped.
+    fn deliver_to(
+        &mut self,
+        id: &ClientId,
+        d: Delivery,
+        now: Instant,
+        may_hold: bool,
+    ) -> Option<Delivered> {
+        let c = self.clients.get_mut(id)?;
         if let Some(h) = &c.conn {
             if let Some(max) = h.max_packet_size {
                 if publish_size(&d, c.version) > max as usize {
@@ -711,30 +990,42 @@ impl Router {
                     self.metrics
                         .dropped_too_large
                         .fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return Some(Delivered::Done);
                 }
             }
         }
         let online = c.online();
-        let qos0 = d.qos == QoS::AtMostOnce;
-        if qos0 && online {
+        if online && d.qos == QoS::AtMostOnce {
             // QoS 0 to a connected client goes straight to the outbox, keeping room
             // for a full window of QoS 1/2: a slow reader loses QoS 0, counted.
             if let Some(h) = &c.conn {
-                if h.outbox.capacity() <= h.window {
+                if h.room() <= h.window {
                     self.metrics
                         .dropped_qos0_slow
                         .fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return None;
                 }
             }
         }
-        match c.session.deliver(d, online, &self.limits, now) {
+        // Backpressure: a connected receiver at its cap takes the message anyway
+        // and the publisher's ack waits, unless it has been stalled too long.
+        let mut hold = false;
+        if may_hold && online && d.qos != QoS::AtMostOnce && c.session.queue_full(&self.limits) {
+            if let Some(timeout) = self.backpressure {
+                let since = *c.full_since.get_or_insert(now);
+                hold = now < since + timeout;
+                if since == now {
+                    self.schedule(now + timeout, id);
+                }
+            }
+        }
+        let c = self.clients.get_mut(id)?;
+        match c.session.deliver(d, online, &self.limits, now, hold) {
             DeliverOutcome::Send(o) => {
                 if let Some(h) = &c.conn {
+                    // Only a closing connection can refuse: the message stays in
+                    // flight and is re-sent when the session resumes.
                     if h.outbox.try_send(o).is_err() {
-                        // Only a closing connection can refuse: the message stays in
-                        // flight and is re-sent when the session resumes.
                         self.metrics
                             .dropped_outbox_full
                             .fetch_add(1, Ordering::Relaxed);
@@ -742,19 +1033,23 @@ impl Router {
                         self.metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Some(Delivered::Done)
             }
-            DeliverOutcome::Queued => {}
+            DeliverOutcome::Queued if hold => Some(Delivered::Held),
+            DeliverOutcome::Queued => Some(Delivered::Done),
             DeliverOutcome::Dropped(DropReason::QueueFull) => {
                 self.metrics
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
+                None
             }
             DeliverOutcome::Dropped(DropReason::Expired) => {
                 self.metrics
                     .messages_expired
                     .fetch_add(1, Ordering::Relaxed);
+                None
             }
-            DeliverOutcome::Dropped(DropReason::Qos0Offline) => {}
+            DeliverOutcome::Dropped(DropReason::Qos0Offline) => None,
         }
     }
 }
@@ -765,7 +1060,6 @@ fn publish_size(d: &Delivery, version: ProtocolVersion) -> usize {
     let m = &d.message;
     let mut props = m.properties.clone();
     props.subscription_identifiers = d.subscription_ids.clone();
-    props.message_expiry_interval = m.properties.message_expiry_interval;
     let p = Publish {
         dup: false,
         qos: d.qos,
@@ -782,24 +1076,28 @@ fn publish_size(d: &Delivery, version: ProtocolVersion) -> usize {
     crate::protocol::encoded_len(&crate::protocol::Packet::Publish(p), version)
 }
 
-/// The router task: handle messages in order, fire deadlines on time. Stops after
-/// `Finish`, or when every sender is gone.
+/// The router task: handle messages in order, fire deadlines on time, sweep
+/// expired retained messages. Stops after `Finish`, or when every sender is gone.
 pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
     // Limit work per turn so deadlines are not starved by a message flood.
     const BATCH: usize = 256;
+    const SWEEP_EVERY: Duration = Duration::from_secs(60);
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
     loop {
-        let deadline = router.next_deadline();
-        let msg = match deadline {
-            Some(d) => {
-                tokio::select! {
-                    m = rx.recv() => m,
-                    _ = tokio::time::sleep_until(d.into()) => {
-                        router.tick(Instant::now());
-                        continue;
-                    }
+        let wake = router
+            .next_deadline()
+            .map_or(next_sweep, |d| d.min(next_sweep));
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                router.tick(now);
+                if now >= next_sweep {
+                    router.sweep(now);
+                    next_sweep = now + SWEEP_EVERY;
                 }
+                continue;
             }
-            None => rx.recv().await,
         };
         let Some(msg) = msg else {
             break;
@@ -864,6 +1162,7 @@ mod tests {
                 kick: ktx,
                 max_packet_size: None,
                 window: 10,
+                reply_reserve: 8,
             },
         };
         let acc = r.connect(req, now).expect("accepted");
@@ -916,7 +1215,7 @@ mod tests {
     }
 
     fn drop_conn(r: &mut Router, id: &str, conn_id: u64, kind: DisconnectKind, now: Instant) {
-        r.disconnected(&id.into(), conn_id, kind, None, vec![], now);
+        r.disconnected(&id.into(), conn_id, kind, None, now);
     }
 
     #[test]
@@ -995,7 +1294,7 @@ mod tests {
             properties: PublishProperties::default(),
             payload: Bytes::from_static(b"x"),
         };
-        r.publish(None, p, t0);
+        r.publish(None, p, t0, false);
         assert_eq!(
             topics(&mut new),
             vec!["t"],
@@ -1020,7 +1319,7 @@ mod tests {
                 properties: PublishProperties::default(),
                 payload: Bytes::from_static(b"x"),
             };
-            r.publish(None, p, t0);
+            r.publish(None, p, t0, false);
         }
         let (acc, mut c) = connect(&mut r, "c", 2, false, 10, None, t0 + Duration::from_secs(5));
         assert!(acc.session_present);

@@ -6,10 +6,10 @@
 //! know about sockets or other sessions: the router decides what to deliver to whom
 //! and pushes the `Outgoing` items this module returns into the client's outbox.
 
-use crate::protocol::{PacketId, PublishProperties, QoS, SubscriptionOptions};
+use crate::protocol::{PacketId, PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use crate::topic::FilterSpec;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -62,6 +62,29 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
 }
 
+/// Which packet a `Reply` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// To a QoS 1 PUBLISH.
+    PubAck,
+    /// To a QoS 2 PUBLISH.
+    PubRec,
+    /// To the client's PUBREC.
+    PubRel,
+    /// To the client's PUBREL.
+    PubComp,
+}
+
+/// The router's answer to a packet of an inbound flow. The router decides it (it
+/// owns the session's QoS 2 state and knows when a message may be acknowledged);
+/// the connection writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub kind: ReplyKind,
+    pub packet_id: PacketId,
+    pub reason: ReasonCode,
+}
+
 /// What the router pushes into a connection's outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
@@ -73,6 +96,7 @@ pub enum Outgoing {
     /// Re-sent on session resumption for a QoS 2 message already PUBREC'd
     /// [MQTT-4.4.0-1].
     PubRel(PacketId),
+    Reply(Reply),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +112,9 @@ struct Inflight {
     packet_id: PacketId,
     delivery: Delivery,
     state: InflightState,
+    /// Written on the current connection. After a resume with a smaller Receive
+    /// Maximum, some wait here unsent until acks make room [MQTT-3.3.4-9].
+    sent: bool,
 }
 
 /// A subscription as the session remembers it (the trie is the index for routing).
@@ -135,9 +162,12 @@ pub struct Session {
     /// How many QoS 1/2 messages may be unacknowledged at once: the client's Receive
     /// Maximum capped by our `max_inflight` [MQTT-3.3.4-7].
     window: usize,
-    /// Inbound QoS 2 packet ids that got PUBREC but no PUBREL yet. Held here only
-    /// while the client is offline; the connection owns them while it is online.
-    pub inbound_qos2: Vec<u16>,
+    /// Inflight entries written on the current connection (what the window counts).
+    sent_inflight: usize,
+    /// Inbound QoS 2 packet ids that were routed and got PUBREC but no PUBREL yet:
+    /// a re-sent PUBLISH with one of these is not delivered again [MQTT-4.3.3-10].
+    /// Session state, so it survives reconnects and takeovers.
+    pub inbound_qos2: HashSet<u16>,
     pub dropped: u64,
 }
 
@@ -151,7 +181,8 @@ impl Session {
             pending_bytes: 0,
             next_packet_id: 1,
             window: 1,
-            inbound_qos2: Vec::new(),
+            sent_inflight: 0,
+            inbound_qos2: HashSet::new(),
             dropped: 0,
         }
     }
@@ -172,9 +203,24 @@ impl Session {
         self.pending_bytes
     }
 
-    /// Is there room to send a QoS 1/2 message right now?
+    /// Is there room to send a QoS 1/2 message right now, without overtaking
+    /// anything that waits?
     pub fn has_window_room(&self) -> bool {
-        self.inflight.len() < self.window && self.pending.is_empty()
+        self.sent_inflight < self.window && self.pending.is_empty() && !self.has_unsent()
+    }
+
+    fn has_unsent(&self) -> bool {
+        self.sent_inflight < self.inflight.len()
+    }
+
+    /// Is the pending queue at its cap?
+    pub fn queue_full(&self, limits: &QueueLimits) -> bool {
+        self.pending.len() >= limits.max_messages || self.pending_bytes >= limits.max_bytes
+    }
+
+    /// Is the pending queue down to half its cap (where held-back publishers resume)?
+    pub fn queue_drained(&self, limits: &QueueLimits) -> bool {
+        self.pending.len() <= limits.max_messages / 2 && self.pending_bytes <= limits.max_bytes / 2
     }
 
     /// Next free packet id, skipping ids still in flight [MQTT-2.2.1-3].
@@ -201,7 +247,9 @@ impl Session {
             packet_id,
             delivery: delivery.clone(),
             state,
+            sent: true,
         });
+        self.sent_inflight += 1;
         Outgoing::Publish {
             delivery,
             packet_id: Some(packet_id),
@@ -209,10 +257,16 @@ impl Session {
         }
     }
 
-    fn enqueue(&mut self, delivery: Delivery, limits: &QueueLimits) -> DeliverOutcome {
+    fn enqueue(
+        &mut self,
+        delivery: Delivery,
+        limits: &QueueLimits,
+        overflow: bool,
+    ) -> DeliverOutcome {
         let cost = delivery.message.cost();
-        if self.pending.len() >= limits.max_messages
-            || self.pending_bytes.saturating_add(cost) > limits.max_bytes
+        if !overflow
+            && (self.pending.len() >= limits.max_messages
+                || self.pending_bytes.saturating_add(cost) > limits.max_bytes)
         {
             self.dropped += 1;
             return DeliverOutcome::Dropped(DropReason::QueueFull);
@@ -224,12 +278,15 @@ impl Session {
 
     /// Hand a message to this session. `online` says whether a connection is
     /// attached (QoS 0 goes straight out; QoS 1/2 only within the window, in order).
+    /// `overflow` lets a QoS 1/2 message into a full queue: the router does that while
+    /// it holds the publisher's acknowledgement back (backpressure), which bounds it.
     pub fn deliver(
         &mut self,
         delivery: Delivery,
         online: bool,
         limits: &QueueLimits,
         now: Instant,
+        overflow: bool,
     ) -> DeliverOutcome {
         if delivery.message.is_expired(now) {
             return DeliverOutcome::Dropped(DropReason::Expired);
@@ -245,18 +302,39 @@ impl Session {
             if !limits.queue_qos0_offline {
                 return DeliverOutcome::Dropped(DropReason::Qos0Offline);
             }
-            return self.enqueue(delivery, limits);
+            return self.enqueue(delivery, limits, false);
         }
         if online && self.has_window_room() {
             return DeliverOutcome::Send(self.start_inflight(delivery));
         }
-        self.enqueue(delivery, limits)
+        self.enqueue(delivery, limits, overflow)
     }
 
-    /// Move queued messages into the window while it has room (after an ack, or when
-    /// the client comes back). Expired messages are discarded on the way [MQTT-3.3.2-5].
-    pub fn fill_window(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
-        while self.inflight.len() < self.window {
+    /// Move waiting messages out while the window and the outbox have room: first
+    /// inflight messages not yet re-sent on this connection (DUP), then the queue.
+    /// `room` is how many items the outbox can take now. Expired queued messages are
+    /// discarded on the way [MQTT-3.3.2-5].
+    pub fn fill_window(&mut self, now: Instant, mut room: usize, out: &mut Vec<Outgoing>) {
+        while room > 0 {
+            if self.sent_inflight < self.window {
+                if let Some(i) = self.inflight.iter_mut().find(|i| !i.sent) {
+                    i.sent = true;
+                    self.sent_inflight += 1;
+                    room -= 1;
+                    out.push(Outgoing::Publish {
+                        delivery: i.delivery.clone(),
+                        packet_id: Some(i.packet_id),
+                        dup: true,
+                    });
+                    continue;
+                }
+            }
+            let Some(front) = self.pending.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && self.sent_inflight >= self.window {
+                break;
+            }
             let Some(d) = self.pending.pop_front() else {
                 break;
             };
@@ -264,6 +342,7 @@ impl Session {
             if d.message.is_expired(now) {
                 continue;
             }
+            room -= 1;
             if d.qos == QoS::AtMostOnce {
                 out.push(Outgoing::Publish {
                     delivery: d,
@@ -277,6 +356,27 @@ impl Session {
         }
     }
 
+    /// Remove a finished inflight entry, keeping the window count right.
+    fn finish(&mut self, index: usize) {
+        if let Some(i) = self.inflight.remove(index) {
+            if i.sent {
+                self.sent_inflight = self.sent_inflight.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The connection could not send this delivery (too big for the client's
+    /// Maximum Packet Size): it counts as delivered [MQTT-3.1.2-25].
+    pub fn skip(&mut self, pid: PacketId) -> bool {
+        match self.inflight.iter().position(|i| i.packet_id == pid) {
+            Some(i) => {
+                self.finish(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn position(&self, pid: PacketId, state: InflightState) -> Option<usize> {
         self.inflight
             .iter()
@@ -287,7 +387,7 @@ impl Session {
     pub fn on_puback(&mut self, pid: PacketId) -> bool {
         match self.position(pid, InflightState::Ack) {
             Some(i) => {
-                self.inflight.remove(i);
+                self.finish(i);
                 true
             }
             None => false,
@@ -305,7 +405,7 @@ impl Session {
                 true
             }
             Some(i) => {
-                self.inflight.remove(i);
+                self.finish(i);
                 true
             }
             None => false,
@@ -316,35 +416,37 @@ impl Session {
     pub fn on_pubcomp(&mut self, pid: PacketId) -> bool {
         match self.position(pid, InflightState::Comp) {
             Some(i) => {
-                self.inflight.remove(i);
+                self.finish(i);
                 true
             }
             None => false,
         }
     }
 
-    /// The client reconnected to this session: re-send every unacknowledged PUBLISH
-    /// with DUP set and every PUBREL, in the original order [MQTT-4.4.0-1], then fill
-    /// the window from the queue.
-    pub fn resume(&mut self, now: Instant) -> Vec<Outgoing> {
-        let mut out = Vec::with_capacity(self.inflight.len());
-        for i in &self.inflight {
-            match i.state {
-                InflightState::Ack | InflightState::Rec => out.push(Outgoing::Publish {
-                    delivery: i.delivery.clone(),
-                    packet_id: Some(i.packet_id),
-                    dup: true,
-                }),
-                InflightState::Comp => out.push(Outgoing::PubRel(i.packet_id)),
+    /// The client reconnected to this session: re-send every PUBREL and, within
+    /// the new window, every unacknowledged PUBLISH with DUP set, in the original
+    /// order [MQTT-4.4.0-1]; the rest follow as acks make room [MQTT-3.3.4-9].
+    pub fn resume(&mut self, now: Instant, room: usize) -> Vec<Outgoing> {
+        let mut out = Vec::with_capacity(self.inflight.len().min(room));
+        self.sent_inflight = 0;
+        for i in self.inflight.iter_mut() {
+            i.sent = false;
+            if i.state == InflightState::Comp {
+                // Already received by the client: only the release is re-sent.
+                i.sent = true;
+                self.sent_inflight += 1;
+                out.push(Outgoing::PubRel(i.packet_id));
             }
         }
-        self.fill_window(now, &mut out);
+        let room = room.saturating_sub(out.len());
+        self.fill_window(now, room, &mut out);
         out
     }
 
     /// Forget every message (the session ends or starts clean).
     pub fn clear_messages(&mut self) {
         self.inflight.clear();
+        self.sent_inflight = 0;
         self.pending.clear();
         self.pending_bytes = 0;
         self.inbound_qos2.clear();
@@ -398,24 +500,24 @@ mod tests {
         let now = Instant::now();
         let mut s = Session::new("c".into());
         s.set_window(2);
-        let a = s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now);
-        let b = s.deliver(d(QoS::ExactlyOnce, now), true, &LIM, now);
+        let a = s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false);
+        let b = s.deliver(d(QoS::ExactlyOnce, now), true, &LIM, now, false);
         assert_eq!(pid_of(&a).get(), 1);
         assert_eq!(pid_of(&b).get(), 2);
         for _ in 0..3 {
             assert_eq!(
-                s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now),
+                s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false),
                 DeliverOutcome::Queued
             );
         }
         assert_eq!(
-            s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now),
+            s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false),
             DeliverOutcome::Dropped(DropReason::QueueFull)
         );
         assert_eq!(s.dropped, 1);
         // QoS 0 goes straight out even when the window is full.
         assert!(matches!(
-            s.deliver(d(QoS::AtMostOnce, now), true, &LIM, now),
+            s.deliver(d(QoS::AtMostOnce, now), true, &LIM, now, false),
             DeliverOutcome::Send(Outgoing::Publish {
                 packet_id: None,
                 ..
@@ -424,7 +526,7 @@ mod tests {
         assert!(s.on_puback(pid_of(&a)));
         assert!(!s.on_puback(pid_of(&a)), "second ack is unknown");
         let mut out = Vec::new();
-        s.fill_window(now, &mut out);
+        s.fill_window(now, 100, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(s.pending_len(), 2);
     }
@@ -434,13 +536,13 @@ mod tests {
         let now = Instant::now();
         let mut s = Session::new("c".into());
         s.set_window(10);
-        let a = pid_of(&s.deliver(d(QoS::ExactlyOnce, now), true, &LIM, now));
-        let b = pid_of(&s.deliver(d(QoS::ExactlyOnce, now), true, &LIM, now));
-        let c = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now));
+        let a = pid_of(&s.deliver(d(QoS::ExactlyOnce, now), true, &LIM, now, false));
+        let b = pid_of(&s.deliver(d(QoS::ExactlyOnce, now), true, &LIM, now, false));
+        let c = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false));
         assert!(!s.on_pubcomp(a), "PUBCOMP before PUBREC is unknown");
         assert!(s.on_pubrec(a, true));
         // Disconnect, reconnect: a -> PUBREL, b and c -> PUBLISH with DUP.
-        let out = s.resume(now);
+        let out = s.resume(now, 100);
         assert_eq!(out.len(), 3);
         assert_eq!(out[0], Outgoing::PubRel(a));
         for (o, want) in out[1..].iter().zip([b, c]) {
@@ -459,12 +561,62 @@ mod tests {
     }
 
     #[test]
+    fn resume_with_smaller_window_sends_the_rest_as_acks_arrive() {
+        let now = Instant::now();
+        let mut s = Session::new("c".into());
+        s.set_window(4);
+        let pids: Vec<PacketId> = (0..4)
+            .map(|_| pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false)))
+            .collect();
+        // Reconnect with Receive Maximum 2: only two DUP re-sends now.
+        s.set_window(2);
+        let out = s.resume(now, 100);
+        assert_eq!(out.len(), 2);
+        assert!(!s.has_window_room());
+        assert!(s.on_puback(pids[0]));
+        let mut more = Vec::new();
+        s.fill_window(now, 100, &mut more);
+        assert_eq!(more.len(), 1, "one slot freed, one re-send");
+        match &more[0] {
+            Outgoing::Publish { packet_id, dup, .. } => {
+                assert_eq!(*packet_id, Some(pids[2]));
+                assert!(*dup);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Outbox room limits what moves, even with window room.
+        assert!(s.on_puback(pids[1]));
+        let mut none = Vec::new();
+        s.fill_window(now, 0, &mut none);
+        assert!(none.is_empty());
+        assert!(s.skip(pids[3]), "a skipped delivery frees its slot");
+    }
+
+    #[test]
+    fn overflow_admits_into_a_full_queue() {
+        let now = Instant::now();
+        let mut s = Session::new("c".into());
+        s.set_window(1);
+        s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false);
+        for _ in 0..3 {
+            s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false);
+        }
+        assert!(s.queue_full(&LIM));
+        assert_eq!(
+            s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, true),
+            DeliverOutcome::Queued
+        );
+        assert_eq!(s.pending_len(), 4);
+        assert!(!s.queue_drained(&LIM));
+    }
+
+    #[test]
     fn offline_qos0_and_expiry() {
         let now = Instant::now();
         let mut s = Session::new("c".into());
         s.set_window(5);
         assert_eq!(
-            s.deliver(d(QoS::AtMostOnce, now), false, &LIM, now),
+            s.deliver(d(QoS::AtMostOnce, now), false, &LIM, now, false),
             DeliverOutcome::Dropped(DropReason::Qos0Offline)
         );
         let lim = QueueLimits {
@@ -472,7 +624,7 @@ mod tests {
             ..LIM
         };
         assert_eq!(
-            s.deliver(d(QoS::AtMostOnce, now), false, &lim, now),
+            s.deliver(d(QoS::AtMostOnce, now), false, &lim, now, false),
             DeliverOutcome::Queued
         );
         let exp = Delivery {
@@ -481,9 +633,12 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
         };
-        assert_eq!(s.deliver(exp, false, &lim, now), DeliverOutcome::Queued);
+        assert_eq!(
+            s.deliver(exp, false, &lim, now, false),
+            DeliverOutcome::Queued
+        );
         let later = now + std::time::Duration::from_secs(6);
-        let out = s.resume(later);
+        let out = s.resume(later, 100);
         assert_eq!(out.len(), 1, "the expired message is discarded");
         assert_eq!(s.pending_bytes(), 0);
     }
@@ -494,11 +649,11 @@ mod tests {
         let mut s = Session::new("c".into());
         s.set_window(3);
         s.next_packet_id = 65535;
-        let a = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now));
-        let b = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now));
+        let a = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false));
+        let b = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false));
         assert_eq!((a.get(), b.get()), (65535, 1));
         s.next_packet_id = 65535;
-        let c = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now));
+        let c = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false));
         assert_eq!(c.get(), 2, "65535 and 1 are in flight");
     }
 }

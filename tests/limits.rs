@@ -276,3 +276,30 @@ async fn graceful_shutdown_publishes_wills_including_delayed_ones() {
         "both wills are published when the broker stops"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_capped_by_count() {
+    let mut cfg = test_config();
+    cfg.limits.max_retained_messages = 2;
+    let (b, addr) = start(cfg).await;
+    let (mut p, _) = raw_connected(addr, V311, "rpub", true).await;
+    for i in 1..=3u16 {
+        let mut m = match publish(&format!("rc/{i}"), QoS::AtLeastOnce, i, b"v") {
+            Packet::Publish(m) => m,
+            _ => unreachable!(),
+        };
+        m.retain = true;
+        p.send(&Packet::Publish(m)).await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    assert_eq!(Metrics::get(&b.metrics().retained_refused), 1);
+    let (mut s, _) = raw_connected(addr, V311, "rsub", true).await;
+    s.send(&subscribe(1, "rc/#", QoS::AtMostOnce)).await;
+    assert_eq!(suback(&mut s).await, vec![ReasonCode::GRANTED_QOS_0]);
+    let mut topics = Vec::new();
+    while let Ok(Some(Packet::Publish(m))) = s.recv_within(Duration::from_millis(300)).await {
+        topics.push(m.topic);
+    }
+    topics.sort();
+    assert_eq!(topics, vec!["rc/1", "rc/2"], "the third was not retained");
+}
