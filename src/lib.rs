@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod config;
 pub mod connection;
+mod hash;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;

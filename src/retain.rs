@@ -4,17 +4,17 @@
 //! (possibly wildcard) filter at subscribe time (section 3.3.1.3). It does not decide
 //! whether to send them (Retain Handling is the router's call).
 
-use std::collections::HashMap;
+use crate::hash::Map;
 
 struct Node<V> {
-    children: HashMap<Box<str>, Node<V>>,
+    children: Map<Box<str>, Node<V>>,
     value: Option<V>,
 }
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: Map::default(),
             value: None,
         }
     }

@@ -11,6 +11,7 @@
 //! in, and `run` is the thin task around it.
 
 use crate::config::Config;
+use crate::hash::{Map, Set};
 use crate::metrics::Metrics;
 use crate::protocol::{
     LastWill, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling, Subscribe,
@@ -21,9 +22,9 @@ use crate::session::{
     ClientId, DeliverOutcome, Delivery, DropReason, Message, Outgoing, QueueLimits, Reply,
     ReplyKind, Session, Subscription,
 };
-use crate::subscriptions::SubscriptionTree;
+use crate::subscriptions::{Matches, SubscriptionTree};
 use crate::topic::{FilterSpec, TopicLimits};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,11 +87,12 @@ pub enum RouterMsg {
         request: Box<ConnectRequest>,
         reply: oneshot::Sender<Result<ConnectAccepted, ReasonCode>>,
     },
-    /// An application message; for QoS 1/2 the router answers with a `Reply`.
-    Publish {
+    /// Application messages from one connection, in order (a connection batches
+    /// what one read brought); for QoS 1/2 the router answers with a `Reply`.
+    Publishes {
         client: ClientId,
         conn_id: u64,
-        publish: Publish,
+        publishes: Vec<Publish>,
     },
     PubAck {
         client: ClientId,
@@ -207,7 +209,7 @@ enum Delivered {
 }
 
 pub struct Router {
-    clients: HashMap<ClientId, Client>,
+    clients: Map<ClientId, Client>,
     subs: SubscriptionTree<ClientId, Subscription>,
     retained: RetainTree<Arc<Message>>,
     retained_bytes: usize,
@@ -224,12 +226,14 @@ pub struct Router {
     backpressure: Option<Duration>,
     shutting_down: bool,
     metrics: Arc<Metrics>,
+    /// Reused by every `publish` so matching does not allocate per message.
+    scratch_matches: Matches<ClientId, Subscription>,
 }
 
 impl Router {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Router {
         Router {
-            clients: HashMap::new(),
+            clients: Map::default(),
             subs: SubscriptionTree::new(),
             retained: RetainTree::new(),
             retained_bytes: 0,
@@ -251,6 +255,7 @@ impl Router {
                 .then_some(config.mqtt.backpressure_timeout),
             shutting_down: false,
             metrics,
+            scratch_matches: Matches::default(),
         }
     }
 
@@ -286,11 +291,15 @@ impl Router {
                 let r = self.connect(*request, now);
                 let _ = reply.send(r);
             }
-            RouterMsg::Publish {
+            RouterMsg::Publishes {
                 client,
                 conn_id,
-                publish,
-            } => self.publish_from_client(&client, conn_id, publish, now),
+                publishes,
+            } => {
+                for p in publishes {
+                    self.publish_from_client(&client, conn_id, p, now);
+                }
+            }
             RouterMsg::PubAck {
                 client,
                 conn_id,
@@ -736,7 +745,7 @@ impl Router {
         // Retained messages go once per distinct filter of this packet, so a
         // SUBSCRIBE repeating `#` cannot multiply them.
         let mut retained_for: Vec<(Arc<str>, QoS, Option<u32>)> = Vec::new();
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut seen: Set<&str> = Set::default();
         for f in &sub.filters {
             let spec = match FilterSpec::parse(&f.filter, self.topic_limits) {
                 Ok(s) => s,
@@ -892,27 +901,37 @@ impl Router {
             self.store_retained(&topic, &msg);
         }
         let clients = &self.clients;
-        let matches = self
-            .subs
-            .matches(&topic, |k| clients.get(k).is_some_and(|c| c.online()));
+        let mut matches = std::mem::take(&mut self.scratch_matches);
+        self.subs.matches_into(
+            &topic,
+            |k| clients.get(k).is_some_and(|c| c.online()),
+            &mut matches,
+        );
         // Overlapping subscriptions of one client give one copy at the highest QoS
-        // with every identifier [MQTT-3.3.4-2] [MQTT-3.3.4-3].
-        let mut targets: Vec<Target> = Vec::new();
-        let mut index: HashMap<ClientId, usize> = HashMap::new();
-        for (cid, s) in matches.plain {
+        // with every identifier [MQTT-3.3.4-2] [MQTT-3.3.4-3]. A handful of matches
+        // is the norm: merge by a linear scan, with an index only for many.
+        let mut targets: Vec<Target> =
+            Vec::with_capacity(matches.plain.len() + matches.shared.len());
+        let mut index: Option<Map<ClientId, usize>> = (matches.plain.len() > 16).then(Map::default);
+        for (cid, s) in matches.plain.drain(..) {
             // [MQTT-3.8.3-3] No Local: not back to the publisher.
             if s.options.no_local && from == Some(&cid) {
                 continue;
             }
-            match index.get(&cid) {
-                Some(&i) => {
-                    let t = &mut targets[i];
+            let found = match &index {
+                Some(ix) => ix.get(&cid).copied(),
+                None => targets.iter().position(|t| t.client == cid),
+            };
+            match found.and_then(|i| targets.get_mut(i)) {
+                Some(t) => {
                     t.qos = t.qos.max(s.options.qos);
                     t.retain_as_published |= s.options.retain_as_published;
                     t.ids.extend(s.identifier);
                 }
                 None => {
-                    index.insert(cid.clone(), targets.len());
+                    if let Some(ix) = &mut index {
+                        ix.insert(cid.clone(), targets.len());
+                    }
                     targets.push(Target {
                         client: cid,
                         qos: s.options.qos,
@@ -922,7 +941,7 @@ impl Router {
                 }
             }
         }
-        for (cid, s) in matches.shared {
+        for (cid, s) in matches.shared.drain(..) {
             targets.push(Target {
                 client: cid,
                 qos: s.options.qos,
@@ -930,6 +949,7 @@ impl Router {
                 ids: s.identifier.into_iter().collect(),
             });
         }
+        self.scratch_matches = matches;
         if targets.is_empty() {
             self.metrics
                 .messages_no_subscribers
@@ -1058,22 +1078,19 @@ impl Router {
 /// of what is sent: an alias only shrinks it).
 fn publish_size(d: &Delivery, version: ProtocolVersion) -> usize {
     let m = &d.message;
-    let mut props = m.properties.clone();
-    props.subscription_identifiers = d.subscription_ids.clone();
-    let p = Publish {
+    crate::protocol::PublishView {
         dup: false,
         qos: d.qos,
         retain: d.retain,
-        topic: m.topic.to_string(),
-        packet_id: if d.qos == QoS::AtMostOnce {
-            None
-        } else {
-            PacketId::new(1)
-        },
-        properties: props,
-        payload: m.payload.clone(),
-    };
-    crate::protocol::encoded_len(&crate::protocol::Packet::Publish(p), version)
+        topic: &m.topic,
+        packet_id: PacketId::new(1),
+        properties: &m.properties,
+        topic_alias: None,
+        message_expiry_interval: m.properties.message_expiry_interval,
+        subscription_identifiers: &d.subscription_ids,
+        payload: &m.payload,
+    }
+    .encoded_len(version)
 }
 
 /// The router task: handle messages in order, fire deadlines on time, sweep

@@ -6,10 +6,11 @@
 //! know about sockets or other sessions: the router decides what to deliver to whom
 //! and pushes the `Outgoing` items this module returns into the client's outbox.
 
+use crate::hash::{Map, Set};
 use crate::protocol::{PacketId, PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use crate::topic::FilterSpec;
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -154,7 +155,7 @@ pub enum DropReason {
 #[derive(Debug)]
 pub struct Session {
     pub client_id: ClientId,
-    pub subscriptions: HashMap<FilterSpec, Subscription>,
+    pub subscriptions: Map<FilterSpec, Subscription>,
     inflight: VecDeque<Inflight>,
     pending: VecDeque<Delivery>,
     pending_bytes: usize,
@@ -167,7 +168,7 @@ pub struct Session {
     /// Inbound QoS 2 packet ids that were routed and got PUBREC but no PUBREL yet:
     /// a re-sent PUBLISH with one of these is not delivered again [MQTT-4.3.3-10].
     /// Session state, so it survives reconnects and takeovers.
-    pub inbound_qos2: HashSet<u16>,
+    pub inbound_qos2: Set<u16>,
     pub dropped: u64,
 }
 
@@ -175,14 +176,14 @@ impl Session {
     pub fn new(client_id: ClientId) -> Session {
         Session {
             client_id,
-            subscriptions: HashMap::new(),
+            subscriptions: Map::default(),
             inflight: VecDeque::new(),
             pending: VecDeque::new(),
             pending_bytes: 0,
             next_packet_id: 1,
             window: 1,
             sent_inflight: 0,
-            inbound_qos2: HashSet::new(),
+            inbound_qos2: Set::default(),
             dropped: 0,
         }
     }
@@ -316,7 +317,7 @@ impl Session {
     /// discarded on the way [MQTT-3.3.2-5].
     pub fn fill_window(&mut self, now: Instant, mut room: usize, out: &mut Vec<Outgoing>) {
         while room > 0 {
-            if self.sent_inflight < self.window {
+            if self.sent_inflight < self.window && self.has_unsent() {
                 if let Some(i) = self.inflight.iter_mut().find(|i| !i.sent) {
                     i.sent = true;
                     self.sent_inflight += 1;

@@ -6,8 +6,8 @@
 //! opaque keys `K` with a value `V` (the subscription options), and the caller says
 //! which keys are available for a shared delivery.
 
+use crate::hash::Map;
 use crate::topic::FilterSpec;
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -19,17 +19,17 @@ struct SharedGroup<K, V> {
 
 struct Node<K, V> {
     /// Children by level text; "+" and "#" are children like any other level.
-    children: HashMap<Box<str>, Node<K, V>>,
-    subscribers: HashMap<K, V>,
-    shared: HashMap<Arc<str>, SharedGroup<K, V>>,
+    children: Map<Box<str>, Node<K, V>>,
+    subscribers: Map<K, V>,
+    shared: Map<Arc<str>, SharedGroup<K, V>>,
 }
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
-            subscribers: HashMap::new(),
-            shared: HashMap::new(),
+            children: Map::default(),
+            subscribers: Map::default(),
+            shared: Map::default(),
         }
     }
 }
@@ -168,11 +168,23 @@ impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
     /// is available the next member in turn gets it (its session queues it).
     pub fn matches(&mut self, topic: &str, available: impl Fn(&K) -> bool) -> Matches<K, V> {
         let mut out = Matches::default();
-        let levels: Vec<&str> = topic.split('/').collect();
+        self.matches_into(topic, available, &mut out);
+        out
+    }
+
+    /// `matches` into caller-owned buffers (cleared first), so the hot path reuses
+    /// their capacity instead of allocating per message.
+    pub fn matches_into(
+        &mut self,
+        topic: &str,
+        available: impl Fn(&K) -> bool,
+        out: &mut Matches<K, V>,
+    ) {
+        out.plain.clear();
+        out.shared.clear();
         // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
         let dollar = topic.starts_with('$');
-        Self::collect(&mut self.root, &levels, dollar, &available, &mut out);
-        out
+        Self::collect(&mut self.root, Some(topic), dollar, &available, out);
     }
 
     fn take_node(node: &mut Node<K, V>, available: &impl Fn(&K) -> bool, out: &mut Matches<K, V>) {
@@ -194,9 +206,11 @@ impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
         }
     }
 
+    /// Walk the levels of `rest` (None once every level is consumed) without
+    /// collecting them.
     fn collect(
         node: &mut Node<K, V>,
-        levels: &[&str],
+        rest: Option<&str>,
         no_wildcards: bool,
         available: &impl Fn(&K) -> bool,
         out: &mut Matches<K, V>,
@@ -207,17 +221,20 @@ impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
                 Self::take_node(hash, available, out);
             }
         }
-        match levels.split_first() {
-            None => Self::take_node(node, available, out),
-            Some((first, rest)) => {
-                if let Some(child) = node.children.get_mut(*first) {
-                    Self::collect(child, rest, false, available, out);
-                }
-                if !no_wildcards {
-                    if let Some(plus) = node.children.get_mut("+") {
-                        Self::collect(plus, rest, false, available, out);
-                    }
-                }
+        let Some(rest) = rest else {
+            Self::take_node(node, available, out);
+            return;
+        };
+        let (first, tail) = match rest.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (rest, None),
+        };
+        if let Some(child) = node.children.get_mut(first) {
+            Self::collect(child, tail, false, available, out);
+        }
+        if !no_wildcards {
+            if let Some(plus) = node.children.get_mut("+") {
+                Self::collect(plus, tail, false, available, out);
             }
         }
     }

@@ -234,6 +234,114 @@ fn publish_props(s: &mut dyn Sink, p: &PublishProperties) -> Result<()> {
     p_user(s, &p.user_properties)
 }
 
+/// An outgoing PUBLISH borrowed from the broker's shared message, with the
+/// per-delivery fields on top: the hot path encodes it without building a
+/// `Publish` (no topic `String`, no property clone per receiver).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishView<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Empty when `topic_alias` stands for a topic the receiver already knows.
+    pub topic: &'a str,
+    pub packet_id: Option<PacketId>,
+    /// The message's properties (v5 only; ignored for 3.1.1). Its own
+    /// `topic_alias`, `message_expiry_interval` and `subscription_identifiers` are
+    /// replaced by the three fields below.
+    pub properties: &'a PublishProperties,
+    pub topic_alias: Option<u16>,
+    pub message_expiry_interval: Option<u32>,
+    pub subscription_identifiers: &'a [u32],
+    pub payload: &'a [u8],
+}
+
+impl PublishView<'_> {
+    fn props(&self, s: &mut dyn Sink) -> Result<()> {
+        let p = self.properties;
+        p_u8(
+            s,
+            prop::PAYLOAD_FORMAT_INDICATOR,
+            p.payload_format_indicator,
+        );
+        p_u32(
+            s,
+            prop::MESSAGE_EXPIRY_INTERVAL,
+            self.message_expiry_interval,
+        );
+        p_u16(s, prop::TOPIC_ALIAS, self.topic_alias);
+        p_str(s, prop::RESPONSE_TOPIC, &p.response_topic)?;
+        p_bin(s, prop::CORRELATION_DATA, &p.correlation_data)?;
+        for &id in self.subscription_identifiers {
+            p_sub_id(s, id)?;
+        }
+        p_str(s, prop::CONTENT_TYPE, &p.content_type)?;
+        p_user(s, &p.user_properties)
+    }
+
+    /// (remaining length, property length) in `version`'s format.
+    fn lengths(&self, v: ProtocolVersion) -> Result<(usize, usize)> {
+        if !v.is_v5() && self.topic.is_empty() {
+            return Err(EncodeError::Invalid("empty topic name in a 3.1.1 PUBLISH"));
+        }
+        if self.topic.len() > usize::from(u16::MAX) {
+            return Err(EncodeError::TooLarge("topic longer than 65,535 bytes"));
+        }
+        let mut n = 2 + self.topic.len() + self.payload.len();
+        if self.qos != QoS::AtMostOnce {
+            n += 2;
+        }
+        let mut props = 0;
+        if v.is_v5() {
+            let mut c = Counter(0);
+            self.props(&mut c)?;
+            props = c.0;
+            n += vbi_len(props) + props;
+        }
+        if n > usize_from(MAX_VBI) {
+            return Err(EncodeError::TooLarge(
+                "remaining length exceeds 268,435,455",
+            ));
+        }
+        Ok((n, props))
+    }
+
+    /// Exactly the bytes `encode` appends, or `usize::MAX` if it would fail.
+    pub fn encoded_len(&self, v: ProtocolVersion) -> usize {
+        match self.lengths(v) {
+            Ok((n, _)) => 1 + vbi_len(n) + n,
+            Err(_) => usize::MAX,
+        }
+    }
+
+    /// Append this PUBLISH in `v`'s format. On error nothing is written.
+    pub fn encode(&self, v: ProtocolVersion, buf: &mut BytesMut) -> Result<()> {
+        let (remaining, props) = self.lengths(v)?;
+        let packet_id = match (self.qos, self.packet_id) {
+            (QoS::AtMostOnce, _) => None,
+            (_, Some(id)) => Some(id),
+            // [MQTT-2.2.1-2] QoS 1/2 carries a packet identifier.
+            (_, None) => return Err(EncodeError::Invalid("QoS > 0 PUBLISH without packet id")),
+        };
+        buf.reserve(1 + vbi_len(remaining) + remaining);
+        // [MQTT-3.3.1-2] DUP is always 0 for QoS 0.
+        let dup = self.dup && self.qos != QoS::AtMostOnce;
+        let first = 0x30 | (u8::from(dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain);
+        let sink: &mut dyn Sink = buf;
+        put_u8(sink, first);
+        put_vbi(sink, remaining)?;
+        put_string(sink, self.topic)?;
+        if let Some(id) = packet_id {
+            put_u16(sink, id.get());
+        }
+        if v.is_v5() {
+            put_vbi(sink, props)?;
+            self.props(sink)?;
+        }
+        sink.put(self.payload);
+        Ok(())
+    }
+}
+
 fn ack_props(s: &mut dyn Sink, p: &AckProperties) -> Result<()> {
     p_str(s, prop::REASON_STRING, &p.reason_string)?;
     p_user(s, &p.user_properties)
@@ -1114,5 +1222,66 @@ mod tests {
             assert_eq!(c.0, vbi_len(v), "{v}");
         }
         assert!(put_vbi(&mut Counter(0), 268_435_456).is_err());
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// The borrowed fast path writes exactly what the general encoder writes.
+    #[test]
+    fn publish_view_matches_the_general_encoder() {
+        let props = PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(99),
+            response_topic: Some("r/t".into()),
+            correlation_data: Some(Bytes::from_static(b"cd")),
+            user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        };
+        for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for (qos, pid) in [
+                (QoS::AtMostOnce, None),
+                (QoS::ExactlyOnce, PacketId::new(7)),
+            ] {
+                for (alias, topic) in [(None, "a/b"), (Some(3u16), "a/b")] {
+                    let ids = [5u32, 300];
+                    let view = PublishView {
+                        dup: true,
+                        qos,
+                        retain: true,
+                        topic,
+                        packet_id: pid,
+                        properties: &props,
+                        topic_alias: alias,
+                        message_expiry_interval: Some(42),
+                        subscription_identifiers: &ids,
+                        payload: b"hello",
+                    };
+                    let mut owned_props = props.clone();
+                    owned_props.topic_alias = alias;
+                    owned_props.message_expiry_interval = Some(42);
+                    owned_props.subscription_identifiers = ids.to_vec();
+                    let owned = Packet::Publish(Publish {
+                        dup: true,
+                        qos,
+                        retain: true,
+                        topic: topic.into(),
+                        packet_id: pid,
+                        properties: owned_props,
+                        payload: Bytes::from_static(b"hello"),
+                    });
+                    let mut a = BytesMut::new();
+                    let mut b = BytesMut::new();
+                    view.encode(v, &mut a).unwrap();
+                    encode(&owned, v, &mut b).unwrap();
+                    assert_eq!(a, b, "{v:?} {qos:?} {alias:?}");
+                    assert_eq!(view.encoded_len(v), a.len());
+                }
+            }
+        }
     }
 }

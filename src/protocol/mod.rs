@@ -11,5 +11,5 @@ mod encode;
 pub mod types;
 
 pub use decode::{decode, DecodeError};
-pub use encode::{encode, encoded_len, EncodeError};
+pub use encode::{encode, encoded_len, EncodeError, PublishView};
 pub use types::*;
