@@ -132,7 +132,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             max_session_expiry: Duration::from_secs(7 * 24 * 3600),
             outgoing_qos0_buffer: 256,
-            router_queue: 4096,
+            router_queue: 256,
             max_retained_messages: 10_000,
             max_retained_bytes: 16 * 1024 * 1024,
         }

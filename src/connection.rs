@@ -43,12 +43,13 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// almost nothing (about a KB per idle connection is the goal).
 const BUF_KEEP: usize = 1024;
 /// Read size bounds: an idle connection reads into a small buffer; one whose reads
-/// fill the buffer doubles it (fewer syscalls under load), up to the maximum.
+/// fill the buffer doubles it (fewer syscalls under load), up to the maximum, which
+/// also caps the work one publisher gets per wake-up (larger starved subscribers).
 const READ_MIN: usize = 256;
-const READ_MAX: usize = 64 * 1024;
+const READ_MAX: usize = 8 * 1024;
 /// Publishes handed to the router in one message: fewer channel operations and
 /// wake-ups per message, with a small bound on what one message holds.
-const PUBLISH_BATCH: usize = 64;
+const PUBLISH_BATCH: usize = 32;
 /// Outbox items taken per wake-up. The outbox branch comes before the write branch
 /// in the select, so everything ready is encoded first and written with one
 /// syscall: on loopback each write wakes the peer, which costs more than the write.
@@ -367,8 +368,9 @@ async fn handshake<S: AsyncWrite + Unpin>(
     );
     // Replies we may owe at once: we stop reading at `receive_maximum` owed.
     let reply_reserve = usize::from(lim.receive_maximum) + 1;
-    let (outbox_tx, outbox_rx) =
-        mpsc::channel(usize::from(lim.max_inflight) + lim.outgoing_qos0_buffer + reply_reserve);
+    let (outbox_tx, outbox_rx) = crate::outbox::outbox(
+        usize::from(lim.max_inflight) + lim.outgoing_qos0_buffer + reply_reserve,
+    );
     let (kick_tx, kick_rx) = oneshot::channel();
     let (reply_tx, reply_rx) = oneshot::channel();
     let request = ConnectRequest {
@@ -504,7 +506,7 @@ struct Conn {
     keep_alive: Option<Duration>,
     expiry_was_zero: bool,
     problem_info: bool,
-    outbox: mpsc::Receiver<Outgoing>,
+    outbox: crate::outbox::OutboxReceiver,
     kick: Option<oneshot::Receiver<ReasonCode>>,
     shared: Arc<Shared>,
 }
@@ -561,7 +563,7 @@ impl Conn {
                     let reason = reason.unwrap_or(ReasonCode::SERVER_SHUTTING_DOWN);
                     if reason == ReasonCode::SERVER_SHUTTING_DOWN {
                         // Graceful shutdown: hand over what is already queued.
-                        while let Ok(o) = self.outbox.try_recv() {
+                        while let Some(o) = self.outbox.try_recv() {
                             self.push_outgoing(o);
                         }
                     }
@@ -599,8 +601,8 @@ impl Conn {
                             break;
                         }
                                                 match self.outbox.try_recv() {
-                            Ok(o) => self.push_outgoing(o),
-                            Err(_) => break,
+                            Some(o) => self.push_outgoing(o),
+                            None => break,
                         }
                     }
                     // Replies written: packets held back by flow control can go on.

@@ -11,6 +11,7 @@ pub mod connection;
 mod hash;
 pub mod listener;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod retain;
 pub mod router;

@@ -29,6 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
 use tracing::warn;
 
 /// The handle a connection gives the router so it can reach the socket.
@@ -36,7 +37,7 @@ use tracing::warn;
 pub struct ConnHandle {
     pub conn_id: u64,
     pub version: ProtocolVersion,
-    pub outbox: mpsc::Sender<Outgoing>,
+    pub outbox: crate::outbox::OutboxSender,
     /// Closing the connection from the router side (takeover, shutdown), with the
     /// reason to put in a v5 DISCONNECT.
     pub kick: oneshot::Sender<ReasonCode>,
@@ -1148,7 +1149,7 @@ mod tests {
     use bytes::Bytes;
 
     struct TestConn {
-        outbox: mpsc::Receiver<Outgoing>,
+        outbox: crate::outbox::OutboxReceiver,
         kick: oneshot::Receiver<ReasonCode>,
     }
 
@@ -1165,7 +1166,7 @@ mod tests {
         will: Option<LastWill>,
         now: Instant,
     ) -> (ConnectAccepted, TestConn) {
-        let (otx, orx) = mpsc::channel(64);
+        let (otx, orx) = crate::outbox::outbox(64);
         let (ktx, krx) = oneshot::channel();
         let req = ConnectRequest {
             client_id: id.into(),
@@ -1225,7 +1226,7 @@ mod tests {
 
     fn topics(c: &mut TestConn) -> Vec<String> {
         let mut v = Vec::new();
-        while let Ok(Outgoing::Publish { delivery, .. }) = c.outbox.try_recv() {
+        while let Some(Outgoing::Publish { delivery, .. }) = c.outbox.try_recv() {
             v.push(delivery.message.topic.to_string());
         }
         v

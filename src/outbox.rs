@@ -1,0 +1,195 @@
+//! The bounded queue from the router to one connection task.
+//!
+//! Owns only the hand-over of `Outgoing` items. Not tokio's mpsc: that allocates a
+//! 32-slot block (about 1.5 KB) per channel up front, which is most of the memory of
+//! an idle connection. This queue holds nothing until used and gives its memory back
+//! once drained, and keeps the same contract: bounded (`try_send` refuses when
+//! full, the router never waits), one sender (the router), one receiver (the
+//! connection), `recv` returns None once the sender is gone.
+
+use crate::session::Outgoing;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// Drained queues keep at most this many slots of capacity.
+const KEEP: usize = 16;
+
+struct Inner {
+    items: VecDeque<Outgoing>,
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave `Inner` inconsistent (each
+        // operation is one push or pop), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub fn outbox(capacity: usize) -> (OutboxSender, OutboxReceiver) {
+    let shared = Arc::new(Shared {
+        inner: Mutex::new(Inner {
+            items: VecDeque::new(),
+            sender_gone: false,
+            receiver_gone: false,
+        }),
+        notify: Notify::new(),
+        capacity,
+    });
+    (
+        OutboxSender {
+            shared: shared.clone(),
+        },
+        OutboxReceiver { shared },
+    )
+}
+
+#[derive(Debug)]
+pub struct OutboxSender {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl OutboxSender {
+    /// Queue `item` unless the outbox is full or the connection is gone.
+    pub fn try_send(&self, item: Outgoing) -> Result<(), Outgoing> {
+        {
+            let mut g = self.shared.lock();
+            if g.receiver_gone || g.items.len() >= self.shared.capacity {
+                return Err(item);
+            }
+            g.items.push_back(item);
+        }
+        // Stores a permit if the receiver is not waiting yet: no lost wake-up.
+        self.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Free slots.
+    pub fn capacity(&self) -> usize {
+        self.shared
+            .capacity
+            .saturating_sub(self.shared.lock().items.len())
+    }
+}
+
+impl Drop for OutboxSender {
+    fn drop(&mut self) {
+        self.shared.lock().sender_gone = true;
+        self.shared.notify.notify_one();
+    }
+}
+
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    shared: Arc<Shared>,
+}
+
+impl OutboxReceiver {
+    /// The next item, or None once the sender is gone and the queue is empty.
+    /// Cancel-safe: an item is only taken when this returns it.
+    pub async fn recv(&mut self) -> Option<Outgoing> {
+        loop {
+            {
+                let mut g = self.shared.lock();
+                if let Some(item) = pop(&mut g) {
+                    return Some(item);
+                }
+                if g.sender_gone {
+                    return None;
+                }
+            }
+            self.shared.notify.notified().await;
+        }
+    }
+
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        pop(&mut self.shared.lock())
+    }
+}
+
+fn pop(g: &mut Inner) -> Option<Outgoing> {
+    let item = g.items.pop_front();
+    if g.items.is_empty() && g.items.capacity() > KEEP {
+        // An idle connection keeps almost nothing.
+        g.items = VecDeque::new();
+    }
+    item
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        let mut g = self.shared.lock();
+        g.receiver_gone = true;
+        g.items.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::PacketId;
+
+    fn item(n: u16) -> Outgoing {
+        Outgoing::PubRel(PacketId::new(n).unwrap())
+    }
+
+    #[tokio::test]
+    async fn bounded_fifo_and_close() {
+        let (tx, mut rx) = outbox(2);
+        assert!(tx.try_send(item(1)).is_ok());
+        assert!(tx.try_send(item(2)).is_ok());
+        assert!(tx.try_send(item(3)).is_err(), "full");
+        assert_eq!(tx.capacity(), 0);
+        assert_eq!(rx.recv().await, Some(item(1)));
+        assert_eq!(rx.try_recv(), Some(item(2)));
+        assert_eq!(rx.try_recv(), None);
+        assert_eq!(tx.capacity(), 2);
+        drop(tx);
+        assert_eq!(rx.recv().await, None, "sender gone");
+    }
+
+    #[tokio::test]
+    async fn wakes_a_waiting_receiver_and_refuses_after_receiver_drop() {
+        let (tx, mut rx) = outbox(4);
+        let waiter = tokio::spawn(async move {
+            let got = rx.recv().await;
+            (got, rx)
+        });
+        tokio::task::yield_now().await;
+        tx.try_send(item(7)).unwrap();
+        let (got, rx) = waiter.await.unwrap();
+        assert_eq!(got, Some(item(7)));
+        drop(rx);
+        assert!(tx.try_send(item(8)).is_err(), "connection gone");
+    }
+
+    #[tokio::test]
+    async fn recv_is_cancel_safe() {
+        let (tx, mut rx) = outbox(4);
+        // A recv that loses a select race takes nothing.
+        tokio::select! {
+            biased;
+            _ = std::future::ready(()) => {}
+            _ = rx.recv() => panic!("nothing was sent"),
+        }
+        tx.try_send(item(1)).unwrap();
+        assert_eq!(rx.recv().await, Some(item(1)));
+    }
+}
