@@ -126,7 +126,10 @@ for b in $BROKERS; do
   run fanin_q2 --scenario fan-in --qos 2 --pubs 16 --subs 1
   run fanout_q0 --scenario fan-out --qos 0 --subs 64
   run pairs_q1 --scenario pairwise --qos 1 --pubs 32
-  run latency_q0 --scenario fan-in --qos 0 --pubs 16 --subs 1 --rate 8000
+  # Latency is noisy on a shared VM: three runs, the table shows the median p99.
+  for i in 1 2 3; do
+    run "latency_q0_$i" --scenario fan-in --qos 0 --pubs 16 --subs 1 --rate 8000
+  done
   run idle --scenario idle --connections "$IDLE_CONNS"
   stop_broker
   sleep 1
@@ -140,6 +143,11 @@ idle = {}
 for r in rows:
     by.setdefault(r["broker"], {})[r["r"]["label"]] = r["r"]
     idle[r["broker"]] = r["idle_rss_kb"]
+for b, runs in by.items():
+    lat = sorted((r for k, r in runs.items() if k.startswith("latency_q0_") and not r.get("failed")),
+                 key=lambda r: r["p99_us"])
+    if lat:
+        runs["latency_q0"] = lat[len(lat) // 2]
 brokers = [b for b in ["tern", "mosquitto", "rumqttd"] if b in by]
 def fmt_rate(r):
     if not r or r.get("failed"): return "failed"
@@ -155,7 +163,7 @@ metrics = [
     ("fan-in QoS 2, 16->1, saturated", "fanin_q2", lambda r: r["rate"], fmt_rate),
     ("fan-out 1->64 QoS 0 (deliveries/s)", "fanout_q0", lambda r: r["rate"], fmt_rate),
     ("32 pairs QoS 1", "pairs_q1", lambda r: r["rate"], fmt_rate),
-    ("p99 latency at 8,000 msg/s QoS 0", "latency_q0", lambda r: r["p99_us"], lambda r: "%.2f ms" % (r["p99_us"] / 1000) if r and not r.get("failed") else "failed"),
+    ("p99 latency at 8,000 msg/s QoS 0 (median of 3)", "latency_q0", lambda r: r["p99_us"], lambda r: "%.2f ms" % (r["p99_us"] / 1000) if r and not r.get("failed") else "failed"),
     ("RSS peak under load (fan-in QoS 1)", "fanin_q1", lambda r: r["rss_peak_kb"], lambda r: "%.1f MB" % (r["rss_peak_kb"] / 1024) if r and r.get("rss_peak_kb") else "?"),
     ("RSS per idle connection", "idle", lambda r: r["kb_per_conn"], lambda r: "%.2f KB" % r["kb_per_conn"] if r and r.get("kb_per_conn") is not None else "?"),
     ("time to accept idle connections", "idle", lambda r: r["accept_secs"], lambda r: "%.2f s (%d conns)" % (r["accept_secs"], r["connections"]) if r and "accept_secs" in r else "?"),

@@ -17,6 +17,9 @@ const KEEP: usize = 16;
 
 struct Inner {
     items: VecDeque<Outgoing>,
+    /// Message bytes held (see `Message::cost`), so the router can cap QoS 0
+    /// buffering by bytes as well as by count.
+    bytes: usize,
     sender_gone: bool,
     receiver_gone: bool,
 }
@@ -39,6 +42,7 @@ pub fn outbox(capacity: usize) -> (OutboxSender, OutboxReceiver) {
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             items: VecDeque::new(),
+            bytes: 0,
             sender_gone: false,
             receiver_gone: false,
         }),
@@ -74,11 +78,17 @@ impl OutboxSender {
             if g.receiver_gone || g.items.len() >= self.shared.capacity {
                 return Err(item);
             }
+            g.bytes += cost(&item);
             g.items.push_back(item);
         }
         // Stores a permit if the receiver is not waiting yet: no lost wake-up.
         self.shared.notify.notify_one();
         Ok(())
+    }
+
+    /// Message bytes waiting in the outbox.
+    pub fn bytes(&self) -> usize {
+        self.shared.lock().bytes
     }
 
     /// Free slots.
@@ -124,8 +134,18 @@ impl OutboxReceiver {
     }
 }
 
+fn cost(item: &Outgoing) -> usize {
+    match item {
+        Outgoing::Publish { delivery, .. } => delivery.message.cost(),
+        _ => 0,
+    }
+}
+
 fn pop(g: &mut Inner) -> Option<Outgoing> {
     let item = g.items.pop_front();
+    if let Some(i) = &item {
+        g.bytes = g.bytes.saturating_sub(cost(i));
+    }
     if g.items.is_empty() && g.items.capacity() > KEEP {
         // An idle connection keeps almost nothing.
         g.items = VecDeque::new();
@@ -138,6 +158,7 @@ impl Drop for OutboxReceiver {
         let mut g = self.shared.lock();
         g.receiver_gone = true;
         g.items.clear();
+        g.bytes = 0;
     }
 }
 

@@ -1018,9 +1018,12 @@ impl Router {
         let online = c.online();
         if online && d.qos == QoS::AtMostOnce {
             // QoS 0 to a connected client goes straight to the outbox, keeping room
-            // for a full window of QoS 1/2: a slow reader loses QoS 0, counted.
+            // for a full window of QoS 1/2 and within `max_queued_bytes`: a slow
+            // reader loses QoS 0, counted.
             if let Some(h) = &c.conn {
-                if h.room() <= h.window {
+                if h.room() <= h.window
+                    || h.outbox.bytes() + d.message.cost() > self.limits.max_bytes
+                {
                     self.metrics
                         .dropped_qos0_slow
                         .fetch_add(1, Ordering::Relaxed);
