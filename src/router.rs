@@ -153,7 +153,7 @@ pub enum RouterMsg {
 
 /// A Will waiting for its delay or for the session to end (section 3.1.3.2).
 struct PendingWill {
-    will: LastWill,
+    will: Box<LastWill>,
     due: Instant,
 }
 
@@ -168,8 +168,9 @@ struct Client {
     session: Session,
     conn: Option<ConnHandle>,
     version: ProtocolVersion,
-    will: Option<LastWill>,
-    pending_will: Option<PendingWill>,
+    /// Boxed: most clients have no will, and every client costs one `Client`.
+    will: Option<Box<LastWill>>,
+    pending_will: Option<Box<PendingWill>>,
     session_expiry: u32,
     /// Set while offline: when the session ends.
     expires_at: Option<Instant>,
@@ -394,7 +395,7 @@ impl Router {
                         // scheduled here.
                         let _ = h.kick.send(ReasonCode::SERVER_SHUTTING_DOWN);
                         if let Some(will) = c.will.take() {
-                            c.pending_will = Some(PendingWill { due: now, will });
+                            c.pending_will = Some(Box::new(PendingWill { due: now, will }));
                         }
                     }
                 }
@@ -519,7 +520,7 @@ impl Router {
         let Some(pw) = self.clients.get_mut(id).and_then(|c| c.pending_will.take()) else {
             return;
         };
-        let w = pw.will;
+        let w = *pw.will;
         self.metrics.wills_published.fetch_add(1, Ordering::Relaxed);
         let publish = Publish {
             dup: false,
@@ -574,7 +575,7 @@ impl Router {
                 self.metrics.takeovers.fetch_add(1, Ordering::Relaxed);
                 if let Some(will) = c.will.take() {
                     let due = now + Duration::from_secs(u64::from(will.delay_interval));
-                    c.pending_will = Some(PendingWill { will, due });
+                    c.pending_will = Some(Box::new(PendingWill { will, due }));
                 }
                 // A session with expiry 0 ends with its connection: nothing to
                 // resume [MQTT-3.1.2-?, 3.1.2.11.2].
@@ -611,7 +612,7 @@ impl Router {
             held_acks: Vec::new(),
         });
         client.version = version;
-        client.will = req.will;
+        client.will = req.will.map(Box::new);
         client.session_expiry = req.session_expiry;
         client.expires_at = None;
         client.session.set_window(req.handle.window);
@@ -700,7 +701,7 @@ impl Router {
         if kind == DisconnectKind::WithWill {
             if let Some(will) = will {
                 let due = now + Duration::from_secs(u64::from(will.delay_interval));
-                c.pending_will = Some(PendingWill { will, due });
+                c.pending_will = Some(Box::new(PendingWill { will, due }));
             }
         }
         // Publishers held back by this client no longer wait for it: offline
@@ -1356,5 +1357,23 @@ mod tests {
         assert_eq!(r.session_count(), 1);
         r.tick(t0 + Duration::from_secs(15));
         assert_eq!(r.session_count(), 0, "expired 10 s after the disconnect");
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Every connected or offline client costs one `Client` in the router's map:
+    /// keep it small (wills and rarely used parts are boxed).
+    #[test]
+    fn client_record_stays_small() {
+        let c = std::mem::size_of::<Client>();
+        let s = std::mem::size_of::<Session>();
+        eprintln!(
+            "Client: {c} bytes, Session: {s}, LastWill: {}",
+            std::mem::size_of::<LastWill>()
+        );
+        assert!(c <= 512, "Client grew to {c} bytes");
     }
 }
