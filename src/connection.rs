@@ -169,7 +169,11 @@ where
         let _ = stream.shutdown().await;
         return;
     };
-    conn.rbuf = rbuf;
+    // Keep the CONNECT buffer only if packets were pipelined behind CONNECT; an
+    // idle connection then starts from the small read size.
+    if !rbuf.is_empty() {
+        conn.rbuf = rbuf;
+    }
     tracing::Span::current().record("client", &*conn.client_id);
     info!(version = ?conn.version, "connected");
     let close = conn.run(&mut stream).await;
