@@ -14,12 +14,26 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
+
+/// A listening socket with our backlog (tokio's `bind` fixes it at 1024) and
+/// SO_REUSEADDR, so a restarted broker can bind while old connections linger in
+/// TIME_WAIT.
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
 
 pub struct Broker {
     addrs: Vec<SocketAddr>,
@@ -41,7 +55,7 @@ impl Broker {
         let router = Router::new(&config, metrics.clone());
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            let tcp = TcpListener::bind(l.bind).await.map_err(|e| {
+            let tcp = bind(l.bind, config.limits.listen_backlog).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
             })?;
             listeners.push(tcp);

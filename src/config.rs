@@ -93,6 +93,7 @@ impl Default for ListenerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_connections: usize,
+    pub listen_backlog: u32,
     pub max_sessions: usize,
     pub max_packet_size: u32,
     pub max_keepalive: u16,
@@ -118,6 +119,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            listen_backlog: 4096,
             max_sessions: 20_000,
             max_packet_size: 1024 * 1024,
             max_keepalive: 65_535,
@@ -302,6 +304,9 @@ impl Config {
         }
         if l.max_inflight == 0 {
             err("limits.max_inflight", "must be at least 1");
+        }
+        if l.listen_backlog == 0 {
+            err("limits.listen_backlog", "must be at least 1");
         }
         if l.max_connections == 0 {
             err("limits.max_connections", "must be at least 1");
