@@ -122,7 +122,7 @@ where
 {
     let cfg = shared.config.clone();
     let mut rbuf = BytesMut::with_capacity(512);
-    // [MQTT-3.1.4-?] a server closes a connection that does not send CONNECT in
+    // (3.1.1 and 5.0 section 3.1) a server closes a connection that does not send CONNECT in
     // reasonable time (rumqttd lesson: without this, idle sockets pile up).
     // Boxed, like the handshake and the close below: one-off phases whose state
     // would otherwise be reserved in the connection's future for its whole life.
@@ -310,7 +310,7 @@ async fn handshake<S: AsyncWrite + Unpin>(
             .await;
             return None;
         }
-        // [MQTT-3.1.3-6] assign a unique id; v5 tells the client [MQTT-3.2.2-?].
+        // [MQTT-3.1.3-6] assign a unique id; v5 tells the client (5.0 section 3.2.2.3.7).
         let id = format!("tern-{:016x}", random_suffix(conn_id));
         assigned = Some(id.clone());
         id.into()
@@ -517,7 +517,7 @@ struct Conn {
     skipped: Vec<PacketId>,
     /// Publishes decoded from the current read, sent to the router together.
     batch: Vec<Publish>,
-    /// Topic aliases the client set on its PUBLISHes [MQTT-3.3.2-?].
+    /// Topic aliases the client set on its PUBLISHes (5.0 section 3.3.2.3.4).
     in_aliases: HashMap<u16, String>,
     /// Aliases we assigned on deliveries, up to the client's Topic Alias Maximum.
     out_aliases: HashMap<Arc<str>, u16>,
@@ -551,6 +551,32 @@ impl Conn {
     }
 
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Close {
+        let close = self.run_loop(stream).await;
+        let ours = close.reason.is_some_and(|r| {
+            r.is_error()
+                && r != ReasonCode::SESSION_TAKEN_OVER
+                && r != ReasonCode::SERVER_SHUTTING_DOWN
+        });
+        if ours {
+            self.settle().await;
+        }
+        close
+    }
+
+    /// Before closing on the client's protocol error: let the replies owed for
+    /// the packets accepted before it (PUBACK, PUBREC, ...) go out first, within
+    /// a bound, so the client knows which of its messages were taken.
+    async fn settle(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while self.owed > 0 {
+            match tokio::time::timeout_at(deadline, self.outbox.recv()).await {
+                Ok(Some(o)) => self.push_outgoing(o),
+                _ => break,
+            }
+        }
+    }
+
+    async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Close {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut kick = match self.kick.take() {
             Some(k) => k,
@@ -877,7 +903,7 @@ impl Conn {
                 return Some(Close::error(ReasonCode::PROTOCOL_ERROR, "second CONNECT"));
             }
             Packet::Auth(_) => {
-                // No enhanced authentication was agreed in CONNECT [MQTT-4.12.0-?].
+                // No enhanced authentication was agreed in CONNECT (5.0 section 4.12).
                 return Some(Close::error(
                     ReasonCode::PROTOCOL_ERROR,
                     "AUTH without an authentication method",
@@ -915,7 +941,7 @@ impl Conn {
                 match self.in_aliases.get(&alias) {
                     Some(t) => p.topic.clone_from(t),
                     None => {
-                        // [MQTT-3.3.2-?] an alias never set is a protocol error.
+                        // An alias never set is a Protocol Error (5.0 section 3.3.2.3.4).
                         return Some(Close::error(
                             ReasonCode::PROTOCOL_ERROR,
                             "unknown topic alias",
@@ -938,7 +964,7 @@ impl Conn {
             && p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            // [MQTT-3.3.2-?] payload declared UTF-8 but is not: refuse it (0x99).
+            // Payload declared UTF-8 but is not: refuse it with 0x99 (5.0 section 3.3.2.3.2).
             if let Some(pid) = packet_id {
                 let resp = PubResponse {
                     packet_id: pid,

@@ -319,14 +319,9 @@ impl Router {
                     known
                 });
                 if success {
-                    // [MQTT-4.3.3-?] PUBREC is answered with PUBREL; 0x92 for an id
+                    // PUBREC is answered with PUBREL (5.0 section 4.3.3); 0x92 for an id
                     // we do not have in flight.
-                    let reason = if known {
-                        ReasonCode::SUCCESS
-                    } else {
-                        ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
-                    };
-                    self.reply(&client, conn_id, ReplyKind::PubRel, packet_id, reason);
+                    self.reply(&client, conn_id, ReplyKind::PubRel, packet_id, found(known));
                 }
             }
             RouterMsg::PubRel {
@@ -334,17 +329,18 @@ impl Router {
                 conn_id,
                 packet_id,
             } => {
-                // [MQTT-4.3.3-?] release the id: a PUBLISH with it is new again.
+                // Release the id: a PUBLISH with it is new again (5.0 section 4.3.3).
                 let known = self
                     .clients
                     .get_mut(&client)
                     .is_some_and(|c| c.session.inbound_qos2.remove(&packet_id.get()));
-                let reason = if known {
-                    ReasonCode::SUCCESS
-                } else {
-                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
-                };
-                self.reply(&client, conn_id, ReplyKind::PubComp, packet_id, reason);
+                self.reply(
+                    &client,
+                    conn_id,
+                    ReplyKind::PubComp,
+                    packet_id,
+                    found(known),
+                );
             }
             RouterMsg::PubComp {
                 client,
@@ -888,7 +884,7 @@ impl Router {
     ) -> Option<ClientId> {
         let topic: Arc<str> = Arc::from(p.topic.as_str());
         // Per-hop properties never travel on: the alias is the publisher's,
-        // subscription identifiers are the receiver's [MQTT-3.3.2-?, 3.3.4-?].
+        // subscription identifiers are the receiver's (5.0 sections 3.3.2.3.4, 3.3.4).
         p.properties.topic_alias = None;
         p.properties.subscription_identifiers.clear();
         let msg = Arc::new(Message {
@@ -1076,6 +1072,16 @@ impl Router {
             }
             DeliverOutcome::Dropped(DropReason::Qos0Offline) => None,
         }
+    }
+}
+
+/// The reason code of a QoS 2 reply: 0x92 Packet Identifier not found for an id
+/// that is not in flight.
+fn found(known: bool) -> ReasonCode {
+    if known {
+        ReasonCode::SUCCESS
+    } else {
+        ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
     }
 }
 

@@ -396,7 +396,7 @@ impl Session {
     }
 
     /// PUBREC from the client. With a success code the message is now owned by the
-    /// receiver and we wait for PUBCOMP; an error code ends the flow [MQTT-4.3.3-?].
+    /// receiver and we wait for PUBCOMP; an error code ends the flow (5.0 section 4.3.3).
     pub fn on_pubrec(&mut self, pid: PacketId, success: bool) -> bool {
         match self.position(pid, InflightState::Rec) {
             Some(i) if success => {
