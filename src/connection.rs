@@ -176,8 +176,40 @@ where
     }
     tracing::Span::current().record("client", &*conn.client_id);
     info!(version = ?conn.version, "connected");
+    let mut registration = Registration {
+        router: shared.router.clone(),
+        client: conn.client_id.clone(),
+        conn_id,
+        armed: true,
+    };
     let close = conn.run(&mut stream).await;
+    // `finish` reports the end itself, in order with the final writes.
+    registration.armed = false;
     Box::pin(finish(stream, conn, close, conn_id, &shared)).await;
+}
+
+/// Tells the router that a registered connection is gone even if its task unwinds
+/// (a bug: nothing a peer sends may panic, but if it happens tokio ends only this
+/// task), so the session does not stay "online" forever and its Will is handled.
+/// Best effort: `try_send`, as `Drop` cannot wait.
+struct Registration {
+    router: mpsc::Sender<RouterMsg>,
+    client: ClientId,
+    conn_id: u64,
+    armed: bool,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.router.try_send(RouterMsg::Disconnected {
+                client: self.client.clone(),
+                conn_id: self.conn_id,
+                kind: DisconnectKind::WithWill,
+                session_expiry: None,
+            });
+        }
+    }
 }
 
 /// After the main loop: tell the router, send a v5 DISCONNECT if there is a reason,
@@ -1113,6 +1145,40 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection task that unwinds still reports its end to the router.
+    #[test]
+    fn registration_reports_an_unwound_connection() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let r = Registration {
+            router: tx.clone(),
+            client: "c".into(),
+            conn_id: 9,
+            armed: true,
+        };
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _r = r;
+            panic!("a bug in a connection task");
+        }));
+        assert!(unwound.is_err());
+        match rx.try_recv() {
+            Ok(RouterMsg::Disconnected { conn_id, kind, .. }) => {
+                assert_eq!(conn_id, 9);
+                assert_eq!(kind, DisconnectKind::WithWill);
+            }
+            _ => panic!("the router was not told"),
+        }
+        // Disarmed on the normal path: `finish` reports instead.
+        let mut quiet = Registration {
+            router: tx,
+            client: "c".into(),
+            conn_id: 10,
+            armed: true,
+        };
+        quiet.armed = false;
+        drop(quiet);
+        assert!(rx.try_recv().is_err());
+    }
 
     /// The connection task's future is allocated once per connection for its whole
     /// life: it is most of what an idle connection costs. Guard its size.
