@@ -614,7 +614,15 @@ impl Conn {
             Some(k) => k,
             None => return Close::silent(),
         };
-        let mut last_read = Instant::now();
+        // One keep-alive timer for the connection's life, moved only after reads
+        // [MQTT-3.1.2-24]; without a keep alive it never fires.
+        let far = || tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+        let next_deadline = |keep_alive: Option<Duration>| match keep_alive {
+            Some(k) => tokio::time::Instant::now() + k,
+            None => far(),
+        };
+        let ka = tokio::time::sleep_until(next_deadline(self.keep_alive));
+        tokio::pin!(ka);
         // Packets pipelined behind CONNECT arrived with it.
         if !self.rbuf.is_empty() {
             if let Some(close) = Box::pin(self.process_input()).await {
@@ -622,13 +630,6 @@ impl Conn {
             }
         }
         loop {
-            let ka_deadline = self.keep_alive.map(|k| last_read + k);
-            let ka = async {
-                match ka_deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
             let can_read = self.wbuf.len() < WRITE_HIGH_WATER
                 && self.owed < usize::from(self.limits().receive_maximum);
             if can_read && self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
@@ -666,7 +667,7 @@ impl Conn {
                             }
                         }
                     }
-                    last_read = Instant::now();
+                    ka.as_mut().reset(next_deadline(self.keep_alive));
                     if let Some(close) = Box::pin(self.process_input()).await {
                         return close;
                     }
@@ -714,7 +715,7 @@ impl Conn {
                         }
                     }
                 }
-                _ = ka => {
+                _ = &mut ka => {
                     // [MQTT-3.1.2-24] nothing for 1.5 x keep alive: close.
                     debug!("keep alive timeout");
                     return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
@@ -787,7 +788,8 @@ impl Conn {
         let client = self.client_id.clone();
         let conn_id = self.conn_id;
         match packet {
-            Packet::Publish(p) => return Box::pin(self.handle_publish(p)).await,
+            // `process_input` sends PUBLISH to `handle_publish` directly.
+            Packet::Publish(p) => return self.handle_publish(p).await,
             Packet::PubAck(a) => {
                 return self
                     .to_router(RouterMsg::PubAck {

@@ -167,7 +167,6 @@ struct HeldAck {
 struct Client {
     session: Session,
     conn: Option<ConnHandle>,
-    version: ProtocolVersion,
     /// Boxed: most clients have no will, and every client costs one `Client`.
     will: Option<Box<LastWill>>,
     pending_will: Option<Box<PendingWill>>,
@@ -263,10 +262,6 @@ impl Router {
 
     pub fn session_count(&self) -> usize {
         self.clients.len()
-    }
-
-    pub fn retained_count(&self) -> usize {
-        self.retained.len()
     }
 
     fn schedule(&mut self, at: Instant, client: &ClientId) {
@@ -594,11 +589,9 @@ impl Router {
             false
         };
         self.unschedule(&id);
-        let version = req.handle.version;
         let client = self.clients.entry(id.clone()).or_insert_with(|| Client {
             session: Session::new(id.clone()),
             conn: None,
-            version,
             will: None,
             pending_will: None,
             session_expiry: 0,
@@ -607,7 +600,6 @@ impl Router {
             full_since: None,
             held_acks: Vec::new(),
         });
-        client.version = version;
         client.will = req.will.map(Box::new);
         client.session_expiry = req.session_expiry;
         client.expires_at = None;
@@ -664,11 +656,11 @@ impl Router {
                 self.metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if !c.held_acks.is_empty() && c.session.queue_drained(&self.limits) {
+        if c.session.queue_drained(&self.limits) {
             c.full_since = None;
-            self.release_held(id);
-        } else if c.full_since.is_some() && c.session.queue_drained(&self.limits) {
-            c.full_since = None;
+            if !c.held_acks.is_empty() {
+                self.release_held(id);
+            }
         }
     }
 
@@ -1002,7 +994,7 @@ impl Router {
         let c = self.clients.get_mut(id)?;
         if let Some(h) = &c.conn {
             if let Some(max) = h.max_packet_size {
-                if publish_size(&d, c.version) > max as usize {
+                if publish_size(&d, h.version) > max as usize {
                     // [MQTT-3.1.2-25] too big for this receiver: skip it, as if
                     // delivered.
                     self.metrics

@@ -443,15 +443,6 @@ impl Session {
         self.fill_window(now, room, &mut out);
         out
     }
-
-    /// Forget every message (the session ends or starts clean).
-    pub fn clear_messages(&mut self) {
-        self.inflight.clear();
-        self.sent_inflight = 0;
-        self.pending.clear();
-        self.pending_bytes = 0;
-        self.inbound_qos2.clear();
-    }
 }
 
 #[cfg(test)]
