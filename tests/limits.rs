@@ -9,43 +9,10 @@ use bytes::Bytes;
 use common::*;
 use std::time::Duration;
 use tern::metrics::Metrics;
-use tern::protocol::{
-    Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Subscribe,
-    SubscribeFilter, SubscribeProperties, SubscriptionOptions,
-};
+use tern::protocol::{Packet, ProtocolVersion, PubResponse, QoS, ReasonCode};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V311: ProtocolVersion = ProtocolVersion::V311;
-
-fn publish(topic: &str, qos: QoS, pid: u16, payload: &[u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.into(),
-        packet_id: if qos == QoS::AtMostOnce {
-            None
-        } else {
-            PacketId::new(pid)
-        },
-        properties: Default::default(),
-        payload: Bytes::copy_from_slice(payload),
-    })
-}
-
-fn subscribe(pid: u16, filter: &str, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(pid).unwrap(),
-        properties: SubscribeProperties::default(),
-        filters: vec![SubscribeFilter {
-            filter: filter.into(),
-            options: SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        }],
-    })
-}
 
 async fn suback(c: &mut RawClient) -> Vec<ReasonCode> {
     match c.recv().await {
@@ -56,7 +23,7 @@ async fn suback(c: &mut RawClient) -> Vec<ReasonCode> {
 
 /// Publish with QoS 1 and wait for the PUBACK (the message is routed by then).
 async fn publish_acked(c: &mut RawClient, topic: &str, pid: u16, payload: &[u8]) {
-    c.send(&publish(topic, QoS::AtLeastOnce, pid, payload))
+    c.send(&publish_packet(topic, QoS::AtLeastOnce, pid, payload))
         .await;
     match c.recv().await {
         Some(Packet::PubAck(a)) => assert_eq!(a.packet_id.get(), pid),
@@ -67,7 +34,7 @@ async fn publish_acked(c: &mut RawClient, topic: &str, pid: u16, payload: &[u8])
 /// A persistent 3.1.1 session subscribed to `filter`, then disconnected.
 async fn offline_session(addr: std::net::SocketAddr, id: &str, filter: &str, qos: QoS) {
     let (mut c, _) = raw_connected(addr, V311, id, false).await;
-    c.send(&subscribe(1, filter, qos)).await;
+    c.send(&subscribe_packet(1, filter, qos)).await;
     assert_eq!(suback(&mut c).await, vec![ReasonCode(qos.as_u8())]);
     c.send(&Packet::Disconnect(Default::default())).await;
     assert!(c.until_closed().await.is_empty());
@@ -175,17 +142,19 @@ async fn subscriptions_over_the_cap_get_quota_exceeded() {
     let (_b, addr) = start(cfg).await;
     let (mut c, _) = raw_connected(addr, V5, "s", true).await;
     for (i, f) in ["a", "b"].iter().enumerate() {
-        c.send(&subscribe(i as u16 + 1, f, QoS::AtMostOnce)).await;
+        c.send(&subscribe_packet(i as u16 + 1, f, QoS::AtMostOnce))
+            .await;
         assert_eq!(suback(&mut c).await, vec![ReasonCode::GRANTED_QOS_0]);
     }
-    c.send(&subscribe(3, "c", QoS::AtMostOnce)).await;
+    c.send(&subscribe_packet(3, "c", QoS::AtMostOnce)).await;
     assert_eq!(suback(&mut c).await, vec![ReasonCode::QUOTA_EXCEEDED]);
     // Replacing an existing subscription is not a new one.
-    c.send(&subscribe(4, "a", QoS::AtLeastOnce)).await;
+    c.send(&subscribe_packet(4, "a", QoS::AtLeastOnce)).await;
     assert_eq!(suback(&mut c).await, vec![ReasonCode::GRANTED_QOS_1]);
     let (mut v3, _) = raw_connected(addr, V311, "s3", true).await;
     for (i, f) in ["a", "b", "c"].iter().enumerate() {
-        v3.send(&subscribe(i as u16 + 1, f, QoS::AtMostOnce)).await;
+        v3.send(&subscribe_packet(i as u16 + 1, f, QoS::AtMostOnce))
+            .await;
         let want = if i < 2 { 0x00 } else { 0x80 };
         assert_eq!(suback(&mut v3).await, vec![ReasonCode(want)]);
     }
@@ -232,7 +201,8 @@ async fn qos0_queued_for_offline_sessions_only_when_configured() {
         let (_b, addr) = start(cfg).await;
         offline_session(addr, "z", "t", QoS::AtLeastOnce).await;
         let (mut p, _) = raw_connected(addr, V311, "pub", true).await;
-        p.send(&publish("t", QoS::AtMostOnce, 0, b"zero")).await;
+        p.send(&publish_packet("t", QoS::AtMostOnce, 0, b"zero"))
+            .await;
         // A QoS 1 publish behind it: once acked, the QoS 0 one was routed too.
         publish_acked(&mut p, "t", 1, b"one").await;
         let (_c, got) = resume_and_drain(addr, "z", Duration::from_millis(500)).await;
@@ -284,7 +254,7 @@ async fn retained_messages_capped_by_count() {
     let (b, addr) = start(cfg).await;
     let (mut p, _) = raw_connected(addr, V311, "rpub", true).await;
     for i in 1..=3u16 {
-        let mut m = match publish(&format!("rc/{i}"), QoS::AtLeastOnce, i, b"v") {
+        let mut m = match publish_packet(&format!("rc/{i}"), QoS::AtLeastOnce, i, b"v") {
             Packet::Publish(m) => m,
             _ => unreachable!(),
         };
@@ -294,7 +264,7 @@ async fn retained_messages_capped_by_count() {
     }
     assert_eq!(Metrics::get(&b.metrics().retained_refused), 1);
     let (mut s, _) = raw_connected(addr, V311, "rsub", true).await;
-    s.send(&subscribe(1, "rc/#", QoS::AtMostOnce)).await;
+    s.send(&subscribe_packet(1, "rc/#", QoS::AtMostOnce)).await;
     assert_eq!(suback(&mut s).await, vec![ReasonCode::GRANTED_QOS_0]);
     let mut topics = Vec::new();
     while let Ok(Some(Packet::Publish(m))) = s.recv_within(Duration::from_millis(300)).await {
