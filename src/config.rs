@@ -59,6 +59,7 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub limits: Limits,
     pub mqtt: MqttConfig,
+    pub storage: StorageConfig,
     pub log: LogConfig,
 }
 
@@ -68,6 +69,7 @@ impl Default for Config {
             listeners: vec![ListenerConfig::default()],
             limits: Limits::default(),
             mqtt: MqttConfig::default(),
+            storage: StorageConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -170,6 +172,55 @@ impl Default for MqttConfig {
             backpressure: true,
             backpressure_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// When the store's writes reach the disk, relative to acknowledgements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync before every acknowledgement that depends on the write, batched: one
+    /// fsync per group of writes (group commit). Survives power loss.
+    Always,
+    /// Acknowledge after the write reaches the OS; fsync every `sync_interval`.
+    /// Survives a crash of Tern; a power cut loses up to `sync_interval`.
+    Periodic,
+    /// Acknowledge after the write reaches the OS; never fsync (the OS writes back
+    /// on its own). Survives a crash of Tern only.
+    Never,
+}
+
+/// The durable store (`src/store/`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the message log. `tern --data-dir DIR` overrides it.
+    pub dir: std::path::PathBuf,
+    pub durability: Durability,
+    /// fsync period with `durability = "periodic"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub sync_interval: Duration,
+    /// Disk budget for the log, in bytes. When live data would exceed it, QoS 1/2
+    /// messages that must be stored are refused (v5 reason 0x97), logged and
+    /// counted; 0 means no budget.
+    pub max_bytes: u64,
+    /// No store at all: a volatile broker (nothing survives a restart).
+    pub in_memory: bool,
+    /// Size of one log segment file (preallocated). Reclaimed segments are deleted
+    /// whole, so smaller segments return space sooner; larger ones mean fewer files.
+    pub segment_size: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            dir: "./tern-data".into(),
+            durability: Durability::Always,
+            sync_interval: Duration::from_millis(100),
+            max_bytes: 0,
+            in_memory: false,
+            segment_size: 8 * 1024 * 1024,
         }
     }
 }
@@ -341,6 +392,31 @@ impl Config {
                 "not a valid log filter (e.g. \"info\", \"tern=debug\")",
             );
         }
+        let st = &self.storage;
+        if st.segment_size < 65_536 || st.segment_size > 1 << 30 {
+            err(
+                "storage.segment_size",
+                "must be between 65536 and 1073741824 bytes",
+            );
+        }
+        if st.max_bytes != 0 && st.max_bytes < 2 * st.segment_size {
+            err(
+                "storage.max_bytes",
+                "must be 0 (no budget) or at least two segments (2 x storage.segment_size)",
+            );
+        }
+        if st.durability == Durability::Periodic && st.sync_interval.is_zero() {
+            err(
+                "storage.sync_interval",
+                "must be more than 0 with durability = \"periodic\"",
+            );
+        }
+        if !st.in_memory && st.dir.as_os_str().is_empty() {
+            err(
+                "storage.dir",
+                "must not be empty (or set storage.in_memory = true)",
+            );
+        }
         errs
     }
 
@@ -405,10 +481,11 @@ pub fn check_str(text: &str) -> ConfigErrors {
             },
             "limits" => check_section::<Limits>(section, value, &mut errs),
             "mqtt" => check_section::<MqttConfig>(section, value, &mut errs),
+            "storage" => check_section::<StorageConfig>(section, value, &mut errs),
             "log" => check_section::<LogConfig>(section, value, &mut errs),
             other => errs.push(ConfigError {
                 key: other.into(),
-                message: "unknown section (known: listeners, limits, mqtt, log)".into(),
+                message: "unknown section (known: listeners, limits, mqtt, storage, log)".into(),
             }),
         }
     }

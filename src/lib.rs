@@ -3,7 +3,8 @@
 //! The map of the code is in `ARCHITECTURE.md`. In short: `protocol`, `topic`,
 //! `subscriptions`, `retain` and `session` are pure (no I/O, time passed in);
 //! `router` owns all broker state; `connection` runs one task per socket; `listener`
-//! accepts; `broker` wires it together and shuts it down.
+//! accepts; `store` makes what was acknowledged durable; `broker` wires it together
+//! and shuts it down.
 
 pub mod broker;
 pub mod config;
@@ -16,5 +17,6 @@ pub mod protocol;
 pub mod retain;
 pub mod router;
 pub mod session;
+pub mod store;
 pub mod subscriptions;
 pub mod topic;

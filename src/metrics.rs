@@ -30,6 +30,13 @@ pub struct Metrics {
     pub takeovers: AtomicU64,
     pub wills_published: AtomicU64,
     pub sessions_expired: AtomicU64,
+    /// Bytes the store appended to its log (records, not file system overhead).
+    pub store_bytes_written: AtomicU64,
+    /// fsyncs by the store (one per group of writes).
+    pub store_syncs: AtomicU64,
+    /// QoS 1/2 messages refused because the disk budget (storage.max_bytes) was
+    /// reached.
+    pub store_refused: AtomicU64,
 }
 
 impl Metrics {

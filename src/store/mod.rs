@@ -1,0 +1,358 @@
+//! Durable storage: an append-only segmented log of the router's state changes,
+//! written by one store thread with group commit.
+//!
+//! Owns the data directory. The router hands it batches of `Op`s (one per router
+//! turn) through `StoreHandle::submit`, which never blocks; the store thread takes
+//! everything submitted so far, appends it, fsyncs once (group commit) and
+//! publishes the ticket of the last batch it made durable. The router holds back
+//! every acknowledgement or delivery that depends on a batch until its ticket is
+//! synced (see `router.rs`). At start, the log is replayed (`log.rs`) into the
+//! live-record index (`state.rs`), which gives the router what to rebuild.
+//!
+//! Keyed state (sessions, subscriptions, retained) lives in the same log as the
+//! messages, kept small by deleting dead segments and copying the few live
+//! records of the oldest segment forward (see ARCHITECTURE.md for why not redb).
+
+pub mod log;
+pub mod record;
+pub mod state;
+
+use crate::config::{Durability, StorageConfig};
+use crate::metrics::Metrics;
+use record::{Clock, Op};
+use state::{Loc, Recovered, State};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+pub use log::OpenError;
+
+#[derive(Default)]
+struct Inbox {
+    ops: Vec<Op>,
+    /// The ticket of the last batch in `ops`.
+    ticket: u64,
+    closing: bool,
+}
+
+struct Shared {
+    inbox: Mutex<Inbox>,
+    wake: Condvar,
+    /// Set by the store when the disk budget is reached; read by the router.
+    over_budget: AtomicBool,
+}
+
+/// The router's end: submit batches, learn which are durable.
+pub struct StoreHandle {
+    shared: Arc<Shared>,
+    /// The ticket of the last batch that is durable.
+    pub synced: watch::Receiver<u64>,
+    submitted: u64,
+}
+
+impl StoreHandle {
+    /// Queue a batch (possibly empty, to order held outputs) and return its ticket.
+    /// Never blocks on I/O: the lock is only held to move the ops.
+    pub fn submit(&mut self, ops: &mut Vec<Op>) -> u64 {
+        self.submitted += 1;
+        let mut inbox = match self.shared.inbox.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        inbox.ops.append(ops);
+        inbox.ticket = self.submitted;
+        drop(inbox);
+        self.shared.wake.notify_one();
+        self.submitted
+    }
+
+    /// The ticket the next `submit` returns.
+    pub fn next_ticket(&self) -> u64 {
+        self.submitted + 1
+    }
+
+    pub fn submitted(&self) -> u64 {
+        self.submitted
+    }
+
+    pub fn over_budget(&self) -> bool {
+        self.shared.over_budget.load(Ordering::Relaxed)
+    }
+}
+
+/// The store thread, joined at shutdown after the router's last batch.
+pub struct StoreThread {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoreThread {
+    /// Write what is queued, fsync, and stop.
+    pub fn close(mut self) {
+        if let Ok(mut inbox) = self.shared.inbox.lock() {
+            inbox.closing = true;
+        }
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Open the data directory, replay it, and start the store thread.
+pub fn open(
+    config: &StorageConfig,
+    metrics: Arc<Metrics>,
+) -> Result<(StoreHandle, StoreThread, Recovered), OpenError> {
+    let clock = Clock::read();
+    let started = Instant::now();
+    let (log, replayed) = log::Log::open(&config.dir, config.segment_size, clock)?;
+    let mut state = State::default();
+    state.add_segment(log.head_id());
+    let n = replayed.len();
+    for r in replayed {
+        state.add_segment(r.segment);
+        state.apply(
+            r.op,
+            Loc {
+                seg: r.segment,
+                bytes: r.len,
+            },
+        );
+    }
+    let (recovered, cleanup) = state.recovered(clock.unix_secs());
+    info!(
+        "storage: recovered {} sessions, {} queued messages, {} retained from {n} records in {:?}",
+        recovered.sessions.len(),
+        recovered
+            .sessions
+            .iter()
+            .map(|s| s.deliveries.len())
+            .sum::<usize>(),
+        recovered.retained.len(),
+        started.elapsed()
+    );
+    let shared = Arc::new(Shared {
+        inbox: Mutex::new(Inbox::default()),
+        wake: Condvar::new(),
+        over_budget: AtomicBool::new(false),
+    });
+    let (tx, rx) = watch::channel(0u64);
+    let mut writer = Writer {
+        log,
+        state,
+        config: config.clone(),
+        shared: shared.clone(),
+        synced: tx,
+        metrics,
+        buf: Vec::with_capacity(64 * 1024),
+        last_sync: Instant::now(),
+        unsynced: false,
+    };
+    // What expired while Tern was down goes first.
+    writer.write_ops(cleanup, Clock::read());
+    writer.sync();
+    writer.reclaim();
+    let thread = std::thread::Builder::new()
+        .name("tern-store".into())
+        .spawn(move || writer.run())
+        .map_err(|e| OpenError::Io {
+            dir: config.dir.clone(),
+            source: e,
+        })?;
+    Ok((
+        StoreHandle {
+            shared: shared.clone(),
+            synced: rx,
+            submitted: 0,
+        },
+        StoreThread {
+            shared,
+            thread: Some(thread),
+        },
+        recovered,
+    ))
+}
+
+struct Writer {
+    log: log::Log,
+    state: State,
+    config: StorageConfig,
+    shared: Arc<Shared>,
+    synced: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+    buf: Vec<u8>,
+    last_sync: Instant,
+    unsynced: bool,
+}
+
+/// Run an I/O step until it succeeds: an acknowledgement must never go out for a
+/// write that failed, so the store waits (and says so) rather than skip it.
+fn retry<T>(what: &str, mut f: impl FnMut() -> std::io::Result<T>) -> T {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => {
+                error!(
+                    "storage: {what} failed: {e}; retrying in {delay:?} (acknowledgements wait)"
+                );
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let (ops, ticket, closing) = {
+                let mut inbox = match self.shared.inbox.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                while inbox.ticket <= *self.synced.borrow() && !inbox.closing {
+                    let wait = if self.unsynced && self.config.durability == Durability::Periodic {
+                        self.config
+                            .sync_interval
+                            .saturating_sub(self.last_sync.elapsed())
+                    } else {
+                        Duration::from_secs(3600)
+                    };
+                    let (g, timeout) = match self.shared.wake.wait_timeout(inbox, wait) {
+                        Ok(r) => r,
+                        Err(p) => p.into_inner(),
+                    };
+                    inbox = g;
+                    if timeout.timed_out() && self.unsynced {
+                        break;
+                    }
+                }
+                (std::mem::take(&mut inbox.ops), inbox.ticket, inbox.closing)
+            };
+            if !ops.is_empty() {
+                self.write_ops(ops, Clock::read());
+            }
+            match self.config.durability {
+                Durability::Always => self.sync(),
+                Durability::Periodic => {
+                    if self.last_sync.elapsed() >= self.config.sync_interval {
+                        self.sync();
+                    }
+                }
+                Durability::Never => {}
+            }
+            if ticket > *self.synced.borrow() {
+                self.synced.send_replace(ticket);
+            }
+            self.reclaim();
+            if closing {
+                self.sync();
+                info!("storage: closed");
+                return;
+            }
+        }
+    }
+
+    /// Append `ops` (rotating segments as they fill) and update the index.
+    fn write_ops(&mut self, ops: Vec<Op>, clock: Clock) {
+        if ops.is_empty() {
+            return;
+        }
+        self.buf.clear();
+        let mut rec = Vec::new();
+        for op in ops {
+            let seq = self.log.next_seq();
+            rec.clear();
+            let len = record::encode(&op, seq, clock, &mut rec);
+            let pending = self.buf.len() as u64;
+            if pending + len as u64 > self.log.head_room()
+                && !(self.log.head_empty() && pending == 0)
+            {
+                // Records never straddle segments: finish this one, start the next
+                // (a record larger than a segment gets a segment of its own).
+                let buf = std::mem::take(&mut self.buf);
+                retry("append", || self.log.append(&buf));
+                self.buf = buf;
+                self.buf.clear();
+                retry("segment rotation", || self.log.rotate(seq));
+                self.state.add_segment(self.log.head_id());
+            }
+            self.log.take_seq();
+            self.buf.extend_from_slice(&rec);
+            self.state.apply(
+                op,
+                Loc {
+                    seg: self.log.head_id(),
+                    bytes: len as u32,
+                },
+            );
+        }
+        let buf = std::mem::take(&mut self.buf);
+        retry("append", || self.log.append(&buf));
+        self.metrics
+            .store_bytes_written
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.buf = buf;
+        self.unsynced = true;
+    }
+
+    fn sync(&mut self) {
+        if self.unsynced {
+            retry("fsync", || self.log.sync());
+            self.metrics.store_syncs.fetch_add(1, Ordering::Relaxed);
+            self.unsynced = false;
+        }
+        self.last_sync = Instant::now();
+    }
+
+    /// Delete dead segments; copy the oldest forward when the log holds much more
+    /// than its live data (at most one segment per round, to bound the work).
+    fn reclaim(&mut self) {
+        let seg = self.config.segment_size;
+        let mut compacted = false;
+        loop {
+            let Some(oldest) = self.log.oldest_sealed() else {
+                break;
+            };
+            if self.state.segment_live(oldest) == 0 {
+                retry("segment deletion", || self.log.delete(oldest));
+                self.state.remove_segment(oldest);
+                continue;
+            }
+            let disk = self.log.disk_bytes();
+            let live = self.state.live_bytes();
+            let budget = self.config.max_bytes;
+            let crowded = disk > 2 * live + 2 * seg || (budget > 0 && disk + seg > budget);
+            if compacted || !crowded {
+                break;
+            }
+            let ops = self.state.copy_forward(oldest);
+            // The copies must be durable before the originals go.
+            self.write_ops(ops, Clock::read());
+            self.sync();
+            compacted = true;
+            if self.state.segment_live(oldest) != 0 {
+                warn!("storage: segment {oldest} still has live records after compaction");
+                break;
+            }
+        }
+        if self.config.max_bytes > 0 {
+            let over = self.log.disk_bytes() + seg > self.config.max_bytes;
+            let was = self.shared.over_budget.swap(over, Ordering::Relaxed);
+            if over && !was {
+                warn!(
+                    "storage: disk budget storage.max_bytes = {} reached ({} bytes on disk, {} live): QoS 1/2 messages are refused until space is freed",
+                    self.config.max_bytes,
+                    self.log.disk_bytes(),
+                    self.state.live_bytes()
+                );
+            } else if was && !over {
+                info!("storage: back under the disk budget");
+            }
+        }
+    }
+}
