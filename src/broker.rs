@@ -3,8 +3,11 @@
 //!
 //! Shutdown order: stop accepting; tell the router, which closes every connection
 //! (v5 clients get DISCONNECT 0x8B after their outbox drains); wait for connection
-//! tasks up to `shutdown_timeout`; then the router publishes the wills still due and
-//! stops.
+//! tasks up to `shutdown_timeout`; then the router publishes the wills still due,
+//! waits for its last batch to be durable and stops; then the store closes.
+//!
+//! At start the store (unless `storage.in_memory`) is opened and replayed before
+//! any listener accepts, so the first client already sees every recovered session.
 
 use crate::config::Config;
 use crate::connection::Shared;
@@ -44,6 +47,7 @@ pub struct Broker {
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
     config: Arc<Config>,
+    store_thread: Option<crate::store::StoreThread>,
 }
 
 impl Broker {
@@ -52,7 +56,14 @@ impl Broker {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let (router_tx, router_rx) = mpsc::channel(config.limits.router_queue);
-        let router = Router::new(&config, metrics.clone());
+        let mut router = Router::new(&config, metrics.clone());
+        let mut store_thread = None;
+        if !config.storage.in_memory {
+            let (handle, thread, recovered) = crate::store::open(&config.storage, metrics.clone())
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            router = router.with_store(handle, recovered, std::time::Instant::now());
+            store_thread = Some(thread);
+        }
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let tcp = bind(l.bind, config.limits.listen_backlog).map_err(|e| {
@@ -93,6 +104,7 @@ impl Broker {
             tracker,
             metrics,
             config,
+            store_thread,
         })
     }
 
@@ -142,6 +154,9 @@ impl Broker {
         }
         drop(self.router_tx);
         let _ = self.router_task.await;
+        if let Some(t) = self.store_thread {
+            let _ = tokio::task::spawn_blocking(move || t.close()).await;
+        }
         info!("stopped");
     }
 }

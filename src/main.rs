@@ -24,6 +24,10 @@ struct Cli {
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
 
+    /// Data directory of the durable store (overrides [storage] dir).
+    #[arg(long = "data-dir", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
     /// Log filter, e.g. "info", "debug", "tern=debug,warn". Overrides [log] level.
     #[arg(long = "log", value_name = "LEVEL")]
     log: Option<String>,
@@ -70,6 +74,9 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|&bind| ListenerConfig { bind })
             .collect();
+    }
+    if let Some(dir) = &cli.data_dir {
+        config.storage.dir = dir.clone();
     }
     let filter = cli.log.clone().unwrap_or_else(|| config.log.level.clone());
     tracing_subscriber::fmt()

@@ -19,16 +19,19 @@ use crate::protocol::{
 };
 use crate::retain::RetainTree;
 use crate::session::{
-    ClientId, DeliverOutcome, Delivery, DropReason, Message, Outgoing, QueueLimits, Reply,
+    ClientId, DeliverOutcome, Delivery, DropReason, Event, Message, Outgoing, QueueLimits, Reply,
     ReplyKind, Session, Subscription,
 };
+use crate::store::record::{Clock, Op, Receiver, SessionRec};
+use crate::store::state::Recovered;
+use crate::store::StoreHandle;
 use crate::subscriptions::{Matches, SubscriptionTree};
 use crate::topic::{FilterSpec, TopicLimits};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use tracing::warn;
 
@@ -181,6 +184,14 @@ struct Client {
     full_since: Option<Instant>,
     /// Publishers' acknowledgements waiting for this client's queue to drain.
     held_acks: Vec<HeldAck>,
+    /// The store's id for this session; 0 when it is not persisted (no store, or
+    /// a session that ends with its connection).
+    sid: u64,
+    /// Deliveries for the current connection waiting for the store's sync: they
+    /// will take outbox slots.
+    gated: u32,
+    /// Unix seconds of the last disconnect (session expiry counts from there).
+    disconnected_unix: u64,
 }
 
 impl Client {
@@ -190,6 +201,85 @@ impl Client {
 
     fn live(&self, conn_id: u64) -> Option<&ConnHandle> {
         self.conn.as_ref().filter(|h| h.conn_id == conn_id)
+    }
+
+    /// Outbox slots free for deliveries, less those already promised to
+    /// deliveries waiting for the store.
+    fn room(&self) -> usize {
+        self.conn
+            .as_ref()
+            .map_or(0, |h| h.room().saturating_sub(self.gated as usize))
+    }
+
+    fn new(id: ClientId) -> Client {
+        Client {
+            session: Session::new(id),
+            conn: None,
+            will: None,
+            pending_will: None,
+            session_expiry: 0,
+            expires_at: None,
+            scheduled: Vec::new(),
+            full_since: None,
+            held_acks: Vec::new(),
+            sid: 0,
+            gated: 0,
+            disconnected_unix: 0,
+        }
+    }
+}
+
+/// Something for a connection that must wait until the store has synced the
+/// batch it depends on (write-ahead: nothing leaves before its cause is durable).
+enum Held {
+    Out {
+        client: ClientId,
+        conn_id: u64,
+        item: Outgoing,
+    },
+    Codes {
+        reply: oneshot::Sender<Vec<ReasonCode>>,
+        codes: Vec<ReasonCode>,
+    },
+}
+
+/// The router's side of the durable store.
+struct StoreLink {
+    handle: StoreHandle,
+    /// Ops of the current turn, submitted as one batch at its end.
+    ops: Vec<Op>,
+    /// Held outputs in order, each with the ticket of the batch it waits for.
+    waiting: VecDeque<(u64, Held)>,
+    synced: u64,
+    next_sid: u64,
+    next_mid: u64,
+    next_did: u64,
+}
+
+impl StoreLink {
+    /// Must an output produced now wait? Yes while anything written before it is
+    /// not yet durable: it may depend on it. Outputs are released in order, so
+    /// this also keeps every connection's packets in their order [MQTT-4.6.0].
+    fn gating(&self) -> bool {
+        !self.ops.is_empty() || self.handle.submitted() > self.synced
+    }
+
+    fn hold(&mut self, held: Held) {
+        let t = self.handle.next_ticket();
+        self.waiting.push_back((t, held));
+    }
+}
+
+fn unix_now() -> u64 {
+    Clock::read().unix_secs()
+}
+
+/// The Unix time of `at`, given `now` and the Unix time of `now`.
+fn unix_of(at: Instant, now: Instant, now_unix: u64) -> u64 {
+    if at >= now {
+        now_unix + (at - now).as_secs()
+    } else {
+        now_unix.saturating_sub((now - at).as_secs())
     }
 }
 
@@ -201,10 +291,14 @@ struct Target {
     ids: Vec<u32>,
 }
 
-/// What became of one delivery, for the publisher's acknowledgement.
+/// What became of one delivery, for the publisher's acknowledgement and the store.
 #[derive(Debug, PartialEq, Eq)]
 enum Delivered {
-    Done,
+    /// Too big for the receiver: counts as delivered, nothing kept.
+    Skipped,
+    /// In the inflight window with this packet id (0 for QoS 0).
+    Sent(u16),
+    Queued,
     /// Queued past a connected receiver's cap: hold the publisher's ack.
     Held,
 }
@@ -229,6 +323,10 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// Reused by every `publish` so matching does not allocate per message.
     scratch_matches: Matches<ClientId, Subscription>,
+    /// None for an in-memory broker.
+    store: Option<StoreLink>,
+    /// Answered once the last batch is durable, after `Finish`.
+    finish_reply: Option<oneshot::Sender<()>>,
 }
 
 impl Router {
@@ -257,6 +355,236 @@ impl Router {
             shutting_down: false,
             metrics,
             scratch_matches: Matches::default(),
+            store: None,
+            finish_reply: None,
+        }
+    }
+
+    /// Persist through `store`, starting from what it recovered.
+    pub fn with_store(mut self, handle: StoreHandle, recovered: Recovered, now: Instant) -> Router {
+        self.store = Some(StoreLink {
+            handle,
+            ops: Vec::new(),
+            waiting: VecDeque::new(),
+            synced: 0,
+            next_sid: recovered.next_sid.max(1),
+            next_mid: recovered.next_mid.max(1),
+            next_did: recovered.next_did.max(1),
+        });
+        self.restore(recovered, now);
+        self
+    }
+
+    /// Rebuild sessions, subscriptions, queues and retained messages from the store.
+    fn restore(&mut self, rec: Recovered, now: Instant) {
+        let now_unix = unix_now();
+        let clock = Clock {
+            now,
+            unix_ms: now_unix * 1000,
+        };
+        for m in rec.retained {
+            if m.is_expired(now) {
+                continue;
+            }
+            self.retained_bytes += m.cost();
+            self.retained.set(&m.topic.clone(), m);
+        }
+        for s in rec.sessions {
+            let id = s.rec.client_id.clone();
+            let mut c = Client::new(id.clone());
+            for (filter, options, identifier) in s.subs {
+                let Ok(spec) = FilterSpec::parse(&filter, self.topic_limits) else {
+                    warn!(%filter, "stored subscription no longer valid under the topic limits: dropped");
+                    continue;
+                };
+                let sub = Subscription {
+                    options,
+                    identifier,
+                };
+                c.session.subscriptions.insert(spec.clone(), sub);
+                self.subs.insert(&spec, id.clone(), sub);
+            }
+            c.session.inbound_qos2.extend(s.inbound_qos2);
+            for (message, r) in s.deliveries {
+                let d = Delivery {
+                    message,
+                    qos: r.qos,
+                    retain: r.retain,
+                    subscription_ids: r.sub_ids,
+                    did: r.did,
+                };
+                match PacketId::new(r.pid) {
+                    Some(pid) => c.session.restore_inflight(d, pid, r.released),
+                    None => c.session.restore_pending(d),
+                }
+            }
+            c.sid = s.rec.sid;
+            c.session_expiry = s.rec.expiry;
+            // A session that was connected when Tern stopped counts as
+            // disconnected now, without DISCONNECT: its Will applies.
+            let was_online = s.rec.disconnected_at.is_none();
+            c.disconnected_unix = s.rec.disconnected_at.unwrap_or(now_unix);
+            if let Some(will) = s.rec.will {
+                let due = match s.rec.will_due {
+                    Some(t) if !was_online => clock.instant_of_secs(t),
+                    _ => now + Duration::from_secs(u64::from(will.delay_interval)),
+                };
+                c.pending_will = Some(Box::new(PendingWill { will, due }));
+            }
+            let will_due = c.pending_will.as_ref().map(|w| w.due);
+            let disconnected = c.disconnected_unix;
+            self.clients.insert(id.clone(), c);
+            if s.rec.expiry != u32::MAX {
+                let at =
+                    clock.instant_of_secs(disconnected.saturating_add(u64::from(s.rec.expiry)));
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.expires_at = Some(at);
+                }
+                self.schedule(at, &id);
+            }
+            if let Some(due) = will_due {
+                self.schedule(due, &id);
+            }
+            if was_online {
+                self.save_session(&id, now);
+            }
+        }
+    }
+
+    /// Write `id`'s session record (if it is persisted).
+    fn save_session(&mut self, id: &ClientId, now: Instant) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        let Some(c) = self.clients.get(id) else {
+            return;
+        };
+        if c.sid == 0 {
+            return;
+        }
+        let now_unix = unix_now();
+        let (disconnected_at, will, will_due) = if c.online() {
+            (None, c.will.clone(), None)
+        } else {
+            match &c.pending_will {
+                Some(pw) => (
+                    Some(c.disconnected_unix),
+                    Some(pw.will.clone()),
+                    Some(unix_of(pw.due, now, now_unix)),
+                ),
+                None => (Some(c.disconnected_unix), None, None),
+            }
+        };
+        st.ops.push(Op::Session(SessionRec {
+            sid: c.sid,
+            client_id: id.clone(),
+            expiry: c.session_expiry,
+            disconnected_at,
+            will,
+            will_due,
+        }));
+    }
+
+    /// Turn the session's delivery events into store ops.
+    fn store_events(&mut self, id: &ClientId) {
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        if c.session.events.is_empty() {
+            return;
+        }
+        let Some(st) = self.store.as_mut() else {
+            c.session.events.clear();
+            return;
+        };
+        for e in c.session.events.drain(..) {
+            match e {
+                Event::Assigned { did, pid } => st.ops.push(Op::Deliv {
+                    did,
+                    pid: pid.get(),
+                    released: false,
+                }),
+                Event::Released { did, pid } => st.ops.push(Op::Deliv {
+                    did,
+                    pid: pid.get(),
+                    released: true,
+                }),
+                Event::Done { did } => match st.ops.last_mut() {
+                    // Acks come in runs: one record for the run.
+                    Some(Op::Done { dids }) => dids.push(did),
+                    _ => st.ops.push(Op::Done { dids: vec![did] }),
+                },
+            }
+        }
+    }
+
+    /// End of a router turn: hand this turn's ops to the store as one batch (also
+    /// an empty one when outputs wait for its ticket).
+    pub fn end_turn(&mut self) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        let next = st.handle.next_ticket();
+        if !st.ops.is_empty() || st.waiting.back().is_some_and(|(t, _)| *t == next) {
+            st.handle.submit(&mut st.ops);
+        }
+    }
+
+    /// The store made batches up to `synced` durable: let what waited on them go.
+    pub fn release(&mut self, synced: u64) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        st.synced = st.synced.max(synced);
+        while st.waiting.front().is_some_and(|(t, _)| *t <= st.synced) {
+            let Some((_, held)) = st.waiting.pop_front() else {
+                break;
+            };
+            match held {
+                Held::Codes { reply, codes } => {
+                    let _ = reply.send(codes);
+                }
+                Held::Out {
+                    client,
+                    conn_id,
+                    item,
+                } => {
+                    let Some(c) = self.clients.get_mut(&client) else {
+                        continue;
+                    };
+                    // For a connection that is gone the session keeps what matters:
+                    // unacknowledged deliveries are re-sent on resume.
+                    let Some(h) = c.conn.as_ref().filter(|h| h.conn_id == conn_id) else {
+                        continue;
+                    };
+                    let delivery = matches!(item, Outgoing::Publish { .. });
+                    if h.outbox.try_send(item).is_err() {
+                        self.metrics
+                            .dropped_outbox_full
+                            .fetch_add(1, Ordering::Relaxed);
+                    } else if delivery {
+                        self.metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if delivery {
+                        c.gated = c.gated.saturating_sub(1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The store's synced-ticket watch, for `run`.
+    fn synced_watch(&self) -> Option<watch::Receiver<u64>> {
+        self.store.as_ref().map(|s| s.handle.synced.clone())
+    }
+
+    /// Answer `reply` with `codes` now, or once what this turn wrote is durable.
+    fn answer(&mut self, reply: oneshot::Sender<Vec<ReasonCode>>, codes: Vec<ReasonCode>) {
+        match self.store.as_mut().filter(|s| s.gating()) {
+            Some(st) => st.hold(Held::Codes { reply, codes }),
+            None => {
+                let _ = reply.send(codes);
+            }
         }
     }
 
@@ -325,10 +653,17 @@ impl Router {
                 packet_id,
             } => {
                 // Release the id: a PUBLISH with it is new again (5.0 section 4.3.3).
-                let known = self
-                    .clients
-                    .get_mut(&client)
-                    .is_some_and(|c| c.session.inbound_qos2.remove(&packet_id.get()));
+                let mut known = false;
+                if let Some(c) = self.clients.get_mut(&client) {
+                    known = c.session.inbound_qos2.remove(&packet_id.get());
+                    if let (true, Some(st)) = (known && c.sid != 0, self.store.as_mut()) {
+                        // PUBCOMP waits for this: after it the client may reuse the id.
+                        st.ops.push(Op::InQos2Done {
+                            sid: c.sid,
+                            pid: packet_id.get(),
+                        });
+                    }
+                }
                 self.reply(
                     &client,
                     conn_id,
@@ -359,7 +694,7 @@ impl Router {
                 reply,
             } => {
                 let codes = self.subscribe(&client, conn_id, subscribe, now);
-                let _ = reply.send(codes);
+                self.answer(reply, codes);
             }
             RouterMsg::Unsubscribe {
                 client,
@@ -368,7 +703,7 @@ impl Router {
                 reply,
             } => {
                 let codes = self.unsubscribe(&client, conn_id, unsubscribe);
-                let _ = reply.send(codes);
+                self.answer(reply, codes);
             }
             RouterMsg::Disconnected {
                 client,
@@ -378,8 +713,14 @@ impl Router {
             } => self.disconnected(&client, conn_id, kind, session_expiry, now),
             RouterMsg::Shutdown { reply } => {
                 self.shutting_down = true;
-                for c in self.clients.values_mut() {
+                let now_unix = unix_now();
+                let mut persisted = Vec::new();
+                for (id, c) in self.clients.iter_mut() {
                     if let Some(h) = c.conn.take() {
+                        c.disconnected_unix = now_unix;
+                        if c.sid != 0 {
+                            persisted.push(id.clone());
+                        }
                         // The connection drains its outbox, sends DISCONNECT 0x8B
                         // [MQTT-4.13] and reports back as Disconnected, which is
                         // ignored because the handle is gone; so the will is
@@ -389,6 +730,10 @@ impl Router {
                             c.pending_will = Some(Box::new(PendingWill { due: now, will }));
                         }
                     }
+                }
+                // Disconnected from now on: expiry counts from here after a restart.
+                for id in persisted {
+                    self.save_session(&id, now);
                 }
                 let _ = reply.send(());
             }
@@ -402,7 +747,8 @@ impl Router {
                 for id in due {
                     self.fire_will(&id, now);
                 }
-                let _ = reply.send(());
+                // Answered by `run` once this last batch is durable.
+                self.finish_reply = Some(reply);
                 return false;
             }
         }
@@ -426,6 +772,14 @@ impl Router {
             packet_id,
             reason,
         };
+        if let Some(st) = self.store.as_mut().filter(|s| s.gating()) {
+            st.hold(Held::Out {
+                client: client.clone(),
+                conn_id,
+                item: Outgoing::Reply(r),
+            });
+            return;
+        }
         // INVARIANT: the connection keeps `reply_reserve` slots for replies by not
         // reading while it owes that many, so only a closing connection refuses.
         if h.outbox.try_send(Outgoing::Reply(r)).is_err() {
@@ -513,6 +867,10 @@ impl Router {
         };
         let w = *pw.will;
         self.metrics.wills_published.fetch_add(1, Ordering::Relaxed);
+        if self.clients.get(id).is_some_and(|c| !c.online()) {
+            // The Will is spent: a restart must not send it again.
+            self.save_session(id, now);
+        }
         let publish = Publish {
             dup: false,
             qos: w.qos,
@@ -538,6 +896,9 @@ impl Router {
         self.release_held(id);
         self.unschedule(id);
         if let Some(c) = self.clients.remove(id) {
+            if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
+                st.ops.push(Op::SessionGone { sid: c.sid });
+            }
             for spec in c.session.subscriptions.keys() {
                 self.subs.remove(spec, id);
             }
@@ -589,32 +950,38 @@ impl Router {
             false
         };
         self.unschedule(&id);
-        let client = self.clients.entry(id.clone()).or_insert_with(|| Client {
-            session: Session::new(id.clone()),
-            conn: None,
-            will: None,
-            pending_will: None,
-            session_expiry: 0,
-            expires_at: None,
-            scheduled: Vec::new(),
-            full_since: None,
-            held_acks: Vec::new(),
-        });
+        let client = self
+            .clients
+            .entry(id.clone())
+            .or_insert_with(|| Client::new(id.clone()));
         client.will = req.will.map(Box::new);
         client.session_expiry = req.session_expiry;
         client.expires_at = None;
+        client.gated = 0;
         client.session.set_window(req.handle.window);
-        // Redeliver what was in flight with DUP, then queued messages
-        // [MQTT-4.4.0-1], as far as the window and outbox allow.
-        let out = client.session.resume(now, req.handle.room());
-        for o in out {
-            if req.handle.outbox.try_send(o).is_err() {
-                self.metrics
-                    .dropped_outbox_full
-                    .fetch_add(1, Ordering::Relaxed);
+        let mut gone_sid = 0;
+        if let Some(st) = self.store.as_mut() {
+            if req.session_expiry > 0 && client.sid == 0 {
+                client.sid = st.next_sid;
+                st.next_sid += 1;
+            } else if req.session_expiry == 0 && client.sid != 0 {
+                // Resumed, but it ends with this connection now: not kept on disk.
+                gone_sid = std::mem::take(&mut client.sid);
             }
         }
+        // Redeliver what was in flight with DUP, then queued messages
+        // [MQTT-4.4.0-1], as far as the window and outbox allow.
+        let conn_id = req.handle.conn_id;
+        let out = client.session.resume(now, req.handle.room());
         client.conn = Some(req.handle);
+        if let Some(st) = self.store.as_mut() {
+            if gone_sid != 0 {
+                st.ops.push(Op::SessionGone { sid: gone_sid });
+            }
+        }
+        self.save_session(&id, now);
+        self.store_events(&id);
+        self.push_out(&id, conn_id, out);
         Ok(ConnectAccepted { session_present })
     }
 
@@ -637,25 +1004,58 @@ impl Router {
         self.flush_session(id, now);
     }
 
+    /// Push deliveries into `id`'s outbox, or hold them for the store's sync.
+    fn push_out(&mut self, id: &ClientId, conn_id: u64, out: Vec<Outgoing>) {
+        if out.is_empty() {
+            return;
+        }
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        if let Some(st) = self.store.as_mut().filter(|s| s.gating()) {
+            for item in out {
+                if matches!(item, Outgoing::Publish { .. }) {
+                    c.gated += 1;
+                }
+                st.hold(Held::Out {
+                    client: id.clone(),
+                    conn_id,
+                    item,
+                });
+            }
+            return;
+        }
+        let Some(h) = c.live(conn_id) else {
+            return;
+        };
+        for o in out {
+            let delivery = matches!(o, Outgoing::Publish { .. });
+            if h.outbox.try_send(o).is_err() {
+                self.metrics
+                    .dropped_outbox_full
+                    .fetch_add(1, Ordering::Relaxed);
+            } else if delivery {
+                self.metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Push what the session can release now into its outbox.
     fn flush_session(&mut self, id: &ClientId, now: Instant) {
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
-        let Some(h) = &c.conn else {
+        let Some(conn_id) = c.conn.as_ref().map(|h| h.conn_id) else {
+            self.store_events(id);
             return;
         };
         let mut out = Vec::new();
-        c.session.fill_window(now, h.room(), &mut out);
-        for o in out {
-            if h.outbox.try_send(o).is_err() {
-                self.metrics
-                    .dropped_outbox_full
-                    .fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        c.session.fill_window(now, c.room(), &mut out);
+        self.store_events(id);
+        self.push_out(id, conn_id, out);
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
         if c.session.queue_drained(&self.limits) {
             c.full_since = None;
             if !c.held_acks.is_empty() {
@@ -704,11 +1104,13 @@ impl Router {
             return;
         }
         let will_due = c.pending_will.as_ref().map(|w| w.due);
+        c.disconnected_unix = unix_now();
         if expiry != u32::MAX {
             let at = now + Duration::from_secs(u64::from(expiry));
             c.expires_at = Some(at);
             self.schedule(at, id);
         }
+        self.save_session(id, now);
         if let Some(due) = will_due {
             if due <= now {
                 self.fire_will(id, now);
@@ -755,6 +1157,14 @@ impl Router {
             };
             c.session.subscriptions.insert(spec.clone(), s);
             self.subs.insert(&spec, id.clone(), s);
+            if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
+                st.ops.push(Op::Sub {
+                    sid: c.sid,
+                    filter: Arc::from(f.filter.as_str()),
+                    options: f.options,
+                    identifier: s.identifier,
+                });
+            }
             codes.push(ReasonCode(f.options.qos.as_u8()));
             // Retained messages at subscribe time [MQTT-3.3.1-9] per Retain
             // Handling [MQTT-3.3.1-10/11]; never for a shared subscription.
@@ -772,17 +1182,38 @@ impl Router {
                 if m.is_expired(now) {
                     continue;
                 }
+                let qos = m.qos.min(qos);
+                let sid = self.clients.get(id).map_or(0, |c| c.sid);
+                let did = self.new_did(sid, qos);
                 let d = Delivery {
-                    qos: m.qos.min(qos),
+                    qos,
                     // [MQTT-3.3.1-8] retained-on-subscribe carries RETAIN 1.
                     retain: true,
                     subscription_ids: identifier.into_iter().collect(),
-                    message: m,
+                    message: m.clone(),
+                    did,
+                };
+                let sub_ids = if did != 0 {
+                    d.subscription_ids.clone()
+                } else {
+                    Vec::new()
                 };
                 // Never held: nobody waits for an ack of a retained message. Stop
                 // at the queue cap rather than building a huge backlog.
-                if self.deliver_to(id, d, now, false).is_none() {
+                let Some(outcome) = self.deliver_to(id, d, now, false) else {
                     break;
+                };
+                if let Some(pid) = outcome.kept().filter(|_| did != 0) {
+                    let receivers = vec![Receiver {
+                        did,
+                        sid,
+                        qos,
+                        retain: true,
+                        pid,
+                        released: false,
+                        sub_ids,
+                    }];
+                    self.write_message(m, receivers);
                 }
             }
         }
@@ -805,6 +1236,12 @@ impl Router {
                 Ok(spec) => {
                     if c.session.subscriptions.remove(&spec).is_some() {
                         self.subs.remove(&spec, id);
+                        if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
+                            st.ops.push(Op::Unsub {
+                                sid: c.sid,
+                                filter: Arc::from(f.as_str()),
+                            });
+                        }
                         ReasonCode::SUCCESS
                     } else {
                         ReasonCode::NO_SUBSCRIPTION_EXISTED
@@ -828,6 +1265,13 @@ impl Router {
         if c.live(conn_id).is_none() {
             return;
         }
+        if p.qos != QoS::AtMostOnce && self.store.as_ref().is_some_and(|s| s.handle.over_budget()) {
+            self.refuse_over_budget(id, conn_id, &p);
+            return;
+        }
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
         let (kind, pid) = match (p.qos, p.packet_id) {
             (QoS::AtLeastOnce, Some(pid)) => (ReplyKind::PubAck, pid),
             (QoS::ExactlyOnce, Some(pid)) => {
@@ -838,6 +1282,14 @@ impl Router {
                     return;
                 }
                 c.session.inbound_qos2.insert(pid.get());
+                if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
+                    // Durable before PUBREC, so a re-sent PUBLISH after a crash is
+                    // still recognised as a duplicate.
+                    st.ops.push(Op::InQos2 {
+                        sid: c.sid,
+                        pid: pid.get(),
+                    });
+                }
                 (ReplyKind::PubRec, pid)
             }
             _ => {
@@ -861,6 +1313,62 @@ impl Router {
                 })
             }
             None => self.reply(id, conn_id, kind, pid, ReasonCode::SUCCESS),
+        }
+    }
+
+    /// The disk budget is reached: a QoS 1/2 message that may need storing is
+    /// refused rather than acknowledged and lost. v5 clients get 0x97 Quota
+    /// exceeded; 3.1.1 has no negative acknowledgement, so the connection is
+    /// closed and the client re-sends later.
+    fn refuse_over_budget(&mut self, id: &ClientId, conn_id: u64, p: &Publish) {
+        self.metrics.store_refused.fetch_add(1, Ordering::Relaxed);
+        let Some(pid) = p.packet_id else {
+            return;
+        };
+        let v5 = self
+            .clients
+            .get(id)
+            .and_then(|c| c.live(conn_id))
+            .is_some_and(|h| h.version == ProtocolVersion::V5);
+        if v5 {
+            let kind = match p.qos {
+                QoS::ExactlyOnce => ReplyKind::PubRec,
+                _ => ReplyKind::PubAck,
+            };
+            self.reply(id, conn_id, kind, pid, ReasonCode::QUOTA_EXCEEDED);
+        } else if let Some(h) = self
+            .clients
+            .get_mut(id)
+            .and_then(|c| c.conn.as_mut())
+            .filter(|h| h.conn_id == conn_id)
+        {
+            warn!(client = %id, "disk budget reached: closing a 3.1.1 connection instead of acknowledging a message it cannot store");
+            let kick = std::mem::replace(&mut h.kick, oneshot::channel().0);
+            let _ = kick.send(ReasonCode::QUOTA_EXCEEDED);
+        }
+    }
+
+    /// A new delivery id when a delivery at `qos` to session `sid` must be durable.
+    fn new_did(&mut self, sid: u64, qos: QoS) -> u64 {
+        match self.store.as_mut() {
+            Some(st) if sid != 0 && qos != QoS::AtMostOnce => {
+                st.next_did += 1;
+                st.next_did - 1
+            }
+            _ => 0,
+        }
+    }
+
+    /// Write a message with its durable deliveries.
+    fn write_message(&mut self, message: Arc<Message>, receivers: Vec<Receiver>) {
+        if let Some(st) = self.store.as_mut() {
+            let mid = st.next_mid;
+            st.next_mid += 1;
+            st.ops.push(Op::Msg {
+                mid,
+                message,
+                receivers,
+            });
         }
     }
 
@@ -946,17 +1454,42 @@ impl Router {
                 .fetch_add(1, Ordering::Relaxed);
         }
         let mut held_by = None;
+        let mut receivers = Vec::new();
         for t in targets {
+            let qos = msg.qos.min(t.qos);
+            let sid = self.clients.get(&t.client).map_or(0, |c| c.sid);
+            let did = self.new_did(sid, qos);
             let d = Delivery {
                 message: msg.clone(),
-                qos: msg.qos.min(t.qos),
+                qos,
                 // [MQTT-3.3.1-12/13] RETAIN is kept only with Retain As Published.
                 retain: msg.retain && t.retain_as_published,
                 subscription_ids: t.ids,
+                did,
             };
-            if self.deliver_to(&t.client, d, now, may_hold) == Some(Delivered::Held) {
+            let (retain, sub_ids) = if did != 0 {
+                (d.retain, d.subscription_ids.clone())
+            } else {
+                (false, Vec::new())
+            };
+            let outcome = self.deliver_to(&t.client, d, now, may_hold);
+            if let Some(pid) = outcome.as_ref().and_then(|o| o.kept()).filter(|_| did != 0) {
+                receivers.push(Receiver {
+                    did,
+                    sid,
+                    qos,
+                    retain,
+                    pid,
+                    released: false,
+                    sub_ids,
+                });
+            }
+            if outcome == Some(Delivered::Held) {
                 held_by.get_or_insert(t.client);
             }
+        }
+        if !receivers.is_empty() {
+            self.write_message(msg, receivers);
         }
         held_by
     }
@@ -965,6 +1498,11 @@ impl Router {
     fn store_retained(&mut self, topic: &str, msg: &Arc<Message>) {
         if let Some(old) = self.retained.remove(topic) {
             self.retained_bytes = self.retained_bytes.saturating_sub(old.cost());
+            if let Some(st) = self.store.as_mut() {
+                st.ops.push(Op::RetainClear {
+                    topic: old.topic.clone(),
+                });
+            }
         }
         if msg.payload.is_empty() {
             // [MQTT-3.3.1-6] an empty retained message clears the topic.
@@ -981,6 +1519,17 @@ impl Router {
         }
         self.retained_bytes += msg.cost();
         self.retained.set(topic, msg.clone());
+        if let Some(st) = self.store.as_mut() {
+            if let Some(Op::RetainClear { topic: t }) = st.ops.last() {
+                if **t == *topic {
+                    // Replaced, not cleared: the new record supersedes the old.
+                    st.ops.pop();
+                }
+            }
+            st.ops.push(Op::Retain {
+                message: msg.clone(),
+            });
+        }
     }
 
     /// Hand one delivery to a session. None when it was dropped.
@@ -1000,7 +1549,7 @@ impl Router {
                     self.metrics
                         .dropped_too_large
                         .fetch_add(1, Ordering::Relaxed);
-                    return Some(Delivered::Done);
+                    return Some(Delivered::Skipped);
                 }
             }
         }
@@ -1010,7 +1559,7 @@ impl Router {
             // for a full window of QoS 1/2 and within `max_queued_bytes`: a slow
             // reader loses QoS 0, counted.
             if let Some(h) = &c.conn {
-                if h.room() <= h.window
+                if c.room() <= h.window
                     || h.outbox.bytes() + d.message.cost() > self.limits.max_bytes
                 {
                     self.metrics
@@ -1035,21 +1584,21 @@ impl Router {
         let c = self.clients.get_mut(id)?;
         match c.session.deliver(d, online, &self.limits, now, hold) {
             DeliverOutcome::Send(o) => {
-                if let Some(h) = &c.conn {
-                    // Only a closing connection can refuse: the message stays in
-                    // flight and is re-sent when the session resumes.
-                    if h.outbox.try_send(o).is_err() {
-                        self.metrics
-                            .dropped_outbox_full
-                            .fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        self.metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
-                    }
+                let pid = match &o {
+                    Outgoing::Publish {
+                        packet_id: Some(p), ..
+                    } => p.get(),
+                    _ => 0,
+                };
+                // Only a closing connection can refuse: the message stays in
+                // flight and is re-sent when the session resumes.
+                if let Some(conn_id) = c.conn.as_ref().map(|h| h.conn_id) {
+                    self.push_out(id, conn_id, vec![o]);
                 }
-                Some(Delivered::Done)
+                Some(Delivered::Sent(pid))
             }
             DeliverOutcome::Queued if hold => Some(Delivered::Held),
-            DeliverOutcome::Queued => Some(Delivered::Done),
+            DeliverOutcome::Queued => Some(Delivered::Queued),
             DeliverOutcome::Dropped(DropReason::QueueFull) => {
                 self.metrics
                     .dropped_queue_full
@@ -1063,6 +1612,17 @@ impl Router {
                 None
             }
             DeliverOutcome::Dropped(DropReason::Qos0Offline) => None,
+        }
+    }
+}
+
+impl Delivered {
+    /// The packet id (0: none yet) when the session kept the delivery.
+    fn kept(&self) -> Option<u16> {
+        match self {
+            Delivered::Skipped => None,
+            Delivered::Sent(pid) => Some(*pid),
+            Delivered::Queued | Delivered::Held => Some(0),
         }
     }
 }
@@ -1103,12 +1663,20 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
     const BATCH: usize = 256;
     const SWEEP_EVERY: Duration = Duration::from_secs(60);
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
-    loop {
+    let mut synced = router.synced_watch();
+    // What recovery wrote (sessions that were connected at the crash).
+    router.end_turn();
+    'turns: loop {
         let wake = router
             .next_deadline()
             .map_or(next_sweep, |d| d.min(next_sweep));
         let msg = tokio::select! {
             m = rx.recv() => m,
+            Some(t) = next_synced(&mut synced) => {
+                router.release(t);
+                router.end_turn();
+                continue;
+            }
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
                 router.tick(now);
@@ -1116,6 +1684,7 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
                     router.sweep(now);
                     next_sweep = now + SWEEP_EVERY;
                 }
+                router.end_turn();
                 continue;
             }
         };
@@ -1130,7 +1699,7 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
             match rx.try_recv() {
                 Ok(m) => {
                     if !router.handle(m, now) {
-                        return;
+                        break 'turns;
                     }
                 }
                 Err(_) => break,
@@ -1139,6 +1708,43 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
         if router.next_deadline().is_some_and(|d| d <= now) {
             router.tick(now);
         }
+        router.end_turn();
+    }
+    // Stopping: the last batch (wills, final session records) must be durable
+    // before `Finish` is answered and the store closes.
+    router.end_turn();
+    if let (Some(rx), Some(st)) = (synced.as_mut(), router.store.as_ref()) {
+        let target = st.handle.submitted();
+        let wait = async {
+            while *rx.borrow_and_update() < target {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .is_err()
+        {
+            warn!("storage: the last batch was not synced within 10 s");
+        }
+        let t = *rx.borrow();
+        router.release(t);
+    }
+    if let Some(reply) = router.finish_reply.take() {
+        let _ = reply.send(());
+    }
+}
+
+/// The next synced ticket from the store, or never without a store.
+async fn next_synced(rx: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            // The store thread is gone: nothing more will be synced.
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

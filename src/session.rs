@@ -61,6 +61,20 @@ pub struct Delivery {
     pub retain: bool,
     /// v5 Subscription Identifiers of every matching subscription [MQTT-3.3.4-3].
     pub subscription_ids: Vec<u32>,
+    /// The store's id for this delivery, or 0 when it is not durable (QoS 0, or a
+    /// session that does not outlive its connection).
+    pub did: u64,
+}
+
+/// A change to a durable delivery's state, for the router to write to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A queued delivery entered the inflight window with this packet id.
+    Assigned { did: u64, pid: PacketId },
+    /// PUBREC received for this QoS 2 delivery: only the PUBREL exchange is left.
+    Released { did: u64, pid: PacketId },
+    /// The delivery is finished (acknowledged, skipped, or expired in the queue).
+    Done { did: u64 },
 }
 
 /// Which packet a `Reply` is.
@@ -170,6 +184,8 @@ pub struct Session {
     /// Session state, so it survives reconnects and takeovers.
     pub inbound_qos2: Set<u16>,
     pub dropped: u64,
+    /// Changes to durable deliveries since the router last took them.
+    pub events: Vec<Event>,
 }
 
 impl Session {
@@ -185,6 +201,7 @@ impl Session {
             sent_inflight: 0,
             inbound_qos2: Set::default(),
             dropped: 0,
+            events: Vec::new(),
         }
     }
 
@@ -237,8 +254,17 @@ impl Session {
         }
     }
 
-    fn start_inflight(&mut self, delivery: Delivery) -> Outgoing {
+    /// Give `delivery` a packet id and a window slot. `from_queue`: it waited in the
+    /// queue, so the store learns its packet id now (a delivery that enters the
+    /// window at once is written with its id by the router).
+    fn start_inflight(&mut self, delivery: Delivery, from_queue: bool) -> Outgoing {
         let packet_id = self.allocate_packet_id();
+        if from_queue && delivery.did != 0 {
+            self.events.push(Event::Assigned {
+                did: delivery.did,
+                pid: packet_id,
+            });
+        }
         let state = if delivery.qos == QoS::ExactlyOnce {
             InflightState::Rec
         } else {
@@ -306,7 +332,7 @@ impl Session {
             return self.enqueue(delivery, limits, false);
         }
         if online && self.has_window_room() {
-            return DeliverOutcome::Send(self.start_inflight(delivery));
+            return DeliverOutcome::Send(self.start_inflight(delivery, false));
         }
         self.enqueue(delivery, limits, overflow)
     }
@@ -341,6 +367,9 @@ impl Session {
             };
             self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
             if d.message.is_expired(now) {
+                if d.did != 0 {
+                    self.events.push(Event::Done { did: d.did });
+                }
                 continue;
             }
             room -= 1;
@@ -351,7 +380,7 @@ impl Session {
                     dup: false,
                 });
             } else {
-                let o = self.start_inflight(d);
+                let o = self.start_inflight(d, true);
                 out.push(o);
             }
         }
@@ -362,6 +391,11 @@ impl Session {
         if let Some(i) = self.inflight.remove(index) {
             if i.sent {
                 self.sent_inflight = self.sent_inflight.saturating_sub(1);
+            }
+            if i.delivery.did != 0 {
+                self.events.push(Event::Done {
+                    did: i.delivery.did,
+                });
             }
         }
     }
@@ -402,6 +436,12 @@ impl Session {
             Some(i) if success => {
                 if let Some(entry) = self.inflight.get_mut(i) {
                     entry.state = InflightState::Comp;
+                    if entry.delivery.did != 0 {
+                        self.events.push(Event::Released {
+                            did: entry.delivery.did,
+                            pid,
+                        });
+                    }
                 }
                 true
             }
@@ -422,6 +462,30 @@ impl Session {
             }
             None => false,
         }
+    }
+
+    /// Recovery: put back a delivery that was in flight with `pid` (`released`: its
+    /// PUBREC had arrived), unsent on the (future) connection.
+    pub fn restore_inflight(&mut self, delivery: Delivery, pid: PacketId, released: bool) {
+        let state = match (delivery.qos, released) {
+            (QoS::ExactlyOnce, true) => InflightState::Comp,
+            (QoS::ExactlyOnce, false) => InflightState::Rec,
+            _ => InflightState::Ack,
+        };
+        self.next_packet_id = pid.get().checked_add(1).unwrap_or(1);
+        self.inflight.push_back(Inflight {
+            packet_id: pid,
+            delivery,
+            state,
+            sent: false,
+        });
+    }
+
+    /// Recovery: put back a delivery that waited in the queue (beyond the caps if
+    /// need be: it was accepted before the restart).
+    pub fn restore_pending(&mut self, delivery: Delivery) {
+        self.pending_bytes += delivery.message.cost();
+        self.pending.push_back(delivery);
     }
 
     /// The client reconnected to this session: re-send every PUBREL and, within
@@ -469,6 +533,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: vec![],
+            did: 0,
         }
     }
 
@@ -624,6 +689,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             subscription_ids: vec![],
+            did: 0,
         };
         assert_eq!(
             s.deliver(exp, false, &lim, now, false),

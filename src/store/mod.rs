@@ -314,10 +314,7 @@ impl Writer {
     fn reclaim(&mut self) {
         let seg = self.config.segment_size;
         let mut compacted = false;
-        loop {
-            let Some(oldest) = self.log.oldest_sealed() else {
-                break;
-            };
+        while let Some(oldest) = self.log.oldest_sealed() {
             if self.state.segment_live(oldest) == 0 {
                 retry("segment deletion", || self.log.delete(oldest));
                 self.state.remove_segment(oldest);

@@ -13,14 +13,17 @@ use tern::protocol::{self, Packet, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A config listening on 127.0.0.1:0 with defaults otherwise.
+/// A config listening on 127.0.0.1:0 with defaults otherwise, without a store
+/// (in-process brokers run side by side; durability has its own tests).
 pub fn test_config() -> Config {
-    Config {
+    let mut c = Config {
         listeners: vec![ListenerConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
         }],
         ..Config::default()
-    }
+    };
+    c.storage.in_memory = true;
+    c
 }
 
 /// An in-process broker; call `shutdown().await` or just drop the runtime.
