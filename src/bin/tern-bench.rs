@@ -8,6 +8,11 @@
 //! Every payload is stamped with its send time, a per-publisher sequence number and
 //! the publisher's index, so subscribers count lost, duplicate and out-of-order
 //! messages and record latency in an HDR histogram.
+//!
+//! For durability measurements: `--persistent` gives the subscribers persistent
+//! sessions (clean_session=0, stable client ids), and `--io-pid` reads the broker's
+//! `/proc/PID/io` before publishing and after draining, reported per delivered
+//! message.
 
 use bytes::{Buf, BufMut, BytesMut};
 use clap::{Parser, ValueEnum};
@@ -76,6 +81,21 @@ struct Args {
     /// Label for the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// Subscribers use persistent sessions: clean_session=0 with the stable client
+    /// id `tern-bench-sub-<i>` (any old session of that id is cleared first by a
+    /// clean_session=1 connect and DISCONNECT); they send DISCONNECT after draining.
+    /// Two runs with this flag against one broker at once take each other's ids.
+    #[arg(long)]
+    persistent: bool,
+    /// Broker pid: read its /proc/PID/io (write_bytes, wchar) just before publishing
+    /// and just after draining, and report both per delivered message.
+    #[arg(long, value_name = "PID")]
+    io_pid: Option<u32>,
+    /// With --rate: spread the publishers' schedules evenly over each period, so the
+    /// broker sees the total rate as evenly spaced messages instead of --pubs
+    /// messages at once every --pubs/--rate seconds.
+    #[arg(long)]
+    stagger: bool,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -92,6 +112,31 @@ fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A process's write counters from `/proc/PID/io`.
+#[derive(Copy, Clone)]
+struct IoCounters {
+    /// Bytes the process caused to be sent to the block layer (buffered writes are
+    /// counted a whole page at a time, when a clean page becomes dirty).
+    write_bytes: u64,
+    /// Bytes passed to write()-family system calls (files, pipes; not send()).
+    wchar: u64,
+    /// Of write_bytes, dirty pages dropped before writeback (truncated, deleted).
+    cancelled_write_bytes: u64,
+}
+
+fn io_counters(pid: u32) -> Option<IoCounters> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = s.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(IoCounters {
+        write_bytes: field("write_bytes:")?,
+        wchar: field("wchar:")?,
+        cancelled_write_bytes: field("cancelled_write_bytes:")?,
+    })
 }
 
 /// What subscribers saw, merged at the end.
@@ -224,6 +269,15 @@ fn peek_packet(buf: &[u8]) -> Option<(u8, usize, usize)> {
 }
 
 async fn connect(addr: SocketAddr, id: &str, clean: bool) -> std::io::Result<TcpStream> {
+    connect_session(addr, id, clean).await.map(|(s, _)| s)
+}
+
+/// CONNECT and wait for CONNACK; returns the stream and the session-present flag.
+async fn connect_session(
+    addr: SocketAddr,
+    id: &str,
+    clean: bool,
+) -> std::io::Result<(TcpStream, bool)> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let mut b = BytesMut::new();
@@ -245,7 +299,9 @@ async fn connect(addr: SocketAddr, id: &str, clean: bool) -> std::io::Result<Tcp
             .map_err(std::io::Error::other)?
         {
             match p {
-                Packet::ConnAck(a) if !a.reason_code.is_error() => return Ok(s),
+                Packet::ConnAck(a) if !a.reason_code.is_error() => {
+                    return Ok((s, a.session_present))
+                }
                 other => return Err(std::io::Error::other(format!("CONNECT refused: {other:?}"))),
             }
         }
@@ -253,6 +309,23 @@ async fn connect(addr: SocketAddr, id: &str, clean: bool) -> std::io::Result<Tcp
             return Err(std::io::Error::other("closed before CONNACK"));
         }
     }
+}
+
+/// Send DISCONNECT and wait (bounded) for the broker to close the connection, so
+/// the session is settled before the client id connects again.
+async fn disconnect(mut s: TcpStream) {
+    if s.write_all(&[0xE0, 0x00]).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn subscribe(s: &mut TcpStream, filter: &str, qos: u8) -> std::io::Result<()> {
@@ -291,13 +364,15 @@ struct Shared {
     errors: RefCell<Vec<String>>,
 }
 
+/// Returns the stream when the run ended on time and the session is persistent,
+/// for a DISCONNECT after the final measurements.
 async fn subscriber(
     idx: usize,
     filter: String,
     shared: Rc<Shared>,
     mut s: TcpStream,
     end: Instant,
-) {
+) -> Option<TcpStream> {
     let qos = shared.args.qos;
     let mut rb = BytesMut::with_capacity(64 * 1024);
     let mut wb = BytesMut::with_capacity(4096);
@@ -347,17 +422,18 @@ async fn subscriber(
         let _ = qos;
         rb.reserve(64 * 1024);
         match tokio::time::timeout_at(end.into(), s.read_buf(&mut rb)).await {
-            Err(_) => break,
+            Err(_) => return shared.args.persistent.then_some(s),
             Ok(Ok(0)) | Ok(Err(_)) => {
                 shared
                     .errors
                     .borrow_mut()
                     .push(format!("subscriber {idx} closed by broker"));
-                break;
+                return None;
             }
             Ok(Ok(_)) => {}
         }
     }
+    None
 }
 
 /// Read acks without waiting; returns false when the connection is gone.
@@ -404,7 +480,14 @@ fn drain_acks(
 
 /// One publisher: writes batches of stamped PUBLISHes, as fast as the socket takes
 /// them or at a fixed rate, keeping at most `--inflight` QoS 1/2 unacknowledged.
-async fn publisher(idx: usize, topic: String, shared: Rc<Shared>, mut s: TcpStream, per_sec: f64) {
+async fn publisher(
+    idx: usize,
+    topic: String,
+    shared: Rc<Shared>,
+    mut s: TcpStream,
+    per_sec: f64,
+    phase: f64,
+) {
     let a = &shared.args;
     let qos = a.qos;
     let mut credits = if qos == 0 { usize::MAX } else { a.inflight };
@@ -430,9 +513,11 @@ async fn publisher(idx: usize, topic: String, shared: Rc<Shared>, mut s: TcpStre
         let mut n = 64usize;
         let mut next_due = deadline;
         if per_sec > 0.0 {
-            let due = (now.duration_since(start).as_secs_f64() * per_sec) as u64;
+            // `phase` (a fraction of one period, 0 unless --stagger) moves this
+            // publisher's schedule earlier.
+            let due = (now.duration_since(start).as_secs_f64() * per_sec + phase) as u64;
             n = due.saturating_sub(seq).min(64) as usize;
-            next_due = start + Duration::from_secs_f64((seq + 1) as f64 / per_sec);
+            next_due = start + Duration::from_secs_f64(((seq + 1) as f64 - phase) / per_sec);
         }
         n = n.min(credits);
         for _ in 0..n {
@@ -500,6 +585,24 @@ struct Report {
     rss_idle_kb: Option<u64>,
     rss_peak_kb: Option<u64>,
     errors: Vec<String>,
+    persistent: bool,
+    /// With --io-pid: the broker's write_bytes and wchar deltas over the run and the
+    /// delivered messages they are divided by (None when /proc/PID/io was
+    /// unreadable at either end).
+    io: Option<IoDelta>,
+}
+
+struct IoDelta {
+    write_bytes: u64,
+    wchar: u64,
+    cancelled_write_bytes: u64,
+    msgs: u64,
+}
+
+impl IoDelta {
+    fn per_msg(&self, bytes: u64) -> Option<f64> {
+        (self.msgs > 0).then(|| bytes as f64 / self.msgs as f64)
+    }
 }
 
 async fn run_traffic(args: Args) -> Report {
@@ -523,9 +626,27 @@ async fn run_traffic(args: Args) -> Report {
     // Subscribers first, all subscribed before anyone publishes.
     let mut sub_streams = Vec::new();
     for i in 0..nsubs {
-        let mut s = connect(a.addr, &format!("sub-{run_id}-{i}"), true)
-            .await
-            .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
+        let mut s = if a.persistent {
+            let id = format!("tern-bench-sub-{i}");
+            // Clear whatever session an earlier run left under this id.
+            let (old, _) = connect_session(a.addr, &id, true)
+                .await
+                .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
+            disconnect(old).await;
+            let (s, present) = connect_session(a.addr, &id, false)
+                .await
+                .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
+            if present {
+                shared.errors.borrow_mut().push(format!(
+                    "subscriber {i}: session present after clearing it with clean_session=1"
+                ));
+            }
+            s
+        } else {
+            connect(a.addr, &format!("sub-{run_id}-{i}"), true)
+                .await
+                .unwrap_or_else(|e| panic!("subscriber {i}: {e}"))
+        };
         let filter = match a.scenario {
             Scenario::FanIn => format!("bench/{run_id}/+"),
             Scenario::FanOut => topic(0),
@@ -548,11 +669,12 @@ async fn run_traffic(args: Args) -> Report {
     } else {
         0.0
     };
+    let io_before = a.io_pid.and_then(io_counters);
     let started = Instant::now();
     let sub_end = started + a.duration + a.drain;
-    let mut handles = Vec::new();
+    let mut sub_handles = Vec::new();
     for (i, (filter, s)) in sub_streams.into_iter().enumerate() {
-        handles.push(tokio::task::spawn_local(subscriber(
+        sub_handles.push(tokio::task::spawn_local(subscriber(
             i,
             filter,
             shared.clone(),
@@ -560,13 +682,20 @@ async fn run_traffic(args: Args) -> Report {
             sub_end,
         )));
     }
+    let mut handles = Vec::new();
     for (i, s) in pub_streams.into_iter().enumerate() {
+        let phase = if a.stagger {
+            i as f64 / npubs as f64
+        } else {
+            0.0
+        };
         handles.push(tokio::task::spawn_local(publisher(
             i,
             topic(i),
             shared.clone(),
             s,
             per_sec,
+            phase,
         )));
     }
     // Sample the broker's RSS while running.
@@ -584,7 +713,23 @@ async fn run_traffic(args: Args) -> Report {
             }
         }
     });
+    let mut sub_streams = Vec::new();
+    for h in sub_handles {
+        if let Ok(Some(s)) = h.await {
+            sub_streams.push(s);
+        }
+    }
     for h in handles {
+        let _ = h.await;
+    }
+    // Draining is over: the subscribers have stopped reading.
+    let io_after = a.io_pid.and_then(io_counters);
+    // Persistent sessions end with a DISCONNECT (after the measurement above).
+    let closing: Vec<_> = sub_streams
+        .into_iter()
+        .map(|s| tokio::task::spawn_local(disconnect(s)))
+        .collect();
+    for h in closing {
         let _ = h.await;
     }
     if let Ok(Some(p)) = sampler.await {
@@ -625,6 +770,18 @@ async fn run_traffic(args: Args) -> Report {
         rss_idle_kb: rss_idle,
         rss_peak_kb: rss_peak,
         errors,
+        persistent: a.persistent,
+        io: match (io_before, io_after) {
+            (Some(b), Some(e)) => Some(IoDelta {
+                write_bytes: e.write_bytes.saturating_sub(b.write_bytes),
+                wchar: e.wchar.saturating_sub(b.wchar),
+                cancelled_write_bytes: e
+                    .cancelled_write_bytes
+                    .saturating_sub(b.cancelled_write_bytes),
+                msgs: unique,
+            }),
+            _ => None,
+        },
     };
     drop(t);
     report
@@ -704,6 +861,16 @@ fn main() {
         eprintln!("--qos must be 0, 1 or 2");
         std::process::exit(2);
     }
+    if args.scenario == Scenario::Idle && (args.persistent || args.io_pid.is_some()) {
+        eprintln!("--persistent and --io-pid apply to the traffic scenarios, not idle");
+        std::process::exit(2);
+    }
+    if let Some(pid) = args.io_pid {
+        if io_counters(pid).is_none() {
+            eprintln!("--io-pid {pid}: cannot read write_bytes and wchar from /proc/{pid}/io");
+            std::process::exit(2);
+        }
+    }
     EPOCH.get_or_init(Instant::now);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -716,15 +883,46 @@ fn main() {
             return;
         }
         let r = run_traffic(args.clone()).await;
+        // Fields and columns of the new flags, empty without them.
+        let mut json_extra = String::new();
+        let mut text_extra = String::new();
+        if r.persistent {
+            json_extra.push_str(",\"persistent\":true");
+            text_extra.push_str(" | persistent sessions");
+        }
+        if args.io_pid.is_some() {
+            let per = |bytes: fn(&IoDelta) -> u64| {
+                r.io.as_ref()
+                    .and_then(|io| io.per_msg(bytes(io)))
+                    .map_or("null".to_string(), |v| format!("{v:.1}"))
+            };
+            let (wb_msg, wc_msg) = (per(|io| io.write_bytes), per(|io| io.wchar));
+            let total = |bytes: fn(&IoDelta) -> u64| r.io.as_ref().map(bytes);
+            json_extra.push_str(&format!(
+                ",\"io_msgs\":{},\"write_bytes\":{},\"wchar\":{},\"cancelled_write_bytes\":{},\"write_bytes_per_msg\":{},\"wchar_per_msg\":{}",
+                opt(total(|io| io.msgs)),
+                opt(total(|io| io.write_bytes)),
+                opt(total(|io| io.wchar)),
+                opt(total(|io| io.cancelled_write_bytes)),
+                wb_msg,
+                wc_msg
+            ));
+            text_extra.push_str(&format!(
+                " | broker io per delivered msg: write_bytes {wb_msg} B wchar {wc_msg} B (totals {} / {} B over {} msgs)",
+                opt(total(|io| io.write_bytes)),
+                opt(total(|io| io.wchar)),
+                opt(total(|io| io.msgs)),
+            ));
+        }
         if args.json {
             println!(
-                "{{\"label\":\"{}\",\"scenario\":\"{:?}\",\"qos\":{},\"sent\":{},\"received\":{},\"expected\":{},\"lost\":{},\"duplicates\":{},\"out_of_order\":{},\"rate\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"rss_idle_kb\":{},\"rss_peak_kb\":{},\"errors\":{}}}",
-                r.label, r.scenario, r.qos, r.sent, r.received, r.expected, r.lost, r.duplicates, r.out_of_order, r.rate, r.p50, r.p99, r.p999, opt(r.rss_idle_kb), opt(r.rss_peak_kb), r.errors.len()
+                "{{\"label\":\"{}\",\"scenario\":\"{:?}\",\"qos\":{},\"sent\":{},\"received\":{},\"expected\":{},\"lost\":{},\"duplicates\":{},\"out_of_order\":{},\"rate\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"rss_idle_kb\":{},\"rss_peak_kb\":{},\"errors\":{}{}}}",
+                r.label, r.scenario, r.qos, r.sent, r.received, r.expected, r.lost, r.duplicates, r.out_of_order, r.rate, r.p50, r.p99, r.p999, opt(r.rss_idle_kb), opt(r.rss_peak_kb), r.errors.len(), json_extra
             );
         } else {
             println!(
-                "{:?} qos{}: sent {} received {} (expected {}) lost {} dup {} ooo {} | {:.0} msg/s delivered | latency us p50 {} p99 {} p99.9 {} | broker RSS idle {} KB peak {} KB",
-                r.scenario, r.qos, r.sent, r.received, r.expected, r.lost, r.duplicates, r.out_of_order, r.rate, r.p50, r.p99, r.p999, opt(r.rss_idle_kb), opt(r.rss_peak_kb)
+                "{:?} qos{}: sent {} received {} (expected {}) lost {} dup {} ooo {} | {:.0} msg/s delivered | latency us p50 {} p99 {} p99.9 {} | broker RSS idle {} KB peak {} KB{}",
+                r.scenario, r.qos, r.sent, r.received, r.expected, r.lost, r.duplicates, r.out_of_order, r.rate, r.p50, r.p99, r.p999, opt(r.rss_idle_kb), opt(r.rss_peak_kb), text_extra
             );
             for e in &r.errors {
                 println!("  error: {e}");
