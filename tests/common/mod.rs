@@ -13,8 +13,8 @@ use tern::protocol::{self, Packet, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A config listening on 127.0.0.1:0 with defaults otherwise, without a store
-/// (in-process brokers run side by side; durability has its own tests).
+/// A config listening on 127.0.0.1:0 with defaults otherwise and a fresh data
+/// directory under the target dir (brokers run side by side).
 pub fn test_config() -> Config {
     let mut c = Config {
         listeners: vec![ListenerConfig {
@@ -22,7 +22,19 @@ pub fn test_config() -> Config {
         }],
         ..Config::default()
     };
-    c.storage.in_memory = true;
+    // Every in-process broker runs with the durable store (default durability,
+    // small segments), so the protocol tests also cover the store's holding back
+    // of acknowledgements. TERN_TEST_STORE=0 runs them in memory.
+    if std::env::var("TERN_TEST_STORE").is_ok_and(|v| v == "0") {
+        c.storage.in_memory = true;
+    } else {
+        c.storage.dir = tempfile::Builder::new()
+            .prefix("store-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("tempdir")
+            .keep();
+        c.storage.segment_size = 65_536;
+    }
     c
 }
 
