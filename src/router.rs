@@ -270,6 +270,44 @@ impl StoreLink {
     }
 }
 
+/// The open `Done` (or `Deliv`) record at the end of `ops` to add to: acks and
+/// window moves alternate in runs (ack, next message in), so one record of each
+/// kind serves the run. Only the tail made of these two kinds is searched: a
+/// `Done` or `Deliv` must never move before the `Msg` that created its delivery.
+/// Within the tail, order between the two kinds does not matter: replaying `Done`
+/// before a `Deliv` of the same delivery ends in the same state.
+fn run_of(ops: &mut [Op], done: bool) -> Option<&mut Op> {
+    let mut found = None;
+    for (i, op) in ops.iter().enumerate().rev() {
+        match op {
+            Op::Done { .. } if done => {
+                found = Some(i);
+                break;
+            }
+            Op::Deliv { .. } if !done => {
+                found = Some(i);
+                break;
+            }
+            Op::Done { .. } | Op::Deliv { .. } => continue,
+            _ => break,
+        }
+    }
+    found.and_then(move |i| ops.get_mut(i))
+}
+
+/// Add a delivery state to the open `Deliv` record of the run, or start one.
+fn push_deliv(ops: &mut Vec<Op>, did: u64, pid: PacketId, released: bool) {
+    let s = crate::store::record::DelivState {
+        did,
+        pid: pid.get(),
+        released,
+    };
+    match run_of(ops, false) {
+        Some(Op::Deliv { states }) => states.push(s),
+        _ => ops.push(Op::Deliv { states: vec![s] }),
+    }
+}
+
 fn unix_now() -> u64 {
     Clock::read().unix_secs()
 }
@@ -499,18 +537,9 @@ impl Router {
         };
         for e in c.session.events.drain(..) {
             match e {
-                Event::Assigned { did, pid } => st.ops.push(Op::Deliv {
-                    did,
-                    pid: pid.get(),
-                    released: false,
-                }),
-                Event::Released { did, pid } => st.ops.push(Op::Deliv {
-                    did,
-                    pid: pid.get(),
-                    released: true,
-                }),
-                Event::Done { did } => match st.ops.last_mut() {
-                    // Acks come in runs: one record for the run.
+                Event::Assigned { did, pid } => push_deliv(&mut st.ops, did, pid, false),
+                Event::Released { did, pid } => push_deliv(&mut st.ops, did, pid, true),
+                Event::Done { did } => match run_of(&mut st.ops, true) {
                     Some(Op::Done { dids }) => dids.push(did),
                     _ => st.ops.push(Op::Done { dids: vec![did] }),
                 },

@@ -56,11 +56,10 @@ pub enum Op {
         message: Arc<Message>,
         receivers: Vec<Receiver>,
     },
-    /// A delivery got its packet id (entered the inflight window) or its PUBREC.
+    /// Deliveries got their packet id (entered the inflight window) or their
+    /// PUBREC. A list: they come in runs as acknowledgements free the window.
     Deliv {
-        did: u64,
-        pid: u16,
-        released: bool,
+        states: Vec<DelivState>,
     },
     /// Deliveries finished (PUBACK, PUBCOMP, expired, skipped).
     Done {
@@ -123,6 +122,14 @@ pub struct Receiver {
     /// PUBREC received (QoS 2): only PUBREL remains.
     pub released: bool,
     pub sub_ids: Vec<u32>,
+}
+
+/// The durable state of one delivery after it left the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelivState {
+    pub did: u64,
+    pub pid: u16,
+    pub released: bool,
 }
 
 /// Wall clock and monotonic clock read together, to store `Instant`s as Unix time.
@@ -309,10 +316,13 @@ pub fn encode(op: &Op, seq: u64, clock: Clock, buf: &mut Vec<u8>) -> usize {
                 }
             }
         }
-        Op::Deliv { did, pid, released } => {
-            put_var(buf, *did);
-            put_var(buf, u64::from(*pid));
-            buf.push(u8::from(*released));
+        Op::Deliv { states } => {
+            put_var(buf, states.len() as u64);
+            for s in states {
+                put_var(buf, s.did);
+                // The packet id and the released flag in one varint.
+                put_var(buf, (u64::from(s.pid) << 1) | u64::from(s.released));
+            }
         }
         Op::Done { dids } => {
             put_var(buf, dids.len() as u64);
@@ -602,11 +612,20 @@ pub fn decode(data: &[u8], want: Option<u64>, clock: Clock) -> Result<(Op, u64, 
                 receivers,
             }
         }
-        8 => Op::Deliv {
-            did: r.var()?,
-            pid: r.var_u16()?,
-            released: r.u8()? != 0,
-        },
+        8 => {
+            let n = r.var()?;
+            let mut states = Vec::new();
+            for _ in 0..n {
+                let did = r.var()?;
+                let v = r.var()?;
+                states.push(DelivState {
+                    did,
+                    pid: u16::try_from(v >> 1).map_err(|_| Bad::Body("packet id"))?,
+                    released: v & 1 != 0,
+                });
+            }
+            Op::Deliv { states }
+        }
         9 => {
             let n = r.var()?;
             let mut dids = Vec::new();
@@ -711,9 +730,18 @@ mod tests {
                 }],
             },
             Op::Deliv {
-                did: 9,
-                pid: 7,
-                released: false,
+                states: vec![
+                    DelivState {
+                        did: 9,
+                        pid: 7,
+                        released: false,
+                    },
+                    DelivState {
+                        did: 10,
+                        pid: 65535,
+                        released: true,
+                    },
+                ],
             },
             Op::Done {
                 dids: vec![1, 2, 3],

@@ -10,6 +10,8 @@
 //! never live: segments are deleted oldest first, so a tombstone only ever
 //! shadows records in its own or older segments, which are gone before it.
 
+#[cfg(test)]
+use super::record::DelivState;
 use super::record::{Op, Receiver, SessionRec};
 use crate::hash::{Map, Set};
 use crate::protocol::SubscriptionOptions;
@@ -253,18 +255,28 @@ impl State {
                     self.messages.insert(mid, Msg { message, loc, refs });
                 }
             }
-            Op::Deliv { did, pid, released } => {
-                let old = match self.deliveries.get_mut(&did) {
-                    Some(d) => {
-                        d.r.pid = pid;
-                        d.r.released = released;
-                        d.state.replace(loc)
-                    }
-                    None => return,
+            Op::Deliv { states } => {
+                // One record, several deliveries: each delivery owns a share of
+                // its bytes, live while that delivery still points at it.
+                let n = states.len().max(1) as u32;
+                let share = |i: u32| Loc {
+                    seg: loc.seg,
+                    bytes: loc.bytes / n + u32::from(i == 0) * (loc.bytes % n),
                 };
-                self.live(loc);
-                if let Some(l) = old {
-                    self.dead(l);
+                for (i, st) in states.into_iter().enumerate() {
+                    let l = share(i as u32);
+                    let old = match self.deliveries.get_mut(&st.did) {
+                        Some(d) => {
+                            d.r.pid = st.pid;
+                            d.r.released = st.released;
+                            d.state.replace(l)
+                        }
+                        None => continue,
+                    };
+                    self.live(l);
+                    if let Some(o) = old {
+                        self.dead(o);
+                    }
                 }
             }
             Op::Done { dids } => {
@@ -489,9 +501,11 @@ mod tests {
         assert_eq!(s.segment_live(2), 10, "one delivery left");
         s.apply(
             Op::Deliv {
-                did: 11,
-                pid: 5,
-                released: false,
+                states: vec![DelivState {
+                    did: 11,
+                    pid: 5,
+                    released: false,
+                }],
             },
             loc(3),
         );
@@ -518,9 +532,11 @@ mod tests {
         s.apply(msg(1, &[(10, 1)]), loc(1));
         s.apply(
             Op::Deliv {
-                did: 10,
-                pid: 3,
-                released: true,
+                states: vec![DelivState {
+                    did: 10,
+                    pid: 3,
+                    released: true,
+                }],
             },
             loc(2),
         );
