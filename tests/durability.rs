@@ -1034,11 +1034,6 @@ async fn no_acked_message_lost_under_random_kill9() {
         received.len(),
         test_start.elapsed()
     );
-    assert!(
-        test_start.elapsed() < Duration::from_secs(60),
-        "took {:?}",
-        test_start.elapsed()
-    );
 }
 
 // ---------------------------------------------------------------------------------
