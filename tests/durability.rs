@@ -1099,7 +1099,8 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// How one damage case changes the newest segment; returns the damage offset.
+/// How one case damages the newest segment. The damage offset is the first byte
+/// changed (or the new length, for a truncation).
 enum Damage {
     /// `set_len` at an offset inside a message's payload.
     Truncate,
@@ -1415,8 +1416,8 @@ async fn in_memory_writes_nothing_and_forgets_on_restart() {
 // The harness itself.
 
 /// `BrokerProcess::spawn` gives each broker its own data dir: two at once both
-/// start (with a shared dir the second would hit the LOCK) and neither writes
-/// `./tern-data`.
+/// start (with a shared dir the second would hit the LOCK), each writes its own
+/// dir, and the dir goes away with its broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spawned_brokers_get_their_own_data_dirs() {
     let a = BrokerProcess::spawn(&[]);
