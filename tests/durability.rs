@@ -15,7 +15,8 @@
 //! - one data dir has one broker (LOCK); `in_memory = true` writes nothing.
 //!
 //! Random choices use a seeded PRNG; the seed is printed and can be replayed with
-//! `TERN_TEST_SEED=<n>`.
+//! `DURABILITY_SEED=<n>` (not `TERN_...`: the broker reads every `TERN_*` variable
+//! as a config override and refuses unknown keys).
 
 mod common;
 
@@ -93,9 +94,9 @@ fn kill9(b: &mut BrokerProcess) {
 struct Rng(u64);
 
 impl Rng {
-    /// Seed from `TERN_TEST_SEED` or the clock; printed so a failure can be replayed.
+    /// Seed from `DURABILITY_SEED` or the clock; printed so a failure can be replayed.
     fn from_env(test: &str) -> Rng {
-        let seed = std::env::var("TERN_TEST_SEED")
+        let seed = std::env::var("DURABILITY_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| {
@@ -104,7 +105,7 @@ impl Rng {
                     .unwrap()
                     .as_nanos() as u64
             });
-        println!("{test}: seed {seed} (replay with TERN_TEST_SEED={seed})");
+        println!("{test}: seed {seed} (replay with DURABILITY_SEED={seed})");
         Rng(seed)
     }
 
