@@ -1012,9 +1012,16 @@ async fn no_acked_message_lost_under_random_kill9() {
         .filter(|p| !received.contains(*p))
         .map(|p| show(p))
         .collect();
+    // Which round and publisher the lost ones came from ("chaos-r1-p0": 32, ...).
+    let mut lost_by_publisher: std::collections::BTreeMap<&str, usize> = Default::default();
+    for m in &missing {
+        *lost_by_publisher
+            .entry(m.rsplit_once('-').map_or("?", |(p, _)| p))
+            .or_default() += 1;
+    }
     assert!(
         missing.is_empty(),
-        "{} of {} acknowledged messages lost, e.g. {:?}",
+        "{} of {} acknowledged messages lost ({lost_by_publisher:?}), e.g. {:?}",
         missing.len(),
         acked.len(),
         &missing[..missing.len().min(10)]
@@ -1028,6 +1035,21 @@ async fn no_acked_message_lost_under_random_kill9() {
         garbage.is_empty(),
         "received payloads never published: {garbage:?}"
     );
+
+    // The subscription itself survived the kills: a new message still arrives.
+    let (mut publ, _) = raw_connected(broker.addr, V311, "chaos-probe", true).await;
+    let probe = b"chaos-probe-after-restarts".to_vec();
+    publish_all(
+        &mut publ,
+        &[(TOPIC, QoS::AtLeastOnce, probe.clone(), false)],
+        1,
+    )
+    .await;
+    let r = drain_all(&mut c, std::slice::from_ref(&probe), WAIT, Duration::ZERO).await;
+    assert!(
+        r.has(&probe),
+        "chaos-sub's subscription is gone after {ROUNDS} kills (session present, nothing routed to it)"
+    );
     println!(
         "{} acknowledged, {} published, {} distinct received, {:?}",
         acked.len(),
@@ -1035,6 +1057,46 @@ async fn no_acked_message_lost_under_random_kill9() {
         received.len(),
         test_start.elapsed()
     );
+}
+
+/// The deterministic counterpart of the random test: the same subscriber through
+/// several kill -9 / restart cycles, with a batch of acknowledged messages queued
+/// while it is offline in each. Restarts are where the store rewrites or drops old
+/// segments, so state that survives one restart must survive the next ones too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_and_queue_survive_repeated_kill9_restarts() {
+    const CYCLES: usize = 6;
+    const PER_CYCLE: usize = 100;
+    let fx = Fixture::new();
+    let mut broker = fx.spawn();
+    let (mut c, _) = connect_persistent(broker.addr, V311, "cycle-sub").await;
+    c.subscribe(1, "cycle/t", QoS::AtLeastOnce).await;
+    disconnect(c).await;
+    for cycle in 0..CYCLES {
+        let batch: Vec<Vec<u8>> = (0..PER_CYCLE)
+            .map(|i| format!("cycle-{cycle}-{i:03}").into_bytes())
+            .collect();
+        let msgs: Vec<(&str, QoS, Vec<u8>, bool)> = batch
+            .iter()
+            .map(|p| ("cycle/t", QoS::AtLeastOnce, p.clone(), false))
+            .collect();
+        let (mut publ, _) = raw_connected(broker.addr, V311, "cycle-pub", true).await;
+        publish_all(&mut publ, &msgs, 1).await;
+        let (mut c, ack) = connect_persistent(broker.addr, V311, "cycle-sub").await;
+        assert!(ack.session_present, "cycle {cycle}: session lost: {ack:?}");
+        let r = drain_all(&mut c, &batch, Duration::from_secs(5), Duration::ZERO).await;
+        let got = batch.iter().filter(|p| r.has(p)).count();
+        assert_eq!(
+            got,
+            PER_CYCLE,
+            "cycle {cycle}: {got} of {PER_CYCLE} acknowledged messages delivered after {cycle} restarts (segments {:?})\n{}",
+            segments(&fx.data),
+            broker.log_text()
+        );
+        disconnect(c).await;
+        kill9(&mut broker);
+        broker = fx.spawn();
+    }
 }
 
 // ---------------------------------------------------------------------------------
