@@ -55,29 +55,74 @@ pub async fn start_default() -> (tern::broker::Broker, SocketAddr) {
 pub struct BrokerProcess {
     pub child: Child,
     pub addr: SocketAddr,
-    /// stderr lines after the "listening" line, collected by a thread.
+    /// Every stderr line, collected by a thread (the lines before "listening on"
+    /// too, e.g. recovery warnings).
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The data dir `spawn` made for this broker when the caller named none. Kept
+    /// here so it lives as long as the broker; fields drop after `Drop::drop`, so
+    /// the process is killed and reaped before the directory is removed.
+    pub data_dir: Option<tempfile::TempDir>,
+}
+
+/// Does this argument list choose where the broker keeps its data? `--data-dir`
+/// does; so does a config file (`-c` / `--config`), which may set `[storage] dir`
+/// or `in_memory`, so the harness must not override it.
+fn names_data_location(extra: &[&str]) -> bool {
+    extra.iter().any(|a| {
+        matches!(*a, "--data-dir" | "-c" | "--config")
+            || a.starts_with("--data-dir=")
+            || a.starts_with("--config=")
+    })
 }
 
 impl BrokerProcess {
     /// Run `tern --listen 127.0.0.1:0 <extra args>` and wait for its listening line.
+    /// Adds `--data-dir <fresh temp dir>` unless `extra` names a data dir or a
+    /// config file: the default `./tern-data` would be shared by every test.
     pub fn spawn(extra: &[&str]) -> BrokerProcess {
         Self::spawn_with_env(extra, &[])
     }
 
+    /// `spawn` with extra environment variables (e.g. `TERN_LIMITS__...`).
     pub fn spawn_with_env(extra: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
-        cmd.args(["--listen", "127.0.0.1:0", "--log", "info"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let own_dir = if names_data_location(extra) {
+            None
+        } else {
+            Some(tempfile::tempdir().expect("temp data dir"))
+        };
+        let mut cmd = Self::command();
+        if let Some(d) = &own_dir {
+            cmd.arg("--data-dir").arg(d.path());
+        }
+        cmd.args(extra);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let mut broker = Self::spawn_cmd(cmd);
+        broker.data_dir = own_dir;
+        broker
+    }
+
+    /// Run the broker on an existing (or to-be-created) data dir the caller owns:
+    /// restarts after a kill reuse the same `dir`.
+    pub fn spawn_in(dir: &std::path::Path, extra: &[&str]) -> BrokerProcess {
+        let mut cmd = Self::command();
+        cmd.arg("--data-dir").arg(dir).args(extra);
         Self::spawn_cmd(cmd)
     }
 
+    /// `tern --listen 127.0.0.1:0 --log info` with stderr piped, stdout discarded.
+    pub fn command() -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.args(["--listen", "127.0.0.1:0", "--log", "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
     /// Spawn a prepared command whose first listener line gives the address.
+    /// Panics with the broker's stderr if it exits (or stays silent for 20 s)
+    /// without printing one.
     pub fn spawn_cmd(mut cmd: Command) -> BrokerProcess {
         let mut child = cmd.spawn().expect("spawn tern");
         let stderr = child.stderr.take().expect("stderr");
@@ -87,6 +132,8 @@ impl BrokerProcess {
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Pushed before the address is sent, so a caller sees this line.
+                log2.lock().unwrap().push(line.clone());
                 if !sent {
                     if let Some(i) = line.find("listening on ") {
                         let addr = line[i + "listening on ".len()..].trim().to_string();
@@ -94,16 +141,24 @@ impl BrokerProcess {
                         sent = true;
                     }
                 }
-                log2.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("tern prints its listening address");
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "tern did not print its listening address ({e}); exit {status:?}; stderr:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
         BrokerProcess {
             child,
             addr: addr.parse().expect("address"),
             log,
+            data_dir: None,
         }
     }
 
