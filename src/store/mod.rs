@@ -34,6 +34,8 @@ struct Inbox {
     ops: Vec<Op>,
     /// The ticket of the last batch in `ops`.
     ticket: u64,
+    /// Some op in `ops` must be fsynced before its ticket is published.
+    needs_sync: bool,
     closing: bool,
 }
 
@@ -61,6 +63,11 @@ impl StoreHandle {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        // Finished deliveries alone need no fsync of their own: losing one in a
+        // power cut means a redelivery (QoS 1 allows duplicates; for QoS 2 it is a
+        // PUBREL the client answers again), never a loss. At low rates this halves
+        // the fsyncs (and flash pages written) per message.
+        inbox.needs_sync |= ops.iter().any(|o| !matches!(o, Op::Done { .. }));
         inbox.ops.append(ops);
         inbox.ticket = self.submitted;
         drop(inbox);
@@ -112,6 +119,7 @@ pub fn open(
     let mut state = State::default();
     state.add_segment(log.head_id());
     let n = replayed.len();
+    state.begin_replay();
     for r in replayed {
         state.add_segment(r.segment);
         state.apply(
@@ -121,6 +129,10 @@ pub fn open(
                 bytes: r.len,
             },
         );
+    }
+    let orphans = state.finish_replay();
+    if orphans > 0 {
+        warn!("storage: records of {orphans} sessions without a session record were dropped");
     }
     let (recovered, cleanup) = state.recovered(clock.unix_secs());
     info!(
@@ -209,7 +221,7 @@ fn retry<T>(what: &str, mut f: impl FnMut() -> std::io::Result<T>) -> T {
 impl Writer {
     fn run(mut self) {
         loop {
-            let (ops, ticket, closing) = {
+            let (ops, ticket, closing, needs_sync) = {
                 let mut inbox = match self.shared.inbox.lock() {
                     Ok(g) => g,
                     Err(p) => p.into_inner(),
@@ -231,13 +243,19 @@ impl Writer {
                         break;
                     }
                 }
-                (std::mem::take(&mut inbox.ops), inbox.ticket, inbox.closing)
+                (
+                    std::mem::take(&mut inbox.ops),
+                    inbox.ticket,
+                    inbox.closing,
+                    std::mem::take(&mut inbox.needs_sync),
+                )
             };
             if !ops.is_empty() {
                 self.write_ops(ops, Clock::read());
             }
             match self.config.durability {
-                Durability::Always => self.sync(),
+                Durability::Always if needs_sync => self.sync(),
+                Durability::Always => {}
                 Durability::Periodic => {
                     if self.last_sync.elapsed() >= self.config.sync_interval {
                         self.sync();

@@ -27,6 +27,10 @@ pub struct Loc {
 }
 
 struct Sess {
+    /// During replay a session's records may come before its latest `Session`
+    /// record (that record is rewritten later in the log and the older copy's
+    /// segment deleted): such a session is a placeholder until its record shows.
+    placeholder: bool,
     rec: SessionRec,
     loc: Loc,
     subs: Map<Arc<str>, (SubscriptionOptions, Option<u32>, Loc)>,
@@ -80,6 +84,7 @@ pub struct State {
     max_sid: u64,
     max_mid: u64,
     max_did: u64,
+    replaying: bool,
 }
 
 impl State {
@@ -136,6 +141,58 @@ impl State {
         }
     }
 
+    /// Replay mode: records of a session not seen yet create a placeholder.
+    pub fn begin_replay(&mut self) {
+        self.replaying = true;
+    }
+
+    /// End of replay: a placeholder whose `Session` record never came belongs to
+    /// no live session; its records are dead. Returns how many there were.
+    pub fn finish_replay(&mut self) -> usize {
+        self.replaying = false;
+        let orphans: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.placeholder)
+            .map(|(k, _)| *k)
+            .collect();
+        for sid in &orphans {
+            self.apply(Op::SessionGone { sid: *sid }, Loc { seg: 0, bytes: 0 });
+        }
+        orphans.len()
+    }
+
+    /// Does session `sid` exist (creating a placeholder while replaying)?
+    fn session_for(&mut self, sid: u64) -> bool {
+        // Ids are never reused while any record of them is on disk.
+        self.max_sid = self.max_sid.max(sid);
+        if self.sessions.contains_key(&sid) {
+            return true;
+        }
+        if !self.replaying {
+            return false;
+        }
+        self.sessions.insert(
+            sid,
+            Sess {
+                placeholder: true,
+                rec: SessionRec {
+                    sid,
+                    client_id: "".into(),
+                    expiry: 0,
+                    disconnected_at: None,
+                    will: None,
+                    will_due: None,
+                },
+                loc: Loc { seg: 0, bytes: 0 },
+                subs: Map::default(),
+                inbound: Map::default(),
+                deliveries: BTreeSet::new(),
+            },
+        );
+        true
+    }
+
     /// Apply one op written at `loc` (at start: read back from there).
     pub fn apply(&mut self, op: Op, loc: Loc) {
         match op {
@@ -147,12 +204,14 @@ impl State {
                     Some(s) => {
                         let old = std::mem::replace(&mut s.loc, loc);
                         s.rec = rec;
+                        s.placeholder = false;
                         self.dead(old);
                     }
                     None => {
                         self.sessions.insert(
                             sid,
                             Sess {
+                                placeholder: false,
                                 rec,
                                 loc,
                                 subs: Map::default(),
@@ -164,6 +223,7 @@ impl State {
                 }
             }
             Op::SessionGone { sid } => {
+                self.max_sid = self.max_sid.max(sid);
                 let Some(s) = self.sessions.remove(&sid) else {
                     return;
                 };
@@ -184,6 +244,9 @@ impl State {
                 options,
                 identifier,
             } => {
+                if !self.session_for(sid) {
+                    return;
+                }
                 let Some(s) = self.sessions.get_mut(&sid) else {
                     return;
                 };
@@ -225,7 +288,7 @@ impl State {
                 let mut refs = 0;
                 for r in receivers {
                     self.max_did = self.max_did.max(r.did);
-                    if !self.sessions.contains_key(&r.sid) {
+                    if !self.session_for(r.sid) {
                         continue;
                     }
                     let did = r.did;
@@ -264,6 +327,7 @@ impl State {
                     bytes: loc.bytes / n + u32::from(i == 0) * (loc.bytes % n),
                 };
                 for (i, st) in states.into_iter().enumerate() {
+                    self.max_did = self.max_did.max(st.did);
                     let l = share(i as u32);
                     let old = match self.deliveries.get_mut(&st.did) {
                         Some(d) => {
@@ -281,10 +345,14 @@ impl State {
             }
             Op::Done { dids } => {
                 for did in dids {
+                    self.max_did = self.max_did.max(did);
                     self.finish_delivery(did);
                 }
             }
             Op::InQos2 { sid, pid } => {
+                if !self.session_for(sid) {
+                    return;
+                }
                 let Some(s) = self.sessions.get_mut(&sid) else {
                     return;
                 };
@@ -588,5 +656,38 @@ mod tests {
         assert_eq!(rec.sessions.len(), 1);
         assert_eq!(cleanup, vec![Op::SessionGone { sid: 1 }]);
         assert_eq!(rec.next_sid, 3);
+    }
+
+    #[test]
+    fn replay_accepts_a_session_record_after_its_children() {
+        // The session's first record was in a deleted segment; its latest comes
+        // after a subscription and a message copied forward earlier.
+        let mut s = State::default();
+        s.begin_replay();
+        s.apply(
+            Op::Sub {
+                sid: 7,
+                filter: "a/#".into(),
+                options: SubscriptionOptions::default(),
+                identifier: None,
+            },
+            loc(3),
+        );
+        s.apply(msg(1, &[(10, 7)]), loc(3));
+        s.apply(session(7), loc(4));
+        // An orphan: records of a session that never shows up.
+        s.apply(msg(2, &[(11, 8)]), loc(4));
+        assert_eq!(s.finish_replay(), 1);
+        let (rec, _) = s.recovered(0);
+        assert_eq!(rec.sessions.len(), 1);
+        assert_eq!(rec.sessions[0].subs.len(), 1);
+        assert_eq!(rec.sessions[0].deliveries.len(), 1);
+        assert_eq!(
+            s.live_bytes(),
+            30,
+            "sub, message 1, session; not the orphan"
+        );
+        assert_eq!(rec.next_sid, 9, "ids seen in any record are not reused");
+        assert_eq!(rec.next_did, 12);
     }
 }
