@@ -112,7 +112,7 @@ async fn config_file_listener_works() {
     let file = write_file(
         &dir,
         "ok.toml",
-        "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[limits]\nmax_keepalive = 100\n",
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[limits]\nmax_keepalive = 100\n\n[storage]\nin_memory = true\n",
     );
     let mut cmd = Command::new(BIN);
     cmd.args(["-c", &file, "--log", "info"])
@@ -235,6 +235,41 @@ fn bad_env_override_is_fatal() {
     assert!(!out.status.success(), "tern started anyway: {out:?}");
     assert!(
         out.stderr.contains("limits.max_packet_size"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn storage_settings_are_checked_with_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "storage.toml",
+        "[storage]\ndurability = \"sometimes\"\nsegment_size = 1000\n",
+    );
+    let out = tern(&["check-config", &file]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("storage.durability"), "{}", out.stderr);
+    let file = write_file(&dir, "small.toml", "[storage]\nsegment_size = 1000\n");
+    let out = tern(&["check-config", &file]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("storage.segment_size"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn unusable_data_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the directory should be.
+    let file = write_file(&dir, "not-a-dir", "x");
+    let out = tern(&["--listen", "127.0.0.1:0", "--data-dir", &file]);
+    assert!(!out.status.success(), "tern started anyway: {out:?}");
+    assert!(
+        out.stderr.contains("cannot use data directory"),
         "{}",
         out.stderr
     );

@@ -24,8 +24,9 @@ pub fn test_config() -> Config {
     };
     // Every in-process broker runs with the durable store (default durability,
     // small segments), so the protocol tests also cover the store's holding back
-    // of acknowledgements. TERN_TEST_STORE=0 runs them in memory.
-    if std::env::var("TERN_TEST_STORE").is_ok_and(|v| v == "0") {
+    // of acknowledgements. TEST_IN_MEMORY=1 runs them in memory (not TERN_*: spawned brokers
+    // read those as config).
+    if std::env::var("TEST_IN_MEMORY").is_ok_and(|v| v == "1") {
         c.storage.in_memory = true;
     } else {
         c.storage.dir = tempfile::Builder::new()
