@@ -57,7 +57,7 @@ start_broker() {
   local name=$1 port=$2
   case $name in
     tern)
-      taskset -c 0 target/release/tern --listen "127.0.0.1:$port" --log warn \
+      taskset -c 0 target/release/tern --listen "127.0.0.1:$port" --data-dir "$OUT/tern-data" --log warn \
         >"$OUT/tern.log" 2>&1 &
       ;;
     mosquitto)
