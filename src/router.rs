@@ -190,6 +190,9 @@ struct Client {
     /// Deliveries for the current connection waiting for the store's sync: they
     /// will take outbox slots.
     gated: u32,
+    /// Everything waiting for the store for the current connection: while any
+    /// waits, later packets to it wait too, so its packets keep their order.
+    held_out: u32,
     /// Unix seconds of the last disconnect (session expiry counts from there).
     disconnected_unix: u64,
 }
@@ -224,6 +227,7 @@ impl Client {
             held_acks: Vec::new(),
             sid: 0,
             gated: 0,
+            held_out: 0,
             disconnected_unix: 0,
         }
     }
@@ -257,11 +261,25 @@ struct StoreLink {
 }
 
 impl StoreLink {
-    /// Must an output produced now wait? Yes while anything written before it is
-    /// not yet durable: it may depend on it. Outputs are released in order, so
-    /// this also keeps every connection's packets in their order [MQTT-4.6.0].
+    /// Is anything written not yet durable?
     fn gating(&self) -> bool {
         !self.ops.is_empty() || self.handle.submitted() > self.synced
+    }
+
+    /// Must an output that `depends` on durable state (or not) wait, for a
+    /// client with `held_out` outputs already waiting? Outputs are released in
+    /// order, so holding everything behind a held one keeps each connection's
+    /// packets in order [MQTT-4.6.0-2..6]; outputs that depend on nothing
+    /// written (QoS 0, clean sessions) to clients with nothing waiting go at once,
+    /// so durable traffic does not slow unrelated clients.
+    fn must_hold(&self, held_out: u32, depends: bool) -> bool {
+        held_out > 0 || (depends && self.gating())
+    }
+
+    /// Did the current router message write anything? (None: outside a message,
+    /// e.g. a timer: assume yes.)
+    fn wrote_since(&self, mark: Option<usize>) -> bool {
+        mark.is_none_or(|m| self.ops.len() > m)
     }
 
     fn hold(&mut self, held: Held) {
@@ -365,6 +383,9 @@ pub struct Router {
     store: Option<StoreLink>,
     /// Answered once the last batch is durable, after `Finish`.
     finish_reply: Option<oneshot::Sender<()>>,
+    /// Length of the store's op list when the current router message began: a
+    /// reply depends on durable state when its message wrote something.
+    mark: Option<usize>,
 }
 
 impl Router {
@@ -395,6 +416,7 @@ impl Router {
             scratch_matches: Matches::default(),
             store: None,
             finish_reply: None,
+            mark: None,
         }
     }
 
@@ -597,6 +619,7 @@ impl Router {
                     if delivery {
                         c.gated = c.gated.saturating_sub(1);
                     }
+                    c.held_out = c.held_out.saturating_sub(1);
                 }
             }
         }
@@ -609,7 +632,12 @@ impl Router {
 
     /// Answer `reply` with `codes` now, or once what this turn wrote is durable.
     fn answer(&mut self, reply: oneshot::Sender<Vec<ReasonCode>>, codes: Vec<ReasonCode>) {
-        match self.store.as_mut().filter(|s| s.gating()) {
+        let mark = self.mark;
+        match self
+            .store
+            .as_mut()
+            .filter(|s| s.wrote_since(mark) && s.gating())
+        {
             Some(st) => st.hold(Held::Codes { reply, codes }),
             None => {
                 let _ = reply.send(codes);
@@ -640,6 +668,13 @@ impl Router {
 
     /// Handle one message. Returns false when the router should stop.
     pub fn handle(&mut self, msg: RouterMsg, now: Instant) -> bool {
+        self.mark = self.store.as_ref().map(|s| s.ops.len());
+        let go_on = self.handle_msg(msg, now);
+        self.mark = None;
+        go_on
+    }
+
+    fn handle_msg(&mut self, msg: RouterMsg, now: Instant) -> bool {
         match msg {
             RouterMsg::Connect { request, reply } => {
                 let r = self.connect(*request, now);
@@ -793,15 +828,29 @@ impl Router {
         packet_id: PacketId,
         reason: ReasonCode,
     ) {
-        let Some(h) = self.clients.get(client).and_then(|c| c.live(conn_id)) else {
-            return;
-        };
         let r = Reply {
             kind,
             packet_id,
             reason,
         };
-        if let Some(st) = self.store.as_mut().filter(|s| s.gating()) {
+        let mark = self.mark;
+        let Some(c) = self
+            .clients
+            .get_mut(client)
+            .filter(|c| c.live(conn_id).is_some())
+        else {
+            return;
+        };
+        // A reply depends on what its message wrote (the publish, the PUBREC,
+        // the release of an inbound id); a persistent client's own state may
+        // also still be on its way to the disk.
+        let depends = c.sid != 0 || self.store.as_ref().is_some_and(|s| s.wrote_since(mark));
+        if let Some(st) = self
+            .store
+            .as_mut()
+            .filter(|s| s.must_hold(c.held_out, depends))
+        {
+            c.held_out += 1;
             st.hold(Held::Out {
                 client: client.clone(),
                 conn_id,
@@ -809,6 +858,9 @@ impl Router {
             });
             return;
         }
+        let Some(h) = c.live(conn_id) else {
+            return;
+        };
         // INVARIANT: the connection keeps `reply_reserve` slots for replies by not
         // reading while it owes that many, so only a closing connection refuses.
         if h.outbox.try_send(Outgoing::Reply(r)).is_err() {
@@ -879,6 +931,9 @@ impl Router {
             Some(c) => std::mem::take(&mut c.held_acks),
             None => return,
         };
+        // These acknowledge publishes of earlier turns whose writes may still be
+        // on their way: treat them as depending on the store.
+        let mark = self.mark.take();
         for h in held {
             self.reply(
                 &h.publisher,
@@ -888,6 +943,7 @@ impl Router {
                 h.reply.reason,
             );
         }
+        self.mark = mark;
     }
 
     fn fire_will(&mut self, id: &ClientId, now: Instant) {
@@ -987,6 +1043,7 @@ impl Router {
         client.session_expiry = req.session_expiry;
         client.expires_at = None;
         client.gated = 0;
+        client.held_out = 0;
         client.session.set_window(req.handle.window);
         let mut gone_sid = 0;
         if let Some(st) = self.store.as_mut() {
@@ -1041,11 +1098,22 @@ impl Router {
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
-        if let Some(st) = self.store.as_mut().filter(|s| s.gating()) {
+        // Durable deliveries and PUBRELs depend on their packet id / state being
+        // on disk; others only wait behind what already waits for this client.
+        let depends = out.iter().any(|o| match o {
+            Outgoing::Publish { delivery, .. } => delivery.did != 0,
+            Outgoing::PubRel(_) | Outgoing::Reply(_) => true,
+        });
+        if let Some(st) = self
+            .store
+            .as_mut()
+            .filter(|s| s.must_hold(c.held_out, depends))
+        {
             for item in out {
                 if matches!(item, Outgoing::Publish { .. }) {
                     c.gated += 1;
                 }
+                c.held_out += 1;
                 st.hold(Held::Out {
                     client: id.clone(),
                     conn_id,
