@@ -253,6 +253,9 @@ struct StoreLink {
     /// Ops of the current turn, submitted as one batch at its end.
     ops: Vec<Op>,
     /// Held outputs in order, each with the ticket of the batch it waits for.
+    /// Not capped by a number of its own: what waits here is what clients are
+    /// owed, bounded by their windows (each publisher's Receive Maximum, each
+    /// receiver's inflight window and outbox room).
     waiting: VecDeque<(u64, Held)>,
     synced: u64,
     next_sid: u64,
@@ -311,6 +314,17 @@ fn run_of(ops: &mut [Op], done: bool) -> Option<&mut Op> {
         }
     }
     found.and_then(move |i| ops.get_mut(i))
+}
+
+/// Push into a connection's outbox, counting what was sent and what a closing
+/// connection refused (the room checks make a refusal impossible otherwise).
+fn send_now(h: &ConnHandle, item: Outgoing, metrics: &Metrics) {
+    let delivery = matches!(item, Outgoing::Publish { .. });
+    if h.outbox.try_send(item).is_err() {
+        metrics.dropped_outbox_full.fetch_add(1, Ordering::Relaxed);
+    } else if delivery {
+        metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Add a delivery state to the open `Deliv` record of the run, or start one.
@@ -609,13 +623,7 @@ impl Router {
                         continue;
                     };
                     let delivery = matches!(item, Outgoing::Publish { .. });
-                    if h.outbox.try_send(item).is_err() {
-                        self.metrics
-                            .dropped_outbox_full
-                            .fetch_add(1, Ordering::Relaxed);
-                    } else if delivery {
-                        self.metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
-                    }
+                    send_now(h, item, &self.metrics);
                     if delivery {
                         c.gated = c.gated.saturating_sub(1);
                     }
@@ -863,11 +871,7 @@ impl Router {
         };
         // INVARIANT: the connection keeps `reply_reserve` slots for replies by not
         // reading while it owes that many, so only a closing connection refuses.
-        if h.outbox.try_send(Outgoing::Reply(r)).is_err() {
-            self.metrics
-                .dropped_outbox_full
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        send_now(h, Outgoing::Reply(r), &self.metrics);
     }
 
     /// The earliest pending deadline (delayed will, session expiry, backpressure).
@@ -1126,14 +1130,7 @@ impl Router {
             return;
         };
         for o in out {
-            let delivery = matches!(o, Outgoing::Publish { .. });
-            if h.outbox.try_send(o).is_err() {
-                self.metrics
-                    .dropped_outbox_full
-                    .fetch_add(1, Ordering::Relaxed);
-            } else if delivery {
-                self.metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
-            }
+            send_now(h, o, &self.metrics);
         }
     }
 

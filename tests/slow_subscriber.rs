@@ -59,9 +59,6 @@ async fn slow_subscriber(backpressure: bool) {
     config.limits.outgoing_qos0_buffer = 16;
     config.limits.max_inflight = 4;
     config.limits.max_queued_messages = 50;
-    // About slow subscribers, not storage: keep the timing of the drop policy
-    // free of the store thread (both flaked in CI under load with it).
-    config.storage.in_memory = true;
     let (broker, addr) = start(config).await;
     let metrics = broker.metrics();
 

@@ -31,6 +31,8 @@ pub use log::OpenError;
 
 #[derive(Default)]
 struct Inbox {
+    /// Bounded by what the router can produce before the store syncs: the acks
+    /// that would let publishers send more wait for that sync.
     ops: Vec<Op>,
     /// The ticket of the last batch in `ops`.
     ticket: u64,
@@ -292,10 +294,7 @@ impl Writer {
             {
                 // Records never straddle segments: finish this one, start the next
                 // (a record larger than a segment gets a segment of its own).
-                let buf = std::mem::take(&mut self.buf);
-                retry("append", || self.log.append(&buf));
-                self.buf = buf;
-                self.buf.clear();
+                self.flush_buf();
                 retry("segment rotation", || self.log.rotate(seq));
                 self.state.add_segment(self.log.head_id());
             }
@@ -309,13 +308,19 @@ impl Writer {
                 },
             );
         }
+        self.flush_buf();
+        self.unsynced = true;
+    }
+
+    /// Append the encoded records gathered in `buf` to the head segment.
+    fn flush_buf(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         retry("append", || self.log.append(&buf));
         self.metrics
             .store_bytes_written
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.buf = buf;
-        self.unsynced = true;
+        self.buf.clear();
     }
 
     fn sync(&mut self) {

@@ -77,7 +77,7 @@ pub enum Op {
 }
 
 impl Op {
-    /// Does this record keep something alive (as opposed to a tombstone)?
+    /// The record kind byte on disk.
     pub fn kind(&self) -> u8 {
         match self {
             Op::Session(_) => 1,

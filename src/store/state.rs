@@ -13,7 +13,7 @@
 #[cfg(test)]
 use super::record::DelivState;
 use super::record::{Op, Receiver, SessionRec};
-use crate::hash::{Map, Set};
+use crate::hash::Map;
 use crate::protocol::SubscriptionOptions;
 use crate::session::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -162,35 +162,28 @@ impl State {
         orphans.len()
     }
 
-    /// Does session `sid` exist (creating a placeholder while replaying)?
-    fn session_for(&mut self, sid: u64) -> bool {
+    /// Session `sid`, if it exists (a placeholder is created while replaying).
+    fn session_for(&mut self, sid: u64) -> Option<&mut Sess> {
         // Ids are never reused while any record of them is on disk.
         self.max_sid = self.max_sid.max(sid);
-        if self.sessions.contains_key(&sid) {
-            return true;
-        }
         if !self.replaying {
-            return false;
+            return self.sessions.get_mut(&sid);
         }
-        self.sessions.insert(
-            sid,
-            Sess {
-                placeholder: true,
-                rec: SessionRec {
-                    sid,
-                    client_id: "".into(),
-                    expiry: 0,
-                    disconnected_at: None,
-                    will: None,
-                    will_due: None,
-                },
-                loc: Loc { seg: 0, bytes: 0 },
-                subs: Map::default(),
-                inbound: Map::default(),
-                deliveries: BTreeSet::new(),
+        Some(self.sessions.entry(sid).or_insert_with(|| Sess {
+            placeholder: true,
+            rec: SessionRec {
+                sid,
+                client_id: "".into(),
+                expiry: 0,
+                disconnected_at: None,
+                will: None,
+                will_due: None,
             },
-        );
-        true
+            loc: Loc { seg: 0, bytes: 0 },
+            subs: Map::default(),
+            inbound: Map::default(),
+            deliveries: BTreeSet::new(),
+        }))
     }
 
     /// Apply one op written at `loc` (at start: read back from there).
@@ -244,10 +237,7 @@ impl State {
                 options,
                 identifier,
             } => {
-                if !self.session_for(sid) {
-                    return;
-                }
-                let Some(s) = self.sessions.get_mut(&sid) else {
+                let Some(s) = self.session_for(sid) else {
                     return;
                 };
                 let old = s.subs.insert(filter, (options, identifier, loc));
@@ -288,7 +278,7 @@ impl State {
                 let mut refs = 0;
                 for r in receivers {
                     self.max_did = self.max_did.max(r.did);
-                    if !self.session_for(r.sid) {
+                    if self.session_for(r.sid).is_none() {
                         continue;
                     }
                     let did = r.did;
@@ -350,10 +340,7 @@ impl State {
                 }
             }
             Op::InQos2 { sid, pid } => {
-                if !self.session_for(sid) {
-                    return;
-                }
-                let Some(s) = self.sessions.get_mut(&sid) else {
+                let Some(s) = self.session_for(sid) else {
                     return;
                 };
                 let old = s.inbound.insert(pid, loc);
@@ -410,13 +397,12 @@ impl State {
         }
         // Messages: one record with every unfinished delivery in its current state.
         let mut by_mid: BTreeMap<u64, Vec<Receiver>> = BTreeMap::new();
-        for (did, d) in &self.deliveries {
+        for d in self.deliveries.values() {
             let msg_here = self.messages.get(&d.mid).is_some_and(|m| m.loc.seg == seg);
             let state_here = d.state.is_some_and(|l| l.seg == seg);
             if msg_here || state_here {
                 by_mid.entry(d.mid).or_default();
             }
-            let _ = did;
         }
         if !by_mid.is_empty() {
             for d in self.deliveries.values() {
@@ -449,7 +435,7 @@ impl State {
         };
         let mut cleanup = Vec::new();
         let mut expired_dids = Vec::new();
-        let mut seen_dids: Set<u64> = Set::default();
+
         for s in self.sessions.values() {
             // A session connected at the crash counts as disconnected now.
             let since = s.rec.disconnected_at.unwrap_or(now_unix);
@@ -474,13 +460,13 @@ impl State {
                     expired_dids.push(*did);
                     continue;
                 }
-                seen_dids.insert(*did);
+
                 deliveries.push((m.message.clone(), d.r.clone()));
             }
             let mut subs: Vec<_> = s
                 .subs
                 .iter()
-                .map(|(f, (o, i, l))| (f.clone(), *o, *i, l.seg, l.bytes))
+                .map(|(f, (o, i, _))| (f.clone(), *o, *i))
                 .collect();
             // Subscription order does not matter to MQTT; keep it stable anyway.
             subs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -488,7 +474,7 @@ impl State {
             inbound.sort_unstable();
             out.sessions.push(RecoveredSession {
                 rec: s.rec.clone(),
-                subs: subs.into_iter().map(|(f, o, i, _, _)| (f, o, i)).collect(),
+                subs,
                 inbound_qos2: inbound,
                 deliveries,
             });
