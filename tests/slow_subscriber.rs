@@ -78,6 +78,8 @@ async fn slow_subscriber(backpressure: bool) {
     // one's, could then legitimately overflow.)
     let (mut normal, _) = raw_connected(addr, ProtocolVersion::V311, "normal", true).await;
     normal.subscribe(1, "load/q1", QoS::AtLeastOnce).await;
+    let normal_got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let got = normal_got.clone();
     let reader = tokio::spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(25);
         let mut q1 = Vec::new();
@@ -86,6 +88,7 @@ async fn slow_subscriber(backpressure: bool) {
                 Ok(Some(Packet::Publish(p))) => {
                     let id = p.packet_id.expect("QoS 1 delivery");
                     q1.push(q1_index(&p.payload));
+                    got.store(q1.len(), std::sync::atomic::Ordering::Relaxed);
                     normal.send(&Packet::PubAck(PubResponse::success(id))).await;
                 }
                 Ok(Some(other)) => panic!("normal subscriber got {other:?}"),
@@ -111,8 +114,16 @@ async fn slow_subscriber(backpressure: bool) {
         n
     });
 
-    // The publisher: everything encoded up front, written as fast as the broker takes it.
+    // The publisher: everything encoded up front, written as fast as the broker
+    // takes it, in chunks of CHUNK messages (CHUNK / QOS1_EVERY QoS 1 each).
+    // Between chunks it waits (bounded) for the normal subscriber to have every
+    // QoS 1 message sent so far: its queue (as small as the slow one's: 4 in flight
+    // + 50) must not overflow just because a busy CI machine did not schedule its
+    // reader for a while, which is not what this test is about. The slow one never
+    // reads, so it still overflows.
+    const CHUNK: usize = 2_000;
     let (mut publ, _) = raw_connected(addr, ProtocolVersion::V311, "publisher", true).await;
+    let mut chunks: Vec<(BytesMut, usize)> = Vec::new();
     let mut bytes = BytesMut::new();
     let q0_payload = payload("q0");
     let mut next_id = 1u16;
@@ -138,12 +149,26 @@ async fn slow_subscriber(backpressure: bool) {
             .unwrap();
             next_id += 1;
         }
+        if (i + 1) % CHUNK == 0 || i + 1 == QOS0 {
+            chunks.push((std::mem::take(&mut bytes), usize::from(next_id - 1)));
+        }
     }
     let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(20), publ.stream.write_all(&bytes))
-        .await
-        .expect("the publisher is not stalled by the slow subscriber")
-        .unwrap();
+    for (chunk, q1_sent) in &chunks {
+        tokio::time::timeout(Duration::from_secs(20), publ.stream.write_all(chunk))
+            .await
+            .expect("the publisher is not stalled by the slow subscriber")
+            .unwrap();
+        let caught_up = wait_until(Duration::from_secs(5), || {
+            normal_got.load(std::sync::atomic::Ordering::Relaxed) >= *q1_sent
+        })
+        .await;
+        assert!(
+            caught_up,
+            "the normal subscriber is served while the slow one is stuck: {} of {q1_sent}",
+            normal_got.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     for id in 1..next_id {
         match publ.recv().await {
             Some(Packet::PubAck(a)) => assert_eq!(a.packet_id, PacketId::new(id).unwrap()),
