@@ -11,8 +11,10 @@
 
 use crate::config::Config;
 use crate::connection::Shared;
+use crate::listener::Transport;
 use crate::metrics::Metrics;
 use crate::router::{self, Router, RouterMsg};
+use crate::tls::TlsCell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -22,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 /// A listening socket with our backlog (tokio's `bind` fixes it at 1024) and
 /// SO_REUSEADDR, so a restarted broker can bind while old connections linger in
@@ -48,6 +50,8 @@ pub struct Broker {
     metrics: Arc<Metrics>,
     config: Arc<Config>,
     store_thread: Option<crate::store::StoreThread>,
+    shared: Arc<Shared>,
+    transports: Vec<Arc<Transport>>,
 }
 
 impl Broker {
@@ -57,12 +61,52 @@ impl Broker {
         let metrics = Arc::new(Metrics::default());
         let (router_tx, router_rx) = mpsc::channel(config.limits.router_queue);
         let mut router = Router::new(&config, metrics.clone());
+        let logins = crate::login::Logins::new(&config).map_err(io::Error::other)?;
+        let acl = match &config.auth.acl_file {
+            Some(path) => Some(Arc::new(
+                crate::login::load_acl(path).map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
+        if !logins.anonymous_allowed() && config.auth.password_file.is_none() {
+            let certs = config
+                .listeners
+                .iter()
+                .any(|l| l.tls.as_ref().is_some_and(|t| t.identity_as_username));
+            if !certs {
+                warn!(
+                    "anonymous clients are refused (a listener is not on loopback) and there is \
+                     no password_file: no client can log in; set [auth] allow_anonymous = true \
+                     or a password_file"
+                );
+            }
+        }
+        let mut transports = Vec::new();
+        for l in &config.listeners {
+            let tls = match &l.tls {
+                Some(t) => {
+                    Some(Arc::new(TlsCell::new(t.clone()).map_err(|e| {
+                        io::Error::other(format!("listener {}: {e}", l.bind))
+                    })?))
+                }
+                None => None,
+            };
+            transports.push(Arc::new(Transport {
+                tls,
+                websocket: l.websocket,
+            }));
+        }
         let mut store_thread = None;
         if !config.storage.in_memory {
             let (handle, thread, recovered) = crate::store::open(&config.storage, metrics.clone())
                 .map_err(|e| io::Error::other(e.to_string()))?;
             router = router.with_store(handle, recovered, std::time::Instant::now());
             store_thread = Some(thread);
+        }
+        // After recovery, so stored subscriptions are checked against the ACL of
+        // this start, which may have changed while Tern was down.
+        if acl.is_some() {
+            router.set_acl(acl);
         }
         let mut listeners = Vec::new();
         for l in &config.listeners {
@@ -77,18 +121,24 @@ impl Broker {
             router: router_tx.clone(),
             metrics: metrics.clone(),
             next_conn_id: AtomicU64::new(1),
+            logins,
         });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
-        for tcp in listeners {
+        for ((tcp, transport), l) in listeners
+            .into_iter()
+            .zip(&transports)
+            .zip(&config.listeners)
+        {
             let addr = tcp.local_addr()?;
-            info!("listening on {addr}");
+            info!("{} listening on {addr}", l.scheme());
             addrs.push(addr);
             accept_tasks.push(tokio::spawn(crate::listener::accept_loop(
                 tcp,
+                transport.clone(),
                 shared.clone(),
                 slots.clone(),
                 shutdown.clone(),
@@ -105,7 +155,49 @@ impl Broker {
             metrics,
             config,
             store_thread,
+            shared,
+            transports,
         })
+    }
+
+    /// Re-read certificates, the password file and the ACL file (SIGHUP), without
+    /// dropping connections. A file that fails to load keeps its old version; the
+    /// errors are logged and returned.
+    pub async fn reload(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for t in &self.transports {
+            if let Some(cell) = &t.tls {
+                match cell.reload() {
+                    Ok(()) => {
+                        info!(cert = %cell.settings().cert.display(), "TLS certificates reloaded")
+                    }
+                    Err(e) => errors.push(format!("TLS: {e} (keeping the old certificates)")),
+                }
+            }
+        }
+        if let Err(e) = self.shared.logins.reload() {
+            errors.push(format!("password file: {e} (keeping the old one)"));
+        }
+        if let Some(path) = &self.config.auth.acl_file {
+            match crate::login::load_acl(path) {
+                Ok(acl) => {
+                    let (tx, rx) = oneshot::channel();
+                    let msg = RouterMsg::SetAcl {
+                        acl: Some(Arc::new(acl)),
+                        reply: tx,
+                    };
+                    if self.router_tx.send(msg).await.is_ok() {
+                        let _ = rx.await;
+                    }
+                    info!(file = %path.display(), "ACL file reloaded");
+                }
+                Err(e) => errors.push(format!("ACL file: {e} (keeping the old one)")),
+            }
+        }
+        for e in &errors {
+            warn!("reload: {e}");
+        }
+        errors
     }
 
     /// The bound addresses, in listener order (useful with port 0).

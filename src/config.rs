@@ -60,6 +60,7 @@ pub struct Config {
     pub limits: Limits,
     pub mqtt: MqttConfig,
     pub storage: StorageConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
 }
 
@@ -70,6 +71,7 @@ impl Default for Config {
             limits: Limits::default(),
             mqtt: MqttConfig::default(),
             storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -80,13 +82,107 @@ impl Default for Config {
 pub struct ListenerConfig {
     #[serde(deserialize_with = "de_socket_addr")]
     pub bind: SocketAddr,
+    /// TLS on this listener (`wss` when `websocket` is set too).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// MQTT over WebSocket (subprotocol `mqtt`, any path).
+    #[serde(default)]
+    pub websocket: bool,
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener.
+    pub fn plain(bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            bind,
+            tls: None,
+            websocket: false,
+        }
+    }
+
+    /// What the listener speaks, for logs: mqtt, mqtts, ws, wss.
+    pub fn scheme(&self) -> &'static str {
+        match (self.tls.is_some(), self.websocket) {
+            (false, false) => "mqtt",
+            (true, false) => "mqtts",
+            (false, true) => "ws",
+            (true, true) => "wss",
+        }
+    }
 }
 
 impl Default for ListenerConfig {
     fn default() -> Self {
-        ListenerConfig {
-            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+        ListenerConfig::plain(SocketAddr::from(([127, 0, 0, 1], 1883)))
+    }
+}
+
+/// A listener's TLS settings (`tls = { cert = "...", key = "..." }`). Files are PEM;
+/// they are read at start and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// CA certificates that client certificates are checked against.
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// Refuse a client without a certificate from `client_ca` (mutual TLS).
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// The client certificate's Common Name is the username (for the ACL); the
+    /// CONNECT username and password are then not checked (Mosquitto's
+    /// `use_identity_as_username`).
+    #[serde(default)]
+    pub identity_as_username: bool,
+}
+
+/// Who may connect and what they may do: Mosquitto's password and ACL files.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Let clients in without a verified identity. Unset: allowed only when no
+    /// `password_file` is set and every listener is on a loopback address (the
+    /// no-config default of 127.0.0.1:1883), as with Mosquitto 2.
+    pub allow_anonymous: Option<bool>,
+    /// Mosquitto password file (`user:hash`; `$6$`, `$7$` and `$argon2id$` hashes).
+    /// Manage it with `tern passwd` or `mosquitto_passwd`.
+    pub password_file: Option<std::path::PathBuf>,
+    /// Mosquitto ACL file. Unset: every client may publish and subscribe anywhere.
+    pub acl_file: Option<std::path::PathBuf>,
+    /// After 3 failed logins from one address, each further attempt from it
+    /// waits this long, doubling per failure up to `failed_login_max_delay`.
+    #[serde(deserialize_with = "de_duration")]
+    pub failed_login_delay: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub failed_login_max_delay: Duration,
+    /// Password checks running at once (each argon2id check takes ~19 MiB and
+    /// tens of milliseconds); more wait.
+    pub max_concurrent_logins: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+            failed_login_delay: Duration::from_secs(1),
+            failed_login_max_delay: Duration::from_secs(30),
+            max_concurrent_logins: 2,
         }
+    }
+}
+
+impl Config {
+    /// `auth.allow_anonymous`, with its default applied.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.auth.allow_anonymous.unwrap_or_else(|| {
+            self.auth.password_file.is_none()
+                && self.listeners.iter().all(|l| l.bind.ip().is_loopback())
+        })
     }
 }
 
@@ -392,6 +488,39 @@ impl Config {
                 "not a valid log filter (e.g. \"info\", \"tern=debug\")",
             );
         }
+        for (i, ls) in self.listeners.iter().enumerate() {
+            if let Some(t) = &ls.tls {
+                if t.require_client_cert && t.client_ca.is_none() {
+                    errs.push(ConfigError {
+                        key: format!("listeners[{i}].tls.require_client_cert"),
+                        message:
+                            "needs tls.client_ca (the CA that client certificates must come from)"
+                                .into(),
+                    });
+                }
+                if t.identity_as_username && !t.require_client_cert {
+                    errs.push(ConfigError {
+                        key: format!("listeners[{i}].tls.identity_as_username"),
+                        message: "needs tls.require_client_cert = true".into(),
+                    });
+                }
+            }
+        }
+        let mut err = |key: &str, msg: &str| {
+            errs.push(ConfigError {
+                key: key.into(),
+                message: msg.into(),
+            })
+        };
+        if self.auth.max_concurrent_logins == 0 {
+            err("auth.max_concurrent_logins", "must be at least 1");
+        }
+        if self.auth.failed_login_max_delay < self.auth.failed_login_delay {
+            err(
+                "auth.failed_login_max_delay",
+                "must be at least auth.failed_login_delay",
+            );
+        }
         let st = &self.storage;
         if st.segment_size < 65_536 || st.segment_size > 1 << 30 {
             err(
@@ -482,10 +611,12 @@ pub fn check_str(text: &str) -> ConfigErrors {
             "limits" => check_section::<Limits>(section, value, &mut errs),
             "mqtt" => check_section::<MqttConfig>(section, value, &mut errs),
             "storage" => check_section::<StorageConfig>(section, value, &mut errs),
+            "auth" => check_section::<AuthConfig>(section, value, &mut errs),
             "log" => check_section::<LogConfig>(section, value, &mut errs),
             other => errs.push(ConfigError {
                 key: other.into(),
-                message: "unknown section (known: listeners, limits, mqtt, storage, log)".into(),
+                message: "unknown section (known: listeners, limits, mqtt, storage, auth, log)"
+                    .into(),
             }),
         }
     }

@@ -9,6 +9,7 @@
 //! WebSockets reuse it.
 
 use crate::config::Config;
+use crate::login::{Peer, Refused};
 use crate::metrics::Metrics;
 use crate::protocol::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
@@ -20,7 +21,6 @@ use crate::session::{ClientId, Outgoing, ReplyKind};
 use crate::topic::validate_topic_name;
 use bytes::{Buf, BytesMut};
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ pub struct Shared {
     pub router: mpsc::Sender<RouterMsg>,
     pub metrics: Arc<Metrics>,
     pub next_conn_id: AtomicU64,
+    pub logins: crate::login::Logins,
 }
 
 /// Stop reading from the socket while this much is waiting to be written: a client
@@ -97,17 +98,17 @@ impl From<DecodeError> for Close {
 }
 
 /// Serve one accepted connection until it ends.
-pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+pub async fn serve<S>(stream: S, peer: Peer, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", %peer, id = conn_id, client = tracing::field::Empty);
+    let span = tracing::info_span!("conn", peer = %peer.addr, id = conn_id, client = tracing::field::Empty);
     shared
         .metrics
         .connections_current
         .fetch_add(1, Ordering::Relaxed);
-    serve_inner(stream, conn_id, shared.clone())
+    serve_inner(stream, peer, conn_id, shared.clone())
         .instrument(span)
         .await;
     shared
@@ -116,7 +117,7 @@ where
         .fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve_inner<S>(mut stream: S, conn_id: u64, shared: Arc<Shared>)
+async fn serve_inner<S>(mut stream: S, peer: Peer, conn_id: u64, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -165,7 +166,8 @@ where
     };
     // Boxed: the handshake runs once, and inline its state would be reserved in
     // every connection's future for its whole life.
-    let Some(mut conn) = Box::pin(handshake(&mut stream, *connect, conn_id, &shared)).await else {
+    let Some(mut conn) = Box::pin(handshake(&mut stream, *connect, &peer, conn_id, &shared)).await
+    else {
         let _ = stream.shutdown().await;
         return;
     };
@@ -309,6 +311,7 @@ fn random_suffix(conn_id: u64) -> u64 {
 async fn handshake<S: AsyncWrite + Unpin>(
     stream: &mut S,
     c: Connect,
+    peer: &Peer,
     conn_id: u64,
     shared: &Arc<Shared>,
 ) -> Option<Conn> {
@@ -396,6 +399,30 @@ async fn handshake<S: AsyncWrite + Unpin>(
         }
     }
 
+    // Who is this? (password file, certificate identity, allow_anonymous).
+    let username = match shared
+        .logins
+        .check(
+            peer,
+            c.username.as_deref(),
+            c.password.as_ref(),
+            &shared.metrics,
+        )
+        .await
+    {
+        Ok(u) => u,
+        Err(why) => {
+            // v5: 0x86 for bad credentials, 0x87 otherwise; 3.1.1 gets 0x05 "not
+            // authorized" for both (what Mosquitto answers).
+            let code = match (v5, why) {
+                (true, Refused::BadCredentials) => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                _ => ReasonCode::NOT_AUTHORIZED,
+            };
+            refuse(stream, version, code, "not authorized").await;
+            return None;
+        }
+    };
+
     let max_expiry = u32::try_from(lim.max_session_expiry.as_secs()).unwrap_or(u32::MAX);
     let (session_expiry, expiry_changed) = if v5 {
         let asked = c.properties.session_expiry_interval.unwrap_or(0);
@@ -430,6 +457,7 @@ async fn handshake<S: AsyncWrite + Unpin>(
         clean_start: c.clean_start,
         session_expiry,
         will: c.will,
+        username: username.map(Arc::from),
         handle: ConnHandle {
             conn_id,
             version,
@@ -1192,9 +1220,10 @@ mod tests {
             router: tx,
             metrics: Arc::new(Metrics::default()),
             next_conn_id: AtomicU64::new(1),
+            logins: crate::login::Logins::new(&Config::default()).unwrap(),
         });
         let (a, _b) = tokio::io::duplex(64);
-        let fut = serve(a, "127.0.0.1:1".parse().unwrap(), shared);
+        let fut = serve(a, Peer::plain("127.0.0.1:1".parse().unwrap()), shared);
         let size = std::mem::size_of_val(&fut);
         eprintln!(
             "connection future: {size} bytes; Conn: {} bytes",

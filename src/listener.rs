@@ -1,21 +1,42 @@
-//! Accepting connections: TCP listeners and the connection cap. No MQTT semantics.
+//! Accepting connections: TCP, TLS and WebSocket listeners and the connection cap.
+//! No MQTT semantics.
 //!
-//! Owns the accept loop. A connection over `max_connections` is closed at once; the
-//! permit moves into the connection task, so a finished task frees its slot however
-//! it ends.
+//! Owns the accept loop and the transport handshakes. A connection over
+//! `max_connections` is closed at once; the permit moves into the connection task,
+//! so a finished task frees its slot however it ends. TLS and WebSocket handshakes
+//! run in the connection's own task, bounded by `connect_timeout`, so a slow or
+//! silent peer never holds up the accept loop.
 
 use crate::connection::{serve, Shared};
+use crate::login::{CertIdentity, Peer};
+use crate::tls::TlsCell;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+/// What a listener speaks above TCP.
+pub struct Transport {
+    pub tls: Option<Arc<TlsCell>>,
+    pub websocket: bool,
+}
+
+/// TLS and WebSocket streams are served through one boxed type, so the connection
+/// code is compiled twice (plain TCP, boxed) rather than once per combination;
+/// plain TCP, the common case, keeps static dispatch.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type BoxedIo = Box<dyn Io>;
+
 pub async fn accept_loop(
     listener: TcpListener,
+    transport: Arc<Transport>,
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -51,9 +72,94 @@ pub async fn accept_loop(
         // Small packets are the norm: do not wait for Nagle.
         let _ = socket.set_nodelay(true);
         let shared = shared.clone();
+        let transport = transport.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            serve(socket, peer, shared).await;
+            if transport.tls.is_none() && !transport.websocket {
+                serve(socket, Peer::plain(peer), shared).await;
+                return;
+            }
+            let limit = shared.config.limits.connect_timeout;
+            let upgraded =
+                tokio::time::timeout(limit, upgrade(socket, peer, &transport, &shared)).await;
+            match upgraded {
+                Ok(Some((io, peer))) => serve(io, peer, shared).await,
+                Ok(None) => {}
+                Err(_) => {
+                    let counter = if transport.tls.is_some() {
+                        &shared.metrics.tls_handshake_failed
+                    } else {
+                        &shared.metrics.ws_handshake_failed
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, "handshake timed out");
+                }
+            }
         });
+    }
+}
+
+/// The TLS and/or WebSocket handshake. None when it failed (counted, logged at
+/// debug: scanners and wrong clients are routine on an exposed port).
+async fn upgrade(
+    socket: TcpStream,
+    addr: SocketAddr,
+    transport: &Transport,
+    shared: &Shared,
+) -> Option<(BoxedIo, Peer)> {
+    let max_packet = shared.config.limits.max_packet_size;
+    let Some(cell) = &transport.tls else {
+        return match crate::ws::accept(socket, max_packet).await {
+            Ok(ws) => Some((Box::new(ws) as BoxedIo, Peer::plain(addr))),
+            Err(e) => {
+                shared
+                    .metrics
+                    .ws_handshake_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(peer = %addr, error = %e, "WebSocket handshake failed");
+                None
+            }
+        };
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(cell.current());
+    let tls = match acceptor.accept(socket).await {
+        Ok(t) => t,
+        Err(e) => {
+            shared
+                .metrics
+                .tls_handshake_failed
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(peer = %addr, error = %e, "TLS handshake failed");
+            return None;
+        }
+    };
+    let cert = if cell.settings().identity_as_username {
+        match tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::tls::common_name(c))
+        {
+            Some(cn) => CertIdentity::Name(cn),
+            None => CertIdentity::Missing,
+        }
+    } else {
+        CertIdentity::NotUsed
+    };
+    let peer = Peer { addr, cert };
+    if !transport.websocket {
+        return Some((Box::new(tls) as BoxedIo, peer));
+    }
+    match crate::ws::accept(tls, max_packet).await {
+        Ok(ws) => Some((Box::new(ws) as BoxedIo, peer)),
+        Err(e) => {
+            shared
+                .metrics
+                .ws_handshake_failed
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(peer = %addr, error = %e, "WebSocket handshake failed");
+            None
+        }
     }
 }

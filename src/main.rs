@@ -43,10 +43,34 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Add a user to a Mosquitto-format password file or change their password
+    /// (argon2id), or delete one with -D. The file is created if missing.
+    Passwd {
+        /// Delete USER instead.
+        #[arg(short = 'D', long = "delete")]
+        delete: bool,
+        /// Read the password from the first line of standard input instead of
+        /// asking twice on the terminal.
+        #[arg(long = "stdin")]
+        stdin: bool,
+        /// The password file.
+        file: PathBuf,
+        /// The username.
+        user: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Passwd {
+        delete,
+        stdin,
+        file,
+        user,
+    }) = &cli.command
+    {
+        return passwd(file, user, *delete, *stdin);
+    }
     if let Some(Command::CheckConfig { file }) = &cli.command {
         let errors = tern::config::check_file(file);
         if errors.0.is_empty() {
@@ -72,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         config.listeners = cli
             .listen
             .iter()
-            .map(|&bind| ListenerConfig { bind })
+            .map(|&bind| ListenerConfig::plain(bind))
             .collect();
     }
     if let Some(dir) = &cli.data_dir {
@@ -94,19 +118,105 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let broker = Broker::start(config).await?;
-        wait_for_signal().await?;
+        run_until_signal(&broker).await?;
         broker.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Serve until SIGINT or SIGTERM; SIGHUP reloads certificates, the password file
+/// and the ACL file (connections stay).
+async fn run_until_signal(broker: &Broker) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let errors = broker.reload().await;
+                if errors.is_empty() {
+                    tracing::info!("reload done");
+                }
+            }
+        }
     }
+}
+
+/// `tern passwd [-D] [--stdin] FILE USER`.
+fn passwd(file: &std::path::Path, user: &str, delete: bool, stdin: bool) -> anyhow::Result<()> {
+    use tern::auth::PasswordFile;
+    let mut pw = match std::fs::read_to_string(file) {
+        Ok(text) => {
+            PasswordFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !delete => PasswordFile::new(),
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", file.display())),
+    };
+    if delete {
+        if !pw.remove(user) {
+            anyhow::bail!("{}: no user {user:?}", file.display());
+        }
+    } else {
+        // Mosquitto's file format splits at the first ':' and lines at '\n'.
+        if user.is_empty() || user.contains([':', '\n', '\r']) {
+            anyhow::bail!("a username must be non-empty and contain no ':' or line break");
+        }
+        let password = if stdin {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from stdin")?;
+            line.trim_end_matches(['\n', '\r']).to_string()
+        } else {
+            let first = rpassword::prompt_password("Password: ").context("reading the password")?;
+            let again =
+                rpassword::prompt_password("Reenter password: ").context("reading the password")?;
+            if first != again {
+                anyhow::bail!("the passwords do not match");
+            }
+            first
+        };
+        if password.is_empty() {
+            anyhow::bail!("an empty password is not allowed");
+        }
+        pw.set(user, password.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    write_private(file, &pw.to_text()).with_context(|| format!("writing {}", file.display()))?;
     Ok(())
+}
+
+/// Replace `path` with `text` atomically (a temporary file renamed over it), mode
+/// 0600: a password file is secret, and a crash must not leave half of one.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

@@ -37,6 +37,20 @@ pub struct Metrics {
     /// QoS 1/2 messages refused because the disk budget (storage.max_bytes) was
     /// reached.
     pub store_refused: AtomicU64,
+    /// TLS handshakes that failed or timed out (no certificate, wrong CA, expired,
+    /// not TLS at all).
+    pub tls_handshake_failed: AtomicU64,
+    /// WebSocket upgrades that failed (bad request, wrong subprotocol, timeout).
+    pub ws_handshake_failed: AtomicU64,
+    /// CONNECTs refused for a wrong password, unknown user, missing certificate
+    /// identity or because anonymous clients are not allowed.
+    pub logins_refused: AtomicU64,
+    /// PUBLISHes (and Wills) dropped because the ACL denies writing the topic.
+    pub acl_denied_publish: AtomicU64,
+    /// Subscriptions refused (SUBACK 0x80 / 0x87) or removed by an ACL reload.
+    pub acl_denied_subscribe: AtomicU64,
+    /// Deliveries not made because the ACL denies the receiver reading the topic.
+    pub acl_denied_deliver: AtomicU64,
 }
 
 impl Metrics {

@@ -10,6 +10,7 @@
 //! `backpressure_timeout`. No sockets here: `Router` is synchronous with time passed
 //! in, and `run` is the thin task around it.
 
+use crate::auth::Acl;
 use crate::config::Config;
 use crate::hash::{Map, Set};
 use crate::metrics::Metrics;
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 /// The handle a connection gives the router so it can reach the socket.
 #[derive(Debug)]
@@ -68,6 +69,8 @@ pub struct ConnectRequest {
     /// Seconds; already capped by `max_session_expiry`. u32::MAX means "never".
     pub session_expiry: u32,
     pub will: Option<LastWill>,
+    /// Who the client logged in as (None: anonymous); the ACL's `user` and `%u`.
+    pub username: Option<Arc<str>>,
     pub handle: ConnHandle,
 }
 
@@ -147,6 +150,12 @@ pub enum RouterMsg {
         /// A new Session Expiry Interval from a v5 DISCONNECT.
         session_expiry: Option<u32>,
     },
+    /// A new ACL (SIGHUP reload); None allows everything. Existing subscriptions
+    /// the new ACL denies are removed.
+    SetAcl {
+        acl: Option<Arc<Acl>>,
+        reply: oneshot::Sender<()>,
+    },
     /// Graceful shutdown: close every connection (DISCONNECT 0x8B), refuse new
     /// ones. Replies when connections have been told.
     Shutdown { reply: oneshot::Sender<()> },
@@ -195,6 +204,9 @@ struct Client {
     held_out: u32,
     /// Unix seconds of the last disconnect (session expiry counts from there).
     disconnected_unix: u64,
+    /// The login of the session's latest connection (ACL checks; kept while
+    /// offline and in the store).
+    username: Option<Arc<str>>,
 }
 
 impl Client {
@@ -229,6 +241,7 @@ impl Client {
             gated: 0,
             held_out: 0,
             disconnected_unix: 0,
+            username: None,
         }
     }
 }
@@ -400,6 +413,8 @@ pub struct Router {
     /// Length of the store's op list when the current router message began: a
     /// reply depends on durable state when its message wrote something.
     mark: Option<usize>,
+    /// Who may publish and subscribe where; None: everyone everywhere.
+    acl: Option<Arc<Acl>>,
 }
 
 impl Router {
@@ -431,6 +446,76 @@ impl Router {
             store: None,
             finish_reply: None,
             mark: None,
+            acl: None,
+        }
+    }
+
+    /// Replace the ACL. Subscriptions the new one denies are removed (and the
+    /// removal stored), so a revoked grant stops deliveries at once; deliveries
+    /// are checked per message anyway. A client is not told: MQTT has no packet
+    /// for a subscription the server ends.
+    pub fn set_acl(&mut self, acl: Option<Arc<Acl>>) {
+        self.acl = acl;
+        let Some(acl) = self.acl.clone() else {
+            return;
+        };
+        let mut removed = 0u64;
+        for (id, c) in self.clients.iter_mut() {
+            let denied: Vec<FilterSpec> = c
+                .session
+                .subscriptions
+                .keys()
+                .filter(|spec| !acl.can_subscribe(c.username.as_deref(), id, &spec.filter))
+                .cloned()
+                .collect();
+            for spec in denied {
+                c.session.subscriptions.remove(&spec);
+                self.subs.remove(&spec, id);
+                if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
+                    st.ops.push(Op::Unsub {
+                        sid: c.sid,
+                        filter: Arc::from(spec.to_string()),
+                    });
+                }
+                info!(client = %id, filter = %spec, "subscription removed: the ACL no longer allows it");
+                removed += 1;
+            }
+        }
+        self.metrics
+            .acl_denied_subscribe
+            .fetch_add(removed, Ordering::Relaxed);
+    }
+
+    /// May `id` (logged in as `username`) receive a message on `topic`?
+    fn may_read(&self, id: &ClientId, topic: &str) -> bool {
+        let Some(acl) = &self.acl else {
+            return true;
+        };
+        let username = self.clients.get(id).and_then(|c| c.username.as_deref());
+        if acl.can_read(username, id, topic) {
+            true
+        } else {
+            self.metrics
+                .acl_denied_deliver
+                .fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// May `id` publish on `topic`?
+    fn may_publish(&self, id: &ClientId, topic: &str) -> bool {
+        let Some(acl) = &self.acl else {
+            return true;
+        };
+        let username = self.clients.get(id).and_then(|c| c.username.as_deref());
+        if acl.can_publish(username, id, topic) {
+            true
+        } else {
+            self.metrics
+                .acl_denied_publish
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(client = %id, topic, "publish denied by the ACL");
+            false
         }
     }
 
@@ -493,6 +578,7 @@ impl Router {
                 }
             }
             c.sid = s.rec.sid;
+            c.username = s.rec.username.clone();
             c.session_expiry = s.rec.expiry;
             // A session that was connected when Tern stopped counts as
             // disconnected now, without DISCONNECT: its Will applies.
@@ -556,6 +642,7 @@ impl Router {
             disconnected_at,
             will,
             will_due,
+            username: c.username.clone(),
         }));
     }
 
@@ -687,6 +774,10 @@ impl Router {
             RouterMsg::Connect { request, reply } => {
                 let r = self.connect(*request, now);
                 let _ = reply.send(r);
+            }
+            RouterMsg::SetAcl { acl, reply } => {
+                self.set_acl(acl);
+                let _ = reply.send(());
             }
             RouterMsg::Publishes {
                 client,
@@ -955,6 +1046,10 @@ impl Router {
             return;
         };
         let w = *pw.will;
+        // A Will is a publish by its client: the ACL applies when it is sent.
+        if !self.may_publish(id, &w.topic) {
+            return;
+        }
         self.metrics.wills_published.fetch_add(1, Ordering::Relaxed);
         if self.clients.get(id).is_some_and(|c| !c.online()) {
             // The Will is spent: a restart must not send it again.
@@ -1044,6 +1139,7 @@ impl Router {
             .entry(id.clone())
             .or_insert_with(|| Client::new(id.clone()));
         client.will = req.will.map(Box::new);
+        client.username = req.username;
         client.session_expiry = req.session_expiry;
         client.expires_at = None;
         client.gated = 0;
@@ -1240,6 +1336,17 @@ impl Router {
                     continue;
                 }
             };
+            if let Some(acl) = &self.acl {
+                if !acl.can_subscribe(c.username.as_deref(), id, &spec.filter) {
+                    self.metrics
+                        .acl_denied_subscribe
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(client = %id, filter = %f.filter, "subscribe denied by the ACL");
+                    // v5 0x87; 3.1.1 has only 0x80 (the encoder maps it).
+                    codes.push(ReasonCode::NOT_AUTHORIZED);
+                    continue;
+                }
+            }
             let existed = c.session.subscriptions.contains_key(&spec);
             if !existed && c.session.subscriptions.len() >= self.max_subscriptions {
                 codes.push(ReasonCode::QUOTA_EXCEEDED);
@@ -1273,7 +1380,7 @@ impl Router {
         }
         for (filter, qos, identifier) in retained_for {
             for m in self.retained.matching(&filter) {
-                if m.is_expired(now) {
+                if m.is_expired(now) || !self.may_read(id, &m.topic) {
                     continue;
                 }
                 let qos = m.qos.min(qos);
@@ -1359,6 +1466,32 @@ impl Router {
         if c.live(conn_id).is_none() {
             return;
         }
+        let v5 = c.conn.as_ref().is_some_and(|h| h.version.is_v5());
+        let allowed = self.may_publish(id, &p.topic);
+        if !allowed {
+            match (p.qos, p.packet_id) {
+                // v5 says why: 0x87 in the PUBACK, or in the PUBREC, which ends
+                // the QoS 2 exchange there (5.0 section 4.3.3: no PUBREL follows
+                // a PUBREC of 0x80 or more), so no inbound id is kept.
+                (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(pid)) if v5 => {
+                    let kind = if p.qos == QoS::AtLeastOnce {
+                        ReplyKind::PubAck
+                    } else {
+                        ReplyKind::PubRec
+                    };
+                    self.reply(id, conn_id, kind, pid, ReasonCode::NOT_AUTHORIZED);
+                    return;
+                }
+                // 3.1.1 has no negative acknowledgement: the flow completes as
+                // usual (as with Mosquitto) and the message goes nowhere.
+                (QoS::AtLeastOnce, Some(pid)) => {
+                    self.reply(id, conn_id, ReplyKind::PubAck, pid, ReasonCode::SUCCESS);
+                    return;
+                }
+                (QoS::ExactlyOnce, Some(_)) => {}
+                _ => return,
+            }
+        }
         if p.qos != QoS::AtMostOnce && self.store.as_ref().is_some_and(|s| s.handle.over_budget()) {
             self.refuse_over_budget(id, conn_id, &p);
             return;
@@ -1391,6 +1524,12 @@ impl Router {
                 return;
             }
         };
+        if !allowed {
+            // A denied 3.1.1 QoS 2 message: its id is kept (above) so the
+            // client's PUBREL gets its PUBCOMP; nothing is routed.
+            self.reply(id, conn_id, kind, pid, ReasonCode::SUCCESS);
+            return;
+        }
         let held_by = self.publish(Some(id), p, now, true);
         let reply = Reply {
             kind,
@@ -1550,6 +1689,11 @@ impl Router {
         let mut held_by = None;
         let mut receivers = Vec::new();
         for t in targets {
+            // [convention: ACLs on publish and on delivery] the receiver must
+            // be allowed to read this topic, whatever its filter matched.
+            if !self.may_read(&t.client, &topic) {
+                continue;
+            }
             let qos = msg.qos.min(t.qos);
             let sid = self.clients.get(&t.client).map_or(0, |c| c.sid);
             let did = self.new_did(sid, qos);
@@ -1875,6 +2019,7 @@ mod tests {
             clean_start: clean,
             session_expiry: expiry,
             will,
+            username: None,
             handle: ConnHandle {
                 conn_id,
                 version: ProtocolVersion::V5,

@@ -108,6 +108,10 @@ pub struct SessionRec {
     pub will: Option<Box<LastWill>>,
     /// Unix seconds when a waiting Will is due; None while connected.
     pub will_due: Option<u64>,
+    /// The username of the last login, which the ACL checks deliveries to the
+    /// offline session (and its Will) against. Written last and only when set,
+    /// so records written before it existed still decode (as None).
+    pub username: Option<Arc<str>>,
 }
 
 /// One delivery of a message to one persistent session.
@@ -277,6 +281,9 @@ pub fn encode(op: &Op, seq: u64, clock: Clock, buf: &mut Vec<u8>) -> usize {
                     put_will(buf, w);
                 }
                 None => buf.push(0),
+            }
+            if let Some(u) = &s.username {
+                put_bytes(buf, u.as_bytes());
             }
         }
         Op::SessionGone { sid } => put_var(buf, *sid),
@@ -543,6 +550,11 @@ pub fn decode(data: &[u8], want: Option<u64>, clock: Clock) -> Result<(Op, u64, 
                 0 => None,
                 _ => Some(Box::new(get_will(&mut r)?)),
             };
+            let username = if r.b.is_empty() {
+                None
+            } else {
+                Some(Arc::from(r.string()?))
+            };
             Op::Session(SessionRec {
                 sid,
                 client_id,
@@ -550,6 +562,7 @@ pub fn decode(data: &[u8], want: Option<u64>, clock: Clock) -> Result<(Op, u64, 
                 disconnected_at,
                 will,
                 will_due,
+                username,
             })
         }
         2 => Op::SessionGone { sid: r.var()? },
@@ -693,6 +706,7 @@ mod tests {
                     properties: PublishProperties::default(),
                 })),
                 will_due: Some(1_700_000_005),
+                username: None,
             }),
             Op::SessionGone { sid: 3 },
             Op::Sub {

@@ -178,6 +178,7 @@ impl State {
                 disconnected_at: None,
                 will: None,
                 will_due: None,
+                username: None,
             },
             loc: Loc { seg: 0, bytes: 0 },
             subs: Map::default(),
@@ -515,6 +516,7 @@ mod tests {
             disconnected_at: None,
             will: None,
             will_due: None,
+            username: None,
         })
     }
 
@@ -634,6 +636,7 @@ mod tests {
                 disconnected_at: Some(1000),
                 will: None,
                 will_due: None,
+                username: None,
             }),
             loc(1),
         );

@@ -3,6 +3,8 @@
 //! Tern's codec for protocol-level assertions.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use bytes::BytesMut;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,9 +19,7 @@ use tokio::net::TcpStream;
 /// directory under the target dir (brokers run side by side).
 pub fn test_config() -> Config {
     let mut c = Config {
-        listeners: vec![ListenerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![ListenerConfig::plain("127.0.0.1:0".parse().unwrap())],
         ..Config::default()
     };
     // Every in-process broker runs with the durable store (default durability,
@@ -512,4 +512,89 @@ pub async fn wait_until(d: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------
+// A raw MQTT client over any byte stream (TLS, WebSocket adapters).
+
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+pub struct RawIo {
+    pub io: Box<dyn Io>,
+    pub version: ProtocolVersion,
+    buf: BytesMut,
+}
+
+impl RawIo {
+    pub fn new(io: impl Io + 'static, version: ProtocolVersion) -> RawIo {
+        RawIo {
+            io: Box::new(io),
+            version,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, p: &Packet) {
+        let mut b = BytesMut::new();
+        protocol::encode(p, self.version, &mut b).expect("encode");
+        self.io.write_all(&b).await.expect("write");
+        self.io.flush().await.expect("flush");
+    }
+
+    /// Ok(Some) a packet, Ok(None) EOF or an error (e.g. a TLS alert), Err(())
+    /// nothing within `d`.
+    pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Packet>, ()> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match protocol::decode(&mut self.buf, Some(self.version), 16 * 1024 * 1024) {
+                Ok(Some(p)) => return Ok(Some(p)),
+                Ok(None) => {}
+                Err(e) => panic!("broker sent an undecodable packet: {e}"),
+            }
+            self.buf.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
+                Err(_) => return Err(()),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Option<Packet> {
+        self.recv_within(WAIT)
+            .await
+            .expect("a packet or EOF within the wait")
+    }
+}
+
+/// A CONNECT with a username and password.
+pub fn connect_with_login(
+    version: ProtocolVersion,
+    client_id: &str,
+    username: Option<&str>,
+    password: Option<&[u8]>,
+) -> Packet {
+    Packet::Connect(Box::new(protocol::Connect {
+        version,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: client_id.into(),
+        will: None,
+        username: username.map(str::to_string),
+        password: password.map(bytes::Bytes::copy_from_slice),
+        properties: Default::default(),
+    }))
+}
+
+/// TLS to `addr` with server name "localhost".
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
 }

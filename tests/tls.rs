@@ -1,0 +1,378 @@
+//! TLS listeners: rumqttc and the Mosquitto clients over TLS, mutual TLS accepted
+//! and refused (no certificate, another CA, expired), the certificate's CN as the
+//! username feeding the ACL, a mix of plain and TLS listeners at once, clear errors
+//! for bad certificate files, and SIGHUP swapping certificates without dropping
+//! connections. Certificates are throw-away ones made by rcgen (`common::pki`).
+
+mod common;
+
+use common::pki::{client_config_trusting, Ca, Pki};
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+use tern::config::{Config, ListenerConfig};
+use tern::metrics::Metrics;
+use tern::protocol::{Packet, ProtocolVersion, QoS, ReasonCode};
+
+/// Listeners: [plain, TLS (tls)] on 127.0.0.1:0.
+fn config_with_tls(tls: tern::config::TlsConfig) -> Config {
+    let mut c = test_config();
+    let mut l = ListenerConfig::plain("127.0.0.1:0".parse().unwrap());
+    l.tls = Some(tls);
+    c.listeners.push(l);
+    c
+}
+
+#[tokio::test]
+async fn rumqttc_over_tls_and_plain_listener_side_by_side() {
+    let pki = Pki::new();
+    let (broker, plain) = start(config_with_tls(pki.tls_config(false, false, false))).await;
+    let tls_addr = broker.local_addrs()[1];
+
+    let mut opts = rumqttc::MqttOptions::new("tls-sub", "localhost", tls_addr.port());
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(pki.client_config(None)),
+    ));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+    client
+        .subscribe("t/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // Wait for the SUBACK before publishing from the plain listener.
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut subscribed = false;
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) if !subscribed => {
+                    subscribed = true;
+                    let (mut p, _) =
+                        raw_connected(plain, ProtocolVersion::V311, "plain-pub", true).await;
+                    p.send(&publish_packet("t/1", QoS::AtLeastOnce, 1, b"over tls"))
+                        .await;
+                    assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(m))) => return m,
+                Ok(_) => {}
+                Err(e) => panic!("rumqttc over TLS failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("message over TLS within 10 s");
+    assert_eq!(got.topic, "t/1");
+    assert_eq!(&got.payload[..], b"over tls");
+    broker.shutdown().await;
+}
+
+/// Connect over TLS with `client` and send CONNECT; Ok(CONNACK reason) or Err(why
+/// there was none).
+async fn try_login(
+    addr: std::net::SocketAddr,
+    client: std::sync::Arc<rustls::ClientConfig>,
+    version: ProtocolVersion,
+    username: Option<&str>,
+) -> Result<ReasonCode, String> {
+    let tls = tls_connect(addr, client)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let mut c = RawIo::new(tls, version);
+    c.send(&connect_with_login(version, "mtls", username, None))
+        .await;
+    match c.recv_within(WAIT).await {
+        Ok(Some(Packet::ConnAck(a))) => Ok(a.reason_code),
+        Ok(Some(p)) => Err(format!("unexpected {p:?}")),
+        Ok(None) => Err("closed".into()),
+        Err(()) => Err("silence".into()),
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_accepts_good_and_refuses_missing_foreign_and_expired_certs() {
+    let pki = Pki::new();
+    let good = pki.write_pair("good", pki.ca.client("device-1"));
+    let expired = pki.write_pair("expired", pki.ca.expired_client("device-1"));
+    let other_ca = Ca::new("Someone else's CA");
+    let foreign = pki.write_pair("foreign", other_ca.client("device-1"));
+    let (broker, _) = start(config_with_tls(pki.tls_config(true, true, false))).await;
+    let addr = broker.local_addrs()[1];
+
+    let ok = try_login(
+        addr,
+        pki.client_config(Some((&good.0, &good.1))),
+        ProtocolVersion::V5,
+        None,
+    )
+    .await;
+    assert_eq!(ok, Ok(ReasonCode::SUCCESS));
+
+    for (what, cfg) in [
+        ("no certificate", pki.client_config(None)),
+        ("expired", pki.client_config(Some((&expired.0, &expired.1)))),
+        (
+            "another CA",
+            pki.client_config(Some((&foreign.0, &foreign.1))),
+        ),
+    ] {
+        let r = try_login(addr, cfg, ProtocolVersion::V5, None).await;
+        assert!(r.is_err(), "{what}: must not get a CONNACK, got {r:?}");
+    }
+    let metrics = broker.metrics();
+    assert!(
+        wait_until(Duration::from_secs(5), || Metrics::get(
+            &metrics.tls_handshake_failed
+        ) >= 3)
+        .await,
+        "3 handshakes refused, counted: {}",
+        Metrics::get(&metrics.tls_handshake_failed)
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn certificate_common_name_is_the_username_for_the_acl() {
+    let pki = Pki::new();
+    let dev1 = pki.write_pair("dev1", pki.ca.client("device-1"));
+    let acl = pki.path("acl");
+    std::fs::write(
+        &acl,
+        "user device-1\ntopic readwrite dev/device-1/#\npattern read cmd/%u/#\n",
+    )
+    .unwrap();
+    let mut config = config_with_tls(pki.tls_config(true, true, true));
+    config.auth.acl_file = Some(acl);
+    let (broker, _) = start(config).await;
+    let addr = broker.local_addrs()[1];
+
+    let tls = tls_connect(addr, pki.client_config(Some((&dev1.0, &dev1.1))))
+        .await
+        .unwrap();
+    let mut c = RawIo::new(tls, ProtocolVersion::V5);
+    // The CONNECT's own username is not what counts: the certificate's CN is.
+    c.send(&connect_with_login(
+        ProtocolVersion::V5,
+        "d1",
+        Some("someone-else"),
+        Some(b"x"),
+    ))
+    .await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+        other => panic!("{other:?}"),
+    }
+    c.send(&subscribe_packet(1, "cmd/device-1/#", QoS::AtLeastOnce))
+        .await;
+    match c.recv().await {
+        Some(Packet::SubAck(s)) => assert_eq!(s.reason_codes, vec![ReasonCode(1)]),
+        other => panic!("{other:?}"),
+    }
+    c.send(&subscribe_packet(2, "cmd/device-2/#", QoS::AtLeastOnce))
+        .await;
+    match c.recv().await {
+        Some(Packet::SubAck(s)) => assert_eq!(s.reason_codes, vec![ReasonCode::NOT_AUTHORIZED]),
+        other => panic!("{other:?}"),
+    }
+    c.send(&publish_packet(
+        "dev/device-1/t",
+        QoS::AtLeastOnce,
+        3,
+        b"mine",
+    ))
+    .await;
+    match c.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+        other => panic!("{other:?}"),
+    }
+    c.send(&publish_packet(
+        "dev/device-2/t",
+        QoS::AtLeastOnce,
+        4,
+        b"not mine",
+    ))
+    .await;
+    match c.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.reason_code, ReasonCode::NOT_AUTHORIZED),
+        other => panic!("{other:?}"),
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_certificate_files_fail_start_with_the_file_named() {
+    let pki = Pki::new();
+    let mut missing = pki.tls_config(false, false, false);
+    missing.key = pki.path("nope.key");
+    let err = match tern::broker::Broker::start(config_with_tls(missing)).await {
+        Ok(_) => panic!("a missing key must fail the start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("nope.key"), "{err}");
+
+    // A key that does not belong to the certificate.
+    let mut mismatched = pki.tls_config(false, false, false);
+    let (_, other_key) = pki.write_pair("other", pki.ca.client("x"));
+    mismatched.key = other_key;
+    let err = match tern::broker::Broker::start(config_with_tls(mismatched)).await {
+        Ok(_) => panic!("a key of another certificate must fail the start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("other.key"), "{err}");
+
+    // Not PEM at all.
+    std::fs::write(pki.path("junk.pem"), "hello").unwrap();
+    let mut junk = pki.tls_config(false, false, false);
+    junk.cert = pki.path("junk.pem");
+    let err = match tern::broker::Broker::start(config_with_tls(junk)).await {
+        Ok(_) => panic!("a certificate file without PEM must fail the start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("junk.pem"), "{err}");
+}
+
+/// Write a config file for the real binary: a TLS listener and an mTLS listener
+/// (CN as username).
+fn tls_config_file(pki: &Pki) -> std::path::PathBuf {
+    let path = pki.path("tern.toml");
+    let text = format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\ntls = {}\n\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\ntls = {}\n\n\
+         [storage]\nin_memory = true\n",
+        pki.tls_toml(false, false, false),
+        pki.tls_toml(true, true, true)
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The addresses of every listener of a spawned broker, in order.
+fn listener_addrs(broker: &BrokerProcess, n: usize) -> Vec<std::net::SocketAddr> {
+    assert!(
+        broker.wait_log_count("listening on ", n, Duration::from_secs(5)),
+        "{}",
+        broker.log_text()
+    );
+    broker
+        .log_text()
+        .lines()
+        .filter_map(|l| l.split("listening on ").nth(1))
+        .map(|a| a.trim().parse().unwrap())
+        .collect()
+}
+
+fn spawn_with_config(config: &std::path::Path) -> BrokerProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+    cmd.arg("-c")
+        .arg(config)
+        .args(["--log", "info"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    BrokerProcess::spawn_cmd(cmd)
+}
+
+#[test]
+fn mosquitto_clients_over_tls_and_mutual_tls() {
+    require("mosquitto_pub");
+    require("mosquitto_sub");
+    let pki = Pki::new();
+    let (cert, key) = pki.write_pair("client", pki.ca.client("device-1"));
+    let broker = spawn_with_config(&tls_config_file(&pki));
+    let addrs = listener_addrs(&broker, 2);
+    let ca = pki.path("ca.pem");
+
+    // mosquitto_sub over TLS (server verified with --cafile) ...
+    let mut sub = Command::new("mosquitto_sub");
+    sub.args(["-h", "localhost", "-p", &addrs[0].port().to_string()])
+        .arg("--cafile")
+        .arg(&ca)
+        .args(["-t", "tls/#", "-C", "1", "-W", "10", "-v", "-q", "1"]);
+    let sub = std::thread::spawn(move || run_bounded(sub, Duration::from_secs(15)));
+    assert!(
+        broker.wait_log_count("connected", 1, Duration::from_secs(5)),
+        "{}",
+        broker.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // ... gets what mosquitto_pub sends over mutual TLS (--cert/--key).
+    let mut publ = Command::new("mosquitto_pub");
+    publ.args(["-h", "localhost", "-p", &addrs[1].port().to_string()])
+        .arg("--cafile")
+        .arg(&ca)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["-t", "tls/x", "-m", "hello over mtls", "-q", "1"]);
+    let out = run_bounded(publ, Duration::from_secs(10));
+    assert!(out.status.success(), "mosquitto_pub over mTLS: {out:?}");
+    let got = sub.join().unwrap();
+    assert!(got.status.success(), "{got:?}");
+    assert_eq!(got.stdout.trim(), "tls/x hello over mtls");
+
+    // Without a client certificate the mTLS listener refuses.
+    let mut nocert = Command::new("mosquitto_pub");
+    nocert
+        .args(["-h", "localhost", "-p", &addrs[1].port().to_string()])
+        .arg("--cafile")
+        .arg(&ca)
+        .args(["-t", "tls/x", "-m", "no cert", "-q", "1"]);
+    let out = run_bounded(nocert, Duration::from_secs(10));
+    assert!(
+        !out.status.success(),
+        "refused without a certificate: {out:?}"
+    );
+}
+
+#[test]
+fn sighup_swaps_certificates_and_keeps_connections() {
+    let pki = Pki::new();
+    let broker = spawn_with_config(&tls_config_file(&pki));
+    let addr = listener_addrs(&broker, 2)[0];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // A client connected with the old certificate ...
+        let tls = tls_connect(addr, pki.client_config(None)).await.unwrap();
+        let mut old = RawIo::new(tls, ProtocolVersion::V311);
+        old.send(&connect_packet(ProtocolVersion::V311, "old", true))
+            .await;
+        assert!(matches!(old.recv().await, Some(Packet::ConnAck(_))));
+
+        // ... the certificate is replaced by one from a new CA and Tern reloads.
+        let new_ca = Ca::new("Renewed CA");
+        let (c, k) = new_ca.server();
+        std::fs::write(pki.path("server.pem"), c).unwrap();
+        std::fs::write(pki.path("server.key"), k).unwrap();
+        let _ = Command::new("kill")
+            .args(["-HUP", &broker.child.id().to_string()])
+            .status();
+        assert!(
+            broker.wait_log_count("TLS certificates reloaded", 2, Duration::from_secs(5)),
+            "{}",
+            broker.log_text()
+        );
+        // New connections get the new certificate: trusted by the new CA only.
+        let fresh = tls_connect(addr, client_config_trusting(&new_ca.cert_pem, None)).await;
+        assert!(fresh.is_ok(), "new CA: {:?}", fresh.err());
+        let stale = tls_connect(addr, pki.client_config(None)).await;
+        assert!(stale.is_err(), "the old CA no longer verifies the server");
+        // The old connection is still up.
+        old.send(&Packet::PingReq).await;
+        assert!(matches!(old.recv().await, Some(Packet::PingResp)));
+
+        // A broken certificate file on reload keeps the current one.
+        std::fs::write(pki.path("server.pem"), "garbage").unwrap();
+        let _ = Command::new("kill")
+            .args(["-HUP", &broker.child.id().to_string()])
+            .status();
+        assert!(
+            broker.wait_log_count("keeping the old certificates", 1, Duration::from_secs(5)),
+            "{}",
+            broker.log_text()
+        );
+        let still = tls_connect(addr, client_config_trusting(&new_ca.cert_pem, None)).await;
+        assert!(
+            still.is_ok(),
+            "kept the renewed certificate: {:?}",
+            still.err()
+        );
+    });
+}

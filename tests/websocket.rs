@@ -1,0 +1,259 @@
+//! MQTT over WebSocket: a tokio-tungstenite client (packets split across messages
+//! and several packets in one message), subprotocol negotiation, text messages
+//! refused, paho-mqtt over `ws` and over `wss` (TLS + WebSocket) with a plain TCP
+//! client on the same broker.
+
+mod common;
+
+use bytes::BytesMut;
+use common::pki::Pki;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tern::config::{Config, ListenerConfig};
+use tern::protocol::{self, Packet, ProtocolVersion, QoS, ReasonCode};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Listeners: [plain, WebSocket (with `tls` when given)].
+fn config_with_ws(tls: Option<tern::config::TlsConfig>) -> Config {
+    let mut c = test_config();
+    let mut l = ListenerConfig::plain("127.0.0.1:0".parse().unwrap());
+    l.websocket = true;
+    l.tls = tls;
+    c.listeners.push(l);
+    c
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(
+    addr: SocketAddr,
+    protocols: Option<&str>,
+) -> Result<(Ws, Option<String>), String> {
+    let mut req = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+    if let Some(p) = protocols {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+    }
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .map_err(|e| e.to_string())?;
+    let chosen = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.to_str().unwrap().to_string());
+    Ok((ws, chosen))
+}
+
+fn encode(p: &Packet, v: ProtocolVersion) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    protocol::encode(p, v, &mut b).unwrap();
+    b.to_vec()
+}
+
+/// The next MQTT packet from binary messages (buffered across messages).
+async fn next_packet(ws: &mut Ws, buf: &mut BytesMut, v: ProtocolVersion) -> Option<Packet> {
+    loop {
+        if let Some(p) = protocol::decode(buf, Some(v), 1 << 20).unwrap() {
+            return Some(p);
+        }
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message within the wait")
+        {
+            Some(Ok(Message::Binary(b))) => buf.extend_from_slice(&b),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(other)) => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn packets_split_across_and_packed_into_websocket_messages() {
+    let (broker, plain) = start(config_with_ws(None)).await;
+    let ws_addr = broker.local_addrs()[1];
+    let v = ProtocolVersion::V5;
+    let (mut ws, chosen) = ws_connect(ws_addr, Some("mqttv3.1, mqtt")).await.unwrap();
+    assert_eq!(
+        chosen.as_deref(),
+        Some("mqtt"),
+        "[MQTT-6.0.0-3] subprotocol mqtt"
+    );
+    let mut buf = BytesMut::new();
+
+    // One CONNECT split over three binary messages [MQTT-6.0.0-2].
+    let connect = encode(&connect_packet(v, "ws-1", true), v);
+    for part in [&connect[..3], &connect[3..7], &connect[7..]] {
+        ws.send(Message::Binary(part.to_vec().into()))
+            .await
+            .unwrap();
+    }
+    match next_packet(&mut ws, &mut buf, v).await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+        other => panic!("{other:?}"),
+    }
+    // SUBSCRIBE and a PINGREQ in one message.
+    let mut both = encode(&subscribe_packet(1, "ws/#", QoS::AtLeastOnce), v);
+    both.extend(encode(&Packet::PingReq, v));
+    ws.send(Message::Binary(both.into())).await.unwrap();
+    assert!(matches!(
+        next_packet(&mut ws, &mut buf, v).await,
+        Some(Packet::SubAck(_))
+    ));
+    assert!(matches!(
+        next_packet(&mut ws, &mut buf, v).await,
+        Some(Packet::PingResp)
+    ));
+
+    // A large message from a plain TCP publisher arrives whole over the WebSocket.
+    let payload = vec![7u8; 200_000];
+    let (mut p, _) = raw_connected(plain, v, "tcp-pub", true).await;
+    p.send(&publish_packet("ws/big", QoS::AtLeastOnce, 1, &payload))
+        .await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    match next_packet(&mut ws, &mut buf, v).await {
+        Some(Packet::Publish(m)) => {
+            assert_eq!(m.topic, "ws/big");
+            assert_eq!(m.payload.len(), payload.len());
+            // Acknowledge it, split in two messages.
+            let ack = encode(
+                &Packet::PubAck(protocol::PubResponse {
+                    packet_id: m.packet_id.unwrap(),
+                    reason_code: ReasonCode::SUCCESS,
+                    properties: Default::default(),
+                }),
+                v,
+            );
+            ws.send(Message::Binary(ack[..1].to_vec().into()))
+                .await
+                .unwrap();
+            ws.send(Message::Binary(ack[1..].to_vec().into()))
+                .await
+                .unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    // And the other way: WebSocket publisher, TCP subscriber.
+    p.send(&subscribe_packet(2, "back/#", QoS::AtMostOnce))
+        .await;
+    assert!(matches!(p.recv().await, Some(Packet::SubAck(_))));
+    ws.send(Message::Binary(
+        encode(&publish_packet("back/1", QoS::AtMostOnce, 0, b"from ws"), v).into(),
+    ))
+    .await
+    .unwrap();
+    match p.recv().await {
+        Some(Packet::Publish(m)) => assert_eq!(&m.payload[..], b"from ws"),
+        other => panic!("{other:?}"),
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn subprotocol_must_be_mqtt_when_offered_and_text_is_refused() {
+    let (broker, _) = start(config_with_ws(None)).await;
+    let ws_addr = broker.local_addrs()[1];
+    let err = ws_connect(ws_addr, Some("chat"))
+        .await
+        .expect_err("refused");
+    assert!(
+        err.contains("400"),
+        "HTTP 400 for a foreign subprotocol: {err}"
+    );
+    assert_eq!(Metrics::get(&broker.metrics().ws_handshake_failed), 1);
+
+    // No subprotocol at all is accepted (some embedded clients send none).
+    let (mut ws, chosen) = ws_connect(ws_addr, None).await.unwrap();
+    assert_eq!(chosen, None);
+    let v = ProtocolVersion::V311;
+    ws.send(Message::Binary(
+        encode(&connect_packet(v, "ws-2", true), v).into(),
+    ))
+    .await
+    .unwrap();
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        next_packet(&mut ws, &mut buf, v).await,
+        Some(Packet::ConnAck(_))
+    ));
+    // [MQTT-6.0.0-1] a text message closes the connection.
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    assert!(
+        next_packet(&mut ws, &mut buf, v).await.is_none(),
+        "closed after a text message"
+    );
+    broker.shutdown().await;
+}
+
+use tern::metrics::Metrics;
+
+/// paho-mqtt subscribes over `transport="websockets"` (with TLS for wss), a plain
+/// TCP client publishes; paho must print the message.
+fn paho_ws_round_trip(port: u16, ca: Option<&std::path::Path>, plain: SocketAddr) {
+    require("python3");
+    let script = r#"
+import sys, ssl, time, paho.mqtt.client as mqtt
+port = int(sys.argv[1]); ca = sys.argv[2] if len(sys.argv) > 2 else None
+got = []
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-ws", transport="websockets", protocol=mqtt.MQTTv5)
+if ca:
+    c.tls_set(ca_certs=ca)
+c.on_message = lambda c, u, m: got.append(m.payload.decode())
+c.connect("localhost", port)
+c.subscribe("paho/#", qos=1)
+deadline = time.time() + 10
+while not got and time.time() < deadline:
+    c.loop(0.1)
+print("GOT", got[0] if got else None, flush=True)
+c.disconnect()
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(script).arg(port.to_string());
+    if let Some(ca) = ca {
+        cmd.arg(ca);
+    }
+    let child = std::thread::spawn(move || run_bounded(cmd, Duration::from_secs(20)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut p, _) = raw_connected(plain, ProtocolVersion::V311, "tcp-pub", true).await;
+        // Publish until paho, once subscribed, has received one and ended
+        // (bounded: 40 tries, 10 s).
+        for i in 0..40u16 {
+            if child.is_finished() {
+                break;
+            }
+            p.send(&publish_packet(
+                "paho/x",
+                QoS::AtLeastOnce,
+                i + 1,
+                b"hello paho",
+            ))
+            .await;
+            let _ = p.recv().await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let out = child.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("GOT hello paho"), "{out:?}");
+}
+
+#[test]
+fn paho_over_ws_and_wss() {
+    let pki = Pki::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for tls in [false, true] {
+        let config = config_with_ws(tls.then(|| pki.tls_config(false, false, false)));
+        let (broker, plain) = rt.block_on(start(config));
+        let ws_port = broker.local_addrs()[1].port();
+        let ca = pki.path("ca.pem");
+        paho_ws_round_trip(ws_port, tls.then_some(ca.as_path()), plain);
+        rt.block_on(broker.shutdown());
+    }
+}
