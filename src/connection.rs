@@ -103,7 +103,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", peer = %peer.addr, id = conn_id, client = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        peer = %peer.addr,
+        id = conn_id,
+        client = tracing::field::Empty,
+        user = tracing::field::Empty
+    );
     shared
         .metrics
         .connections_current
@@ -410,7 +416,12 @@ async fn handshake<S: AsyncWrite + Unpin>(
         )
         .await
     {
-        Ok(u) => u,
+        Ok(u) => {
+            if let Some(u) = &u {
+                tracing::Span::current().record("user", u.as_str());
+            }
+            u
+        }
         Err(why) => {
             // v5: 0x86 for bad credentials, 0x87 otherwise; 3.1.1 gets 0x05 "not
             // authorized" for both (what Mosquitto answers).

@@ -257,3 +257,57 @@ fn paho_over_ws_and_wss() {
         rt.block_on(broker.shutdown());
     }
 }
+
+/// MQTT.js (installed by `.ci/run` into target/npm) over `ws` and `wss`: it
+/// subscribes, publishes to itself at QoS 1 and must print the message.
+#[test]
+fn mqttjs_over_ws_and_wss() {
+    require("node");
+    let modules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/npm/node_modules");
+    assert!(
+        modules.join("mqtt").is_dir(),
+        "MQTT.js is not installed in {}: run `bash .ci/run` (it installs the test peers)",
+        modules.display()
+    );
+    let script = r#"
+const fs = require('fs');
+const mqtt = require('mqtt');
+const [url, ca] = process.argv.slice(1);
+const opts = { protocolVersion: 5, clientId: 'mqttjs', reconnectPeriod: 0 };
+if (ca) opts.ca = fs.readFileSync(ca);
+const c = mqtt.connect(url, opts);
+c.on('connect', () => c.subscribe('js/#', { qos: 1 }, (err, granted) => {
+  if (err) { console.error('SUBSCRIBE ' + err); process.exit(2); }
+  c.publish('js/echo', 'hello from mqtt.js', { qos: 1 });
+}));
+c.on('message', (topic, payload) => {
+  console.log('GOT ' + topic + ' ' + payload.toString());
+  c.end(false, () => process.exit(0));
+});
+c.on('error', (e) => { console.error('ERROR ' + e.message); process.exit(3); });
+setTimeout(() => { console.error('TIMEOUT'); process.exit(4); }, 10000);
+"#;
+    let pki = Pki::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for tls in [false, true] {
+        let config = config_with_ws(tls.then(|| pki.tls_config(false, false, false)));
+        let (broker, _) = rt.block_on(start(config));
+        let port = broker.local_addrs()[1].port();
+        let mut cmd = std::process::Command::new("node");
+        cmd.env("NODE_PATH", &modules).arg("-e").arg(script);
+        if tls {
+            cmd.arg(format!("wss://localhost:{port}/mqtt"))
+                .arg(pki.path("ca.pem"));
+        } else {
+            cmd.arg(format!("ws://127.0.0.1:{port}/mqtt"));
+        }
+        let out = run_bounded(cmd, Duration::from_secs(20));
+        assert!(out.status.success(), "MQTT.js (tls: {tls}): {out:?}");
+        assert_eq!(
+            out.stdout.trim(),
+            "GOT js/echo hello from mqtt.js",
+            "{out:?}"
+        );
+        rt.block_on(broker.shutdown());
+    }
+}
