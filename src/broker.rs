@@ -40,6 +40,33 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
+/// Load every file the config names (certificates and keys, password file, ACL
+/// file) as a start would, and return what fails, each with its config key. For
+/// `tern check-config`, so a file can be checked before a start or a SIGHUP.
+pub fn check_files(config: &Config) -> Vec<crate::config::ConfigError> {
+    let mut errors = Vec::new();
+    let mut err =
+        |key: String, message: String| errors.push(crate::config::ConfigError { key, message });
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(t) = &l.tls {
+            if let Err(e) = crate::tls::server_config(t) {
+                err(format!("listeners[{i}].tls"), e.to_string());
+            }
+        }
+    }
+    if let Some(p) = &config.auth.password_file {
+        if let Err(e) = crate::login::load_password_file(p) {
+            err("auth.password_file".into(), e);
+        }
+    }
+    if let Some(p) = &config.auth.acl_file {
+        if let Err(e) = crate::login::load_acl(p) {
+            err("auth.acl_file".into(), e);
+        }
+    }
+    errors
+}
+
 pub struct Broker {
     addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,

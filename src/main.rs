@@ -72,12 +72,20 @@ fn main() -> anyhow::Result<()> {
         return passwd(file, user, *delete, *stdin);
     }
     if let Some(Command::CheckConfig { file }) = &cli.command {
-        let errors = tern::config::check_file(file);
-        if errors.0.is_empty() {
+        let mut errors = tern::config::check_file(file).0;
+        if errors.is_empty() {
+            // The file is valid: now the files it names (as the environment
+            // overrides them, like a start would).
+            match Config::load(Some(file)) {
+                Ok(config) => errors = tern::broker::check_files(&config),
+                Err(e) => errors = e.0,
+            }
+        }
+        if errors.is_empty() {
             println!("{}: OK", file.display());
             return Ok(());
         }
-        for e in &errors.0 {
+        for e in &errors {
             eprintln!("{}: {e}", file.display());
         }
         std::process::exit(1);

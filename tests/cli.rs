@@ -274,3 +274,74 @@ fn unusable_data_dir_is_a_clear_error() {
         out.stderr
     );
 }
+
+#[test]
+fn check_config_loads_the_files_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = write_file(&dir, "acl", "user a\ntopic sideways x/y\n");
+    let pw = write_file(&dir, "passwd", "alice:$7$101$notbase64$\n");
+    let missing = dir.path().join("none.pem");
+    let file = write_file(
+        &dir,
+        "files.toml",
+        &format!(
+            "[[listeners]]\nbind = \"127.0.0.1:8883\"\ntls = {{ cert = \"{m}\", key = \"{m}\" }}\n\
+             [auth]\npassword_file = \"{pw}\"\nacl_file = \"{acl}\"\n\
+             [storage]\nin_memory = true\n",
+            m = missing.display()
+        ),
+    );
+    let out = tern(&["check-config", &file]);
+    assert!(!out.status.success(), "{out:?}");
+    for needle in [
+        "listeners[0].tls",
+        "none.pem",
+        "auth.password_file",
+        "passwd: line 1",
+        "auth.acl_file",
+        "acl: line 2",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle:?} in {}", out.stderr);
+    }
+    // And a start with the same file fails with the first of them, named.
+    let out = tern(&["-c", &file]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("passwd: line 1"), "{}", out.stderr);
+}
+
+#[test]
+fn tls_settings_that_cannot_work_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "tls.toml",
+        "[[listeners]]\nbind = \"127.0.0.1:8883\"\n\
+         tls = { cert = \"c.pem\", key = \"k.pem\", require_client_cert = true }\n\
+         [[listeners]]\nbind = \"127.0.0.1:8884\"\n\
+         tls = { cert = \"c.pem\", key = \"k.pem\", identity_as_username = true, colour = 1 }\n",
+    );
+    let out = tern(&["check-config", &file]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("listeners[1].tls"), "{}", out.stderr);
+    assert!(out.stderr.contains("colour"), "{}", out.stderr);
+    let file = write_file(
+        &dir,
+        "tls2.toml",
+        "[[listeners]]\nbind = \"127.0.0.1:8883\"\n\
+         tls = { cert = \"c.pem\", key = \"k.pem\", require_client_cert = true }\n\
+         [[listeners]]\nbind = \"127.0.0.1:8884\"\n\
+         tls = { cert = \"c.pem\", key = \"k.pem\", client_ca = \"ca.pem\", identity_as_username = true }\n",
+    );
+    let out = tern(&["check-config", &file]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("listeners[0].tls.require_client_cert"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("listeners[1].tls.identity_as_username"),
+        "{}",
+        out.stderr
+    );
+}
