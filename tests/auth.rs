@@ -7,8 +7,8 @@
 //! both versions), subscribe, delivery, `%c`/`%u` patterns, the anonymous section,
 //! `$SYS` and Wills, with the `acl_denied_*` / `logins_refused` counters; SIGHUP
 //! reloading the password and ACL files without dropping connections (a revoked
-//! subscription removed, a broken ACL file ignored); `tern passwd`; and a stored
-//! session keeping its username across a restart so the ACL still applies to it.
+//! subscription removed for good, a broken ACL file ignored); `tern passwd`; and a
+//! stored session keeping its username across a restart so the ACL still applies.
 //!
 //! Most password files here hold `$6$` (salted SHA-512) entries made by
 //! `sha512_line`, which are cheap to check in a debug build; `$7$` files come from
@@ -32,8 +32,8 @@ use tokio::io::AsyncReadExt;
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V311: ProtocolVersion = ProtocolVersion::V311;
 const BIN: &str = env!("CARGO_BIN_EXE_tern");
-/// A 3.1.1 CONNACK with return code 5 (not authorized), the only refusal 3.1.1 has
-/// for bad credentials in Mosquitto's mapping.
+/// A 3.1.1 CONNACK with return code 5 (not authorized): what Tern, like Mosquitto,
+/// answers every refused 3.1.1 login with (wrong password, unknown user, anonymous).
 const CONNACK_V311_REFUSED: [u8; 4] = [0x20, 0x02, 0x00, 0x05];
 
 // ---------------------------------------------------------------------------------
@@ -1046,6 +1046,7 @@ fn sighup_reloads_passwords_and_acl_keeping_connections() {
     let acl_v1 = "user pub\ntopic write #\nuser sub\ntopic read news/#\n";
     let acl_v2 = "user pub\ntopic write #\nuser sub\ntopic read secret/#\n";
     // Would allow news/# again if it were taken.
+    let acl_v3 = "user pub\ntopic write #\nuser sub\ntopic read news/#\ntopic read secret/#\n";
     let acl_bad = "user pub\ntopic write #\nuser sub\ntopic read news/#\nthis is not a rule\n";
     let acl = write(dir.path(), "acl", acl_v1);
     let auth = format!(
@@ -1141,6 +1142,26 @@ fn sighup_reloads_passwords_and_acl_keeping_connections() {
         );
         ping(&mut sub, "sub").await;
         logged_in(addr, V311, "alice", Some("alice"), Some("new-pw")).await;
+
+        // Granting news/ again does not bring back the subscription the second
+        // reload removed (a subscription only denied at delivery would come back).
+        std::fs::write(&acl, acl_v3).unwrap();
+        hup(&broker);
+        assert!(
+            broker.wait_log_count("ACL file reloaded", 3, Duration::from_secs(5)),
+            "{}",
+            broker.log_text()
+        );
+        publish_q1(&mut publ, "news/4", 6, "n4", ReasonCode::SUCCESS).await;
+        publish_q1(&mut publ, "secret/3", 7, "s3", ReasonCode::SUCCESS).await;
+        assert_eq!(
+            next_message(&mut sub).await,
+            ("secret/3".into(), "s3".into())
+        );
+        // Subscribing anew works under the new grant.
+        sub.subscribe(4, "news/#", QoS::AtLeastOnce).await;
+        publish_q1(&mut publ, "news/5", 8, "n5", ReasonCode::SUCCESS).await;
+        assert_eq!(next_message(&mut sub).await, ("news/5".into(), "n5".into()));
     });
 }
 
