@@ -632,6 +632,48 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
     broker.shutdown().await;
 }
 
+/// Attempts arriving together after three failures must not all get the same
+/// short delay: the delay doubles per attempt, so the 5th and later wait longer
+/// than the 4th whether they come one by one or at once.
+#[tokio::test]
+#[ignore = "BUG: concurrent failed logins all wait failed_login_delay; the doubling is computed \
+            at arrival, before the attempts in flight have failed, so parallel connections \
+            bypass it"]
+async fn concurrent_failures_are_slowed_down_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    write_passwords(&pw, &[("alice", "pw-a")]);
+    let mut config = test_config();
+    config.auth.password_file = Some(pw);
+    config.auth.failed_login_delay = Duration::from_millis(300);
+    config.auth.failed_login_max_delay = Duration::from_secs(1);
+    let (broker, addr) = start(config).await;
+    for i in 0..3 {
+        let (code, _) = login(addr, V5, &format!("bad{i}"), Some("alice"), Some("guess")).await;
+        assert_eq!(code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    }
+    // Attempts 4..=9 at once: one by one they would wait 300 ms, 600 ms, then 1 s each.
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        attempts.spawn(async move {
+            let t0 = Instant::now();
+            let (code, _) = login(addr, V5, &format!("par{i}"), Some("alice"), Some("guess")).await;
+            (code, t0.elapsed())
+        });
+    }
+    let mut took = Vec::new();
+    while let Some(r) = attempts.join_next().await {
+        let (code, d) = r.expect("attempt task");
+        assert_eq!(code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+        took.push(d);
+    }
+    took.sort();
+    // Lower bound only: the slowest waited at least the doubled delay.
+    assert!(took[5] >= Duration::from_millis(500), "{took:?}");
+    assert_eq!(count(&broker.metrics().logins_refused), 9);
+    broker.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------
 // 4. The ACL file
 
