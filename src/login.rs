@@ -160,10 +160,6 @@ impl Logins {
             CertIdentity::NotUsed => {}
         }
         let ip = peer.addr.ip();
-        let wait = self.throttle().delay(ip, Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
         let (Some(user), Some(db)) = (username, self.snapshot()) else {
             // No password file: a username is taken as given (it still selects
             // the ACL rules), as Mosquitto does; either way the client is not
@@ -174,8 +170,22 @@ impl Logins {
                 Err(Refused::NotAuthorized)
             };
         };
+        // A password attempt counts as a failure from the moment it arrives,
+        // under the same lock as its delay, and a success clears the count:
+        // counting only after the check would give every attempt already in
+        // flight the same delay, so parallel connections would escape the
+        // doubling.
+        let wait = {
+            let mut t = self.throttle();
+            let now = Instant::now();
+            let wait = t.delay(ip, now);
+            t.failed(ip, now);
+            wait
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         let Some(password) = password.cloned() else {
-            self.throttle().failed(ip, Instant::now());
             return Err(Refused::BadCredentials);
         };
         let ok = {
@@ -194,7 +204,6 @@ impl Logins {
             self.throttle().succeeded(ip);
             Ok(Some(user.to_string()))
         } else {
-            self.throttle().failed(ip, Instant::now());
             Err(Refused::BadCredentials)
         }
     }

@@ -125,29 +125,46 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a SIGHUP (or SIGTERM) arriving while the store is being
+        // recovered must not kill the process with the default action.
+        let signals = Signals::new()?;
         let broker = Broker::start(config).await?;
-        run_until_signal(&broker).await?;
+        signals.run_until_stop(&broker).await;
         broker.shutdown().await;
         Ok(())
     })
 }
 
-/// Serve until SIGINT or SIGTERM; SIGHUP reloads certificates, the password file
-/// and the ACL file (connections stay).
-async fn run_until_signal(broker: &Broker) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading");
-                let errors = broker.reload().await;
-                if errors.is_empty() {
-                    tracing::info!("reload done");
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        })
+    }
+
+    /// Serve until SIGINT or SIGTERM; SIGHUP reloads certificates, the password
+    /// file and the ACL file (connections stay).
+    async fn run_until_stop(mut self, broker: &Broker) {
+        let Signals { term, int, hup } = &mut self;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    let errors = broker.reload().await;
+                    if errors.is_empty() {
+                        tracing::info!("reload done");
+                    }
                 }
             }
         }
@@ -198,11 +215,21 @@ fn passwd(file: &std::path::Path, user: &str, delete: bool, stdin: bool) -> anyh
     Ok(())
 }
 
-/// Replace `path` with `text` atomically (a temporary file renamed over it), mode
-/// 0600: a password file is secret, and a crash must not leave half of one.
+/// Replace `path` with `text` atomically (a temporary file renamed over it): a
+/// crash must not leave half a password file. A symlink is followed (the file it
+/// points to is replaced), and an existing file keeps its mode and, where we may
+/// set it, its owner and group (a broker running as another user must still read
+/// it after `sudo tern passwd`); a new file is 0600.
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let resolved = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
+        Err(e) => return Err(e),
+    };
+    let path = resolved.as_path();
+    let existing = std::fs::metadata(path).ok();
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -218,6 +245,12 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
+        if let Some(m) = &existing {
+            f.set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            // Only root may give a file away; for anyone else the owner is
+            // already theirs or cannot change, which is not an error here.
+            let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
+        }
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;

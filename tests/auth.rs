@@ -636,9 +636,6 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
 /// short delay: the delay doubles per attempt, so the 5th and later wait longer
 /// than the 4th whether they come one by one or at once.
 #[tokio::test]
-#[ignore = "BUG: concurrent failed logins all wait failed_login_delay; the doubling is computed \
-            at arrival, before the attempts in flight have failed, so parallel connections \
-            bypass it"]
 async fn concurrent_failures_are_slowed_down_too() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("passwd");
@@ -1276,6 +1273,8 @@ async fn tern_passwd_adds_to_a_mosquitto_file_and_deletes_users() {
     let out = run_bounded(mk, Duration::from_secs(20));
     assert!(out.status.success(), "mosquitto_passwd: {out:?}");
     let before = std::fs::read_to_string(&pw).unwrap();
+    // An operator's own mode (e.g. 0640 for a broker in the file's group) is kept.
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     let first_line = before.lines().next().unwrap().to_string();
     assert!(first_line.starts_with("first:$"), "{before}");
 
@@ -1289,7 +1288,19 @@ async fn tern_passwd_adds_to_a_mosquitto_file_and_deletes_users() {
         "the first user's entry is kept as it was"
     );
     assert!(lines[1].starts_with("second:$argon2id$"), "{text}");
-    assert_eq!(mode(&pw), 0o600);
+    assert_eq!(mode(&pw), 0o640, "an existing file keeps its mode");
+    // Through a symlink, the file it points to is changed; the link stays a link.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&pw, &link).unwrap();
+    let out = tern_passwd(&["--stdin", "third"], &link, "pw-three\n");
+    assert!(out.status.success(), "{out:?}");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::read_to_string(&pw)
+        .unwrap()
+        .contains("third:$argon2id$"));
     let ok = ReasonCode::SUCCESS;
     let bad = ReasonCode::BAD_USER_NAME_OR_PASSWORD;
     assert_eq!(
