@@ -278,7 +278,7 @@ fn unusable_data_dir_is_a_clear_error() {
 #[test]
 fn check_config_loads_the_files_it_names() {
     let dir = tempfile::tempdir().unwrap();
-    let acl = write_file(&dir, "acl", "user a\ntopic sideways x/y\n");
+    let acl = write_file(&dir, "acl", "user a\ntopic read a/#/b\n");
     let pw = write_file(&dir, "passwd", "alice:$7$101$notbase64$\n");
     let missing = dir.path().join("none.pem");
     let file = write_file(
