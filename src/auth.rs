@@ -885,14 +885,14 @@ impl Acl {
         own.iter().chain(&self.patterns)
     }
 
-    /// The decision for a concrete topic: any matching deny refuses; otherwise some
-    /// matching rule must grant `grants`.
-    fn decide_topic(
+    /// The common decision: a deny rule that `applies` refuses (deny wins over
+    /// any grant); otherwise a rule granting `needed` access that `applies` allows.
+    fn decide(
         &self,
         username: Option<&str>,
         client_id: &str,
-        topic: &str,
-        grants: fn(Access) -> bool,
+        needed: fn(Access) -> bool,
+        applies: impl Fn(&[Level], &Who<'_>) -> bool,
     ) -> bool {
         let who = Who::new(username, client_id);
         let mut allowed = false;
@@ -905,10 +905,10 @@ impl Acl {
                 Bound::Yes => {}
             }
             if deny {
-                if matches_topic(&rule.levels, topic, &who) {
+                if applies(&rule.levels, &who) {
                     return false;
                 }
-            } else if !allowed && grants(rule.access) && matches_topic(&rule.levels, topic, &who) {
+            } else if !allowed && needed(rule.access) && applies(&rule.levels, &who) {
                 allowed = true;
             }
         }
@@ -917,13 +917,17 @@ impl Acl {
 
     /// May this client publish to `topic`?
     pub fn can_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.decide_topic(username, client_id, topic, Access::writes)
+        self.decide(username, client_id, Access::writes, |levels, who| {
+            matches_topic(levels, topic, who)
+        })
     }
 
     /// May a message on `topic` be delivered to this client? Checked per delivery as
     /// well as at subscribe time, so a deny inside a granted wildcard holds.
     pub fn can_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.decide_topic(username, client_id, topic, Access::reads)
+        self.decide(username, client_id, Access::reads, |levels, who| {
+            matches_topic(levels, topic, who)
+        })
     }
 
     /// May this client subscribe to `filter` (without any `$share/group/` prefix)?
@@ -931,25 +935,9 @@ impl Acl {
     /// does. A filter only partly denied (e.g. `#` with `deny secret/#`) is granted,
     /// and `can_read` refuses the denied part at delivery.
     pub fn can_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
-        let who = Who::new(username, client_id);
-        let mut allowed = false;
-        for rule in self.rules(username) {
-            let deny = rule.access == Access::Deny;
-            match rule.bind(&who) {
-                Bound::No => continue,
-                Bound::Unusable if deny => return false,
-                Bound::Unusable => continue,
-                Bound::Yes => {}
-            }
-            if deny {
-                if covers(&rule.levels, filter, &who) {
-                    return false;
-                }
-            } else if !allowed && rule.access.reads() && covers(&rule.levels, filter, &who) {
-                allowed = true;
-            }
-        }
-        allowed
+        self.decide(username, client_id, Access::reads, |levels, who| {
+            covers(levels, filter, who)
+        })
     }
 }
 

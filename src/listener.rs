@@ -107,19 +107,8 @@ async fn upgrade(
     transport: &Transport,
     shared: &Shared,
 ) -> Option<(BoxedIo, Peer)> {
-    let max_packet = shared.config.limits.max_packet_size;
     let Some(cell) = &transport.tls else {
-        return match crate::ws::accept(socket, max_packet).await {
-            Ok(ws) => Some((Box::new(ws) as BoxedIo, Peer::plain(addr))),
-            Err(e) => {
-                shared
-                    .metrics
-                    .ws_handshake_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                debug!(peer = %addr, error = %e, "WebSocket handshake failed");
-                None
-            }
-        };
+        return websocket(socket, Peer::plain(addr), shared).await;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(cell.current());
     let tls = match acceptor.accept(socket).await {
@@ -151,14 +140,23 @@ async fn upgrade(
     if !transport.websocket {
         return Some((Box::new(tls) as BoxedIo, peer));
     }
-    match crate::ws::accept(tls, max_packet).await {
+    websocket(tls, peer, shared).await
+}
+
+/// The WebSocket upgrade over `stream` (TCP or TLS).
+async fn websocket<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    peer: Peer,
+    shared: &Shared,
+) -> Option<(BoxedIo, Peer)> {
+    match crate::ws::accept(stream, shared.config.limits.max_packet_size).await {
         Ok(ws) => Some((Box::new(ws) as BoxedIo, peer)),
         Err(e) => {
             shared
                 .metrics
                 .ws_handshake_failed
                 .fetch_add(1, Ordering::Relaxed);
-            debug!(peer = %addr, error = %e, "WebSocket handshake failed");
+            debug!(peer = %peer.addr, error = %e, "WebSocket handshake failed");
             None
         }
     }

@@ -591,16 +591,22 @@ async fn non_loopback_listener_refuses_anonymous_by_default() {
 // ---------------------------------------------------------------------------------
 // 3. The failed-login throttle
 
-#[tokio::test]
-async fn repeated_failures_from_one_address_are_slowed_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("passwd");
+/// A broker with user alice (password "pw-a") and a login throttle of 300 ms
+/// doubling up to 1 s.
+async fn start_throttled(dir: &Path) -> (tern::broker::Broker, SocketAddr) {
+    let pw = dir.join("passwd");
     write_passwords(&pw, &[("alice", "pw-a")]);
     let mut config = test_config();
     config.auth.password_file = Some(pw);
     config.auth.failed_login_delay = Duration::from_millis(300);
     config.auth.failed_login_max_delay = Duration::from_secs(1);
-    let (broker, addr) = start(config).await;
+    start(config).await
+}
+
+#[tokio::test]
+async fn repeated_failures_from_one_address_are_slowed_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, addr) = start_throttled(dir.path()).await;
 
     let mut took = Vec::new();
     for i in 0..5 {
@@ -638,13 +644,7 @@ async fn repeated_failures_from_one_address_are_slowed_down() {
 #[tokio::test]
 async fn concurrent_failures_are_slowed_down_too() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("passwd");
-    write_passwords(&pw, &[("alice", "pw-a")]);
-    let mut config = test_config();
-    config.auth.password_file = Some(pw);
-    config.auth.failed_login_delay = Duration::from_millis(300);
-    config.auth.failed_login_max_delay = Duration::from_secs(1);
-    let (broker, addr) = start(config).await;
+    let (broker, addr) = start_throttled(dir.path()).await;
     for i in 0..3 {
         let (code, _) = login(addr, V5, &format!("bad{i}"), Some("alice"), Some("guess")).await;
         assert_eq!(code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);

@@ -345,3 +345,14 @@ fn tls_settings_that_cannot_work_are_config_errors() {
         out.stderr
     );
 }
+
+/// rustls is built with the ring provider only: aws-lc-rs (a large C build) must
+/// never enter the build, whoever depends on rustls.
+#[test]
+fn aws_lc_never_enters_the_build() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    for forbidden in ["name = \"aws-lc-rs\"", "name = \"aws-lc-sys\""] {
+        assert!(!lock.contains(forbidden), "Cargo.lock has {forbidden}");
+    }
+    assert!(lock.contains("name = \"ring\""));
+}

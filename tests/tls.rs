@@ -376,3 +376,86 @@ fn sighup_swaps_certificates_and_keeps_connections() {
         );
     });
 }
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_clients_both_connect() {
+    let pki = Pki::new();
+    let (broker, _) = start(config_with_tls(pki.tls_config(false, false, false))).await;
+    let addr = broker.local_addrs()[1];
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::pem::PemObject::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tls = tls_connect(addr, std::sync::Arc::new(config))
+            .await
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(version.version),
+            "negotiated what the client offered"
+        );
+        let mut c = RawIo::new(tls, ProtocolVersion::V311);
+        c.send(&connect_packet(ProtocolVersion::V311, "v", true))
+            .await;
+        assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
+    }
+    broker.shutdown().await;
+}
+
+/// `certs/make-dev-certs.sh` (openssl) makes certificates Tern and mosquitto_pub
+/// accept for TLS and mutual TLS, with the client CN it was given.
+#[test]
+fn dev_certificate_script_works_with_tern_and_mosquitto() {
+    require("openssl");
+    require("mosquitto_pub");
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/make-dev-certs.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(script).arg(dir.path()).arg("sensor-7");
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{out:?}");
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let config = dir.path().join("tern.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\", require_client_cert = true, identity_as_username = true }}\n\
+             [auth]\nacl_file = \"{}\"\n[storage]\nin_memory = true\n",
+            p("server.pem"),
+            p("server.key"),
+            p("ca.pem"),
+            p("acl")
+        ),
+    )
+    .unwrap();
+    // Only the certificate's CN may write here: proves the CN became the username.
+    std::fs::write(dir.path().join("acl"), "user sensor-7\ntopic write s/7\n").unwrap();
+    let broker = spawn_with_config(&config);
+    let mut publ = Command::new("mosquitto_pub");
+    publ.args(["-h", "localhost", "-p", &broker.addr.port().to_string()])
+        .args([
+            "--cafile",
+            &p("ca.pem"),
+            "--cert",
+            &p("client.pem"),
+            "--key",
+            &p("client.key"),
+        ])
+        .args(["-t", "s/7", "-m", "x", "-q", "1", "-V", "5"]);
+    let out = run_bounded(publ, Duration::from_secs(10));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        broker.wait_log_count("user=\"sensor-7\"", 1, Duration::from_secs(5)),
+        "{}",
+        broker.log_text()
+    );
+}

@@ -228,20 +228,7 @@ impl RawClient {
 
     /// Ok(Some) a packet, Ok(None) EOF, Err(()) nothing within `d`.
     pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Packet>, ()> {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            match protocol::decode(&mut self.buf, Some(self.version), 16 * 1024 * 1024) {
-                Ok(Some(p)) => return Ok(Some(p)),
-                Ok(None) => {}
-                Err(e) => panic!("broker sent an undecodable packet: {e}"),
-            }
-            self.buf.reserve(4096);
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => return Err(()),
-                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
-                Ok(Ok(_)) => {}
-            }
-        }
+        read_packet(&mut self.stream, &mut self.buf, self.version, d).await
     }
 
     /// Assert nothing arrives for `d` (and the connection stays open).
@@ -545,26 +532,37 @@ impl RawIo {
     /// Ok(Some) a packet, Ok(None) EOF or an error (e.g. a TLS alert), Err(())
     /// nothing within `d`.
     pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Packet>, ()> {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            match protocol::decode(&mut self.buf, Some(self.version), 16 * 1024 * 1024) {
-                Ok(Some(p)) => return Ok(Some(p)),
-                Ok(None) => {}
-                Err(e) => panic!("broker sent an undecodable packet: {e}"),
-            }
-            self.buf.reserve(4096);
-            match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
-                Err(_) => return Err(()),
-                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
-                Ok(Ok(_)) => {}
-            }
-        }
+        read_packet(&mut self.io, &mut self.buf, self.version, d).await
     }
 
     pub async fn recv(&mut self) -> Option<Packet> {
         self.recv_within(WAIT)
             .await
             .expect("a packet or EOF within the wait")
+    }
+}
+
+/// The next packet from `io` (buffered in `buf`): Ok(Some) a packet, Ok(None) EOF
+/// or an error, Err(()) nothing within `d`.
+async fn read_packet(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    version: ProtocolVersion,
+    d: Duration,
+) -> Result<Option<Packet>, ()> {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        match protocol::decode(buf, Some(version), 16 * 1024 * 1024) {
+            Ok(Some(p)) => return Ok(Some(p)),
+            Ok(None) => {}
+            Err(e) => panic!("broker sent an undecodable packet: {e}"),
+        }
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Err(_) => return Err(()),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+            Ok(Ok(_)) => {}
+        }
     }
 }
 
