@@ -155,9 +155,9 @@ where
             });
             let mut w = BytesMut::new();
             if protocol::encode(&ack, ProtocolVersion::V311, &mut w).is_ok() {
-                let _ = stream.write_all(&w).await;
+                let _ = bounded(stream.write_all(&w)).await;
             }
-            let _ = stream.shutdown().await;
+            let _ = bounded(stream.shutdown()).await;
             return;
         }
         Ok(Err(Some(e))) => {
@@ -174,7 +174,7 @@ where
     // every connection's future for its whole life.
     let Some(mut conn) = Box::pin(handshake(&mut stream, *connect, &peer, conn_id, &shared)).await
     else {
-        let _ = stream.shutdown().await;
+        let _ = bounded(stream.shutdown()).await;
         return;
     };
     // Keep the CONNECT buffer only if packets were pipelined behind CONNECT; an
@@ -251,10 +251,13 @@ async fn finish<S: AsyncWrite + Unpin>(
         });
         let _ = protocol::encode(&d, conn.version, &mut conn.wbuf);
     }
-    if !conn.wbuf.is_empty() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&conn.wbuf)).await;
-    }
-    let _ = stream.shutdown().await;
+    let _ = bounded(async {
+        if !conn.wbuf.is_empty() {
+            let _ = stream.write_all(&conn.wbuf).await;
+        }
+        let _ = stream.shutdown().await;
+    })
+    .await;
     match close.reason {
         Some(r) if r.is_error() => {
             info!(reason = %r, why = close.reason_string.unwrap_or(""), "closed")
@@ -302,8 +305,31 @@ async fn refuse<S: AsyncWrite + Unpin>(
     });
     let mut w = BytesMut::new();
     if protocol::encode(&ack, version, &mut w).is_ok() {
-        let _ = stream.write_all(&w).await;
+        let _ = bounded(stream.write_all(&w)).await;
     }
+}
+
+enum Written {
+    Bytes(usize),
+    Flushed,
+}
+
+/// One `write` of `buf`, or a flush when it is empty.
+async fn write_or_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io::Result<Written> {
+    if buf.is_empty() {
+        w.flush().await.map(|()| Written::Flushed)
+    } else {
+        w.write(buf).await.map(Written::Bytes)
+    }
+}
+
+/// How long a closing connection may take to hand over its last bytes.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Bound a final write or shutdown: TLS and WebSocket shutdowns flush first, and a
+/// peer that does not read must not keep the task (and its slot) forever.
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(CLOSE_WAIT, f).await.ok()
 }
 
 fn random_suffix(conn_id: u64) -> u64 {
@@ -556,6 +582,7 @@ async fn handshake<S: AsyncWrite + Unpin>(
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         expiry_was_zero: session_expiry == 0,
         problem_info: c.properties.request_problem_information != Some(0),
+        flush_owed: false,
         outbox: outbox_rx,
         kick: Some(kick_rx),
         shared: shared.clone(),
@@ -597,6 +624,9 @@ struct Conn {
     keep_alive: Option<Duration>,
     expiry_was_zero: bool,
     problem_info: bool,
+    /// Everything was written but not yet flushed: TLS records and WebSocket
+    /// frames may still sit in the transport's own buffer.
+    flush_owed: bool,
     outbox: crate::outbox::OutboxReceiver,
     kick: Option<oneshot::Receiver<ReasonCode>>,
     shared: Arc<Shared>,
@@ -740,18 +770,25 @@ impl Conn {
                         }
                     }
                 }
-                res = wr.write(&self.wbuf), if !self.wbuf.is_empty() => {
+                // Write what is buffered, then flush once it is all written. The
+                // flush is part of the select, not an await in a branch body: a TLS
+                // or WebSocket flush waits for a peer that may never read, and
+                // meanwhile the keep-alive, a kick and the outbox must still be
+                // served. Both transports keep their flush state in the stream, so
+                // this is cancel-safe. (Plain TCP's flush is immediate.)
+                res = write_or_flush(&mut wr, &self.wbuf), if !self.wbuf.is_empty() || self.flush_owed => {
                     match res {
-                        Ok(0) | Err(_) => return Close::silent(),
-                        Ok(n) => self.wbuf.advance(n),
-                    }
-                    if self.wbuf.is_empty() {
-                        if wr.flush().await.is_err() {
-                            return Close::silent();
+                        Ok(Written::Bytes(0)) | Err(_) => return Close::silent(),
+                        Ok(Written::Bytes(n)) => {
+                            self.wbuf.advance(n);
+                            if self.wbuf.is_empty() {
+                                self.flush_owed = true;
+                                if self.wbuf.capacity() > BUF_KEEP {
+                                    self.wbuf = BytesMut::new();
+                                }
+                            }
                         }
-                        if self.wbuf.capacity() > BUF_KEEP {
-                            self.wbuf = BytesMut::new();
-                        }
+                        Ok(Written::Flushed) => self.flush_owed = false,
                     }
                 }
                 _ = &mut ka => {

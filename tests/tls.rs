@@ -459,3 +459,49 @@ fn dev_certificate_script_works_with_tern_and_mosquitto() {
         broker.log_text()
     );
 }
+
+/// A TLS client that stops reading while it is sent a flood must not pin its
+/// connection task: the keep-alive still ends it (the flush of TLS records waits
+/// for the peer, and must not block the rest of the connection's work).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_that_stops_reading_is_still_closed_by_keep_alive() {
+    let pki = Pki::new();
+    let (broker, plain) = start(config_with_tls(pki.tls_config(false, false, false))).await;
+    let addr = broker.local_addrs()[1];
+    let metrics = broker.metrics();
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(pki.client_config(None))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut stuck = RawIo::new(tls, ProtocolVersion::V311);
+    let mut connect = connect_packet(ProtocolVersion::V311, "stuck", true);
+    if let Packet::Connect(c) = &mut connect {
+        c.keep_alive = 1;
+    }
+    stuck.send(&connect).await;
+    assert!(matches!(stuck.recv().await, Some(Packet::ConnAck(_))));
+    stuck.send(&subscribe_packet(1, "flood", QoS::AtMostOnce)).await;
+    assert!(matches!(stuck.recv().await, Some(Packet::SubAck(_))));
+
+    // 16 MB at QoS 0 towards a client that reads nothing from now on.
+    let (mut publ, _) = raw_connected(plain, ProtocolVersion::V311, "flooder", true).await;
+    let payload = vec![b'x'; 16 * 1024];
+    for _ in 0..1024 {
+        publ.send(&publish_packet("flood", QoS::AtMostOnce, 0, &payload))
+            .await;
+    }
+    assert_eq!(Metrics::get(&metrics.connections_current), 2);
+    // Keep alive 1 s -> closed after 1.5 s of silence; allow plenty.
+    let closed = wait_until(Duration::from_secs(15), || {
+        Metrics::get(&metrics.connections_current) == 1
+    })
+    .await;
+    assert!(closed, "the stuck TLS connection is still open");
+    drop(stuck);
+    broker.shutdown().await;
+}
