@@ -133,7 +133,7 @@ impl Broker {
         // After recovery, so stored subscriptions are checked against the ACL of
         // this start, which may have changed while Tern was down.
         if acl.is_some() {
-            router.set_acl(acl);
+            router.set_acl(acl, std::time::Instant::now());
         }
         let mut listeners = Vec::new();
         for l in &config.listeners {

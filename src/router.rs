@@ -454,13 +454,24 @@ impl Router {
     /// removal stored), so a revoked grant stops deliveries at once; deliveries
     /// are checked per message anyway. A client is not told: MQTT has no packet
     /// for a subscription the server ends.
-    pub fn set_acl(&mut self, acl: Option<Arc<Acl>>) {
+    pub fn set_acl(&mut self, acl: Option<Arc<Acl>>, now: Instant) {
         self.acl = acl;
         let Some(acl) = self.acl.clone() else {
             return;
         };
         let mut removed = 0u64;
+        let mut touched = Vec::new();
         for (id, c) in self.clients.iter_mut() {
+            let user = c.username.clone();
+            let gone = c
+                .session
+                .forget_unreadable(|topic| acl.can_read(user.as_deref(), id, topic));
+            if gone > 0 {
+                self.metrics
+                    .acl_denied_deliver
+                    .fetch_add(gone as u64, Ordering::Relaxed);
+                touched.push(id.clone());
+            }
             let denied: Vec<FilterSpec> = c
                 .session
                 .subscriptions
@@ -484,6 +495,10 @@ impl Router {
         self.metrics
             .acl_denied_subscribe
             .fetch_add(removed, Ordering::Relaxed);
+        // Freed window slots take queued messages; the removals are stored.
+        for id in touched {
+            self.flush_session(&id, now);
+        }
     }
 
     /// May `id` (logged in as `username`) receive a message on `topic`?
@@ -776,7 +791,7 @@ impl Router {
                 let _ = reply.send(r);
             }
             RouterMsg::SetAcl { acl, reply } => {
-                self.set_acl(acl);
+                self.set_acl(acl, now);
                 let _ = reply.send(());
             }
             RouterMsg::Publishes {
@@ -1118,7 +1133,18 @@ impl Router {
                 ended = c.session_expiry == 0;
             }
         }
-        let session_present = if req.clean_start || ended {
+        // A session belongs to the user who made it: another login taking the
+        // client id over starts clean, so it cannot read what was queued for the
+        // first (a stored session from before usernames were kept counts as
+        // anonymous).
+        let other_user = self
+            .clients
+            .get(&id)
+            .is_some_and(|c| c.username != req.username);
+        if other_user {
+            info!(client = %id, "session taken over by another user: started clean");
+        }
+        let session_present = if req.clean_start || ended || other_user {
             // [MQTT-3.1.2-4] clean start discards any existing session.
             self.end_session(&id, now);
             false
@@ -1154,6 +1180,17 @@ impl Router {
                 // Resumed, but it ends with this connection now: not kept on disk.
                 gone_sid = std::mem::take(&mut client.sid);
             }
+        }
+        // What the ACL (perhaps changed while the client was away) no longer lets
+        // it read is not redelivered.
+        if let Some(acl) = &self.acl {
+            let user = client.username.clone();
+            let gone = client
+                .session
+                .forget_unreadable(|topic| acl.can_read(user.as_deref(), &id, topic));
+            self.metrics
+                .acl_denied_deliver
+                .fetch_add(gone as u64, Ordering::Relaxed);
         }
         // Redeliver what was in flight with DUP, then queued messages
         // [MQTT-4.4.0-1], as far as the window and outbox allow.

@@ -491,6 +491,41 @@ impl Session {
     /// The client reconnected to this session: re-send every PUBREL and, within
     /// the new window, every unacknowledged PUBLISH with DUP set, in the original
     /// order [MQTT-4.4.0-1]; the rest follow as acks make room [MQTT-3.3.4-9].
+    /// Drop the messages this session may no longer receive (an ACL changed, or
+    /// another user took the session over): queued ones, and in-flight ones the
+    /// client has not acknowledged yet. A QoS 2 message whose PUBREC came is kept:
+    /// the client has it, only the release is left. Returns how many went.
+    pub fn forget_unreadable(&mut self, readable: impl Fn(&str) -> bool) -> usize {
+        let mut gone = 0;
+        let before = self.pending.len();
+        let mut kept = VecDeque::with_capacity(before);
+        for d in self.pending.drain(..) {
+            if readable(&d.message.topic) {
+                kept.push_back(d);
+            } else {
+                self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
+                if d.did != 0 {
+                    self.events.push(Event::Done { did: d.did });
+                }
+            }
+        }
+        gone += before - kept.len();
+        self.pending = kept;
+        let mut i = 0;
+        while i < self.inflight.len() {
+            let drop = self.inflight.get(i).is_some_and(|f| {
+                f.state != InflightState::Comp && !readable(&f.delivery.message.topic)
+            });
+            if drop {
+                self.finish(i);
+                gone += 1;
+            } else {
+                i += 1;
+            }
+        }
+        gone
+    }
+
     pub fn resume(&mut self, now: Instant, room: usize) -> Vec<Outgoing> {
         let mut out = Vec::with_capacity(self.inflight.len().min(room));
         self.sent_inflight = 0;

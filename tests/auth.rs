@@ -1434,3 +1434,119 @@ fn restored_session_keeps_its_username_for_the_acl() {
         "the restored subscriptions were re-checked without their username:\n{log}"
     );
 }
+
+/// A session belongs to its user: another user connecting with the same client
+/// id (clean start 0) starts clean and gets none of the first user's queued
+/// messages; the first user's session is gone with it.
+#[tokio::test]
+async fn another_user_taking_a_client_id_over_starts_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = acl_config(
+        dir.path(),
+        "user alice\ntopic read alice/#\nuser mallory\ntopic read mallory/#\ntopic read alice/#\n\
+         user admin\ntopic write #\n",
+    );
+    let (broker, addr) = start(config).await;
+    for version in [V311, V5] {
+        let id = format!("device-{version:?}");
+        let mut alice = RawClient::connect(addr, version).await;
+        alice
+            .send(&persistent_login(version, &id, "alice", ""))
+            .await;
+        assert!(matches!(alice.recv().await, Some(Packet::ConnAck(_))));
+        alice.subscribe(1, "alice/inbox", QoS::AtLeastOnce).await;
+        alice.send(&Packet::Disconnect(Default::default())).await;
+        drop(alice);
+
+        let mut admin = logged_in(addr, version, "admin", Some("admin"), None).await;
+        publish_q1(
+            &mut admin,
+            "alice/inbox",
+            1,
+            "for alice only",
+            ReasonCode::SUCCESS,
+        )
+        .await;
+
+        // Mallory may read alice/# herself, but not alice's session.
+        let mut mallory = RawClient::connect(addr, version).await;
+        mallory
+            .send(&persistent_login(version, &id, "mallory", ""))
+            .await;
+        match mallory.recv().await {
+            Some(Packet::ConnAck(a)) => assert!(!a.session_present, "{version:?}"),
+            other => panic!("{other:?}"),
+        }
+        mallory.expect_silence(Duration::from_millis(300)).await;
+        mallory.send(&Packet::Disconnect(Default::default())).await;
+    }
+    broker.shutdown().await;
+}
+
+/// A reload that takes read access away drops what was queued for an offline
+/// session on those topics: it is not delivered when the session returns.
+#[test]
+fn acl_reload_drops_queued_messages_the_user_may_no_longer_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = write(
+        dir.path(),
+        "acl",
+        "user alice\ntopic read news/#\nuser admin\ntopic write #\n",
+    );
+    let config = config_file(
+        dir.path(),
+        &format!("acl_file = {}\nallow_anonymous = true\n", toml_str(&acl)),
+        None,
+    );
+    let broker = spawn_with_config(&config);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut alice = RawClient::connect(broker.addr, V5).await;
+        alice
+            .send(&persistent_login(V5, "alice-1", "alice", ""))
+            .await;
+        assert!(matches!(alice.recv().await, Some(Packet::ConnAck(_))));
+        alice.subscribe(1, "news/#", QoS::AtLeastOnce).await;
+        alice.send(&Packet::Disconnect(Default::default())).await;
+        drop(alice);
+        let mut admin = logged_in(broker.addr, V5, "admin", Some("admin"), None).await;
+        publish_q1(
+            &mut admin,
+            "news/secret",
+            1,
+            "queued before the change",
+            ReasonCode::SUCCESS,
+        )
+        .await;
+        publish_q1(
+            &mut admin,
+            "news/open",
+            2,
+            "still readable",
+            ReasonCode::SUCCESS,
+        )
+        .await;
+
+        std::fs::write(
+            &acl,
+            "user alice\ntopic read news/#\ntopic deny news/secret\nuser admin\ntopic write #\n",
+        )
+        .unwrap();
+        hup(&broker);
+        assert!(
+            broker.wait_log_count("ACL file reloaded", 1, Duration::from_secs(5)),
+            "{}",
+            broker.log_text()
+        );
+        let mut alice = RawClient::connect(broker.addr, V5).await;
+        alice
+            .send(&persistent_login(V5, "alice-1", "alice", ""))
+            .await;
+        match alice.recv().await {
+            Some(Packet::ConnAck(a)) => assert!(a.session_present),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(next_message(&mut alice).await.0, "news/open");
+        alice.expect_silence(Duration::from_millis(300)).await;
+    });
+}

@@ -485,7 +485,9 @@ async fn tls_client_that_stops_reading_is_still_closed_by_keep_alive() {
     }
     stuck.send(&connect).await;
     assert!(matches!(stuck.recv().await, Some(Packet::ConnAck(_))));
-    stuck.send(&subscribe_packet(1, "flood", QoS::AtMostOnce)).await;
+    stuck
+        .send(&subscribe_packet(1, "flood", QoS::AtMostOnce))
+        .await;
     assert!(matches!(stuck.recv().await, Some(Packet::SubAck(_))));
 
     // 16 MB at QoS 0 towards a client that reads nothing from now on.
