@@ -797,11 +797,18 @@ fn parse_rule(rest: &str, is_pattern: bool, n: usize) -> Result<Rule, FileError>
         "deny" => Some(Access::Deny),
         _ => None,
     };
-    // Without an access word the whole rest is the topic, granted both ways
-    // (Mosquitto's rule); topics may contain spaces.
+    // Mosquitto's rule: one word alone is a topic granted both ways; with more,
+    // the first must be an access word and the rest (spaces and all) is the topic.
+    // So a typo like `topic dney secret/#` is an error, not a grant.
     let (access, topic) = match access {
         Some(a) => (a, after.trim()),
-        None => (Access::ReadWrite, rest),
+        None if after.trim().is_empty() => (Access::ReadWrite, rest),
+        None => {
+            return Err(file_error(
+                n,
+                format!("invalid access '{word}': expected read, write, readwrite or deny"),
+            ))
+        }
     };
     if topic.is_empty() {
         return Err(file_error(n, "missing topic"));
@@ -1048,9 +1055,17 @@ impl LoginThrottle {
         );
     }
 
-    /// A successful login clears the address's record.
+    /// A successful login takes back its own attempt (the caller counts every
+    /// attempt as failed when it arrives), and nothing more: wiping the record
+    /// would let one valid account reset the count between guesses at others.
     pub fn succeeded(&mut self, ip: IpAddr) {
-        self.entries.remove(&throttle_key(ip));
+        let key = throttle_key(ip);
+        if let Some(f) = self.entries.get_mut(&key) {
+            f.count = f.count.saturating_sub(1);
+            if f.count == 0 {
+                self.entries.remove(&key);
+            }
+        }
     }
 
     /// Free one slot: drop what has expired, else the address whose last failure is
@@ -1613,7 +1628,7 @@ pattern read a/secret/%c
     fn topics_with_spaces_and_implicit_readwrite() {
         let a = acl("\
 topic read   home/living room/temp   
-topic kitchen/light 1
+topic readwrite kitchen/light 1
 topic  readwrite\tbad idea/#
 topic readers/x
 ");
@@ -1638,6 +1653,9 @@ topic readers/x
             ("topic deny   ", "missing topic"),
             ("pattern write", "missing topic"),
             ("topic read a/#/b", "invalid topic 'a/#/b'"),
+            ("topic dney secret/#", "invalid access 'dney'"),
+            ("pattern reed a/%c", "invalid access 'reed'"),
+            ("topic kitchen/light 1", "invalid access 'kitchen/light'"),
             ("topic read a/b#", "invalid topic"),
             ("topic a/+b", "invalid topic"),
             ("pattern read a/%c+", "invalid topic"),
@@ -1796,7 +1814,18 @@ topic readers/x
         for _ in 0..5 {
             t.failed(IP, t1);
         }
-        assert!(t.delay(IP, t1) > Duration::ZERO);
+        // 6 failures: 800 ms. A success takes back one attempt only (5: 400 ms),
+        // so a valid account cannot reset the count for guesses at others.
+        assert_eq!(t.delay(IP, t1), 800 * MS);
+        t.succeeded(IP);
+        assert_eq!(t.delay(IP, t1), 400 * MS);
+        for _ in 0..5 {
+            t.succeeded(IP);
+        }
+        assert!(
+            t.entries.is_empty(),
+            "the record goes when its count reaches 0"
+        );
         t.succeeded(IP);
         assert_eq!(t.delay(IP, t1), Duration::ZERO);
         // An earlier `now` than the last failure does not panic.
@@ -1856,6 +1885,10 @@ topic readers/x
         }
         assert_eq!(t.delay(IP, t0), 100 * MS);
         t.succeeded(IP);
-        assert_eq!(t.delay(mapped, t0), Duration::ZERO);
+        assert_eq!(
+            t.delay(mapped, t0),
+            Duration::ZERO,
+            "3 - 1 failures are free"
+        );
     }
 }

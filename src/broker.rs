@@ -213,10 +213,11 @@ impl Broker {
                         acl: Some(Arc::new(acl)),
                         reply: tx,
                     };
-                    if self.router_tx.send(msg).await.is_ok() {
-                        let _ = rx.await;
+                    if self.router_tx.send(msg).await.is_ok() && rx.await.is_ok() {
+                        info!(file = %path.display(), "ACL file reloaded");
+                    } else {
+                        errors.push("ACL file: the broker is shutting down".into());
                     }
-                    info!(file = %path.display(), "ACL file reloaded");
                 }
                 Err(e) => errors.push(format!("ACL file: {e} (keeping the old one)")),
             }

@@ -530,7 +530,12 @@ async fn handshake<S: AsyncWrite + Unpin>(
     let accepted = match reply_rx.await {
         Ok(Ok(a)) => a,
         Ok(Err(code)) => {
-            refuse(stream, version, code, "session limit reached").await;
+            let why = if code == ReasonCode::NOT_AUTHORIZED {
+                "will topic not authorized"
+            } else {
+                "session limit reached"
+            };
+            refuse(stream, version, code, why).await;
             return None;
         }
         Err(_) => {

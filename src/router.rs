@@ -1061,15 +1061,16 @@ impl Router {
             return;
         };
         let w = *pw.will;
-        // A Will is a publish by its client: the ACL applies when it is sent.
+        if self.clients.get(id).is_some_and(|c| !c.online()) {
+            // The Will is spent (sent or denied): a restart must not try again.
+            self.save_session(id, now);
+        }
+        // A Will is a publish by its client: the ACL applies when it is sent too
+        // (it may have changed since the CONNECT was checked).
         if !self.may_publish(id, &w.topic) {
             return;
         }
         self.metrics.wills_published.fetch_add(1, Ordering::Relaxed);
-        if self.clients.get(id).is_some_and(|c| !c.online()) {
-            // The Will is spent: a restart must not send it again.
-            self.save_session(id, now);
-        }
         let publish = Publish {
             dup: false,
             qos: w.qos,
@@ -1115,6 +1116,17 @@ impl Router {
         let id = req.client_id.clone();
         if !self.clients.contains_key(&id) && self.clients.len() >= self.max_sessions {
             return Err(ReasonCode::QUOTA_EXCEEDED);
+        }
+        // A Will the client may not publish is refused with the CONNECT, as
+        // Mosquitto does, rather than accepted and silently dropped later.
+        if let (Some(acl), Some(w)) = (&self.acl, &req.will) {
+            if !acl.can_publish(req.username.as_deref(), &id, &w.topic) {
+                self.metrics
+                    .acl_denied_publish
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(client = %id, topic = %w.topic, "CONNECT refused: the ACL denies its Will topic");
+                return Err(ReasonCode::NOT_AUTHORIZED);
+            }
         }
         // Takeover: close the existing connection [MQTT-3.1.4-3]; its will follows
         // the normal rules (published now, or after its delay unless this

@@ -118,8 +118,9 @@ impl TlsCell {
     }
 }
 
-/// The subject Common Name of a DER certificate (the last CN if there are
-/// several, as OpenSSL's and Mosquitto's lookups do). The certificate has already
+/// The subject Common Name of a DER certificate: the first CN if there are several,
+/// as Mosquitto takes it (`X509_NAME_get_index_by_NID(.., -1)`), so one
+/// certificate is the same user on both brokers. The certificate has already
 /// been verified by webpki; this only walks the structure to the subject:
 /// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
 /// serialNumber, signature, issuer, validity, subject, ... } ... } (RFC 5280 4.1).
@@ -136,7 +137,6 @@ pub fn common_name(der: &[u8]) -> Option<String> {
         rest = der_skip(rest)?; // serial, signature, issuer, validity
     }
     let (mut subject, _) = der_item(rest, 0x30)?;
-    let mut cn = None;
     // Name ::= SEQUENCE OF RelativeDistinguishedName (SET OF AttributeTypeAndValue)
     while !subject.is_empty() {
         let (mut set, after) = der_item(subject, 0x31)?;
@@ -149,7 +149,7 @@ pub fn common_name(der: &[u8]) -> Option<String> {
             if oid == [0x55, 0x04, 0x03] {
                 let tag = *value.first()?;
                 let (text, _) = der_item(value, tag)?;
-                cn = match tag {
+                return match tag {
                     // UTF8String, PrintableString, IA5String, T61String (as Latin-1
                     // is rare here, accept it only when it is valid UTF-8)
                     0x0C | 0x13 | 0x16 | 0x14 => Some(String::from_utf8(text.to_vec()).ok()?),
@@ -167,7 +167,7 @@ pub fn common_name(der: &[u8]) -> Option<String> {
             }
         }
     }
-    cn
+    None
 }
 
 /// One DER item with the expected tag: (contents, what follows).

@@ -343,15 +343,16 @@ fn persistent_login(version: ProtocolVersion, id: &str, user: &str, password: &s
     }))
 }
 
-/// Connect (no password file: the username is taken as given) with a Will.
-async fn connected_with_will(
+/// Connect (no password file: the username is taken as given) with a Will; the
+/// CONNACK's code and the client.
+async fn connect_with_will(
     addr: SocketAddr,
     version: ProtocolVersion,
     id: &str,
     user: &str,
     will_topic: &str,
     will_payload: &str,
-) -> RawClient {
+) -> (ReasonCode, RawClient) {
     let mut c = RawClient::connect(addr, version).await;
     c.send(&Packet::Connect(Box::new(Connect {
         version,
@@ -372,9 +373,22 @@ async fn connected_with_will(
     })))
     .await;
     match c.recv().await {
-        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS, "{id}"),
+        Some(Packet::ConnAck(a)) => (a.reason_code, c),
         other => panic!("{id}: expected CONNACK, got {other:?}"),
     }
+}
+
+/// `connect_with_will` that must be accepted.
+async fn connected_with_will(
+    addr: SocketAddr,
+    version: ProtocolVersion,
+    id: &str,
+    user: &str,
+    will_topic: &str,
+    will_payload: &str,
+) -> RawClient {
+    let (code, c) = connect_with_will(addr, version, id, user, will_topic, will_payload).await;
+    assert_eq!(code, ReasonCode::SUCCESS, "{id}");
     c
 }
 
@@ -1036,26 +1050,38 @@ async fn acl_dollar_sys_needs_an_explicit_grant() {
 #[tokio::test]
 async fn acl_will_on_a_denied_topic_is_not_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let config = acl_config(
-        dir.path(),
-        "user w\ntopic write wills/ok/#\n\nuser watcher\ntopic read wills/#\n",
-    );
+    let acl_text = "user w\ntopic write wills/ok/#\n\nuser watcher\ntopic read wills/#\n";
+    let config = acl_config(dir.path(), acl_text);
     let (broker, addr) = start(config).await;
     let metrics = broker.metrics();
     let mut watcher = logged_in(addr, V5, "watcher", Some("watcher"), None).await;
     watcher.subscribe(1, "wills/#", QoS::AtMostOnce).await;
 
-    // Wills on a topic `w` may not write: the clients vanish without DISCONNECT.
+    // A CONNECT whose Will `w` may not publish is refused (as Mosquitto does):
+    // 0x87 on v5, 0x05 on 3.1.1 (read back as 0x87).
     for (v, id) in [(V5, "wd5"), (V311, "wd311")] {
-        let c = connected_with_will(addr, v, id, "w", &format!("wills/no/{id}"), "denied").await;
-        drop(c);
+        let (code, _) =
+            connect_with_will(addr, v, id, "w", &format!("wills/no/{id}"), "denied").await;
+        assert_eq!(code, ReasonCode::NOT_AUTHORIZED, "{id}");
     }
+    assert_eq!(count(&metrics.acl_denied_publish), 2);
+
+    // A Will allowed at CONNECT but denied by the time it is sent (ACL reloaded)
+    // is not sent either.
+    let c = connected_with_will(addr, V5, "wl5", "w", "wills/ok/late", "revoked").await;
+    std::fs::write(
+        dir.path().join("acl"),
+        "user w\ntopic write wills/ok/#\ntopic deny wills/ok/late\n\nuser watcher\ntopic read wills/#\n",
+    )
+    .unwrap();
+    assert!(broker.reload().await.is_empty());
+    drop(c);
     assert!(
         wait_until(Duration::from_secs(5), || count(
             &metrics.acl_denied_publish
-        ) >= 2)
+        ) >= 3)
         .await,
-        "both Wills checked; denied: {}",
+        "the late Will was checked when sent: {}",
         count(&metrics.acl_denied_publish)
     );
     // Wills on an allowed topic arrive; being first proves the denied ones never came.
@@ -1066,7 +1092,7 @@ async fn acl_will_on_a_denied_topic_is_not_sent() {
         assert_eq!(next_message(&mut watcher).await, (topic, "allowed".into()));
     }
     watcher.expect_silence(Duration::from_millis(200)).await;
-    assert_eq!(count(&metrics.acl_denied_publish), 2);
+    assert_eq!(count(&metrics.acl_denied_publish), 3);
     assert_eq!(count(&metrics.wills_published), 2);
     broker.shutdown().await;
 }
