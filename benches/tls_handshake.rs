@@ -185,7 +185,7 @@ fn main() {
     let config = format!(
         "[[listeners]]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\ntls = {tls}\n\
          [[listeners]]\nbind = \"127.0.0.1:0\"\ntls = {mtls}\n[storage]\nin_memory = true\n\
-         [limits]\nlisten_backlog = 4096\n"
+         [limits]\nlisten_backlog = 4096\n[auth]\nallow_anonymous = true\n"
     );
     std::fs::write(p("tern.toml"), config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))

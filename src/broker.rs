@@ -102,9 +102,9 @@ impl Broker {
                 .any(|l| l.tls.as_ref().is_some_and(|t| t.identity_as_username));
             if !certs {
                 warn!(
-                    "anonymous clients are refused (a listener is not on loopback) and there is \
-                     no password_file: no client can log in; set [auth] allow_anonymous = true \
-                     or a password_file"
+                    "anonymous clients are refused (the config declares listeners, or one is \
+                     not on loopback) and there is no password_file or certificate identity: no \
+                     client can log in; set [auth] allow_anonymous = true or a password_file"
                 );
             }
         }
@@ -202,8 +202,19 @@ impl Broker {
                 }
             }
         }
-        if let Err(e) = self.shared.logins.reload() {
-            errors.push(format!("password file: {e} (keeping the old one)"));
+        match self.shared.logins.reload() {
+            Ok(Some(passwords)) => {
+                let (tx, rx) = oneshot::channel();
+                let msg = RouterMsg::Revoke {
+                    passwords,
+                    reply: tx,
+                };
+                if self.router_tx.send(msg).await.is_ok() {
+                    let _ = rx.await;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(format!("password file: {e} (keeping the old one)")),
         }
         if let Some(path) = &self.config.auth.acl_file {
             match crate::login::load_acl(path) {

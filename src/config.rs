@@ -62,6 +62,11 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    /// Did the configuration file declare `[[listeners]]`? (Not a key: set by
+    /// `load`.) Anonymous clients are allowed by default only when it did not,
+    /// Mosquitto 2's "local only" mode.
+    #[serde(skip)]
+    pub listeners_configured: bool,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            listeners_configured: false,
         }
     }
 }
@@ -143,9 +149,11 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Let clients in without a verified identity. Unset: allowed only when no
-    /// `password_file` is set and every listener is on a loopback address (the
-    /// no-config default of 127.0.0.1:1883), as with Mosquitto 2.
+    /// Let clients in without a verified identity. Unset: allowed only in
+    /// Mosquitto 2's "local only" mode: the configuration declares no listeners
+    /// (the built-in 127.0.0.1:1883, or `--listen` on loopback), every listener is
+    /// on a loopback address and there is no `password_file`. Any declared
+    /// listener needs `allow_anonymous = true` for anonymous clients.
     pub allow_anonymous: Option<bool>,
     /// Mosquitto password file (`user:hash`; `$6$`, `$7$` and `$argon2id$` hashes).
     /// Manage it with `tern passwd` or `mosquitto_passwd`.
@@ -180,7 +188,8 @@ impl Config {
     /// `auth.allow_anonymous`, with its default applied.
     pub fn anonymous_allowed(&self) -> bool {
         self.auth.allow_anonymous.unwrap_or_else(|| {
-            self.auth.password_file.is_none()
+            !self.listeners_configured
+                && self.auth.password_file.is_none()
                 && self.listeners.iter().all(|l| l.bind.ip().is_loopback())
         })
     }
@@ -412,10 +421,17 @@ impl Config {
                 .separator("__")
                 .try_parsing(true),
         );
-        let cfg: Config = builder
+        let mut cfg: Config = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigErrors::one("", e.to_string()))?;
+        if let Some(p) = path {
+            // check_file above has parsed this text already: it is valid TOML.
+            cfg.listeners_configured = std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .is_some_and(|t| t.contains_key("listeners"));
+        }
         let errors = cfg.validate();
         if errors.is_empty() {
             Ok(cfg)

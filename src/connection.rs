@@ -432,7 +432,7 @@ async fn handshake<S: AsyncWrite + Unpin>(
     }
 
     // Who is this? (password file, certificate identity, allow_anonymous).
-    let username = match shared
+    let login = match shared
         .logins
         .check(
             peer,
@@ -442,11 +442,11 @@ async fn handshake<S: AsyncWrite + Unpin>(
         )
         .await
     {
-        Ok(u) => {
-            if let Some(u) = &u {
+        Ok(l) => {
+            if let Some(u) = &l.username {
                 tracing::Span::current().record("user", u.as_str());
             }
-            u
+            l
         }
         Err(why) => {
             // v5: 0x86 for bad credentials, 0x87 otherwise; 3.1.1 gets 0x05 "not
@@ -494,7 +494,8 @@ async fn handshake<S: AsyncWrite + Unpin>(
         clean_start: c.clean_start,
         session_expiry,
         will: c.will,
-        username: username.map(Arc::from),
+        username: login.username.map(Arc::from),
+        by_password: login.by_password,
         handle: ConnHandle {
             conn_id,
             version,

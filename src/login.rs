@@ -61,6 +61,16 @@ pub enum Refused {
     NotAuthorized,
 }
 
+/// Who a CONNECT turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// The ACL's `user` and `%u`; None: anonymous.
+    pub username: Option<String>,
+    /// Verified against the password file (so a reload that removes the user
+    /// ends the connection).
+    pub by_password: bool,
+}
+
 /// Read and parse a password file.
 pub fn load_password_file(path: &std::path::Path) -> Result<PasswordFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -101,18 +111,19 @@ impl Logins {
         self.anonymous
     }
 
-    /// Re-read the password file (SIGHUP). On error the old one stays.
-    pub fn reload(&self) -> Result<(), String> {
+    /// Re-read the password file (SIGHUP); the new one, if there is a file. On
+    /// error the old one stays.
+    pub fn reload(&self) -> Result<Option<Arc<PasswordFile>>, String> {
         let Some(path) = &self.path else {
-            return Ok(());
+            return Ok(None);
         };
-        let fresh = load_password_file(path)?;
+        let fresh = Arc::new(load_password_file(path)?);
         info!(users = fresh.len(), file = %path.display(), "password file reloaded");
         match self.passwords.write() {
-            Ok(mut g) => *g = Some(Arc::new(fresh)),
-            Err(p) => *p.into_inner() = Some(Arc::new(fresh)),
+            Ok(mut g) => *g = Some(fresh.clone()),
+            Err(p) => *p.into_inner() = Some(fresh.clone()),
         }
-        Ok(())
+        Ok(Some(fresh))
     }
 
     fn snapshot(&self) -> Option<Arc<PasswordFile>> {
@@ -135,7 +146,7 @@ impl Logins {
         username: Option<&str>,
         password: Option<&Bytes>,
         metrics: &crate::metrics::Metrics,
-    ) -> Result<Option<String>, Refused> {
+    ) -> Result<Login, Refused> {
         let result = self.decide(peer, username, password).await;
         if let Err(why) = result {
             metrics.logins_refused.fetch_add(1, Ordering::Relaxed);
@@ -150,12 +161,16 @@ impl Logins {
         peer: &Peer,
         username: Option<&str>,
         password: Option<&Bytes>,
-    ) -> Result<Option<String>, Refused> {
+    ) -> Result<Login, Refused> {
+        let unchecked = |username: Option<&str>| Login {
+            username: username.map(str::to_string),
+            by_password: false,
+        };
         match &peer.cert {
             // The certificate was verified against client_ca: it is the identity,
             // and CONNECT's username and password are not looked at (Mosquitto's
             // use_identity_as_username).
-            CertIdentity::Name(cn) => return Ok(Some(cn.clone())),
+            CertIdentity::Name(cn) => return Ok(unchecked(Some(cn))),
             CertIdentity::Missing => return Err(Refused::NotAuthorized),
             CertIdentity::NotUsed => {}
         }
@@ -165,7 +180,7 @@ impl Logins {
             // the ACL rules), as Mosquitto does; either way the client is not
             // verified, so it needs allow_anonymous.
             return if self.anonymous {
-                Ok(username.map(str::to_string))
+                Ok(unchecked(username))
             } else {
                 Err(Refused::NotAuthorized)
             };
@@ -202,7 +217,10 @@ impl Logins {
         };
         if ok {
             self.throttle().succeeded(ip);
-            Ok(Some(user.to_string()))
+            Ok(Login {
+                username: Some(user.to_string()),
+                by_password: true,
+            })
         } else {
             Err(Refused::BadCredentials)
         }

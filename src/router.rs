@@ -71,6 +71,8 @@ pub struct ConnectRequest {
     pub will: Option<LastWill>,
     /// Who the client logged in as (None: anonymous); the ACL's `user` and `%u`.
     pub username: Option<Arc<str>>,
+    /// The login was checked against the password file.
+    pub by_password: bool,
     pub handle: ConnHandle,
 }
 
@@ -156,6 +158,12 @@ pub enum RouterMsg {
         acl: Option<Arc<Acl>>,
         reply: oneshot::Sender<()>,
     },
+    /// The password file was reloaded: close connections that logged in with a
+    /// password as a user it no longer has (DISCONNECT 0x87 on v5).
+    Revoke {
+        passwords: Arc<crate::auth::PasswordFile>,
+        reply: oneshot::Sender<()>,
+    },
     /// Graceful shutdown: close every connection (DISCONNECT 0x8B), refuse new
     /// ones. Replies when connections have been told.
     Shutdown { reply: oneshot::Sender<()> },
@@ -207,6 +215,8 @@ struct Client {
     /// The login of the session's latest connection (ACL checks; kept while
     /// offline and in the store).
     username: Option<Arc<str>>,
+    /// The current connection logged in with a password (see `Revoke`).
+    by_password: bool,
 }
 
 impl Client {
@@ -242,6 +252,7 @@ impl Client {
             held_out: 0,
             disconnected_unix: 0,
             username: None,
+            by_password: false,
         }
     }
 }
@@ -794,6 +805,21 @@ impl Router {
                 self.set_acl(acl, now);
                 let _ = reply.send(());
             }
+            RouterMsg::Revoke { passwords, reply } => {
+                for (id, c) in self.clients.iter_mut() {
+                    let gone = c.by_password
+                        && c.username
+                            .as_deref()
+                            .is_some_and(|u| !passwords.contains(u));
+                    if let (true, Some(h)) = (gone, c.conn.as_mut()) {
+                        info!(client = %id, user = c.username.as_deref().unwrap_or(""), "disconnected: the user is no longer in the password file");
+                        // The connection closes and reports back as usual.
+                        let kick = std::mem::replace(&mut h.kick, oneshot::channel().0);
+                        let _ = kick.send(ReasonCode::NOT_AUTHORIZED);
+                    }
+                }
+                let _ = reply.send(());
+            }
             RouterMsg::Publishes {
                 client,
                 conn_id,
@@ -1178,6 +1204,7 @@ impl Router {
             .or_insert_with(|| Client::new(id.clone()));
         client.will = req.will.map(Box::new);
         client.username = req.username;
+        client.by_password = req.by_password;
         client.session_expiry = req.session_expiry;
         client.expires_at = None;
         client.gated = 0;
@@ -2069,6 +2096,7 @@ mod tests {
             session_expiry: expiry,
             will,
             username: None,
+            by_password: false,
             handle: ConnHandle {
                 conn_id,
                 version: ProtocolVersion::V5,

@@ -1576,3 +1576,31 @@ fn acl_reload_drops_queued_messages_the_user_may_no_longer_read() {
         alice.expect_silence(Duration::from_millis(300)).await;
     });
 }
+
+/// A reload that removes a user from the password file disconnects that user's
+/// open connections (DISCONNECT 0x87 on v5), as Mosquitto does; the others stay.
+#[tokio::test]
+async fn reload_disconnects_users_removed_from_the_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    write_passwords(&pw, &[("alice", "pw-a"), ("bob", "pw-b")]);
+    let mut config = test_config();
+    config.auth.password_file = Some(pw.clone());
+    let (broker, addr) = start(config).await;
+    let mut alice = logged_in(addr, V5, "alice-1", Some("alice"), Some("pw-a")).await;
+    let mut bob5 = logged_in(addr, V5, "bob-5", Some("bob"), Some("pw-b")).await;
+    let mut bob311 = logged_in(addr, V311, "bob-311", Some("bob"), Some("pw-b")).await;
+
+    write_passwords(&pw, &[("alice", "pw-a")]);
+    assert!(broker.reload().await.is_empty());
+    match bob5.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::NOT_AUTHORIZED),
+        other => panic!("bob (v5): expected DISCONNECT 0x87, got {other:?}"),
+    }
+    assert!(bob5.until_closed().await.is_empty());
+    assert!(bob311.until_closed().await.is_empty(), "bob (3.1.1) is closed");
+    ping(&mut alice, "alice").await;
+    let (code, _) = login(addr, V5, "bob-again", Some("bob"), Some("pw-b")).await;
+    assert_eq!(code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    broker.shutdown().await;
+}

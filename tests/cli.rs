@@ -112,7 +112,7 @@ async fn config_file_listener_works() {
     let file = write_file(
         &dir,
         "ok.toml",
-        "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[limits]\nmax_keepalive = 100\n\n[storage]\nin_memory = true\n",
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[limits]\nmax_keepalive = 100\n\n[storage]\nin_memory = true\n\n[auth]\nallow_anonymous = true\n",
     );
     let mut cmd = Command::new(BIN);
     cmd.args(["-c", &file, "--log", "info"])
@@ -355,4 +355,44 @@ fn aws_lc_never_enters_the_build() {
         assert!(!lock.contains(forbidden), "Cargo.lock has {forbidden}");
     }
     assert!(lock.contains("name = \"ring\""));
+}
+
+/// Mosquitto 2's rule: a configuration that declares listeners refuses anonymous
+/// clients unless `allow_anonymous = true`, and says so at start; without
+/// declared listeners (here `--listen` on loopback) they are allowed.
+#[tokio::test]
+async fn declared_listeners_refuse_anonymous_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "strict.toml",
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[storage]\nin_memory = true\n",
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-c", &file, "--log", "info"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let broker = BrokerProcess::spawn_cmd(cmd);
+    assert!(
+        broker.log_text().contains("no client can log in"),
+        "{}",
+        broker.log_text()
+    );
+    for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let mut c = RawClient::connect(broker.addr, v).await;
+        c.send(&connect_packet(v, "anon", true)).await;
+        match c.recv().await {
+            Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::NOT_AUTHORIZED),
+            other => panic!("{other:?}"),
+        }
+    }
+    // No declared listeners: local-only mode lets anonymous clients in.
+    let open = BrokerProcess::spawn(&[]);
+    let mut c = RawClient::connect(open.addr, ProtocolVersion::V5).await;
+    c.send(&connect_packet(ProtocolVersion::V5, "anon", true))
+        .await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+        other => panic!("{other:?}"),
+    }
 }

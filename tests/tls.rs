@@ -235,7 +235,7 @@ fn tls_config_file(pki: &Pki) -> std::path::PathBuf {
     let text = format!(
         "[[listeners]]\nbind = \"127.0.0.1:0\"\ntls = {}\n\n\
          [[listeners]]\nbind = \"127.0.0.1:0\"\ntls = {}\n\n\
-         [storage]\nin_memory = true\n",
+         [storage]\nin_memory = true\n[auth]\nallow_anonymous = true\n",
         pki.tls_toml(false, false, false),
         pki.tls_toml(true, true, true)
     );
