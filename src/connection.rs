@@ -432,16 +432,21 @@ async fn handshake<S: AsyncWrite + Unpin>(
     }
 
     // Who is this? (password file, certificate identity, allow_anonymous).
-    let login = match shared
-        .logins
-        .check(
-            peer,
-            c.username.as_deref(),
-            c.password.as_ref(),
-            &shared.metrics,
-        )
+    // Bounded like the CONNECT itself: a throttled or queued login must not hold
+    // its connection slot longer than `connect_timeout`.
+    let check = shared.logins.check(
+        peer,
+        c.username.as_deref(),
+        c.password.as_ref(),
+        &shared.metrics,
+    );
+    let checked = tokio::time::timeout(lim.connect_timeout, check)
         .await
-    {
+        .unwrap_or_else(|_| {
+            debug!("login not decided within connect_timeout");
+            Err(Refused::NotAuthorized)
+        });
+    let login = match checked {
         Ok(l) => {
             if let Some(u) = &l.username {
                 tracing::Span::current().record("user", u.as_str());

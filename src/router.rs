@@ -1708,10 +1708,17 @@ impl Router {
             self.store_retained(&topic, &msg);
         }
         let clients = &self.clients;
+        let acl = self.acl.as_deref();
         let mut matches = std::mem::take(&mut self.scratch_matches);
+        // A `$share` group's message goes to a connected member that may also read
+        // the topic, so one member's narrower ACL does not lose it for the group.
         self.subs.matches_into(
             &topic,
-            |k| clients.get(k).is_some_and(|c| c.online()),
+            |k| {
+                clients.get(k).is_some_and(|c| {
+                    c.online() && acl.is_none_or(|a| a.can_read(c.username.as_deref(), k, &topic))
+                })
+            },
             &mut matches,
         );
         // Overlapping subscriptions of one client give one copy at the highest QoS

@@ -1598,9 +1598,39 @@ async fn reload_disconnects_users_removed_from_the_password_file() {
         other => panic!("bob (v5): expected DISCONNECT 0x87, got {other:?}"),
     }
     assert!(bob5.until_closed().await.is_empty());
-    assert!(bob311.until_closed().await.is_empty(), "bob (3.1.1) is closed");
+    assert!(
+        bob311.until_closed().await.is_empty(),
+        "bob (3.1.1) is closed"
+    );
     ping(&mut alice, "alice").await;
     let (code, _) = login(addr, V5, "bob-again", Some("bob"), Some("pw-b")).await;
     assert_eq!(code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    broker.shutdown().await;
+}
+
+/// A `$share` group's message goes to a member that may read it: a member whose
+/// ACL denies the topic never takes (and so never loses) the group's message.
+#[tokio::test]
+async fn shared_subscription_skips_members_who_may_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = acl_config(
+        dir.path(),
+        "user a\ntopic read jobs/#\nuser b\ntopic read jobs/#\ntopic deny jobs/secret\n\
+         user pub\ntopic write #\n",
+    );
+    let (broker, addr) = start(config).await;
+    let mut a = logged_in(addr, V5, "member-a", Some("a"), None).await;
+    a.subscribe(1, "$share/g/jobs/#", QoS::AtMostOnce).await;
+    let mut b = logged_in(addr, V5, "member-b", Some("b"), None).await;
+    b.subscribe(1, "$share/g/jobs/#", QoS::AtMostOnce).await;
+    let mut p = logged_in(addr, V5, "pub", Some("pub"), None).await;
+    for i in 0..6 {
+        publish_q1(&mut p, "jobs/secret", i + 1, "s", ReasonCode::SUCCESS).await;
+    }
+    // Round robin would give b half of them; every one goes to a.
+    for _ in 0..6 {
+        assert_eq!(next_message(&mut a).await.0, "jobs/secret");
+    }
+    b.expect_silence(Duration::from_millis(200)).await;
     broker.shutdown().await;
 }
