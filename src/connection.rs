@@ -20,6 +20,7 @@ use crate::router::{ConnHandle, ConnectRequest, DisconnectKind, RouterMsg};
 use crate::session::{ClientId, Outgoing, ReplyKind};
 use crate::topic::validate_topic_name;
 use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -793,7 +794,15 @@ impl Conn {
                         Ok(Written::Bytes(n)) => {
                             self.wbuf.advance(n);
                             if self.wbuf.is_empty() {
-                                self.flush_owed = true;
+                                // Plain TCP (and most TLS writes) flush at once:
+                                // try here, without another turn of the loop;
+                                // only a flush that must wait for the peer is
+                                // left to the select.
+                                match wr.flush().now_or_never() {
+                                    Some(Ok(())) => {}
+                                    Some(Err(_)) => return Close::silent(),
+                                    None => self.flush_owed = true,
+                                }
                                 if self.wbuf.capacity() > BUF_KEEP {
                                     self.wbuf = BytesMut::new();
                                 }
