@@ -512,37 +512,43 @@ impl Router {
         }
     }
 
-    /// May `id` (logged in as `username`) receive a message on `topic`?
+    /// May `id` (logged in as its session's user) receive a message on `topic`?
     fn may_read(&self, id: &ClientId, topic: &str) -> bool {
-        let Some(acl) = &self.acl else {
-            return true;
-        };
-        let username = self.clients.get(id).and_then(|c| c.username.as_deref());
-        if acl.can_read(username, id, topic) {
-            true
-        } else {
-            self.metrics
-                .acl_denied_deliver
-                .fetch_add(1, Ordering::Relaxed);
-            false
-        }
+        self.acl_allows(id, topic, Acl::can_read, &self.metrics.acl_denied_deliver)
     }
 
     /// May `id` publish on `topic`?
     fn may_publish(&self, id: &ClientId, topic: &str) -> bool {
+        let ok = self.acl_allows(
+            id,
+            topic,
+            Acl::can_publish,
+            &self.metrics.acl_denied_publish,
+        );
+        if !ok {
+            debug!(client = %id, topic, "publish denied by the ACL");
+        }
+        ok
+    }
+
+    /// One ACL decision for `id`'s user; a denial is counted in `denied`. No ACL:
+    /// everything is allowed.
+    fn acl_allows(
+        &self,
+        id: &ClientId,
+        topic: &str,
+        check: fn(&Acl, Option<&str>, &str, &str) -> bool,
+        denied: &std::sync::atomic::AtomicU64,
+    ) -> bool {
         let Some(acl) = &self.acl else {
             return true;
         };
         let username = self.clients.get(id).and_then(|c| c.username.as_deref());
-        if acl.can_publish(username, id, topic) {
-            true
-        } else {
-            self.metrics
-                .acl_denied_publish
-                .fetch_add(1, Ordering::Relaxed);
-            debug!(client = %id, topic, "publish denied by the ACL");
-            false
+        let ok = check(acl, username, id, topic);
+        if !ok {
+            denied.fetch_add(1, Ordering::Relaxed);
         }
+        ok
     }
 
     /// Persist through `store`, starting from what it recovered.
