@@ -186,10 +186,10 @@ impl Logins {
             };
         };
         // A password attempt counts as a failure from the moment it arrives,
-        // under the same lock as its delay, and a success clears the count:
-        // counting only after the check would give every attempt already in
-        // flight the same delay, so parallel connections would escape the
-        // doubling.
+        // under the same lock as its delay, and a success takes back only its
+        // own count: counting only after the check would give every attempt
+        // already in flight the same delay, so parallel connections would escape
+        // the doubling.
         let wait = {
             let mut t = self.throttle();
             let now = Instant::now();
