@@ -462,9 +462,10 @@ impl Router {
     }
 
     /// Replace the ACL. Subscriptions the new one denies are removed (and the
-    /// removal stored), so a revoked grant stops deliveries at once; deliveries
-    /// are checked per message anyway. A client is not told: MQTT has no packet
-    /// for a subscription the server ends.
+    /// removal stored), and so are queued or unacknowledged deliveries it no
+    /// longer lets their session read; new deliveries are checked per message
+    /// anyway. A client is not told: MQTT has no packet for a subscription the
+    /// server ends.
     pub fn set_acl(&mut self, acl: Option<Arc<Acl>>, now: Instant) {
         self.acl = acl;
         let Some(acl) = self.acl.clone() else {
