@@ -9,10 +9,6 @@
 //! (`cargo test` runs it for a moment only).
 
 use bytes::BytesMut;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{BufRead, BufReader};
@@ -24,6 +20,10 @@ use std::time::{Duration, Instant};
 use tern::protocol::{self, Connect, Packet, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+#[allow(dead_code)]
+#[path = "../tests/common/pki.rs"]
+mod pki;
 
 const CLIENTS: usize = 8;
 
@@ -150,49 +150,14 @@ fn client_config(
 }
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "bench CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |cn: &str, server: bool| {
-        let mut p = CertificateParams::new(if server {
-            vec!["localhost".to_string()]
-        } else {
-            vec![]
-        })
-        .unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let k = KeyPair::generate().unwrap();
-        (p.signed_by(&k, &issuer).unwrap().pem(), k.serialize_pem())
-    };
-    let (scert, skey) = leaf("localhost", true);
-    let (ccert, ckey) = leaf("bench-device", false);
-    let p = |n: &str| dir.path().join(n);
-    std::fs::write(p("ca.pem"), &ca_pem).unwrap();
-    std::fs::write(p("s.pem"), &scert).unwrap();
-    std::fs::write(p("s.key"), &skey).unwrap();
-    let tls = format!(
-        "{{ cert = \"{}\", key = \"{}\" }}",
-        p("s.pem").display(),
-        p("s.key").display()
-    );
-    let mtls = format!(
-        "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\", require_client_cert = true, identity_as_username = true }}",
-        p("s.pem").display(),
-        p("s.key").display(),
-        p("ca.pem").display()
-    );
+    // The tests' throw-away PKI: a CA, a server certificate for localhost and
+    // a client certificate (ECDSA P-256 keys).
+    let pki = pki::Pki::new();
+    let ca_pem = pki.ca.cert_pem.clone();
+    let (ccert, ckey) = pki.ca.client("bench-device");
+    let p = |n: &str| pki.path(n);
+    let tls = pki.tls_toml(false, false, false);
+    let mtls = pki.tls_toml(true, true, true);
     let config = format!(
         "[[listeners]]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\ntls = {tls}\n\
          [[listeners]]\nbind = \"127.0.0.1:0\"\ntls = {mtls}\n[storage]\nin_memory = true\n\

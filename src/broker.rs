@@ -67,6 +67,16 @@ pub fn check_files(config: &Config) -> Vec<crate::config::ConfigError> {
     errors
 }
 
+/// Send the router a message carrying a reply channel and wait for the answer.
+/// False when the router has already stopped.
+async fn ask_router(
+    router: &mpsc::Sender<RouterMsg>,
+    msg: impl FnOnce(oneshot::Sender<()>) -> RouterMsg,
+) -> bool {
+    let (tx, rx) = oneshot::channel();
+    router.send(msg(tx)).await.is_ok() && rx.await.is_ok()
+}
+
 pub struct Broker {
     addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,
@@ -204,14 +214,11 @@ impl Broker {
         }
         match self.shared.logins.reload() {
             Ok(Some(passwords)) => {
-                let (tx, rx) = oneshot::channel();
-                let msg = RouterMsg::Revoke {
+                ask_router(&self.router_tx, |reply| RouterMsg::Revoke {
                     passwords,
-                    reply: tx,
-                };
-                if self.router_tx.send(msg).await.is_ok() {
-                    let _ = rx.await;
-                }
+                    reply,
+                })
+                .await;
             }
             Ok(None) => {}
             Err(e) => errors.push(format!("password file: {e} (keeping the old one)")),
@@ -219,12 +226,8 @@ impl Broker {
         if let Some(path) = &self.config.auth.acl_file {
             match crate::login::load_acl(path) {
                 Ok(acl) => {
-                    let (tx, rx) = oneshot::channel();
-                    let msg = RouterMsg::SetAcl {
-                        acl: Some(Arc::new(acl)),
-                        reply: tx,
-                    };
-                    if self.router_tx.send(msg).await.is_ok() && rx.await.is_ok() {
+                    let acl = Some(Arc::new(acl));
+                    if ask_router(&self.router_tx, |reply| RouterMsg::SetAcl { acl, reply }).await {
                         info!(file = %path.display(), "ACL file reloaded");
                     } else {
                         errors.push("ACL file: the broker is shutting down".into());
@@ -255,15 +258,7 @@ impl Broker {
         for t in self.accept_tasks {
             let _ = t.await;
         }
-        let (tx, rx) = oneshot::channel();
-        if self
-            .router_tx
-            .send(RouterMsg::Shutdown { reply: tx })
-            .await
-            .is_ok()
-        {
-            let _ = rx.await;
-        }
+        ask_router(&self.router_tx, |reply| RouterMsg::Shutdown { reply }).await;
         self.tracker.close();
         if tokio::time::timeout(self.config.mqtt.shutdown_timeout, self.tracker.wait())
             .await
@@ -274,15 +269,7 @@ impl Broker {
                 self.tracker.len()
             );
         }
-        let (tx, rx) = oneshot::channel();
-        if self
-            .router_tx
-            .send(RouterMsg::Finish { reply: tx })
-            .await
-            .is_ok()
-        {
-            let _ = rx.await;
-        }
+        ask_router(&self.router_tx, |reply| RouterMsg::Finish { reply }).await;
         drop(self.router_tx);
         let _ = self.router_task.await;
         if let Some(t) = self.store_thread {

@@ -16,6 +16,7 @@ pub mod login;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod reload;
 pub mod retain;
 pub mod router;
 pub mod session;

@@ -2,7 +2,7 @@
 //! on reload), the throttle on repeated failures per address, and the cap on
 //! password checks running at once; the decisions themselves are `auth`'s.
 //!
-//! Shared by every connection task. The password file is behind an `RwLock<Arc<_>>`
+//! Shared by every connection task. The password file is a `reload::Swap`
 //! only so a reload can swap it: a check clones the `Arc` and works on its own
 //! snapshot. The throttle is a small bounded table behind a `Mutex`, touched once
 //! per login (not broker state; nothing else reads it). Hash checks (argon2id takes
@@ -10,11 +10,12 @@
 
 use crate::auth::{LoginThrottle, PasswordFile};
 use crate::config::Config;
+use crate::reload::Swap;
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -73,13 +74,22 @@ pub struct Login {
 
 /// Read and parse a password file.
 pub fn load_password_file(path: &std::path::Path) -> Result<PasswordFile, String> {
+    load(path, PasswordFile::parse)
+}
+
+/// Read `path` and parse it; errors name the file (and the parser's line).
+fn load<T>(
+    path: &std::path::Path,
+    parse: fn(&str) -> Result<T, crate::auth::FileError>,
+) -> Result<T, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    PasswordFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 pub struct Logins {
     path: Option<PathBuf>,
-    passwords: RwLock<Option<Arc<PasswordFile>>>,
+    /// Set when there is a password file.
+    passwords: Option<Swap<PasswordFile>>,
     anonymous: bool,
     throttle: Mutex<LoginThrottle>,
     checks: Semaphore,
@@ -90,12 +100,12 @@ impl Logins {
     pub fn new(config: &Config) -> Result<Logins, String> {
         let path = config.auth.password_file.clone();
         let passwords = match &path {
-            Some(p) => Some(Arc::new(load_password_file(p)?)),
+            Some(p) => Some(Swap::new(Arc::new(load_password_file(p)?))),
             None => None,
         };
         Ok(Logins {
             path,
-            passwords: RwLock::new(passwords),
+            passwords,
             anonymous: config.anonymous_allowed(),
             throttle: Mutex::new(LoginThrottle::new(
                 config.auth.failed_login_delay,
@@ -114,23 +124,17 @@ impl Logins {
     /// Re-read the password file (SIGHUP); the new one, if there is a file. On
     /// error the old one stays.
     pub fn reload(&self) -> Result<Option<Arc<PasswordFile>>, String> {
-        let Some(path) = &self.path else {
+        let (Some(path), Some(passwords)) = (&self.path, &self.passwords) else {
             return Ok(None);
         };
         let fresh = Arc::new(load_password_file(path)?);
         info!(users = fresh.len(), file = %path.display(), "password file reloaded");
-        match self.passwords.write() {
-            Ok(mut g) => *g = Some(fresh.clone()),
-            Err(p) => *p.into_inner() = Some(fresh.clone()),
-        }
+        passwords.set(fresh.clone());
         Ok(Some(fresh))
     }
 
     fn snapshot(&self) -> Option<Arc<PasswordFile>> {
-        match self.passwords.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.passwords.as_ref().map(Swap::get)
     }
 
     fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
@@ -229,6 +233,5 @@ impl Logins {
 
 /// Read and parse an ACL file.
 pub fn load_acl(path: &std::path::Path) -> Result<crate::auth::Acl, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    crate::auth::Acl::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    load(path, crate::auth::Acl::parse)
 }

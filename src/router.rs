@@ -61,6 +61,13 @@ impl ConnHandle {
     fn room(&self) -> usize {
         self.outbox.capacity().saturating_sub(self.reply_reserve)
     }
+
+    /// Tell the connection to close with `reason`, keeping the handle: the
+    /// connection reports back as usual when it has gone.
+    fn close_with(&mut self, reason: ReasonCode) {
+        let kick = std::mem::replace(&mut self.kick, oneshot::channel().0);
+        let _ = kick.send(reason);
+    }
 }
 
 pub struct ConnectRequest {
@@ -821,8 +828,7 @@ impl Router {
                     if let (true, Some(h)) = (gone, c.conn.as_mut()) {
                         info!(client = %id, user = c.username.as_deref().unwrap_or(""), "disconnected: the user is no longer in the password file");
                         // The connection closes and reports back as usual.
-                        let kick = std::mem::replace(&mut h.kick, oneshot::channel().0);
-                        let _ = kick.send(ReasonCode::NOT_AUTHORIZED);
+                        h.close_with(ReasonCode::NOT_AUTHORIZED);
                     }
                 }
                 let _ = reply.send(());
@@ -1659,8 +1665,7 @@ impl Router {
             .filter(|h| h.conn_id == conn_id)
         {
             warn!(client = %id, "disk budget reached: closing a 3.1.1 connection instead of acknowledging a message it cannot store");
-            let kick = std::mem::replace(&mut h.kick, oneshot::channel().0);
-            let _ = kick.send(ReasonCode::QUOTA_EXCEEDED);
+            h.close_with(ReasonCode::QUOTA_EXCEEDED);
         }
     }
 

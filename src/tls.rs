@@ -6,12 +6,13 @@
 //! certificates for new connections without touching open ones.
 
 use crate::config::TlsConfig;
+use crate::reload::Swap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// Why a TLS config could not be built; names the file.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +82,7 @@ pub fn server_config(t: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
 /// A listener's current TLS config, replaced on reload.
 pub struct TlsCell {
     settings: TlsConfig,
-    current: RwLock<Arc<ServerConfig>>,
+    current: Swap<ServerConfig>,
 }
 
 impl TlsCell {
@@ -89,7 +90,7 @@ impl TlsCell {
         let config = server_config(&settings)?;
         Ok(TlsCell {
             settings,
-            current: RwLock::new(config),
+            current: Swap::new(config),
         })
     }
 
@@ -99,21 +100,12 @@ impl TlsCell {
 
     /// The config for a connection accepted now.
     pub fn current(&self) -> Arc<ServerConfig> {
-        // A poisoned lock only means a panic while swapping an Arc: the value
-        // inside is still a whole config.
-        match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.current.get()
     }
 
     /// Re-read the files; on error keep the current config and say why.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = server_config(&self.settings)?;
-        match self.current.write() {
-            Ok(mut g) => *g = fresh,
-            Err(p) => *p.into_inner() = fresh,
-        }
+        self.current.set(server_config(&self.settings)?);
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tern::config::{Config, ListenerConfig};
 use tern::metrics::Metrics;
@@ -87,16 +87,6 @@ fn config_file(dir: &Path, auth: &str, data: Option<&Path>) -> PathBuf {
     let text =
         format!("[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[storage]\n{storage}\n[auth]\n{auth}\n");
     write(dir, "tern.toml", &text)
-}
-
-fn spawn_with_config(config: &Path) -> BrokerProcess {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("-c")
-        .arg(config)
-        .args(["--log", "info"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    BrokerProcess::spawn_cmd(cmd)
 }
 
 fn hup(broker: &BrokerProcess) {
@@ -447,7 +437,7 @@ fn mosquitto_passwd_file_lets_users_in_and_refuses_bad_credentials() {
         "password_file = {}\nfailed_login_delay = \"10ms\"\nfailed_login_max_delay = \"20ms\"\n",
         toml_str(&pw)
     );
-    let broker = spawn_with_config(&config_file(dir.path(), &auth, None));
+    let broker = BrokerProcess::spawn_config(&config_file(dir.path(), &auth, None));
     let port = broker.addr.port();
 
     // mosquitto_pub with the right password; mosquitto_sub (another login) gets
@@ -1119,7 +1109,7 @@ fn sighup_reloads_passwords_and_acl_keeping_connections() {
         toml_str(&pw),
         toml_str(&acl)
     );
-    let broker = spawn_with_config(&config_file(dir.path(), &auth, None));
+    let broker = BrokerProcess::spawn_config(&config_file(dir.path(), &auth, None));
     let addr = broker.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -1405,7 +1395,7 @@ fn restored_session_keeps_its_username_for_the_acl() {
     let config = config_file(dir.path(), &auth, Some(&data));
     let sessions = [(V5, "a-v5"), (V311, "a-v311")];
 
-    let mut first = spawn_with_config(&config);
+    let mut first = BrokerProcess::spawn_config(&config);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         for (v, id) in sessions {
@@ -1428,7 +1418,7 @@ fn restored_session_keeps_its_username_for_the_acl() {
     let status = first.terminate();
     assert!(status.success(), "{status:?}\n{}", first.log_text());
 
-    let second = spawn_with_config(&config);
+    let second = BrokerProcess::spawn_config(&config);
     rt.block_on(async {
         let mut p = logged_in(second.addr, V5, "p", Some("p"), Some("p-pw")).await;
         // p may write both; a may read only a/open, though its a/# matches both.
@@ -1524,7 +1514,7 @@ fn acl_reload_drops_queued_messages_the_user_may_no_longer_read() {
         &format!("acl_file = {}\nallow_anonymous = true\n", toml_str(&acl)),
         None,
     );
-    let broker = spawn_with_config(&config);
+    let broker = BrokerProcess::spawn_config(&config);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut alice = RawClient::connect(broker.addr, V5).await;

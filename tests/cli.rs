@@ -114,11 +114,7 @@ async fn config_file_listener_works() {
         "ok.toml",
         "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[limits]\nmax_keepalive = 100\n\n[storage]\nin_memory = true\n\n[auth]\nallow_anonymous = true\n",
     );
-    let mut cmd = Command::new(BIN);
-    cmd.args(["-c", &file, "--log", "info"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let broker = BrokerProcess::spawn_cmd(cmd);
+    let broker = BrokerProcess::spawn_config(std::path::Path::new(&file));
     // The file's limits apply: a v5 client asking for keep alive 200 is told 100
     // (Server Keep Alive, MQTT 5.0 3.2.2.3.14).
     let mut c = RawClient::connect(broker.addr, ProtocolVersion::V5).await;
@@ -190,17 +186,7 @@ async fn env_override_lowers_max_packet_size() {
 async fn repeated_listen_opens_every_listener() {
     // spawn() already passes one `--listen 127.0.0.1:0`.
     let broker = BrokerProcess::spawn(&["--listen", "127.0.0.1:0"]);
-    assert!(
-        broker.wait_log_count("listening on ", 2, Duration::from_secs(5)),
-        "expected two listening lines:\n{}",
-        broker.log_text()
-    );
-    let addrs: Vec<std::net::SocketAddr> = broker
-        .log_text()
-        .lines()
-        .filter_map(|l| l.split("listening on ").nth(1))
-        .map(|a| a.trim().parse().expect("address"))
-        .collect();
+    let addrs = broker.listener_addrs(2);
     assert_eq!(addrs.len(), 2, "{addrs:?}");
     assert_ne!(addrs[0], addrs[1]);
     for (i, addr) in addrs.into_iter().enumerate() {
@@ -368,11 +354,7 @@ async fn declared_listeners_refuse_anonymous_unless_allowed() {
         "strict.toml",
         "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[storage]\nin_memory = true\n",
     );
-    let mut cmd = Command::new(BIN);
-    cmd.args(["-c", &file, "--log", "info"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let broker = BrokerProcess::spawn_cmd(cmd);
+    let broker = BrokerProcess::spawn_config(std::path::Path::new(&file));
     assert!(
         broker.log_text().contains("no client can log in"),
         "{}",

@@ -243,39 +243,14 @@ fn tls_config_file(pki: &Pki) -> std::path::PathBuf {
     path
 }
 
-/// The addresses of every listener of a spawned broker, in order.
-fn listener_addrs(broker: &BrokerProcess, n: usize) -> Vec<std::net::SocketAddr> {
-    assert!(
-        broker.wait_log_count("listening on ", n, Duration::from_secs(5)),
-        "{}",
-        broker.log_text()
-    );
-    broker
-        .log_text()
-        .lines()
-        .filter_map(|l| l.split("listening on ").nth(1))
-        .map(|a| a.trim().parse().unwrap())
-        .collect()
-}
-
-fn spawn_with_config(config: &std::path::Path) -> BrokerProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
-    cmd.arg("-c")
-        .arg(config)
-        .args(["--log", "info"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    BrokerProcess::spawn_cmd(cmd)
-}
-
 #[test]
 fn mosquitto_clients_over_tls_and_mutual_tls() {
     require("mosquitto_pub");
     require("mosquitto_sub");
     let pki = Pki::new();
     let (cert, key) = pki.write_pair("client", pki.ca.client("device-1"));
-    let broker = spawn_with_config(&tls_config_file(&pki));
-    let addrs = listener_addrs(&broker, 2);
+    let broker = BrokerProcess::spawn_config(&tls_config_file(&pki));
+    let addrs = broker.listener_addrs(2);
     let ca = pki.path("ca.pem");
 
     // mosquitto_sub over TLS (server verified with --cafile) ...
@@ -325,8 +300,8 @@ fn mosquitto_clients_over_tls_and_mutual_tls() {
 #[test]
 fn sighup_swaps_certificates_and_keeps_connections() {
     let pki = Pki::new();
-    let broker = spawn_with_config(&tls_config_file(&pki));
-    let addr = listener_addrs(&broker, 2)[0];
+    let broker = BrokerProcess::spawn_config(&tls_config_file(&pki));
+    let addr = broker.listener_addrs(2)[0];
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // A client connected with the old certificate ...
@@ -439,7 +414,7 @@ fn dev_certificate_script_works_with_tern_and_mosquitto() {
     .unwrap();
     // Only the certificate's CN may write here: proves the CN became the username.
     std::fs::write(dir.path().join("acl"), "user sensor-7\ntopic write s/7\n").unwrap();
-    let broker = spawn_with_config(&config);
+    let broker = BrokerProcess::spawn_config(&config);
     let mut publ = Command::new("mosquitto_pub");
     publ.args(["-h", "localhost", "-p", &broker.addr.port().to_string()])
         .args([

@@ -112,6 +112,31 @@ impl BrokerProcess {
         Self::spawn_cmd(cmd)
     }
 
+    /// `tern -c CONFIG --log info`: the file's own listeners and data dir.
+    pub fn spawn_config(config: &std::path::Path) -> BrokerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.arg("-c")
+            .arg(config)
+            .args(["--log", "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Self::spawn_cmd(cmd)
+    }
+
+    /// The addresses of the first `n` listeners, from the log, in order.
+    pub fn listener_addrs(&self, n: usize) -> Vec<SocketAddr> {
+        assert!(
+            self.wait_log_count("listening on ", n, Duration::from_secs(5)),
+            "expected {n} listening lines:\n{}",
+            self.log_text()
+        );
+        self.log_text()
+            .lines()
+            .filter_map(|l| l.split("listening on ").nth(1))
+            .map(|a| a.trim().parse().expect("address"))
+            .collect()
+    }
+
     /// `tern --listen 127.0.0.1:0 --log info` with stderr piped, stdout discarded.
     pub fn command() -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
