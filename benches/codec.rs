@@ -41,7 +41,7 @@ fn publish(version: ProtocolVersion, qos: QoS) -> Publish {
     let properties = if version.is_v5() {
         PublishProperties {
             message_expiry_interval: Some(3600),
-            user_properties: vec![("unit".to_string(), "celsius".to_string())],
+            user_properties: vec![("unit".to_string(), "celsius".to_string())].into(),
             ..PublishProperties::default()
         }
     } else {

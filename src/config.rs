@@ -203,6 +203,10 @@ pub struct Limits {
     pub listen_backlog: u32,
     pub max_sessions: usize,
     pub max_packet_size: u32,
+    /// User Properties in one packet's property section (v5); more: 0x95.
+    pub max_user_properties: u32,
+    /// Bytes of one packet's property section (v5); more: 0x95.
+    pub max_property_bytes: u32,
     pub max_keepalive: u16,
     pub receive_maximum: u16,
     pub max_inflight: u16,
@@ -222,6 +226,17 @@ pub struct Limits {
     pub max_retained_bytes: usize,
 }
 
+impl Limits {
+    /// What the packet decoder accepts after CONNECT.
+    pub fn decode_limits(&self) -> crate::protocol::DecodeLimits {
+        crate::protocol::DecodeLimits {
+            max_packet_size: self.max_packet_size,
+            max_user_properties: self.max_user_properties,
+            max_property_bytes: self.max_property_bytes,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -229,6 +244,8 @@ impl Default for Limits {
             listen_backlog: 4096,
             max_sessions: 20_000,
             max_packet_size: 1024 * 1024,
+            max_user_properties: 128,
+            max_property_bytes: 64 * 1024,
             max_keepalive: 65_535,
             receive_maximum: 64,
             max_inflight: 256,
@@ -461,6 +478,9 @@ impl Config {
                 "limits.max_packet_size",
                 "must be at most 268435460 bytes (the protocol's maximum)",
             );
+        }
+        if l.max_property_bytes == 0 {
+            err("limits.max_property_bytes", "must be at least 1");
         }
         if l.receive_maximum == 0 {
             err("limits.receive_maximum", "must be at least 1");

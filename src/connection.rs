@@ -90,7 +90,8 @@ impl From<DecodeError> for Close {
         let why = match e {
             DecodeError::Malformed(w)
             | DecodeError::Protocol(w)
-            | DecodeError::TopicNameInvalid(w) => w,
+            | DecodeError::TopicNameInvalid(w)
+            | DecodeError::PropertiesTooLarge(w) => w,
             DecodeError::TooLarge { .. } => "packet exceeds the maximum packet size",
             DecodeError::UnsupportedVersion(_) => "unsupported protocol version",
         };
@@ -822,13 +823,13 @@ impl Conn {
 
     /// Decode and handle every complete packet in the read buffer.
     async fn process_input(&mut self) -> Option<Close> {
-        let max = self.limits().max_packet_size;
+        let limits = self.limits().decode_limits();
         let owed_max = usize::from(self.limits().receive_maximum);
         // Stop at `receive_maximum` owed replies: the rest waits in the buffer
         // until replies are written (flow control for pipelining clients; it also
         // bounds the outbox slots replies take).
         while self.owed < owed_max {
-            let packet = match protocol::decode(&mut self.rbuf, Some(self.version), max) {
+            let packet = match protocol::decode_with(&mut self.rbuf, Some(self.version), limits) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => {

@@ -45,9 +45,16 @@ impl Message {
         self.expiry_left(now) == Some(0)
     }
 
-    /// Bytes this message charges against a queue's byte cap.
+    /// Bytes this message charges against a queue's or the retained store's byte
+    /// cap: what it really holds in memory, properties included (a cap that
+    /// counted only topic and payload let 1 MB of tiny user properties per
+    /// message through every limit), plus the message itself and its `Arc`.
     pub fn cost(&self) -> usize {
-        self.topic.len() + self.payload.len() + 64
+        std::mem::size_of::<Message>()
+            + 2 * std::mem::size_of::<usize>()
+            + self.topic.len()
+            + self.payload.len()
+            + self.properties.heap_size()
     }
 }
 

@@ -197,7 +197,7 @@ fn kind(e: &DecodeError) -> Want {
     match e {
         DecodeError::Malformed(_) => Malformed,
         DecodeError::Protocol(_) => Protocol,
-        DecodeError::TooLarge { .. } => TooLarge,
+        DecodeError::TooLarge { .. } | DecodeError::PropertiesTooLarge(_) => TooLarge,
         DecodeError::UnsupportedVersion(v) => Unsupported(*v),
         DecodeError::TopicNameInvalid(_) => TopicName,
     }

@@ -27,6 +27,10 @@ pub enum DecodeError {
     UnsupportedVersion(u8),
     #[error("topic name invalid: {0}")]
     TopicNameInvalid(&'static str),
+    /// Over `DecodeLimits`' property caps (not a violation of the spec: the
+    /// packet is bigger than this broker takes).
+    #[error("properties over the limit: {0}")]
+    PropertiesTooLarge(&'static str),
 }
 
 impl DecodeError {
@@ -37,6 +41,9 @@ impl DecodeError {
             DecodeError::TooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             DecodeError::UnsupportedVersion(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             DecodeError::TopicNameInvalid(_) => ReasonCode::TOPIC_NAME_INVALID,
+            // 0x95 Packet too large: the closest v5 code a CONNACK and a
+            // DISCONNECT can both carry for "more than we accept".
+            DecodeError::PropertiesTooLarge(_) => ReasonCode::PACKET_TOO_LARGE,
         }
     }
 }
@@ -94,6 +101,46 @@ pub fn decode(
     version: Option<ProtocolVersion>,
     max_packet_size: u32,
 ) -> Result<Option<Packet>> {
+    decode_with(
+        buf,
+        version,
+        DecodeLimits {
+            max_packet_size,
+            ..DecodeLimits::default()
+        },
+    )
+}
+
+/// What a decoder accepts beyond the spec's own bounds: caps on what a peer
+/// could otherwise make the broker hold (properties are stored with messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_packet_size: u32,
+    /// User Properties in one property section.
+    pub max_user_properties: u32,
+    /// Bytes of one property section (its Property Length).
+    pub max_property_bytes: u32,
+}
+
+impl Default for DecodeLimits {
+    /// The spec's own bounds only.
+    fn default() -> Self {
+        DecodeLimits {
+            max_packet_size: MAX_VBI,
+            max_user_properties: u32::MAX,
+            max_property_bytes: MAX_VBI,
+        }
+    }
+}
+
+/// `decode` with property caps: a packet over them is refused with
+/// `PropertiesTooLarge` (0x95) before its properties are collected.
+pub fn decode_with(
+    buf: &mut BytesMut,
+    version: Option<ProtocolVersion>,
+    limits: DecodeLimits,
+) -> Result<Option<Packet>> {
+    let max_packet_size = limits.max_packet_size;
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -116,7 +163,7 @@ pub fn decode(
 
     let mut frame = buf.split_to(total).freeze();
     frame.advance(header_len);
-    let mut r = Reader { buf: frame };
+    let mut r = Reader { buf: frame, limits };
     let flags = first & 0x0F;
     let v = version.unwrap_or(ProtocolVersion::V5);
     let packet = match first >> 4 {
@@ -229,6 +276,7 @@ fn usize_from(v: u32) -> usize {
 /// was complete.
 struct Reader {
     buf: Bytes,
+    limits: DecodeLimits,
 }
 
 impl Reader {
@@ -430,7 +478,7 @@ struct Props {
     topic_alias: Option<u16>,
     maximum_qos: Option<u8>,
     retain_available: Option<u8>,
-    user_properties: Vec<UserProperty>,
+    user_properties: UserPropertiesBuilder,
     maximum_packet_size: Option<u32>,
     wildcard_subscription_available: Option<u8>,
     subscription_identifiers_available: Option<u8>,
@@ -464,8 +512,13 @@ fn has_wildcard(topic: &str) -> bool {
 fn read_props(r: &mut Reader, ctx: Ctx) -> Result<Props> {
     use prop::*;
     let len = r.vbi("bad property length")?;
+    if len > r.limits.max_property_bytes {
+        return Err(DecodeError::PropertiesTooLarge("property section"));
+    }
+    let limits = r.limits;
     let mut pr = Reader {
         buf: r.take(usize_from(len), "property length exceeds packet")?,
+        limits,
     };
     let mut p = Props::default();
     while !pr.is_empty() {
@@ -622,9 +675,13 @@ fn read_props(r: &mut Reader, ctx: Ctx) -> Result<Props> {
             }
             USER_PROPERTY => {
                 // A UTF-8 String Pair; may appear any number of times (2.2.2.2).
+                if p.user_properties.len() >= usize_from(pr.limits.max_user_properties) {
+                    return Err(DecodeError::PropertiesTooLarge("user properties"));
+                }
                 let name = pr.string(T)?;
                 let value = pr.string(T)?;
-                p.user_properties.push((name, value));
+                // Cannot fail: both came off the wire as MQTT strings.
+                p.user_properties.push(&name, &value);
             }
             MAXIMUM_PACKET_SIZE => {
                 let v = pr.u32(T)?;
@@ -685,7 +742,7 @@ impl Props {
             topic_alias_maximum: self.topic_alias_maximum,
             request_response_information: self.request_response_information,
             request_problem_information: self.request_problem_information,
-            user_properties: self.user_properties,
+            user_properties: self.user_properties.build().to_vec(),
             authentication_method: self.authentication_method,
             authentication_data: self.authentication_data,
         })
@@ -698,7 +755,7 @@ impl Props {
             topic_alias: self.topic_alias,
             response_topic: self.response_topic,
             correlation_data: self.correlation_data,
-            user_properties: self.user_properties,
+            user_properties: self.user_properties.build(),
             subscription_identifiers: self.subscription_identifiers,
             content_type: self.content_type,
         }
@@ -714,7 +771,7 @@ impl Props {
             assigned_client_identifier: self.assigned_client_identifier,
             topic_alias_maximum: self.topic_alias_maximum,
             reason_string: self.reason_string,
-            user_properties: self.user_properties,
+            user_properties: self.user_properties.build().to_vec(),
             wildcard_subscription_available: self.wildcard_subscription_available,
             subscription_identifiers_available: self.subscription_identifiers_available,
             shared_subscription_available: self.shared_subscription_available,
@@ -729,7 +786,7 @@ impl Props {
     fn into_ack(self) -> AckProperties {
         AckProperties {
             reason_string: self.reason_string,
-            user_properties: self.user_properties,
+            user_properties: self.user_properties.build().to_vec(),
         }
     }
 
@@ -737,7 +794,7 @@ impl Props {
         DisconnectProperties {
             session_expiry_interval: self.session_expiry_interval,
             reason_string: self.reason_string,
-            user_properties: self.user_properties,
+            user_properties: self.user_properties.build().to_vec(),
             server_reference: self.server_reference,
         }
     }
@@ -747,7 +804,7 @@ impl Props {
             authentication_method: self.authentication_method,
             authentication_data: self.authentication_data,
             reason_string: self.reason_string,
-            user_properties: self.user_properties,
+            user_properties: self.user_properties.build().to_vec(),
         }
     }
 }
@@ -986,7 +1043,7 @@ fn decode_subscribe(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
         let p = read_props(r, Ctx::Subscribe)?;
         SubscribeProperties {
             subscription_identifier: p.subscription_identifiers.first().copied(),
-            user_properties: p.user_properties,
+            user_properties: p.user_properties.build().to_vec(),
         }
     } else {
         SubscribeProperties::default()
@@ -1070,7 +1127,10 @@ fn decode_suback(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
 fn decode_unsubscribe(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
     let packet_id = r.packet_id()?;
     let user_properties = if v.is_v5() {
-        read_props(r, Ctx::Unsubscribe)?.user_properties
+        read_props(r, Ctx::Unsubscribe)?
+            .user_properties
+            .build()
+            .to_vec()
     } else {
         Vec::new()
     };
@@ -1372,5 +1432,58 @@ mod tests {
         }
         // Sanity: the mutations are not so aggressive that nothing decodes.
         assert!(decoded > 1_000, "only {decoded} packets decoded");
+    }
+
+    /// User Properties are kept in wire form: a message full of tiny pairs costs
+    /// its wire size, not ~100x; the caps refuse a packet before collecting more.
+    #[test]
+    fn user_properties_are_compact_and_capped() {
+        let users: UserProperties = (0..1000).map(|i| (format!("k{i}"), "v")).collect();
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: None,
+            properties: PublishProperties {
+                user_properties: users.clone(),
+                ..Default::default()
+            },
+            payload: Bytes::new(),
+        });
+        let mut wire = BytesMut::new();
+        crate::protocol::encode(&p, ProtocolVersion::V5, &mut wire).unwrap();
+        let v5 = Some(ProtocolVersion::V5);
+        let Ok(Some(Packet::Publish(back))) = decode(&mut wire.clone(), v5, 1 << 20) else {
+            panic!("decodes");
+        };
+        let got = &back.properties.user_properties;
+        assert_eq!(got, &users);
+        assert_eq!(got.len(), 1000);
+        assert_eq!(got.iter().nth(999), Some(("k999", "v")));
+        // The heap holds the pairs' wire bytes and nothing more.
+        let wire_props: usize = (0..1000).map(|i| 5 + format!("k{i}").len() + 1).sum();
+        assert_eq!(back.properties.heap_size(), wire_props);
+        let limits = DecodeLimits {
+            max_packet_size: 1 << 20,
+            max_user_properties: 999,
+            max_property_bytes: 1 << 20,
+        };
+        assert_eq!(
+            decode_with(&mut wire.clone(), v5, limits).unwrap_err(),
+            DecodeError::PropertiesTooLarge("user properties")
+        );
+        let limits = DecodeLimits {
+            max_user_properties: 1000,
+            max_property_bytes: wire_props as u32 - 1,
+            ..limits
+        };
+        let e = decode_with(&mut wire.clone(), v5, limits).unwrap_err();
+        assert_eq!(e.reason_code(), ReasonCode::PACKET_TOO_LARGE);
+        let limits = DecodeLimits {
+            max_property_bytes: wire_props as u32,
+            ..limits
+        };
+        assert!(decode_with(&mut wire, v5, limits).unwrap().is_some());
     }
 }

@@ -231,7 +231,9 @@ fn publish_props(s: &mut dyn Sink, p: &PublishProperties) -> Result<()> {
         p_sub_id(s, id)?;
     }
     p_str(s, prop::CONTENT_TYPE, &p.content_type)?;
-    p_user(s, &p.user_properties)
+    // Already in wire form (identifier bytes included).
+    s.put(p.user_properties.wire());
+    Ok(())
 }
 
 /// An outgoing PUBLISH borrowed from the broker's shared message, with the
@@ -275,7 +277,8 @@ impl PublishView<'_> {
             p_sub_id(s, id)?;
         }
         p_str(s, prop::CONTENT_TYPE, &p.content_type)?;
-        p_user(s, &p.user_properties)
+        s.put(p.user_properties.wire());
+        Ok(())
     }
 
     /// (remaining length, property length) in `version`'s format.
@@ -637,7 +640,7 @@ pub(crate) mod samples {
             topic_alias: Some(7),
             response_topic: Some("reply/to".into()),
             correlation_data: Some(Bytes::from_static(b"\x00\x01corr")),
-            user_properties: users(),
+            user_properties: users().into(),
             subscription_identifiers: vec![1, 127, 128, 16_384, 268_435_455],
             content_type: Some("text/plain".into()),
         }
@@ -1238,7 +1241,11 @@ mod view_tests {
             message_expiry_interval: Some(99),
             response_topic: Some("r/t".into()),
             correlation_data: Some(Bytes::from_static(b"cd")),
-            user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+            user_properties: vec![
+                ("k".to_string(), "v".to_string()),
+                ("k".to_string(), "w".to_string()),
+            ]
+            .into(),
             content_type: Some("text/plain".into()),
             ..Default::default()
         };

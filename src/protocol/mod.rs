@@ -10,6 +10,6 @@ mod decode;
 mod encode;
 pub mod types;
 
-pub use decode::{decode, DecodeError};
+pub use decode::{decode, decode_with, DecodeError, DecodeLimits};
 pub use encode::{encode, encoded_len, EncodeError, PublishView};
 pub use types::*;

@@ -236,7 +236,7 @@ fn put_props(b: &mut Vec<u8>, p: &PublishProperties) {
     }
     if !p.user_properties.is_empty() {
         put_var(b, p.user_properties.len() as u64);
-        for (k, v) in &p.user_properties {
+        for (k, v) in p.user_properties.iter() {
             put_bytes(b, k.as_bytes());
             put_bytes(b, v.as_bytes());
         }
@@ -440,11 +440,13 @@ fn get_props(r: &mut Reader) -> Result<PublishProperties, Bad> {
     }
     if flags & 16 != 0 {
         let n = r.var()?;
+        let mut users = crate::protocol::UserPropertiesBuilder::default();
         for _ in 0..n {
             let k = r.string()?;
             let v = r.string()?;
-            p.user_properties.push((k, v));
+            users.push(&k, &v);
         }
+        p.user_properties = users.build();
     }
     if flags & 32 != 0 {
         p.content_type = Some(r.string()?);
@@ -682,7 +684,7 @@ mod tests {
                 message_expiry_interval: Some(300),
                 response_topic: Some("r".into()),
                 correlation_data: Some(Bytes::from_static(b"c")),
-                user_properties: vec![("k".into(), "v".into())],
+                user_properties: vec![("k".into(), "v".into())].into(),
                 content_type: Some("t".into()),
                 ..Default::default()
             },

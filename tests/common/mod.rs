@@ -621,3 +621,13 @@ pub async fn tls_connect(
         .connect(name, tcp)
         .await
 }
+
+/// A `/proc/PID/status` field in its unit (kB for `VmRSS`, `VmHWM`; a count for
+/// `Threads`). Panics when the process or the field is gone.
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"))
+}
