@@ -417,6 +417,8 @@ pub struct Router {
     topic_limits: TopicLimits,
     max_sessions: usize,
     max_subscriptions: usize,
+    /// Inbound QoS 2 ids a session may hold until their PUBREL (receive_maximum).
+    max_inbound_qos2: usize,
     max_retained_messages: usize,
     max_retained_bytes: usize,
     backpressure: Option<Duration>,
@@ -452,6 +454,7 @@ impl Router {
             topic_limits: config.topic_limits(),
             max_sessions: config.limits.max_sessions,
             max_subscriptions: config.limits.max_subscriptions_per_client,
+            max_inbound_qos2: usize::from(config.limits.receive_maximum),
             max_retained_messages: config.limits.max_retained_messages,
             max_retained_bytes: config.limits.max_retained_bytes,
             backpressure: config
@@ -1597,6 +1600,19 @@ impl Router {
                     self.reply(id, conn_id, ReplyKind::PubRec, pid, ReasonCode::SUCCESS);
                     return;
                 }
+                // Each id waits for its PUBREL, kept across reconnects and
+                // restarts. v5 bounds them by our Receive Maximum
+                // [MQTT-3.3.4-9]; 3.1.1 has none, so a client that never sends
+                // PUBREL could hold 65,535 ids per session (5 MB, stored). The
+                // same cap applies: beyond it the connection is closed.
+                if c.session.inbound_qos2.len() >= self.max_inbound_qos2 {
+                    self.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(client = %id, limit = self.max_inbound_qos2, "QoS 2 messages waiting for PUBREL over receive_maximum: closing the connection");
+                    if let Some(h) = c.conn.as_mut().filter(|h| h.conn_id == conn_id) {
+                        h.close_with(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+                    }
+                    return;
+                }
                 c.session.inbound_qos2.insert(pid.get());
                 if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
                     // Durable before PUBREC, so a re-sent PUBLISH after a crash is
@@ -1752,7 +1768,11 @@ impl Router {
                 Some(t) => {
                     t.qos = t.qos.max(s.options.qos);
                     t.retain_as_published |= s.options.retain_as_published;
-                    t.ids.extend(s.identifier);
+                    // Two filters of one SUBSCRIBE share its identifier: it is
+                    // sent once [MQTT-3.3.4-3] (each identifier, not each match).
+                    if let Some(i) = s.identifier.filter(|i| !t.ids.contains(i)) {
+                        t.ids.push(i);
+                    }
                 }
                 None => {
                     if let Some(ix) = &mut index {

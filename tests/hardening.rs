@@ -114,3 +114,65 @@ async fn retained_user_property_flood_stays_within_max_retained_bytes() {
     let rss = proc_status(b.child.id(), "VmRSS") / 1024;
     assert!(rss < 160, "broker RSS {rss} MB after restarting with them");
 }
+
+/// Was: a 3.1.1 client that never sends PUBREL made Tern keep every QoS 2 id
+/// (65,535 per session, 5 MB, stored across restarts). Now the ids waiting for
+/// PUBREL are capped by `receive_maximum` in both versions: one more closes the
+/// connection.
+#[tokio::test]
+async fn qos2_ids_waiting_for_pubrel_are_capped_on_3_1_1() {
+    let b = BrokerProcess::spawn_with_env(&[], &[("TERN_LIMITS__RECEIVE_MAXIMUM", "8")]);
+    let (mut c, _) = raw_connected(b.addr, ProtocolVersion::V311, "no-pubrel", false).await;
+    for pid in 1..=8u16 {
+        c.send(&publish_packet("q2", QoS::ExactlyOnce, pid, b"x"))
+            .await;
+        match c.recv().await {
+            Some(Packet::PubRec(r)) => assert_eq!(r.packet_id.get(), pid),
+            other => panic!("expected PUBREC {pid}, got {other:?}"),
+        }
+    }
+    c.send(&publish_packet("q2", QoS::ExactlyOnce, 9, b"x"))
+        .await;
+    assert!(
+        c.until_closed().await.is_empty(),
+        "the ninth id waiting for PUBREL closes the connection"
+    );
+    assert!(b.wait_log_count("waiting for PUBREL over receive_maximum", 1, WAIT));
+    // A client that completes its flows is not affected.
+    let (mut ok, _) = raw_connected(b.addr, ProtocolVersion::V311, "pubrel", true).await;
+    for pid in 1..=20u16 {
+        ok.send(&publish_packet("q2", QoS::ExactlyOnce, pid, b"x"))
+            .await;
+        assert!(matches!(ok.recv().await, Some(Packet::PubRec(_))));
+        let id = protocol::PacketId::new(pid).unwrap();
+        ok.send(&Packet::PubRel(protocol::PubResponse::success(id)))
+            .await;
+        assert!(matches!(ok.recv().await, Some(Packet::PubComp(_))));
+    }
+}
+
+/// Was: one SUBSCRIBE with two overlapping filters and one Subscription
+/// Identifier gave `[2333, 2333]` in the PUBLISH: each identifier goes once.
+#[tokio::test]
+async fn one_subscription_identifier_is_not_repeated_for_overlapping_filters() {
+    let b = BrokerProcess::spawn(&[]);
+    let (mut sub, _) = raw_connected(b.addr, V5, "ids", true).await;
+    let Packet::Subscribe(mut s) = subscribe_packet(1, "a/#", QoS::AtMostOnce) else {
+        unreachable!()
+    };
+    let mut second = s.filters[0].clone();
+    second.filter = "a/+".into();
+    s.filters.push(second);
+    s.properties.subscription_identifier = Some(2333);
+    sub.send(&Packet::Subscribe(s)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let (mut publ, _) = raw_connected(b.addr, V5, "ids-pub", true).await;
+    publ.send(&publish_packet("a/b", QoS::AtMostOnce, 0, b"x"))
+        .await;
+    match sub.recv().await {
+        Some(Packet::Publish(p)) => {
+            assert_eq!(p.properties.subscription_identifiers, vec![2333]);
+        }
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
