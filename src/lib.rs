@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod reload;
 pub mod retain;
+pub mod retained_backlog;
 pub mod router;
 pub mod session;
 pub mod store;

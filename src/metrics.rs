@@ -24,6 +24,9 @@ pub struct Metrics {
     pub dropped_outbox_full: AtomicU64,
     /// Retained messages not kept because of max_retained_messages / _bytes.
     pub retained_refused: AtomicU64,
+    /// Retained messages not sent at SUBSCRIBE because the client already waited
+    /// for max_retained_messages of them (it repeated a wide SUBSCRIBE).
+    pub retained_not_sent: AtomicU64,
     /// Publisher acknowledgements held back by a full subscriber queue.
     pub acks_held: AtomicU64,
     pub protocol_errors: AtomicU64,

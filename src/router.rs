@@ -19,6 +19,7 @@ use crate::protocol::{
     Unsubscribe,
 };
 use crate::retain::RetainTree;
+use crate::retained_backlog::RetainedBacklog;
 use crate::session::{
     ClientId, DeliverOutcome, Delivery, DropReason, Event, Message, Outgoing, QueueLimits, Reply,
     ReplyKind, Session, Subscription,
@@ -224,6 +225,8 @@ struct Client {
     username: Option<Arc<str>>,
     /// The current connection logged in with a password (see `Revoke`).
     by_password: bool,
+    /// Retained messages still owed since a SUBSCRIBE (boxed: rare).
+    retained: Option<Box<RetainedBacklog>>,
 }
 
 impl Client {
@@ -260,6 +263,7 @@ impl Client {
             disconnected_unix: 0,
             username: None,
             by_password: false,
+            retained: None,
         }
     }
 }
@@ -1039,6 +1043,13 @@ impl Router {
                 continue;
             };
             c.scheduled.retain(|k| *k != key);
+            if let Some(b) = c.retained.as_mut() {
+                b.wake_scheduled = false;
+                self.pump_retained(&id, now);
+            }
+            let Some(c) = self.clients.get_mut(&id) else {
+                continue;
+            };
             if c.pending_will.as_ref().is_some_and(|w| w.due <= now) {
                 self.fire_will(&id, now);
             }
@@ -1260,6 +1271,7 @@ impl Router {
         self.save_session(&id, now);
         self.store_events(&id);
         self.push_out(&id, conn_id, out);
+        self.pump_retained(&id, now);
         Ok(ConnectAccepted { session_present })
     }
 
@@ -1343,6 +1355,9 @@ impl Router {
             if !c.held_acks.is_empty() {
                 self.release_held(id);
             }
+        }
+        if self.clients.get(id).is_some_and(|c| c.retained.is_some()) {
+            self.pump_retained(id, now);
         }
     }
 
@@ -1471,46 +1486,112 @@ impl Router {
             }
         }
         for (filter, qos, identifier) in retained_for {
-            for m in self.retained.matching(&filter) {
-                if m.is_expired(now) || !self.may_read(id, &m.topic) {
-                    continue;
-                }
-                let qos = m.qos.min(qos);
-                let sid = self.clients.get(id).map_or(0, |c| c.sid);
-                let did = self.new_did(sid, qos);
-                let d = Delivery {
-                    qos,
-                    // [MQTT-3.3.1-8] retained-on-subscribe carries RETAIN 1.
-                    retain: true,
-                    subscription_ids: identifier.into_iter().collect(),
-                    message: m.clone(),
-                    did,
-                };
-                let sub_ids = if did != 0 {
-                    d.subscription_ids.clone()
-                } else {
-                    Vec::new()
-                };
-                // Never held: nobody waits for an ack of a retained message. Stop
-                // at the queue cap rather than building a huge backlog.
-                let Some(outcome) = self.deliver_to(id, d, now, false) else {
-                    break;
-                };
-                if let Some(pid) = outcome.kept().filter(|_| did != 0) {
-                    let receivers = vec![Receiver {
-                        did,
-                        sid,
-                        qos,
-                        retain: true,
-                        pid,
-                        released: false,
-                        sub_ids,
-                    }];
-                    self.write_message(m, receivers);
-                }
+            let matching = self.retained.matching(&filter);
+            if matching.is_empty() {
+                continue;
+            }
+            let cap = self.max_retained_messages;
+            let Some(c) = self.clients.get_mut(id) else {
+                break;
+            };
+            let backlog = c.retained.get_or_insert_with(Default::default);
+            let dropped = backlog.push(filter, qos, identifier, matching, cap);
+            if dropped > 0 {
+                self.metrics
+                    .retained_not_sent
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                warn!(client = %id, dropped, "retained messages not sent: the client already waits for max_retained_messages of them");
             }
         }
+        self.pump_retained(id, now);
         codes
+    }
+
+    /// Send retained messages owed since SUBSCRIBE [MQTT-3.3.1-9] as far as the
+    /// client has room: QoS 1/2 while its queue is empty (its window paces them,
+    /// and each acknowledgement sends more), QoS 0 while its outbox has room
+    /// beyond a full window (a short wake-up retries). All of them arrive, however
+    /// many, without one router turn doing them all or a queue cap cutting them
+    /// short; an offline session gets the rest when it resumes.
+    fn pump_retained(&mut self, id: &ClientId, now: Instant) {
+        // Work per call, so a 10,000-message backlog does not stall the router.
+        const PER_CALL: usize = 256;
+        const WAKE: Duration = Duration::from_millis(10);
+        for _ in 0..PER_CALL {
+            let Some(c) = self.clients.get_mut(id) else {
+                return;
+            };
+            let Some(h) = c.conn.as_ref() else {
+                return;
+            };
+            let room_qos0 = c.room() > h.window;
+            let outbox_bytes = h.outbox.bytes();
+            let queue_empty = c.session.pending_len() == 0;
+            let Some(backlog) = c.retained.as_mut() else {
+                return;
+            };
+            let Some(owed) = backlog.pop() else {
+                c.retained = None;
+                return;
+            };
+            let m = owed.message.clone();
+            let qos = m.qos.min(owed.qos);
+            let room = if qos == QoS::AtMostOnce {
+                room_qos0 && outbox_bytes + m.cost() <= self.limits.max_bytes
+            } else {
+                queue_empty
+            };
+            if !room {
+                backlog.unpop(owed);
+                if qos == QoS::AtMostOnce && !backlog.wake_scheduled {
+                    backlog.wake_scheduled = true;
+                    self.schedule(now + WAKE, id);
+                }
+                return;
+            }
+            if m.is_expired(now) || !self.may_read(id, &m.topic) {
+                continue;
+            }
+            let sid = self.clients.get(id).map_or(0, |c| c.sid);
+            let did = self.new_did(sid, qos);
+            let d = Delivery {
+                qos,
+                // [MQTT-3.3.1-8] retained-on-subscribe carries RETAIN 1.
+                retain: true,
+                subscription_ids: owed.identifier.into_iter().collect(),
+                message: m.clone(),
+                did,
+            };
+            let sub_ids = if did != 0 {
+                d.subscription_ids.clone()
+            } else {
+                Vec::new()
+            };
+            // Never held: nobody waits for an ack of a retained message.
+            let Some(outcome) = self.deliver_to(id, d, now, false) else {
+                continue;
+            };
+            if let Some(pid) = outcome.kept().filter(|_| did != 0) {
+                let receivers = vec![Receiver {
+                    did,
+                    sid,
+                    qos,
+                    retain: true,
+                    pid,
+                    released: false,
+                    sub_ids,
+                }];
+                self.write_message(m, receivers);
+            }
+        }
+        // More left and room for it: go on after other work (just after `now`,
+        // so a `tick` at `now` does not take it up again at once).
+        if let Some(b) = self.clients.get_mut(id).and_then(|c| c.retained.as_mut()) {
+            if !b.wake_scheduled {
+                b.wake_scheduled = true;
+                self.schedule(now + Duration::from_micros(1), id);
+            }
+        }
     }
 
     fn unsubscribe(&mut self, id: &ClientId, conn_id: u64, unsub: Unsubscribe) -> Vec<ReasonCode> {
@@ -1529,6 +1610,9 @@ impl Router {
                 Ok(spec) => {
                     if c.session.subscriptions.remove(&spec).is_some() {
                         self.subs.remove(&spec, id);
+                        if let Some(b) = c.retained.as_mut() {
+                            b.forget_filter(&spec.filter);
+                        }
                         if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
                             st.ops.push(Op::Unsub {
                                 sid: c.sid,

@@ -32,6 +32,10 @@ pub struct Message {
 }
 
 impl Message {
+    /// What every message costs beside its topic, payload and properties: the
+    /// struct and its `Arc` counters.
+    pub const OVERHEAD: usize = std::mem::size_of::<Message>() + 2 * std::mem::size_of::<usize>();
+
     /// Whole seconds of Message Expiry Interval left at `now`, or None when the
     /// message has no expiry. Some(0) means expired [MQTT-3.3.2-5].
     pub fn expiry_left(&self, now: Instant) -> Option<u32> {
@@ -50,11 +54,7 @@ impl Message {
     /// counted only topic and payload let 1 MB of tiny user properties per
     /// message through every limit), plus the message itself and its `Arc`.
     pub fn cost(&self) -> usize {
-        std::mem::size_of::<Message>()
-            + 2 * std::mem::size_of::<usize>()
-            + self.topic.len()
-            + self.payload.len()
-            + self.properties.heap_size()
+        Message::OVERHEAD + self.topic.len() + self.payload.len() + self.properties.heap_size()
     }
 }
 

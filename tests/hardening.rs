@@ -176,3 +176,63 @@ async fn one_subscription_identifier_is_not_repeated_for_overlapping_filters() {
         other => panic!("expected PUBLISH, got {other:?}"),
     }
 }
+
+/// Publish `n` retained messages `r/0..n` and wait until the broker handled them.
+async fn retain_many(addr: std::net::SocketAddr, n: usize) {
+    let (mut publ, _) = raw_connected(addr, V5, "retainer", true).await;
+    let mut batch = bytes::BytesMut::new();
+    for i in 0..n {
+        let Packet::Publish(mut p) = publish_packet(&format!("r/{i}"), QoS::AtMostOnce, 0, b"v")
+        else {
+            unreachable!()
+        };
+        p.retain = true;
+        protocol::encode(&Packet::Publish(p), V5, &mut batch).unwrap();
+        if batch.len() > 16 * 1024 || i + 1 == n {
+            publ.send_bytes(&batch).await;
+            batch.clear();
+        }
+    }
+    publ.send(&Packet::PingReq).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PingResp)));
+}
+
+/// Receive retained PUBLISHes (acknowledging QoS 1) until `n` arrived or 2 s pass
+/// with nothing new; returns the distinct topics.
+async fn count_retained(c: &mut RawClient, n: usize) -> usize {
+    let mut topics = std::collections::HashSet::new();
+    while topics.len() < n {
+        match c.recv_within(Duration::from_secs(2)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                assert!(p.retain, "retained-on-subscribe carries RETAIN");
+                if let Some(pid) = p.packet_id {
+                    c.send(&Packet::PubAck(protocol::PubResponse::success(pid)))
+                        .await;
+                }
+                topics.insert(p.topic);
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    topics.len()
+}
+
+/// Was: a new `r/#` subscriber over 10,000 retained topics got 1,256 at QoS 1/2
+/// (inflight window + queue cap) and 4,096 at QoS 0 (the outbox), silently. Now
+/// every one arrives, paced by the subscriber's window [MQTT-3.3.1-9].
+#[tokio::test]
+async fn every_retained_message_reaches_a_new_wildcard_subscriber() {
+    let b = BrokerProcess::spawn(&[]);
+    retain_many(b.addr, 10_000).await;
+    for (id, qos) in [("r-q1", QoS::AtLeastOnce), ("r-q0", QoS::AtMostOnce)] {
+        let (mut sub, _) = raw_connected(b.addr, V5, id, true).await;
+        sub.send(&subscribe_packet(1, "r/#", qos)).await;
+        assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+        assert_eq!(count_retained(&mut sub, 10_000).await, 10_000, "{qos:?}");
+    }
+    // Meanwhile the router stayed responsive to others.
+    let (mut other, _) = raw_connected(b.addr, V5, "other", true).await;
+    other.send(&Packet::PingReq).await;
+    assert!(matches!(other.recv().await, Some(Packet::PingResp)));
+}

@@ -179,8 +179,8 @@ async fn offline_queue_capped_by_count_and_drops_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_queue_capped_by_bytes() {
     let mut cfg = test_config();
-    // Each queued message costs its topic + payload + 64 bytes of bookkeeping.
-    cfg.limits.max_queued_bytes = 3 * (1 + 1000 + 64);
+    // Each queued message costs its topic + payload + the message's own size.
+    cfg.limits.max_queued_bytes = 3 * (1 + 1000 + tern::session::Message::OVERHEAD);
     let (b, addr) = start(cfg).await;
     offline_session(addr, "qb", "t", QoS::AtLeastOnce).await;
     let (mut p, _) = raw_connected(addr, V311, "pub", true).await;

@@ -1,0 +1,170 @@
+//! Retained messages owed to one subscriber since its SUBSCRIBE [MQTT-3.3.1-9],
+//! sent as its window and outbox make room instead of all in the router turn of
+//! the SUBSCRIBE. Pure: the router decides when there is room.
+//!
+//! Owns the order and the per-subscription options (QoS, identifier) of what is
+//! still owed; it does not check the ACL, expiry or room (the router does, when it
+//! sends). A message waiting here costs one `Arc` pointer: the message itself is
+//! the retained store's.
+
+use crate::protocol::QoS;
+use crate::session::Message;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// The retained messages one filter of a SUBSCRIBE matched.
+struct Batch {
+    filter: Arc<str>,
+    qos: QoS,
+    identifier: Option<u32>,
+    messages: VecDeque<Arc<Message>>,
+}
+
+/// One retained message owed, with the options of the subscription that asked.
+pub struct Owed {
+    pub message: Arc<Message>,
+    /// The subscription's maximum QoS.
+    pub qos: QoS,
+    pub identifier: Option<u32>,
+}
+
+#[derive(Default)]
+pub struct RetainedBacklog {
+    batches: VecDeque<Batch>,
+    len: usize,
+    /// The router has a wake-up scheduled to send more (at most one at a time).
+    pub wake_scheduled: bool,
+}
+
+impl RetainedBacklog {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Owe `messages` for `filter`, keeping at most `cap` owed in all (a client
+    /// repeating SUBSCRIBE `#` cannot pile up copies of the whole store). Returns
+    /// how many were left out.
+    pub fn push(
+        &mut self,
+        filter: Arc<str>,
+        qos: QoS,
+        identifier: Option<u32>,
+        mut messages: Vec<Arc<Message>>,
+        cap: usize,
+    ) -> usize {
+        let room = cap.saturating_sub(self.len);
+        let dropped = messages.len().saturating_sub(room);
+        messages.truncate(room);
+        if messages.is_empty() {
+            return dropped;
+        }
+        self.len += messages.len();
+        self.batches.push_back(Batch {
+            filter,
+            qos,
+            identifier,
+            messages: messages.into(),
+        });
+        dropped
+    }
+
+    /// The next owed message, in SUBSCRIBE order.
+    pub fn pop(&mut self) -> Option<Owed> {
+        loop {
+            let batch = self.batches.front_mut()?;
+            match batch.messages.pop_front() {
+                Some(message) => {
+                    self.len -= 1;
+                    return Some(Owed {
+                        message,
+                        qos: batch.qos,
+                        identifier: batch.identifier,
+                    });
+                }
+                None => {
+                    self.batches.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Put back a message `pop` gave out that could not be sent yet.
+    pub fn unpop(&mut self, owed: Owed) {
+        self.len += 1;
+        match self.batches.front_mut() {
+            Some(b) if b.qos == owed.qos && b.identifier == owed.identifier => {
+                b.messages.push_front(owed.message)
+            }
+            _ => self.batches.push_front(Batch {
+                filter: Arc::from(""),
+                qos: owed.qos,
+                identifier: owed.identifier,
+                messages: VecDeque::from([owed.message]),
+            }),
+        }
+    }
+
+    /// The subscription to `filter` is gone: what it was owed is not sent.
+    pub fn forget_filter(&mut self, filter: &str) {
+        self.batches.retain(|b| {
+            let keep = &*b.filter != filter;
+            if !keep {
+                self.len -= b.messages.len();
+            }
+            keep
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::PublishProperties;
+    use std::time::Instant;
+
+    fn msg(topic: &str) -> Arc<Message> {
+        Arc::new(Message {
+            topic: Arc::from(topic),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            received: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn owed_in_order_capped_and_forgotten_per_filter() {
+        let mut b = RetainedBacklog::default();
+        let dropped = b.push(
+            Arc::from("a/#"),
+            QoS::AtLeastOnce,
+            Some(7),
+            vec![msg("a/1"), msg("a/2")],
+            3,
+        );
+        assert_eq!(dropped, 0);
+        let dropped = b.push(
+            Arc::from("b/#"),
+            QoS::AtMostOnce,
+            None,
+            vec![msg("b/1"), msg("b/2")],
+            3,
+        );
+        assert_eq!(dropped, 1, "over the cap of 3");
+        assert_eq!(b.len(), 3);
+        let first = b.pop().unwrap();
+        assert_eq!((&*first.message.topic, first.identifier), ("a/1", Some(7)));
+        b.unpop(first);
+        assert_eq!(&*b.pop().unwrap().message.topic, "a/1");
+        b.forget_filter("b/#");
+        assert_eq!(b.len(), 1);
+        assert_eq!(&*b.pop().unwrap().message.topic, "a/2");
+        assert!(b.pop().is_none());
+        assert!(b.is_empty());
+    }
+}
