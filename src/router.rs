@@ -1155,6 +1155,72 @@ impl Router {
             for spec in c.session.subscriptions.keys() {
                 self.subs.remove(spec, id);
             }
+            self.hand_on_shared(&c.session, now);
+        }
+    }
+
+    /// A session that ends with QoS 1 messages its client did not acknowledge:
+    /// those a shared subscription gave it go to another member of that group,
+    /// which the spec says SHOULD happen (5.0 section 4.8.2) and which keeps a
+    /// clean member that drops mid-flow from losing the group's message. (A
+    /// message that matched several of its groups goes to the first.)
+    fn hand_on_shared(&mut self, gone: &Session, now: Instant) {
+        let shared: Vec<&FilterSpec> = gone
+            .subscriptions
+            .keys()
+            .filter(|s| s.is_shared())
+            .collect();
+        if shared.is_empty() {
+            return;
+        }
+        for m in gone.unacknowledged_qos1() {
+            if m.is_expired(now) {
+                continue;
+            }
+            let Some(spec) = shared
+                .iter()
+                .find(|s| crate::topic::matches(&s.filter, &m.topic))
+            else {
+                continue;
+            };
+            let clients = &self.clients;
+            let acl = self.acl.as_deref();
+            let topic = &m.topic;
+            let Some((to, s)) = self.subs.pick_shared(spec, |k| {
+                clients.get(k).is_some_and(|c| {
+                    c.online() && acl.is_none_or(|a| a.can_read(c.username.as_deref(), k, topic))
+                })
+            }) else {
+                continue;
+            };
+            if !self.may_read(&to, topic) {
+                continue;
+            }
+            let qos = m.qos.min(s.options.qos);
+            let sid = self.clients.get(&to).map_or(0, |c| c.sid);
+            let did = self.new_did(sid, qos);
+            let d = Delivery {
+                message: m.clone(),
+                qos,
+                retain: false,
+                subscription_ids: s.identifier.into_iter().collect(),
+                did,
+            };
+            let sub_ids = d.subscription_ids.clone();
+            let outcome = self.deliver_to(&to, d, now, false);
+            if let Some(pid) = outcome.as_ref().and_then(|o| o.kept()).filter(|_| did != 0) {
+                let receivers = vec![Receiver {
+                    did,
+                    sid,
+                    qos,
+                    retain: false,
+                    pid,
+                    released: false,
+                    sub_ids,
+                }];
+                self.write_message(m.clone(), receivers);
+            }
+            debug!(client = %gone.client_id, to = %to, topic = %m.topic, "shared message handed on");
         }
     }
 

@@ -533,6 +533,19 @@ impl Session {
         gone
     }
 
+    /// The QoS 1 messages given to this session that its client has not
+    /// acknowledged, in flight or queued: when the session ends, a shared
+    /// subscription's share of them goes to another member (5.0 section 4.8.2).
+    /// QoS 2 stays: it must not go to another client [MQTT-4.8.2-5].
+    pub fn unacknowledged_qos1(&self) -> impl Iterator<Item = &Arc<Message>> {
+        self.inflight
+            .iter()
+            .map(|i| &i.delivery)
+            .chain(self.pending.iter())
+            .filter(|d| d.qos == QoS::AtLeastOnce)
+            .map(|d| &d.message)
+    }
+
     pub fn resume(&mut self, now: Instant, room: usize) -> Vec<Outgoing> {
         let mut out = Vec::with_capacity(self.inflight.len().min(room));
         self.sent_inflight = 0;

@@ -17,6 +17,24 @@ struct SharedGroup<K, V> {
     next: usize,
 }
 
+impl<K: Clone, V: Clone> SharedGroup<K, V> {
+    /// The next member in turn that is `available`, else the next in turn (its
+    /// session queues the message); moves the cursor past it.
+    fn pick(&mut self, available: &impl Fn(&K) -> bool) -> Option<(K, V)> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next % n;
+        let pick = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.members.get(i).is_some_and(|(k, _)| available(k)))
+            .unwrap_or(start);
+        self.next = (pick + 1) % n;
+        self.members.get(pick).cloned()
+    }
+}
+
 struct Node<K, V> {
     /// Children by level text; "+" and "#" are children like any other level.
     children: Map<Box<str>, Node<K, V>>,
@@ -191,19 +209,26 @@ impl<K: Clone + Eq + Hash, V: Clone> SubscriptionTree<K, V> {
         out.plain
             .extend(node.subscribers.iter().map(|(k, v)| (k.clone(), v.clone())));
         for g in node.shared.values_mut() {
-            let n = g.members.len();
-            if n == 0 {
-                continue;
+            if let Some(m) = g.pick(available) {
+                out.shared.push(m);
             }
-            let start = g.next % n;
-            let pick = (0..n)
-                .map(|i| (start + i) % n)
-                .find(|&i| available(&g.members[i].0))
-                .unwrap_or(start);
-            g.next = (pick + 1) % n;
-            let (k, v) = &g.members[pick];
-            out.shared.push((k.clone(), v.clone()));
         }
+    }
+
+    /// One member of the shared group `spec` names, chosen as for a message
+    /// (round-robin, preferring `available` members); None when the group has no
+    /// members left.
+    pub fn pick_shared(
+        &mut self,
+        spec: &FilterSpec,
+        available: impl Fn(&K) -> bool,
+    ) -> Option<(K, V)> {
+        let group = spec.share_group.as_ref()?;
+        let mut node = &mut self.root;
+        for level in spec.filter.split('/') {
+            node = node.children.get_mut(level)?;
+        }
+        node.shared.get_mut(group)?.pick(&available)
     }
 
     /// Walk the levels of `rest` (None once every level is consumed) without

@@ -236,3 +236,45 @@ async fn every_retained_message_reaches_a_new_wildcard_subscriber() {
     other.send(&Packet::PingReq).await;
     assert!(matches!(other.recv().await, Some(Packet::PingResp)));
 }
+
+/// Was: a `$share` QoS 1 message given to a clean member that dropped before its
+/// PUBACK was lost. Now it goes to another member of the group (5.0 section
+/// 4.8.2: SHOULD), on both protocol versions.
+#[tokio::test]
+async fn shared_qos1_message_of_a_dropped_member_goes_to_another() {
+    let b = BrokerProcess::spawn(&[]);
+    for version in [ProtocolVersion::V311, V5] {
+        let filter = "$share/g/work";
+        let (mut a, _) = raw_connected(b.addr, version, "member-a", true).await;
+        a.subscribe(1, filter, QoS::AtLeastOnce).await;
+        let (mut m, _) = raw_connected(b.addr, version, "member-b", true).await;
+        m.subscribe(1, filter, QoS::AtLeastOnce).await;
+        let (mut publ, _) = raw_connected(b.addr, V5, "work-pub", true).await;
+        for (pid, body) in [(1, b"one"), (2, b"two")] {
+            publ.send(&publish_packet("work", QoS::AtLeastOnce, pid, body))
+                .await;
+            assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+        }
+        // Round-robin: one each. A never acknowledges and goes away.
+        let Some(Packet::Publish(to_a)) = a.recv().await else {
+            panic!("member A got nothing")
+        };
+        let Some(Packet::Publish(to_b)) = m.recv().await else {
+            panic!("member B got nothing")
+        };
+        assert_ne!(to_a.payload, to_b.payload);
+        m.send(&Packet::PubAck(protocol::PubResponse::success(
+            to_b.packet_id.unwrap(),
+        )))
+        .await;
+        drop(a);
+        match m.recv().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(p.payload, to_a.payload, "{version:?}");
+                assert_eq!(p.qos, QoS::AtLeastOnce);
+            }
+            other => panic!("{version:?}: expected A's message at B, got {other:?}"),
+        }
+        m.send(&Packet::Disconnect(Default::default())).await;
+    }
+}
