@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine as _;
 use ring::rand::SecureRandom as _;
@@ -141,7 +141,7 @@ impl Hash {
         }
     }
 
-    fn verify(&self, password: &[u8]) -> bool {
+    fn verify(&self, password: &[u8], memory: &mut HashMemory) -> bool {
         match self {
             Hash::Sha512 { salt, hash } => {
                 let mut ctx = ring::digest::Context::new(&ring::digest::SHA512);
@@ -173,9 +173,15 @@ impl Hash {
                 let Some(out) = out.get_mut(..tag.len()) else {
                     return false;
                 };
-                // Fails only for inputs `parse` already refused (or out of memory):
-                // either way, no login.
-                argon.hash_password_into(password, salt, out).is_ok() && ct_eq(out, tag)
+                // No memory (out of it): no login.
+                let Some(blocks) = memory.blocks(params.block_count()) else {
+                    return false;
+                };
+                // Fails only for inputs `parse` already refused: no login.
+                argon
+                    .hash_password_into_with_memory(password, salt, out, blocks)
+                    .is_ok()
+                    && ct_eq(out, tag)
             }
         }
     }
@@ -198,6 +204,38 @@ impl Hash {
             Hash::Pbkdf2 { iterations, .. } => (7, iterations.get(), 0, 0),
             Hash::Argon2id { params, .. } => (8, params.m_cost(), params.t_cost(), params.p_cost()),
         }
+    }
+}
+
+/// The working memory of argon2id checks (m KiB each), owned by the caller and
+/// reused from one check to the next. Allocating it per check is what let memory
+/// grow without bound: glibc keeps a freed 19 MiB block in the arena of the
+/// thread that freed it, so every blocking-pool thread that once hashed kept its
+/// own. One `HashMemory` per hashing thread bounds it at threads x largest m.
+#[derive(Default)]
+pub struct HashMemory {
+    blocks: Vec<Block>,
+}
+
+impl HashMemory {
+    pub fn new() -> HashMemory {
+        HashMemory::default()
+    }
+
+    /// The first `n` blocks, growing the buffer to `n` if it is smaller (it never
+    /// shrinks: the next check of the same file needs the same size again). None
+    /// if the memory cannot be had.
+    fn blocks(&mut self, n: usize) -> Option<&mut [Block]> {
+        if let Some(more) = n.checked_sub(self.blocks.len()).filter(|m| *m > 0) {
+            self.blocks.try_reserve_exact(more).ok()?;
+            self.blocks.resize(n, Block::new());
+        }
+        self.blocks.get_mut(..n)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.blocks.capacity() * Block::SIZE
     }
 }
 
@@ -455,10 +493,16 @@ impl PasswordFile {
     /// Is `password` right for `username`? An unknown username costs about as much
     /// as a known one, and is false.
     pub fn verify(&self, username: &str, password: &[u8]) -> bool {
+        self.verify_with(username, password, &mut HashMemory::new())
+    }
+
+    /// `verify` with argon2id's working memory from `memory` (the decoy uses it
+    /// too, so an unknown user costs the same memory and time as a known one).
+    pub fn verify_with(&self, username: &str, password: &[u8], memory: &mut HashMemory) -> bool {
         match self.users.get(username) {
-            Some(entry) => entry.hash.verify(password),
+            Some(entry) => entry.hash.verify(password, memory),
             None => {
-                std::hint::black_box(self.decoy.verify(password));
+                std::hint::black_box(self.decoy.verify(password, memory));
                 false
             }
         }
@@ -1008,6 +1052,14 @@ impl LoginThrottle {
         now.saturating_duration_since(f.last) >= self.forget_after
     }
 
+    /// Failures counted against this address (0 when none or forgotten).
+    pub fn failures(&self, ip: IpAddr, now: Instant) -> u32 {
+        self.entries
+            .get(&throttle_key(ip))
+            .filter(|f| !self.expired(f, now))
+            .map_or(0, |f| f.count)
+    }
+
     /// How long to wait before checking this address's next attempt.
     pub fn delay(&mut self, ip: IpAddr, now: Instant) -> Duration {
         let key = throttle_key(ip);
@@ -1068,10 +1120,14 @@ impl LoginThrottle {
         }
     }
 
-    /// Free one slot: drop what has expired, else the address whose last failure is
-    /// oldest (it is the one closest to being forgotten anyway). O(entries), paid
-    /// only when the table is full, i.e. under an attack from many addresses; each
-    /// call follows a password check that costs far more.
+    /// Free one slot: drop what has expired, else the address with the fewest
+    /// failures, the oldest of those. Fewest first, not oldest first: addresses
+    /// that cost nothing to use (password-less CONNECTs from a spread of
+    /// addresses, one failure each) would otherwise push out a throttled
+    /// address's record and reset its delay for free; now they only push out each
+    /// other, and evicting an address with n failures takes new addresses with n
+    /// failures each, every one of which paid its delays. O(entries), paid only
+    /// when the table is full, i.e. under an attack from many addresses.
     fn make_room(&mut self, now: Instant) {
         let forget_after = self.forget_after;
         self.entries
@@ -1079,12 +1135,12 @@ impl LoginThrottle {
         if self.entries.len() < self.max_entries {
             return;
         }
-        let oldest = self
+        let cheapest = self
             .entries
             .iter()
-            .min_by_key(|(_, f)| f.last)
+            .min_by_key(|(_, f)| (f.count, f.last))
             .map(|(k, _)| *k);
-        if let Some(k) = oldest {
+        if let Some(k) = cheapest {
             self.entries.remove(&k);
         }
     }
@@ -1244,14 +1300,14 @@ carol:$6$beaGLMJ9fP9SyF1D$85ZG0ZdqZgsyabutF/+wm46NiWS9V580r955Gd6xl72/S8Z7Rrg6mR
         // Two $7$ 101-round entries against one $6$: the decoy is $7$ with 101
         // rounds, whose hash matches nobody.
         assert_eq!(f.decoy.cost_key(), (7, 101, 0, 0));
-        assert!(!f.decoy.verify(b"secret"));
+        assert!(!f.decoy.verify(b"secret", &mut HashMemory::new()));
         assert_eq!(
             PasswordFile::new().decoy.cost_key(),
             (8, SET_M_KIB, SET_T, SET_P)
         );
         let f = file(&format!("m:{ARGON2_MOSQUITTO_SIZES}\n"));
         assert_eq!(f.decoy.cost_key(), (8, 4096, 2, 1));
-        assert!(!f.decoy.verify(b"mosquitto-2.1"));
+        assert!(!f.decoy.verify(b"mosquitto-2.1", &mut HashMemory::new()));
         assert!(!f.verify("x", b"mosquitto-2.1"));
         let mut f = file(&format!("s:{SHA512_VECTOR}\n"));
         assert_eq!(f.decoy.cost_key(), (6, 0, 0, 0));
@@ -1410,6 +1466,23 @@ carol:$6$beaGLMJ9fP9SyF1D$85ZG0ZdqZgsyabutF/+wm46NiWS9V580r955Gd6xl72/S8Z7Rrg6mR
             err.map(|e| e.to_string()).unwrap_or_default(),
             "line 3: user 'a' is already defined on line 1"
         );
+    }
+
+    #[test]
+    fn hash_memory_is_reused_and_sized_by_the_largest_check() {
+        let f = file(&format!(
+            "m:{ARGON2_MOSQUITTO_SIZES}\np:{ARGON2_TWO_LANES}\n"
+        ));
+        let mut memory = HashMemory::new();
+        assert!(f.verify_with("p", b"\x00\xff\x01", &mut memory));
+        assert_eq!(memory.bytes(), 64 * 1024);
+        assert!(f.verify_with("m", b"mosquitto-2.1", &mut memory));
+        assert_eq!(memory.bytes(), 4096 * 1024);
+        // A smaller check runs in the same buffer (a prefix of it), which stays.
+        assert!(f.verify_with("p", b"\x00\xff\x01", &mut memory));
+        assert!(!f.verify_with("p", b"\x00\xff\x02", &mut memory));
+        assert!(!f.verify_with("nobody", b"x", &mut memory));
+        assert_eq!(memory.bytes(), 4096 * 1024);
     }
 
     #[test]
@@ -1864,6 +1937,49 @@ topic readers/x
         }
         assert_eq!(none.delay(IP, t0), Duration::ZERO);
         assert!(none.entries.is_empty());
+    }
+
+    /// Issue 10, item 10: 4,200 password-less CONNECTs from 4,200 addresses
+    /// evicted a throttled address's record (the oldest went first), resetting its
+    /// delay for free. Fewest failures go first now.
+    #[test]
+    fn a_spread_of_one_failure_addresses_never_evicts_a_throttled_one() {
+        let t0 = Instant::now();
+        let mut t = throttle(4096);
+        for _ in 0..6 {
+            t.failed(IP, t0);
+        }
+        let throttled = t.delay(IP, t0);
+        assert_eq!(throttled, 800 * MS);
+        let loopback = |i: u32| IpAddr::V4(Ipv4Addr::from(0x7f00_0001 + i));
+        for i in 0..4200 {
+            // Every one later than the throttled address's last failure.
+            t.failed(loopback(i), t0 + (i + 1) * MS);
+        }
+        let now = t0 + Duration::from_secs(5);
+        assert_eq!(t.entries.len(), 4096, "the table stays bounded");
+        assert_eq!(t.failures(IP, now), 6);
+        assert_eq!(t.delay(IP, now), throttled);
+        // Among equals the oldest goes: the first spread addresses are gone.
+        assert_eq!(t.failures(loopback(0), now), 0);
+        assert_eq!(t.failures(loopback(4199), now), 1);
+
+        // Only addresses that failed as often can push it out.
+        let mut t = throttle(3);
+        for _ in 0..4 {
+            t.failed(v4(1), t0);
+        }
+        t.failed(v4(2), t0);
+        t.failed(v4(3), t0);
+        for _ in 0..4 {
+            t.failed(v4(4), t0 + MS);
+        }
+        assert_eq!(
+            t.failures(v4(1), t0 + MS),
+            4,
+            "v4(2) or v4(3) went, not v4(1)"
+        );
+        assert_eq!(t.entries.len(), 3);
     }
 
     #[test]

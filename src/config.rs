@@ -166,9 +166,18 @@ pub struct AuthConfig {
     pub failed_login_delay: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub failed_login_max_delay: Duration,
-    /// Password checks running at once (each argon2id check takes ~19 MiB and
-    /// tens of milliseconds); more wait.
+    /// Password checks running at once, each on a thread of its own that keeps
+    /// one argon2 buffer (~19 MiB for what `tern passwd` writes): the login
+    /// memory is at most this many buffers. More checks wait in the queue.
     pub max_concurrent_logins: usize,
+    /// Password checks that may wait for a thread; beyond this a login is
+    /// refused at once (v5 0x89 Server busy, 3.1.1 0x03). Clients from addresses
+    /// with fewer recent failures go first.
+    pub login_queue: usize,
+    /// A client id whose persistent session belongs to another user is refused
+    /// (v5 0x87, 3.1.1 0x05), so one user cannot wipe or read another's queued
+    /// messages. `true` lets the other user take it over (starting clean).
+    pub allow_cross_user_takeover: bool,
 }
 
 impl Default for AuthConfig {
@@ -180,6 +189,8 @@ impl Default for AuthConfig {
             failed_login_delay: Duration::from_secs(1),
             failed_login_max_delay: Duration::from_secs(30),
             max_concurrent_logins: 2,
+            login_queue: 64,
+            allow_cross_user_takeover: false,
         }
     }
 }
@@ -548,8 +559,13 @@ impl Config {
                 message: msg.into(),
             })
         };
-        if self.auth.max_concurrent_logins == 0 {
-            err("auth.max_concurrent_logins", "must be at least 1");
+        // Each login thread may hold a buffer of up to 256 MiB (the largest
+        // argon2id m accepted): more than 64 fits no gateway.
+        if !(1..=64).contains(&self.auth.max_concurrent_logins) {
+            err("auth.max_concurrent_logins", "must be between 1 and 64");
+        }
+        if !(1..=65_536).contains(&self.auth.login_queue) {
+            err("auth.login_queue", "must be between 1 and 65536");
         }
         if self.auth.failed_login_max_delay < self.auth.failed_login_delay {
             err(

@@ -457,12 +457,16 @@ async fn handshake<S: AsyncWrite + Unpin>(
         }
         Err(why) => {
             // v5: 0x86 for bad credentials, 0x87 otherwise; 3.1.1 gets 0x05 "not
-            // authorized" for both (what Mosquitto answers).
-            let code = match (v5, why) {
-                (true, Refused::BadCredentials) => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-                _ => ReasonCode::NOT_AUTHORIZED,
+            // authorized" for both (what Mosquitto answers). Busy: v5 0x89, 3.1.1
+            // 0x03 "server unavailable" (via to_v311_connack), so a client retries.
+            let (code, text) = match (v5, why) {
+                (_, Refused::ServerBusy) => (ReasonCode::SERVER_BUSY, "server busy"),
+                (true, Refused::BadCredentials) => {
+                    (ReasonCode::BAD_USER_NAME_OR_PASSWORD, "not authorized")
+                }
+                _ => (ReasonCode::NOT_AUTHORIZED, "not authorized"),
             };
-            refuse(stream, version, code, "not authorized").await;
+            refuse(stream, version, code, text).await;
             return None;
         }
     };

@@ -1,23 +1,33 @@
 //! Logins: who a connecting client is. Holds the current password file (swapped
-//! on reload), the throttle on repeated failures per address, and the cap on
-//! password checks running at once; the decisions themselves are `auth`'s.
+//! on reload), the throttle on repeated failures per address, and the pool of
+//! threads that check passwords; the decisions themselves are `auth`'s.
 //!
 //! Shared by every connection task. The password file is a `reload::Swap`
 //! only so a reload can swap it: a check clones the `Arc` and works on its own
 //! snapshot. The throttle is a small bounded table behind a `Mutex`, touched once
-//! per login (not broker state; nothing else reads it). Hash checks (argon2id takes
-//! tens of milliseconds) run on the blocking pool, never on a runtime thread.
+//! per login (not broker state; nothing else reads it).
+//!
+//! Hash checks (argon2id: tens of milliseconds and 19 MiB each) run on
+//! `max_concurrent_logins` threads of our own, never on a runtime thread nor on
+//! tokio's blocking pool. Each thread keeps one argon2 buffer for good, and a
+//! check whose connection gave up (connect_timeout) still runs to its end on its
+//! thread, so at most `max_concurrent_logins` hashes ever exist. On the blocking
+//! pool a timed-out login released its permit while its hash went on, so the cap
+//! bounded nothing: 500 wrong-password clients made hundreds of threads, each with
+//! a 19 MiB arena glibc never gave back (19 GB). Checks wait in a queue of
+//! `login_queue` places; beyond it a login is refused at once as server busy.
 
-use crate::auth::{LoginThrottle, PasswordFile};
+use crate::auth::{HashMemory, LoginThrottle, PasswordFile};
 use crate::config::Config;
 use crate::reload::Swap;
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 /// Addresses the failure throttle remembers at most (bounded under a spread
@@ -60,6 +70,9 @@ pub enum Refused {
     BadCredentials,
     /// Anonymous clients are not allowed, or no certificate identity: v5 0x87.
     NotAuthorized,
+    /// Every password-check slot is busy and the queue is full: v5 0x89, 3.1.1
+    /// 0x03 (server unavailable). Answered at once, without a check.
+    ServerBusy,
 }
 
 /// Who a CONNECT turned out to be.
@@ -86,13 +99,155 @@ fn load<T>(
     parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// One password check waiting for a thread.
+struct Job {
+    db: Arc<PasswordFile>,
+    user: String,
+    password: Bytes,
+    /// Dropped unanswered when the job is pushed out of the queue (busy).
+    reply: oneshot::Sender<bool>,
+}
+
+/// Waiting checks, best first: ordered by the failures already counted against
+/// the client's address, then by arrival. A client from an address with no
+/// recent failures goes before the addresses that are guessing, so a valid user
+/// gets in within about one check's time however many guesses wait (the 500
+/// attackers of the issue fail again and again and sink to the back).
+struct Waiting {
+    jobs: BTreeMap<(u32, u64), Job>,
+    next_seq: u64,
+    closed: bool,
+}
+
+struct PoolShared {
+    waiting: Mutex<Waiting>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+impl PoolShared {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        // Nothing panics while holding it (checks run unlocked); a queue is still
+        // a queue after a panic elsewhere.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `max_concurrent_logins` threads fed by a bounded queue.
+struct HashPool {
+    shared: Arc<PoolShared>,
+}
+
+impl HashPool {
+    fn new(threads: usize, capacity: usize) -> Result<HashPool, String> {
+        let shared = Arc::new(PoolShared {
+            waiting: Mutex::new(Waiting {
+                jobs: BTreeMap::new(),
+                next_seq: 0,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            capacity,
+        });
+        for i in 0..threads {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("tern-login-{i}"))
+                // argon2 works in the heap buffer; the stack needs little.
+                .stack_size(256 * 1024)
+                .spawn(move || hash_thread(&shared))
+                .map_err(|e| format!("cannot start a login thread: {e}"))?;
+        }
+        Ok(HashPool { shared })
+    }
+
+    /// Queue a check. `failures`: those already counted against the client's
+    /// address. Err when the queue is full of checks at least as deserving (the
+    /// client is refused at once); a less deserving one is pushed out instead
+    /// (its client is refused as busy), and so are checks nobody waits for.
+    fn submit(
+        &self,
+        failures: u32,
+        db: Arc<PasswordFile>,
+        user: &str,
+        password: Bytes,
+    ) -> Result<oneshot::Receiver<bool>, ()> {
+        let mut w = self.shared.lock();
+        if w.jobs.len() >= self.shared.capacity {
+            w.jobs.retain(|_, j| !j.reply.is_closed());
+        }
+        if w.jobs.len() >= self.shared.capacity {
+            match w.jobs.last_key_value() {
+                Some((&(worst, _), _)) if worst > failures => {
+                    w.jobs.pop_last();
+                }
+                _ => return Err(()),
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let seq = w.next_seq;
+        w.next_seq += 1;
+        let job = Job {
+            db,
+            user: user.to_string(),
+            password,
+            reply: tx,
+        };
+        w.jobs.insert((failures, seq), job);
+        drop(w);
+        self.shared.ready.notify_one();
+        Ok(rx)
+    }
+}
+
+impl Drop for HashPool {
+    /// The threads end after the check they are running (not joined: that can
+    /// take up to a second, and this may run on a runtime thread).
+    fn drop(&mut self) {
+        let mut w = self.shared.lock();
+        w.closed = true;
+        w.jobs.clear();
+        drop(w);
+        self.shared.ready.notify_all();
+    }
+}
+
+fn hash_thread(shared: &PoolShared) {
+    // This thread's one argon2 buffer, for every check it ever runs.
+    let mut memory = HashMemory::new();
+    loop {
+        let job = {
+            let mut w = shared.lock();
+            loop {
+                if w.closed {
+                    return;
+                }
+                match w.jobs.pop_first() {
+                    // Its connection has gone (connect_timeout): skip the work.
+                    Some((_, job)) if job.reply.is_closed() => continue,
+                    Some((_, job)) => break job,
+                    None => w = shared.ready.wait(w).unwrap_or_else(|p| p.into_inner()),
+                }
+            }
+        };
+        // A bug in a check must not cost the pool a thread: it counts as a failure.
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            job.db.verify_with(&job.user, &job.password, &mut memory)
+        }))
+        .unwrap_or(false);
+        // Nobody may be waiting any more: the answer then goes nowhere.
+        let _ = job.reply.send(ok);
+    }
+}
+
 pub struct Logins {
     path: Option<PathBuf>,
     /// Set when there is a password file.
     passwords: Option<Swap<PasswordFile>>,
     anonymous: bool,
     throttle: Mutex<LoginThrottle>,
-    checks: Semaphore,
+    /// Set when there is a password file.
+    pool: Option<HashPool>,
 }
 
 impl Logins {
@@ -101,6 +256,13 @@ impl Logins {
         let path = config.auth.password_file.clone();
         let passwords = match &path {
             Some(p) => Some(Swap::new(Arc::new(load_password_file(p)?))),
+            None => None,
+        };
+        let pool = match passwords {
+            Some(_) => Some(HashPool::new(
+                config.auth.max_concurrent_logins,
+                config.auth.login_queue,
+            )?),
             None => None,
         };
         Ok(Logins {
@@ -113,7 +275,7 @@ impl Logins {
                 THROTTLE_FORGET,
                 THROTTLE_ENTRIES,
             )),
-            checks: Semaphore::new(config.auth.max_concurrent_logins),
+            pool,
         })
     }
 
@@ -179,7 +341,7 @@ impl Logins {
             CertIdentity::NotUsed => {}
         }
         let ip = peer.addr.ip();
-        let (Some(user), Some(db)) = (username, self.snapshot()) else {
+        let (Some(user), Some(db), Some(pool)) = (username, self.snapshot(), &self.pool) else {
             // No password file: a username is taken as given (it still selects
             // the ACL rules), as Mosquitto does; either way the client is not
             // verified, so it needs allow_anonymous.
@@ -194,31 +356,28 @@ impl Logins {
         // own count: counting only after the check would give every attempt
         // already in flight the same delay, so parallel connections would escape
         // the doubling.
-        let wait = {
+        let (wait, failures) = {
             let mut t = self.throttle();
             let now = Instant::now();
             let wait = t.delay(ip, now);
+            let failures = t.failures(ip, now);
             t.failed(ip, now);
-            wait
+            (wait, failures)
         };
+        // The delay comes before the queue: a throttled client holds no place.
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
         let Some(password) = password.cloned() else {
             return Err(Refused::BadCredentials);
         };
-        let ok = {
-            // The semaphore is never closed, so acquire fails only if it were.
-            let _permit = self
-                .checks
-                .acquire()
-                .await
-                .map_err(|_| Refused::NotAuthorized)?;
-            let user = user.to_string();
-            tokio::task::spawn_blocking(move || db.verify(&user, &password))
-                .await
-                .unwrap_or(false)
-        };
+        // A busy refusal stays counted as a failure: retrying at once must not
+        // keep an address at the front of the queue.
+        let answer = pool
+            .submit(failures, db, user, password)
+            .map_err(|()| Refused::ServerBusy)?;
+        // Closed unanswered: pushed out of the queue by a more deserving login.
+        let ok = answer.await.map_err(|_| Refused::ServerBusy)?;
         if ok {
             self.throttle().succeeded(ip);
             Ok(Login {
@@ -234,4 +393,59 @@ impl Logins {
 /// Read and parse an ACL file.
 pub fn load_acl(path: &std::path::Path) -> Result<crate::auth::Acl, String> {
     load(path, crate::auth::Acl::parse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Arc<PasswordFile> {
+        Arc::new(PasswordFile::new())
+    }
+
+    fn keys(pool: &HashPool) -> Vec<u32> {
+        pool.shared.lock().jobs.keys().map(|k| k.0).collect()
+    }
+
+    #[test]
+    fn queue_is_bounded_best_first_and_pushes_out_the_worst() {
+        // No threads: jobs stay queued.
+        let pool = HashPool::new(0, 3).unwrap();
+        let mut a = pool.submit(5, db(), "a", Bytes::new()).unwrap();
+        let _b = pool.submit(2, db(), "b", Bytes::new()).unwrap();
+        let _c = pool.submit(5, db(), "c", Bytes::new()).unwrap();
+        assert_eq!(keys(&pool), [2, 5, 5]);
+        // Full: as many failures as the worst waiting is refused...
+        assert!(pool.submit(5, db(), "d", Bytes::new()).is_err());
+        // ... fewer push the worst out; of equals, the last to come (c).
+        let _e = pool.submit(0, db(), "e", Bytes::new()).unwrap();
+        assert_eq!(keys(&pool), [0, 2, 5]);
+        assert!(a
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        // A check nobody waits for any more makes room.
+        drop(a);
+        let _f = pool.submit(9, db(), "f", Bytes::new()).unwrap();
+        assert_eq!(keys(&pool), [0, 2, 9]);
+    }
+
+    #[test]
+    fn threads_answer_and_skip_abandoned_checks() {
+        let mut f = PasswordFile::new();
+        f.set("u", b"pw").unwrap();
+        let f = Arc::new(f);
+        let pool = HashPool::new(1, 8).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let abandoned = pool.submit(0, f.clone(), "u", Bytes::from("pw")).unwrap();
+            drop(abandoned);
+            let good = pool.submit(0, f.clone(), "u", Bytes::from("pw")).unwrap();
+            let bad = pool.submit(1, f.clone(), "u", Bytes::from("no")).unwrap();
+            assert_eq!(good.await, Ok(true));
+            assert_eq!(bad.await, Ok(false));
+        });
+        assert!(keys(&pool).is_empty());
+    }
 }

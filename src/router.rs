@@ -439,6 +439,8 @@ pub struct Router {
     mark: Option<usize>,
     /// Who may publish and subscribe where; None: everyone everywhere.
     acl: Option<Arc<Acl>>,
+    /// `auth.allow_cross_user_takeover`.
+    cross_user_takeover: bool,
 }
 
 impl Router {
@@ -456,6 +458,7 @@ impl Router {
                 queue_qos0_offline: config.mqtt.queue_qos0_offline,
             },
             topic_limits: config.topic_limits(),
+            cross_user_takeover: config.auth.allow_cross_user_takeover,
             max_sessions: config.limits.max_sessions,
             max_subscriptions: config.limits.max_subscriptions_per_client,
             max_inbound_qos2: usize::from(config.limits.receive_maximum),
@@ -1244,6 +1247,17 @@ impl Router {
                     .acl_denied_publish
                     .fetch_add(1, Ordering::Relaxed);
                 info!(client = %id, topic = %w.topic, "CONNECT refused: the ACL denies its Will topic");
+                return Err(ReasonCode::NOT_AUTHORIZED);
+            }
+        }
+        // A persistent session belongs to its user: another user may neither
+        // resume it nor wipe it with a clean start (nor kick its connection), unless
+        // the operator allows it (then it starts clean, below).
+        if let Some(c) = self.clients.get(&id) {
+            if c.session_expiry > 0 && c.username != req.username && !self.cross_user_takeover {
+                warn!(client = %id, user = req.username.as_deref().unwrap_or(""),
+                    owner = c.username.as_deref().unwrap_or(""),
+                    "CONNECT refused: the client id's persistent session belongs to another user");
                 return Err(ReasonCode::NOT_AUTHORIZED);
             }
         }

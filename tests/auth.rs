@@ -1451,17 +1451,19 @@ fn restored_session_keeps_its_username_for_the_acl() {
     );
 }
 
-/// A session belongs to its user: another user connecting with the same client
-/// id (clean start 0) starts clean and gets none of the first user's queued
-/// messages; the first user's session is gone with it.
+/// A session belongs to its user: where the operator allows another user to
+/// take a client id over (`allow_cross_user_takeover`; by default that is
+/// refused, see tests/login_hardening.rs), the other user starts clean and gets
+/// none of the first user's queued messages; the first user's session is gone.
 #[tokio::test]
 async fn another_user_taking_a_client_id_over_starts_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let config = acl_config(
+    let mut config = acl_config(
         dir.path(),
         "user alice\ntopic read alice/#\nuser mallory\ntopic read mallory/#\ntopic read alice/#\n\
          user admin\ntopic write #\n",
     );
+    config.auth.allow_cross_user_takeover = true;
     let (broker, addr) = start(config).await;
     for version in [V311, V5] {
         let id = format!("device-{version:?}");
