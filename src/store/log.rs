@@ -33,7 +33,8 @@ struct Head {
     len: u64,
     /// Written but not yet fsynced.
     dirty: bool,
-    salt: u64,
+    /// None: a format 1 segment reopened for appending.
+    salt: Option<u64>,
 }
 
 pub struct Log {
@@ -141,7 +142,12 @@ fn parse_header(h: &[u8], id: u64) -> Result<SegHeader, String> {
 
 /// The first sequence of segment `id`, from its header alone.
 fn first_seq_of(dir: &Path, id: u64) -> Option<u64> {
-    let f = File::open(segment_path(dir, id)).ok()?;
+    let path = segment_path(dir, id);
+    // Never open what is not a file: opening a FIFO blocks.
+    if !fs::symlink_metadata(&path).ok()?.is_file() {
+        return None;
+    }
+    let f = File::open(path).ok()?;
     let mut h = [0u8; SEGMENT_HEADER as usize];
     let n = f.read_at(&mut h, 0).ok()?;
     parse_header(&h[..n], id).ok().map(|h| h.first_seq)
@@ -291,6 +297,18 @@ impl Log {
         segment_size: u64,
         clock: Clock,
     ) -> Result<(Log, Vec<Replayed>), OpenError> {
+        Self::open_within(dir, segment_size, 0, clock)
+    }
+
+    /// `open` with a disk budget (0: none): when a new head segment would cross
+    /// it, or cannot be created for lack of space, the newest segment is reopened
+    /// for appending if it was read without damage.
+    pub fn open_within(
+        dir: &Path,
+        segment_size: u64,
+        max_bytes: u64,
+        clock: Clock,
+    ) -> Result<(Log, Vec<Replayed>), OpenError> {
         let io_err = |source| OpenError::Io {
             dir: dir.to_path_buf(),
             source,
@@ -314,7 +332,10 @@ impl Log {
         let mut replayed = Vec::new();
         let mut sealed = std::collections::BTreeMap::new();
         let mut next_seq = 1u64;
+        // The newest segment, if it may be appended to: id, salt, end of records.
+        let mut reopenable = None;
         for (i, &id) in ids.iter().enumerate() {
+            reopenable = None;
             let path = segment_path(dir, id);
             // A directory, FIFO or device named like a segment: reading it would
             // fail (or block); it is not ours.
@@ -359,7 +380,9 @@ impl Log {
                 .and_then(|&n| first_seq_of(dir, n))
                 .filter(|&n| n >= first);
             let scanned = scan::scan(&data, h.len, first, h.salt, next_first, clock);
-            if !scanned.damage.is_empty() {
+            if scanned.damage.is_empty() {
+                reopenable = Some((id, h.salt, scanned.end));
+            } else {
                 for d in &scanned.damage {
                     report(&path, d);
                 }
@@ -396,13 +419,54 @@ impl Log {
             next_seq,
             _lock: lock,
         };
+        let sealed_bytes: u64 = log.sealed.values().sum();
+        if max_bytes > 0 && sealed_bytes + segment_size > max_bytes {
+            if let Some(r) = reopenable {
+                match log.reopen(r) {
+                    Ok(()) => return Ok((log, replayed)),
+                    Err(e) => warn!("storage: cannot reopen segment {}: {e}", r.0),
+                }
+            }
+        }
         if let Err(e) = log.ensure_head() {
+            if let Some(r) = reopenable {
+                match log.reopen(r) {
+                    Ok(()) => {
+                        warn!(
+                            "storage: cannot start a new segment in {}: {e}; appending to segment {} while it has room",
+                            dir.display(),
+                            r.0
+                        );
+                        return Ok((log, replayed));
+                    }
+                    Err(e) => warn!("storage: cannot reopen segment {}: {e}", r.0),
+                }
+            }
             error!(
                 "storage: cannot start a new segment in {}: {e}; serving what was recovered, durable writes refused until it can",
                 dir.display()
             );
         }
         Ok((log, replayed))
+    }
+
+    /// Make the newest segment the head again, appending after its records (the
+    /// rest of it is zeros: it was read without damage).
+    fn reopen(&mut self, (id, salt, end): (u64, Option<u64>, usize)) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(segment_path(&self.dir, id))?;
+        self.sealed.remove(&id);
+        self.head = Some(Head {
+            id,
+            file,
+            len: end as u64,
+            dirty: false,
+            salt,
+        });
+        self.head_id = id;
+        Ok(())
     }
 
     /// Create the head segment if there is none (at start, or after a rotation
@@ -445,7 +509,7 @@ impl Log {
             file,
             len: SEGMENT_HEADER,
             dirty: false,
-            salt,
+            salt: Some(salt),
         })
     }
 
@@ -455,7 +519,7 @@ impl Log {
 
     /// The salt of the head segment's records (None while there is no head).
     pub fn salt(&self) -> Option<u64> {
-        self.head.as_ref().map(|h| h.salt)
+        self.head.as_ref().and_then(|h| h.salt)
     }
 
     pub fn next_seq(&self) -> u64 {

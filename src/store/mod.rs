@@ -123,7 +123,8 @@ pub fn open(
 ) -> Result<(StoreHandle, StoreThread, Recovered), OpenError> {
     let clock = Clock::read();
     let started = Instant::now();
-    let (log, replayed) = log::Log::open(&config.dir, config.segment_size, clock)?;
+    let (log, replayed) =
+        log::Log::open_within(&config.dir, config.segment_size, config.max_bytes, clock)?;
     let mut state = State::default();
     if log.has_head() {
         state.add_segment(log.head_id());

@@ -19,6 +19,8 @@ pub struct Scanned {
     pub damage: Vec<Damage>,
     /// The sequence that follows this segment.
     pub next_seq: u64,
+    /// Where reading stopped: the end of the records when there was no damage.
+    pub end: usize,
 }
 
 /// One damaged region and the records it cost.
@@ -68,6 +70,7 @@ pub fn scan(
         records: Vec::new(),
         damage: Vec::new(),
         next_seq: first_seq,
+        end: start,
     };
     // Bytes the resynchronisation may checksum for this segment: a crafted
     // segment must not turn recovery quadratic.
@@ -141,6 +144,7 @@ pub fn scan(
         }
     }
     out.next_seq = want;
+    out.end = off;
     out
 }
 
