@@ -412,6 +412,7 @@ async fn full_file_system_start_serves_and_refuses_durable_writes_until_space_re
             other => panic!("unexpected {other:?}\n{}", b.log_text()),
         }
     }
+    println!("full disk: {accepted} accepted into the reopened segment, held: {held:?}");
     assert!(accepted < 100, "never ran out of space\n{}", b.log_text());
     assert!(
         b.wait_log_count("cannot create a new segment", 1, Duration::from_secs(5)),
@@ -593,6 +594,7 @@ async fn disk_use_never_exceeds_max_bytes() {
         );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let most = watcher.join().unwrap();
+        println!("run {run}: segment files peaked at {most} bytes (max_bytes {BUDGET})");
         assert!(
             most <= BUDGET,
             "run {run}: segments took {most} bytes, max_bytes = {BUDGET}\n{}",
