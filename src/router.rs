@@ -1748,7 +1748,10 @@ impl Router {
                 _ => return,
             }
         }
-        if p.qos != QoS::AtMostOnce && self.store.as_ref().is_some_and(|s| s.handle.over_budget()) {
+        if p.qos != QoS::AtMostOnce
+            && self.store.as_ref().is_some_and(|s| s.handle.over_budget())
+            && self.needs_store(&p)
+        {
             self.refuse_over_budget(id, conn_id, &p);
             return;
         }
@@ -1847,6 +1850,41 @@ impl Router {
             warn!(client = %id, "disk budget reached: closing a 3.1.1 connection instead of acknowledging a message it cannot store");
             h.close_with(ReasonCode::QUOTA_EXCEEDED);
         }
+    }
+
+    /// Would routing this QoS 1/2 message write anything durable: a retained
+    /// message, or a delivery to a persistent session? Asked only at the disk
+    /// budget, so a message that needs no storage is never refused for it. Every
+    /// member of a matching `$share` group counts (any may be chosen); the walk
+    /// moves each group's round-robin turn on by one, a small unfairness only
+    /// while the budget is reached.
+    fn needs_store(&mut self, p: &Publish) -> bool {
+        if p.retain {
+            return true;
+        }
+        let clients = &self.clients;
+        let persistent = |k: &ClientId| clients.get(k).is_some_and(|c| c.sid != 0);
+        let shared_persistent = std::cell::Cell::new(false);
+        let mut matches = std::mem::take(&mut self.scratch_matches);
+        // Returning false visits every member of each group.
+        self.subs.matches_into(
+            &p.topic,
+            |k| {
+                if persistent(k) {
+                    shared_persistent.set(true);
+                }
+                false
+            },
+            &mut matches,
+        );
+        let plain = matches
+            .plain
+            .iter()
+            .any(|(k, s)| s.options.qos != QoS::AtMostOnce && persistent(k));
+        matches.plain.clear();
+        matches.shared.clear();
+        self.scratch_matches = matches;
+        plain || shared_persistent.get()
     }
 
     /// A new delivery id when a delivery at `qos` to session `sid` must be durable.

@@ -15,6 +15,7 @@
 
 pub mod log;
 pub mod record;
+pub mod scan;
 pub mod state;
 
 use crate::config::{Durability, StorageConfig};
@@ -46,6 +47,8 @@ struct Shared {
     wake: Condvar,
     /// Set by the store when the disk budget is reached; read by the router.
     over_budget: AtomicBool,
+    /// Set by the store while no segment can be created (file system full).
+    no_space: AtomicBool,
 }
 
 /// The router's end: submit batches, learn which are durable.
@@ -86,8 +89,11 @@ impl StoreHandle {
         self.submitted
     }
 
+    /// Must QoS 1/2 messages that need storing be refused (disk budget reached,
+    /// or no space for a segment)?
     pub fn over_budget(&self) -> bool {
         self.shared.over_budget.load(Ordering::Relaxed)
+            || self.shared.no_space.load(Ordering::Relaxed)
     }
 }
 
@@ -117,9 +123,12 @@ pub fn open(
 ) -> Result<(StoreHandle, StoreThread, Recovered), OpenError> {
     let clock = Clock::read();
     let started = Instant::now();
-    let (log, replayed) = log::Log::open(&config.dir, config.segment_size, clock)?;
+    let (log, replayed) =
+        log::Log::open_within(&config.dir, config.segment_size, config.max_bytes, clock)?;
     let mut state = State::default();
-    state.add_segment(log.head_id());
+    if log.has_head() {
+        state.add_segment(log.head_id());
+    }
     let n = replayed.len();
     state.begin_replay();
     for r in replayed {
@@ -152,6 +161,7 @@ pub fn open(
         inbox: Mutex::new(Inbox::default()),
         wake: Condvar::new(),
         over_budget: AtomicBool::new(false),
+        no_space: AtomicBool::new(false),
     });
     let (tx, rx) = watch::channel(0u64);
     let mut writer = Writer {
@@ -164,6 +174,8 @@ pub fn open(
         buf: Vec::with_capacity(64 * 1024),
         last_sync: Instant::now(),
         unsynced: false,
+        pending: Vec::new(),
+        crossed: false,
     };
     // What expired while Tern was down goes first.
     writer.write_ops(cleanup, Clock::read());
@@ -200,6 +212,14 @@ struct Writer {
     buf: Vec<u8>,
     last_sync: Instant,
     unsynced: bool,
+    /// Ops that could not be written because no segment could be created (no
+    /// space): written first, in order, once one can. Their batches' tickets are
+    /// not published meanwhile, so nothing that depends on them goes out; the
+    /// router refuses new QoS 1/2 messages (`over_budget`) until then. Bounded by
+    /// what waiting clients can produce without acknowledgements.
+    pending: Vec<Op>,
+    /// The disk budget was crossed by a rotation (logged once per crossing).
+    crossed: bool,
 }
 
 /// Run an I/O step until it succeeds: an acknowledgement must never go out for a
@@ -229,7 +249,11 @@ impl Writer {
                     Err(p) => p.into_inner(),
                 };
                 while inbox.ticket <= *self.synced.borrow() && !inbox.closing {
-                    let wait = if self.unsynced && self.config.durability == Durability::Periodic {
+                    let stuck = self.stuck();
+                    let wait = if stuck {
+                        // Try again for space every second.
+                        Duration::from_secs(1)
+                    } else if self.unsynced && self.config.durability == Durability::Periodic {
                         self.config
                             .sync_interval
                             .saturating_sub(self.last_sync.elapsed())
@@ -241,7 +265,7 @@ impl Writer {
                         Err(p) => p.into_inner(),
                     };
                     inbox = g;
-                    if timeout.timed_out() && self.unsynced {
+                    if timeout.timed_out() && (self.unsynced || stuck) {
                         break;
                     }
                 }
@@ -252,7 +276,7 @@ impl Writer {
                     std::mem::take(&mut inbox.needs_sync),
                 )
             };
-            if !ops.is_empty() {
+            if !ops.is_empty() || self.stuck() {
                 self.write_ops(ops, Clock::read());
             }
             match self.config.durability {
@@ -265,29 +289,64 @@ impl Writer {
                 }
                 Durability::Never => {}
             }
-            if ticket > *self.synced.borrow() {
+            // A batch is durable only once nothing of it waits for space.
+            if ticket > *self.synced.borrow() && self.pending.is_empty() {
                 self.synced.send_replace(ticket);
             }
             self.reclaim();
             if closing {
                 self.sync();
+                if !self.pending.is_empty() {
+                    error!(
+                        "storage: closed with {} operations unwritten for lack of space (their acknowledgements never went out)",
+                        self.pending.len()
+                    );
+                }
                 info!("storage: closed");
                 return;
             }
         }
     }
 
-    /// Append `ops` (rotating segments as they fill) and update the index.
+    /// No segment to write to, or ops waiting for one.
+    fn stuck(&self) -> bool {
+        !self.pending.is_empty() || !self.log.has_head()
+    }
+
+    /// Append `ops` (rotating segments as they fill) and update the index. With
+    /// no space for a new segment, the ops wait in `pending` (after what already
+    /// waits there) and are written once a segment can be created.
     fn write_ops(&mut self, ops: Vec<Op>, clock: Clock) {
+        if self.stuck() {
+            self.pending.extend(ops);
+            if let Err(e) = self.log.ensure_head() {
+                self.no_space(&e);
+                return;
+            }
+            info!(
+                "storage: a new segment could be created again: writing the {} operations that waited",
+                self.pending.len()
+            );
+            self.state.add_segment(self.log.head_id());
+            let ops = std::mem::take(&mut self.pending);
+            self.append_ops(ops, clock);
+            self.update_budget();
+            return;
+        }
+        self.append_ops(ops, clock);
+    }
+
+    fn append_ops(&mut self, ops: Vec<Op>, clock: Clock) {
         if ops.is_empty() {
             return;
         }
         self.buf.clear();
         let mut rec = Vec::new();
-        for op in ops {
+        let mut ops = ops.into_iter();
+        while let Some(op) = ops.next() {
             let seq = self.log.next_seq();
             rec.clear();
-            let len = record::encode(&op, seq, clock, &mut rec);
+            let len = record::encode_salted(&op, seq, self.log.salt(), clock, &mut rec);
             let pending = self.buf.len() as u64;
             if pending + len as u64 > self.log.head_room()
                 && !(self.log.head_empty() && pending == 0)
@@ -295,8 +354,12 @@ impl Writer {
                 // Records never straddle segments: finish this one, start the next
                 // (a record larger than a segment gets a segment of its own).
                 self.flush_buf();
-                retry("segment rotation", || self.log.rotate(seq));
-                self.state.add_segment(self.log.head_id());
+                if !self.rotate(seq) {
+                    self.pending.push(op);
+                    self.pending.extend(ops);
+                    break;
+                }
+                record::seal(&mut rec, self.log.salt());
             }
             self.log.take_seq();
             self.buf.extend_from_slice(&rec);
@@ -310,6 +373,45 @@ impl Writer {
         }
         self.flush_buf();
         self.unsynced = true;
+    }
+
+    /// Seal the head and start the next segment; false if there is no space for
+    /// it (the log is then without a head until `ensure_head` succeeds).
+    fn rotate(&mut self, first_seq: u64) -> bool {
+        let budget = self.config.max_bytes;
+        if budget > 0 && self.log.disk_bytes() + self.log.segment_size() > budget {
+            // Dead segments first: what is deleted need not be exceeded.
+            self.delete_dead();
+            if self.log.disk_bytes() + self.log.segment_size() > budget && !self.crossed {
+                self.crossed = true;
+                error!(
+                    "storage: a new segment crosses storage.max_bytes = {budget} ({} bytes on disk): operations already accepted are written anyway",
+                    self.log.disk_bytes()
+                );
+            }
+        }
+        let r = self.log.rotate(first_seq);
+        self.state.add_segment(self.log.head_id());
+        match r {
+            Ok(()) => {
+                self.update_budget();
+                true
+            }
+            Err(e) => {
+                self.no_space(&e);
+                false
+            }
+        }
+    }
+
+    /// No new segment could be created: refuse QoS 1/2 publishes until one can.
+    fn no_space(&mut self, e: &std::io::Error) {
+        if !self.shared.no_space.swap(true, Ordering::Relaxed) {
+            error!(
+                "storage: cannot create a new segment: {e}; QoS 1/2 messages that need storing are refused and {} operations wait until space returns (retried every second)",
+                self.pending.len()
+            );
+        }
     }
 
     /// Append the encoded records gathered in `buf` to the head segment.
@@ -332,22 +434,39 @@ impl Writer {
         self.last_sync = Instant::now();
     }
 
+    /// Delete the dead oldest segments.
+    fn delete_dead(&mut self) {
+        while let Some(oldest) = self.log.oldest_sealed() {
+            if self.state.segment_live(oldest) != 0 {
+                break;
+            }
+            retry("segment deletion", || self.log.delete(oldest));
+            self.state.remove_segment(oldest);
+        }
+    }
+
     /// Delete dead segments; copy the oldest forward when the log holds much more
     /// than its live data (at most one segment per round, to bound the work).
     fn reclaim(&mut self) {
         let seg = self.config.segment_size;
         let mut compacted = false;
-        while let Some(oldest) = self.log.oldest_sealed() {
-            if self.state.segment_live(oldest) == 0 {
-                retry("segment deletion", || self.log.delete(oldest));
-                self.state.remove_segment(oldest);
-                continue;
+        loop {
+            self.delete_dead();
+            let Some(oldest) = self.log.oldest_sealed() else {
+                break;
+            };
+            if compacted || self.stuck() {
+                break;
             }
             let disk = self.log.disk_bytes();
             let live = self.state.live_bytes();
             let budget = self.config.max_bytes;
-            let crowded = disk > 2 * live + 2 * seg || (budget > 0 && disk + seg > budget);
-            if compacted || !crowded {
+            let at_budget = budget > 0 && disk + seg > budget;
+            let crowded = disk > 2 * live + 2 * seg || at_budget;
+            // At the budget a copy must fit in the head: a rotation for it would
+            // cross the budget by a segment (and a full segment gains nothing).
+            let fits = !at_budget || self.state.segment_live(oldest) < self.log.head_room();
+            if !crowded || !fits {
                 break;
             }
             let ops = self.state.copy_forward(oldest);
@@ -360,17 +479,28 @@ impl Writer {
                 break;
             }
         }
+        self.update_budget();
+    }
+
+    /// Raise or lower the router's refusal flag: at the budget (no room for
+    /// another segment), or without space for a segment at all.
+    fn update_budget(&mut self) {
+        let seg = self.config.segment_size;
+        if self.log.has_head() && self.shared.no_space.swap(false, Ordering::Relaxed) {
+            info!("storage: space for segments again: QoS 1/2 messages are accepted");
+        }
         if self.config.max_bytes > 0 {
             let over = self.log.disk_bytes() + seg > self.config.max_bytes;
             let was = self.shared.over_budget.swap(over, Ordering::Relaxed);
             if over && !was {
                 warn!(
-                    "storage: disk budget storage.max_bytes = {} reached ({} bytes on disk, {} live): QoS 1/2 messages are refused until space is freed",
+                    "storage: disk budget storage.max_bytes = {} reached ({} bytes on disk, {} live): QoS 1/2 messages that need storing are refused until space is freed",
                     self.config.max_bytes,
                     self.log.disk_bytes(),
                     self.state.live_bytes()
                 );
             } else if was && !over {
+                self.crossed = false;
                 info!("storage: back under the disk budget");
             }
         }

@@ -3,8 +3,11 @@
 //! by recovery. Pure: no files here.
 //!
 //! A record is `len u32 | crc32 u32 | kind u8 | seq u64 | body` (little endian).
-//! `len` counts `kind..body`, the CRC covers the same bytes, `seq` increases by one
-//! per record so stale bytes after a torn write are recognised. Bodies use LEB128
+//! `len` counts `kind..body`, the CRC covers the segment's salt (format 2; none in
+//! format 1) followed by the same bytes, `seq` increases by one per record so stale
+//! bytes after a torn write are recognised. The salt is random per segment and
+//! never leaves the disk, so a record a peer hides in a payload can never pass
+//! the CRC when recovery resynchronises past damage (`scan.rs`). Bodies use LEB128
 //! varints, so a QoS 1 message of 64 bytes to one receiver takes about 100 bytes:
 //! flash wear stays close to the payload size.
 
@@ -16,6 +19,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Bytes before the body: len, crc, kind, seq.
 pub const HEADER: usize = 4 + 4 + 1 + 8;
+
+/// The smallest possible record: header plus a one-byte body.
+pub const MIN_RECORD: usize = HEADER + 1;
+
+/// The kind of a padding record: written by recovery over a damaged region so the
+/// next start skips it without reporting it again. Its body is the sequence that
+/// follows it (a varint), then filler.
+pub const PAD: u8 = 0;
+
+/// The highest record kind this version writes.
+pub const MAX_KIND: u8 = 11;
 
 /// The largest record recovery accepts (a 256 MiB packet plus state); anything
 /// larger is a corrupt length.
@@ -262,8 +276,57 @@ fn put_will(b: &mut Vec<u8>, w: &LastWill) {
     put_bytes(b, &w.payload);
 }
 
-/// Append `op` as one record with sequence `seq` to `buf`; returns its length.
+/// The CRC of a record body under a segment's salt (None: format 1, unsalted).
+pub fn checksum(salt: Option<u64>, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    if let Some(s) = salt {
+        h.update(&s.to_le_bytes());
+    }
+    h.update(body);
+    h.finalize()
+}
+
+/// Recompute the CRC of one encoded record for a segment's salt (a record encoded
+/// for one head segment that moves to the next on rotation).
+pub fn seal(record: &mut [u8], salt: Option<u64>) {
+    if let Some(body) = record.get(8..) {
+        let crc = checksum(salt, body);
+        record[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// A padding record of exactly `total` bytes at sequence `seq`, after which
+/// reading goes on at `next_seq`; None if `total` is too small to hold one.
+pub fn pad(seq: u64, next_seq: u64, total: usize, salt: Option<u64>) -> Option<Vec<u8>> {
+    let mut b = Vec::with_capacity(total);
+    b.extend_from_slice(&[0; 8]);
+    b.push(PAD);
+    b.extend_from_slice(&seq.to_le_bytes());
+    put_var(&mut b, next_seq);
+    if b.len() > total || total > MAX_RECORD {
+        return None;
+    }
+    b.resize(total, 0);
+    let len = u32::try_from(total - 8).ok()?;
+    b[..4].copy_from_slice(&len.to_le_bytes());
+    seal(&mut b, salt);
+    Some(b)
+}
+
+/// Append `op` as one format-1 (unsalted) record with sequence `seq` to `buf`;
+/// returns its length.
 pub fn encode(op: &Op, seq: u64, clock: Clock, buf: &mut Vec<u8>) -> usize {
+    encode_salted(op, seq, None, clock, buf)
+}
+
+/// Append `op` as one record with sequence `seq` for a segment with `salt`.
+pub fn encode_salted(
+    op: &Op,
+    seq: u64,
+    salt: Option<u64>,
+    clock: Clock,
+    buf: &mut Vec<u8>,
+) -> usize {
     let start = buf.len();
     buf.extend_from_slice(&[0; 8]); // len + crc, filled in below
     buf.push(op.kind());
@@ -344,7 +407,7 @@ pub fn encode(op: &Op, seq: u64, clock: Clock, buf: &mut Vec<u8>) -> usize {
     }
     let body = &buf[start + 8..];
     let len = body.len() as u32;
-    let crc = crc32fast::hash(body);
+    let crc = checksum(salt, body);
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     buf.len() - start
@@ -367,6 +430,10 @@ pub enum Bad {
     Sequence { got: u64, want: u64 },
     #[error("malformed record body: {0}")]
     Body(&'static str),
+    #[error("zeroed bytes inside the written data")]
+    Zeroed,
+    #[error("the written data ends before the sequence the next segment starts at")]
+    Missing,
 }
 
 struct Reader<'a> {
@@ -508,9 +575,19 @@ fn get_options(v: u8) -> Result<SubscriptionOptions, Bad> {
     })
 }
 
-/// Read the record at the start of `data`, which must carry sequence `want` (None:
-/// any). Returns the op, its sequence and its total length.
-pub fn decode(data: &[u8], want: Option<u64>, clock: Clock) -> Result<(Op, u64, usize), Bad> {
+/// One record's frame: checked length and CRC, not yet its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    pub kind: u8,
+    pub seq: u64,
+    /// The bytes after `seq`.
+    pub body: &'a [u8],
+    /// The whole record's length, header included.
+    pub len: usize,
+}
+
+/// Check the frame of the record at the start of `data` under `salt`.
+pub fn frame(data: &[u8], salt: Option<u64>) -> Result<Frame<'_>, Bad> {
     if data.len() < 8 {
         return Err(if data.iter().all(|&b| b == 0) {
             Bad::End
@@ -521,26 +598,50 @@ pub fn decode(data: &[u8], want: Option<u64>, clock: Clock) -> Result<(Op, u64, 
     let len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
     let crc = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
     if len == 0 && crc == 0 {
-        // Preallocated zeros: the end of the written part.
+        // Preallocated zeros: the end of the written part (or zeroed damage,
+        // which the scan tells apart by looking further).
         return Err(Bad::End);
     }
     if !(9..=MAX_RECORD).contains(&len) {
         return Err(Bad::Length(len));
     }
     let body = data.get(8..8 + len).ok_or(Bad::Truncated)?;
-    if crc32fast::hash(body) != crc {
+    if checksum(salt, body) != crc {
         return Err(Bad::Crc);
     }
-    let kind = body[0];
     let mut seq_bytes = [0u8; 8];
     seq_bytes.copy_from_slice(&body[1..9]);
-    let seq = u64::from_le_bytes(seq_bytes);
+    Ok(Frame {
+        kind: body[0],
+        seq: u64::from_le_bytes(seq_bytes),
+        body: &body[9..],
+        len: 8 + len,
+    })
+}
+
+/// The sequence a padding record's body says comes next.
+pub fn pad_next(body: &[u8]) -> Result<u64, Bad> {
+    Reader { b: body }.var()
+}
+
+/// Read the format-1 record at the start of `data`, which must carry sequence
+/// `want` (None: any). Returns the op, its sequence and its total length.
+pub fn decode(data: &[u8], want: Option<u64>, clock: Clock) -> Result<(Op, u64, usize), Bad> {
+    let f = frame(data, None)?;
     if let Some(w) = want {
-        if seq != w {
-            return Err(Bad::Sequence { got: seq, want: w });
+        if f.seq != w {
+            return Err(Bad::Sequence {
+                got: f.seq,
+                want: w,
+            });
         }
     }
-    let mut r = Reader { b: &body[9..] };
+    Ok((decode_body(f.kind, f.body, clock)?, f.seq, f.len))
+}
+
+/// The op of a record whose frame checked out.
+pub fn decode_body(kind: u8, body: &[u8], clock: Clock) -> Result<Op, Bad> {
+    let mut r = Reader { b: body };
     let op = match kind {
         1 => {
             let sid = r.var()?;
@@ -662,7 +763,7 @@ pub fn decode(data: &[u8], want: Option<u64>, clock: Clock) -> Result<(Op, u64, 
     if !r.b.is_empty() {
         return Err(Bad::Body("trailing bytes"));
     }
-    Ok((op, seq, 8 + len))
+    Ok(op)
 }
 
 #[cfg(test)]
