@@ -213,6 +213,10 @@ pub struct Limits {
     pub max_connections: usize,
     pub listen_backlog: u32,
     pub max_sessions: usize,
+    /// Persistent sessions one anonymous client address (IPv6: /64) may hold.
+    pub max_sessions_per_address: u32,
+    /// Persistent sessions one user may hold.
+    pub max_sessions_per_user: u32,
     pub max_packet_size: u32,
     /// User Properties in one packet's property section (v5); more: 0x95.
     pub max_user_properties: u32,
@@ -254,6 +258,8 @@ impl Default for Limits {
             max_connections: 10_000,
             listen_backlog: 4096,
             max_sessions: 20_000,
+            max_sessions_per_address: 1_000,
+            max_sessions_per_user: 1_000,
             max_packet_size: 1024 * 1024,
             max_user_properties: 128,
             max_property_bytes: 64 * 1024,
@@ -507,6 +513,12 @@ impl Config {
         }
         if l.max_sessions == 0 {
             err("limits.max_sessions", "must be at least 1");
+        }
+        if l.max_sessions_per_address == 0 {
+            err("limits.max_sessions_per_address", "must be at least 1");
+        }
+        if l.max_sessions_per_user == 0 {
+            err("limits.max_sessions_per_user", "must be at least 1");
         }
         if l.max_topic_levels == 0 {
             err("limits.max_topic_levels", "must be at least 1");

@@ -507,6 +507,8 @@ async fn handshake<S: AsyncWrite + Unpin>(
         will: c.will,
         username: login.username.map(Arc::from),
         by_password: login.by_password,
+        addr: Some(peer.addr.ip()),
+        verified: login.by_password || matches!(peer.cert, crate::login::CertIdentity::Name(_)),
         handle: ConnHandle {
             conn_id,
             version,

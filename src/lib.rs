@@ -21,6 +21,7 @@ pub mod retain;
 pub mod retained_backlog;
 pub mod router;
 pub mod session;
+pub mod session_quota;
 pub mod store;
 pub mod subscriptions;
 pub mod tls;

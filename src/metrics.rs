@@ -33,6 +33,11 @@ pub struct Metrics {
     pub takeovers: AtomicU64,
     pub wills_published: AtomicU64,
     pub sessions_expired: AtomicU64,
+    /// CONNECTs refused for lack of persistent-session room (max_sessions, or the
+    /// per-address / per-user caps).
+    pub sessions_refused: AtomicU64,
+    /// Offline anonymous sessions expired early to make room in a full table.
+    pub sessions_evicted: AtomicU64,
     /// Bytes the store appended to its log (records, not file system overhead).
     pub store_bytes_written: AtomicU64,
     /// fsyncs by the store (one per group of writes).

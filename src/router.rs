@@ -24,6 +24,7 @@ use crate::session::{
     ClientId, DeliverOutcome, Delivery, DropReason, Event, Message, Outgoing, QueueLimits, Reply,
     ReplyKind, Session, Subscription,
 };
+use crate::session_quota::{Full, Holder, QuotaLimits, SessionQuota};
 use crate::store::record::{Clock, Op, Receiver, SessionRec};
 use crate::store::state::Recovered;
 use crate::store::StoreHandle;
@@ -81,6 +82,12 @@ pub struct ConnectRequest {
     pub username: Option<Arc<str>>,
     /// The login was checked against the password file.
     pub by_password: bool,
+    /// The client's address, for the per-address cap on anonymous persistent
+    /// sessions (None: not known, e.g. in tests).
+    pub addr: Option<std::net::IpAddr>,
+    /// The username was verified (password or certificate), not just claimed:
+    /// only then do its sessions count against the user instead of the address.
+    pub verified: bool,
     pub handle: ConnHandle,
 }
 
@@ -227,6 +234,9 @@ struct Client {
     by_password: bool,
     /// Retained messages still owed since a SUBSCRIBE (boxed: rare).
     retained: Option<Box<RetainedBacklog>>,
+    /// Whom this session counts against in `Router::quota`; None: it ends with
+    /// its connection (not counted). Boxed: clean clients are the many.
+    holder: Option<Box<Holder>>,
 }
 
 impl Client {
@@ -264,6 +274,7 @@ impl Client {
             username: None,
             by_password: false,
             retained: None,
+            holder: None,
         }
     }
 }
@@ -419,7 +430,11 @@ pub struct Router {
     deadline_seq: u64,
     limits: QueueLimits,
     topic_limits: TopicLimits,
-    max_sessions: usize,
+    /// Persistent sessions in all, per anonymous address, per user.
+    quota: SessionQuota,
+    /// Offline anonymous persistent sessions to expire first when the table is
+    /// full, oldest last; refilled by a scan when used up.
+    evictable: Vec<ClientId>,
     max_subscriptions: usize,
     /// Inbound QoS 2 ids a session may hold until their PUBREL (receive_maximum).
     max_inbound_qos2: usize,
@@ -459,7 +474,12 @@ impl Router {
             },
             topic_limits: config.topic_limits(),
             cross_user_takeover: config.auth.allow_cross_user_takeover,
-            max_sessions: config.limits.max_sessions,
+            quota: SessionQuota::new(QuotaLimits {
+                max_sessions: config.limits.max_sessions,
+                per_address: config.limits.max_sessions_per_address,
+                per_user: config.limits.max_sessions_per_user,
+            }),
+            evictable: Vec::new(),
             max_subscriptions: config.limits.max_subscriptions_per_client,
             max_inbound_qos2: usize::from(config.limits.receive_maximum),
             max_retained_messages: config.limits.max_retained_messages,
@@ -630,6 +650,10 @@ impl Router {
             c.sid = s.rec.sid;
             c.username = s.rec.username.clone();
             c.session_expiry = s.rec.expiry;
+            // Its address is not stored: it counts against its user only.
+            let holder = Holder::new(c.username.clone(), None);
+            self.quota.add(&holder);
+            c.holder = Some(Box::new(holder));
             // A session that was connected when Tern stopped counts as
             // disconnected now, without DISCONNECT: its Will applies.
             let was_online = s.rec.disconnected_at.is_none();
@@ -1152,6 +1176,9 @@ impl Router {
         self.release_held(id);
         self.unschedule(id);
         if let Some(c) = self.clients.remove(id) {
+            if let Some(h) = &c.holder {
+                self.quota.remove(h);
+            }
             if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
                 st.ops.push(Op::SessionGone { sid: c.sid });
             }
@@ -1227,6 +1254,61 @@ impl Router {
         }
     }
 
+    /// Room for one more persistent session of `h` (for client `id`): within
+    /// its own cap, and when the table is full, by expiring the oldest offline
+    /// anonymous session (logged, counted). Sessions of authenticated users are
+    /// never expired for room, so an anonymous flood cannot push them out.
+    fn make_room(&mut self, h: &Holder, id: &ClientId, now: Instant) -> Result<(), Full> {
+        loop {
+            match self.quota.check(h) {
+                Ok(()) => return Ok(()),
+                Err(Full::Table) => {
+                    let Some(victim) = self.next_evictable(id) else {
+                        return Err(Full::Table);
+                    };
+                    info!(client = %victim, for_client = %id, "session table full: expired the oldest offline anonymous session");
+                    self.metrics
+                        .sessions_evicted
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.end_session(&victim, now);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// The oldest offline anonymous persistent session other than `except`.
+    /// Candidates are found by one scan of the table, 64 at a time, so a flood
+    /// of new sessions at a full table costs one scan per 64 of them.
+    fn next_evictable(&mut self, except: &ClientId) -> Option<ClientId> {
+        const BATCH: usize = 64;
+        let evictable =
+            |c: &Client| !c.online() && c.holder.as_ref().is_some_and(|h| h.anonymous());
+        for refill in [false, true] {
+            if refill {
+                let mut all: Vec<(u64, &ClientId)> = self
+                    .clients
+                    .iter()
+                    .filter(|(k, c)| *k != except && evictable(c))
+                    .map(|(k, c)| (c.disconnected_unix, k))
+                    .collect();
+                if all.len() > BATCH {
+                    all.select_nth_unstable(BATCH);
+                    all.truncate(BATCH);
+                }
+                // Oldest last, to pop.
+                all.sort_unstable_by(|a, b| b.cmp(a));
+                self.evictable = all.into_iter().map(|(_, k)| k.clone()).collect();
+            }
+            while let Some(k) = self.evictable.pop() {
+                if &k != except && self.clients.get(&k).is_some_and(evictable) {
+                    return Some(k);
+                }
+            }
+        }
+        None
+    }
+
     fn connect(
         &mut self,
         req: ConnectRequest,
@@ -1236,8 +1318,28 @@ impl Router {
             return Err(ReasonCode::SERVER_UNAVAILABLE);
         }
         let id = req.client_id.clone();
-        if !self.clients.contains_key(&id) && self.clients.len() >= self.max_sessions {
-            return Err(ReasonCode::QUOTA_EXCEEDED);
+        // Room in the persistent-session table, before anything changes. A
+        // session that ends with its connection needs none: clean clients are
+        // never refused for it (max_connections bounds them).
+        let holder = (req.session_expiry > 0).then(|| {
+            let user = req.username.clone().filter(|_| req.verified);
+            Holder::new(user, req.addr)
+        });
+        if let Some(h) = &holder {
+            let counted = self
+                .clients
+                .get(&id)
+                .and_then(|c| c.holder.as_ref())
+                .is_some_and(|old| old.user == h.user);
+            if !counted {
+                if let Err(why) = self.make_room(h, &id, now) {
+                    info!(client = %id, reason = ?why, "CONNECT refused: no room for another persistent session");
+                    self.metrics
+                        .sessions_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(ReasonCode::QUOTA_EXCEEDED);
+                }
+            }
         }
         // A Will the client may not publish is refused with the CONNECT, as
         // Mosquitto does, rather than accepted and silently dropped later.
@@ -1309,6 +1411,21 @@ impl Router {
             .clients
             .entry(id.clone())
             .or_insert_with(|| Client::new(id.clone()));
+        // Count the session against its holder, or stop counting one that now
+        // ends with its connection.
+        let keep = match (&holder, &client.holder) {
+            (Some(h), Some(old)) => old.user == h.user,
+            _ => false,
+        };
+        if !keep {
+            if let Some(old) = client.holder.take() {
+                self.quota.remove(&old);
+            }
+            if let Some(h) = holder {
+                self.quota.add(&h);
+                client.holder = Some(Box::new(h));
+            }
+        }
         client.will = req.will.map(Box::new);
         client.username = req.username;
         client.by_password = req.by_password;
@@ -2338,6 +2455,8 @@ mod tests {
             will,
             username: None,
             by_password: false,
+            addr: None,
+            verified: false,
             handle: ConnHandle {
                 conn_id,
                 version: ProtocolVersion::V5,

@@ -278,3 +278,109 @@ async fn shared_qos1_message_of_a_dropped_member_goes_to_another() {
         m.send(&Packet::Disconnect(Default::default())).await;
     }
 }
+
+/// CONNECT from `from` (3.1.1, clean start off unless `clean`): the CONNACK's
+/// (return code, session present), with the stream kept open as long as the
+/// caller holds it.
+async fn connect_from(
+    addr: std::net::SocketAddr,
+    from: &str,
+    id: &str,
+    login: Option<(&str, &str)>,
+    clean: bool,
+) -> ((u8, bool), tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(std::net::SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    let mut stream = s.connect(addr).await.unwrap();
+    let mut packet = match login {
+        Some((u, p)) => connect_with_login(ProtocolVersion::V311, id, Some(u), Some(p.as_bytes())),
+        None => connect_packet(ProtocolVersion::V311, id, clean),
+    };
+    if let Packet::Connect(c) = &mut packet {
+        c.clean_start = clean;
+    }
+    let mut b = bytes::BytesMut::new();
+    protocol::encode(&packet, ProtocolVersion::V311, &mut b).unwrap();
+    stream.write_all(&b).await.unwrap();
+    let mut head = [0u8; 4];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut head))
+        .await
+        .expect("CONNACK in time")
+        .expect("CONNACK");
+    assert_eq!(head[0], 0x20, "CONNACK");
+    ((head[3], head[2] & 1 == 1), stream)
+}
+
+/// Was: 20,000 CONNECTs with random ids and long expiry filled the session
+/// table in 4 s and then every new client, clean ones too, was refused (0x97 /
+/// 0x03) for 7 days, across restarts. Now clean sessions take no persistent
+/// room, one anonymous address holds at most `max_sessions_per_address`, and a
+/// full table expires the oldest offline anonymous sessions (logged), never an
+/// authenticated user's.
+#[tokio::test]
+async fn a_session_flood_cannot_lock_others_out_or_push_out_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = argon2_password_file(dir.path(), &[("alice", "secret")]);
+    let config = config_file(
+        dir.path(),
+        "max_sessions = 30\nmax_sessions_per_address = 10",
+        &format!(
+            "allow_anonymous = true\npassword_file = {}",
+            toml_path(&passwords)
+        ),
+    );
+    let b = BrokerProcess::spawn_config(&config);
+    let addr = b.listener_addrs(1)[0];
+    for i in 0..5 {
+        let (ack, _) = connect_from(
+            addr,
+            "127.0.0.1",
+            &format!("alice-{i}"),
+            Some(("alice", "secret")),
+            false,
+        )
+        .await;
+        assert_eq!(ack.0, 0);
+    }
+    // One anonymous address: 10 persistent sessions, then refused; clean ones
+    // still welcome.
+    for i in 0..10 {
+        let (ack, _) = connect_from(addr, "127.0.0.1", &format!("anon-{i}"), None, false).await;
+        assert_eq!(ack.0, 0, "anon-{i}");
+    }
+    let (ack, _) = connect_from(addr, "127.0.0.1", "anon-10", None, false).await;
+    assert_eq!(ack.0, 3, "over max_sessions_per_address: 3.1.1 0x03");
+    let (ack, _clean) = connect_from(addr, "127.0.0.1", "clean-1", None, true).await;
+    assert_eq!(ack.0, 0, "a clean session is never refused for room");
+    // Many addresses fill the table (30): the oldest offline anonymous sessions
+    // make room; alice's five stay.
+    for a in 1..=3 {
+        for i in 0..10 {
+            let from = format!("127.2.0.{a}");
+            let (ack, _) = connect_from(addr, &from, &format!("flood-{a}-{i}"), None, false).await;
+            assert_eq!(ack.0, 0, "flood-{a}-{i}");
+        }
+    }
+    assert!(b.wait_log_count("expired the oldest offline anonymous session", 15, WAIT));
+    for i in 0..5 {
+        let ((code, present), _) = connect_from(
+            addr,
+            "127.0.0.1",
+            &format!("alice-{i}"),
+            Some(("alice", "secret")),
+            false,
+        )
+        .await;
+        assert_eq!((code, present), (0, true), "alice-{i} kept her session");
+    }
+    let ((code, present), _) = connect_from(addr, "127.0.0.1", "anon-0", None, false).await;
+    assert_eq!(
+        (code, present),
+        (0, false),
+        "the oldest anonymous session was expired"
+    );
+    let (ack, _) = connect_from(addr, "127.3.0.1", "clean-2", None, true).await;
+    assert_eq!(ack.0, 0, "clean sessions get in at a full table");
+}

@@ -110,28 +110,37 @@ async fn connections_over_max_connections_are_closed() {
     assert!(ok, "a freed slot is usable again");
 }
 
+/// `max_sessions` caps persistent sessions: clean clients are never refused for
+/// it, and a full table makes room by expiring the oldest offline anonymous
+/// session, while a session that is online cannot be pushed out (0x97 / 3.1.1 0x03).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_over_max_sessions_get_quota_exceeded() {
     let mut cfg = test_config();
     cfg.limits.max_sessions = 2;
-    let (_b, addr) = start(cfg).await;
+    let (b, addr) = start(cfg).await;
     offline_session(addr, "kept1", "x", QoS::AtLeastOnce).await;
-    let (_c, _) = raw_connected(addr, V5, "online", true).await;
-    let mut v5 = RawClient::connect(addr, V5).await;
-    v5.send(&connect_packet(V5, "third", true)).await;
-    match v5.recv().await {
-        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::QUOTA_EXCEEDED),
-        other => panic!("expected CONNACK 0x97, got {other:?}"),
+    let (_online, _) = raw_connected(addr, V311, "online", false).await;
+    // Clean sessions take no persistent room.
+    let mut clean = Vec::new();
+    for i in 0..5 {
+        clean.push(raw_connected(addr, V5, &format!("clean{i}"), true).await.0);
     }
+    // A third persistent session expires the offline one ("kept1").
+    let (_third, _) = raw_connected(addr, V311, "third", false).await;
+    assert_eq!(Metrics::get(&b.metrics().sessions_evicted), 1);
+    let (_k, ack) = raw_connected(addr, V5, "kept1", true).await;
+    assert!(!ack.session_present, "kept1 was expired for room");
+    drop(_k);
+    // Both persistent sessions are online now: nothing can be expired.
     let mut v3 = RawClient::connect(addr, V311).await;
-    v3.send(&connect_packet(V311, "fourth", true)).await;
+    v3.send(&connect_packet(V311, "fourth", false)).await;
     match v3.recv().await {
         // 3.1.1 has no quota code: 0x03 "server unavailable".
         Some(Packet::ConnAck(a)) => assert!(a.reason_code.is_error(), "{a:?}"),
         other => panic!("expected a refusing CONNACK, got {other:?}"),
     }
     // An existing session can still reconnect.
-    let (_k, ack) = raw_connected(addr, V311, "kept1", false).await;
+    let (_o, ack) = raw_connected(addr, V311, "online", false).await;
     assert!(ack.session_present);
 }
 

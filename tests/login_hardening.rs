@@ -13,53 +13,19 @@
 
 mod common;
 
-use common::{run_bounded_with_stdin, BrokerProcess, RawClient};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use common::{
+    argon2_password_file, attempt, config_file, connect_bytes, toml_path, BrokerProcess, Outcome,
+    RawClient,
+};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern::protocol::{self, Connect, ConnectProperties, Packet, ProtocolVersion, QoS, ReasonCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
+use tern::protocol::{Packet, ProtocolVersion, QoS, ReasonCode};
 
 const V311: ProtocolVersion = ProtocolVersion::V311;
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const MIB: u64 = 1024 * 1024;
-
-/// A password file written by `tern passwd --stdin` (argon2id, m=19 MiB).
-fn argon2_password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
-    let file = dir.join("passwords");
-    for (user, password) in users {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tern"));
-        cmd.arg("passwd").arg("--stdin").arg(&file).arg(user);
-        let out = run_bounded_with_stdin(
-            cmd,
-            format!("{password}\n").as_bytes(),
-            Duration::from_secs(30),
-        );
-        assert!(out.status.success(), "tern passwd: {}", out.stderr);
-    }
-    let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains("$argon2id$v=19$m=19456,"), "{text}");
-    file
-}
-
-/// A config file: one listener on 127.0.0.1:0, in-memory store, and the given
-/// sections' lines.
-fn config_file(dir: &Path, limits: &str, auth: &str) -> PathBuf {
-    let text = format!(
-        "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[storage]\nin_memory = true\n\n\
-         [limits]\n{limits}\n\n[auth]\n{auth}\n"
-    );
-    let p = dir.join("tern.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn toml_path(p: &Path) -> String {
-    format!("{:?}", p.to_str().unwrap())
-}
 
 /// VmRSS, VmHWM (bytes) and Threads of a process, from /proc.
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,72 +49,6 @@ fn proc_status(pid: u32) -> ProcStatus {
         hwm: field("VmHWM:") * 1024,
         threads: field("Threads:"),
     }
-}
-
-fn connect_bytes(
-    version: ProtocolVersion,
-    id: &str,
-    user: &str,
-    password: Option<&str>,
-    clean: bool,
-) -> Vec<u8> {
-    let p = Packet::Connect(Box::new(Connect {
-        version,
-        clean_start: clean,
-        keep_alive: 60,
-        client_id: id.into(),
-        will: None,
-        username: Some(user.into()),
-        password: password.map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
-        properties: ConnectProperties {
-            session_expiry_interval: (version == V5 && !clean).then_some(3600),
-            ..Default::default()
-        },
-    }));
-    let mut b = bytes::BytesMut::new();
-    protocol::encode(&p, version, &mut b).unwrap();
-    b.to_vec()
-}
-
-/// What one CONNECT got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Accepted,
-    /// The CONNACK's code: the v5 reason code, or the 3.1.1 return code.
-    Refused(u8),
-    /// No CONNACK: closed, reset, or nothing within the wait.
-    NoAnswer,
-}
-
-/// Connect from `from`, send `connect`, read the CONNACK's first 4 bytes (the
-/// fixed header, flags and code: both versions put the code 4th), all within
-/// `wait`. The socket is returned for an accepted login.
-async fn attempt(
-    addr: SocketAddr,
-    from: IpAddr,
-    connect: &[u8],
-    wait: Duration,
-) -> (Outcome, Option<tokio::net::TcpStream>) {
-    let go = async {
-        let s = TcpSocket::new_v4().ok()?;
-        s.bind(SocketAddr::new(from, 0)).ok()?;
-        let mut stream = s.connect(addr).await.ok()?;
-        stream.write_all(connect).await.ok()?;
-        let mut head = [0u8; 4];
-        stream.read_exact(&mut head).await.ok()?;
-        if head[0] != 0x20 {
-            return None;
-        }
-        Some(match head[3] {
-            0 => (Outcome::Accepted, Some(stream)),
-            code => (Outcome::Refused(code), None),
-        })
-    };
-    tokio::time::timeout(wait, go)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or((Outcome::NoAnswer, None))
 }
 
 /// The attacker `i`'s own address: 127.1.x.y.
