@@ -22,6 +22,7 @@ pub mod retained_backlog;
 pub mod router;
 pub mod session;
 pub mod session_quota;
+pub mod stall;
 pub mod store;
 pub mod subscriptions;
 pub mod tls;

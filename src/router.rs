@@ -25,6 +25,7 @@ use crate::session::{
     ReplyKind, Session, Subscription,
 };
 use crate::session_quota::{Full, Holder, QuotaLimits, SessionQuota};
+use crate::stall::StallMeter;
 use crate::store::record::{Clock, Op, Receiver, SessionRec};
 use crate::store::state::Recovered;
 use crate::store::StoreHandle;
@@ -211,9 +212,8 @@ struct Client {
     /// This client's entries in `Router::deadlines`, removed when it comes back so
     /// a client that reconnects often does not grow the map.
     scheduled: Vec<(Instant, u64)>,
-    /// Since when this (connected) client's queue has been full while holding
-    /// publishers back.
-    full_since: Option<Instant>,
+    /// How long this (connected) client has held publishers back.
+    stall: StallMeter,
     /// Publishers' acknowledgements waiting for this client's queue to drain.
     held_acks: Vec<HeldAck>,
     /// The store's id for this session; 0 when it is not persisted (no store, or
@@ -265,7 +265,7 @@ impl Client {
             session_expiry: 0,
             expires_at: None,
             scheduled: Vec::new(),
-            full_since: None,
+            stall: StallMeter::default(),
             held_acks: Vec::new(),
             sid: 0,
             gated: 0,
@@ -1080,12 +1080,11 @@ impl Router {
             if c.pending_will.as_ref().is_some_and(|w| w.due <= now) {
                 self.fire_will(&id, now);
             }
-            if let (Some(since), Some(timeout)) = (
-                self.clients.get(&id).and_then(|c| c.full_since),
-                self.backpressure,
-            ) {
-                if since + timeout <= now {
-                    // Stalled: let the publishers go; its further overflow drops.
+            if let (Some(c), Some(budget)) = (self.clients.get_mut(&id), self.backpressure) {
+                if c.stall.is_holding() && c.stall.stalled(now, budget) {
+                    // Stalled: let the publishers go; its further overflow drops
+                    // until its holding time has leaked below the budget.
+                    c.stall.stop(now);
                     self.release_held(&id);
                 }
             }
@@ -1548,7 +1547,7 @@ impl Router {
             return;
         };
         if c.session.queue_drained(&self.limits) {
-            c.full_since = None;
+            c.stall.stop(now);
             if !c.held_acks.is_empty() {
                 self.release_held(id);
             }
@@ -1575,7 +1574,7 @@ impl Router {
             return;
         }
         c.conn = None;
-        c.full_since = None;
+        c.stall.stop(now);
         if let Some(e) = session_expiry {
             c.session_expiry = e;
         }
@@ -2242,14 +2241,17 @@ impl Router {
             }
         }
         // Backpressure: a connected receiver at its cap takes the message anyway
-        // and the publisher's ack waits, unless it has been stalled too long.
+        // and the publisher's ack waits, unless it has used up its holding time
+        // (`StallMeter`: partial drains do not reset it).
         let mut hold = false;
         if may_hold && online && d.qos != QoS::AtMostOnce && c.session.queue_full(&self.limits) {
-            if let Some(timeout) = self.backpressure {
-                let since = *c.full_since.get_or_insert(now);
-                hold = now < since + timeout;
-                if since == now {
-                    self.schedule(now + timeout, id);
+            if let Some(budget) = self.backpressure {
+                hold = !c.stall.stalled(now, budget);
+                if hold && !c.stall.is_holding() {
+                    c.stall.start(now);
+                    if let Some(at) = c.stall.stalls_at(now, budget) {
+                        self.schedule(at, id);
+                    }
                 }
             }
         }

@@ -384,3 +384,102 @@ async fn a_session_flood_cannot_lock_others_out_or_push_out_users() {
     let (ack, _) = connect_from(addr, "127.3.0.1", "clean-2", None, true).await;
     assert_eq!(ack.0, 0, "clean sessions get in at a full table");
 }
+
+/// Was: a subscriber on `#` reading ~200 msg/s held an unrelated
+/// publisher->subscriber pair at ~205 msg/s for 40 s (normally ~9,800): it
+/// drained its queue to half before `backpressure_timeout` again and again, which
+/// reset the stall check. Now the time it holds publishers adds up (a leaky
+/// bucket), so after the budget the pair keeps at least 90% of its rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_wildcard_subscriber_cannot_throttle_an_unrelated_pair() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = BrokerProcess::spawn_with_env(
+        &[],
+        &[
+            ("TERN_MQTT__BACKPRESSURE_TIMEOUT", "1s"),
+            ("TERN_LIMITS__MAX_QUEUED_MESSAGES", "50"),
+            ("TERN_LIMITS__MAX_INFLIGHT", "10"),
+        ],
+    );
+    // The slow one: everything, QoS 1, about 200 messages a second.
+    let (mut slow, _) = raw_connected(b.addr, V5, "slow", true).await;
+    slow.subscribe(1, "#", QoS::AtLeastOnce).await;
+    let slow_task = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(Packet::Publish(p))) = slow.recv_within(Duration::from_millis(200)).await
+            {
+                if let Some(pid) = p.packet_id {
+                    slow.send(&Packet::PubAck(protocol::PubResponse::success(pid)))
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    // The pair's subscriber reads as fast as it can.
+    let (mut fast, _) = raw_connected(b.addr, V5, "fast", true).await;
+    fast.subscribe(1, "pair/t", QoS::AtLeastOnce).await;
+    let fast_task = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(Packet::Publish(p))) = fast.recv_within(Duration::from_millis(200)).await
+            {
+                if let Some(pid) = p.packet_id {
+                    fast.send(&Packet::PubAck(protocol::PubResponse::success(pid)))
+                        .await;
+                }
+            }
+        }
+    });
+    // The pair's publisher: QoS 1 at a steady 1,000 messages a second, at most
+    // 64 unacknowledged.
+    let (publ, _) = raw_connected(b.addr, V5, "pair-pub", true).await;
+    let (mut rd, mut wr) = publ.stream.into_split();
+    let acked = Arc::new(AtomicU64::new(0));
+    let acks = acked.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            if rd.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+            while let Ok(Some(p)) = protocol::decode(&mut buf, Some(V5), 1 << 20) {
+                if matches!(p, Packet::PubAck(_)) {
+                    acks.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    });
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0u64;
+    let mut acked_at_3s = None;
+    while start.elapsed() < Duration::from_secs(6) {
+        tick.tick().await;
+        if acked_at_3s.is_none() && start.elapsed() >= Duration::from_secs(3) {
+            acked_at_3s = Some(acked.load(Relaxed));
+        }
+        if sent - acked.load(Relaxed) >= 64 {
+            continue;
+        }
+        sent += 1;
+        let pid = (sent % 65_535) as u16 + 1;
+        let mut out = bytes::BytesMut::new();
+        protocol::encode(
+            &publish_packet("pair/t", QoS::AtLeastOnce, pid, b"x"),
+            V5,
+            &mut out,
+        )
+        .unwrap();
+        wr.write_all(&out).await.unwrap();
+    }
+    // From 3 s to 6 s, well past the 1 s budget: at least 90% of 1,000/s.
+    let rate = (acked.load(Relaxed) - acked_at_3s.unwrap()) as f64 / 3.0;
+    reader.abort();
+    slow_task.abort();
+    fast_task.abort();
+    assert!(rate >= 900.0, "the pair ran at {rate:.0} msg/s of 1000");
+}
