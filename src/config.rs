@@ -230,6 +230,8 @@ pub struct Limits {
     pub max_topic_levels: usize,
     pub max_topic_length: usize,
     pub max_subscriptions_per_client: usize,
+    /// Bytes one session's subscriptions may hold (filters, index, trie nodes).
+    pub max_subscription_bytes: usize,
     pub topic_alias_maximum: u16,
     #[serde(alias = "connect_timeout_secs", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
@@ -257,7 +259,7 @@ impl Default for Limits {
         Limits {
             max_connections: 10_000,
             listen_backlog: 4096,
-            max_sessions: 20_000,
+            max_sessions: 10_000,
             max_sessions_per_address: 1_000,
             max_sessions_per_user: 1_000,
             max_packet_size: 1024 * 1024,
@@ -271,6 +273,7 @@ impl Default for Limits {
             max_topic_levels: 32,
             max_topic_length: 1024,
             max_subscriptions_per_client: 256,
+            max_subscription_bytes: 16 * 1024,
             topic_alias_maximum: 32,
             connect_timeout: Duration::from_secs(10),
             max_session_expiry: Duration::from_secs(7 * 24 * 3600),
@@ -528,6 +531,9 @@ impl Config {
         }
         if l.max_subscriptions_per_client == 0 {
             err("limits.max_subscriptions_per_client", "must be at least 1");
+        }
+        if l.max_subscription_bytes < 1024 {
+            err("limits.max_subscription_bytes", "must be at least 1024");
         }
         if l.connect_timeout.is_zero() {
             err("limits.connect_timeout", "must be more than zero");

@@ -436,6 +436,7 @@ pub struct Router {
     /// full, oldest last; refilled by a scan when used up.
     evictable: Vec<ClientId>,
     max_subscriptions: usize,
+    max_subscription_bytes: usize,
     /// Inbound QoS 2 ids a session may hold until their PUBREL (receive_maximum).
     max_inbound_qos2: usize,
     max_retained_messages: usize,
@@ -481,6 +482,7 @@ impl Router {
             }),
             evictable: Vec::new(),
             max_subscriptions: config.limits.max_subscriptions_per_client,
+            max_subscription_bytes: config.limits.max_subscription_bytes,
             max_inbound_qos2: usize::from(config.limits.receive_maximum),
             max_retained_messages: config.limits.max_retained_messages,
             max_retained_bytes: config.limits.max_retained_bytes,
@@ -1627,6 +1629,9 @@ impl Router {
         if c.live(conn_id).is_none() {
             return vec![ReasonCode::UNSPECIFIED_ERROR; sub.filters.len()];
         }
+        // What this session's subscriptions hold (they stay while it is offline,
+        // so they are capped in bytes as well as in number).
+        let mut sub_bytes: usize = c.session.subscriptions.keys().map(subscription_cost).sum();
         // Retained messages go once per distinct filter of this packet, so a
         // SUBSCRIBE repeating `#` cannot multiply them.
         let mut retained_for: Vec<(Arc<str>, QoS, Option<u32>)> = Vec::new();
@@ -1651,9 +1656,16 @@ impl Router {
                 }
             }
             let existed = c.session.subscriptions.contains_key(&spec);
-            if !existed && c.session.subscriptions.len() >= self.max_subscriptions {
+            let cost = subscription_cost(&spec);
+            if !existed
+                && (c.session.subscriptions.len() >= self.max_subscriptions
+                    || sub_bytes + cost > self.max_subscription_bytes)
+            {
                 codes.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
+            }
+            if !existed {
+                sub_bytes += cost;
             }
             let s = Subscription {
                 options: f.options,
@@ -2299,6 +2311,18 @@ impl Delivered {
             Delivered::Queued | Delivered::Held => Some(0),
         }
     }
+}
+
+/// What one subscription costs in memory, for `max_subscription_bytes`: its
+/// filter and share name (in the session's index and the trie's levels), the
+/// index entry, and a trie node per level it may create.
+fn subscription_cost(spec: &FilterSpec) -> usize {
+    const ENTRY: usize = 96;
+    const NODE: usize = 96;
+    let levels = spec.filter.split('/').count();
+    2 * (spec.filter.len() + spec.share_group.as_ref().map_or(0, |g| g.len()))
+        + ENTRY
+        + levels * NODE
 }
 
 /// The reason code of a QoS 2 reply: 0x92 Packet Identifier not found for an id

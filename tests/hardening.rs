@@ -483,3 +483,57 @@ async fn a_slow_wildcard_subscriber_cannot_throttle_an_unrelated_pair() {
     fast_task.abort();
     assert!(rate >= 900.0, "the pair ran at {rate:.0} msg/s of 1000");
 }
+
+/// Was: 200 offline sessions x 256 filters of 1 KB held 221 MB (21 GB projected
+/// at the session default). Now one session's subscriptions are capped in bytes
+/// (`max_subscription_bytes`, 16 KiB): the rest get SUBACK 0x97, and the broker
+/// stays small.
+#[tokio::test]
+async fn long_subscriptions_are_capped_in_bytes_per_session() {
+    let b = BrokerProcess::spawn(&[]);
+    let rss_before = proc_status(b.child.id(), "VmRSS");
+    let long = "f".repeat(1000);
+    let mut granted_total = 0;
+    for s in 0..200 {
+        let (mut c, _) = raw_connected(b.addr, V5, &format!("subs-{s}"), false).await;
+        let mut granted = 0;
+        for chunk in 0..8u16 {
+            let Packet::Subscribe(mut sub) = subscribe_packet(chunk + 1, "x", QoS::AtLeastOnce)
+            else {
+                unreachable!()
+            };
+            sub.filters = (0..32)
+                .map(|i| {
+                    let mut f = sub.filters[0].clone();
+                    f.filter = format!("{long}/{}", chunk * 32 + i);
+                    f
+                })
+                .collect();
+            c.send(&Packet::Subscribe(sub)).await;
+            match c.recv().await {
+                Some(Packet::SubAck(a)) => {
+                    for code in a.reason_codes {
+                        if code == ReasonCode(1) {
+                            granted += 1;
+                        } else {
+                            assert_eq!(code, ReasonCode::QUOTA_EXCEEDED);
+                        }
+                    }
+                }
+                other => panic!("expected SUBACK, got {other:?}"),
+            }
+        }
+        // 16 KiB at ~2.3 KB per 1 KB filter.
+        assert!((5..=8).contains(&granted), "{granted} long filters granted");
+        granted_total += granted;
+        if s == 0 {
+            // A short filter still fits beside them.
+            c.subscribe(100, "short/+", QoS::AtMostOnce).await;
+        }
+        c.send(&Packet::Disconnect(Default::default())).await;
+    }
+    assert!(granted_total <= 200 * 8);
+    let grown = (proc_status(b.child.id(), "VmRSS") - rss_before) / 1024;
+    // Before: ~220 MB.
+    assert!(grown < 60, "the broker grew by {grown} MB");
+}
