@@ -153,6 +153,11 @@ impl Broker {
             listeners.push(tcp);
         }
         let router_task = tokio::spawn(router::run(router, router_rx));
+        // Ends with the runtime; nothing to shut down.
+        tokio::spawn(crate::memory::return_freed(
+            metrics.clone(),
+            std::time::Duration::from_secs(2),
+        ));
         let shared = Arc::new(Shared {
             config: config.clone(),
             router: router_tx.clone(),

@@ -13,6 +13,7 @@ pub mod connection;
 mod hash;
 pub mod listener;
 pub mod login;
+pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
