@@ -27,6 +27,8 @@ pub enum DecodeError {
     UnsupportedVersion(u8),
     #[error("topic name invalid: {0}")]
     TopicNameInvalid(&'static str),
+    #[error("topic alias invalid: {0}")]
+    TopicAliasInvalid(&'static str),
 }
 
 impl DecodeError {
@@ -37,6 +39,7 @@ impl DecodeError {
             DecodeError::TooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             DecodeError::UnsupportedVersion(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             DecodeError::TopicNameInvalid(_) => ReasonCode::TOPIC_NAME_INVALID,
+            DecodeError::TopicAliasInvalid(_) => ReasonCode::TOPIC_ALIAS_INVALID,
         }
     }
 }
@@ -176,7 +179,9 @@ fn check_first_byte(first: u8, version: Option<ProtocolVersion>) -> Result<()> {
         }
         if qos == 0 && flags & 0b1000 != 0 {
             // [MQTT-3.3.1-2] The DUP flag MUST be set to 0 for all QoS 0 messages.
-            return Err(DecodeError::Malformed("PUBLISH with DUP set and QoS 0"));
+            // The packet parses; the flag is not allowed: a Protocol Error (0x82),
+            // not a Malformed Packet (5.0 section 4.13.1).
+            return Err(DecodeError::Protocol("PUBLISH with DUP set and QoS 0"));
         }
         return Ok(());
     }
@@ -605,9 +610,10 @@ fn read_props(r: &mut Reader, ctx: Ctx) -> Result<Props> {
             )?,
             TOPIC_ALIAS => {
                 let v = pr.u16(T)?;
-                // [MQTT-3.3.2-8] A Topic Alias of 0 is not permitted.
+                // [MQTT-3.3.2-8] A Topic Alias of 0 is not permitted: 0x94
+                // Topic Alias invalid, like one above the maximum.
                 if v == 0 {
-                    return Err(DecodeError::Protocol("Topic Alias 0"));
+                    return Err(DecodeError::TopicAliasInvalid("Topic Alias 0"));
                 }
                 once(&mut p.topic_alias, v, "duplicate Topic Alias")?;
             }

@@ -1,0 +1,366 @@
+//! Regression tests for the connection-shell items of the hardening issue: what a
+//! peer can make a connection hold before login (a separate CONNECT size limit and
+//! a shared budget for unauthenticated read buffers), the server's cap on outbound
+//! topic aliases, the reason code surviving a client that is still sending when
+//! Tern closes, the CONNACK / DISCONNECT reason codes of bad packets, and the
+//! environment variables that are configuration.
+
+mod common;
+
+use bytes::BytesMut;
+use common::*;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tern::protocol::{self, Connect, ConnectProperties, Packet, ProtocolVersion, QoS, ReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+/// A Variable Byte Integer (section 1.5.5).
+fn vbi(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+/// The first bytes of a v5 CONNECT declaring `remaining` bytes: fixed header,
+/// protocol name and level, clean start, keep alive 60, no properties. The rest of
+/// the packet is never sent.
+fn connect_head(remaining: usize) -> Vec<u8> {
+    let mut b = vec![0x10];
+    b.extend(vbi(remaining));
+    b.extend(hex("00 04 4d 51 54 54 05 02 00 3c 00"));
+    b
+}
+
+/// The broker's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// The CONNACK on `stream` if one arrives within `d`.
+async fn connack_within(stream: &mut TcpStream, d: Duration) -> Option<protocol::ConnAck> {
+    let mut buf = BytesMut::with_capacity(256);
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        if let Ok(Some(Packet::ConnAck(a))) = protocol::decode(&mut buf, Some(V5), 1 << 20) {
+            return Some(a);
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Item 3: half-sent CONNECTs cannot make Tern hold more than the pre-login
+/// budget (16 MiB by default), nor a CONNECT longer than `max_connect_packet_size`
+/// (64 KiB) at all; meanwhile a normal client logs in. Before the fix the first
+/// packet could be `max_packet_size` (1 MiB) long and every connection held what
+/// it had sent: this attack took the broker from ~10 MB to over 100 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_connects_hold_a_bounded_amount() {
+    let broker = BrokerProcess::spawn(&[]);
+    let addr = broker.addr;
+    let pid = broker.child.id();
+    let (mut probe, _) = raw_connected(addr, V5, "probe", true).await;
+    probe.send(&Packet::PingReq).await;
+    assert!(matches!(probe.recv().await, Some(Packet::PingResp)));
+    let before = rss_kib(pid);
+
+    // 200 CONNECTs declaring 1 MiB with 256 KiB sent, then 400 declaring 60 KiB
+    // with 56 KiB sent: all left incomplete, all held open.
+    let mut tasks = Vec::new();
+    for i in 0..600usize {
+        let (declared, sent) = if i < 200 {
+            (1 << 20, 256 * 1024)
+        } else {
+            (60 * 1024, 56 * 1024)
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let mut bytes = connect_head(declared);
+            bytes.resize(sent, b'x');
+            // Tern may close a refused one early: a failed write is expected.
+            let _ = s.write_all(&bytes).await;
+            s
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.expect("attacker task"));
+    }
+
+    // A normal client is served during the attack.
+    let (mut fresh, _) = raw_connected(addr, V5, "during-attack", true).await;
+    fresh.send(&Packet::PingReq).await;
+    assert!(
+        matches!(fresh.recv().await, Some(Packet::PingResp)),
+        "a normal client during the attack"
+    );
+
+    // Peak resident memory while the data is being taken in.
+    let mut peak = 0;
+    for _ in 0..20 {
+        peak = peak.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown_kib = peak.saturating_sub(before);
+    eprintln!("RSS before {before} KiB, peak {peak} KiB: +{grown_kib} KiB");
+
+    // The 1 MiB ones are refused as too large (v5: CONNACK 0x95), and the
+    // budget refuses at least the 60 KiB ones beyond 16 MiB (0x89 Server busy).
+    let mut too_large = 0;
+    let mut busy = 0;
+    for s in held.iter_mut() {
+        match connack_within(s, Duration::from_millis(50)).await {
+            Some(a) if a.reason_code == ReasonCode::PACKET_TOO_LARGE => too_large += 1,
+            Some(a) if a.reason_code == ReasonCode::SERVER_BUSY => busy += 1,
+            _ => {}
+        }
+    }
+    eprintln!("refused: {too_large} too large, {busy} over the budget");
+    assert!(
+        grown_kib < 40 * 1024,
+        "600 half-sent CONNECTs grew the broker by {grown_kib} KiB"
+    );
+    assert_eq!(too_large, 200, "CONNECTs over max_connect_packet_size");
+    // 16 MiB / 63 KiB charged each: at most 261 of the 400 fit.
+    assert!(busy >= 400 - 261, "only {busy} refused over the budget");
+    drop(held);
+}
+
+/// Item 6: a subscriber announcing Topic Alias Maximum 65535 gets aliases only up
+/// to `outbound_topic_alias_maximum` (10); before the fix every one of the 40
+/// distinct topics got its own alias, each held for the connection's life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_topic_aliases_are_capped_by_the_server() {
+    let (_b, addr) = start_default().await;
+    let mut sub = RawClient::connect(addr, V5).await;
+    sub.send(&Packet::Connect(Box::new(Connect {
+        version: V5,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: "alias-sub".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties {
+            topic_alias_maximum: Some(65535),
+            ..Default::default()
+        },
+    })))
+    .await;
+    match sub.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    sub.subscribe(1, "ta/#", QoS::AtLeastOnce).await;
+    let (mut publ, _) = raw_connected(addr, V5, "alias-pub", true).await;
+    const TOPICS: u16 = 40;
+    for i in 1..=TOPICS {
+        let topic = format!("ta/{i}");
+        publ.send(&publish_packet(&topic, QoS::AtLeastOnce, i, b"x"))
+            .await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+    }
+    let mut aliases = Vec::new();
+    for _ in 0..TOPICS {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => {
+                if let Some(pid) = p.packet_id {
+                    sub.send(&Packet::PubAck(protocol::PubResponse::success(pid)))
+                        .await;
+                }
+                aliases.extend(p.properties.topic_alias);
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    let max = aliases.iter().copied().max().unwrap_or(0);
+    assert_eq!(
+        max, 10,
+        "highest outbound alias (aliases sent: {aliases:?})"
+    );
+    assert_eq!(aliases.len(), 10, "one alias per topic up to the cap");
+}
+
+/// Item 19: a client still writing when Tern closes it with DISCONNECT 0x93 reads
+/// the DISCONNECT and a clean end of stream, and its writes do not fail before
+/// it has read it. Before the fix Tern closed with unread input, so the kernel
+/// answered with a reset: the client's reads ended in ECONNRESET and its writes
+/// failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_reason_survives_a_client_still_sending() {
+    let (_b, addr) = start_default().await;
+    let (c, ack) = raw_connected(addr, V5, "rm93-flood", true).await;
+    let receive_max = ack.properties.receive_maximum.unwrap_or(u16::MAX);
+    let (mut rd, mut wr) = c.stream.into_split();
+
+    // One more unacknowledged QoS 2 PUBLISH than our Receive Maximum (no PUBREL
+    // is ever sent), then a flood of PINGREQs until the DISCONNECT is read.
+    let mut burst = BytesMut::new();
+    for i in 1..=receive_max + 1 {
+        protocol::encode(
+            &publish_packet("rm93/t", QoS::ExactlyOnce, i, b"x"),
+            V5,
+            &mut burst,
+        )
+        .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_w = stop.clone();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&burst).await?;
+        let pings = [0xC0u8, 0x00].repeat(8 * 1024);
+        for _ in 0..2_000 {
+            if stop_w.load(Ordering::Acquire) {
+                break;
+            }
+            wr.write_all(&pings).await?;
+            tokio::task::yield_now().await;
+        }
+        // Done writing: let Tern see our end.
+        wr.shutdown().await
+    });
+
+    let mut buf = BytesMut::new();
+    let mut disconnect = None;
+    let end = loop {
+        while let Ok(Some(p)) = protocol::decode(&mut buf, Some(V5), 1 << 20) {
+            if let Packet::Disconnect(d) = p {
+                disconnect = Some(d.reason_code);
+                stop.store(true, Ordering::Release);
+            }
+        }
+        buf.reserve(64 * 1024);
+        match tokio::time::timeout(WAIT, rd.read_buf(&mut buf)).await {
+            Err(_) => panic!("no end of stream within {WAIT:?}"),
+            Ok(Ok(0)) => break Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => break Err(e),
+        }
+    };
+    stop.store(true, Ordering::Release);
+    let written = writer.await.expect("writer task");
+    assert_eq!(
+        disconnect,
+        Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
+        "the DISCONNECT with its reason"
+    );
+    assert!(
+        end.is_ok(),
+        "the stream ended with {end:?}, not a clean EOF"
+    );
+    assert!(
+        written.is_ok(),
+        "writes failed before the client could stop: {written:?}"
+    );
+}
+
+/// Item 20: a v5 CONNECT refused for what it contains gets a CONNACK with the
+/// reason before the close (5.0 section 4.13.1, [MQTT-3.1.4-2]); before the fix
+/// the connection was closed without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_v5_connect_gets_connack_with_its_reason() {
+    let (_b, addr) = start_default().await;
+    let too_large = {
+        let mut b = connect_head(70_000);
+        b.extend(hex("00 02 63 31"));
+        b
+    };
+    let cases: &[(&str, Vec<u8>, u8)] = &[
+        (
+            "Receive Maximum 0",
+            hex("10 12 00 04 4d 51 54 54 05 02 00 3c 03 21 00 00 00 02 63 31"),
+            0x82,
+        ),
+        (
+            "wildcard in Will Topic",
+            hex("10 18 00 04 4d 51 54 54 05 06 00 3c 00 00 02 63 31 00 00 03 61 2f 23 00 01 78"),
+            0x90,
+        ),
+        (
+            "reserved flag set",
+            hex("10 0f 00 04 4d 51 54 54 05 03 00 3c 00 00 02 63 31"),
+            0x81,
+        ),
+        ("over max_connect_packet_size", too_large, 0x95),
+    ];
+    for (what, bytes, code) in cases {
+        let mut c = RawClient::connect(addr, V5).await;
+        c.send_bytes(bytes).await;
+        let seen = c.until_closed().await;
+        match seen.as_slice() {
+            [Packet::ConnAck(a)] => assert_eq!(a.reason_code.0, *code, "{what}: {a:?}"),
+            other => panic!("{what}: expected one CONNACK, got {other:?}"),
+        }
+    }
+    // 3.1.1 has no reason to give: closed without a CONNACK [MQTT-3.1.4-1].
+    let mut c = RawClient::connect(addr, ProtocolVersion::V311).await;
+    c.send_bytes(&hex("10 0e 00 04 4d 51 54 54 04 03 00 3c 00 02 63 31"))
+        .await;
+    assert!(c.until_closed().await.is_empty());
+}
+
+/// Item 20: Topic Alias 0 is "Topic Alias invalid" (0x94) and DUP on a QoS 0
+/// PUBLISH a Protocol Error (0x82); before the fix 0x82 and 0x81.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_publish_flags_and_alias_get_their_reason() {
+    let (_b, addr) = start_default().await;
+    for (what, bytes, code) in [
+        ("Topic Alias 0", "30 07 00 01 61 03 23 00 00", 0x94),
+        ("DUP on QoS 0", "38 04 00 01 61 00", 0x82),
+    ] {
+        let (mut c, _) = raw_connected(addr, V5, "bad-pub", true).await;
+        c.send_bytes(&hex(bytes)).await;
+        match c.until_closed().await.as_slice() {
+            [Packet::Disconnect(d)] => assert_eq!(d.reason_code.0, code, "{what}"),
+            other => panic!("{what}: expected one DISCONNECT, got {other:?}"),
+        }
+    }
+}
+
+/// Item 20: CONNACK says Shared Subscription Available = 1 explicitly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connack_announces_shared_subscriptions() {
+    let (_b, addr) = start_default().await;
+    let (_c, ack) = raw_connected(addr, V5, "shared-avail", true).await;
+    assert_eq!(ack.properties.shared_subscription_available, Some(1));
+}
+
+/// Item 21: `TERN_*` variables that are not `TERN_<SECTION>__<KEY>` are not
+/// configuration: before the fix `TERN_ENV=production` stopped the start with
+/// "unknown field `env`". Overrides of the right form still apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_tern_variables_do_not_stop_startup() {
+    let broker = BrokerProcess::spawn_with_env(
+        &[],
+        &[
+            ("TERN_ENV", "production"),
+            ("TERN_HOME", "/opt/tern"),
+            ("TERN_LOG", "debug"),
+            ("TERN_LIMITS__MAX_PACKET_SIZE", "4096"),
+        ],
+    );
+    let addr: SocketAddr = broker.addr;
+    let (_c, ack) = raw_connected(addr, V5, "env", true).await;
+    assert_eq!(ack.properties.maximum_packet_size, Some(4096));
+}
