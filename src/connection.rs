@@ -209,14 +209,17 @@ where
             // Release the buffer before the close, which may take a while.
             rbuf = BytesMut::new();
             drop(charge);
-            refuse(
-                &mut stream,
-                version,
-                ReasonCode::SERVER_BUSY,
-                "too many CONNECTs in progress",
-            )
+            Box::pin(async {
+                refuse(
+                    &mut stream,
+                    version,
+                    ReasonCode::SERVER_BUSY,
+                    "too many CONNECTs in progress",
+                )
+                .await;
+                graceful_close(&mut stream).await;
+            })
             .await;
-            graceful_close(&mut stream).await;
             drop(rbuf);
             return;
         }
@@ -251,7 +254,13 @@ where
                 let why = Close::from(e.clone())
                     .reason_string
                     .unwrap_or("bad CONNECT");
-                refuse(&mut stream, ProtocolVersion::V5, e.reason_code(), why).await;
+                Box::pin(refuse(
+                    &mut stream,
+                    ProtocolVersion::V5,
+                    e.reason_code(),
+                    why,
+                ))
+                .await;
             }
             Box::pin(graceful_close(&mut stream)).await;
             return;
@@ -260,14 +269,14 @@ where
     };
     // Boxed: the handshake runs once, and inline its state would be reserved in
     // every connection's future for its whole life.
-    let handshaken = Box::pin(handshake(&mut stream, *connect, &peer, conn_id, &shared)).await;
-    // Logged in (or refused): this connection's buffer no longer counts as
-    // unauthenticated.
-    drop(charge);
-    let Some(mut conn) = handshaken else {
+    let Some(mut conn) = Box::pin(handshake(&mut stream, *connect, &peer, conn_id, &shared)).await
+    else {
+        drop(charge);
         Box::pin(graceful_close(&mut stream)).await;
         return;
     };
+    // Logged in: this connection's buffer no longer counts as unauthenticated.
+    drop(charge);
     // Keep the CONNECT buffer only if packets were pipelined behind CONNECT; an
     // idle connection then starts from the small read size.
     if !rbuf.is_empty() {
