@@ -278,8 +278,13 @@ where
     // Logged in: this connection's buffer no longer counts as unauthenticated.
     drop(charge);
     // Keep the CONNECT buffer only if packets were pipelined behind CONNECT; an
-    // idle connection then starts from the small read size.
-    if !rbuf.is_empty() {
+    // idle connection then starts from the small read size. Either way it goes
+    // now: an empty remainder still shares the CONNECT's allocation (up to
+    // max_connect_packet_size), and left here it would live as long as the
+    // connection.
+    if rbuf.is_empty() {
+        drop(rbuf);
+    } else {
         conn.rbuf = rbuf;
     }
     tracing::Span::current().record("client", &*conn.client_id);
@@ -679,7 +684,13 @@ async fn handshake<S: AsyncWrite + Unpin>(
         client_id: client_id.clone(),
         clean_start: c.clean_start,
         session_expiry,
-        will: c.will,
+        // The Will payload is a slice of the CONNECT's read buffer (up to
+        // max_connect_packet_size) and lives as long as the session: keep a copy
+        // of its own bytes, not the whole buffer.
+        will: c.will.map(|mut w| {
+            w.payload = bytes::Bytes::copy_from_slice(&w.payload);
+            w
+        }),
         username: login.username.map(Arc::from),
         by_password: login.by_password,
         handle: ConnHandle {
