@@ -277,16 +277,14 @@ where
     };
     // Logged in: this connection's buffer no longer counts as unauthenticated.
     drop(charge);
-    // Keep the CONNECT buffer only if packets were pipelined behind CONNECT; an
-    // idle connection then starts from the small read size. Either way it goes
-    // now: an empty remainder still shares the CONNECT's allocation (up to
-    // max_connect_packet_size), and left here it would live as long as the
-    // connection.
-    if rbuf.is_empty() {
-        drop(rbuf);
-    } else {
-        conn.rbuf = rbuf;
+    // Packets pipelined behind CONNECT move to the connection's buffer, copied:
+    // what is left of the CONNECT buffer, even empty, still shares its allocation
+    // (up to max_connect_packet_size), which must not live as long as the
+    // connection. An idle connection then starts from the small read size.
+    if !rbuf.is_empty() {
+        conn.rbuf = BytesMut::from(&rbuf[..]);
     }
+    drop(rbuf);
     tracing::Span::current().record("client", &*conn.client_id);
     info!(version = ?conn.version, "connected");
     let mut registration = Registration {
@@ -424,7 +422,10 @@ async fn read_connect<S: AsyncRead + Unpin>(
         if buf.len() == buf.capacity() {
             // Incomplete and full: the packet is longer than the buffer, and at
             // most `max` long (the decoder checked its declared length).
-            let cap = (buf.capacity() * 2).clamp(CONNECT_READ, max as usize);
+            // (`max` may be below the first buffer's size: never shrink.)
+            let cap = (buf.capacity() * 2)
+                .min(max as usize)
+                .max(buf.capacity() + 1);
             let more = cap
                 .saturating_sub(PRE_LOGIN_FREE)
                 .saturating_sub(charge.held);
