@@ -1478,6 +1478,62 @@ mod tests {
         assert!(rx.try_recv().is_err());
     }
 
+    #[test]
+    fn connect_version_reads_the_protocol_level() {
+        let head = |len: &[u8], level: u8| {
+            let mut b = vec![0x10];
+            b.extend_from_slice(len);
+            b.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', level]);
+            b
+        };
+        assert_eq!(
+            connect_version(&head(&[0x0f], 5)),
+            Some(ProtocolVersion::V5)
+        );
+        assert_eq!(
+            connect_version(&head(&[0x0e], 4)),
+            Some(ProtocolVersion::V311)
+        );
+        assert_eq!(
+            connect_version(&head(&[0xf0, 0xa2, 0x04], 5)),
+            Some(ProtocolVersion::V5)
+        );
+        assert_eq!(connect_version(&head(&[0x0e], 3)), None);
+        assert_eq!(connect_version(&head(&[0x0e], 5)[..8]), None);
+        let mut publish = head(&[0x0e], 5);
+        publish[0] = 0x30;
+        assert_eq!(connect_version(&publish), None);
+        assert_eq!(connect_version(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x7f]), None);
+    }
+
+    /// A CONNECT whose buffer would go over the pre-login budget is refused; the
+    /// charge is given back when the connection's phase ends.
+    #[tokio::test]
+    async fn read_connect_stops_at_the_budget() {
+        let limits = crate::config::Limits {
+            unauthenticated_buffer_bytes: 8 * 1024,
+            ..Default::default()
+        };
+        let budget = PreLoginBudget::default();
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut bytes = vec![0x10, 0xe0, 0xd4, 0x03]; // 60,000 bytes declared
+        bytes.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0]);
+        bytes.resize(20_000, b'x');
+        client.write_all(&bytes).await.unwrap();
+        let mut buf = BytesMut::with_capacity(CONNECT_READ);
+        let mut charge = Charge {
+            budget: &budget,
+            held: 0,
+        };
+        let r = read_connect(&mut server, &mut buf, &limits, &mut charge).await;
+        assert!(matches!(r, Err(NoConnect::OverBudget(ProtocolVersion::V5))));
+        // An 8 KiB buffer, its first KiB free: doubling to 16 KiB did not fit.
+        assert_eq!(buf.capacity(), 8 * 1024);
+        assert_eq!(budget.used(), 7 * 1024);
+        drop(charge);
+        assert_eq!(budget.used(), 0);
+    }
+
     /// The connection task's future is allocated once per connection for its whole
     /// life: it is most of what an idle connection costs. Guard its size.
     #[test]
