@@ -745,6 +745,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pre_login_limits_are_checked() {
+        let errs =
+            check_str("[limits]\nmax_connect_packet_size = 10\nunauthenticated_buffer_bytes = 5\n")
+                .0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "limits.max_connect_packet_size",
+                "limits.unauthenticated_buffer_bytes"
+            ]
+        );
+        let ok = check_str(
+            "[limits]\nmax_connect_packet_size = 4096\nunauthenticated_buffer_bytes = 4096\n",
+        );
+        assert!(ok.0.is_empty(), "{ok}");
+    }
+
+    #[test]
     fn only_section_key_variables_are_configuration() {
         let vars = [
             ("TERN_ENV", "production"),
