@@ -10,8 +10,6 @@ mod common;
 use bytes::BytesMut;
 use common::*;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tern::protocol::{self, Connect, ConnectProperties, Packet, ProtocolVersion, QoS, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -218,53 +216,30 @@ async fn outbound_topic_aliases_are_capped_by_the_server() {
     assert_eq!(aliases.len(), 10, "one alias per topic up to the cap");
 }
 
-/// Item 19: a client still writing when Tern closes it with DISCONNECT 0x93 reads
-/// the DISCONNECT and a clean end of stream, and its writes do not fail before
-/// it has read it. Before the fix Tern closed with unread input, so the kernel
-/// answered with a reset: the client's reads ended in ECONNRESET and its writes
-/// failed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disconnect_reason_survives_a_client_still_sending() {
-    let (_b, addr) = start_default().await;
-    let (c, ack) = raw_connected(addr, V5, "rm93-flood", true).await;
-    let receive_max = ack.properties.receive_maximum.unwrap_or(u16::MAX);
-    let (mut rd, mut wr) = c.stream.into_split();
-
-    // One more unacknowledged QoS 2 PUBLISH than our Receive Maximum (no PUBREL
-    // is ever sent), then a flood of PINGREQs until the DISCONNECT is read.
-    let mut burst = BytesMut::new();
-    for i in 1..=receive_max + 1 {
-        protocol::encode(
-            &publish_packet("rm93/t", QoS::ExactlyOnce, i, b"x"),
-            V5,
-            &mut burst,
-        )
-        .unwrap();
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_w = stop.clone();
-    let writer = tokio::spawn(async move {
-        wr.write_all(&burst).await?;
-        let pings = [0xC0u8, 0x00].repeat(8 * 1024);
-        for _ in 0..2_000 {
-            if stop_w.load(Ordering::Acquire) {
-                break;
-            }
+/// A client that is still sending when Tern closes it and reads only then:
+/// write `first`, then a few PINGREQs every 10 ms for ~100 ms, close our side,
+/// then read until the stream ends. Returns the packets read, how the reads
+/// ended and how the writes did.
+async fn flood(
+    stream: TcpStream,
+    first: Vec<u8>,
+) -> (Vec<Packet>, std::io::Result<()>, std::io::Result<()>) {
+    let (mut rd, mut wr) = stream.into_split();
+    let written = async {
+        wr.write_all(&first).await?;
+        let pings = [0xC0u8, 0x00].repeat(1024);
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
             wr.write_all(&pings).await?;
-            tokio::task::yield_now().await;
         }
-        // Done writing: let Tern see our end.
         wr.shutdown().await
-    });
-
+    }
+    .await;
     let mut buf = BytesMut::new();
-    let mut disconnect = None;
+    let mut seen = Vec::new();
     let end = loop {
         while let Ok(Some(p)) = protocol::decode(&mut buf, Some(V5), 1 << 20) {
-            if let Packet::Disconnect(d) = p {
-                disconnect = Some(d.reason_code);
-                stop.store(true, Ordering::Release);
-            }
+            seen.push(p);
         }
         buf.reserve(64 * 1024);
         match tokio::time::timeout(WAIT, rd.read_buf(&mut buf)).await {
@@ -274,21 +249,81 @@ async fn disconnect_reason_survives_a_client_still_sending() {
             Ok(Err(e)) => break Err(e),
         }
     };
-    stop.store(true, Ordering::Release);
-    let written = writer.await.expect("writer task");
-    assert_eq!(
-        disconnect,
-        Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
-        "the DISCONNECT with its reason"
-    );
+    (seen, end, written)
+}
+
+/// Item 19: a client still writing when Tern closes it with DISCONNECT 0x93 reads
+/// the DISCONNECT and a clean end of stream, and its writes do not fail. Before
+/// the fix Tern closed with unread input, so the kernel answered with a reset and
+/// the client's next write failed (EPIPE): a client library that treats a failed
+/// write as the end never reads the reason (Linux still lets a raw reader read
+/// what arrived before the reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_reason_survives_a_client_still_sending() {
+    let (_b, addr) = start_default().await;
+    let (c, ack) = raw_connected(addr, V5, "rm93-flood", true).await;
+    let receive_max = ack.properties.receive_maximum.unwrap_or(u16::MAX);
+    // One more unacknowledged QoS 2 PUBLISH than our Receive Maximum (no PUBREL
+    // is ever sent), then the flood.
+    let mut burst = BytesMut::new();
+    for i in 1..=receive_max + 1 {
+        protocol::encode(
+            &publish_packet("rm93/t", QoS::ExactlyOnce, i, b"x"),
+            V5,
+            &mut burst,
+        )
+        .unwrap();
+    }
+    let (seen, end, written) = flood(c.stream, burst.to_vec()).await;
+    match seen.last() {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)
+        }
+        other => panic!("expected DISCONNECT 0x93 last, got {other:?}"),
+    }
     assert!(
         end.is_ok(),
         "the stream ended with {end:?}, not a clean EOF"
     );
+    assert!(written.is_ok(), "the client's writes failed: {written:?}");
+}
+
+/// Item 19, for a refusing CONNACK: a client that sends more behind a CONNECT
+/// Tern refuses (0x8C, enhanced authentication) reads the CONNACK and a clean
+/// end of stream, and its writes do not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connack_refusal_survives_a_client_still_sending() {
+    let (_b, addr) = start_default().await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut connect = BytesMut::new();
+    protocol::encode(
+        &Packet::Connect(Box::new(Connect {
+            version: V5,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: "auth-method".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties {
+                authentication_method: Some("SCRAM-SHA-1".into()),
+                ..Default::default()
+            },
+        })),
+        V5,
+        &mut connect,
+    )
+    .unwrap();
+    let (seen, end, written) = flood(stream, connect.to_vec()).await;
+    match seen.as_slice() {
+        [Packet::ConnAck(a)] => assert_eq!(a.reason_code, ReasonCode::BAD_AUTHENTICATION_METHOD),
+        other => panic!("expected one CONNACK, got {other:?}"),
+    }
     assert!(
-        written.is_ok(),
-        "writes failed before the client could stop: {written:?}"
+        end.is_ok(),
+        "the stream ended with {end:?}, not a clean EOF"
     );
+    assert!(written.is_ok(), "the client's writes failed: {written:?}");
 }
 
 /// Item 20: a v5 CONNECT refused for what it contains gets a CONNACK with the
