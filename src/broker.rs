@@ -164,6 +164,7 @@ impl Broker {
             metrics: metrics.clone(),
             next_conn_id: AtomicU64::new(1),
             logins,
+            pre_login: Default::default(),
         });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();

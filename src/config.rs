@@ -233,8 +233,20 @@ pub struct Limits {
     /// Bytes one session's subscriptions may hold (filters, index, trie nodes).
     pub max_subscription_bytes: usize,
     pub topic_alias_maximum: u16,
+    /// Topic aliases Tern assigns on deliveries to one v5 client: the client's own
+    /// Topic Alias Maximum, capped by this. Each alias keeps its topic in memory for
+    /// the connection's life, so a client announcing 65535 must not decide alone.
+    pub outbound_topic_alias_maximum: u16,
     #[serde(alias = "connect_timeout_secs", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
+    /// Largest first packet (the CONNECT) accepted, in bytes; `max_packet_size`
+    /// applies after login. A CONNECT is small, and before login nobody is
+    /// accountable for what its buffer holds.
+    pub max_connect_packet_size: u32,
+    /// Bytes that all connections not yet logged in may hold in their read buffers
+    /// together, beyond a free first KiB each. A CONNECT that would need more is
+    /// refused (v5 0x89, 3.1.1 0x03) and its connection closed.
+    pub unauthenticated_buffer_bytes: usize,
     #[serde(alias = "max_session_expiry_secs", deserialize_with = "de_duration")]
     pub max_session_expiry: Duration,
     pub outgoing_qos0_buffer: usize,
@@ -275,7 +287,14 @@ impl Default for Limits {
             max_subscriptions_per_client: 256,
             max_subscription_bytes: 16 * 1024,
             topic_alias_maximum: 32,
+            // Mosquitto's max_topic_alias_broker is 10 too: enough for the few hot
+            // topics that gain most, ~10 KiB per connection at max_topic_length.
+            outbound_topic_alias_maximum: 10,
             connect_timeout: Duration::from_secs(10),
+            // A Will payload of up to ~63 KiB still fits.
+            max_connect_packet_size: 64 * 1024,
+            // 256 CONNECTs of 64 KiB in flight at once.
+            unauthenticated_buffer_bytes: 16 * 1024 * 1024,
             max_session_expiry: Duration::from_secs(7 * 24 * 3600),
             outgoing_qos0_buffer: 4096,
             router_queue: 256,
@@ -429,6 +448,23 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
+/// The environment variables that are configuration: `TERN_<SECTION>__<KEY>` only.
+/// Anything else under `TERN_` (`TERN_ENV=production`, `TERN_HOME`, a deployment's
+/// own variables) is not ours and must not stop a start with "unknown field";
+/// a variable of the configuration form with an unknown key still does, as a typo
+/// in a real override should.
+fn config_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> config::Map<String, String> {
+    vars.filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| {
+            k.strip_prefix("TERN_")
+                .and_then(|rest| rest.split_once("__"))
+                .is_some_and(|(section, key)| !section.is_empty() && !key.is_empty())
+        })
+        .collect()
+}
+
 impl Config {
     /// Load `path` (if any) and apply `TERN_<SECTION>__<KEY>` environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
@@ -456,7 +492,8 @@ impl Config {
             config::Environment::with_prefix("TERN")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(config_env(std::env::vars_os()))),
         );
         let mut cfg: Config = builder
             .build()
@@ -501,6 +538,18 @@ impl Config {
         }
         if l.max_property_bytes == 0 {
             err("limits.max_property_bytes", "must be at least 1");
+        }
+        if l.max_connect_packet_size < 64 || l.max_connect_packet_size > 268_435_460 {
+            err(
+                "limits.max_connect_packet_size",
+                "must be between 64 and 268435460 bytes",
+            );
+        }
+        if l.unauthenticated_buffer_bytes < l.max_connect_packet_size as usize {
+            err(
+                "limits.unauthenticated_buffer_bytes",
+                "must hold at least one CONNECT of limits.max_connect_packet_size",
+            );
         }
         if l.receive_maximum == 0 {
             err("limits.receive_maximum", "must be at least 1");
@@ -748,6 +797,42 @@ fn check_keys<T: for<'de> Deserialize<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pre_login_limits_are_checked() {
+        let errs =
+            check_str("[limits]\nmax_connect_packet_size = 10\nunauthenticated_buffer_bytes = 5\n")
+                .0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "limits.max_connect_packet_size",
+                "limits.unauthenticated_buffer_bytes"
+            ]
+        );
+        let ok = check_str(
+            "[limits]\nmax_connect_packet_size = 4096\nunauthenticated_buffer_bytes = 4096\n",
+        );
+        assert!(ok.0.is_empty(), "{ok}");
+    }
+
+    #[test]
+    fn only_section_key_variables_are_configuration() {
+        let vars = [
+            ("TERN_ENV", "production"),
+            ("TERN_HOME", "/opt/tern"),
+            ("TERN_LOG", "debug"),
+            ("TERN__X", "1"),
+            ("TERN_LIMITS__", "1"),
+            ("HOME", "/root"),
+            ("TERN_LIMITS__MAX_CONNECTIONS", "5"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let kept = config_env(vars.into_iter());
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(kept["TERN_LIMITS__MAX_CONNECTIONS"], "5");
+    }
 
     #[test]
     fn durations() {

@@ -22,7 +22,7 @@ use crate::topic::validate_topic_name;
 use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -36,7 +36,54 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub next_conn_id: AtomicU64,
     pub logins: crate::login::Logins,
+    /// Read-buffer bytes held by connections that have not logged in yet.
+    pub pre_login: PreLoginBudget,
 }
+
+/// The bytes that connections not yet logged in hold in their read buffers, against
+/// `limits.unauthenticated_buffer_bytes`: before login nobody is accountable, so
+/// `max_connections` half-sent CONNECTs must not add up to
+/// `max_connections x max_connect_packet_size`.
+#[derive(Debug, Default)]
+pub struct PreLoginBudget {
+    used: AtomicUsize,
+}
+
+impl PreLoginBudget {
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Take `n` bytes if the total stays within `max`.
+    fn try_take(&self, n: usize, max: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|&t| t <= max)
+            })
+            .is_ok()
+    }
+}
+
+/// What one connection holds of the [`PreLoginBudget`]; given back when dropped,
+/// however the login phase ends.
+struct Charge<'a> {
+    budget: &'a PreLoginBudget,
+    held: usize,
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
+
+/// The first KiB of a connection's CONNECT buffer is not charged to the budget:
+/// ordinary CONNECTs fit in it, so a client still logs in while half-sent
+/// CONNECTs hold the whole budget (the cost is bounded by `max_connections` anyway).
+const PRE_LOGIN_FREE: usize = 1024;
+/// The first read's buffer.
+const CONNECT_READ: usize = 512;
 
 /// Stop reading from the socket while this much is waiting to be written: a client
 /// that does not read its acks must not make us buffer without bound.
@@ -91,7 +138,8 @@ impl From<DecodeError> for Close {
             DecodeError::Malformed(w)
             | DecodeError::Protocol(w)
             | DecodeError::TopicNameInvalid(w)
-            | DecodeError::PropertiesTooLarge(w) => w,
+            | DecodeError::PropertiesTooLarge(w)
+            | DecodeError::TopicAliasInvalid(w) => w,
             DecodeError::TooLarge { .. } => "packet exceeds the maximum packet size",
             DecodeError::UnsupportedVersion(_) => "unsupported protocol version",
         };
@@ -130,14 +178,18 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let cfg = shared.config.clone();
-    let mut rbuf = BytesMut::with_capacity(512);
+    let mut rbuf = BytesMut::with_capacity(CONNECT_READ);
+    let mut charge = Charge {
+        budget: &shared.pre_login,
+        held: 0,
+    };
     // (3.1.1 and 5.0 section 3.1) a server closes a connection that does not send CONNECT in
     // reasonable time (rumqttd lesson: without this, idle sockets pile up).
     // Boxed, like the handshake and the close below: one-off phases whose state
     // would otherwise be reserved in the connection's future for its whole life.
     let first = Box::pin(tokio::time::timeout(
         cfg.limits.connect_timeout,
-        read_connect(&mut stream, &mut rbuf, cfg.limits.max_packet_size),
+        read_connect(&mut stream, &mut rbuf, &cfg.limits, &mut charge),
     ))
     .await;
     let connect = match first {
@@ -145,8 +197,34 @@ where
             debug!("no CONNECT within {:?}", cfg.limits.connect_timeout);
             return;
         }
-        Ok(Err(None)) => return,
-        Ok(Err(Some(DecodeError::UnsupportedVersion(level)))) => {
+        Ok(Err(NoConnect::Closed)) => return,
+        Ok(Err(NoConnect::OverBudget(version))) => {
+            shared
+                .metrics
+                .connects_over_budget
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(
+                held = shared.pre_login.used(),
+                "unauthenticated_buffer_bytes reached: CONNECT refused"
+            );
+            // Release the buffer before the close, which may take a while.
+            rbuf = BytesMut::new();
+            drop(charge);
+            Box::pin(async {
+                refuse(
+                    &mut stream,
+                    version,
+                    ReasonCode::SERVER_BUSY,
+                    "too many CONNECTs in progress",
+                )
+                .await;
+                graceful_close(&mut stream).await;
+            })
+            .await;
+            drop(rbuf);
+            return;
+        }
+        Ok(Err(NoConnect::Bad(DecodeError::UnsupportedVersion(level), _))) => {
             // [MQTT-3.1.2-2] answer 0x01 "unacceptable protocol version" (in the
             // 3.1.1 format, which every version can read) and close.
             debug!(level, "unsupported protocol level");
@@ -159,15 +237,33 @@ where
             if protocol::encode(&ack, ProtocolVersion::V311, &mut w).is_ok() {
                 let _ = bounded(stream.write_all(&w)).await;
             }
-            let _ = bounded(stream.shutdown()).await;
+            Box::pin(graceful_close(&mut stream)).await;
             return;
         }
-        Ok(Err(Some(e))) => {
+        Ok(Err(NoConnect::Bad(e, version))) => {
             shared
                 .metrics
                 .protocol_errors
                 .fetch_add(1, Ordering::Relaxed);
             debug!(error = %e, "bad CONNECT");
+            if version == Some(ProtocolVersion::V5) {
+                // 5.0 section 4.13.1: a server that finds a Malformed Packet or
+                // Protocol Error in CONNECT may send CONNACK with the reason
+                // (0x81, 0x82, 0x90 for a Will Topic, 0x95 for a CONNECT too large)
+                // before closing [MQTT-3.1.4-2]. 3.1.1 closes without a CONNACK
+                // [MQTT-3.1.4-1].
+                let why = Close::from(e.clone())
+                    .reason_string
+                    .unwrap_or("bad CONNECT");
+                Box::pin(refuse(
+                    &mut stream,
+                    ProtocolVersion::V5,
+                    e.reason_code(),
+                    why,
+                ))
+                .await;
+            }
+            Box::pin(graceful_close(&mut stream)).await;
             return;
         }
         Ok(Ok(c)) => c,
@@ -176,14 +272,20 @@ where
     // every connection's future for its whole life.
     let Some(mut conn) = Box::pin(handshake(&mut stream, *connect, &peer, conn_id, &shared)).await
     else {
-        let _ = bounded(stream.shutdown()).await;
+        drop(charge);
+        Box::pin(graceful_close(&mut stream)).await;
         return;
     };
-    // Keep the CONNECT buffer only if packets were pipelined behind CONNECT; an
-    // idle connection then starts from the small read size.
+    // Logged in: this connection's buffer no longer counts as unauthenticated.
+    drop(charge);
+    // Packets pipelined behind CONNECT move to the connection's buffer, copied:
+    // what is left of the CONNECT buffer, even empty, still shares its allocation
+    // (up to max_connect_packet_size), which must not live as long as the
+    // connection. An idle connection then starts from the small read size.
     if !rbuf.is_empty() {
-        conn.rbuf = rbuf;
+        conn.rbuf = BytesMut::from(&rbuf[..]);
     }
+    drop(rbuf);
     tracing::Span::current().record("client", &*conn.client_id);
     info!(version = ?conn.version, "connected");
     let mut registration = Registration {
@@ -224,7 +326,7 @@ impl Drop for Registration {
 
 /// After the main loop: tell the router, send a v5 DISCONNECT if there is a reason,
 /// flush what is left (bounded), close.
-async fn finish<S: AsyncWrite + Unpin>(
+async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     mut conn: Conn,
     close: Close,
@@ -253,13 +355,12 @@ async fn finish<S: AsyncWrite + Unpin>(
         });
         let _ = protocol::encode(&d, conn.version, &mut conn.wbuf);
     }
-    let _ = bounded(async {
-        if !conn.wbuf.is_empty() {
-            let _ = stream.write_all(&conn.wbuf).await;
-        }
-        let _ = stream.shutdown().await;
-    })
-    .await;
+    if !conn.wbuf.is_empty() {
+        let _ = bounded(stream.write_all(&conn.wbuf)).await;
+    }
+    conn.wbuf = BytesMut::new();
+    conn.rbuf = BytesMut::new();
+    graceful_close(&mut stream).await;
     match close.reason {
         Some(r) if r.is_error() => {
             info!(reason = %r, why = close.reason_string.unwrap_or(""), "closed")
@@ -268,22 +369,88 @@ async fn finish<S: AsyncWrite + Unpin>(
     }
 }
 
-/// Read until one whole CONNECT is decoded. `Err(None)` is EOF or an I/O error.
+/// Why no CONNECT came.
+enum NoConnect {
+    /// EOF or an I/O error.
+    Closed,
+    /// A bad first packet, with the protocol version its header declares, when
+    /// it is a CONNECT of a version we speak.
+    Bad(DecodeError, Option<ProtocolVersion>),
+    /// Its buffer would go over `unauthenticated_buffer_bytes`.
+    OverBudget(ProtocolVersion),
+}
+
+/// The protocol version a (possibly partial) CONNECT in `buf` declares: the
+/// protocol name "MQTT" and level follow the fixed header (section 3.1.2.1).
+fn connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let len_bytes = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let start = 1 + len_bytes;
+    match buf.get(start..start + 7)? {
+        [0, 4, b'M', b'Q', b'T', b'T', 4] => Some(ProtocolVersion::V311),
+        [0, 4, b'M', b'Q', b'T', b'T', 5] => Some(ProtocolVersion::V5),
+        _ => None,
+    }
+}
+
+/// Read until one whole CONNECT is decoded, at most `max_connect_packet_size`
+/// (and `max_packet_size`) long. The buffer grows by doubling only as bytes
+/// arrive (never to a size the peer merely declares), and every byte of it
+/// beyond [`PRE_LOGIN_FREE`] is charged to the shared pre-login budget first.
 async fn read_connect<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-    max: u32,
-) -> Result<Box<Connect>, Option<DecodeError>> {
+    limits: &crate::config::Limits,
+    charge: &mut Charge<'_>,
+) -> Result<Box<Connect>, NoConnect> {
+    let decode_limits = crate::protocol::DecodeLimits {
+        max_packet_size: limits.max_connect_packet_size.min(limits.max_packet_size),
+        ..limits.decode_limits()
+    };
     loop {
-        match protocol::decode(buf, None, max) {
+        // Read before decoding: a decode error may have consumed the header.
+        let version = connect_version(buf);
+        match protocol::decode_with(buf, None, decode_limits) {
             Ok(Some(Packet::Connect(c))) => return Ok(c),
-            Ok(Some(_)) => return Err(Some(DecodeError::Protocol("first packet must be CONNECT"))),
+            Ok(Some(_)) => {
+                return Err(NoConnect::Bad(
+                    DecodeError::Protocol("first packet must be CONNECT"),
+                    None,
+                ))
+            }
             Ok(None) => {}
-            Err(e) => return Err(Some(e)),
+            Err(e) => return Err(NoConnect::Bad(e, version)),
         }
-        buf.reserve(512);
+        if buf.len() == buf.capacity() {
+            // Incomplete and full: the packet is longer than the buffer, and at
+            // most `max` long (the decoder checked its declared length).
+            // (`max` may be below the first buffer's size: never shrink.)
+            let cap = (buf.capacity() * 2)
+                .min(decode_limits.max_packet_size as usize)
+                .max(buf.capacity() + 1);
+            let more = cap
+                .saturating_sub(PRE_LOGIN_FREE)
+                .saturating_sub(charge.held);
+            if more > 0 {
+                if !charge
+                    .budget
+                    .try_take(more, limits.unauthenticated_buffer_bytes)
+                {
+                    return Err(NoConnect::OverBudget(
+                        version.unwrap_or(ProtocolVersion::V311),
+                    ));
+                }
+                charge.held += more;
+            }
+            // Exactly `cap`: `reserve` may round up to twice the need.
+            let mut grown = BytesMut::with_capacity(cap);
+            grown.extend_from_slice(buf);
+            *buf = grown;
+        }
         match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return Err(None),
+            Ok(0) | Err(_) => return Err(NoConnect::Closed),
             Ok(_) => {}
         }
     }
@@ -327,6 +494,28 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io
 
 /// How long a closing connection may take to hand over its last bytes.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long a closing connection reads and discards what the peer still sends.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Close after the last packet (a DISCONNECT or refusing CONNACK) was written: shut
+/// down our sending side, then read and discard until the peer closes, for at most
+/// [`LINGER`]. Closing a socket with unread input makes the kernel send a reset,
+/// which can destroy our last packet before the client reads it: a client still
+/// sending when we close would never learn the reason.
+async fn graceful_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    if bounded(stream.shutdown()).await.is_none() {
+        return;
+    }
+    let mut sink = vec![0u8; 2048];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
 
 /// Bound a final write or shutdown: TLS and WebSocket shutdowns flush first, and a
 /// peer that does not read must not keep the task (and its slot) forever.
@@ -504,7 +693,13 @@ async fn handshake<S: AsyncWrite + Unpin>(
         client_id: client_id.clone(),
         clean_start: c.clean_start,
         session_expiry,
-        will: c.will,
+        // The Will payload is a slice of the CONNECT's read buffer (up to
+        // max_connect_packet_size) and lives as long as the session: keep a copy
+        // of its own bytes, not the whole buffer.
+        will: c.will.map(|mut w| {
+            w.payload = bytes::Bytes::copy_from_slice(&w.payload);
+            w
+        }),
         username: login.username.map(Arc::from),
         by_password: login.by_password,
         addr: Some(peer.addr.ip()),
@@ -574,6 +769,9 @@ async fn handshake<S: AsyncWrite + Unpin>(
         props.receive_maximum = Some(lim.receive_maximum);
         props.maximum_packet_size = Some(lim.max_packet_size);
         props.topic_alias_maximum = Some(lim.topic_alias_maximum);
+        // Absent means available too (5.0 section 3.2.2.3.14); said explicitly
+        // because some clients only look for the property.
+        props.shared_subscription_available = Some(1);
     }
     let mut conn = Conn {
         client_id,
@@ -588,8 +786,13 @@ async fn handshake<S: AsyncWrite + Unpin>(
         batch: Vec::new(),
         in_aliases: HashMap::new(),
         out_aliases: HashMap::new(),
+        // Each alias keeps its topic for the connection's life: the client's
+        // maximum is a ceiling, ours the cap (5.0 section 3.3.2.3.4).
         out_alias_max: if v5 {
-            c.properties.topic_alias_maximum.unwrap_or(0)
+            c.properties
+                .topic_alias_maximum
+                .unwrap_or(0)
+                .min(lim.outbound_topic_alias_maximum)
         } else {
             0
         },
@@ -1285,6 +1488,62 @@ mod tests {
         assert!(rx.try_recv().is_err());
     }
 
+    #[test]
+    fn connect_version_reads_the_protocol_level() {
+        let head = |len: &[u8], level: u8| {
+            let mut b = vec![0x10];
+            b.extend_from_slice(len);
+            b.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', level]);
+            b
+        };
+        assert_eq!(
+            connect_version(&head(&[0x0f], 5)),
+            Some(ProtocolVersion::V5)
+        );
+        assert_eq!(
+            connect_version(&head(&[0x0e], 4)),
+            Some(ProtocolVersion::V311)
+        );
+        assert_eq!(
+            connect_version(&head(&[0xf0, 0xa2, 0x04], 5)),
+            Some(ProtocolVersion::V5)
+        );
+        assert_eq!(connect_version(&head(&[0x0e], 3)), None);
+        assert_eq!(connect_version(&head(&[0x0e], 5)[..8]), None);
+        let mut publish = head(&[0x0e], 5);
+        publish[0] = 0x30;
+        assert_eq!(connect_version(&publish), None);
+        assert_eq!(connect_version(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x7f]), None);
+    }
+
+    /// A CONNECT whose buffer would go over the pre-login budget is refused; the
+    /// charge is given back when the connection's phase ends.
+    #[tokio::test]
+    async fn read_connect_stops_at_the_budget() {
+        let limits = crate::config::Limits {
+            unauthenticated_buffer_bytes: 8 * 1024,
+            ..Default::default()
+        };
+        let budget = PreLoginBudget::default();
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut bytes = vec![0x10, 0xe0, 0xd4, 0x03]; // 60,000 bytes declared
+        bytes.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0]);
+        bytes.resize(20_000, b'x');
+        client.write_all(&bytes).await.unwrap();
+        let mut buf = BytesMut::with_capacity(CONNECT_READ);
+        let mut charge = Charge {
+            budget: &budget,
+            held: 0,
+        };
+        let r = read_connect(&mut server, &mut buf, &limits, &mut charge).await;
+        assert!(matches!(r, Err(NoConnect::OverBudget(ProtocolVersion::V5))));
+        // An 8 KiB buffer, its first KiB free: doubling to 16 KiB did not fit.
+        assert_eq!(buf.capacity(), 8 * 1024);
+        assert_eq!(budget.used(), 7 * 1024);
+        drop(charge);
+        assert_eq!(budget.used(), 0);
+    }
+
     /// The connection task's future is allocated once per connection for its whole
     /// life: it is most of what an idle connection costs. Guard its size.
     #[test]
@@ -1296,6 +1555,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             next_conn_id: AtomicU64::new(1),
             logins: crate::login::Logins::new(&Config::default()).unwrap(),
+            pre_login: PreLoginBudget::default(),
         });
         let (a, _b) = tokio::io::duplex(64);
         let fut = serve(a, Peer::plain("127.0.0.1:1".parse().unwrap()), shared);

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub acl_denied_subscribe: AtomicU64,
     /// Deliveries not made because the ACL denies the receiver reading the topic.
     pub acl_denied_deliver: AtomicU64,
+    /// CONNECTs refused because the connections not yet logged in held
+    /// `limits.unauthenticated_buffer_bytes`.
+    pub connects_over_budget: AtomicU64,
 }
 
 impl Metrics {

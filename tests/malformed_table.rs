@@ -21,6 +21,7 @@ enum Want {
     TooLarge,
     Unsupported(u8),
     TopicName,
+    TopicAlias,
 }
 use Want::*;
 
@@ -57,7 +58,7 @@ const TABLE: &[Row] = &[
     ("too large CONNECT before CONNECT", NONE, "10 ac 02", TooLarge, ""),
     // --- PUBLISH --------------------------------------------------------------------
     ("PUBLISH QoS 3", V311, "36 05 00 01 61 00 01", Malformed, "QoS 3"),
-    ("PUBLISH DUP with QoS 0", V311, "38 03 00 01 61", Malformed, "DUP"),
+    ("PUBLISH DUP with QoS 0", V311, "38 03 00 01 61", Protocol, "DUP"),
     ("PUBLISH QoS 1 packet id 0", V311, "32 05 00 01 61 00 00", Malformed, "packet identifier 0"),
     ("PUBLISH QoS 2 packet id 0 (v5)", V5, "34 06 00 01 61 00 00 00", Malformed, "packet identifier 0"),
     ("PUBLISH QoS 1 truncated packet id", V311, "32 04 00 01 61 00", Malformed, "packet identifier"),
@@ -65,7 +66,7 @@ const TABLE: &[Row] = &[
     ("PUBLISH topic with # (v5)", V5, "30 04 00 01 23 00", TopicName, "wildcard"),
     ("PUBLISH empty topic in 3.1.1", V311, "30 02 00 00", TopicName, "empty topic"),
     ("PUBLISH empty topic without alias", V5, "30 03 00 00 00", Protocol, "without Topic Alias"),
-    ("PUBLISH Topic Alias 0", V5, "30 07 00 01 61 03 23 00 00", Protocol, "Topic Alias 0"),
+    ("PUBLISH Topic Alias 0", V5, "30 07 00 01 61 03 23 00 00", TopicAlias, "Topic Alias 0"),
     ("PUBLISH Topic Alias twice", V5, "30 0a 00 01 61 06 23 00 01 23 00 02", Protocol, "duplicate Topic Alias"),
     ("PUBLISH Subscription Identifier 0", V5, "30 06 00 01 61 02 0b 00", Protocol, "Subscription Identifier 0"),
     ("PUBLISH Subscription Identifier 0x81 0x00", V5, "30 07 00 01 61 03 0b 81 00", Malformed, "not minimally encoded"),
@@ -200,6 +201,7 @@ fn kind(e: &DecodeError) -> Want {
         DecodeError::TooLarge { .. } | DecodeError::PropertiesTooLarge(_) => TooLarge,
         DecodeError::UnsupportedVersion(v) => Unsupported(*v),
         DecodeError::TopicNameInvalid(_) => TopicName,
+        DecodeError::TopicAliasInvalid(_) => TopicAlias,
     }
 }
 
@@ -209,6 +211,7 @@ fn want_code(w: Want) -> u8 {
         Protocol => 0x82,
         Unsupported(_) => 0x84,
         TopicName => 0x90,
+        TopicAlias => 0x94,
         TooLarge => 0x95,
     }
 }

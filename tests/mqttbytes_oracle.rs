@@ -685,7 +685,7 @@ fn known_disagreements() {
     let mut b = mb_write(&mb::Packet::Publish(p));
     assert!(matches!(
         decode(&mut b, v311, MAX),
-        Err(DecodeError::Malformed(_))
+        Err(DecodeError::Protocol(_))
     ));
 
     // A password-only login yields Password Flag without User Name Flag, which

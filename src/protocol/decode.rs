@@ -31,6 +31,8 @@ pub enum DecodeError {
     /// packet is bigger than this broker takes).
     #[error("properties over the limit: {0}")]
     PropertiesTooLarge(&'static str),
+    #[error("topic alias invalid: {0}")]
+    TopicAliasInvalid(&'static str),
 }
 
 impl DecodeError {
@@ -44,6 +46,7 @@ impl DecodeError {
             // 0x95 Packet too large: the closest v5 code a CONNACK and a
             // DISCONNECT can both carry for "more than we accept".
             DecodeError::PropertiesTooLarge(_) => ReasonCode::PACKET_TOO_LARGE,
+            DecodeError::TopicAliasInvalid(_) => ReasonCode::TOPIC_ALIAS_INVALID,
         }
     }
 }
@@ -223,7 +226,9 @@ fn check_first_byte(first: u8, version: Option<ProtocolVersion>) -> Result<()> {
         }
         if qos == 0 && flags & 0b1000 != 0 {
             // [MQTT-3.3.1-2] The DUP flag MUST be set to 0 for all QoS 0 messages.
-            return Err(DecodeError::Malformed("PUBLISH with DUP set and QoS 0"));
+            // The packet parses; the flag is not allowed: a Protocol Error (0x82),
+            // not a Malformed Packet (5.0 section 4.13.1).
+            return Err(DecodeError::Protocol("PUBLISH with DUP set and QoS 0"));
         }
         return Ok(());
     }
@@ -658,9 +663,10 @@ fn read_props(r: &mut Reader, ctx: Ctx) -> Result<Props> {
             )?,
             TOPIC_ALIAS => {
                 let v = pr.u16(T)?;
-                // [MQTT-3.3.2-8] A Topic Alias of 0 is not permitted.
+                // [MQTT-3.3.2-8] A Topic Alias of 0 is not permitted: 0x94
+                // Topic Alias invalid, like one above the maximum.
                 if v == 0 {
-                    return Err(DecodeError::Protocol("Topic Alias 0"));
+                    return Err(DecodeError::TopicAliasInvalid("Topic Alias 0"));
                 }
                 once(&mut p.topic_alias, v, "duplicate Topic Alias")?;
             }
