@@ -1188,6 +1188,11 @@ impl Router {
             }
             self.hand_on_shared(&c.session, now);
         }
+        // A map keeps its largest size: after a burst of clients has gone, give
+        // the room back (amortised: only when a quarter or less is used).
+        if self.clients.capacity() > 64 && self.clients.len() * 4 < self.clients.capacity() {
+            self.clients.shrink_to(self.clients.len() * 2);
+        }
     }
 
     /// A session that ends with QoS 1 messages its client did not acknowledge:
