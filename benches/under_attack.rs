@@ -160,7 +160,14 @@ impl Conn {
         self.s.write_all(connect).await.map_err(|e| e.to_string())?;
         match self.recv().await {
             Ok(Some(Packet::ConnAck(a))) if a.reason_code.0 == 0 => Ok(()),
-            Ok(Some(Packet::ConnAck(a))) => Err(format!("CONNACK 0x{:02x}", a.reason_code.0)),
+            Ok(Some(Packet::ConnAck(a))) if self.version.is_v5() => {
+                Err(format!("CONNACK 0x{:02x}", a.reason_code.0))
+            }
+            // As on the wire, not as the decoder maps it to 5.0.
+            Ok(Some(Packet::ConnAck(a))) => Err(format!(
+                "CONNACK return code {}",
+                a.reason_code.to_v311_connack()
+            )),
             Ok(Some(p)) => Err(format!("packet type {}", p.packet_type())),
             Ok(None) => Err("closed".into()),
             Err(e) => Err(e.to_string()),
