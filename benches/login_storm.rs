@@ -11,17 +11,15 @@
 //! `cargo bench --bench login_storm` (about 35 s). Not a test: no assertions
 //! (`cargo test` runs it for a moment only, with 20 attackers).
 
-use bytes::BytesMut;
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+mod common;
+
+use common::{attacker_ip, bench_mode, connect_packet, login, status};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern::protocol::{self, Connect, Packet, ProtocolVersion};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
+use tern::protocol::ProtocolVersion;
 
 /// Attackers, storm length and valid reconnects: the numbers under
 /// `cargo bench` (which passes `--bench`); a smoke run under `cargo test
@@ -33,7 +31,7 @@ struct Scale {
 }
 
 fn scale() -> Scale {
-    if std::env::args().any(|a| a == "--bench") {
+    if bench_mode() {
         Scale {
             attackers: 500,
             storm: Duration::from_secs(10),
@@ -48,66 +46,8 @@ fn scale() -> Scale {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Status {
-    rss_mib: f64,
-    hwm_mib: f64,
-    threads: u64,
-}
-
-fn status(pid: u32) -> Status {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    Status {
-        rss_mib: field("VmRSS:") as f64 / 1024.0,
-        hwm_mib: field("VmHWM:") as f64 / 1024.0,
-        threads: field("Threads:"),
-    }
-}
-
 fn connect_bytes(id: &str, password: &str) -> Vec<u8> {
-    let c = Packet::Connect(Box::new(Connect {
-        version: ProtocolVersion::V5,
-        clean_start: true,
-        keep_alive: 30,
-        client_id: id.into(),
-        will: None,
-        username: Some("alice".into()),
-        password: Some(bytes::Bytes::copy_from_slice(password.as_bytes())),
-        properties: Default::default(),
-    }));
-    let mut b = BytesMut::new();
-    protocol::encode(&c, ProtocolVersion::V5, &mut b).unwrap();
-    b.to_vec()
-}
-
-/// One login from `from`: the CONNACK's reason code, or None (no answer within
-/// 15 s, closed, reset).
-async fn login(addr: SocketAddr, from: IpAddr, connect: &[u8]) -> Option<u8> {
-    let go = async {
-        let s = TcpSocket::new_v4().ok()?;
-        s.bind(SocketAddr::new(from, 0)).ok()?;
-        let mut stream = s.connect(addr).await.ok()?;
-        stream.write_all(connect).await.ok()?;
-        let mut head = [0u8; 4];
-        stream.read_exact(&mut head).await.ok()?;
-        Some(head[3])
-    };
-    tokio::time::timeout(Duration::from_secs(15), go)
-        .await
-        .ok()
-        .flatten()
-}
-
-fn attacker_ip(i: usize) -> IpAddr {
-    let i = u32::try_from(i).unwrap();
-    IpAddr::V4(Ipv4Addr::from(0x7f01_0001 + (i / 250) * 256 + i % 250))
+    connect_packet(ProtocolVersion::V5, id, true, Some(("alice", password)))
 }
 
 fn start_broker(
@@ -115,7 +55,7 @@ fn start_broker(
     label: &str,
     auth: &str,
     limits: &str,
-) -> (std::process::Child, SocketAddr) {
+) -> (std::process::Child, std::net::SocketAddr) {
     let pw = dir.join("passwords");
     let config = dir.join(format!("{label}.toml"));
     std::fs::write(
@@ -127,25 +67,7 @@ fn start_broker(
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("-c")
-        .arg(&config)
-        .args(["--log", "error,tern::broker=info"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(a) = line.split("listening on ").nth(1) {
-            break a.trim().parse::<SocketAddr>().unwrap();
-        }
-    };
-    // Keep draining stderr so the broker never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (child, addr)
+    common::start_broker(Path::new(env!("CARGO_BIN_EXE_tern")), &config)
 }
 
 fn run(dir: &Path, label: &str, auth: &str, limits: &str) {
@@ -266,20 +188,12 @@ fn run(dir: &Path, label: &str, auth: &str, limits: &str) {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut passwd = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("passwd")
-        .arg("--stdin")
-        .arg(dir.path().join("passwords"))
-        .arg("alice")
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    passwd
-        .stdin
-        .take()
-        .unwrap()
-        .write_all_sync(b"right-password\n");
-    assert!(passwd.wait().unwrap().success());
+    common::passwd(
+        Path::new(env!("CARGO_BIN_EXE_tern")),
+        &dir.path().join("passwords"),
+        "alice",
+        "right-password",
+    );
     // The worst case: no throttle delay, so every guess reaches the queue, and
     // connect_timeout 2 s, so checks are abandoned while they wait or run.
     run(
@@ -288,18 +202,7 @@ fn main() {
         "failed_login_delay = 0\nfailed_login_max_delay = 0",
         "connect_timeout = \"2s\"",
     );
-    if std::env::args().any(|a| a == "--bench") {
+    if bench_mode() {
         run(dir.path(), "default settings", "", "");
-    }
-}
-
-/// `Write::write_all` on a child's stdin, then close it.
-trait WriteAllSync {
-    fn write_all_sync(self, b: &[u8]);
-}
-
-impl WriteAllSync for std::process::ChildStdin {
-    fn write_all_sync(mut self, b: &[u8]) {
-        std::io::Write::write_all(&mut self, b).unwrap();
     }
 }
