@@ -1014,6 +1014,11 @@ pub struct LoginThrottle {
     forget_after: Duration,
     max_entries: usize,
     entries: Map<IpAddr, Failures>,
+    /// Addresses a login succeeded from, with when (at most `max_entries`, the
+    /// oldest forgotten first): their checks go ahead of strangers' when the
+    /// login queue is full. Only a valid password adds one, so an attacker
+    /// cannot fill it.
+    known: Map<IpAddr, Instant>,
 }
 
 /// The address a failure counts against. An IPv6 address counts as its /64: one
@@ -1045,11 +1050,17 @@ impl LoginThrottle {
             forget_after,
             max_entries,
             entries: Map::default(),
+            known: Map::default(),
         }
     }
 
     fn expired(&self, f: &Failures, now: Instant) -> bool {
         now.saturating_duration_since(f.last) >= self.forget_after
+    }
+
+    /// Has a login succeeded from this address before?
+    pub fn known(&self, ip: IpAddr) -> bool {
+        self.known.contains_key(&throttle_key(ip))
     }
 
     /// Failures counted against this address (0 when none or forgotten).
@@ -1110,8 +1121,17 @@ impl LoginThrottle {
     /// A successful login takes back its own attempt (the caller counts every
     /// attempt as failed when it arrives), and nothing more: wiping the record
     /// would let one valid account reset the count between guesses at others.
-    pub fn succeeded(&mut self, ip: IpAddr) {
+    pub fn succeeded(&mut self, ip: IpAddr, now: Instant) {
         let key = throttle_key(ip);
+        if self.max_entries > 0 {
+            if self.known.len() >= self.max_entries && !self.known.contains_key(&key) {
+                let oldest = self.known.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    self.known.remove(&k);
+                }
+            }
+            self.known.insert(key, now);
+        }
         if let Some(f) = self.entries.get_mut(&key) {
             f.count = f.count.saturating_sub(1);
             if f.count == 0 {
@@ -1863,6 +1883,24 @@ topic readers/x
         assert_eq!(t.delay(IpAddr::V4(Ipv4Addr::LOCALHOST), t0), Duration::ZERO);
     }
 
+    /// Only a success makes an address known, and the table stays bounded.
+    #[test]
+    fn successful_addresses_are_remembered_within_the_bound() {
+        let t0 = Instant::now();
+        let mut t = throttle(2);
+        assert!(!t.known(IP));
+        t.failed(IP, t0);
+        assert!(!t.known(IP));
+        t.succeeded(IP, t0);
+        assert!(t.known(IP));
+        let other = |i: u8| IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, i));
+        t.succeeded(other(1), t0 + Duration::from_secs(1));
+        t.succeeded(other(2), t0 + Duration::from_secs(2));
+        assert_eq!(t.known.len(), 2);
+        assert!(!t.known(IP), "the oldest is forgotten first");
+        assert!(t.known(other(2)));
+    }
+
     #[test]
     fn failures_are_forgotten_and_cleared() {
         let t0 = Instant::now();
@@ -1890,16 +1928,16 @@ topic readers/x
         // 6 failures: 800 ms. A success takes back one attempt only (5: 400 ms),
         // so a valid account cannot reset the count for guesses at others.
         assert_eq!(t.delay(IP, t1), 800 * MS);
-        t.succeeded(IP);
+        t.succeeded(IP, t0);
         assert_eq!(t.delay(IP, t1), 400 * MS);
         for _ in 0..5 {
-            t.succeeded(IP);
+            t.succeeded(IP, t0);
         }
         assert!(
             t.entries.is_empty(),
             "the record goes when its count reaches 0"
         );
-        t.succeeded(IP);
+        t.succeeded(IP, t0);
         assert_eq!(t.delay(IP, t1), Duration::ZERO);
         // An earlier `now` than the last failure does not panic.
         t.failed(IP, t1);
@@ -2000,7 +2038,7 @@ topic readers/x
             t.failed(mapped, t0);
         }
         assert_eq!(t.delay(IP, t0), 100 * MS);
-        t.succeeded(IP);
+        t.succeeded(IP, t0);
         assert_eq!(
             t.delay(mapped, t0),
             Duration::ZERO,

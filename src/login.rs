@@ -161,8 +161,8 @@ impl HashPool {
         Ok(HashPool { shared })
     }
 
-    /// Queue a check. `failures`: those already counted against the client's
-    /// address. Err when the queue is full of checks at least as deserving (the
+    /// Queue a check. `failures`: its rank, 0 for an address that logged in
+    /// before, else 1 + the failures already counted against the address. Err when the queue is full of checks at least as deserving (the
     /// client is refused at once); a less deserving one is pushed out instead
     /// (its client is refused as busy), and so are checks nobody waits for.
     fn submit(
@@ -360,7 +360,14 @@ impl Logins {
             let mut t = self.throttle();
             let now = Instant::now();
             let wait = t.delay(ip, now);
-            let failures = t.failures(ip, now);
+            // Queue rank: addresses that logged in before go first, then by
+            // fewest failures, so a storm from fresh addresses cannot push out
+            // the users who come back.
+            let failures = if t.known(ip) {
+                0
+            } else {
+                t.failures(ip, now).saturating_add(1)
+            };
             t.failed(ip, now);
             (wait, failures)
         };
@@ -379,7 +386,7 @@ impl Logins {
         // Closed unanswered: pushed out of the queue by a more deserving login.
         let ok = answer.await.map_err(|_| Refused::ServerBusy)?;
         if ok {
-            self.throttle().succeeded(ip);
+            self.throttle().succeeded(ip, Instant::now());
             Ok(Login {
                 username: Some(user.to_string()),
                 by_password: true,
