@@ -440,20 +440,6 @@ async fn password_storm(addr: SocketAddr, stop: Arc<AtomicBool>, attackers: usiz
     format!("wrong-password CONNECTs: {}", tally.summary())
 }
 
-fn vbi(buf: &mut BytesMut, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        buf.put_u8(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
 /// A v5 QoS 1 PUBLISH of `props` user properties "k"="v" and an empty payload,
 /// written by hand (the crate's encoder would first build 140,000 pairs).
 fn property_publish(topic: &str, id: u16, retain: bool, props: usize) -> BytesMut {
@@ -462,13 +448,13 @@ fn property_publish(topic: &str, id: u16, retain: bool, props: usize) -> BytesMu
     body.put_u16(u16::try_from(topic.len()).unwrap());
     body.put_slice(topic.as_bytes());
     body.put_u16(id);
-    vbi(&mut body, prop_len);
+    tern::protocol::encode_vbi(prop_len, &mut body).unwrap();
     for _ in 0..props {
         body.put_slice(&[0x26, 0, 1, b'k', 0, 1, b'v']);
     }
     let mut packet = BytesMut::with_capacity(body.len() + 5);
     packet.put_u8(0x32 | u8::from(retain));
-    vbi(&mut packet, body.len());
+    tern::protocol::encode_vbi(body.len(), &mut packet).unwrap();
     packet.put_slice(&body);
     packet
 }
@@ -598,7 +584,7 @@ async fn half_connects(addr: SocketAddr, stop: Arc<AtomicBool>, conns: usize) ->
     const SENT: usize = 512 * 1024;
     let mut packet = BytesMut::with_capacity(SENT + 5);
     packet.put_u8(0x10);
-    vbi(&mut packet, DECLARED);
+    tern::protocol::encode_vbi(DECLARED, &mut packet).unwrap();
     // A 3.1.1 variable header (username, password, clean session), client id "h",
     // then zeros: the start of a username/password that never ends.
     packet.put_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60, 0, 1, b'h']);

@@ -4,8 +4,8 @@
 //! stays mapped unless it sits at the top of the heap, so 5,000 connections that
 //! came and went left the broker at its high-water mark (81 MB) for good.
 //! `malloc_trim` hands free pages of every arena back (`madvise`), and costs a
-//! walk of the free lists: cheap every few seconds, and only done after the
-//! number of connections fell. Other allocators (musl) return memory by
+//! walk of the free lists: cheap every few seconds, and only done after many
+//! connections closed. Other allocators (musl) return memory by
 //! themselves; there this is a no-op.
 
 use crate::metrics::Metrics;
@@ -13,19 +13,26 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Watch the connection count and trim after it fell by a quarter (or more) of
-/// its peak since the last trim, and after any drop to zero.
+/// Trim after enough connections have closed since the last trim: a quarter
+/// of those still open, and at least 64. Counted from the totals (accepted less
+/// open), not sampled, so a burst that comes and goes between two looks still
+/// counts.
 pub async fn return_freed(metrics: Arc<Metrics>, every: Duration) {
-    let mut peak = 0u64;
+    let closed = || {
+        let accepted = metrics.connections_accepted.load(Ordering::Relaxed);
+        let open = metrics.connections_current.load(Ordering::Relaxed);
+        (accepted.saturating_sub(open), open)
+    };
+    let mut closed_at_trim = closed().0;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = metrics.connections_current.load(Ordering::Relaxed);
-        peak = peak.max(now);
-        if peak > now && (now == 0 || (peak - now) * 4 >= peak) {
+        let (closed_now, open) = closed();
+        let since = closed_now.saturating_sub(closed_at_trim);
+        if since >= 64 && since >= open / 4 {
             trim();
-            peak = now;
+            closed_at_trim = closed_now;
         }
     }
 }

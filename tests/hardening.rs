@@ -385,6 +385,22 @@ async fn a_session_flood_cannot_lock_others_out_or_push_out_users() {
     assert_eq!(ack.0, 0, "clean sessions get in at a full table");
 }
 
+/// Read PUBLISHes for 8 s, acknowledging each and pausing `pause` after it.
+async fn read_and_ack(mut c: RawClient, pause: Duration) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(Packet::Publish(p))) = c.recv_within(Duration::from_millis(200)).await {
+            if let Some(pid) = p.packet_id {
+                c.send(&Packet::PubAck(protocol::PubResponse::success(pid)))
+                    .await;
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
 /// Was: a subscriber on `#` reading ~200 msg/s held an unrelated
 /// publisher->subscriber pair at ~205 msg/s for 40 s (normally ~9,800): it
 /// drained its queue to half before `backpressure_timeout` again and again, which
@@ -406,34 +422,11 @@ async fn a_slow_wildcard_subscriber_cannot_throttle_an_unrelated_pair() {
     // The slow one: everything, QoS 1, about 200 messages a second.
     let (mut slow, _) = raw_connected(b.addr, V5, "slow", true).await;
     slow.subscribe(1, "#", QoS::AtLeastOnce).await;
-    let slow_task = tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(Some(Packet::Publish(p))) = slow.recv_within(Duration::from_millis(200)).await
-            {
-                if let Some(pid) = p.packet_id {
-                    slow.send(&Packet::PubAck(protocol::PubResponse::success(pid)))
-                        .await;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    });
+    let slow_task = tokio::spawn(read_and_ack(slow, Duration::from_millis(5)));
     // The pair's subscriber reads as fast as it can.
     let (mut fast, _) = raw_connected(b.addr, V5, "fast", true).await;
     fast.subscribe(1, "pair/t", QoS::AtLeastOnce).await;
-    let fast_task = tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(Some(Packet::Publish(p))) = fast.recv_within(Duration::from_millis(200)).await
-            {
-                if let Some(pid) = p.packet_id {
-                    fast.send(&Packet::PubAck(protocol::PubResponse::success(pid)))
-                        .await;
-                }
-            }
-        }
-    });
+    let fast_task = tokio::spawn(read_and_ack(fast, Duration::ZERO));
     // The pair's publisher: QoS 1 at a steady 1,000 messages a second, at most
     // 64 unacknowledged.
     let (publ, _) = raw_connected(b.addr, V5, "pair-pub", true).await;

@@ -17,40 +17,19 @@ use tokio::net::TcpStream;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
-/// A Variable Byte Integer (section 1.5.5).
-fn vbi(mut n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            return out;
-        }
-    }
+/// The broker's resident memory in KiB.
+fn rss_of(pid: u32) -> u64 {
+    proc_status(pid, "VmRSS")
 }
 
 /// The first bytes of a v5 CONNECT declaring `remaining` bytes: fixed header,
 /// protocol name and level, clean start, keep alive 60, no properties. The rest of
 /// the packet is never sent.
 fn connect_head(remaining: usize) -> Vec<u8> {
-    let mut b = vec![0x10];
-    b.extend(vbi(remaining));
+    let mut b = bytes::BytesMut::from(&[0x10u8][..]);
+    protocol::encode_vbi(remaining, &mut b).unwrap();
     b.extend(hex("00 04 4d 51 54 54 05 02 00 3c 00"));
-    b
-}
-
-/// The broker's resident memory, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    b.to_vec()
 }
 
 /// The CONNACK on `stream` if one arrives within `d`.
@@ -81,7 +60,7 @@ async fn half_sent_connects_hold_a_bounded_amount() {
     let (mut probe, _) = raw_connected(addr, V5, "probe", true).await;
     probe.send(&Packet::PingReq).await;
     assert!(matches!(probe.recv().await, Some(Packet::PingResp)));
-    let before = rss_kib(pid);
+    let before = rss_of(pid);
 
     // 200 CONNECTs declaring just under 1 MiB (max_packet_size) with 512 KiB sent, then 400 declaring 60 KiB
     // with 56 KiB sent: all left incomplete, all held open.
@@ -126,7 +105,7 @@ async fn half_sent_connects_hold_a_bounded_amount() {
     let mut peak = 0;
     let mut samples = Vec::new();
     for _ in 0..25 {
-        let now = rss_kib(pid);
+        let now = rss_of(pid);
         samples.push(now.saturating_sub(before) / 1024);
         peak = peak.max(now);
         if peak.saturating_sub(before) >= BOUND_KIB {
@@ -428,7 +407,7 @@ async fn a_logged_in_connection_does_not_keep_its_connect_buffer() {
     let addr = broker.addr;
     let pid = broker.child.id();
     let (_probe, _) = raw_connected(addr, V5, "will-probe", true).await;
-    let before = rss_kib(pid);
+    let before = rss_of(pid);
     let mut held = Vec::new();
     for i in 0..400 {
         let mut c = RawClient::connect(addr, V5).await;
@@ -456,7 +435,7 @@ async fn a_logged_in_connection_does_not_keep_its_connect_buffer() {
         }
         held.push(c);
     }
-    let grown_kib = rss_kib(pid).saturating_sub(before);
+    let grown_kib = rss_of(pid).saturating_sub(before);
     eprintln!("400 connections from 60 KiB CONNECTs, 200 with a Will: +{grown_kib} KiB");
     assert!(
         grown_kib < 12 * 1024,

@@ -219,18 +219,7 @@ fn put_publish(
 ) {
     let remaining = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + size;
     buf.put_u8(0x30 | (qos << 1));
-    let mut r = remaining;
-    loop {
-        let mut b = (r % 128) as u8;
-        r /= 128;
-        if r > 0 {
-            b |= 0x80;
-        }
-        buf.put_u8(b);
-        if r == 0 {
-            break;
-        }
-    }
+    tern::protocol::encode_vbi(remaining, buf).expect("a benchmark packet fits");
     buf.put_u16(topic.len() as u16);
     buf.put_slice(topic.as_bytes());
     if qos > 0 {

@@ -111,6 +111,13 @@ fn put_u32(s: &mut dyn Sink, v: u32) {
 }
 
 /// Variable Byte Integer, minimal encoding [MQTT-1.5.5-1].
+/// Append `v` as a Variable Byte Integer (section 1.5.5), as the Remaining
+/// Length and some properties are written; for tools and tests that build
+/// packets by hand (half-sent or oversized ones the encoder would not make).
+pub fn encode_vbi(v: usize, out: &mut BytesMut) -> Result<()> {
+    put_vbi(out, v)
+}
+
 fn put_vbi(s: &mut dyn Sink, v: usize) -> Result<()> {
     if v > usize_from(MAX_VBI) {
         return Err(EncodeError::TooLarge(

@@ -11,5 +11,5 @@ mod encode;
 pub mod types;
 
 pub use decode::{decode, decode_with, DecodeError, DecodeLimits};
-pub use encode::{encode, encoded_len, EncodeError, PublishView};
+pub use encode::{encode, encode_vbi, encoded_len, EncodeError, PublishView};
 pub use types::*;
