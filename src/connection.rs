@@ -395,6 +395,30 @@ fn connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
     }
 }
 
+/// A PUBLISH's payload and correlation data are slices of the read buffer and
+/// keep the whole allocation alive for as long as the message lives (retained,
+/// queued for an offline session). From a buffer grown for a large packet, a
+/// part that is small beside it is copied out: a 1-byte retained message sent
+/// behind a 1 MB one pinned the 1 MB (200 of them held 300 MB against a 16 MiB
+/// cap). Normal reads (up to `READ_MAX`) share their buffer as before.
+fn unpin(p: &mut Publish, alloc: usize) {
+    if alloc <= 2 * READ_MAX {
+        return;
+    }
+    let small = |b: &bytes::Bytes| b.len() * 4 < alloc;
+    if small(&p.payload) {
+        p.payload = bytes::Bytes::copy_from_slice(&p.payload);
+    }
+    if let Some(cd) = p
+        .properties
+        .correlation_data
+        .as_mut()
+        .filter(|cd| small(cd))
+    {
+        *cd = bytes::Bytes::copy_from_slice(cd);
+    }
+}
+
 /// Read until one whole CONNECT is decoded, at most `max_connect_packet_size`
 /// (and `max_packet_size`) long. The buffer grows by doubling only as bytes
 /// arrive (never to a size the peer merely declares), and every byte of it
@@ -1034,6 +1058,8 @@ impl Conn {
     async fn process_input(&mut self) -> Option<Close> {
         let limits = self.limits().decode_limits();
         let owed_max = usize::from(self.limits().receive_maximum);
+        // The allocation this batch is decoded from (payloads are slices of it).
+        let alloc = self.rbuf.capacity();
         // Stop at `receive_maximum` owed replies: the rest waits in the buffer
         // until replies are written (flow control for pipelining clients; it also
         // bounds the outbox slots replies take).
@@ -1061,7 +1087,10 @@ impl Conn {
             // PUBLISH, the hot path, inline; the rest boxed (SUBSCRIBE's state is
             // large and would otherwise sit in every connection's future).
             let result = match packet {
-                Packet::Publish(p) => self.handle_publish(p).await,
+                Packet::Publish(mut p) => {
+                    unpin(&mut p, alloc);
+                    self.handle_publish(p).await
+                }
                 other => Box::pin(self.handle(other)).await,
             };
             if let Some(close) = result {

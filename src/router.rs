@@ -2205,6 +2205,23 @@ impl Router {
             warn!(topic, "retained message not kept: max_retained_* reached");
             return;
         }
+        // Kept for long: its own exact allocations, not slices of a read buffer
+        // shared with other packets (which it would keep alive).
+        let msg = Arc::new(Message {
+            topic: msg.topic.clone(),
+            payload: bytes::Bytes::copy_from_slice(&msg.payload),
+            qos: msg.qos,
+            retain: msg.retain,
+            properties: crate::protocol::PublishProperties {
+                correlation_data: msg
+                    .properties
+                    .correlation_data
+                    .as_deref()
+                    .map(bytes::Bytes::copy_from_slice),
+                ..msg.properties.clone()
+            },
+            received: msg.received,
+        });
         self.retained_bytes += msg.cost();
         self.retained.set(topic, msg.clone());
         if let Some(st) = self.store.as_mut() {

@@ -571,3 +571,40 @@ async fn memory_of_closed_connections_is_returned() {
         "RSS idle {idle} kB, with 3,000 connections {peak} kB, 15 s after they closed {after} kB"
     );
 }
+
+/// Was: a 1-byte retained message sent in the same write behind a 1 MB PUBLISH
+/// kept the whole 1 MB read buffer alive (its payload was a slice of it): 200 of
+/// them held ~300 MB against the 16 MiB retained cap. Now a small part of a
+/// large buffer is copied out, and retained messages keep exact allocations.
+#[tokio::test]
+async fn small_retained_messages_do_not_pin_large_read_buffers() {
+    let b = BrokerProcess::spawn(&[]);
+    let pid = b.child.id();
+    let idle = proc_status(pid, "VmRSS");
+    let (mut c, _) = raw_connected(b.addr, ProtocolVersion::V311, "pinner", true).await;
+    let big = vec![0u8; 1_000_000];
+    for i in 0..200 {
+        let mut out = bytes::BytesMut::new();
+        let junk = publish_packet("junk", QoS::AtMostOnce, 0, &big);
+        protocol::encode(&junk, ProtocolVersion::V311, &mut out).unwrap();
+        let Packet::Publish(mut tiny) =
+            publish_packet(&format!("pin/{i}"), QoS::AtMostOnce, 0, b"x")
+        else {
+            unreachable!()
+        };
+        tiny.retain = true;
+        protocol::encode(&Packet::Publish(tiny), ProtocolVersion::V311, &mut out).unwrap();
+        c.send_bytes(&out).await;
+    }
+    c.send(&Packet::PingReq).await;
+    assert!(matches!(c.recv().await, Some(Packet::PingResp)));
+    drop(c);
+    // Let the connection's buffers go (and malloc give them back).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = proc_status(pid, "VmRSS").saturating_sub(idle) / 1024;
+    assert!(grown < 60, "200 tiny retained messages hold {grown} MB");
+    // And they are all kept.
+    let (mut s, _) = raw_connected(b.addr, V5, "pin-reader", true).await;
+    s.subscribe(1, "pin/#", QoS::AtMostOnce).await;
+    assert_eq!(count_retained(&mut s, 200).await, 200);
+}
