@@ -834,6 +834,10 @@ impl Router {
             for key in c.scheduled.drain(..) {
                 self.deadlines.remove(&key);
             }
+            // Its wake-up is gone with the rest: the next pump schedules anew.
+            if let Some(b) = c.retained.as_mut() {
+                b.wake_scheduled = false;
+            }
         }
     }
 
@@ -1373,6 +1377,7 @@ impl Router {
         // the normal rules (published now, or after its delay unless this
         // connection resumes the session first).
         let mut ended = false;
+        let mut taken_over = false;
         if let Some(c) = self.clients.get_mut(&id) {
             if let Some(old) = c.conn.take() {
                 let _ = old.kick.send(ReasonCode::SESSION_TAKEN_OVER);
@@ -1384,7 +1389,15 @@ impl Router {
                 // A session with expiry 0 ends with its connection: nothing to
                 // resume [MQTT-3.1.2-?, 3.1.2.11.2].
                 ended = c.session_expiry == 0;
+                // Publishers it held back no longer wait for it (as on a
+                // disconnect): its stall deadline goes with `unschedule` below,
+                // and the new connection may never read.
+                c.stall.stop(now);
+                taken_over = true;
             }
+        }
+        if taken_over {
+            self.release_held(&id);
         }
         // A session belongs to the user who made it: another login taking the
         // client id over starts clean, so it cannot read what was queued for the
@@ -2685,6 +2698,87 @@ mod tests {
         assert_eq!(r.session_count(), 1);
         r.tick(t0 + Duration::from_secs(15));
         assert_eq!(r.session_count(), 0, "expired 10 s after the disconnect");
+    }
+
+    fn publish_packet(topic: &str, qos: QoS, pid: u16, retain: bool) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: topic.into(),
+            packet_id: PacketId::new(pid).filter(|_| qos != QoS::AtMostOnce),
+            properties: PublishProperties::default(),
+            payload: Bytes::from_static(b"x"),
+        }
+    }
+
+    fn replies(c: &mut TestConn) -> usize {
+        let mut n = 0;
+        while let Some(o) = c.outbox.try_recv() {
+            n += usize::from(matches!(o, Outgoing::Reply(_)));
+        }
+        n
+    }
+
+    /// Review finding: a takeover of a subscriber that was holding publishers
+    /// back kept their acks held (its stall deadline went with `unschedule`), so
+    /// a new connection that never reads held them for ever.
+    #[test]
+    fn takeover_releases_the_publishers_a_full_subscriber_held() {
+        let t0 = Instant::now();
+        let mut cfg = Config::default();
+        cfg.limits.max_queued_messages = 5;
+        let mut r = Router::new(&cfg, Arc::new(Metrics::default()));
+        let (_, _sub) = connect(&mut r, "sub", 1, false, 100, None, t0);
+        subscribe(&mut r, "sub", 1, "t", QoS::AtLeastOnce, t0);
+        let (_, mut publ) = connect(&mut r, "pub", 2, true, 0, None, t0);
+        for pid in 1..=30 {
+            r.publish_from_client(
+                &"pub".into(),
+                2,
+                publish_packet("t", QoS::AtLeastOnce, pid, false),
+                t0,
+            );
+        }
+        let acked = replies(&mut publ);
+        assert!(acked < 30, "some acks are held ({acked} of 30 sent)");
+        let (_, _sub2) = connect(&mut r, "sub", 3, false, 100, None, t0);
+        r.tick(t0 + Duration::from_secs(3600));
+        assert_eq!(
+            acked + replies(&mut publ),
+            30,
+            "all acks released by the takeover"
+        );
+    }
+
+    /// Review finding: a takeover removed the QoS 0 retained backlog's wake-up
+    /// but left it marked as scheduled, so the rest was never sent.
+    #[test]
+    fn qos0_retained_backlog_goes_on_after_a_takeover() {
+        let t0 = Instant::now();
+        let mut r = router();
+        for i in 0..2000 {
+            r.publish(
+                None,
+                publish_packet(&format!("r/{i}"), QoS::AtMostOnce, 0, true),
+                t0,
+                false,
+            );
+        }
+        let (_, mut first) = connect(&mut r, "s", 1, false, 100, None, t0);
+        subscribe(&mut r, "s", 1, "r/#", QoS::AtMostOnce, t0);
+        let mut got = topics(&mut first).len();
+        let (_, mut second) = connect(&mut r, "s", 2, false, 100, None, t0);
+        let mut now = t0;
+        for _ in 0..1000 {
+            got += topics(&mut second).len();
+            if got >= 2000 {
+                break;
+            }
+            now += Duration::from_millis(20);
+            r.tick(now);
+        }
+        assert_eq!(got, 2000, "every retained message arrived");
     }
 }
 
