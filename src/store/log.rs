@@ -251,7 +251,10 @@ fn move_aside(dir: &Path, path: &Path, id: u64, why: &str) {
 fn repair(path: &Path, salt: Option<u64>, damage: &[Damage]) -> io::Result<()> {
     let f = OpenOptions::new().write(true).open(path)?;
     for d in damage {
-        let size = (d.to - d.from).max(record::HEADER + 10);
+        // Exactly the damaged bytes, never more: the next record is intact. A
+        // region too small for a padding record stays as it is (and is
+        // reported again at the next start).
+        let size = d.to - d.from;
         let bytes = match d.resumed {
             Some(next) => match record::pad(d.first_lost, next, size, salt) {
                 Some(p) => p,
@@ -703,6 +706,44 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(aside, 1, "the damage was copied aside once");
+    }
+
+    /// Review finding: a damaged record shorter than a padding record (a
+    /// `SessionGone` is 18 bytes) was padded over with 27 bytes, destroying the
+    /// start of the intact record after it at the next start.
+    #[test]
+    fn repairing_a_small_damaged_record_keeps_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, _) = v1_segment(1, 1, 0);
+        let mut offs = Vec::new();
+        b.truncate(HEADER_V1);
+        let ops = [retain(0), Op::SessionGone { sid: 1 }, retain(1), retain(2)];
+        for (i, op) in ops.iter().enumerate() {
+            offs.push(b.len());
+            record::encode(op, 1 + i as u64, Clock::read(), &mut b);
+        }
+        assert!(
+            offs[2] - offs[1] < record::HEADER + 10,
+            "a record smaller than a pad"
+        );
+        b.resize(65536, 0);
+        b[offs[1] + 12] ^= 0x01;
+        std::fs::write(segment_path(dir.path(), 1), &b).unwrap();
+        let kept = |r: &[Replayed]| -> Vec<String> {
+            r.iter()
+                .filter_map(|r| match &r.op {
+                    Op::Retain { message } => Some(message.topic.to_string()),
+                    _ => None,
+                })
+                .collect()
+        };
+        for start in 0..2 {
+            let (log, r) = Log::open(dir.path(), 65536, Clock::read()).unwrap();
+            assert_eq!(kept(&r), vec!["t/0", "t/1", "t/2"], "start {start}");
+            let head = log.head_id();
+            drop(log);
+            std::fs::remove_file(segment_path(dir.path(), head)).unwrap();
+        }
     }
 
     #[test]
