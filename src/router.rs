@@ -652,8 +652,10 @@ impl Router {
             c.sid = s.rec.sid;
             c.username = s.rec.username.clone();
             c.session_expiry = s.rec.expiry;
-            // Its address is not stored: it counts against its user only.
-            let holder = Holder::new(c.username.clone(), None);
+            // Its address is not stored. A claimed (unverified) username counts
+            // as anonymous, as it did before the restart.
+            let user = c.username.clone().filter(|_| s.rec.verified);
+            let holder = Holder::new(user, None);
             self.quota.add(&holder);
             c.holder = Some(Box::new(holder));
             // A session that was connected when Tern stopped counts as
@@ -719,6 +721,7 @@ impl Router {
             will,
             will_due,
             username: c.username.clone(),
+            verified: c.holder.as_ref().is_some_and(|h| h.user.is_some()),
         }));
     }
 

@@ -608,3 +608,38 @@ async fn small_retained_messages_do_not_pin_large_read_buffers() {
     s.subscribe(1, "pin/#", QoS::AtMostOnce).await;
     assert_eq!(count_retained(&mut s, 200).await, 200);
 }
+
+/// Review finding: after a restart, sessions made under a merely claimed
+/// username (no password file) counted as a verified user's and could never be
+/// expired for room, so a flood of them locked new persistent clients out until
+/// they expired. Whether a username was verified is now stored with the session.
+#[tokio::test]
+async fn claimed_usernames_stay_anonymous_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TERN_LIMITS__MAX_SESSIONS", "5")];
+    let spawn = || {
+        let mut cmd = BrokerProcess::command();
+        cmd.arg("--data-dir").arg(dir.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        BrokerProcess::spawn_cmd(cmd)
+    };
+    let mut b = spawn();
+    for i in 0..5 {
+        let ((code, _), _) = connect_from(
+            b.addr,
+            "127.0.0.1",
+            &format!("claimed-{i}"),
+            Some(("anyone", "")),
+            false,
+        )
+        .await;
+        assert_eq!(code, 0);
+    }
+    b.terminate();
+    let b = spawn();
+    let ((code, _), _) = connect_from(b.addr, "127.0.0.1", "newcomer", None, false).await;
+    assert_eq!(code, 0, "an offline session with a claimed name makes room");
+    assert!(b.wait_log_count("expired the oldest offline anonymous session", 1, WAIT));
+}

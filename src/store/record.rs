@@ -126,6 +126,11 @@ pub struct SessionRec {
     /// offline session (and its Will) against. Written last and only when set,
     /// so records written before it existed still decode (as None).
     pub username: Option<Arc<str>>,
+    /// The username was verified (password or certificate), not just claimed:
+    /// the session counts against its user, not as anonymous, for the session
+    /// table. A byte after the username, written only when true; older records
+    /// read as false.
+    pub verified: bool,
 }
 
 /// One delivery of a message to one persistent session.
@@ -347,6 +352,9 @@ pub fn encode_salted(
             }
             if let Some(u) = &s.username {
                 put_bytes(buf, u.as_bytes());
+                if s.verified {
+                    buf.push(1);
+                }
             }
         }
         Op::SessionGone { sid } => put_var(buf, *sid),
@@ -658,6 +666,7 @@ pub fn decode_body(kind: u8, body: &[u8], clock: Clock) -> Result<Op, Bad> {
             } else {
                 Some(Arc::from(r.string()?))
             };
+            let verified = !r.b.is_empty() && r.u8()? == 1;
             Op::Session(SessionRec {
                 sid,
                 client_id,
@@ -666,6 +675,7 @@ pub fn decode_body(kind: u8, body: &[u8], clock: Clock) -> Result<Op, Bad> {
                 will,
                 will_due,
                 username,
+                verified,
             })
         }
         2 => Op::SessionGone { sid: r.var()? },
@@ -809,7 +819,8 @@ mod tests {
                     properties: PublishProperties::default(),
                 })),
                 will_due: Some(1_700_000_005),
-                username: None,
+                username: Some("alice".into()),
+                verified: true,
             }),
             Op::SessionGone { sid: 3 },
             Op::Sub {

@@ -179,6 +179,7 @@ impl State {
                 will: None,
                 will_due: None,
                 username: None,
+                verified: false,
             },
             loc: Loc { seg: 0, bytes: 0 },
             subs: Map::default(),
@@ -517,6 +518,7 @@ mod tests {
             will: None,
             will_due: None,
             username: None,
+            verified: false,
         })
     }
 
@@ -637,6 +639,7 @@ mod tests {
                 will: None,
                 will_due: None,
                 username: None,
+                verified: false,
             }),
             loc(1),
         );
