@@ -405,6 +405,8 @@ struct Target {
     qos: QoS,
     retain_as_published: bool,
     ids: Vec<u32>,
+    /// Chosen as a member of a shared group (never merged with others).
+    shared: bool,
 }
 
 /// What became of one delivery, for the publisher's acknowledgement and the store.
@@ -643,6 +645,7 @@ impl Router {
                     retain: r.retain,
                     subscription_ids: r.sub_ids,
                     did: r.did,
+                    shared: false,
                 };
                 match PacketId::new(r.pid) {
                     Some(pid) => c.session.restore_inflight(d, pid, r.released),
@@ -1248,6 +1251,7 @@ impl Router {
                 retain: false,
                 subscription_ids: s.identifier.into_iter().collect(),
                 did,
+                shared: true,
             };
             let sub_ids = d.subscription_ids.clone();
             let outcome = self.deliver_to(&to, d, now, false);
@@ -1790,6 +1794,7 @@ impl Router {
                 subscription_ids: owed.identifier.into_iter().collect(),
                 message: m.clone(),
                 did,
+                shared: false,
             };
             let sub_ids = if did != 0 {
                 d.subscription_ids.clone()
@@ -2134,6 +2139,7 @@ impl Router {
                         qos: s.options.qos,
                         retain_as_published: s.options.retain_as_published,
                         ids: s.identifier.into_iter().collect(),
+                        shared: false,
                     });
                 }
             }
@@ -2144,6 +2150,7 @@ impl Router {
                 qos: s.options.qos,
                 retain_as_published: s.options.retain_as_published,
                 ids: s.identifier.into_iter().collect(),
+                shared: true,
             });
         }
         self.scratch_matches = matches;
@@ -2170,6 +2177,7 @@ impl Router {
                 retain: msg.retain && t.retain_as_published,
                 subscription_ids: t.ids,
                 did,
+                shared: t.shared,
             };
             let (retain, sub_ids) = if did != 0 {
                 (d.retain, d.subscription_ids.clone())
@@ -2752,6 +2760,33 @@ mod tests {
             30,
             "all acks released by the takeover"
         );
+    }
+
+    /// Only what a shared subscription gave a member is handed on when it goes:
+    /// not its copy from a plain subscription to the same topic (review finding:
+    /// the group got the message twice).
+    #[test]
+    fn only_shared_deliveries_are_handed_on() {
+        let t0 = Instant::now();
+        let mut r = router();
+        let (_, _a) = connect(&mut r, "a", 1, true, 0, None, t0);
+        subscribe(&mut r, "a", 1, "$share/g/t", QoS::AtLeastOnce, t0);
+        subscribe(&mut r, "a", 1, "t", QoS::AtLeastOnce, t0);
+        let (_, mut b) = connect(&mut r, "b", 2, true, 0, None, t0);
+        subscribe(&mut r, "b", 2, "$share/g/t", QoS::AtLeastOnce, t0);
+        for round in 0..2u16 {
+            r.publish(
+                None,
+                publish_packet("t", QoS::AtLeastOnce, round + 1, false),
+                t0,
+                false,
+            );
+        }
+        // Two messages: the group gave one to each member; A also has both
+        // through its plain subscription.
+        assert_eq!(topics(&mut b).len(), 1);
+        drop_conn(&mut r, "a", 1, DisconnectKind::WithWill, t0);
+        assert_eq!(topics(&mut b).len(), 1, "only A's shared one is handed on");
     }
 
     /// Review finding: a takeover removed the QoS 0 retained backlog's wake-up

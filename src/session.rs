@@ -71,6 +71,10 @@ pub struct Delivery {
     /// The store's id for this delivery, or 0 when it is not durable (QoS 0, or a
     /// session that does not outlive its connection).
     pub did: u64,
+    /// It came through a shared subscription: if its session ends before the
+    /// client acknowledged it, another member of the group gets it (not
+    /// stored: after a restart it counts as not shared).
+    pub shared: bool,
 }
 
 /// A change to a durable delivery's state, for the router to write to the store.
@@ -533,16 +537,16 @@ impl Session {
         gone
     }
 
-    /// The QoS 1 messages given to this session that its client has not
-    /// acknowledged, in flight or queued: when the session ends, a shared
-    /// subscription's share of them goes to another member (5.0 section 4.8.2).
+    /// The QoS 1 messages a shared subscription gave this session that its
+    /// client has not acknowledged, in flight or queued: when the session ends,
+    /// they go to another member of the group (5.0 section 4.8.2).
     /// QoS 2 stays: it must not go to another client [MQTT-4.8.2-5].
     pub fn unacknowledged_qos1(&self) -> impl Iterator<Item = &Arc<Message>> {
         self.inflight
             .iter()
             .map(|i| &i.delivery)
             .chain(self.pending.iter())
-            .filter(|d| d.qos == QoS::AtLeastOnce)
+            .filter(|d| d.qos == QoS::AtLeastOnce && d.shared)
             .map(|d| &d.message)
     }
 
@@ -589,6 +593,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
             did: 0,
+            shared: false,
         }
     }
 
@@ -745,6 +750,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
             did: 0,
+            shared: false,
         };
         assert_eq!(
             s.deliver(exp, false, &lim, now, false),

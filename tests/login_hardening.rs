@@ -27,6 +27,15 @@ const V311: ProtocolVersion = ProtocolVersion::V311;
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const MIB: u64 = 1024 * 1024;
 
+/// The tests of this file load both cores (hundreds of attackers, argon2
+/// threads): one at a time, so their time bounds measure the broker, not each
+/// other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// VmRSS, VmHWM (bytes) and Threads of a process, from /proc.
 #[derive(Debug, Clone, Copy, Default)]
 struct ProcStatus {
@@ -90,15 +99,6 @@ const MEMORY_BOUND: u64 = 2 * 19 * MIB + 64 * MIB;
 ///   valid user's address has no failures, so it waits for at most the checks
 ///   already running);
 /// - some attackers were refused as busy (the queue is bounded), none got in.
-/// The tests of this file load both cores (hundreds of attackers, argon2
-/// threads): one at a time, so their time bounds measure the broker, not each
-/// other.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn alone() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 #[test]
 fn wrong_password_storm_keeps_memory_and_threads_bounded_and_lets_a_valid_user_in() {
     let _alone = alone();
