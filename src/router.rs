@@ -1190,13 +1190,15 @@ impl Router {
             if let Some(h) = &c.holder {
                 self.quota.remove(h);
             }
-            if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
-                st.ops.push(Op::SessionGone { sid: c.sid });
-            }
             for spec in c.session.subscriptions.keys() {
                 self.subs.remove(spec, id);
             }
+            // Handed-on messages are written before the session's end, so no torn
+            // batch can keep the end and lose the hand-on.
             self.hand_on_shared(&c.session, now);
+            if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
+                st.ops.push(Op::SessionGone { sid: c.sid });
+            }
         }
         // A map keeps its largest size: after a burst of clients has gone, give
         // the room back (amortised: only when a quarter or less is used).
@@ -1335,29 +1337,6 @@ impl Router {
             return Err(ReasonCode::SERVER_UNAVAILABLE);
         }
         let id = req.client_id.clone();
-        // Room in the persistent-session table, before anything changes. A
-        // session that ends with its connection needs none: clean clients are
-        // never refused for it (max_connections bounds them).
-        let holder = (req.session_expiry > 0).then(|| {
-            let user = req.username.clone().filter(|_| req.verified);
-            Holder::new(user, req.addr)
-        });
-        if let Some(h) = &holder {
-            let counted = self
-                .clients
-                .get(&id)
-                .and_then(|c| c.holder.as_ref())
-                .is_some_and(|old| old.user == h.user);
-            if !counted {
-                if let Err(why) = self.make_room(h, &id, now) {
-                    info!(client = %id, reason = ?why, "CONNECT refused: no room for another persistent session");
-                    self.metrics
-                        .sessions_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(ReasonCode::QUOTA_EXCEEDED);
-                }
-            }
-        }
         // A Will the client may not publish is refused with the CONNECT, as
         // Mosquitto does, rather than accepted and silently dropped later.
         if let (Some(acl), Some(w)) = (&self.acl, &req.will) {
@@ -1378,6 +1357,30 @@ impl Router {
                     owner = c.username.as_deref().unwrap_or(""),
                     "CONNECT refused: the client id's persistent session belongs to another user");
                 return Err(ReasonCode::NOT_AUTHORIZED);
+            }
+        }
+        // Room in the persistent-session table, after every other refusal (making
+        // room may expire someone) and before anything changes. A
+        // session that ends with its connection needs none: clean clients are
+        // never refused for it (max_connections bounds them).
+        let holder = (req.session_expiry > 0).then(|| {
+            let user = req.username.clone().filter(|_| req.verified);
+            Holder::new(user, req.addr)
+        });
+        if let Some(h) = &holder {
+            let counted = self
+                .clients
+                .get(&id)
+                .and_then(|c| c.holder.as_ref())
+                .is_some_and(|old| old.user == h.user);
+            if !counted {
+                if let Err(why) = self.make_room(h, &id, now) {
+                    info!(client = %id, reason = ?why, "CONNECT refused: no room for another persistent session");
+                    self.metrics
+                        .sessions_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(ReasonCode::QUOTA_EXCEEDED);
+                }
             }
         }
         // Takeover: close the existing connection [MQTT-3.1.4-3]; its will follows
@@ -1770,7 +1773,11 @@ impl Router {
             let m = owed.message.clone();
             let qos = m.qos.min(owed.qos);
             let room = if qos == QoS::AtMostOnce {
-                room_qos0 && outbox_bytes + m.cost() <= self.limits.max_bytes
+                // One bigger than the whole outbox budget never fits: let
+                // `deliver_to` drop it (counted) rather than wait for ever.
+                room_qos0
+                    && (outbox_bytes + m.cost() <= self.limits.max_bytes
+                        || m.cost() > self.limits.max_bytes)
             } else {
                 queue_empty
             };
@@ -2089,7 +2096,19 @@ impl Router {
             received: now,
         });
         if msg.retain {
-            self.store_retained(&topic, &msg);
+            let at_budget = self.store.as_ref().is_some_and(|s| s.handle.over_budget());
+            if at_budget && !msg.payload.is_empty() {
+                // At the disk budget (or with the disk full) a retained message
+                // would wait in the store's memory until space returns: QoS 1/2
+                // ones were refused above, QoS 0 ones are delivered but not kept.
+                // Clearing one (empty payload) still works: it frees space.
+                self.metrics
+                    .retained_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(topic = %topic, "retained message not kept: storage is at its budget");
+            } else {
+                self.store_retained(&topic, &msg);
+            }
         }
         let clients = &self.clients;
         let acl = self.acl.as_deref();
