@@ -4,11 +4,12 @@
 //!
 //! Owns the order and the per-subscription options (QoS, identifier) of what is
 //! still owed; it does not check the ACL, expiry or room (the router does, when it
-//! sends). A message waiting here costs one `Arc` pointer: the message itself is
-//! the retained store's.
+//! sends). What is owed is a topic: the router sends the retained message the
+//! topic has when it gets there (a newer one, or none if it was cleared), so a
+//! backlog never keeps replaced messages alive; an entry costs one `Arc<str>`
+//! pointer to a topic the retained store holds anyway.
 
 use crate::protocol::QoS;
-use crate::session::Message;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -17,12 +18,12 @@ struct Batch {
     filter: Arc<str>,
     qos: QoS,
     identifier: Option<u32>,
-    messages: VecDeque<Arc<Message>>,
+    topics: VecDeque<Arc<str>>,
 }
 
-/// One retained message owed, with the options of the subscription that asked.
+/// One retained topic owed, with the options of the subscription that asked.
 pub struct Owed {
-    pub message: Arc<Message>,
+    pub topic: Arc<str>,
     /// The subscription's maximum QoS.
     pub qos: QoS,
     pub identifier: Option<u32>,
@@ -45,29 +46,29 @@ impl RetainedBacklog {
         self.len == 0
     }
 
-    /// Owe `messages` for `filter`, keeping at most `cap` owed in all (a client
-    /// repeating SUBSCRIBE `#` cannot pile up copies of the whole store). Returns
-    /// how many were left out.
+    /// Owe the retained messages of `topics` for `filter`, keeping at most
+    /// `cap` owed in all (a client repeating SUBSCRIBE `#` cannot pile up the
+    /// whole store again and again). Returns how many were left out.
     pub fn push(
         &mut self,
         filter: Arc<str>,
         qos: QoS,
         identifier: Option<u32>,
-        mut messages: Vec<Arc<Message>>,
+        mut topics: Vec<Arc<str>>,
         cap: usize,
     ) -> usize {
         let room = cap.saturating_sub(self.len);
-        let dropped = messages.len().saturating_sub(room);
-        messages.truncate(room);
-        if messages.is_empty() {
+        let dropped = topics.len().saturating_sub(room);
+        topics.truncate(room);
+        if topics.is_empty() {
             return dropped;
         }
-        self.len += messages.len();
+        self.len += topics.len();
         self.batches.push_back(Batch {
             filter,
             qos,
             identifier,
-            messages: messages.into(),
+            topics: topics.into(),
         });
         dropped
     }
@@ -76,11 +77,11 @@ impl RetainedBacklog {
     pub fn pop(&mut self) -> Option<Owed> {
         loop {
             let batch = self.batches.front_mut()?;
-            match batch.messages.pop_front() {
-                Some(message) => {
+            match batch.topics.pop_front() {
+                Some(topic) => {
                     self.len -= 1;
                     return Some(Owed {
-                        message,
+                        topic,
                         qos: batch.qos,
                         identifier: batch.identifier,
                     });
@@ -97,13 +98,13 @@ impl RetainedBacklog {
         self.len += 1;
         match self.batches.front_mut() {
             Some(b) if b.qos == owed.qos && b.identifier == owed.identifier => {
-                b.messages.push_front(owed.message)
+                b.topics.push_front(owed.topic)
             }
             _ => self.batches.push_front(Batch {
                 filter: Arc::from(""),
                 qos: owed.qos,
                 identifier: owed.identifier,
-                messages: VecDeque::from([owed.message]),
+                topics: VecDeque::from([owed.topic]),
             }),
         }
     }
@@ -113,7 +114,7 @@ impl RetainedBacklog {
         self.batches.retain(|b| {
             let keep = &*b.filter != filter;
             if !keep {
-                self.len -= b.messages.len();
+                self.len -= b.topics.len();
             }
             keep
         });
@@ -123,18 +124,9 @@ impl RetainedBacklog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::PublishProperties;
-    use std::time::Instant;
 
-    fn msg(topic: &str) -> Arc<Message> {
-        Arc::new(Message {
-            topic: Arc::from(topic),
-            payload: bytes::Bytes::from_static(b"x"),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            properties: PublishProperties::default(),
-            received: Instant::now(),
-        })
+    fn msg(topic: &str) -> Arc<str> {
+        Arc::from(topic)
     }
 
     #[test]
@@ -158,12 +150,12 @@ mod tests {
         assert_eq!(dropped, 1, "over the cap of 3");
         assert_eq!(b.len(), 3);
         let first = b.pop().unwrap();
-        assert_eq!((&*first.message.topic, first.identifier), ("a/1", Some(7)));
+        assert_eq!((&*first.topic, first.identifier), ("a/1", Some(7)));
         b.unpop(first);
-        assert_eq!(&*b.pop().unwrap().message.topic, "a/1");
+        assert_eq!(&*b.pop().unwrap().topic, "a/1");
         b.forget_filter("b/#");
         assert_eq!(b.len(), 1);
-        assert_eq!(&*b.pop().unwrap().message.topic, "a/2");
+        assert_eq!(&*b.pop().unwrap().topic, "a/2");
         assert!(b.pop().is_none());
         assert!(b.is_empty());
     }

@@ -1722,7 +1722,12 @@ impl Router {
             }
         }
         for (filter, qos, identifier) in retained_for {
-            let matching = self.retained.matching(&filter);
+            let matching: Vec<Arc<str>> = self
+                .retained
+                .matching(&filter)
+                .into_iter()
+                .map(|m| m.topic.clone())
+                .collect();
             if matching.is_empty() {
                 continue;
             }
@@ -1770,7 +1775,10 @@ impl Router {
                 c.retained = None;
                 return;
             };
-            let m = owed.message.clone();
+            // The topic's retained message now (cleared since: nothing to send).
+            let Some(m) = self.retained.get(&owed.topic).cloned() else {
+                continue;
+            };
             let qos = m.qos.min(owed.qos);
             let room = if qos == QoS::AtMostOnce {
                 // One bigger than the whole outbox budget never fits: let
