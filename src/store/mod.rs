@@ -174,7 +174,7 @@ pub fn open(
         buf: Vec::with_capacity(64 * 1024),
         last_sync: Instant::now(),
         unsynced: false,
-        pending: Vec::new(),
+        pending: Parked::default(),
         crossed: false,
     };
     // What expired while Tern was down goes first.
@@ -202,6 +202,50 @@ pub fn open(
     ))
 }
 
+/// Ops waiting for a segment to be created (no space), in order. A session's
+/// record replaces the one of the same session already waiting: a client
+/// reconnecting in a loop while the disk is full must not grow this without
+/// bound, the latest record is the one that counts, and a session's id is never
+/// reused.
+#[derive(Default)]
+struct Parked {
+    ops: Vec<Op>,
+    /// Where each session's record waits in `ops`.
+    sessions: crate::hash::Map<u64, usize>,
+}
+
+impl Parked {
+    fn park(&mut self, ops: impl IntoIterator<Item = Op>) {
+        for op in ops {
+            if let Op::Session(rec) = &op {
+                if let Some(slot) = self
+                    .sessions
+                    .get(&rec.sid)
+                    .and_then(|&i| self.ops.get_mut(i))
+                {
+                    *slot = op;
+                    continue;
+                }
+                self.sessions.insert(rec.sid, self.ops.len());
+            }
+            self.ops.push(op);
+        }
+    }
+
+    fn take(&mut self) -> Vec<Op> {
+        self.sessions.clear();
+        std::mem::take(&mut self.ops)
+    }
+
+    fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
 struct Writer {
     log: log::Log,
     state: State,
@@ -217,7 +261,7 @@ struct Writer {
     /// not published meanwhile, so nothing that depends on them goes out; the
     /// router refuses new QoS 1/2 messages (`over_budget`) until then. Bounded by
     /// what waiting clients can produce without acknowledgements.
-    pending: Vec<Op>,
+    pending: Parked,
     /// The disk budget was crossed by a rotation (logged once per crossing).
     crossed: bool,
 }
@@ -318,7 +362,7 @@ impl Writer {
     /// waits there) and are written once a segment can be created.
     fn write_ops(&mut self, ops: Vec<Op>, clock: Clock) {
         if self.stuck() {
-            self.pending.extend(ops);
+            self.pending.park(ops);
             if let Err(e) = self.log.ensure_head() {
                 self.no_space(&e);
                 return;
@@ -328,7 +372,7 @@ impl Writer {
                 self.pending.len()
             );
             self.state.add_segment(self.log.head_id());
-            let ops = std::mem::take(&mut self.pending);
+            let ops = self.pending.take();
             self.append_ops(ops, clock);
             self.update_budget();
             return;
@@ -355,8 +399,7 @@ impl Writer {
                 // (a record larger than a segment gets a segment of its own).
                 self.flush_buf();
                 if !self.rotate(seq) {
-                    self.pending.push(op);
-                    self.pending.extend(ops);
+                    self.pending.park(std::iter::once(op).chain(ops));
                     break;
                 }
                 record::seal(&mut rec, self.log.salt());
@@ -504,5 +547,44 @@ impl Writer {
                 info!("storage: back under the disk budget");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::SessionRec;
+
+    fn session(sid: u64, expiry: u32) -> Op {
+        Op::Session(SessionRec {
+            sid,
+            client_id: format!("c{sid}").into(),
+            expiry,
+            disconnected_at: None,
+            will: None,
+            will_due: None,
+            username: None,
+            verified: false,
+        })
+    }
+
+    /// A session's records while the disk is full: one waits, the latest.
+    #[test]
+    fn parked_session_records_do_not_pile_up() {
+        let mut p = Parked::default();
+        for round in 0..1000 {
+            p.park([
+                session(1, round),
+                session(2, round),
+                Op::SessionGone { sid: 3 },
+            ]);
+        }
+        assert_eq!(p.len(), 2 + 1000, "two session records, every other op");
+        let ops = p.take();
+        assert!(matches!(&ops[0], Op::Session(r) if r.sid == 1 && r.expiry == 999));
+        assert!(matches!(&ops[1], Op::Session(r) if r.sid == 2 && r.expiry == 999));
+        assert!(p.is_empty());
+        p.park([session(1, 5)]);
+        assert_eq!(p.len(), 1, "a fresh start after take");
     }
 }
