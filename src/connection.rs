@@ -50,13 +50,18 @@ pub struct PreLoginBudget {
 }
 
 impl PreLoginBudget {
+    /// Return `n` bytes taken with `try_take`.
+    pub(crate) fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
     /// Bytes held now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 
     /// Take `n` bytes if the total stays within `max`.
-    fn try_take(&self, n: usize, max: usize) -> bool {
+    pub(crate) fn try_take(&self, n: usize, max: usize) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
                 u.checked_add(n).filter(|&t| t <= max)
@@ -268,6 +273,10 @@ where
         }
         Ok(Ok(c)) => c,
     };
+    // A WebSocket's pre-login bytes are counted below tungstenite until now.
+    if let Some(gate) = &peer.gate {
+        gate.open();
+    }
     // Boxed: the handshake runs once, and inline its state would be reserved in
     // every connection's future for its whole life.
     let Some(mut conn) = Box::pin(handshake(&mut stream, *connect, &peer, conn_id, &shared)).await

@@ -105,7 +105,7 @@ async fn upgrade(
     socket: TcpStream,
     addr: SocketAddr,
     transport: &Transport,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Option<(BoxedIo, Peer)> {
     let Some(cell) = &transport.tls else {
         return websocket(socket, Peer::plain(addr), shared).await;
@@ -136,7 +136,11 @@ async fn upgrade(
     } else {
         CertIdentity::NotUsed
     };
-    let peer = Peer { addr, cert };
+    let peer = Peer {
+        addr,
+        cert,
+        gate: None,
+    };
     if !transport.websocket {
         return Some((Box::new(tls) as BoxedIo, peer));
     }
@@ -146,11 +150,16 @@ async fn upgrade(
 /// The WebSocket upgrade over `stream` (TCP or TLS).
 async fn websocket<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
-    peer: Peer,
-    shared: &Shared,
+    mut peer: Peer,
+    shared: &Arc<Shared>,
 ) -> Option<(BoxedIo, Peer)> {
+    let gate = crate::ws::PreLoginGate::new(shared.clone());
+    let stream = crate::ws::Gated::new(stream, gate.clone());
     match crate::ws::accept(stream, shared.config.limits.max_packet_size).await {
-        Ok(ws) => Some((Box::new(ws) as BoxedIo, peer)),
+        Ok(ws) => {
+            peer.gate = Some(gate);
+            Some((Box::new(ws) as BoxedIo, peer))
+        }
         Err(e) => {
             shared
                 .metrics

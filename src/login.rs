@@ -52,6 +52,9 @@ pub enum CertIdentity {
 pub struct Peer {
     pub addr: SocketAddr,
     pub cert: CertIdentity,
+    /// A WebSocket's count of what it sent before its CONNECT (opened by the
+    /// connection once the CONNECT is read).
+    pub gate: Option<std::sync::Arc<crate::ws::PreLoginGate>>,
 }
 
 impl Peer {
@@ -59,6 +62,7 @@ impl Peer {
         Peer {
             addr,
             cert: CertIdentity::NotUsed,
+            gate: None,
         }
     }
 }

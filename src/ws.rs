@@ -6,10 +6,13 @@
 //! span messages and one message may hold several packets [MQTT-6.0.0-2], so
 //! reads simply concatenate message payloads. Pings are answered by tungstenite.
 
+use crate::connection::Shared;
 use bytes::{Buf, Bytes};
 use futures_util::{Sink, Stream};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -17,6 +20,146 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
+
+/// Bytes a WebSocket client may send before its CONNECT has been read without
+/// being charged to the pre-login budget: the HTTP upgrade request and an
+/// ordinary CONNECT fit.
+const PRE_LOGIN_FREE: usize = 4096;
+
+/// What a WebSocket client sent before its CONNECT was read, charged to the
+/// connections' shared pre-login budget (`unauthenticated_buffer_bytes`) like a
+/// TCP client's CONNECT buffer. tungstenite collects a message before handing it
+/// on, up to the message size limit (`max_packet_size`): without this, 400
+/// half-sent 1 MB messages held 400 MB before anyone logged in. The connection
+/// opens the gate once it has its CONNECT; from then on nothing is counted.
+pub struct PreLoginGate {
+    shared: Arc<Shared>,
+    /// Bytes read from the socket so far (before the gate opened).
+    read: AtomicUsize,
+    /// Bytes of `read` charged to the budget (given back when the gate opens or
+    /// the connection ends).
+    charged: AtomicUsize,
+    open: AtomicBool,
+}
+
+impl std::fmt::Debug for PreLoginGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreLoginGate")
+            .field("read", &self.read.load(Ordering::Relaxed))
+            .field("open", &self.open.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl PreLoginGate {
+    pub fn new(shared: Arc<Shared>) -> Arc<PreLoginGate> {
+        Arc::new(PreLoginGate {
+            shared,
+            read: AtomicUsize::new(0),
+            charged: AtomicUsize::new(0),
+            open: AtomicBool::new(false),
+        })
+    }
+
+    /// The CONNECT has been read: stop counting, give the charge back.
+    pub fn open(&self) {
+        self.open.store(true, Ordering::Relaxed);
+        self.give_back();
+    }
+
+    fn give_back(&self) {
+        let n = self.charged.swap(0, Ordering::Relaxed);
+        self.shared.pre_login.give_back(n);
+    }
+
+    /// Count `n` more bytes read before the CONNECT; Err when they pass the
+    /// first-packet limit or the shared budget.
+    fn count(&self, n: usize) -> io::Result<()> {
+        if self.open.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let limits = &self.shared.config.limits;
+        let read = self.read.fetch_add(n, Ordering::Relaxed) + n;
+        // Framing and the upgrade request on top of the largest CONNECT.
+        let most = (limits.max_connect_packet_size as usize).saturating_add(64 * 1024);
+        if read > most {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more than max_connect_packet_size before CONNECT",
+            ));
+        }
+        let owed = read
+            .saturating_sub(PRE_LOGIN_FREE)
+            .saturating_sub(self.charged.load(Ordering::Relaxed));
+        if owed > 0 {
+            if !self
+                .shared
+                .pre_login
+                .try_take(owed, limits.unauthenticated_buffer_bytes)
+            {
+                self.shared
+                    .metrics
+                    .connects_over_budget
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "unauthenticated_buffer_bytes reached",
+                ));
+            }
+            self.charged.fetch_add(owed, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PreLoginGate {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// The socket under tungstenite, counting what it reads until the gate opens.
+pub struct Gated<S> {
+    inner: S,
+    gate: Arc<PreLoginGate>,
+}
+
+impl<S> Gated<S> {
+    pub fn new(inner: S, gate: Arc<PreLoginGate>) -> Gated<S> {
+        Gated { inner, gate }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        Poll::Ready(self.gate.count(n))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// The subprotocols we answer to, in order of preference: `mqtt` (MQTT 3.1.1 and
 /// 5.0, [MQTT-6.0.0-3]) and `mqttv3.1` (older clients).

@@ -311,3 +311,64 @@ setTimeout(() => { console.error('TIMEOUT'); process.exit(4); }, 10000);
         rt.block_on(broker.shutdown());
     }
 }
+
+/// Was: a WebSocket client's bytes before its CONNECT sat in tungstenite's message
+/// buffer up to `max_packet_size`, outside `unauthenticated_buffer_bytes`: 200
+/// half-sent 1 MB messages held 100+ MB before anyone logged in. Now they are
+/// counted below tungstenite like a TCP client's CONNECT buffer (the first
+/// packet's limit and the shared budget), and a normal client still gets in.
+#[tokio::test]
+async fn half_sent_websocket_messages_before_connect_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tern.toml");
+    std::fs::write(
+        &cfg,
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\nwebsocket = true\n\n[storage]\nin_memory = true\n\n\
+         [auth]\nallow_anonymous = true\n",
+    )
+    .unwrap();
+    let b = BrokerProcess::spawn_config(&cfg);
+    let addr = b.listener_addrs(1)[0];
+    let pid = b.child.id();
+    let idle = proc_status(pid, "VmRSS");
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        let mut req = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        let mut tcp = ws.into_inner();
+        // A masked binary frame declaring 1,000,000 bytes (mask key 0), then half.
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&1_000_000u64.to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend(std::iter::repeat_n(0u8, 512 * 1024));
+        // The broker may close it part way: that is the point.
+        let _ = tcp.write_all(&frame).await;
+        held.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = proc_status(pid, "VmRSS").saturating_sub(idle) / 1024;
+    // The budget is 16 MiB; before, ~100 MB (512 KiB each).
+    assert!(grown < 50, "200 half-sent messages hold {grown} MB");
+    // A well-behaved client logs in meanwhile.
+    let (mut ws, _) = ws_connect(addr, Some("mqtt")).await.expect("upgrade");
+    let mut out = BytesMut::new();
+    protocol::encode(
+        &connect_packet(ProtocolVersion::V311, "ws-ok", true),
+        ProtocolVersion::V311,
+        &mut out,
+    )
+    .unwrap();
+    ws.send(Message::Binary(out.freeze())).await.unwrap();
+    let reply = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("CONNACK in time");
+    match reply {
+        Some(Ok(Message::Binary(b))) => assert_eq!(&b[..], &[0x20, 0x02, 0x00, 0x00]),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    drop(held);
+}
