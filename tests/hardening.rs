@@ -313,6 +313,14 @@ async fn connect_from(
     ((head[3], head[2] & 1 == 1), stream)
 }
 
+/// Alice's persistent session `alice-{i}`: (return code, session present).
+async fn alice(addr: std::net::SocketAddr, i: usize) -> (u8, bool) {
+    let id = format!("alice-{i}");
+    connect_from(addr, "127.0.0.1", &id, Some(("alice", "secret")), false)
+        .await
+        .0
+}
+
 /// Was: 20,000 CONNECTs with random ids and long expiry filled the session
 /// table in 4 s and then every new client, clean ones too, was refused (0x97 /
 /// 0x03) for 7 days, across restarts. Now clean sessions take no persistent
@@ -334,15 +342,7 @@ async fn a_session_flood_cannot_lock_others_out_or_push_out_users() {
     let b = BrokerProcess::spawn_config(&config);
     let addr = b.listener_addrs(1)[0];
     for i in 0..5 {
-        let (ack, _) = connect_from(
-            addr,
-            "127.0.0.1",
-            &format!("alice-{i}"),
-            Some(("alice", "secret")),
-            false,
-        )
-        .await;
-        assert_eq!(ack.0, 0);
+        assert_eq!(alice(addr, i).await.0, 0);
     }
     // One anonymous address: 10 persistent sessions, then refused; clean ones
     // still welcome.
@@ -365,15 +365,11 @@ async fn a_session_flood_cannot_lock_others_out_or_push_out_users() {
     }
     assert!(b.wait_log_count("expired the oldest offline anonymous session", 15, WAIT));
     for i in 0..5 {
-        let ((code, present), _) = connect_from(
-            addr,
-            "127.0.0.1",
-            &format!("alice-{i}"),
-            Some(("alice", "secret")),
-            false,
-        )
-        .await;
-        assert_eq!((code, present), (0, true), "alice-{i} kept her session");
+        assert_eq!(
+            alice(addr, i).await,
+            (0, true),
+            "alice-{i} kept her session"
+        );
     }
     let ((code, present), _) = connect_from(addr, "127.0.0.1", "anon-0", None, false).await;
     assert_eq!(
