@@ -169,7 +169,9 @@ where
         .metrics
         .connections_current
         .fetch_add(1, Ordering::Relaxed);
-    serve_inner(stream, peer, conn_id, shared.clone())
+    // Boxed: the peer is read at CONNECT only, and inline it would take its
+    // room in every connection's future for the connection's whole life.
+    serve_inner(stream, Box::new(peer), conn_id, shared.clone())
         .instrument(span)
         .await;
     shared
@@ -178,7 +180,7 @@ where
         .fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve_inner<S>(mut stream: S, peer: Peer, conn_id: u64, shared: Arc<Shared>)
+async fn serve_inner<S>(mut stream: S, peer: Box<Peer>, conn_id: u64, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
