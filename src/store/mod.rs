@@ -6,7 +6,7 @@
 //! everything submitted so far, appends it, fsyncs once (group commit) and
 //! publishes the ticket of the last batch it made durable. The router holds back
 //! every acknowledgement or delivery that depends on a batch until its ticket is
-//! synced (see `router.rs`). At start, the log is replayed (`log.rs`) into the
+//! synced (see `router/`). At start, the log is replayed (`log.rs`) into the
 //! live-record index (`state.rs`), which gives the router what to rebuild.
 //!
 //! Keyed state (sessions, subscriptions, retained) lives in the same log as the

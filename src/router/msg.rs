@@ -1,0 +1,159 @@
+//! What connections and the broker say to the router, and what it answers:
+//! `RouterMsg`, the CONNECT request and its reply, and the handle through which
+//! the router reaches a connection (outbox, kick, windows).
+
+use crate::auth::Acl;
+use crate::protocol::{
+    LastWill, PacketId, ProtocolVersion, Publish, ReasonCode, Subscribe, Unsubscribe,
+};
+use crate::session::ClientId;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// The handle a connection gives the router so it can reach the socket.
+#[derive(Debug)]
+pub struct ConnHandle {
+    pub conn_id: u64,
+    pub version: ProtocolVersion,
+    pub outbox: crate::outbox::OutboxSender,
+    /// Closing the connection from the router side (takeover, shutdown), with the
+    /// reason to put in a v5 DISCONNECT.
+    pub kick: oneshot::Sender<ReasonCode>,
+    /// The client's Maximum Packet Size (v5), for skipping oversized deliveries
+    /// [MQTT-3.1.2-25].
+    pub max_packet_size: Option<u32>,
+    /// How many QoS 1/2 deliveries may be unacknowledged: the client's Receive
+    /// Maximum capped by `max_inflight`.
+    pub window: usize,
+    /// Outbox slots kept free for replies to the client's own packets; the
+    /// connection stops reading before it could owe more than this.
+    pub reply_reserve: usize,
+}
+
+impl ConnHandle {
+    /// Outbox slots free for deliveries.
+    pub(super) fn room(&self) -> usize {
+        self.outbox.capacity().saturating_sub(self.reply_reserve)
+    }
+
+    /// Tell the connection to close with `reason`, keeping the handle: the
+    /// connection reports back as usual when it has gone.
+    pub(super) fn close_with(&mut self, reason: ReasonCode) {
+        let kick = std::mem::replace(&mut self.kick, oneshot::channel().0);
+        let _ = kick.send(reason);
+    }
+}
+
+pub struct ConnectRequest {
+    pub client_id: ClientId,
+    pub clean_start: bool,
+    /// Seconds; already capped by `max_session_expiry`. u32::MAX means "never".
+    pub session_expiry: u32,
+    pub will: Option<LastWill>,
+    /// Who the client logged in as (None: anonymous); the ACL's `user` and `%u`.
+    pub username: Option<Arc<str>>,
+    /// The login was checked against the password file.
+    pub by_password: bool,
+    /// The client's address, for the per-address cap on anonymous persistent
+    /// sessions (None: not known, e.g. in tests).
+    pub addr: Option<std::net::IpAddr>,
+    /// The username was verified (password or certificate), not just claimed:
+    /// only then do its sessions count against the user instead of the address.
+    pub verified: bool,
+    pub handle: ConnHandle,
+}
+
+#[derive(Debug)]
+pub struct ConnectAccepted {
+    pub session_present: bool,
+}
+
+/// Why a connection ended, as the router needs to know it for the Will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectKind {
+    /// DISCONNECT with reason 0x00: the Will is discarded [MQTT-3.1.2-10].
+    Normal,
+    /// Anything else: DISCONNECT 0x04 or another code, a protocol error, keep-alive
+    /// timeout, socket error, takeover, server shutdown: the Will is published.
+    WithWill,
+}
+
+pub enum RouterMsg {
+    Connect {
+        request: Box<ConnectRequest>,
+        reply: oneshot::Sender<Result<ConnectAccepted, ReasonCode>>,
+    },
+    /// Application messages from one connection, in order (a connection batches
+    /// what one read brought); for QoS 1/2 the router answers with a `Reply`.
+    Publishes {
+        client: ClientId,
+        conn_id: u64,
+        publishes: Vec<Publish>,
+    },
+    PubAck {
+        client: ClientId,
+        conn_id: u64,
+        packet_id: PacketId,
+    },
+    /// Answered with PUBREL when `success`.
+    PubRec {
+        client: ClientId,
+        conn_id: u64,
+        packet_id: PacketId,
+        success: bool,
+    },
+    /// Answered with PUBCOMP.
+    PubRel {
+        client: ClientId,
+        conn_id: u64,
+        packet_id: PacketId,
+    },
+    PubComp {
+        client: ClientId,
+        conn_id: u64,
+        packet_id: PacketId,
+    },
+    /// The connection could not send this delivery (over the client's Maximum
+    /// Packet Size): count it as delivered.
+    Skipped {
+        client: ClientId,
+        conn_id: u64,
+        packet_id: PacketId,
+    },
+    Subscribe {
+        client: ClientId,
+        conn_id: u64,
+        subscribe: Subscribe,
+        reply: oneshot::Sender<Vec<ReasonCode>>,
+    },
+    Unsubscribe {
+        client: ClientId,
+        conn_id: u64,
+        unsubscribe: Unsubscribe,
+        reply: oneshot::Sender<Vec<ReasonCode>>,
+    },
+    Disconnected {
+        client: ClientId,
+        conn_id: u64,
+        kind: DisconnectKind,
+        /// A new Session Expiry Interval from a v5 DISCONNECT.
+        session_expiry: Option<u32>,
+    },
+    /// A new ACL (SIGHUP reload); None allows everything. Existing subscriptions
+    /// the new ACL denies are removed.
+    SetAcl {
+        acl: Option<Arc<Acl>>,
+        reply: oneshot::Sender<()>,
+    },
+    /// The password file was reloaded: close connections that logged in with a
+    /// password as a user it no longer has (DISCONNECT 0x87 on v5).
+    Revoke {
+        passwords: Arc<crate::auth::PasswordFile>,
+        reply: oneshot::Sender<()>,
+    },
+    /// Graceful shutdown: close every connection (DISCONNECT 0x8B), refuse new
+    /// ones. Replies when connections have been told.
+    Shutdown { reply: oneshot::Sender<()> },
+    /// Publish every pending will now and stop. Sent after connections have ended.
+    Finish { reply: oneshot::Sender<()> },
+}

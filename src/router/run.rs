@@ -1,0 +1,100 @@
+//! The router's task: the thin async shell around the synchronous `Router`.
+//! Handles messages in order and in batches, fires deadlines on time, releases
+//! what waited for the store's sync, and sweeps expired retained messages.
+
+use super::{Router, RouterMsg};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+/// The router task: handle messages in order, fire deadlines on time, sweep
+/// expired retained messages. Stops after `Finish`, or when every sender is gone.
+pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
+    // Limit work per turn so deadlines are not starved by a message flood.
+    const BATCH: usize = 256;
+    const SWEEP_EVERY: Duration = Duration::from_secs(60);
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    let mut synced = router.synced_watch();
+    // What recovery wrote (sessions that were connected at the crash).
+    router.end_turn();
+    'turns: loop {
+        let wake = router
+            .next_deadline()
+            .map_or(next_sweep, |d| d.min(next_sweep));
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            Some(t) = next_synced(&mut synced) => {
+                router.release(t);
+                router.end_turn();
+                continue;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                router.tick(now);
+                if now >= next_sweep {
+                    router.sweep(now);
+                    next_sweep = now + SWEEP_EVERY;
+                }
+                router.end_turn();
+                continue;
+            }
+        };
+        let Some(msg) = msg else {
+            break;
+        };
+        let now = Instant::now();
+        if !router.handle(msg, now) {
+            break;
+        }
+        for _ in 0..BATCH {
+            match rx.try_recv() {
+                Ok(m) => {
+                    if !router.handle(m, now) {
+                        break 'turns;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if router.next_deadline().is_some_and(|d| d <= now) {
+            router.tick(now);
+        }
+        router.end_turn();
+    }
+    // Stopping: the last batch (wills, final session records) must be durable
+    // before `Finish` is answered and the store closes.
+    router.end_turn();
+    if let (Some(rx), Some(st)) = (synced.as_mut(), router.store.as_ref()) {
+        let target = st.handle.submitted();
+        let wait = async {
+            while *rx.borrow_and_update() < target {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .is_err()
+        {
+            warn!("storage: the last batch was not synced within 10 s");
+        }
+        let t = *rx.borrow();
+        router.release(t);
+    }
+    if let Some(reply) = router.finish_reply.take() {
+        let _ = reply.send(());
+    }
+}
+
+/// The next synced ticket from the store, or never without a store.
+async fn next_synced(rx: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            // The store thread is gone: nothing more will be synced.
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
