@@ -1,0 +1,106 @@
+//! Rebuilding the router from what the store recovered: retained messages,
+//! sessions with their subscriptions, queued and in-flight deliveries, inbound
+//! QoS 2 ids and pending wills, with expiry and will deadlines.
+
+use super::*;
+
+impl Router {
+    /// Persist through `store`, starting from what it recovered.
+    pub fn with_store(mut self, handle: StoreHandle, recovered: Recovered, now: Instant) -> Router {
+        self.store = Some(StoreLink {
+            handle,
+            ops: Vec::new(),
+            waiting: VecDeque::new(),
+            synced: 0,
+            next_sid: recovered.next_sid.max(1),
+            next_mid: recovered.next_mid.max(1),
+            next_did: recovered.next_did.max(1),
+        });
+        self.restore(recovered, now);
+        self
+    }
+
+    /// Rebuild sessions, subscriptions, queues and retained messages from the store.
+    pub(super) fn restore(&mut self, rec: Recovered, now: Instant) {
+        let now_unix = unix_now();
+        let clock = Clock {
+            now,
+            unix_ms: now_unix * 1000,
+        };
+        for m in rec.retained {
+            if m.is_expired(now) {
+                continue;
+            }
+            self.retained_bytes += m.cost();
+            self.retained.set(&m.topic.clone(), m);
+        }
+        for s in rec.sessions {
+            let id = s.rec.client_id.clone();
+            let mut c = Client::new(id.clone());
+            for (filter, options, identifier) in s.subs {
+                let Ok(spec) = FilterSpec::parse(&filter, self.topic_limits) else {
+                    warn!(%filter, "stored subscription no longer valid under the topic limits: dropped");
+                    continue;
+                };
+                let sub = Subscription {
+                    options,
+                    identifier,
+                };
+                c.session.subscriptions.insert(spec.clone(), sub);
+                self.subs.insert(&spec, id.clone(), sub);
+            }
+            c.session.inbound_qos2.extend(s.inbound_qos2);
+            for (message, r) in s.deliveries {
+                let d = Delivery {
+                    message,
+                    qos: r.qos,
+                    retain: r.retain,
+                    subscription_ids: r.sub_ids,
+                    did: r.did,
+                    shared: false,
+                };
+                match PacketId::new(r.pid) {
+                    Some(pid) => c.session.restore_inflight(d, pid, r.released),
+                    None => c.session.restore_pending(d),
+                }
+            }
+            c.sid = s.rec.sid;
+            c.username = s.rec.username.clone();
+            c.session_expiry = s.rec.expiry;
+            // Its address is not stored. A claimed (unverified) username counts
+            // as anonymous, as it did before the restart.
+            let user = c.username.clone().filter(|_| s.rec.verified);
+            let holder = Holder::new(user, None);
+            self.quota.add(&holder);
+            c.holder = Some(Box::new(holder));
+            // A session that was connected when Tern stopped counts as
+            // disconnected now, without DISCONNECT: its Will applies.
+            let was_online = s.rec.disconnected_at.is_none();
+            c.disconnected_unix = s.rec.disconnected_at.unwrap_or(now_unix);
+            if let Some(will) = s.rec.will {
+                let due = match s.rec.will_due {
+                    Some(t) if !was_online => clock.instant_of_secs(t),
+                    _ => now + Duration::from_secs(u64::from(will.delay_interval)),
+                };
+                c.pending_will = Some(Box::new(PendingWill { will, due }));
+            }
+            let will_due = c.pending_will.as_ref().map(|w| w.due);
+            let disconnected = c.disconnected_unix;
+            self.clients.insert(id.clone(), c);
+            if s.rec.expiry != u32::MAX {
+                let at =
+                    clock.instant_of_secs(disconnected.saturating_add(u64::from(s.rec.expiry)));
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.expires_at = Some(at);
+                }
+                self.schedule(at, &id);
+            }
+            if let Some(due) = will_due {
+                self.schedule(due, &id);
+            }
+            if was_online {
+                self.save_session(&id, now);
+            }
+        }
+    }
+}
