@@ -1,0 +1,212 @@
+//! The router's side of the durable store: session records, delivery state
+//! changes and messages written as ops, the batch handed over at the end of a
+//! turn, what is released once the store has synced, and the disk budget.
+
+use super::*;
+
+impl Router {
+    /// Write `id`'s session record (if it is persisted).
+    pub(super) fn save_session(&mut self, id: &ClientId, now: Instant) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        let Some(c) = self.clients.get(id) else {
+            return;
+        };
+        if c.sid == 0 {
+            return;
+        }
+        let now_unix = unix_now();
+        let (disconnected_at, will, will_due) = if c.online() {
+            (None, c.will.clone(), None)
+        } else {
+            match &c.pending_will {
+                Some(pw) => (
+                    Some(c.disconnected_unix),
+                    Some(pw.will.clone()),
+                    Some(unix_of(pw.due, now, now_unix)),
+                ),
+                None => (Some(c.disconnected_unix), None, None),
+            }
+        };
+        st.ops.push(Op::Session(SessionRec {
+            sid: c.sid,
+            client_id: id.clone(),
+            expiry: c.session_expiry,
+            disconnected_at,
+            will,
+            will_due,
+            username: c.username.clone(),
+            verified: c.holder.as_ref().is_some_and(|h| h.user.is_some()),
+        }));
+    }
+
+    /// Turn the session's delivery events into store ops.
+    pub(super) fn store_events(&mut self, id: &ClientId) {
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        if c.session.events.is_empty() {
+            return;
+        }
+        let Some(st) = self.store.as_mut() else {
+            c.session.events.clear();
+            return;
+        };
+        for e in c.session.events.drain(..) {
+            match e {
+                Event::Assigned { did, pid } => push_deliv(&mut st.ops, did, pid, false),
+                Event::Released { did, pid } => push_deliv(&mut st.ops, did, pid, true),
+                Event::Done { did } => match run_of(&mut st.ops, true) {
+                    Some(Op::Done { dids }) => dids.push(did),
+                    _ => st.ops.push(Op::Done { dids: vec![did] }),
+                },
+            }
+        }
+    }
+
+    /// End of a router turn: hand this turn's ops to the store as one batch (also
+    /// an empty one when outputs wait for its ticket).
+    pub fn end_turn(&mut self) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        let next = st.handle.next_ticket();
+        if !st.ops.is_empty() || st.waiting.back().is_some_and(|(t, _)| *t == next) {
+            st.handle.submit(&mut st.ops);
+        }
+    }
+
+    /// The store made batches up to `synced` durable: let what waited on them go.
+    pub fn release(&mut self, synced: u64) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        st.synced = st.synced.max(synced);
+        while st.waiting.front().is_some_and(|(t, _)| *t <= st.synced) {
+            let Some((_, held)) = st.waiting.pop_front() else {
+                break;
+            };
+            match held {
+                Held::Codes { reply, codes } => {
+                    let _ = reply.send(codes);
+                }
+                Held::Out {
+                    client,
+                    conn_id,
+                    item,
+                } => {
+                    let Some(c) = self.clients.get_mut(&client) else {
+                        continue;
+                    };
+                    // For a connection that is gone the session keeps what matters:
+                    // unacknowledged deliveries are re-sent on resume.
+                    let Some(h) = c.conn.as_ref().filter(|h| h.conn_id == conn_id) else {
+                        continue;
+                    };
+                    let delivery = matches!(item, Outgoing::Publish { .. });
+                    send_now(h, item, &self.metrics);
+                    if delivery {
+                        c.gated = c.gated.saturating_sub(1);
+                    }
+                    c.held_out = c.held_out.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// The store's synced-ticket watch, for `run`.
+    pub(super) fn synced_watch(&self) -> Option<watch::Receiver<u64>> {
+        self.store.as_ref().map(|s| s.handle.synced.clone())
+    }
+
+    /// The disk budget is reached: a QoS 1/2 message that may need storing is
+    /// refused rather than acknowledged and lost. v5 clients get 0x97 Quota
+    /// exceeded; 3.1.1 has no negative acknowledgement, so the connection is
+    /// closed and the client re-sends later.
+    pub(super) fn refuse_over_budget(&mut self, id: &ClientId, conn_id: u64, p: &Publish) {
+        self.metrics.store_refused.fetch_add(1, Ordering::Relaxed);
+        let Some(pid) = p.packet_id else {
+            return;
+        };
+        let v5 = self
+            .clients
+            .get(id)
+            .and_then(|c| c.live(conn_id))
+            .is_some_and(|h| h.version == ProtocolVersion::V5);
+        if v5 {
+            let kind = match p.qos {
+                QoS::ExactlyOnce => ReplyKind::PubRec,
+                _ => ReplyKind::PubAck,
+            };
+            self.reply(id, conn_id, kind, pid, ReasonCode::QUOTA_EXCEEDED);
+        } else if let Some(h) = self
+            .clients
+            .get_mut(id)
+            .and_then(|c| c.conn.as_mut())
+            .filter(|h| h.conn_id == conn_id)
+        {
+            warn!(client = %id, "disk budget reached: closing a 3.1.1 connection instead of acknowledging a message it cannot store");
+            h.close_with(ReasonCode::QUOTA_EXCEEDED);
+        }
+    }
+
+    /// Would routing this QoS 1/2 message write anything durable: a retained
+    /// message, or a delivery to a persistent session? Asked only at the disk
+    /// budget, so a message that needs no storage is never refused for it. Every
+    /// member of a matching `$share` group counts (any may be chosen); the walk
+    /// moves each group's round-robin turn on by one, a small unfairness only
+    /// while the budget is reached.
+    pub(super) fn needs_store(&mut self, p: &Publish) -> bool {
+        if p.retain {
+            return true;
+        }
+        let clients = &self.clients;
+        let persistent = |k: &ClientId| clients.get(k).is_some_and(|c| c.sid != 0);
+        let shared_persistent = std::cell::Cell::new(false);
+        let mut matches = std::mem::take(&mut self.scratch_matches);
+        // Returning false visits every member of each group.
+        self.subs.matches_into(
+            &p.topic,
+            |k| {
+                if persistent(k) {
+                    shared_persistent.set(true);
+                }
+                false
+            },
+            &mut matches,
+        );
+        let plain = matches
+            .plain
+            .iter()
+            .any(|(k, s)| s.options.qos != QoS::AtMostOnce && persistent(k));
+        matches.plain.clear();
+        matches.shared.clear();
+        self.scratch_matches = matches;
+        plain || shared_persistent.get()
+    }
+
+    /// A new delivery id when a delivery at `qos` to session `sid` must be durable.
+    pub(super) fn new_did(&mut self, sid: u64, qos: QoS) -> u64 {
+        match self.store.as_mut() {
+            Some(st) if sid != 0 && qos != QoS::AtMostOnce => {
+                st.next_did += 1;
+                st.next_did - 1
+            }
+            _ => 0,
+        }
+    }
+
+    /// Write a message with its durable deliveries.
+    pub(super) fn write_message(&mut self, message: Arc<Message>, receivers: Vec<Receiver>) {
+        if let Some(st) = self.store.as_mut() {
+            let mid = st.next_mid;
+            st.next_mid += 1;
+            st.ops.push(Op::Msg {
+                mid,
+                message,
+                receivers,
+            });
+        }
+    }
+}
