@@ -1,0 +1,366 @@
+//! From one message to its receivers: matching the trie, merging a client's
+//! overlapping subscriptions (highest QoS, every identifier once), one member per
+//! shared group, the per-receiver ACL and size checks, and handing each delivery
+//! to its session (with backpressure). Also a departed member's shared messages
+//! handed on to the rest of its group.
+
+use super::*;
+
+/// A per-receiver merge of every matching plain subscription.
+pub(super) struct Target {
+    client: ClientId,
+    qos: QoS,
+    retain_as_published: bool,
+    ids: Vec<u32>,
+    /// Chosen as a member of a shared group (never merged with others).
+    shared: bool,
+}
+
+/// What became of one delivery, for the publisher's acknowledgement and the store.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Delivered {
+    /// Too big for the receiver: counts as delivered, nothing kept.
+    Skipped,
+    /// In the inflight window with this packet id (0 for QoS 0).
+    Sent(u16),
+    Queued,
+    /// Queued past a connected receiver's cap: hold the publisher's ack.
+    Held,
+}
+
+impl Delivered {
+    /// The packet id (0: none yet) when the session kept the delivery.
+    pub(super) fn kept(&self) -> Option<u16> {
+        match self {
+            Delivered::Skipped => None,
+            Delivered::Sent(pid) => Some(*pid),
+            Delivered::Queued | Delivered::Held => Some(0),
+        }
+    }
+}
+
+/// The encoded size of a delivery as a PUBLISH without topic alias (an upper bound
+/// of what is sent: an alias only shrinks it).
+fn publish_size(d: &Delivery, version: ProtocolVersion) -> usize {
+    let m = &d.message;
+    crate::protocol::PublishView {
+        dup: false,
+        qos: d.qos,
+        retain: d.retain,
+        topic: &m.topic,
+        packet_id: PacketId::new(1),
+        properties: &m.properties,
+        topic_alias: None,
+        message_expiry_interval: m.properties.message_expiry_interval,
+        subscription_identifiers: &d.subscription_ids,
+        payload: &m.payload,
+    }
+    .encoded_len(version)
+}
+
+impl Router {
+    /// Route one application message: retained store, then every matching
+    /// subscription. `from` is the publisher, for No Local. With `may_hold`, returns
+    /// a receiver whose full queue should hold the publisher's acknowledgement.
+    pub fn publish(
+        &mut self,
+        from: Option<&ClientId>,
+        mut p: Publish,
+        now: Instant,
+        may_hold: bool,
+    ) -> Option<ClientId> {
+        let topic: Arc<str> = Arc::from(p.topic.as_str());
+        // Per-hop properties never travel on: the alias is the publisher's,
+        // subscription identifiers are the receiver's (5.0 sections 3.3.2.3.4, 3.3.4).
+        p.properties.topic_alias = None;
+        p.properties.subscription_identifiers.clear();
+        let msg = Arc::new(Message {
+            topic: topic.clone(),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            received: now,
+        });
+        if msg.retain {
+            let at_budget = self.store.as_ref().is_some_and(|s| s.handle.over_budget());
+            if at_budget && !msg.payload.is_empty() {
+                // At the disk budget (or with the disk full) a retained message
+                // would wait in the store's memory until space returns: QoS 1/2
+                // ones were refused above, QoS 0 ones are delivered but not kept.
+                // Clearing one (empty payload) still works: it frees space.
+                self.metrics
+                    .retained_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(topic = %topic, "retained message not kept: storage is at its budget");
+            } else {
+                self.store_retained(&topic, &msg);
+            }
+        }
+        let clients = &self.clients;
+        let acl = self.acl.as_deref();
+        let mut matches = std::mem::take(&mut self.scratch_matches);
+        // A `$share` group's message goes to a connected member that may also read
+        // the topic, so one member's narrower ACL does not lose it for the group.
+        self.subs.matches_into(
+            &topic,
+            |k| {
+                clients.get(k).is_some_and(|c| {
+                    c.online() && acl.is_none_or(|a| a.can_read(c.username.as_deref(), k, &topic))
+                })
+            },
+            &mut matches,
+        );
+        // Overlapping subscriptions of one client give one copy at the highest QoS
+        // with every identifier [MQTT-3.3.4-2] [MQTT-3.3.4-3]. A handful of matches
+        // is the norm: merge by a linear scan, with an index only for many.
+        let mut targets: Vec<Target> =
+            Vec::with_capacity(matches.plain.len() + matches.shared.len());
+        let mut index: Option<Map<ClientId, usize>> = (matches.plain.len() > 16).then(Map::default);
+        for (cid, s) in matches.plain.drain(..) {
+            // [MQTT-3.8.3-3] No Local: not back to the publisher.
+            if s.options.no_local && from == Some(&cid) {
+                continue;
+            }
+            let found = match &index {
+                Some(ix) => ix.get(&cid).copied(),
+                None => targets.iter().position(|t| t.client == cid),
+            };
+            match found.and_then(|i| targets.get_mut(i)) {
+                Some(t) => {
+                    t.qos = t.qos.max(s.options.qos);
+                    t.retain_as_published |= s.options.retain_as_published;
+                    // Two filters of one SUBSCRIBE share its identifier: it is
+                    // sent once [MQTT-3.3.4-3] (each identifier, not each match).
+                    if let Some(i) = s.identifier.filter(|i| !t.ids.contains(i)) {
+                        t.ids.push(i);
+                    }
+                }
+                None => {
+                    if let Some(ix) = &mut index {
+                        ix.insert(cid.clone(), targets.len());
+                    }
+                    targets.push(Target {
+                        client: cid,
+                        qos: s.options.qos,
+                        retain_as_published: s.options.retain_as_published,
+                        ids: s.identifier.into_iter().collect(),
+                        shared: false,
+                    });
+                }
+            }
+        }
+        for (cid, s) in matches.shared.drain(..) {
+            targets.push(Target {
+                client: cid,
+                qos: s.options.qos,
+                retain_as_published: s.options.retain_as_published,
+                ids: s.identifier.into_iter().collect(),
+                shared: true,
+            });
+        }
+        self.scratch_matches = matches;
+        if targets.is_empty() {
+            self.metrics
+                .messages_no_subscribers
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let mut held_by = None;
+        let mut receivers = Vec::new();
+        for t in targets {
+            // [convention: ACLs on publish and on delivery] the receiver must
+            // be allowed to read this topic, whatever its filter matched.
+            if !self.may_read(&t.client, &topic) {
+                continue;
+            }
+            let qos = msg.qos.min(t.qos);
+            let sid = self.clients.get(&t.client).map_or(0, |c| c.sid);
+            let did = self.new_did(sid, qos);
+            let d = Delivery {
+                message: msg.clone(),
+                qos,
+                // [MQTT-3.3.1-12/13] RETAIN is kept only with Retain As Published.
+                retain: msg.retain && t.retain_as_published,
+                subscription_ids: t.ids,
+                did,
+                shared: t.shared,
+            };
+            let (retain, sub_ids) = if did != 0 {
+                (d.retain, d.subscription_ids.clone())
+            } else {
+                (false, Vec::new())
+            };
+            let outcome = self.deliver_to(&t.client, d, now, may_hold);
+            if let Some(pid) = outcome.as_ref().and_then(|o| o.kept()).filter(|_| did != 0) {
+                receivers.push(Receiver {
+                    did,
+                    sid,
+                    qos,
+                    retain,
+                    pid,
+                    released: false,
+                    sub_ids,
+                });
+            }
+            if outcome == Some(Delivered::Held) {
+                held_by.get_or_insert(t.client);
+            }
+        }
+        if !receivers.is_empty() {
+            self.write_message(msg, receivers);
+        }
+        held_by
+    }
+
+    /// Hand one delivery to a session. None when it was dropped.
+    pub(super) fn deliver_to(
+        &mut self,
+        id: &ClientId,
+        d: Delivery,
+        now: Instant,
+        may_hold: bool,
+    ) -> Option<Delivered> {
+        let c = self.clients.get_mut(id)?;
+        if let Some(h) = &c.conn {
+            if let Some(max) = h.max_packet_size {
+                if publish_size(&d, h.version) > max as usize {
+                    // [MQTT-3.1.2-25] too big for this receiver: skip it, as if
+                    // delivered.
+                    self.metrics
+                        .dropped_too_large
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Some(Delivered::Skipped);
+                }
+            }
+        }
+        let online = c.online();
+        if online && d.qos == QoS::AtMostOnce {
+            // QoS 0 to a connected client goes straight to the outbox, keeping room
+            // for a full window of QoS 1/2 and within `max_queued_bytes`: a slow
+            // reader loses QoS 0, counted.
+            if let Some(h) = &c.conn {
+                if c.room() <= h.window
+                    || h.outbox.bytes() + d.message.cost() > self.limits.max_bytes
+                {
+                    self.metrics
+                        .dropped_qos0_slow
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+        // Backpressure: a connected receiver at its cap takes the message anyway
+        // and the publisher's ack waits, unless it has used up its holding time
+        // (`StallMeter`: partial drains do not reset it).
+        let mut hold = false;
+        if may_hold && online && d.qos != QoS::AtMostOnce && c.session.queue_full(&self.limits) {
+            if let Some(budget) = self.backpressure {
+                hold = !c.stall.stalled(now, budget);
+                if hold && !c.stall.is_holding() {
+                    c.stall.start(now);
+                    if let Some(at) = c.stall.stalls_at(now, budget) {
+                        self.schedule(at, id);
+                    }
+                }
+            }
+        }
+        let c = self.clients.get_mut(id)?;
+        match c.session.deliver(d, online, &self.limits, now, hold) {
+            DeliverOutcome::Send(o) => {
+                let pid = match &o {
+                    Outgoing::Publish {
+                        packet_id: Some(p), ..
+                    } => p.get(),
+                    _ => 0,
+                };
+                // Only a closing connection can refuse: the message stays in
+                // flight and is re-sent when the session resumes.
+                if let Some(conn_id) = c.conn.as_ref().map(|h| h.conn_id) {
+                    self.push_out(id, conn_id, vec![o]);
+                }
+                Some(Delivered::Sent(pid))
+            }
+            DeliverOutcome::Queued if hold => Some(Delivered::Held),
+            DeliverOutcome::Queued => Some(Delivered::Queued),
+            DeliverOutcome::Dropped(DropReason::QueueFull) => {
+                self.metrics
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            DeliverOutcome::Dropped(DropReason::Expired) => {
+                self.metrics
+                    .messages_expired
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            DeliverOutcome::Dropped(DropReason::Qos0Offline) => None,
+        }
+    }
+
+    /// A session that ends with QoS 1 messages its client did not acknowledge:
+    /// those a shared subscription gave it go to another member of that group,
+    /// which the spec says SHOULD happen (5.0 section 4.8.2) and which keeps a
+    /// clean member that drops mid-flow from losing the group's message. (A
+    /// message that matched several of its groups goes to the first.)
+    pub(super) fn hand_on_shared(&mut self, gone: &Session, now: Instant) {
+        let shared: Vec<&FilterSpec> = gone
+            .subscriptions
+            .keys()
+            .filter(|s| s.is_shared())
+            .collect();
+        if shared.is_empty() {
+            return;
+        }
+        for m in gone.unacknowledged_qos1() {
+            if m.is_expired(now) {
+                continue;
+            }
+            let Some(spec) = shared
+                .iter()
+                .find(|s| crate::topic::matches(&s.filter, &m.topic))
+            else {
+                continue;
+            };
+            let clients = &self.clients;
+            let acl = self.acl.as_deref();
+            let topic = &m.topic;
+            let Some((to, s)) = self.subs.pick_shared(spec, |k| {
+                clients.get(k).is_some_and(|c| {
+                    c.online() && acl.is_none_or(|a| a.can_read(c.username.as_deref(), k, topic))
+                })
+            }) else {
+                continue;
+            };
+            if !self.may_read(&to, topic) {
+                continue;
+            }
+            let qos = m.qos.min(s.options.qos);
+            let sid = self.clients.get(&to).map_or(0, |c| c.sid);
+            let did = self.new_did(sid, qos);
+            let d = Delivery {
+                message: m.clone(),
+                qos,
+                retain: false,
+                subscription_ids: s.identifier.into_iter().collect(),
+                did,
+                shared: true,
+            };
+            let sub_ids = d.subscription_ids.clone();
+            let outcome = self.deliver_to(&to, d, now, false);
+            if let Some(pid) = outcome.as_ref().and_then(|o| o.kept()).filter(|_| did != 0) {
+                let receivers = vec![Receiver {
+                    did,
+                    sid,
+                    qos,
+                    retain: false,
+                    pid,
+                    released: false,
+                    sub_ids,
+                }];
+                self.write_message(m.clone(), receivers);
+            }
+            debug!(client = %gone.client_id, to = %to, topic = %m.topic, "shared message handed on");
+        }
+    }
+}
