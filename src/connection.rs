@@ -79,7 +79,7 @@ struct Charge<'a> {
 
 impl Drop for Charge<'_> {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.held, Ordering::AcqRel);
+        self.budget.give_back(self.held);
     }
 }
 

@@ -112,9 +112,10 @@ struct Job {
     reply: oneshot::Sender<bool>,
 }
 
-/// Waiting checks, best first: ordered by the failures already counted against
-/// the client's address, then by arrival. A client from an address with no
-/// recent failures goes before the addresses that are guessing, so a valid user
+/// Waiting checks, best first: ordered by rank (0 for an address a login
+/// succeeded from before, else 1 + the failures already counted against it),
+/// then by arrival. A returning user goes before strangers, and an address with
+/// no recent failures before the addresses that are guessing, so a valid user
 /// gets in within about one check's time however many guesses wait (the 500
 /// attackers of the issue fail again and again and sink to the back).
 struct Waiting {
@@ -165,13 +166,13 @@ impl HashPool {
         Ok(HashPool { shared })
     }
 
-    /// Queue a check. `failures`: its rank, 0 for an address that logged in
-    /// before, else 1 + the failures already counted against the address. Err when the queue is full of checks at least as deserving (the
-    /// client is refused at once); a less deserving one is pushed out instead
-    /// (its client is refused as busy), and so are checks nobody waits for.
+    /// Queue a check of `rank` (see `Waiting`). Err when the queue is full of
+    /// checks at least as deserving (the client is refused at once); a less
+    /// deserving one is pushed out instead (its client is refused as busy), and so
+    /// are checks nobody waits for.
     fn submit(
         &self,
-        failures: u32,
+        rank: u32,
         db: Arc<PasswordFile>,
         user: &str,
         password: Bytes,
@@ -182,7 +183,7 @@ impl HashPool {
         }
         if w.jobs.len() >= self.shared.capacity {
             match w.jobs.last_key_value() {
-                Some((&(worst, _), _)) if worst > failures => {
+                Some((&(worst, _), _)) if worst > rank => {
                     w.jobs.pop_last();
                 }
                 _ => return Err(()),
@@ -197,7 +198,7 @@ impl HashPool {
             password,
             reply: tx,
         };
-        w.jobs.insert((failures, seq), job);
+        w.jobs.insert((rank, seq), job);
         drop(w);
         self.shared.ready.notify_one();
         Ok(rx)
@@ -360,20 +361,20 @@ impl Logins {
         // own count: counting only after the check would give every attempt
         // already in flight the same delay, so parallel connections would escape
         // the doubling.
-        let (wait, failures) = {
+        let (wait, rank) = {
             let mut t = self.throttle();
             let now = Instant::now();
             let wait = t.delay(ip, now);
             // Queue rank: addresses that logged in before go first, then by
             // fewest failures, so a storm from fresh addresses cannot push out
             // the users who come back.
-            let failures = if t.known(ip) {
+            let rank = if t.known(ip) {
                 0
             } else {
                 t.failures(ip, now).saturating_add(1)
             };
             t.failed(ip, now);
-            (wait, failures)
+            (wait, rank)
         };
         // The delay comes before the queue: a throttled client holds no place.
         if !wait.is_zero() {
@@ -385,7 +386,7 @@ impl Logins {
         // A busy refusal stays counted as a failure: retrying at once must not
         // keep an address at the front of the queue.
         let answer = pool
-            .submit(failures, db, user, password)
+            .submit(rank, db, user, password)
             .map_err(|()| Refused::ServerBusy)?;
         // Closed unanswered: pushed out of the queue by a more deserving login.
         let ok = answer.await.map_err(|_| Refused::ServerBusy)?;

@@ -483,7 +483,6 @@ async fn long_subscriptions_are_capped_in_bytes_per_session() {
     let b = BrokerProcess::spawn(&[]);
     let rss_before = proc_status(b.child.id(), "VmRSS");
     let long = "f".repeat(1000);
-    let mut granted_total = 0;
     for s in 0..200 {
         let (mut c, _) = raw_connected(b.addr, V5, &format!("subs-{s}"), false).await;
         let mut granted = 0;
@@ -515,14 +514,12 @@ async fn long_subscriptions_are_capped_in_bytes_per_session() {
         }
         // 16 KiB at ~2.3 KB per 1 KB filter.
         assert!((5..=8).contains(&granted), "{granted} long filters granted");
-        granted_total += granted;
         if s == 0 {
             // A short filter still fits beside them.
             c.subscribe(100, "short/+", QoS::AtMostOnce).await;
         }
         c.send(&Packet::Disconnect(Default::default())).await;
     }
-    assert!(granted_total <= 200 * 8);
     let grown = (proc_status(b.child.id(), "VmRSS") - rss_before) / 1024;
     // Before: ~220 MB.
     assert!(grown < 60, "the broker grew by {grown} MB");

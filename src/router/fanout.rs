@@ -173,35 +173,17 @@ impl Router {
             if !self.may_read(&t.client, &topic) {
                 continue;
             }
-            let qos = msg.qos.min(t.qos);
-            let sid = self.clients.get(&t.client).map_or(0, |c| c.sid);
-            let did = self.new_did(sid, qos);
             let d = Delivery {
                 message: msg.clone(),
-                qos,
+                qos: msg.qos.min(t.qos),
                 // [MQTT-3.3.1-12/13] RETAIN is kept only with Retain As Published.
                 retain: msg.retain && t.retain_as_published,
                 subscription_ids: t.ids,
-                did,
+                did: 0,
                 shared: t.shared,
             };
-            let (retain, sub_ids) = if did != 0 {
-                (d.retain, d.subscription_ids.clone())
-            } else {
-                (false, Vec::new())
-            };
-            let outcome = self.deliver_to(&t.client, d, now, may_hold);
-            if let Some(pid) = outcome.as_ref().and_then(|o| o.kept()).filter(|_| did != 0) {
-                receivers.push(Receiver {
-                    did,
-                    sid,
-                    qos,
-                    retain,
-                    pid,
-                    released: false,
-                    sub_ids,
-                });
-            }
+            let (outcome, receiver) = self.deliver_durably(&t.client, d, now, may_hold);
+            receivers.extend(receiver);
             if outcome == Some(Delivered::Held) {
                 held_by.get_or_insert(t.client);
             }
@@ -210,6 +192,35 @@ impl Router {
             self.write_message(msg, receivers);
         }
         held_by
+    }
+
+    /// `deliver_to`, durable when the receiver's session is: the delivery gets a
+    /// store id first, and the `Receiver` the store writes with the message comes
+    /// back when the session kept it (the caller writes the message).
+    pub(super) fn deliver_durably(
+        &mut self,
+        to: &ClientId,
+        mut d: Delivery,
+        now: Instant,
+        may_hold: bool,
+    ) -> (Option<Delivered>, Option<Receiver>) {
+        let sid = self.clients.get(to).map_or(0, |c| c.sid);
+        d.did = self.new_did(sid, d.qos);
+        let stored = (d.did != 0).then(|| (d.did, d.qos, d.retain, d.subscription_ids.clone()));
+        let outcome = self.deliver_to(to, d, now, may_hold);
+        let receiver = stored.and_then(|(did, qos, retain, sub_ids)| {
+            let pid = outcome.as_ref()?.kept()?;
+            Some(Receiver {
+                did,
+                sid,
+                qos,
+                retain,
+                pid,
+                released: false,
+                sub_ids,
+            })
+        });
+        (outcome, receiver)
     }
 
     /// Hand one delivery to a session. None when it was dropped.
@@ -335,30 +346,16 @@ impl Router {
             if !self.may_read(&to, topic) {
                 continue;
             }
-            let qos = m.qos.min(s.options.qos);
-            let sid = self.clients.get(&to).map_or(0, |c| c.sid);
-            let did = self.new_did(sid, qos);
             let d = Delivery {
                 message: m.clone(),
-                qos,
+                qos: m.qos.min(s.options.qos),
                 retain: false,
                 subscription_ids: s.identifier.into_iter().collect(),
-                did,
+                did: 0,
                 shared: true,
             };
-            let sub_ids = d.subscription_ids.clone();
-            let outcome = self.deliver_to(&to, d, now, false);
-            if let Some(pid) = outcome.as_ref().and_then(|o| o.kept()).filter(|_| did != 0) {
-                let receivers = vec![Receiver {
-                    did,
-                    sid,
-                    qos,
-                    retain: false,
-                    pid,
-                    released: false,
-                    sub_ids,
-                }];
-                self.write_message(m.clone(), receivers);
+            if let (_, Some(r)) = self.deliver_durably(&to, d, now, false) {
+                self.write_message(m.clone(), vec![r]);
             }
             debug!(client = %gone.client_id, to = %to, topic = %m.topic, "shared message handed on");
         }

@@ -56,37 +56,18 @@ impl Router {
             if m.is_expired(now) || !self.may_read(id, &m.topic) {
                 continue;
             }
-            let sid = self.clients.get(id).map_or(0, |c| c.sid);
-            let did = self.new_did(sid, qos);
             let d = Delivery {
                 qos,
                 // [MQTT-3.3.1-8] retained-on-subscribe carries RETAIN 1.
                 retain: true,
                 subscription_ids: owed.identifier.into_iter().collect(),
                 message: m.clone(),
-                did,
+                did: 0,
                 shared: false,
             };
-            let sub_ids = if did != 0 {
-                d.subscription_ids.clone()
-            } else {
-                Vec::new()
-            };
             // Never held: nobody waits for an ack of a retained message.
-            let Some(outcome) = self.deliver_to(id, d, now, false) else {
-                continue;
-            };
-            if let Some(pid) = outcome.kept().filter(|_| did != 0) {
-                let receivers = vec![Receiver {
-                    did,
-                    sid,
-                    qos,
-                    retain: true,
-                    pid,
-                    released: false,
-                    sub_ids,
-                }];
-                self.write_message(m, receivers);
+            if let (_, Some(r)) = self.deliver_durably(id, d, now, false) {
+                self.write_message(m, vec![r]);
             }
         }
         // More left and room for it: go on after other work (just after `now`,

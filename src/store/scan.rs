@@ -171,6 +171,8 @@ fn resync(
 ) -> Option<(usize, u64)> {
     let last = data.len().checked_sub(MIN_RECORD)?;
     for at in from + 1..=last {
+        // INVARIANT: `at <= last`, so `b` holds at least MIN_RECORD (18) bytes:
+        // the header reads below are in bounds.
         let b = &data[at..];
         // Cheap checks first; the CRC only for what passes them.
         let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
