@@ -9,6 +9,7 @@
 //! At start the store (unless `storage.in_memory`) is opened and replayed before
 //! any listener accepts, so the first client already sees every recovered session.
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::connection::Shared;
 use crate::listener::Transport;
@@ -97,7 +98,7 @@ impl Broker {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let (router_tx, router_rx) = mpsc::channel(config.limits.router_queue);
-        let mut router = Router::new(&config, metrics.clone());
+        let mut router = Router::new(&config, metrics.clone(), Clock::read());
         let logins = crate::login::Logins::new(&config).map_err(io::Error::other)?;
         let acl = match &config.auth.acl_file {
             Some(path) => Some(Arc::new(
@@ -137,7 +138,7 @@ impl Broker {
         if !config.storage.in_memory {
             let (handle, thread, recovered) = crate::store::open(&config.storage, metrics.clone())
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            router = router.with_store(handle, recovered, std::time::Instant::now());
+            router = router.with_store(handle, recovered, Clock::read());
             store_thread = Some(thread);
         }
         // After recovery, so stored subscriptions are checked against the ACL of

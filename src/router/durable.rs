@@ -6,7 +6,7 @@ use super::*;
 
 impl Router {
     /// Write `id`'s session record (if it is persisted).
-    pub(super) fn save_session(&mut self, id: &ClientId, now: Instant) {
+    pub(super) fn save_session(&mut self, id: &ClientId) {
         let Some(st) = self.store.as_mut() else {
             return;
         };
@@ -16,7 +16,6 @@ impl Router {
         if c.sid == 0 {
             return;
         }
-        let now_unix = unix_now();
         let (disconnected_at, will, will_due) = if c.online() {
             (None, c.will.clone(), None)
         } else {
@@ -24,7 +23,7 @@ impl Router {
                 Some(pw) => (
                     Some(c.disconnected_unix),
                     Some(pw.will.clone()),
-                    Some(unix_of(pw.due, now, now_unix)),
+                    Some(self.turn.unix_secs_of(pw.due)),
                 ),
                 None => (Some(c.disconnected_unix), None, None),
             }

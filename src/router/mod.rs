@@ -11,6 +11,7 @@
 //! in, and `run` is the thin task around it.
 
 use crate::auth::Acl;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::hash::{Map, Set};
 use crate::metrics::Metrics;
@@ -26,7 +27,7 @@ use crate::session::{
 };
 use crate::session_quota::{Full, Holder, QuotaLimits, SessionQuota};
 use crate::stall::StallMeter;
-use crate::store::record::{Clock, Op, Receiver, SessionRec};
+use crate::store::record::{Op, Receiver, SessionRec};
 use crate::store::state::Recovered;
 use crate::store::StoreHandle;
 use crate::subscriptions::{Matches, SubscriptionTree};
@@ -250,19 +251,6 @@ fn push_deliv(ops: &mut Vec<Op>, did: u64, pid: PacketId, released: bool) {
     }
 }
 
-fn unix_now() -> u64 {
-    Clock::read().unix_secs()
-}
-
-/// The Unix time of `at`, given `now` and the Unix time of `now`.
-fn unix_of(at: Instant, now: Instant, now_unix: u64) -> u64 {
-    if at >= now {
-        now_unix + (at - now).as_secs()
-    } else {
-        now_unix.saturating_sub((now - at).as_secs())
-    }
-}
-
 pub struct Router {
     clients: Map<ClientId, Client>,
     subs: SubscriptionTree<ClientId, Subscription>,
@@ -299,12 +287,16 @@ pub struct Router {
     mark: Option<usize>,
     /// Who may publish and subscribe where; None: everyone everywhere.
     acl: Option<Arc<Acl>>,
+    /// The clock of the current turn, given by the caller of `handle`, `tick` or
+    /// `with_store`: Unix times written to the store are read from it.
+    turn: Clock,
     /// `auth.allow_cross_user_takeover`.
     cross_user_takeover: bool,
 }
 
 impl Router {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Router {
+    /// A router starting at `now` (the clock is the caller's: see `turn`).
+    pub fn new(config: &Config, metrics: Arc<Metrics>, now: Clock) -> Router {
         Router {
             clients: Map::default(),
             subs: SubscriptionTree::new(),
@@ -341,6 +333,7 @@ impl Router {
             finish_reply: None,
             mark: None,
             acl: None,
+            turn: now,
         }
     }
 
@@ -384,8 +377,10 @@ impl Router {
         }
     }
 
-    /// Handle one message. Returns false when the router should stop.
-    pub fn handle(&mut self, msg: RouterMsg, now: Instant) -> bool {
+    /// Handle one message at `now`. Returns false when the router should stop.
+    pub fn handle(&mut self, msg: RouterMsg, now: Clock) -> bool {
+        self.turn = now;
+        let now = now.now;
         self.mark = self.store.as_ref().map(|s| s.ops.len());
         let go_on = self.handle_msg(msg, now);
         self.mark = None;
@@ -513,7 +508,7 @@ impl Router {
             } => self.disconnected(&client, conn_id, kind, session_expiry, now),
             RouterMsg::Shutdown { reply } => {
                 self.shutting_down = true;
-                let now_unix = unix_now();
+                let now_unix = self.turn.unix_secs_of(now);
                 let mut persisted = Vec::new();
                 for (id, c) in self.clients.iter_mut() {
                     if let Some(h) = c.conn.take() {
@@ -533,7 +528,7 @@ impl Router {
                 }
                 // Disconnected from now on: expiry counts from here after a restart.
                 for id in persisted {
-                    self.save_session(&id, now);
+                    self.save_session(&id);
                 }
                 let _ = reply.send(());
             }
@@ -609,7 +604,9 @@ impl Router {
 
     /// Fire what is due at `now`: delayed wills, backpressure timeouts, expired
     /// sessions.
-    pub fn tick(&mut self, now: Instant) {
+    pub fn tick(&mut self, now: Clock) {
+        self.turn = now;
+        let now = now.now;
         while let Some(entry) = self.deadlines.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -691,7 +688,7 @@ impl Router {
         let w = *pw.will;
         if self.clients.get(id).is_some_and(|c| !c.online()) {
             // The Will is spent (sent or denied): a restart must not try again.
-            self.save_session(id, now);
+            self.save_session(id);
         }
         // A Will is a publish by its client: the ACL applies when it is sent too
         // (it may have changed since the CONNECT was checked).
@@ -910,7 +907,7 @@ impl Router {
                 st.ops.push(Op::SessionGone { sid: gone_sid });
             }
         }
-        self.save_session(&id, now);
+        self.save_session(&id);
         self.store_events(&id);
         self.push_out(&id, conn_id, out);
         self.pump_retained(&id, now);
@@ -1043,13 +1040,13 @@ impl Router {
             return;
         }
         let will_due = c.pending_will.as_ref().map(|w| w.due);
-        c.disconnected_unix = unix_now();
+        c.disconnected_unix = self.turn.unix_secs_of(now);
         if expiry != u32::MAX {
             let at = now + Duration::from_secs(u64::from(expiry));
             c.expires_at = Some(at);
             self.schedule(at, id);
         }
-        self.save_session(id, now);
+        self.save_session(id);
         if let Some(due) = will_due {
             if due <= now {
                 self.fire_will(id, now);
@@ -1348,7 +1345,17 @@ mod tests {
     }
 
     fn router() -> Router {
-        Router::new(&Config::default(), Arc::new(Metrics::default()))
+        Router::new(
+            &Config::default(),
+            Arc::new(Metrics::default()),
+            Clock::read(),
+        )
+    }
+
+    /// The clock of a turn at `now` (the wall clock is not looked at by these
+    /// tests).
+    fn at(now: Instant) -> Clock {
+        Clock::at(now, 0)
     }
 
     fn connect(
@@ -1442,9 +1449,9 @@ mod tests {
         subscribe(&mut r, "w", 1, "will/#", QoS::AtLeastOnce, t0);
         let (_, _c) = connect(&mut r, "c", 2, false, 100, Some(will("will/c", 5)), t0);
         drop_conn(&mut r, "c", 2, DisconnectKind::WithWill, t0);
-        r.tick(t0 + Duration::from_secs(4));
+        r.tick(at(t0 + Duration::from_secs(4)));
         assert!(topics(&mut watcher).is_empty(), "not before the delay");
-        r.tick(t0 + Duration::from_secs(5));
+        r.tick(at(t0 + Duration::from_secs(5)));
         assert_eq!(topics(&mut watcher), vec!["will/c"]);
 
         // Again, but the client resumes within the delay: no will [MQTT-3.1.3-9].
@@ -1460,7 +1467,7 @@ mod tests {
             None,
             t0 + Duration::from_secs(2),
         );
-        r.tick(t0 + Duration::from_secs(60));
+        r.tick(at(t0 + Duration::from_secs(60)));
         assert!(topics(&mut watcher).is_empty());
         assert!(r.deadlines.is_empty(), "resume removed the deadlines");
     }
@@ -1473,7 +1480,7 @@ mod tests {
         subscribe(&mut r, "w", 1, "will/#", QoS::AtMostOnce, t0);
         let (_, _c) = connect(&mut r, "c", 2, true, 3, Some(will("will/c", 60)), t0);
         drop_conn(&mut r, "c", 2, DisconnectKind::WithWill, t0);
-        r.tick(t0 + Duration::from_secs(3));
+        r.tick(at(t0 + Duration::from_secs(3)));
         assert_eq!(topics(&mut watcher), vec!["will/c"]);
         assert!(!r.clients.contains_key("c"), "session expired");
     }
@@ -1547,9 +1554,9 @@ mod tests {
             DisconnectKind::Normal,
             t0 + Duration::from_secs(5),
         );
-        r.tick(t0 + Duration::from_secs(14));
+        r.tick(at(t0 + Duration::from_secs(14)));
         assert_eq!(r.session_count(), 1);
-        r.tick(t0 + Duration::from_secs(15));
+        r.tick(at(t0 + Duration::from_secs(15)));
         assert_eq!(r.session_count(), 0, "expired 10 s after the disconnect");
     }
 
@@ -1581,7 +1588,7 @@ mod tests {
         let t0 = Instant::now();
         let mut cfg = Config::default();
         cfg.limits.max_queued_messages = 5;
-        let mut r = Router::new(&cfg, Arc::new(Metrics::default()));
+        let mut r = Router::new(&cfg, Arc::new(Metrics::default()), Clock::read());
         let (_, _sub) = connect(&mut r, "sub", 1, false, 100, None, t0);
         subscribe(&mut r, "sub", 1, "t", QoS::AtLeastOnce, t0);
         let (_, mut publ) = connect(&mut r, "pub", 2, true, 0, None, t0);
@@ -1596,7 +1603,7 @@ mod tests {
         let acked = replies(&mut publ);
         assert!(acked < 30, "some acks are held ({acked} of 30 sent)");
         let (_, _sub2) = connect(&mut r, "sub", 3, false, 100, None, t0);
-        r.tick(t0 + Duration::from_secs(3600));
+        r.tick(at(t0 + Duration::from_secs(3600)));
         assert_eq!(
             acked + replies(&mut publ),
             30,
@@ -1656,7 +1663,7 @@ mod tests {
                 break;
             }
             now += Duration::from_millis(20);
-            r.tick(now);
+            r.tick(at(now));
         }
         assert_eq!(got, 2000, "every retained message arrived");
     }

@@ -6,7 +6,8 @@ use super::*;
 
 impl Router {
     /// Persist through `store`, starting from what it recovered.
-    pub fn with_store(mut self, handle: StoreHandle, recovered: Recovered, now: Instant) -> Router {
+    pub fn with_store(mut self, handle: StoreHandle, recovered: Recovered, now: Clock) -> Router {
+        self.turn = now;
         self.store = Some(StoreLink {
             handle,
             ops: Vec::new(),
@@ -16,17 +17,14 @@ impl Router {
             next_mid: recovered.next_mid.max(1),
             next_did: recovered.next_did.max(1),
         });
-        self.restore(recovered, now);
+        self.restore(recovered, now.now);
         self
     }
 
     /// Rebuild sessions, subscriptions, queues and retained messages from the store.
     pub(super) fn restore(&mut self, rec: Recovered, now: Instant) {
-        let now_unix = unix_now();
-        let clock = Clock {
-            now,
-            unix_ms: now_unix * 1000,
-        };
+        let clock = self.turn;
+        let now_unix = clock.unix_secs_of(now);
         for m in rec.retained {
             if m.is_expired(now) {
                 continue;
@@ -99,7 +97,7 @@ impl Router {
                 self.schedule(due, &id);
             }
             if was_online {
-                self.save_session(&id, now);
+                self.save_session(&id);
             }
         }
     }

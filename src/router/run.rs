@@ -3,6 +3,7 @@
 //! what waited for the store's sync, and sweeps expired retained messages.
 
 use super::{Router, RouterMsg};
+use crate::clock::Clock;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
@@ -29,8 +30,9 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
                 continue;
             }
             _ = tokio::time::sleep_until(wake.into()) => {
-                let now = Instant::now();
-                router.tick(now);
+                let clock = Clock::read();
+                let now = clock.now;
+                router.tick(clock);
                 if now >= next_sweep {
                     router.sweep(now);
                     next_sweep = now + SWEEP_EVERY;
@@ -42,14 +44,15 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
         let Some(msg) = msg else {
             break;
         };
-        let now = Instant::now();
-        if !router.handle(msg, now) {
+        let clock = Clock::read();
+        let now = clock.now;
+        if !router.handle(msg, clock) {
             break;
         }
         for _ in 0..BATCH {
             match rx.try_recv() {
                 Ok(m) => {
-                    if !router.handle(m, now) {
+                    if !router.handle(m, clock) {
                         break 'turns;
                     }
                 }
@@ -57,7 +60,7 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
             }
         }
         if router.next_deadline().is_some_and(|d| d <= now) {
-            router.tick(now);
+            router.tick(clock);
         }
         router.end_turn();
     }

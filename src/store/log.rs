@@ -8,8 +8,9 @@
 //! not change the file size (no metadata journal write per fsync on most file
 //! systems); the unused tail is zeros, which reads as the end of the log.
 
-use super::record::{self, Clock, Op};
+use super::record::{self, Op};
 use super::scan::{self, Damage};
+use crate::clock::Clock;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;

@@ -18,9 +18,10 @@ pub mod record;
 pub mod scan;
 pub mod state;
 
+use crate::clock::Clock;
 use crate::config::{Durability, StorageConfig};
 use crate::metrics::Metrics;
-use record::{Clock, Op};
+use record::Op;
 use state::{Loc, Recovered, State};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

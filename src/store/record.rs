@@ -15,7 +15,8 @@ use crate::protocol::{LastWill, PublishProperties, QoS, RetainHandling, Subscrip
 use crate::session::{ClientId, Message};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+// The record format is encoded and decoded against a `Clock` (Unix times on disk).
+pub use crate::clock::Clock;
 
 /// Bytes before the body: len, crc, kind, seq.
 pub const HEADER: usize = 4 + 4 + 1 + 8;
@@ -153,51 +154,6 @@ pub struct DelivState {
     pub did: u64,
     pub pid: u16,
     pub released: bool,
-}
-
-/// Wall clock and monotonic clock read together, to store `Instant`s as Unix time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    pub now: Instant,
-    pub unix_ms: u64,
-}
-
-impl Clock {
-    pub fn read() -> Clock {
-        Clock {
-            now: Instant::now(),
-            unix_ms: unix_ms(SystemTime::now()),
-        }
-    }
-
-    pub fn unix_secs(&self) -> u64 {
-        self.unix_ms / 1000
-    }
-
-    fn to_unix_ms(self, at: Instant) -> u64 {
-        let back = self.now.saturating_duration_since(at);
-        self.unix_ms
-            .saturating_sub(u64::try_from(back.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    /// The `Instant` of a Unix time in seconds (clamped to now when in the past
-    /// beyond what `Instant` can hold).
-    pub fn instant_of_secs(&self, unix_secs: u64) -> Instant {
-        let now_s = self.unix_secs();
-        if unix_secs >= now_s {
-            self.now + Duration::from_secs(unix_secs - now_s)
-        } else {
-            self.now
-                .checked_sub(Duration::from_secs(now_s - unix_secs))
-                .unwrap_or(self.now)
-        }
-    }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 // ---- encoding ----

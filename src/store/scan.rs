@@ -10,7 +10,8 @@
 //! random per-segment salt into every CRC, so a record a peer hid in a payload
 //! fails it, and the sequence must lie in the window the skipped bytes allow.
 
-use super::record::{self, Bad, Clock, Op, MAX_KIND, MAX_RECORD, MIN_RECORD, PAD};
+use super::record::{self, Bad, Op, MAX_KIND, MAX_RECORD, MIN_RECORD, PAD};
+use crate::clock::Clock;
 
 /// What one segment held.
 pub struct Scanned {
