@@ -11,6 +11,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod deadlines;
 mod hash;
 pub mod listener;
 pub mod login;

@@ -13,6 +13,7 @@
 use crate::auth::Acl;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::deadlines::Deadlines;
 use crate::hash::{Map, Set};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -32,7 +33,7 @@ use crate::store::state::Recovered;
 use crate::store::StoreHandle;
 use crate::subscriptions::{Matches, SubscriptionTree};
 use crate::topic::{FilterSpec, TopicLimits};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,9 +75,6 @@ struct Client {
     session_expiry: u32,
     /// Set while offline: when the session ends.
     expires_at: Option<Instant>,
-    /// This client's entries in `Router::deadlines`, removed when it comes back so
-    /// a client that reconnects often does not grow the map.
-    scheduled: Vec<(Instant, u64)>,
     /// How long this (connected) client has held publishers back.
     stall: StallMeter,
     /// Publishers' acknowledgements waiting for this client's queue to drain.
@@ -129,7 +127,6 @@ impl Client {
             pending_will: None,
             session_expiry: 0,
             expires_at: None,
-            scheduled: Vec::new(),
             stall: StallMeter::default(),
             held_acks: Vec::new(),
             sid: 0,
@@ -258,8 +255,7 @@ pub struct Router {
     retained_bytes: usize,
     /// Deadlines for delayed wills, session expiry and backpressure timeouts,
     /// checked by `tick`.
-    deadlines: BTreeMap<(Instant, u64), ClientId>,
-    deadline_seq: u64,
+    deadlines: Deadlines<ClientId>,
     limits: QueueLimits,
     topic_limits: TopicLimits,
     /// Persistent sessions in all, per anonymous address, per user.
@@ -302,8 +298,7 @@ impl Router {
             subs: SubscriptionTree::new(),
             retained: RetainTree::new(),
             retained_bytes: 0,
-            deadlines: BTreeMap::new(),
-            deadline_seq: 0,
+            deadlines: Deadlines::new(),
             limits: QueueLimits {
                 max_messages: config.limits.max_queued_messages,
                 max_bytes: config.limits.max_queued_bytes,
@@ -357,19 +352,16 @@ impl Router {
     }
 
     fn schedule(&mut self, at: Instant, client: &ClientId) {
-        self.deadline_seq += 1;
-        let key = (at, self.deadline_seq);
-        if let Some(c) = self.clients.get_mut(client) {
-            c.scheduled.push(key);
-            self.deadlines.insert(key, client.clone());
+        if self.clients.contains_key(client) {
+            self.deadlines.schedule(at, client.clone());
         }
     }
 
+    /// Cancel every deadline of `client` (it came back, or its session ended), so
+    /// a client that reconnects often does not grow the map.
     fn unschedule(&mut self, client: &ClientId) {
+        self.deadlines.cancel(client);
         if let Some(c) = self.clients.get_mut(client) {
-            for key in c.scheduled.drain(..) {
-                self.deadlines.remove(&key);
-            }
             // Its wake-up is gone with the rest: the next pump schedules anew.
             if let Some(b) = c.retained.as_mut() {
                 b.wake_scheduled = false;
@@ -599,7 +591,7 @@ impl Router {
 
     /// The earliest pending deadline (delayed will, session expiry, backpressure).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.keys().next().map(|(t, _)| *t)
+        self.deadlines.next()
     }
 
     /// Fire what is due at `now`: delayed wills, backpressure timeouts, expired
@@ -607,15 +599,10 @@ impl Router {
     pub fn tick(&mut self, now: Clock) {
         self.turn = now;
         let now = now.now;
-        while let Some(entry) = self.deadlines.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let (key, id) = entry.remove_entry();
+        while let Some(id) = self.deadlines.pop_due(now) {
             let Some(c) = self.clients.get_mut(&id) else {
                 continue;
             };
-            c.scheduled.retain(|k| *k != key);
             if let Some(b) = c.retained.as_mut() {
                 b.wake_scheduled = false;
                 self.pump_retained(&id, now);
