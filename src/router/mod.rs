@@ -42,6 +42,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 mod acl;
+mod client;
 mod durable;
 mod fanout;
 mod msg;
@@ -50,96 +51,9 @@ mod retained;
 mod room;
 mod run;
 
+use client::{Client, HeldAck};
 pub use msg::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
 pub use run::run;
-
-/// A Will waiting for its delay or for the session to end (section 3.1.3.2).
-struct PendingWill {
-    will: Box<LastWill>,
-    due: Instant,
-}
-
-/// A publisher's acknowledgement held back until a full receiver drains.
-struct HeldAck {
-    publisher: ClientId,
-    conn_id: u64,
-    reply: Reply,
-}
-
-struct Client {
-    session: Session,
-    conn: Option<ConnHandle>,
-    /// Boxed: most clients have no will, and every client costs one `Client`.
-    will: Option<Box<LastWill>>,
-    pending_will: Option<Box<PendingWill>>,
-    session_expiry: u32,
-    /// Set while offline: when the session ends.
-    expires_at: Option<Instant>,
-    /// How long this (connected) client has held publishers back.
-    stall: StallMeter,
-    /// Publishers' acknowledgements waiting for this client's queue to drain.
-    held_acks: Vec<HeldAck>,
-    /// The store's id for this session; 0 when it is not persisted (no store, or
-    /// a session that ends with its connection).
-    sid: u64,
-    /// Deliveries for the current connection waiting for the store's sync: they
-    /// will take outbox slots.
-    gated: u32,
-    /// Everything waiting for the store for the current connection: while any
-    /// waits, later packets to it wait too, so its packets keep their order.
-    held_out: u32,
-    /// Unix seconds of the last disconnect (session expiry counts from there).
-    disconnected_unix: u64,
-    /// The login of the session's latest connection (ACL checks; kept while
-    /// offline and in the store).
-    username: Option<Arc<str>>,
-    /// The current connection logged in with a password (see `Revoke`).
-    by_password: bool,
-    /// Retained messages still owed since a SUBSCRIBE (boxed: rare).
-    retained: Option<Box<RetainedBacklog>>,
-    /// Whom this session counts against in `Router::quota`; None: it ends with
-    /// its connection (not counted). Boxed: clean clients are the many.
-    holder: Option<Box<Holder>>,
-}
-
-impl Client {
-    fn online(&self) -> bool {
-        self.conn.is_some()
-    }
-
-    fn live(&self, conn_id: u64) -> Option<&ConnHandle> {
-        self.conn.as_ref().filter(|h| h.conn_id == conn_id)
-    }
-
-    /// Outbox slots free for deliveries, less those already promised to
-    /// deliveries waiting for the store.
-    fn room(&self) -> usize {
-        self.conn
-            .as_ref()
-            .map_or(0, |h| h.room().saturating_sub(self.gated as usize))
-    }
-
-    fn new(id: ClientId) -> Client {
-        Client {
-            session: Session::new(id),
-            conn: None,
-            will: None,
-            pending_will: None,
-            session_expiry: 0,
-            expires_at: None,
-            stall: StallMeter::default(),
-            held_acks: Vec::new(),
-            sid: 0,
-            gated: 0,
-            held_out: 0,
-            disconnected_unix: 0,
-            username: None,
-            by_password: false,
-            retained: None,
-            holder: None,
-        }
-    }
-}
 
 /// Something for a connection that must wait until the store has synced the
 /// batch it depends on (write-ahead: nothing leaves before its cause is durable).
@@ -514,7 +428,7 @@ impl Router {
                         // scheduled here.
                         let _ = h.kick.send(ReasonCode::SERVER_SHUTTING_DOWN);
                         if let Some(will) = c.will.take() {
-                            c.pending_will = Some(Box::new(PendingWill { due: now, will }));
+                            c.pend_will(will, now);
                         }
                     }
                 }
@@ -792,10 +706,7 @@ impl Router {
             if let Some(old) = c.conn.take() {
                 let _ = old.kick.send(ReasonCode::SESSION_TAKEN_OVER);
                 self.metrics.takeovers.fetch_add(1, Ordering::Relaxed);
-                if let Some(will) = c.will.take() {
-                    let due = now + Duration::from_secs(u64::from(will.delay_interval));
-                    c.pending_will = Some(Box::new(PendingWill { will, due }));
-                }
+                c.arm_will(now);
                 // A session with expiry 0 ends with its connection: nothing to
                 // resume [MQTT-3.1.2-?, 3.1.2.11.2].
                 ended = c.session_expiry == 0;
@@ -1008,12 +919,11 @@ impl Router {
         if let Some(e) = session_expiry {
             c.session_expiry = e;
         }
-        let will = c.will.take();
         if kind == DisconnectKind::WithWill {
-            if let Some(will) = will {
-                let due = now + Duration::from_secs(u64::from(will.delay_interval));
-                c.pending_will = Some(Box::new(PendingWill { will, due }));
-            }
+            c.arm_will(now);
+        } else {
+            // DISCONNECT 0x00: the Will is discarded [MQTT-3.1.2-10].
+            c.will = None;
         }
         // Publishers held back by this client no longer wait for it: offline
         // sessions drop at their cap instead.

@@ -80,7 +80,7 @@ impl Router {
                     Some(t) if !was_online => clock.instant_of_secs(t),
                     _ => now + Duration::from_secs(u64::from(will.delay_interval)),
                 };
-                c.pending_will = Some(Box::new(PendingWill { will, due }));
+                c.pend_will(will, due);
             }
             let will_due = c.pending_will.as_ref().map(|w| w.due);
             let disconnected = c.disconnected_unix;
