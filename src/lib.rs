@@ -27,6 +27,7 @@ pub mod session;
 pub mod session_quota;
 pub mod stall;
 pub mod store;
+pub mod subscription_index;
 pub mod subscriptions;
 pub mod tls;
 pub mod topic;

@@ -1,14 +1,14 @@
 //! Per-client session state: the outgoing inflight window, QoS 2 progress, the queue
 //! of messages waiting for a window slot or for the client to come back, and the
-//! session's subscriptions. Pure: time is passed in as `now`.
+//! inbound QoS 2 ids waiting for PUBREL. Pure: time is passed in as `now`. (Its
+//! subscriptions are kept by the router's `SubscriptionIndex`.)
 //!
 //! Owns the delivery state of one client (section 4.1 "Session State"). It does not
 //! know about sockets or other sessions: the router decides what to deliver to whom
 //! and pushes the `Outgoing` items this module returns into the client's outbox.
 
-use crate::hash::{Map, Set};
+use crate::hash::Set;
 use crate::protocol::{PacketId, PublishProperties, QoS, ReasonCode, SubscriptionOptions};
-use crate::topic::FilterSpec;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -179,8 +179,7 @@ pub enum DropReason {
 
 #[derive(Debug)]
 pub struct Session {
-    pub client_id: ClientId,
-    pub subscriptions: Map<FilterSpec, Subscription>,
+    client_id: ClientId,
     inflight: VecDeque<Inflight>,
     pending: VecDeque<Delivery>,
     pending_bytes: usize,
@@ -193,17 +192,16 @@ pub struct Session {
     /// Inbound QoS 2 packet ids that were routed and got PUBREC but no PUBREL yet:
     /// a re-sent PUBLISH with one of these is not delivered again [MQTT-4.3.3-10].
     /// Session state, so it survives reconnects and takeovers.
-    pub inbound_qos2: Set<u16>,
-    pub dropped: u64,
+    inbound_qos2: Set<u16>,
+    dropped: u64,
     /// Changes to durable deliveries since the router last took them.
-    pub events: Vec<Event>,
+    events: Vec<Event>,
 }
 
 impl Session {
     pub fn new(client_id: ClientId) -> Session {
         Session {
             client_id,
-            subscriptions: Map::default(),
             inflight: VecDeque::new(),
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -214,6 +212,46 @@ impl Session {
             dropped: 0,
             events: Vec::new(),
         }
+    }
+
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// Has the inbound QoS 2 message `pid` been routed, waiting for its PUBREL?
+    pub fn inbound_qos2_seen(&self, pid: u16) -> bool {
+        self.inbound_qos2.contains(&pid)
+    }
+
+    /// Inbound QoS 2 ids waiting for their PUBREL.
+    pub fn inbound_qos2_len(&self) -> usize {
+        self.inbound_qos2.len()
+    }
+
+    /// The inbound QoS 2 message `pid` was routed: a re-sent PUBLISH with this id
+    /// is not routed again until its PUBREL [MQTT-4.3.3-10].
+    pub fn inbound_qos2_routed(&mut self, pid: u16) {
+        self.inbound_qos2.insert(pid);
+    }
+
+    /// PUBREL for `pid`: the id is free again. Returns whether it was held.
+    pub fn inbound_qos2_release(&mut self, pid: u16) -> bool {
+        self.inbound_qos2.remove(&pid)
+    }
+
+    /// Inbound QoS 2 ids recovered from the store.
+    pub fn restore_inbound_qos2(&mut self, pids: impl IntoIterator<Item = u16>) {
+        self.inbound_qos2.extend(pids);
+    }
+
+    /// Are there delivery changes the router has not taken yet?
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Take the delivery changes since the last call, oldest first.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
     }
 
     pub fn set_window(&mut self, window: usize) {

@@ -28,16 +28,15 @@ impl Router {
                     .fetch_add(gone as u64, Ordering::Relaxed);
                 touched.push(id.clone());
             }
-            let denied: Vec<FilterSpec> = c
-                .session
-                .subscriptions
-                .keys()
+            let denied: Vec<FilterSpec> = self
+                .subs
+                .of(id)
+                .map(|(spec, _)| spec)
                 .filter(|spec| !acl.can_subscribe(c.username.as_deref(), id, &spec.filter))
                 .cloned()
                 .collect();
             for spec in denied {
-                c.session.subscriptions.remove(&spec);
-                self.subs.remove(&spec, id);
+                self.subs.remove(id, &spec);
                 if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
                     st.ops.push(Op::Unsub {
                         sid: c.sid,

@@ -45,14 +45,14 @@ impl Router {
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
-        if c.session.events.is_empty() {
+        if !c.session.has_events() {
             return;
         }
         let Some(st) = self.store.as_mut() else {
-            c.session.events.clear();
+            c.session.drain_events();
             return;
         };
-        for e in c.session.events.drain(..) {
+        for e in c.session.drain_events() {
             match e {
                 Event::Assigned { did, pid } => push_deliv(&mut st.ops, did, pid, false),
                 Event::Released { did, pid } => push_deliv(&mut st.ops, did, pid, true),

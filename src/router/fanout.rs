@@ -314,12 +314,13 @@ impl Router {
     /// which the spec says SHOULD happen (5.0 section 4.8.2) and which keeps a
     /// clean member that drops mid-flow from losing the group's message. (A
     /// message that matched several of its groups goes to the first.)
-    pub(super) fn hand_on_shared(&mut self, gone: &Session, now: Instant) {
-        let shared: Vec<&FilterSpec> = gone
-            .subscriptions
-            .keys()
-            .filter(|s| s.is_shared())
-            .collect();
+    pub(super) fn hand_on_shared<'a>(
+        &mut self,
+        gone: &Session,
+        subscriptions: impl Iterator<Item = &'a FilterSpec>,
+        now: Instant,
+    ) {
+        let shared: Vec<&FilterSpec> = subscriptions.filter(|s| s.is_shared()).collect();
         if shared.is_empty() {
             return;
         }
@@ -357,7 +358,7 @@ impl Router {
             if let (_, Some(r)) = self.deliver_durably(&to, d, now, false) {
                 self.write_message(m.clone(), vec![r]);
             }
-            debug!(client = %gone.client_id, to = %to, topic = %m.topic, "shared message handed on");
+            debug!(client = %gone.client_id(), to = %to, topic = %m.topic, "shared message handed on");
         }
     }
 }

@@ -31,7 +31,8 @@ use crate::stall::StallMeter;
 use crate::store::record::{Op, Receiver, SessionRec};
 use crate::store::state::Recovered;
 use crate::store::StoreHandle;
-use crate::subscriptions::{Matches, SubscriptionTree};
+use crate::subscription_index::SubscriptionIndex;
+use crate::subscriptions::Matches;
 use crate::topic::{FilterSpec, TopicLimits};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -164,7 +165,7 @@ fn push_deliv(ops: &mut Vec<Op>, did: u64, pid: PacketId, released: bool) {
 
 pub struct Router {
     clients: Map<ClientId, Client>,
-    subs: SubscriptionTree<ClientId, Subscription>,
+    subs: SubscriptionIndex<ClientId, Subscription>,
     retained: RetainTree<Arc<Message>>,
     retained_bytes: usize,
     /// Deadlines for delayed wills, session expiry and backpressure timeouts,
@@ -209,7 +210,7 @@ impl Router {
     pub fn new(config: &Config, metrics: Arc<Metrics>, now: Clock) -> Router {
         Router {
             clients: Map::default(),
-            subs: SubscriptionTree::new(),
+            subs: SubscriptionIndex::new(),
             retained: RetainTree::new(),
             retained_bytes: 0,
             deadlines: Deadlines::new(),
@@ -356,7 +357,7 @@ impl Router {
                 // Release the id: a PUBLISH with it is new again (5.0 section 4.3.3).
                 let mut known = false;
                 if let Some(c) = self.clients.get_mut(&client) {
-                    known = c.session.inbound_qos2.remove(&packet_id.get());
+                    known = c.session.inbound_qos2_release(packet_id.get());
                     if let (true, Some(st)) = (known && c.sid != 0, self.store.as_mut()) {
                         // PUBCOMP waits for this: after it the client may reuse the id.
                         st.ops.push(Op::InQos2Done {
@@ -625,12 +626,10 @@ impl Router {
             if let Some(h) = &c.holder {
                 self.quota.remove(h);
             }
-            for spec in c.session.subscriptions.keys() {
-                self.subs.remove(spec, id);
-            }
+            let subscriptions = self.subs.remove_client(id);
             // Handed-on messages are written before the session's end, so no torn
             // batch can keep the end and lose the hand-on.
-            self.hand_on_shared(&c.session, now);
+            self.hand_on_shared(&c.session, subscriptions.keys(), now);
             if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
                 st.ops.push(Op::SessionGone { sid: c.sid });
             }
@@ -969,7 +968,7 @@ impl Router {
         }
         // What this session's subscriptions hold (they stay while it is offline,
         // so they are capped in bytes as well as in number).
-        let mut sub_bytes: usize = c.session.subscriptions.keys().map(subscription_cost).sum();
+        let mut sub_bytes: usize = self.subs.of(id).map(|(s, _)| subscription_cost(s)).sum();
         // Retained messages go once per distinct filter of this packet, so a
         // SUBSCRIBE repeating `#` cannot multiply them.
         let mut retained_for: Vec<(Arc<str>, QoS, Option<u32>)> = Vec::new();
@@ -993,10 +992,10 @@ impl Router {
                     continue;
                 }
             }
-            let existed = c.session.subscriptions.contains_key(&spec);
+            let existed = self.subs.contains(id, &spec);
             let cost = subscription_cost(&spec);
             if !existed
-                && (c.session.subscriptions.len() >= self.max_subscriptions
+                && (self.subs.count(id) >= self.max_subscriptions
                     || sub_bytes + cost > self.max_subscription_bytes)
             {
                 codes.push(ReasonCode::QUOTA_EXCEEDED);
@@ -1009,8 +1008,7 @@ impl Router {
                 options: f.options,
                 identifier: sub.properties.subscription_identifier,
             };
-            c.session.subscriptions.insert(spec.clone(), s);
-            self.subs.insert(&spec, id.clone(), s);
+            self.subs.add(id, spec.clone(), s);
             if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
                 st.ops.push(Op::Sub {
                     sid: c.sid,
@@ -1072,8 +1070,7 @@ impl Router {
             .map(|f| match FilterSpec::parse(f, self.topic_limits) {
                 Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
                 Ok(spec) => {
-                    if c.session.subscriptions.remove(&spec).is_some() {
-                        self.subs.remove(&spec, id);
+                    if self.subs.remove(id, &spec) {
                         if let Some(b) = c.retained.as_mut() {
                             b.forget_filter(&spec.filter);
                         }
@@ -1145,7 +1142,7 @@ impl Router {
         let (kind, pid) = match (p.qos, p.packet_id) {
             (QoS::AtLeastOnce, Some(pid)) => (ReplyKind::PubAck, pid),
             (QoS::ExactlyOnce, Some(pid)) => {
-                if c.session.inbound_qos2.contains(&pid.get()) {
+                if c.session.inbound_qos2_seen(pid.get()) {
                     // Re-sent before PUBREL: acknowledge again, deliver once
                     // [MQTT-4.3.3-10].
                     self.reply(id, conn_id, ReplyKind::PubRec, pid, ReasonCode::SUCCESS);
@@ -1156,7 +1153,7 @@ impl Router {
                 // [MQTT-3.3.4-9]; 3.1.1 has none, so a client that never sends
                 // PUBREL could hold 65,535 ids per session (5 MB, stored). The
                 // same cap applies: beyond it the connection is closed.
-                if c.session.inbound_qos2.len() >= self.max_inbound_qos2 {
+                if c.session.inbound_qos2_len() >= self.max_inbound_qos2 {
                     self.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     warn!(client = %id, limit = self.max_inbound_qos2, "QoS 2 messages waiting for PUBREL over receive_maximum: closing the connection");
                     if let Some(h) = c.conn.as_mut().filter(|h| h.conn_id == conn_id) {
@@ -1164,7 +1161,7 @@ impl Router {
                     }
                     return;
                 }
-                c.session.inbound_qos2.insert(pid.get());
+                c.session.inbound_qos2_routed(pid.get());
                 if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
                     // Durable before PUBREC, so a re-sent PUBLISH after a crash is
                     // still recognised as a duplicate.

@@ -44,10 +44,9 @@ impl Router {
                     options,
                     identifier,
                 };
-                c.session.subscriptions.insert(spec.clone(), sub);
-                self.subs.insert(&spec, id.clone(), sub);
+                self.subs.add(&id, spec, sub);
             }
-            c.session.inbound_qos2.extend(s.inbound_qos2);
+            c.session.restore_inbound_qos2(s.inbound_qos2);
             for (message, r) in s.deliveries {
                 let d = Delivery {
                     message,
