@@ -1,6 +1,7 @@
 //! The ACL inside the router: who may publish to and read which topic (a
 //! delivery is checked per receiver), and what a reloaded ACL takes away from
-//! existing subscriptions and queued deliveries.
+//! existing subscriptions and queued deliveries; and the connections of users a
+//! reloaded password file no longer has.
 
 use super::*;
 
@@ -93,5 +94,21 @@ impl Router {
             denied.fetch_add(1, Ordering::Relaxed);
         }
         ok
+    }
+
+    /// Close the connections that logged in with a password the reloaded
+    /// password file no longer has (0x87 on 5.0).
+    pub(super) fn revoke(&mut self, passwords: &crate::auth::PasswordFile) {
+        for (id, c) in self.clients.iter_mut() {
+            let gone = c.by_password
+                && c.username
+                    .as_deref()
+                    .is_some_and(|u| !passwords.contains(u));
+            if let (true, Some(h)) = (gone, c.conn.as_mut()) {
+                info!(client = %id, user = c.username.as_deref().unwrap_or(""), "disconnected: the user is no longer in the password file");
+                // The connection closes and reports back as usual.
+                h.close_with(ReasonCode::NOT_AUTHORIZED);
+            }
+        }
     }
 }

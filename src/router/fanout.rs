@@ -83,30 +83,74 @@ impl Router {
             received: now,
         });
         if msg.retain {
-            let at_budget = self.store.as_ref().is_some_and(|s| s.handle.over_budget());
-            if at_budget && !msg.payload.is_empty() {
-                // At the disk budget (or with the disk full) a retained message
-                // would wait in the store's memory until space returns: QoS 1/2
-                // ones were refused above, QoS 0 ones are delivered but not kept.
-                // Clearing one (empty payload) still works: it frees space.
-                self.metrics
-                    .retained_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                debug!(topic = %topic, "retained message not kept: storage is at its budget");
-            } else {
-                self.store_retained(&topic, &msg);
+            self.keep_retained(&topic, &msg);
+        }
+        let targets = self.targets(&topic, from);
+        if targets.is_empty() {
+            self.metrics
+                .messages_no_subscribers
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let mut held_by = None;
+        let mut receivers = Vec::new();
+        for t in targets {
+            // [convention: ACLs on publish and on delivery] the receiver must
+            // be allowed to read this topic, whatever its filter matched.
+            if !self.may_read(&t.client, &topic) {
+                continue;
+            }
+            let d = Delivery {
+                message: msg.clone(),
+                qos: msg.qos.min(t.qos),
+                // [MQTT-3.3.1-12/13] RETAIN is kept only with Retain As Published.
+                retain: msg.retain && t.retain_as_published,
+                subscription_ids: t.ids,
+                did: 0,
+                shared: t.shared,
+            };
+            let (outcome, receiver) = self.deliver_durably(&t.client, d, now, may_hold);
+            receivers.extend(receiver);
+            if outcome == Some(Delivered::Held) {
+                held_by.get_or_insert(t.client);
             }
         }
+        if !receivers.is_empty() {
+            self.write_message(msg, receivers);
+        }
+        held_by
+    }
+
+    /// Keep (or clear) the retained message of `topic`, unless the store is at
+    /// its budget.
+    fn keep_retained(&mut self, topic: &Arc<str>, msg: &Arc<Message>) {
+        let at_budget = self.store.as_ref().is_some_and(|s| s.handle.over_budget());
+        if at_budget && !msg.payload.is_empty() {
+            // At the disk budget (or with the disk full) a retained message
+            // would wait in the store's memory until space returns: QoS 1/2
+            // ones were refused before routing, QoS 0 ones are delivered but not kept.
+            // Clearing one (empty payload) still works: it frees space.
+            self.metrics
+                .retained_refused
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(topic = %topic, "retained message not kept: storage is at its budget");
+        } else {
+            self.store_retained(topic, msg);
+        }
+    }
+
+    /// The receivers of a message on `topic`: every matching subscription, one
+    /// copy per client, and one member per matching shared group.
+    fn targets(&mut self, topic: &str, from: Option<&ClientId>) -> Vec<Target> {
         let clients = &self.clients;
         let acl = self.acl.as_deref();
         let mut matches = std::mem::take(&mut self.scratch_matches);
         // A `$share` group's message goes to a connected member that may also read
         // the topic, so one member's narrower ACL does not lose it for the group.
         self.subs.matches_into(
-            &topic,
+            topic,
             |k| {
                 clients.get(k).is_some_and(|c| {
-                    c.online() && acl.is_none_or(|a| a.can_read(c.username.as_deref(), k, &topic))
+                    c.online() && acl.is_none_or(|a| a.can_read(c.username.as_deref(), k, topic))
                 })
             },
             &mut matches,
@@ -160,38 +204,7 @@ impl Router {
             });
         }
         self.scratch_matches = matches;
-        if targets.is_empty() {
-            self.metrics
-                .messages_no_subscribers
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let mut held_by = None;
-        let mut receivers = Vec::new();
-        for t in targets {
-            // [convention: ACLs on publish and on delivery] the receiver must
-            // be allowed to read this topic, whatever its filter matched.
-            if !self.may_read(&t.client, &topic) {
-                continue;
-            }
-            let d = Delivery {
-                message: msg.clone(),
-                qos: msg.qos.min(t.qos),
-                // [MQTT-3.3.1-12/13] RETAIN is kept only with Retain As Published.
-                retain: msg.retain && t.retain_as_published,
-                subscription_ids: t.ids,
-                did: 0,
-                shared: t.shared,
-            };
-            let (outcome, receiver) = self.deliver_durably(&t.client, d, now, may_hold);
-            receivers.extend(receiver);
-            if outcome == Some(Delivered::Held) {
-                held_by.get_or_insert(t.client);
-            }
-        }
-        if !receivers.is_empty() {
-            self.write_message(msg, receivers);
-        }
-        held_by
+        targets
     }
 
     /// `deliver_to`, durable when the receiver's session is: the delivery gets a
