@@ -26,15 +26,14 @@ fn at(now: Instant) -> Clock {
     Clock::at(now, 0)
 }
 
-fn connect(
-    r: &mut Router,
+/// A CONNECT request of a v5 client with a fresh outbox and kick channel.
+fn request(
     id: &str,
     conn_id: u64,
     clean: bool,
     expiry: u32,
     will: Option<LastWill>,
-    now: Instant,
-) -> (ConnectAccepted, TestConn) {
+) -> (ConnectRequest, TestConn) {
     let (otx, orx) = crate::outbox::outbox(64);
     let (ktx, krx) = oneshot::channel();
     let req = ConnectRequest {
@@ -56,14 +55,27 @@ fn connect(
             reply_reserve: 8,
         },
     };
-    let acc = r.connect(req, now).expect("accepted");
     (
-        acc,
+        req,
         TestConn {
             outbox: orx,
             kick: krx,
         },
     )
+}
+
+fn connect(
+    r: &mut Router,
+    id: &str,
+    conn_id: u64,
+    clean: bool,
+    expiry: u32,
+    will: Option<LastWill>,
+    now: Instant,
+) -> (ConnectAccepted, TestConn) {
+    let (req, conn) = request(id, conn_id, clean, expiry, will);
+    let acc = r.connect(req, now).expect("accepted");
+    (acc, conn)
 }
 
 fn subscribe(r: &mut Router, id: &str, conn_id: u64, filter: &str, qos: QoS, now: Instant) {
@@ -347,4 +359,280 @@ fn client_record_stays_small() {
         std::mem::size_of::<LastWill>()
     );
     assert!(c <= 512, "Client grew to {c} bytes");
+}
+
+// ---- Restarts with fake time: what the router writes and rebuilds is read from
+// the clock it is given, so a restart hours later is a test of a few
+// milliseconds.
+
+/// A wall clock far from the machine's, so a test that read the real one fails.
+const WALL_MS: u64 = 1_000_000_000_000;
+
+fn storage(dir: &std::path::Path) -> crate::config::StorageConfig {
+    crate::config::StorageConfig {
+        dir: dir.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+/// Open the store in `dir` and a router over it, both at `clock`.
+fn router_on_disk(dir: &std::path::Path, clock: Clock) -> (Router, crate::store::StoreThread) {
+    let metrics = Arc::new(Metrics::default());
+    let (handle, thread, recovered) =
+        crate::store::open_at(&storage(dir), metrics.clone(), clock).expect("store opens");
+    let r = Router::new(&Config::default(), metrics, clock).with_store(handle, recovered, clock);
+    (r, thread)
+}
+
+/// Send `msg` at `clock`, end the turn (the batch goes to the store) and let
+/// out what waited for the store's sync, as `run` does.
+fn turn(r: &mut Router, msg: RouterMsg, clock: Clock) {
+    assert!(r.handle(msg, clock));
+    settle(r);
+}
+
+/// End the turn and wait (bounded) until the store has synced it, then release
+/// what waited for it.
+fn settle(r: &mut Router) {
+    r.end_turn();
+    let (Some(mut synced), Some(target)) = (
+        r.synced_watch(),
+        r.store.as_ref().map(|s| s.handle.submitted()),
+    ) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while *synced.borrow_and_update() < target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not sync within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let t = *synced.borrow();
+    r.release(t);
+}
+
+fn connect_at(
+    r: &mut Router,
+    id: &str,
+    conn_id: u64,
+    expiry: u32,
+    will: Option<LastWill>,
+    clock: Clock,
+) -> TestConn {
+    let (req, conn) = request(id, conn_id, false, expiry, will);
+    let (tx, mut rx) = oneshot::channel();
+    turn(
+        r,
+        RouterMsg::Connect {
+            request: Box::new(req),
+            reply: tx,
+        },
+        clock,
+    );
+    rx.try_recv().expect("answered").expect("accepted");
+    conn
+}
+
+fn subscribe_at(r: &mut Router, id: &str, conn_id: u64, filter: &str, clock: Clock) {
+    let (tx, _rx) = oneshot::channel();
+    turn(
+        r,
+        RouterMsg::Subscribe {
+            client: id.into(),
+            conn_id,
+            subscribe: Subscribe {
+                packet_id: PacketId::new(1).unwrap(),
+                properties: SubscribeProperties::default(),
+                filters: vec![SubscribeFilter {
+                    filter: filter.into(),
+                    options: SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        ..Default::default()
+                    },
+                }],
+            },
+            reply: tx,
+        },
+        clock,
+    );
+}
+
+fn disconnect_at(r: &mut Router, id: &str, conn_id: u64, kind: DisconnectKind, clock: Clock) {
+    turn(
+        r,
+        RouterMsg::Disconnected {
+            client: id.into(),
+            conn_id,
+            kind,
+            session_expiry: None,
+        },
+        clock,
+    );
+}
+
+/// Stop: the store writes what it was given and closes.
+fn stop(r: Router, thread: crate::store::StoreThread) {
+    drop(r);
+    thread.close();
+}
+
+/// The watcher "w" (persistent, subscribed to `will/#`) reconnects, reports
+/// what waited for it and acknowledges it.
+fn watcher_got(r: &mut Router, conn_id: u64, clock: Clock) -> Vec<String> {
+    let mut w = connect_at(r, "w", conn_id, u32::MAX, None, clock);
+    let mut got = Vec::new();
+    while let Some(Outgoing::Publish {
+        delivery,
+        packet_id,
+        ..
+    }) = w.outbox.try_recv()
+    {
+        got.push(delivery.message.topic.to_string());
+        let packet_id = packet_id.expect("QoS 1");
+        turn(
+            r,
+            RouterMsg::PubAck {
+                client: "w".into(),
+                conn_id,
+                packet_id,
+            },
+            clock,
+        );
+    }
+    disconnect_at(r, "w", conn_id, DisconnectKind::Normal, clock);
+    got
+}
+
+#[test]
+fn after_a_restart_will_delay_and_session_expiry_count_from_the_stored_disconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = at(Instant::now());
+    let c0 = Clock::at(t0.now, WALL_MS);
+    let (mut r, thread) = router_on_disk(dir.path(), c0);
+    let _w = connect_at(&mut r, "w", 1, u32::MAX, None, c0);
+    subscribe_at(&mut r, "w", 1, "will/#", c0);
+    disconnect_at(&mut r, "w", 1, DisconnectKind::Normal, c0);
+    let _c = connect_at(&mut r, "c", 2, 100, Some(will("will/c", 30)), c0);
+    // "c" goes away at wall time +10 s: its will is due at +40 s, its session
+    // ends at +110 s.
+    disconnect_at(
+        &mut r,
+        "c",
+        2,
+        DisconnectKind::WithWill,
+        c0.after(Duration::from_secs(10)),
+    );
+    stop(r, thread);
+
+    // Back at wall time +20 s, on a monotonic clock that started anew.
+    let c1 = Clock::at(Instant::now(), WALL_MS + 20_000);
+    let (mut r, _thread) = router_on_disk(dir.path(), c1);
+    assert_eq!(r.session_count(), 2, "both sessions recovered");
+    r.tick(c1.after(Duration::from_secs(19)));
+    settle(&mut r);
+    assert!(
+        watcher_got(&mut r, 3, c1.after(Duration::from_secs(19))).is_empty(),
+        "the will waits for the rest of its delay (20 s after the restart)"
+    );
+    r.tick(c1.after(Duration::from_secs(20)));
+    settle(&mut r);
+    assert_eq!(
+        watcher_got(&mut r, 4, c1.after(Duration::from_secs(20))),
+        vec!["will/c"]
+    );
+    r.tick(c1.after(Duration::from_secs(89)));
+    settle(&mut r);
+    assert!(
+        r.clients.contains_key("c"),
+        "not expired before 100 s after its disconnect"
+    );
+    r.tick(c1.after(Duration::from_secs(90)));
+    settle(&mut r);
+    assert!(
+        !r.clients.contains_key("c"),
+        "expired 100 s after its disconnect"
+    );
+    assert!(
+        r.clients.contains_key("w"),
+        "a session that never expires stays"
+    );
+}
+
+#[test]
+fn a_session_connected_at_the_crash_counts_as_disconnected_at_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c0 = Clock::at(Instant::now(), WALL_MS);
+    let (mut r, thread) = router_on_disk(dir.path(), c0);
+    let _w = connect_at(&mut r, "w", 1, u32::MAX, None, c0);
+    subscribe_at(&mut r, "w", 1, "will/#", c0);
+    disconnect_at(&mut r, "w", 1, DisconnectKind::Normal, c0);
+    let _c = connect_at(&mut r, "c", 2, 60, Some(will("will/c", 5)), c0);
+    // Killed while "c" is connected (no Shutdown, no Disconnected).
+    stop(r, thread);
+
+    // An hour later by the wall clock: its will is due 5 s after the restart and
+    // its session ends 60 s after it, not an hour ago.
+    let c1 = Clock::at(Instant::now(), WALL_MS + 3_600_000);
+    let (mut r, thread) = router_on_disk(dir.path(), c1);
+    settle(&mut r);
+    assert!(r.clients.contains_key("c"), "not expired at the restart");
+    r.tick(c1.after(Duration::from_secs(4)));
+    settle(&mut r);
+    assert!(watcher_got(&mut r, 3, c1.after(Duration::from_secs(4))).is_empty());
+    r.tick(c1.after(Duration::from_secs(5)));
+    settle(&mut r);
+    assert_eq!(
+        watcher_got(&mut r, 4, c1.after(Duration::from_secs(5))),
+        vec!["will/c"]
+    );
+    // The will is spent: a second restart does not send it again.
+    r.tick(c1.after(Duration::from_secs(30)));
+    settle(&mut r);
+    stop(r, thread);
+    let c2 = Clock::at(Instant::now(), WALL_MS + 3_600_000 + 30_000);
+    let (mut r, _thread) = router_on_disk(dir.path(), c2);
+    assert!(r.clients.contains_key("c"), "still within its 60 s");
+    r.tick(c2.after(Duration::from_secs(29)));
+    settle(&mut r);
+    assert!(
+        watcher_got(&mut r, 5, c2.after(Duration::from_secs(29))).is_empty(),
+        "no second will"
+    );
+    r.tick(c2.after(Duration::from_secs(30)));
+    settle(&mut r);
+    assert!(
+        !r.clients.contains_key("c"),
+        "expired 60 s after the restart that disconnected it"
+    );
+}
+
+#[test]
+fn an_offline_message_past_its_expiry_interval_is_not_delivered_on_resume() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let (_, _c) = connect(&mut r, "c", 1, false, 1000, None, t0);
+    subscribe(&mut r, "c", 1, "t/#", QoS::AtLeastOnce, t0);
+    drop_conn(&mut r, "c", 1, DisconnectKind::Normal, t0);
+    for (topic, expiry) in [
+        ("t/short", Some(10)),
+        ("t/long", Some(100)),
+        ("t/none", None),
+    ] {
+        let mut p = publish_packet(topic, QoS::AtLeastOnce, 1, false);
+        p.properties.message_expiry_interval = expiry;
+        r.publish(None, p, t0, false);
+    }
+    // [MQTT-3.3.2-5]: once its interval has passed, a message is not sent.
+    let (_, mut c) = connect(
+        &mut r,
+        "c",
+        2,
+        false,
+        1000,
+        None,
+        t0 + Duration::from_secs(11),
+    );
+    assert_eq!(topics(&mut c), vec!["t/long", "t/none"]);
 }

@@ -122,7 +122,16 @@ pub fn open(
     config: &StorageConfig,
     metrics: Arc<Metrics>,
 ) -> Result<(StoreHandle, StoreThread, Recovered), OpenError> {
-    let clock = Clock::read();
+    open_at(config, metrics, Clock::read())
+}
+
+/// `open` at `clock`: stored Unix times (session expiry, message receipt) are
+/// read against it.
+pub fn open_at(
+    config: &StorageConfig,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+) -> Result<(StoreHandle, StoreThread, Recovered), OpenError> {
     let started = Instant::now();
     let (log, replayed) =
         log::Log::open_within(&config.dir, config.segment_size, config.max_bytes, clock)?;
