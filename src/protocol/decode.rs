@@ -515,7 +515,6 @@ fn has_wildcard(topic: &str) -> bool {
 
 /// Reads a property block: Property Length (VBI) then properties (section 2.2.2).
 fn read_props(r: &mut Reader, ctx: Ctx) -> Result<Props> {
-    use prop::*;
     let len = r.vbi("bad property length")?;
     if len > r.limits.max_property_bytes {
         return Err(DecodeError::PropertiesTooLarge("property section"));
@@ -527,209 +526,277 @@ fn read_props(r: &mut Reader, ctx: Ctx) -> Result<Props> {
     };
     let mut p = Props::default();
     while !pr.is_empty() {
-        // The identifier is a Variable Byte Integer (section 2.2.2.2); all defined
-        // ones fit in one byte.
-        let raw = pr.vbi("bad property identifier")?;
-        let id =
-            u8::try_from(raw).map_err(|_| DecodeError::Malformed("unknown property identifier"))?;
-        if !(matches!(id, 0x01..=0x03 | 0x08 | 0x09 | 0x0B | 0x11..=0x13 | 0x15..=0x1A)
-            || matches!(id, 0x1C | 0x1F | 0x21..=0x2A))
-        {
-            return Err(DecodeError::Malformed("unknown property identifier"));
-        }
-        // Section 2.2.2.2: "A Control Packet which contains an Identifier which is
-        // not valid for its packet type ... is a Malformed Packet".
-        if !ctx.allows(id) {
-            return Err(DecodeError::Malformed(
-                "property not allowed in this packet",
-            ));
-        }
-        const T: &str = "truncated property";
-        match id {
-            PAYLOAD_FORMAT_INDICATOR => {
-                let v = zero_or_one(pr.u8(T)?, "Payload Format Indicator not 0 or 1")?;
-                once(
-                    &mut p.payload_format_indicator,
-                    v,
-                    "duplicate Payload Format Indicator",
-                )?;
-            }
-            MESSAGE_EXPIRY_INTERVAL => once(
-                &mut p.message_expiry_interval,
-                pr.u32(T)?,
-                "duplicate Message Expiry Interval",
-            )?,
-            CONTENT_TYPE => once(&mut p.content_type, pr.string(T)?, "duplicate Content Type")?,
-            RESPONSE_TOPIC => {
-                let topic = pr.string(T)?;
-                // [MQTT-3.3.2-14] The Response Topic MUST NOT contain wildcards.
-                if has_wildcard(&topic) {
-                    return Err(DecodeError::Protocol("Response Topic contains a wildcard"));
-                }
-                once(&mut p.response_topic, topic, "duplicate Response Topic")?;
-            }
-            CORRELATION_DATA => once(
-                &mut p.correlation_data,
-                pr.binary(T)?,
-                "duplicate Correlation Data",
-            )?,
-            SUBSCRIPTION_IDENTIFIER => {
-                let v = pr.vbi(T)?;
-                // 3.3.2.3.8 / 3.8.2.1.2: "It is a Protocol Error if the Subscription
-                // Identifier has a value of 0". VBI bounds it to 268,435,455.
-                if v == 0 || v > MAX_VBI {
-                    return Err(DecodeError::Protocol("Subscription Identifier 0"));
-                }
-                // May repeat only in PUBLISH (one per matching subscription); in
-                // SUBSCRIBE more than one is a Protocol Error (3.8.2.1.2).
-                if ctx != Ctx::Publish && !p.subscription_identifiers.is_empty() {
-                    return Err(DecodeError::Protocol("duplicate Subscription Identifier"));
-                }
-                p.subscription_identifiers.push(v);
-            }
-            SESSION_EXPIRY_INTERVAL => once(
-                &mut p.session_expiry_interval,
-                pr.u32(T)?,
-                "duplicate Session Expiry Interval",
-            )?,
-            ASSIGNED_CLIENT_IDENTIFIER => once(
-                &mut p.assigned_client_identifier,
-                pr.string(T)?,
-                "duplicate Assigned Client Identifier",
-            )?,
-            SERVER_KEEP_ALIVE => once(
-                &mut p.server_keep_alive,
-                pr.u16(T)?,
-                "duplicate Server Keep Alive",
-            )?,
-            AUTHENTICATION_METHOD => once(
-                &mut p.authentication_method,
-                pr.string(T)?,
-                "duplicate Authentication Method",
-            )?,
-            AUTHENTICATION_DATA => once(
-                &mut p.authentication_data,
-                pr.binary(T)?,
-                "duplicate Authentication Data",
-            )?,
-            REQUEST_PROBLEM_INFORMATION => {
-                let v = zero_or_one(pr.u8(T)?, "Request Problem Information not 0 or 1")?;
-                once(
-                    &mut p.request_problem_information,
-                    v,
-                    "duplicate Request Problem Information",
-                )?;
-            }
-            WILL_DELAY_INTERVAL => once(
-                &mut p.will_delay_interval,
-                pr.u32(T)?,
-                "duplicate Will Delay Interval",
-            )?,
-            REQUEST_RESPONSE_INFORMATION => {
-                let v = zero_or_one(pr.u8(T)?, "Request Response Information not 0 or 1")?;
-                once(
-                    &mut p.request_response_information,
-                    v,
-                    "duplicate Request Response Information",
-                )?;
-            }
-            RESPONSE_INFORMATION => once(
-                &mut p.response_information,
-                pr.string(T)?,
-                "duplicate Response Information",
-            )?,
-            SERVER_REFERENCE => once(
-                &mut p.server_reference,
-                pr.string(T)?,
-                "duplicate Server Reference",
-            )?,
-            REASON_STRING => once(
-                &mut p.reason_string,
-                pr.string(T)?,
-                "duplicate Reason String",
-            )?,
-            RECEIVE_MAXIMUM => {
-                let v = pr.u16(T)?;
-                // 3.1.2.11.3 / 3.2.2.3.3: "a Protocol Error ... for it to have the value 0".
-                if v == 0 {
-                    return Err(DecodeError::Protocol("Receive Maximum 0"));
-                }
-                once(&mut p.receive_maximum, v, "duplicate Receive Maximum")?;
-            }
-            TOPIC_ALIAS_MAXIMUM => once(
-                &mut p.topic_alias_maximum,
-                pr.u16(T)?,
-                "duplicate Topic Alias Maximum",
-            )?,
-            TOPIC_ALIAS => {
-                let v = pr.u16(T)?;
-                // [MQTT-3.3.2-8] A Topic Alias of 0 is not permitted: 0x94
-                // Topic Alias invalid, like one above the maximum.
-                if v == 0 {
-                    return Err(DecodeError::TopicAliasInvalid("Topic Alias 0"));
-                }
-                once(&mut p.topic_alias, v, "duplicate Topic Alias")?;
-            }
-            MAXIMUM_QOS => {
-                // 3.2.2.3.4: only 0 or 1 may be sent (absent means 2).
-                let v = zero_or_one(pr.u8(T)?, "Maximum QoS not 0 or 1")?;
-                once(&mut p.maximum_qos, v, "duplicate Maximum QoS")?;
-            }
-            RETAIN_AVAILABLE => {
-                let v = zero_or_one(pr.u8(T)?, "Retain Available not 0 or 1")?;
-                once(&mut p.retain_available, v, "duplicate Retain Available")?;
-            }
-            USER_PROPERTY => {
-                // A UTF-8 String Pair; may appear any number of times (2.2.2.2).
-                if p.user_properties.len() >= usize_from(pr.limits.max_user_properties) {
-                    return Err(DecodeError::PropertiesTooLarge("user properties"));
-                }
-                let name = pr.string(T)?;
-                let value = pr.string(T)?;
-                // Cannot fail: both came off the wire as MQTT strings.
-                p.user_properties.push(&name, &value);
-            }
-            MAXIMUM_PACKET_SIZE => {
-                let v = pr.u32(T)?;
-                // 3.1.2.11.4 / 3.2.2.3.6: "a Protocol Error ... for the value to be zero".
-                if v == 0 {
-                    return Err(DecodeError::Protocol("Maximum Packet Size 0"));
-                }
-                once(
-                    &mut p.maximum_packet_size,
-                    v,
-                    "duplicate Maximum Packet Size",
-                )?;
-            }
-            WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                let v = zero_or_one(pr.u8(T)?, "Wildcard Subscription Available not 0 or 1")?;
-                once(
-                    &mut p.wildcard_subscription_available,
-                    v,
-                    "duplicate Wildcard Subscription Available",
-                )?;
-            }
-            SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
-                let v = zero_or_one(pr.u8(T)?, "Subscription Identifier Available not 0 or 1")?;
-                once(
-                    &mut p.subscription_identifiers_available,
-                    v,
-                    "duplicate Subscription Identifier Available",
-                )?;
-            }
-            _ => {
-                // SHARED_SUBSCRIPTION_AVAILABLE: the only identifier left after the
-                // known-identifier check above.
-                let v = zero_or_one(pr.u8(T)?, "Shared Subscription Available not 0 or 1")?;
-                once(
-                    &mut p.shared_subscription_available,
-                    v,
-                    "duplicate Shared Subscription Available",
-                )?;
-            }
-        }
+        let id = read_prop_id(&mut pr, ctx)?;
+        read_prop(&mut pr, id, ctx, &mut p)?;
     }
     Ok(p)
+}
+
+/// A property identifier that is defined and allowed in `ctx`'s packet.
+#[inline]
+fn read_prop_id(pr: &mut Reader, ctx: Ctx) -> Result<u8> {
+    // The identifier is a Variable Byte Integer (section 2.2.2.2); all defined
+    // ones fit in one byte.
+    let raw = pr.vbi("bad property identifier")?;
+    let id =
+        u8::try_from(raw).map_err(|_| DecodeError::Malformed("unknown property identifier"))?;
+    if !(matches!(id, 0x01..=0x03 | 0x08 | 0x09 | 0x0B | 0x11..=0x13 | 0x15..=0x1A)
+        || matches!(id, 0x1C | 0x1F | 0x21..=0x2A))
+    {
+        return Err(DecodeError::Malformed("unknown property identifier"));
+    }
+    // Section 2.2.2.2: "A Control Packet which contains an Identifier which is
+    // not valid for its packet type ... is a Malformed Packet".
+    if !ctx.allows(id) {
+        return Err(DecodeError::Malformed(
+            "property not allowed in this packet",
+        ));
+    }
+    Ok(id)
+}
+
+const TRUNCATED: &str = "truncated property";
+
+/// The value of property `id` (known and allowed in `ctx`) into `p`, by kind:
+/// the two every packet may carry here, the others by what they describe.
+#[inline]
+fn read_prop(pr: &mut Reader, id: u8, ctx: Ctx, p: &mut Props) -> Result<()> {
+    use prop::*;
+    match id {
+        REASON_STRING => once(
+            &mut p.reason_string,
+            pr.string(TRUNCATED)?,
+            "duplicate Reason String",
+        ),
+        USER_PROPERTY => {
+            // A UTF-8 String Pair; may appear any number of times (2.2.2.2).
+            if p.user_properties.len() >= usize_from(pr.limits.max_user_properties) {
+                return Err(DecodeError::PropertiesTooLarge("user properties"));
+            }
+            let name = pr.string(TRUNCATED)?;
+            let value = pr.string(TRUNCATED)?;
+            // Cannot fail: both came off the wire as MQTT strings.
+            p.user_properties.push(&name, &value);
+            Ok(())
+        }
+        PAYLOAD_FORMAT_INDICATOR
+        | MESSAGE_EXPIRY_INTERVAL
+        | CONTENT_TYPE
+        | RESPONSE_TOPIC
+        | CORRELATION_DATA
+        | SUBSCRIPTION_IDENTIFIER
+        | TOPIC_ALIAS
+        | WILL_DELAY_INTERVAL => read_message_prop(pr, id, ctx, p),
+        RECEIVE_MAXIMUM
+        | TOPIC_ALIAS_MAXIMUM
+        | MAXIMUM_PACKET_SIZE
+        | MAXIMUM_QOS
+        | RETAIN_AVAILABLE
+        | WILDCARD_SUBSCRIPTION_AVAILABLE
+        | SUBSCRIPTION_IDENTIFIER_AVAILABLE
+        | SHARED_SUBSCRIPTION_AVAILABLE => read_limit_prop(pr, id, p),
+        _ => read_session_prop(pr, id, p),
+    }
+}
+
+/// Properties of an application message: PUBLISH (3.3.2.3), the Will (3.1.3.2)
+/// and the Subscription Identifier a SUBSCRIBE gives (3.8.2.1.2).
+#[inline]
+fn read_message_prop(pr: &mut Reader, id: u8, ctx: Ctx, p: &mut Props) -> Result<()> {
+    use prop::*;
+    const T: &str = TRUNCATED;
+    match id {
+        PAYLOAD_FORMAT_INDICATOR => {
+            let v = zero_or_one(pr.u8(T)?, "Payload Format Indicator not 0 or 1")?;
+            once(
+                &mut p.payload_format_indicator,
+                v,
+                "duplicate Payload Format Indicator",
+            )
+        }
+        MESSAGE_EXPIRY_INTERVAL => once(
+            &mut p.message_expiry_interval,
+            pr.u32(T)?,
+            "duplicate Message Expiry Interval",
+        ),
+        CONTENT_TYPE => once(&mut p.content_type, pr.string(T)?, "duplicate Content Type"),
+        RESPONSE_TOPIC => {
+            let topic = pr.string(T)?;
+            // [MQTT-3.3.2-14] The Response Topic MUST NOT contain wildcards.
+            if has_wildcard(&topic) {
+                return Err(DecodeError::Protocol("Response Topic contains a wildcard"));
+            }
+            once(&mut p.response_topic, topic, "duplicate Response Topic")
+        }
+        CORRELATION_DATA => once(
+            &mut p.correlation_data,
+            pr.binary(T)?,
+            "duplicate Correlation Data",
+        ),
+        SUBSCRIPTION_IDENTIFIER => {
+            let v = pr.vbi(T)?;
+            // 3.3.2.3.8 / 3.8.2.1.2: "It is a Protocol Error if the Subscription
+            // Identifier has a value of 0". VBI bounds it to 268,435,455.
+            if v == 0 || v > MAX_VBI {
+                return Err(DecodeError::Protocol("Subscription Identifier 0"));
+            }
+            // May repeat only in PUBLISH (one per matching subscription); in
+            // SUBSCRIBE more than one is a Protocol Error (3.8.2.1.2).
+            if ctx != Ctx::Publish && !p.subscription_identifiers.is_empty() {
+                return Err(DecodeError::Protocol("duplicate Subscription Identifier"));
+            }
+            p.subscription_identifiers.push(v);
+            Ok(())
+        }
+        TOPIC_ALIAS => {
+            let v = pr.u16(T)?;
+            // [MQTT-3.3.2-8] A Topic Alias of 0 is not permitted: 0x94
+            // Topic Alias invalid, like one above the maximum.
+            if v == 0 {
+                return Err(DecodeError::TopicAliasInvalid("Topic Alias 0"));
+            }
+            once(&mut p.topic_alias, v, "duplicate Topic Alias")
+        }
+        WILL_DELAY_INTERVAL => once(
+            &mut p.will_delay_interval,
+            pr.u32(T)?,
+            "duplicate Will Delay Interval",
+        ),
+        // Not reached: `read_prop` sends only the identifiers above.
+        _ => Err(DecodeError::Malformed("unknown property identifier")),
+    }
+}
+
+/// What one side can take, announced in CONNECT (3.1.2.11) or CONNACK (3.2.2.3).
+#[inline]
+fn read_limit_prop(pr: &mut Reader, id: u8, p: &mut Props) -> Result<()> {
+    use prop::*;
+    const T: &str = TRUNCATED;
+    match id {
+        RECEIVE_MAXIMUM => {
+            let v = pr.u16(T)?;
+            // 3.1.2.11.3 / 3.2.2.3.3: "a Protocol Error ... for it to have the value 0".
+            if v == 0 {
+                return Err(DecodeError::Protocol("Receive Maximum 0"));
+            }
+            once(&mut p.receive_maximum, v, "duplicate Receive Maximum")
+        }
+        TOPIC_ALIAS_MAXIMUM => once(
+            &mut p.topic_alias_maximum,
+            pr.u16(T)?,
+            "duplicate Topic Alias Maximum",
+        ),
+        MAXIMUM_PACKET_SIZE => {
+            let v = pr.u32(T)?;
+            // 3.1.2.11.4 / 3.2.2.3.6: "a Protocol Error ... for the value to be zero".
+            if v == 0 {
+                return Err(DecodeError::Protocol("Maximum Packet Size 0"));
+            }
+            once(
+                &mut p.maximum_packet_size,
+                v,
+                "duplicate Maximum Packet Size",
+            )
+        }
+        MAXIMUM_QOS => {
+            // 3.2.2.3.4: only 0 or 1 may be sent (absent means 2).
+            let v = zero_or_one(pr.u8(T)?, "Maximum QoS not 0 or 1")?;
+            once(&mut p.maximum_qos, v, "duplicate Maximum QoS")
+        }
+        RETAIN_AVAILABLE => {
+            let v = zero_or_one(pr.u8(T)?, "Retain Available not 0 or 1")?;
+            once(&mut p.retain_available, v, "duplicate Retain Available")
+        }
+        WILDCARD_SUBSCRIPTION_AVAILABLE => {
+            let v = zero_or_one(pr.u8(T)?, "Wildcard Subscription Available not 0 or 1")?;
+            once(
+                &mut p.wildcard_subscription_available,
+                v,
+                "duplicate Wildcard Subscription Available",
+            )
+        }
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
+            let v = zero_or_one(pr.u8(T)?, "Subscription Identifier Available not 0 or 1")?;
+            once(
+                &mut p.subscription_identifiers_available,
+                v,
+                "duplicate Subscription Identifier Available",
+            )
+        }
+        SHARED_SUBSCRIPTION_AVAILABLE => {
+            let v = zero_or_one(pr.u8(T)?, "Shared Subscription Available not 0 or 1")?;
+            once(
+                &mut p.shared_subscription_available,
+                v,
+                "duplicate Shared Subscription Available",
+            )
+        }
+        // Not reached: `read_prop` sends only the identifiers above.
+        _ => Err(DecodeError::Malformed("unknown property identifier")),
+    }
+}
+
+/// The session and its authentication: CONNECT, CONNACK, DISCONNECT and AUTH
+/// (3.1.2.11, 3.2.2.3, 3.14.2.2, 3.15.2.2).
+#[inline]
+fn read_session_prop(pr: &mut Reader, id: u8, p: &mut Props) -> Result<()> {
+    use prop::*;
+    const T: &str = TRUNCATED;
+    match id {
+        SESSION_EXPIRY_INTERVAL => once(
+            &mut p.session_expiry_interval,
+            pr.u32(T)?,
+            "duplicate Session Expiry Interval",
+        ),
+        ASSIGNED_CLIENT_IDENTIFIER => once(
+            &mut p.assigned_client_identifier,
+            pr.string(T)?,
+            "duplicate Assigned Client Identifier",
+        ),
+        SERVER_KEEP_ALIVE => once(
+            &mut p.server_keep_alive,
+            pr.u16(T)?,
+            "duplicate Server Keep Alive",
+        ),
+        AUTHENTICATION_METHOD => once(
+            &mut p.authentication_method,
+            pr.string(T)?,
+            "duplicate Authentication Method",
+        ),
+        AUTHENTICATION_DATA => once(
+            &mut p.authentication_data,
+            pr.binary(T)?,
+            "duplicate Authentication Data",
+        ),
+        REQUEST_PROBLEM_INFORMATION => {
+            let v = zero_or_one(pr.u8(T)?, "Request Problem Information not 0 or 1")?;
+            once(
+                &mut p.request_problem_information,
+                v,
+                "duplicate Request Problem Information",
+            )
+        }
+        REQUEST_RESPONSE_INFORMATION => {
+            let v = zero_or_one(pr.u8(T)?, "Request Response Information not 0 or 1")?;
+            once(
+                &mut p.request_response_information,
+                v,
+                "duplicate Request Response Information",
+            )
+        }
+        RESPONSE_INFORMATION => once(
+            &mut p.response_information,
+            pr.string(T)?,
+            "duplicate Response Information",
+        ),
+        SERVER_REFERENCE => once(
+            &mut p.server_reference,
+            pr.string(T)?,
+            "duplicate Server Reference",
+        ),
+        // Not reached: `read_prop` sends every other identifier elsewhere.
+        _ => Err(DecodeError::Malformed("unknown property identifier")),
+    }
 }
 
 impl Props {
