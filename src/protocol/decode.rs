@@ -964,31 +964,7 @@ fn decode_connect(r: &mut Reader) -> Result<Packet> {
     // user name, password [MQTT-3.1.3-1].
     let client_id = r.string("bad client identifier")?;
     let will = if will_flag {
-        let (delay_interval, will_props) = if v5 {
-            let mut p = read_props(r, Ctx::Will)?;
-            (p.will_delay_interval.take().unwrap_or(0), p.into_publish())
-        } else {
-            (0, PublishProperties::default())
-        };
-        let topic = r.string("bad will topic")?;
-        // The Will Topic becomes a PUBLISH topic name: it must be at least one
-        // character [MQTT-4.7.3-1] and hold no wildcard [MQTT-3.3.2-2]. CONNACK 0x90
-        // (Topic Name invalid) is the 5.0 answer.
-        if topic.is_empty() {
-            return Err(DecodeError::TopicNameInvalid("empty will topic"));
-        }
-        if has_wildcard(&topic) {
-            return Err(DecodeError::TopicNameInvalid("wildcard in will topic"));
-        }
-        let payload = r.binary("bad will payload")?;
-        Some(LastWill {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-            delay_interval,
-            properties: will_props,
-        })
+        Some(decode_will(r, v5, will_qos, will_retain)?)
     } else {
         None
     };
@@ -1014,6 +990,36 @@ fn decode_connect(r: &mut Reader) -> Result<Packet> {
         password,
         properties,
     })))
+}
+
+/// The Will in a CONNECT's payload (3.1.3.2 - 3.1.3.4): its properties (5.0),
+/// topic and payload; QoS and Retain come from the Connect Flags.
+fn decode_will(r: &mut Reader, v5: bool, qos: QoS, retain: bool) -> Result<LastWill> {
+    let (delay_interval, properties) = if v5 {
+        let mut p = read_props(r, Ctx::Will)?;
+        (p.will_delay_interval.take().unwrap_or(0), p.into_publish())
+    } else {
+        (0, PublishProperties::default())
+    };
+    let topic = r.string("bad will topic")?;
+    // The Will Topic becomes a PUBLISH topic name: it must be at least one
+    // character [MQTT-4.7.3-1] and hold no wildcard [MQTT-3.3.2-2]. CONNACK 0x90
+    // (Topic Name invalid) is the 5.0 answer.
+    if topic.is_empty() {
+        return Err(DecodeError::TopicNameInvalid("empty will topic"));
+    }
+    if has_wildcard(&topic) {
+        return Err(DecodeError::TopicNameInvalid("wildcard in will topic"));
+    }
+    let payload = r.binary("bad will payload")?;
+    Ok(LastWill {
+        topic,
+        payload,
+        qos,
+        retain,
+        delay_interval,
+        properties,
+    })
 }
 
 fn decode_connack(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
