@@ -9,7 +9,8 @@
 //! PUBACK/PUBREC/PUBREL/PUBCOMP/UNSUBACK/DISCONNECT; CONNACK and SUBACK codes are
 //! mapped to their 3.1.1 return codes.
 
-use super::decode::{prop, MAX_VBI};
+use super::decode::MAX_VBI;
+use super::properties::prop;
 use super::types::*;
 use bytes::BytesMut;
 
