@@ -594,6 +594,96 @@ impl IoDelta {
     }
 }
 
+/// The topic publisher `p` of run `run_id` publishes to.
+fn bench_topic(run_id: u32, p: usize) -> String {
+    format!("bench/{run_id}/{p}")
+}
+
+/// Connect and subscribe every subscriber, all before anyone publishes; returns
+/// each one's filter and stream.
+async fn connect_subscribers(
+    shared: &Shared,
+    nsubs: usize,
+    run_id: u32,
+) -> Vec<(String, TcpStream)> {
+    let a = &shared.args;
+    let mut sub_streams = Vec::new();
+    for i in 0..nsubs {
+        let mut s = if a.persistent {
+            connect_persistent_subscriber(shared, i).await
+        } else {
+            connect(a.addr, &format!("sub-{run_id}-{i}"), true)
+                .await
+                .unwrap_or_else(|e| panic!("subscriber {i}: {e}"))
+        };
+        let filter = match a.scenario {
+            Scenario::FanIn => format!("bench/{run_id}/+"),
+            Scenario::FanOut => bench_topic(run_id, 0),
+            _ => bench_topic(run_id, i),
+        };
+        subscribe(&mut s, &filter, a.qos)
+            .await
+            .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
+        sub_streams.push((filter, s));
+    }
+    sub_streams
+}
+
+/// Subscriber `i` with a persistent session under a stable id, starting empty.
+async fn connect_persistent_subscriber(shared: &Shared, i: usize) -> TcpStream {
+    let addr = shared.args.addr;
+    let id = format!("tern-bench-sub-{i}");
+    // Clear whatever session an earlier run left under this id.
+    let (old, _) = connect_session(addr, &id, true)
+        .await
+        .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
+    disconnect(old).await;
+    let (s, present) = connect_session(addr, &id, false)
+        .await
+        .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
+    if present {
+        shared.errors.borrow_mut().push(format!(
+            "subscriber {i}: session present after clearing it with clean_session=1"
+        ));
+    }
+    s
+}
+
+async fn connect_publishers(a: &Args, npubs: usize, run_id: u32) -> Vec<TcpStream> {
+    let mut pub_streams = Vec::new();
+    for i in 0..npubs {
+        let s = connect(a.addr, &format!("pub-{run_id}-{i}"), true)
+            .await
+            .unwrap_or_else(|e| panic!("publisher {i}: {e}"));
+        pub_streams.push(s);
+    }
+    pub_streams
+}
+
+/// Sample the broker's RSS every 100 ms until `until`; the task returns the peak.
+fn spawn_rss_sampler(pid: Option<u32>, until: Instant) -> tokio::task::JoinHandle<Option<u64>> {
+    tokio::task::spawn_local(async move {
+        let mut peak = None::<u64>;
+        loop {
+            if let Some(r) = pid.and_then(rss_kb) {
+                peak = Some(peak.map_or(r, |p: u64| p.max(r)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if Instant::now() > until {
+                return peak;
+            }
+        }
+    })
+}
+
+/// What was measured of the broker process around the run.
+struct BrokerUse {
+    rss_idle: Option<u64>,
+    rss_peak: Option<u64>,
+    io_before: Option<IoCounters>,
+    io_after: Option<IoCounters>,
+}
+
 async fn run_traffic(args: Args) -> Report {
     let a = &args;
     let (npubs, nsubs) = match a.scenario {
@@ -611,48 +701,9 @@ async fn run_traffic(args: Args) -> Report {
     });
     let rss_idle = a.pid.and_then(rss_kb);
     let run_id = std::process::id();
-    let topic = |p: usize| format!("bench/{run_id}/{p}");
     // Subscribers first, all subscribed before anyone publishes.
-    let mut sub_streams = Vec::new();
-    for i in 0..nsubs {
-        let mut s = if a.persistent {
-            let id = format!("tern-bench-sub-{i}");
-            // Clear whatever session an earlier run left under this id.
-            let (old, _) = connect_session(a.addr, &id, true)
-                .await
-                .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
-            disconnect(old).await;
-            let (s, present) = connect_session(a.addr, &id, false)
-                .await
-                .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
-            if present {
-                shared.errors.borrow_mut().push(format!(
-                    "subscriber {i}: session present after clearing it with clean_session=1"
-                ));
-            }
-            s
-        } else {
-            connect(a.addr, &format!("sub-{run_id}-{i}"), true)
-                .await
-                .unwrap_or_else(|e| panic!("subscriber {i}: {e}"))
-        };
-        let filter = match a.scenario {
-            Scenario::FanIn => format!("bench/{run_id}/+"),
-            Scenario::FanOut => topic(0),
-            _ => topic(i),
-        };
-        subscribe(&mut s, &filter, a.qos)
-            .await
-            .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
-        sub_streams.push((filter, s));
-    }
-    let mut pub_streams = Vec::new();
-    for i in 0..npubs {
-        let s = connect(a.addr, &format!("pub-{run_id}-{i}"), true)
-            .await
-            .unwrap_or_else(|e| panic!("publisher {i}: {e}"));
-        pub_streams.push(s);
-    }
+    let sub_streams = connect_subscribers(&shared, nsubs, run_id).await;
+    let pub_streams = connect_publishers(a, npubs, run_id).await;
     let per_sec = if a.rate > 0 {
         a.rate as f64 / npubs as f64
     } else {
@@ -680,7 +731,7 @@ async fn run_traffic(args: Args) -> Report {
         };
         handles.push(tokio::task::spawn_local(publisher(
             i,
-            topic(i),
+            bench_topic(run_id, i),
             shared.clone(),
             s,
             per_sec,
@@ -689,19 +740,7 @@ async fn run_traffic(args: Args) -> Report {
     }
     // Sample the broker's RSS while running.
     let mut rss_peak = rss_idle;
-    let pid = a.pid;
-    let sampler = tokio::task::spawn_local(async move {
-        let mut peak = None::<u64>;
-        loop {
-            if let Some(r) = pid.and_then(rss_kb) {
-                peak = Some(peak.map_or(r, |p: u64| p.max(r)));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if Instant::now() > sub_end {
-                return peak;
-            }
-        }
-    });
+    let sampler = spawn_rss_sampler(a.pid, sub_end);
     let mut sub_streams = Vec::new();
     for h in sub_handles {
         if let Ok(Some(s)) = h.await {
@@ -724,6 +763,18 @@ async fn run_traffic(args: Args) -> Report {
     if let Ok(Some(p)) = sampler.await {
         rss_peak = Some(rss_peak.map_or(p, |r| r.max(p)));
     }
+    let broker = BrokerUse {
+        rss_idle,
+        rss_peak,
+        io_before,
+        io_after,
+    };
+    report(&shared, nsubs, broker)
+}
+
+/// The run's figures from what the subscribers tallied.
+fn report(shared: &Shared, nsubs: usize, broker: BrokerUse) -> Report {
+    let a = &shared.args;
     let t = shared.tally.borrow();
     let sent = *shared.sent.borrow();
     let per_msg_receivers = match a.scenario {
@@ -742,7 +793,7 @@ async fn run_traffic(args: Args) -> Report {
     let span = window.max(a.duration.as_secs_f64() * 0.5).max(1e-3);
     let h = &t.latency_us;
     let errors = shared.errors.borrow().clone();
-    let report = Report {
+    Report {
         label: a.label.clone(),
         scenario: a.scenario,
         qos: a.qos,
@@ -756,11 +807,11 @@ async fn run_traffic(args: Args) -> Report {
         p50: h.value_at_quantile(0.5),
         p99: h.value_at_quantile(0.99),
         p999: h.value_at_quantile(0.999),
-        rss_idle_kb: rss_idle,
-        rss_peak_kb: rss_peak,
+        rss_idle_kb: broker.rss_idle,
+        rss_peak_kb: broker.rss_peak,
         errors,
         persistent: a.persistent,
-        io: match (io_before, io_after) {
+        io: match (broker.io_before, broker.io_after) {
             (Some(b), Some(e)) => Some(IoDelta {
                 write_bytes: e.write_bytes.saturating_sub(b.write_bytes),
                 wchar: e.wchar.saturating_sub(b.wchar),
@@ -771,9 +822,7 @@ async fn run_traffic(args: Args) -> Report {
             }),
             _ => None,
         },
-    };
-    drop(t);
-    report
+    }
 }
 
 async fn run_idle(args: Args) {

@@ -9,7 +9,8 @@
 //! PUBACK/PUBREC/PUBREL/PUBCOMP/UNSUBACK/DISCONNECT; CONNACK and SUBACK codes are
 //! mapped to their 3.1.1 return codes.
 
-use super::decode::{prop, MAX_VBI};
+use super::decode::MAX_VBI;
+use super::properties::prop;
 use super::types::*;
 use bytes::BytesMut;
 
@@ -357,192 +358,224 @@ fn ack_props(s: &mut dyn Sink, p: &AckProperties) -> Result<()> {
     p_user(s, &p.user_properties)
 }
 
+/// The variable header and payload of `packet` in `v`'s format: one writer per
+/// packet type, so the size pass and the write pass share every line.
 fn write_body(packet: &Packet, v: ProtocolVersion, s: &mut dyn Sink) -> Result<()> {
     let v5 = v.is_v5();
     match packet {
         Packet::Connect(c) => write_connect(c, s),
-        Packet::ConnAck(c) => {
-            put_u8(s, u8::from(c.session_present));
-            if v5 {
-                put_u8(s, c.reason_code.0);
-                let p = &c.properties;
-                put_props(s, &|s| {
-                    p_u32(s, prop::SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
-                    p_u16(s, prop::RECEIVE_MAXIMUM, p.receive_maximum);
-                    p_u8(s, prop::MAXIMUM_QOS, p.maximum_qos);
-                    p_u8(s, prop::RETAIN_AVAILABLE, p.retain_available);
-                    p_u32(s, prop::MAXIMUM_PACKET_SIZE, p.maximum_packet_size);
-                    p_str(
-                        s,
-                        prop::ASSIGNED_CLIENT_IDENTIFIER,
-                        &p.assigned_client_identifier,
-                    )?;
-                    p_u16(s, prop::TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
-                    p_str(s, prop::REASON_STRING, &p.reason_string)?;
-                    p_u8(
-                        s,
-                        prop::WILDCARD_SUBSCRIPTION_AVAILABLE,
-                        p.wildcard_subscription_available,
-                    );
-                    p_u8(
-                        s,
-                        prop::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-                        p.subscription_identifiers_available,
-                    );
-                    p_u8(
-                        s,
-                        prop::SHARED_SUBSCRIPTION_AVAILABLE,
-                        p.shared_subscription_available,
-                    );
-                    p_u16(s, prop::SERVER_KEEP_ALIVE, p.server_keep_alive);
-                    p_str(s, prop::RESPONSE_INFORMATION, &p.response_information)?;
-                    p_str(s, prop::SERVER_REFERENCE, &p.server_reference)?;
-                    p_str(s, prop::AUTHENTICATION_METHOD, &p.authentication_method)?;
-                    p_bin(s, prop::AUTHENTICATION_DATA, &p.authentication_data)?;
-                    p_user(s, &p.user_properties)
-                })
-            } else {
-                put_u8(s, c.reason_code.to_v311_connack());
-                Ok(())
-            }
-        }
-        Packet::Publish(p) => {
-            if !v5 && p.topic.is_empty() {
-                // 3.1.1 has no Topic Alias: an empty topic name is invalid [MQTT-4.7.3-1].
-                return Err(EncodeError::Invalid("empty topic name in a 3.1.1 PUBLISH"));
-            }
-            put_string(s, &p.topic)?;
-            // [MQTT-2.2.1-2] A QoS 0 PUBLISH MUST NOT contain a packet identifier.
-            if p.qos != QoS::AtMostOnce {
-                let id = p
-                    .packet_id
-                    .ok_or(EncodeError::Invalid("QoS > 0 PUBLISH without packet id"))?;
-                put_u16(s, id.get());
-            }
-            if v5 {
-                put_props(s, &|s| publish_props(s, &p.properties))?;
-            }
-            s.put(&p.payload);
-            Ok(())
-        }
+        Packet::ConnAck(c) => write_connack(c, v5, s),
+        Packet::Publish(p) => write_publish(p, v5, s),
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
-            put_u16(s, r.packet_id.get());
-            // 5.0 [MQTT-3.4.2.1]: Success without properties uses the 2-byte form;
-            // a reason code without properties may omit the Property Length.
-            if v5 && (r.reason_code != ReasonCode::SUCCESS || !r.properties.is_empty()) {
-                put_u8(s, r.reason_code.0);
-                if !r.properties.is_empty() {
-                    put_props(s, &|s| ack_props(s, &r.properties))?;
-                }
-            }
-            Ok(())
+            write_pub_response(r, v5, s)
         }
-        Packet::Subscribe(sub) => {
-            if sub.filters.is_empty() {
-                return Err(EncodeError::Invalid("SUBSCRIBE without topic filters"));
-            }
-            put_u16(s, sub.packet_id.get());
-            if v5 {
-                let p = &sub.properties;
-                put_props(s, &|s| {
-                    if let Some(id) = p.subscription_identifier {
-                        p_sub_id(s, id)?;
-                    }
-                    p_user(s, &p.user_properties)
-                })?;
-            }
-            for f in &sub.filters {
-                put_string(s, &f.filter)?;
-                let o = &f.options;
-                let mut opts = o.qos.as_u8();
-                if v5 {
-                    // 5.0 3.8.3.1: bit 2 No Local, bit 3 Retain As Published,
-                    // bits 4-5 Retain Handling; 3.1.1 has only the QoS bits.
-                    opts |= u8::from(o.no_local) << 2;
-                    opts |= u8::from(o.retain_as_published) << 3;
-                    opts |= (o.retain_handling as u8) << 4;
-                }
-                put_u8(s, opts);
-            }
-            Ok(())
-        }
-        Packet::SubAck(a) => {
-            if a.reason_codes.is_empty() {
-                return Err(EncodeError::Invalid("SUBACK without reason codes"));
-            }
-            put_u16(s, a.packet_id.get());
-            if v5 {
-                put_props(s, &|s| ack_props(s, &a.properties))?;
-            }
-            for rc in &a.reason_codes {
-                put_u8(s, if v5 { rc.0 } else { rc.to_v311_suback() });
-            }
-            Ok(())
-        }
-        Packet::Unsubscribe(u) => {
-            if u.filters.is_empty() {
-                return Err(EncodeError::Invalid("UNSUBSCRIBE without topic filters"));
-            }
-            put_u16(s, u.packet_id.get());
-            if v5 {
-                put_props(s, &|s| p_user(s, &u.user_properties))?;
-            }
-            for f in &u.filters {
-                put_string(s, f)?;
-            }
-            Ok(())
-        }
-        Packet::UnsubAck(a) => {
-            put_u16(s, a.packet_id.get());
-            // A 3.1.1 UNSUBACK is just the packet identifier.
-            if v5 {
-                if a.reason_codes.is_empty() {
-                    return Err(EncodeError::Invalid("UNSUBACK without reason codes"));
-                }
-                put_props(s, &|s| ack_props(s, &a.properties))?;
-                for rc in &a.reason_codes {
-                    put_u8(s, rc.0);
-                }
-            }
-            Ok(())
-        }
+        Packet::Subscribe(sub) => write_subscribe(sub, v5, s),
+        Packet::SubAck(a) => write_suback(a, v5, s),
+        Packet::Unsubscribe(u) => write_unsubscribe(u, v5, s),
+        Packet::UnsubAck(a) => write_unsuback(a, v5, s),
         Packet::PingReq | Packet::PingResp => Ok(()),
-        Packet::Disconnect(d) => {
-            let p = &d.properties;
-            let no_props = *p == DisconnectProperties::default();
-            // 5.0 3.14.2.1: Normal disconnection without properties has Remaining
-            // Length 0; a reason code alone may omit the Property Length.
-            if v5 && (d.reason_code != ReasonCode::NORMAL_DISCONNECTION || !no_props) {
-                put_u8(s, d.reason_code.0);
-                if !no_props {
-                    put_props(s, &|s| {
-                        p_u32(s, prop::SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
-                        p_str(s, prop::REASON_STRING, &p.reason_string)?;
-                        p_str(s, prop::SERVER_REFERENCE, &p.server_reference)?;
-                        p_user(s, &p.user_properties)
-                    })?;
-                }
-            }
-            Ok(())
-        }
-        Packet::Auth(a) => {
-            if !v5 {
-                return Err(EncodeError::Invalid("AUTH does not exist in 3.1.1"));
-            }
-            let p = &a.properties;
-            // 3.15.2.1: Success without properties may be sent as Remaining Length 0.
-            if a.reason_code != ReasonCode::SUCCESS || *p != AuthProperties::default() {
-                put_u8(s, a.reason_code.0);
-                put_props(s, &|s| {
-                    p_str(s, prop::AUTHENTICATION_METHOD, &p.authentication_method)?;
-                    p_bin(s, prop::AUTHENTICATION_DATA, &p.authentication_data)?;
-                    p_str(s, prop::REASON_STRING, &p.reason_string)?;
-                    p_user(s, &p.user_properties)
-                })?;
-            }
-            Ok(())
+        Packet::Disconnect(d) => write_disconnect(d, v5, s),
+        Packet::Auth(a) => write_auth(a, v5, s),
+    }
+}
+
+#[inline]
+fn write_connack(c: &ConnAck, v5: bool, s: &mut dyn Sink) -> Result<()> {
+    put_u8(s, u8::from(c.session_present));
+    if !v5 {
+        put_u8(s, c.reason_code.to_v311_connack());
+        return Ok(());
+    }
+    put_u8(s, c.reason_code.0);
+    put_props(s, &|s| connack_props(s, &c.properties))
+}
+
+fn connack_props(s: &mut dyn Sink, p: &ConnAckProperties) -> Result<()> {
+    p_u32(s, prop::SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
+    p_u16(s, prop::RECEIVE_MAXIMUM, p.receive_maximum);
+    p_u8(s, prop::MAXIMUM_QOS, p.maximum_qos);
+    p_u8(s, prop::RETAIN_AVAILABLE, p.retain_available);
+    p_u32(s, prop::MAXIMUM_PACKET_SIZE, p.maximum_packet_size);
+    p_str(
+        s,
+        prop::ASSIGNED_CLIENT_IDENTIFIER,
+        &p.assigned_client_identifier,
+    )?;
+    p_u16(s, prop::TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
+    p_str(s, prop::REASON_STRING, &p.reason_string)?;
+    p_u8(
+        s,
+        prop::WILDCARD_SUBSCRIPTION_AVAILABLE,
+        p.wildcard_subscription_available,
+    );
+    p_u8(
+        s,
+        prop::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        p.subscription_identifiers_available,
+    );
+    p_u8(
+        s,
+        prop::SHARED_SUBSCRIPTION_AVAILABLE,
+        p.shared_subscription_available,
+    );
+    p_u16(s, prop::SERVER_KEEP_ALIVE, p.server_keep_alive);
+    p_str(s, prop::RESPONSE_INFORMATION, &p.response_information)?;
+    p_str(s, prop::SERVER_REFERENCE, &p.server_reference)?;
+    p_str(s, prop::AUTHENTICATION_METHOD, &p.authentication_method)?;
+    p_bin(s, prop::AUTHENTICATION_DATA, &p.authentication_data)?;
+    p_user(s, &p.user_properties)
+}
+
+#[inline]
+fn write_publish(p: &Publish, v5: bool, s: &mut dyn Sink) -> Result<()> {
+    if !v5 && p.topic.is_empty() {
+        // 3.1.1 has no Topic Alias: an empty topic name is invalid [MQTT-4.7.3-1].
+        return Err(EncodeError::Invalid("empty topic name in a 3.1.1 PUBLISH"));
+    }
+    put_string(s, &p.topic)?;
+    // [MQTT-2.2.1-2] A QoS 0 PUBLISH MUST NOT contain a packet identifier.
+    if p.qos != QoS::AtMostOnce {
+        let id = p
+            .packet_id
+            .ok_or(EncodeError::Invalid("QoS > 0 PUBLISH without packet id"))?;
+        put_u16(s, id.get());
+    }
+    if v5 {
+        put_props(s, &|s| publish_props(s, &p.properties))?;
+    }
+    s.put(&p.payload);
+    Ok(())
+}
+
+/// PUBACK, PUBREC, PUBREL and PUBCOMP share one layout.
+#[inline]
+fn write_pub_response(r: &PubResponse, v5: bool, s: &mut dyn Sink) -> Result<()> {
+    put_u16(s, r.packet_id.get());
+    // 5.0 [MQTT-3.4.2.1]: Success without properties uses the 2-byte form;
+    // a reason code without properties may omit the Property Length.
+    if v5 && (r.reason_code != ReasonCode::SUCCESS || !r.properties.is_empty()) {
+        put_u8(s, r.reason_code.0);
+        if !r.properties.is_empty() {
+            put_props(s, &|s| ack_props(s, &r.properties))?;
         }
     }
+    Ok(())
+}
+
+#[inline]
+fn write_subscribe(sub: &Subscribe, v5: bool, s: &mut dyn Sink) -> Result<()> {
+    if sub.filters.is_empty() {
+        return Err(EncodeError::Invalid("SUBSCRIBE without topic filters"));
+    }
+    put_u16(s, sub.packet_id.get());
+    if v5 {
+        let p = &sub.properties;
+        put_props(s, &|s| {
+            if let Some(id) = p.subscription_identifier {
+                p_sub_id(s, id)?;
+            }
+            p_user(s, &p.user_properties)
+        })?;
+    }
+    for f in &sub.filters {
+        put_string(s, &f.filter)?;
+        let o = &f.options;
+        let mut opts = o.qos.as_u8();
+        if v5 {
+            // 5.0 3.8.3.1: bit 2 No Local, bit 3 Retain As Published,
+            // bits 4-5 Retain Handling; 3.1.1 has only the QoS bits.
+            opts |= u8::from(o.no_local) << 2;
+            opts |= u8::from(o.retain_as_published) << 3;
+            opts |= (o.retain_handling as u8) << 4;
+        }
+        put_u8(s, opts);
+    }
+    Ok(())
+}
+
+#[inline]
+fn write_suback(a: &SubAck, v5: bool, s: &mut dyn Sink) -> Result<()> {
+    if a.reason_codes.is_empty() {
+        return Err(EncodeError::Invalid("SUBACK without reason codes"));
+    }
+    put_u16(s, a.packet_id.get());
+    if v5 {
+        put_props(s, &|s| ack_props(s, &a.properties))?;
+    }
+    for rc in &a.reason_codes {
+        put_u8(s, if v5 { rc.0 } else { rc.to_v311_suback() });
+    }
+    Ok(())
+}
+
+#[inline]
+fn write_unsubscribe(u: &Unsubscribe, v5: bool, s: &mut dyn Sink) -> Result<()> {
+    if u.filters.is_empty() {
+        return Err(EncodeError::Invalid("UNSUBSCRIBE without topic filters"));
+    }
+    put_u16(s, u.packet_id.get());
+    if v5 {
+        put_props(s, &|s| p_user(s, &u.user_properties))?;
+    }
+    for f in &u.filters {
+        put_string(s, f)?;
+    }
+    Ok(())
+}
+
+#[inline]
+fn write_unsuback(a: &UnsubAck, v5: bool, s: &mut dyn Sink) -> Result<()> {
+    put_u16(s, a.packet_id.get());
+    // A 3.1.1 UNSUBACK is just the packet identifier.
+    if v5 {
+        if a.reason_codes.is_empty() {
+            return Err(EncodeError::Invalid("UNSUBACK without reason codes"));
+        }
+        put_props(s, &|s| ack_props(s, &a.properties))?;
+        for rc in &a.reason_codes {
+            put_u8(s, rc.0);
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+fn write_disconnect(d: &Disconnect, v5: bool, s: &mut dyn Sink) -> Result<()> {
+    let p = &d.properties;
+    let no_props = *p == DisconnectProperties::default();
+    // 5.0 3.14.2.1: Normal disconnection without properties has Remaining
+    // Length 0; a reason code alone may omit the Property Length.
+    if v5 && (d.reason_code != ReasonCode::NORMAL_DISCONNECTION || !no_props) {
+        put_u8(s, d.reason_code.0);
+        if !no_props {
+            put_props(s, &|s| {
+                p_u32(s, prop::SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
+                p_str(s, prop::REASON_STRING, &p.reason_string)?;
+                p_str(s, prop::SERVER_REFERENCE, &p.server_reference)?;
+                p_user(s, &p.user_properties)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+fn write_auth(a: &Auth, v5: bool, s: &mut dyn Sink) -> Result<()> {
+    if !v5 {
+        return Err(EncodeError::Invalid("AUTH does not exist in 3.1.1"));
+    }
+    let p = &a.properties;
+    // 3.15.2.1: Success without properties may be sent as Remaining Length 0.
+    if a.reason_code != ReasonCode::SUCCESS || *p != AuthProperties::default() {
+        put_u8(s, a.reason_code.0);
+        put_props(s, &|s| {
+            p_str(s, prop::AUTHENTICATION_METHOD, &p.authentication_method)?;
+            p_bin(s, prop::AUTHENTICATION_DATA, &p.authentication_data)?;
+            p_str(s, prop::REASON_STRING, &p.reason_string)?;
+            p_user(s, &p.user_properties)
+        })?;
+    }
+    Ok(())
 }
 
 fn write_connect(c: &Connect, s: &mut dyn Sink) -> Result<()> {

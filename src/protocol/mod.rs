@@ -1,4 +1,4 @@
-//! MQTT 3.1.1 and 5.0 wire protocol: packet types, decoder, encoder. Pure: no I/O.
+//! MQTT 3.1.1 and 5.0 wire protocol: packet types, decoder, v5 properties, encoder. Pure: no I/O.
 //!
 //! Owns the byte format and every check the specifications ask of a receiver that
 //! can be made on one packet alone (reserved bits, QoS 3, packet id 0, UTF-8, property
@@ -8,6 +8,7 @@
 
 mod decode;
 mod encode;
+mod properties;
 pub mod types;
 
 pub use decode::{decode, decode_with, DecodeError, DecodeLimits};

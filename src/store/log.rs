@@ -291,6 +291,144 @@ fn report(path: &Path, d: &Damage) {
     );
 }
 
+/// The ids of the files in `dir` named like segments (20 digits, `.seg`),
+/// oldest first. What they are is looked at when they are read.
+fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids: Vec<u64> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".seg") {
+            if stem.len() == 20 {
+                if let Ok(id) = stem.parse::<u64>() {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// The bytes of segment file `path`, or None when it is not a readable regular
+/// file (then it has been moved aside).
+fn read_segment_file(dir: &Path, path: &Path, id: u64) -> Option<Vec<u8>> {
+    // A directory, FIFO or device named like a segment: reading it would
+    // fail (or block); it is not ours.
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            move_aside(dir, path, id, "is not a regular file");
+            return None;
+        }
+        Err(e) => {
+            move_aside(dir, path, id, &format!("cannot be examined ({e})"));
+            return None;
+        }
+    }
+    match fs::read(path) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            move_aside(dir, path, id, &format!("cannot be read ({e})"));
+            None
+        }
+    }
+}
+
+/// A segment that may be appended to again: id, salt, end of its records.
+type Reopenable = (u64, Option<u64>, usize);
+
+/// What reading every segment at start found.
+struct ReadBack {
+    records: Vec<Replayed>,
+    /// Every segment kept, by id, with its on-disk size.
+    sealed: std::collections::BTreeMap<u64, u64>,
+    /// The sequence after the last record read.
+    next_seq: u64,
+    /// The newest segment, if it was read without damage.
+    reopenable: Option<Reopenable>,
+}
+
+impl ReadBack {
+    /// Read segments `ids` (oldest first) of `dir` in order, past damage.
+    fn all(dir: &Path, ids: &[u64], clock: Clock) -> ReadBack {
+        let mut read = ReadBack {
+            records: Vec::new(),
+            sealed: std::collections::BTreeMap::new(),
+            next_seq: 1,
+            reopenable: None,
+        };
+        for (i, &id) in ids.iter().enumerate() {
+            read.reopenable = None;
+            let path = segment_path(dir, id);
+            let Some(data) = read_segment_file(dir, &path, id) else {
+                continue;
+            };
+            read.segment(dir, &path, id, ids.get(i + 1).copied(), &data, clock);
+        }
+        read
+    }
+
+    /// Read one segment (`next` is the id of the one after it, if any): its
+    /// records, or its damage reported, kept aside and padded over.
+    fn segment(
+        &mut self,
+        dir: &Path,
+        path: &Path,
+        id: u64,
+        next: Option<u64>,
+        data: &[u8],
+        clock: Clock,
+    ) {
+        let h = match parse_header(data, id) {
+            Ok(h) => h,
+            Err(why) => {
+                warn!(
+                    "storage: segment {} damaged: {why}; all its records are lost",
+                    path.display()
+                );
+                if keep_aside(dir, path, id) {
+                    // Nothing of it can be trusted: empty it but keep the id used.
+                    let _ = fs::write(path, header(id, self.next_seq, new_salt()));
+                }
+                self.sealed.insert(id, data.len() as u64);
+                return;
+            }
+        };
+        // Sequences only grow: a segment never starts before what was read.
+        let first = h.first_seq.max(self.next_seq);
+        // A sealed segment's records end where the next segment's begin.
+        let next_first = next
+            .and_then(|n| first_seq_of(dir, n))
+            .filter(|&n| n >= first);
+        let scanned = scan::scan(data, h.len, first, h.salt, next_first, clock);
+        if scanned.damage.is_empty() {
+            self.reopenable = Some((id, h.salt, scanned.end));
+        } else {
+            for d in &scanned.damage {
+                report(path, d);
+            }
+            if keep_aside(dir, path, id) {
+                if let Err(e) = repair(path, h.salt, &scanned.damage) {
+                    warn!(
+                        "storage: could not pad over the damage in {}: {e}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        self.records
+            .extend(scanned.records.into_iter().map(|(op, len)| Replayed {
+                segment: id,
+                len: len as u32,
+                op,
+            }));
+        self.next_seq = scanned.next_seq;
+        self.sealed.insert(id, data.len() as u64);
+    }
+}
+
 impl Log {
     /// Open (creating) `dir`, replay every segment in order and start a new head
     /// segment. Damage never stops the start: damaged regions are reported,
@@ -319,97 +457,11 @@ impl Log {
         };
         fs::create_dir_all(dir).map_err(io_err)?;
         let lock = lock_dir(dir)?;
-        let mut ids: Vec<u64> = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err)? {
-            let entry = entry.map_err(io_err)?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(stem) = name.strip_suffix(".seg") {
-                if stem.len() == 20 {
-                    if let Ok(id) = stem.parse::<u64>() {
-                        ids.push(id);
-                    }
-                }
-            }
-        }
-        ids.sort_unstable();
-        let mut replayed = Vec::new();
-        let mut sealed = std::collections::BTreeMap::new();
-        let mut next_seq = 1u64;
-        // The newest segment, if it may be appended to: id, salt, end of records.
-        let mut reopenable = None;
-        for (i, &id) in ids.iter().enumerate() {
-            reopenable = None;
-            let path = segment_path(dir, id);
-            // A directory, FIFO or device named like a segment: reading it would
-            // fail (or block); it is not ours.
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_file() => {}
-                Ok(_) => {
-                    move_aside(dir, &path, id, "is not a regular file");
-                    continue;
-                }
-                Err(e) => {
-                    move_aside(dir, &path, id, &format!("cannot be examined ({e})"));
-                    continue;
-                }
-            }
-            let data = match fs::read(&path) {
-                Ok(d) => d,
-                Err(e) => {
-                    move_aside(dir, &path, id, &format!("cannot be read ({e})"));
-                    continue;
-                }
-            };
-            let h = match parse_header(&data, id) {
-                Ok(h) => h,
-                Err(why) => {
-                    warn!(
-                        "storage: segment {} damaged: {why}; all its records are lost",
-                        path.display()
-                    );
-                    if keep_aside(dir, &path, id) {
-                        // Nothing of it can be trusted: empty it but keep the id used.
-                        let _ = fs::write(&path, header(id, next_seq, new_salt()));
-                    }
-                    sealed.insert(id, data.len() as u64);
-                    continue;
-                }
-            };
-            // Sequences only grow: a segment never starts before what was read.
-            let first = h.first_seq.max(next_seq);
-            // A sealed segment's records end where the next segment's begin.
-            let next_first = ids
-                .get(i + 1)
-                .and_then(|&n| first_seq_of(dir, n))
-                .filter(|&n| n >= first);
-            let scanned = scan::scan(&data, h.len, first, h.salt, next_first, clock);
-            if scanned.damage.is_empty() {
-                reopenable = Some((id, h.salt, scanned.end));
-            } else {
-                for d in &scanned.damage {
-                    report(&path, d);
-                }
-                if keep_aside(dir, &path, id) {
-                    if let Err(e) = repair(&path, h.salt, &scanned.damage) {
-                        warn!(
-                            "storage: could not pad over the damage in {}: {e}",
-                            path.display()
-                        );
-                    }
-                }
-            }
-            replayed.extend(scanned.records.into_iter().map(|(op, len)| Replayed {
-                segment: id,
-                len: len as u32,
-                op,
-            }));
-            next_seq = scanned.next_seq;
-            sealed.insert(id, data.len() as u64);
-        }
+        let ids = segment_ids(dir).map_err(io_err)?;
+        let read = ReadBack::all(dir, &ids, clock);
         info!(
             "storage: {} records replayed from {} segments in {}",
-            replayed.len(),
+            read.records.len(),
             ids.len(),
             dir.display()
         );
@@ -418,45 +470,53 @@ impl Log {
             segment_size,
             head: None,
             head_id: ids.last().map_or(1, |l| l + 1),
-            head_first: next_seq,
-            sealed,
-            next_seq,
+            head_first: read.next_seq,
+            sealed: read.sealed,
+            next_seq: read.next_seq,
             _lock: lock,
         };
-        let sealed_bytes: u64 = log.sealed.values().sum();
-        if max_bytes > 0 && sealed_bytes + segment_size > max_bytes {
+        log.start_head(read.reopenable, max_bytes);
+        Ok((log, read.records))
+    }
+
+    /// Give the log a head at start: a new segment, or the newest one again
+    /// (`reopenable`) when a new one would cross `max_bytes` or cannot be
+    /// created. Without either the log serves what was recovered and
+    /// `ensure_head` is retried later.
+    fn start_head(&mut self, reopenable: Option<Reopenable>, max_bytes: u64) {
+        let sealed_bytes: u64 = self.sealed.values().sum();
+        if max_bytes > 0 && sealed_bytes + self.segment_size > max_bytes {
             if let Some(r) = reopenable {
-                match log.reopen(r) {
-                    Ok(()) => return Ok((log, replayed)),
+                match self.reopen(r) {
+                    Ok(()) => return,
                     Err(e) => warn!("storage: cannot reopen segment {}: {e}", r.0),
                 }
             }
         }
-        if let Err(e) = log.ensure_head() {
+        if let Err(e) = self.ensure_head() {
             if let Some(r) = reopenable {
-                match log.reopen(r) {
+                match self.reopen(r) {
                     Ok(()) => {
                         warn!(
                             "storage: cannot start a new segment in {}: {e}; appending to segment {} while it has room",
-                            dir.display(),
+                            self.dir.display(),
                             r.0
                         );
-                        return Ok((log, replayed));
+                        return;
                     }
                     Err(e) => warn!("storage: cannot reopen segment {}: {e}", r.0),
                 }
             }
             error!(
                 "storage: cannot start a new segment in {}: {e}; serving what was recovered, durable writes refused until it can",
-                dir.display()
+                self.dir.display()
             );
         }
-        Ok((log, replayed))
     }
 
     /// Make the newest segment the head again, appending after its records (the
     /// rest of it is zeros: it was read without damage).
-    fn reopen(&mut self, (id, salt, end): (u64, Option<u64>, usize)) -> io::Result<()> {
+    fn reopen(&mut self, (id, salt, end): Reopenable) -> io::Result<()> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -607,49 +607,9 @@ pub fn decode(data: &[u8], want: Option<u64>, clock: Clock) -> Result<(Op, u64, 
 pub fn decode_body(kind: u8, body: &[u8], clock: Clock) -> Result<Op, Bad> {
     let mut r = Reader { b: body };
     let op = match kind {
-        1 => {
-            let sid = r.var()?;
-            let client_id: ClientId = Arc::from(r.string()?);
-            let expiry = r.var_u32()?;
-            let disconnected_at = r.opt_var()?;
-            let will_due = r.opt_var()?;
-            let will = match r.u8()? {
-                0 => None,
-                _ => Some(Box::new(get_will(&mut r)?)),
-            };
-            let username = if r.b.is_empty() {
-                None
-            } else {
-                Some(Arc::from(r.string()?))
-            };
-            let verified = !r.b.is_empty() && r.u8()? == 1;
-            Op::Session(SessionRec {
-                sid,
-                client_id,
-                expiry,
-                disconnected_at,
-                will,
-                will_due,
-                username,
-                verified,
-            })
-        }
+        1 => Op::Session(get_session(&mut r)?),
         2 => Op::SessionGone { sid: r.var()? },
-        3 => {
-            let sid = r.var()?;
-            let filter = Arc::from(r.string()?);
-            let options = get_options(r.u8()?)?;
-            let identifier = match r.opt_var()? {
-                None => None,
-                Some(v) => Some(u32::try_from(v).map_err(|_| Bad::Body("identifier"))?),
-            };
-            Op::Sub {
-                sid,
-                filter,
-                options,
-                identifier,
-            }
-        }
+        3 => get_sub(&mut r)?,
         4 => {
             let sid = r.var()?;
             Op::Unsub {
@@ -663,51 +623,10 @@ pub fn decode_body(kind: u8, body: &[u8], clock: Clock) -> Result<Op, Bad> {
         6 => Op::RetainClear {
             topic: Arc::from(r.string()?),
         },
-        7 => {
-            let mid = r.var()?;
-            let message = Arc::new(get_message(&mut r, clock)?);
-            let n = r.var()?;
-            let mut receivers = Vec::new();
-            for _ in 0..n {
-                let did = r.var()?;
-                let sid = r.var()?;
-                let flags = r.u8()?;
-                let pid = r.var_u16()?;
-                let k = r.var()?;
-                let mut sub_ids = Vec::new();
-                for _ in 0..k {
-                    sub_ids.push(r.var_u32()?);
-                }
-                receivers.push(Receiver {
-                    did,
-                    sid,
-                    qos: Reader::qos(flags)?,
-                    retain: flags & 4 != 0,
-                    released: flags & 8 != 0,
-                    pid,
-                    sub_ids,
-                });
-            }
-            Op::Msg {
-                mid,
-                message,
-                receivers,
-            }
-        }
-        8 => {
-            let n = r.var()?;
-            let mut states = Vec::new();
-            for _ in 0..n {
-                let did = r.var()?;
-                let v = r.var()?;
-                states.push(DelivState {
-                    did,
-                    pid: u16::try_from(v >> 1).map_err(|_| Bad::Body("packet id"))?,
-                    released: v & 1 != 0,
-                });
-            }
-            Op::Deliv { states }
-        }
+        7 => get_msg(&mut r, clock)?,
+        8 => Op::Deliv {
+            states: get_deliv_states(&mut r)?,
+        },
         9 => {
             let n = r.var()?;
             let mut dids = Vec::new();
@@ -730,6 +649,107 @@ pub fn decode_body(kind: u8, body: &[u8], clock: Clock) -> Result<Op, Bad> {
         return Err(Bad::Body("trailing bytes"));
     }
     Ok(op)
+}
+
+/// Kind 1: a persistent session. The username and its verified byte are
+/// written last and only when set: a record without them reads as None / false.
+fn get_session(r: &mut Reader) -> Result<SessionRec, Bad> {
+    let sid = r.var()?;
+    let client_id: ClientId = Arc::from(r.string()?);
+    let expiry = r.var_u32()?;
+    let disconnected_at = r.opt_var()?;
+    let will_due = r.opt_var()?;
+    let will = match r.u8()? {
+        0 => None,
+        _ => Some(Box::new(get_will(r)?)),
+    };
+    let username = if r.b.is_empty() {
+        None
+    } else {
+        Some(Arc::from(r.string()?))
+    };
+    let verified = !r.b.is_empty() && r.u8()? == 1;
+    Ok(SessionRec {
+        sid,
+        client_id,
+        expiry,
+        disconnected_at,
+        will,
+        will_due,
+        username,
+        verified,
+    })
+}
+
+/// Kind 3: a subscription.
+fn get_sub(r: &mut Reader) -> Result<Op, Bad> {
+    let sid = r.var()?;
+    let filter = Arc::from(r.string()?);
+    let options = get_options(r.u8()?)?;
+    let identifier = match r.opt_var()? {
+        None => None,
+        Some(v) => Some(u32::try_from(v).map_err(|_| Bad::Body("identifier"))?),
+    };
+    Ok(Op::Sub {
+        sid,
+        filter,
+        options,
+        identifier,
+    })
+}
+
+/// Kind 7: a QoS 1/2 message and its deliveries to persistent sessions.
+fn get_msg(r: &mut Reader, clock: Clock) -> Result<Op, Bad> {
+    let mid = r.var()?;
+    let message = Arc::new(get_message(r, clock)?);
+    let n = r.var()?;
+    let mut receivers = Vec::new();
+    for _ in 0..n {
+        receivers.push(get_receiver(r)?);
+    }
+    Ok(Op::Msg {
+        mid,
+        message,
+        receivers,
+    })
+}
+
+fn get_receiver(r: &mut Reader) -> Result<Receiver, Bad> {
+    let did = r.var()?;
+    let sid = r.var()?;
+    let flags = r.u8()?;
+    let pid = r.var_u16()?;
+    let k = r.var()?;
+    let mut sub_ids = Vec::new();
+    for _ in 0..k {
+        sub_ids.push(r.var_u32()?);
+    }
+    Ok(Receiver {
+        did,
+        sid,
+        qos: Reader::qos(flags)?,
+        retain: flags & 4 != 0,
+        released: flags & 8 != 0,
+        pid,
+        sub_ids,
+    })
+}
+
+/// Kind 8: delivery state changes; each packet id shares a varint with the
+/// released bit.
+fn get_deliv_states(r: &mut Reader) -> Result<Vec<DelivState>, Bad> {
+    let n = r.var()?;
+    let mut states = Vec::new();
+    for _ in 0..n {
+        let did = r.var()?;
+        let v = r.var()?;
+        states.push(DelivState {
+            did,
+            pid: u16::try_from(v >> 1).map_err(|_| Bad::Body("packet id"))?,
+            released: v & 1 != 0,
+        });
+    }
+    Ok(states)
 }
 
 #[cfg(test)]
