@@ -508,8 +508,7 @@ fn watcher_got(r: &mut Router, conn_id: u64, clock: Clock) -> Vec<String> {
 #[test]
 fn after_a_restart_will_delay_and_session_expiry_count_from_the_stored_disconnect() {
     let dir = tempfile::tempdir().unwrap();
-    let t0 = at(Instant::now());
-    let c0 = Clock::at(t0.now, WALL_MS);
+    let c0 = Clock::at(Instant::now(), WALL_MS);
     let (mut r, thread) = router_on_disk(dir.path(), c0);
     let _w = connect_at(&mut r, "w", 1, u32::MAX, None, c0);
     subscribe_at(&mut r, "w", 1, "will/#", c0);
