@@ -19,6 +19,7 @@ pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod queue;
 pub mod reload;
 pub mod retain;
 pub mod retained_backlog;

@@ -1,0 +1,189 @@
+//! A work queue's policy: how many unacknowledged messages a consumer holds, how
+//! often a message is tried and how long between tries, when it is dead-lettered,
+//! its caps and what happens past them, its ordering key. Pure values and the
+//! decisions that follow from them alone (the retry schedule, the ordering key of
+//! a message).
+
+use crate::protocol::UserProperties;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+/// What a queue does with a message that would take it past `max_length` or
+/// `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// The new message is not taken: v5 publishers get 0x97 Quota exceeded.
+    #[default]
+    Reject,
+    /// The oldest ready message is dropped (and counted) to make room.
+    DropHead,
+    /// The oldest ready message moves to the dead-letter queue (`overflow`).
+    DeadLetter,
+}
+
+/// Which messages must be delivered in publish order, one at a time: those with
+/// the same key (SQS FIFO message groups, Kafka partition keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderingKey {
+    /// The whole topic.
+    Topic,
+    /// Topic level N (0-based); a topic with fewer levels has the empty key.
+    TopicLevel(usize),
+    /// The value of a user property; a message without it has the empty key.
+    UserProperty(String),
+}
+
+impl OrderingKey {
+    /// Parse `topic`, `topic-level:N` or `user-property:NAME` (the config form).
+    pub fn parse(s: &str) -> Option<OrderingKey> {
+        if s == "topic" {
+            return Some(OrderingKey::Topic);
+        }
+        if let Some(n) = s.strip_prefix("topic-level:") {
+            return n.parse().ok().map(OrderingKey::TopicLevel);
+        }
+        match s.strip_prefix("user-property:") {
+            Some(name) if !name.is_empty() => Some(OrderingKey::UserProperty(name.to_string())),
+            _ => None,
+        }
+    }
+
+    /// The key text of a message on `topic` with `props`.
+    pub fn key_of<'a>(&self, topic: &'a str, props: &'a UserProperties) -> &'a str {
+        match self {
+            OrderingKey::Topic => topic,
+            OrderingKey::TopicLevel(n) => topic.split('/').nth(*n).unwrap_or(""),
+            OrderingKey::UserProperty(name) => {
+                props.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v)
+            }
+        }
+    }
+}
+
+/// A key as the queue keeps it: a 64-bit hash (its text is not kept per
+/// message). Two keys that collide are ordered together, which only costs
+/// parallelism, never order. Seeded per process so a peer cannot aim at it.
+pub fn key_hash(key: &str) -> u64 {
+    static SEED: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
+    let mut h = SEED.get_or_init(Default::default).build_hasher();
+    h.write(key.as_bytes());
+    h.finish()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuePolicy {
+    /// Unacknowledged messages one consumer may hold (capped again by its
+    /// Receive Maximum).
+    pub prefetch: u16,
+    /// Deliveries after which a message that is still not acknowledged moves to
+    /// the dead-letter queue.
+    pub max_deliveries: u16,
+    /// Wait before a nacked message is delivered again; doubles per delivery up
+    /// to `retry_delay_max`.
+    pub retry_delay: Duration,
+    pub retry_delay_max: Duration,
+    /// Visibility timeout: a delivery not acknowledged within it goes to another
+    /// consumer. None: a delivery waits for its consumer as long as it is connected.
+    pub ack_timeout: Option<Duration>,
+    /// Nack reason codes that dead-letter at once (`basic_reject(requeue=false)`).
+    pub reject_codes: Vec<u8>,
+    /// Messages and bytes the queue holds at most (ready, delayed and in flight).
+    pub max_length: usize,
+    pub max_bytes: u64,
+    pub overflow: Overflow,
+    /// How long a message may wait; past it it is dead-lettered (`expired`).
+    pub message_ttl: Option<Duration>,
+    /// A message whose `message-id` user property was seen within this window is
+    /// acknowledged and not taken again.
+    pub dedup_window: Option<Duration>,
+    /// Ids remembered for deduplication at most (the window is also bounded in
+    /// memory).
+    pub dedup_max_ids: usize,
+    pub ordering: Option<OrderingKey>,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            prefetch: 16,
+            max_deliveries: 5,
+            retry_delay: Duration::from_secs(1),
+            retry_delay_max: Duration::from_secs(60),
+            ack_timeout: None,
+            // 0x99 Payload format invalid, 0x83 Implementation specific error.
+            reject_codes: vec![0x99, 0x83],
+            max_length: 1_000_000,
+            max_bytes: 1 << 30,
+            overflow: Overflow::Reject,
+            message_ttl: None,
+            dedup_window: None,
+            dedup_max_ids: 100_000,
+            ordering: None,
+        }
+    }
+}
+
+impl QueuePolicy {
+    /// The wait before delivery number `deliveries + 1` of a message nacked after
+    /// its delivery number `deliveries` (>= 1): `retry_delay`, doubled for each
+    /// delivery after the first, at most `retry_delay_max`.
+    pub fn retry_after(&self, deliveries: u16) -> Duration {
+        let doublings = u32::from(deliveries.saturating_sub(1)).min(31);
+        self.retry_delay
+            .checked_mul(1 << doublings)
+            .unwrap_or(self.retry_delay_max)
+            .min(self.retry_delay_max)
+    }
+
+    /// Does a nack with `code` dead-letter at once?
+    pub fn rejects(&self, code: u8) -> bool {
+        self.reject_codes.contains(&code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_per_delivery_up_to_its_cap() {
+        let p = QueuePolicy {
+            retry_delay: Duration::from_millis(500),
+            retry_delay_max: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let got: Vec<u128> = (1..=7).map(|n| p.retry_after(n).as_millis()).collect();
+        assert_eq!(got, vec![500, 1000, 2000, 4000, 5000, 5000, 5000]);
+        assert_eq!(
+            p.retry_after(u16::MAX),
+            Duration::from_secs(5),
+            "no overflow"
+        );
+    }
+
+    #[test]
+    fn ordering_keys_parse_and_pick_their_part_of_a_message() {
+        assert_eq!(OrderingKey::parse("topic"), Some(OrderingKey::Topic));
+        assert_eq!(
+            OrderingKey::parse("topic-level:2"),
+            Some(OrderingKey::TopicLevel(2))
+        );
+        assert_eq!(
+            OrderingKey::parse("user-property:device"),
+            Some(OrderingKey::UserProperty("device".into()))
+        );
+        for bad in ["", "topic-level:x", "user-property:", "partition"] {
+            assert_eq!(OrderingKey::parse(bad), None, "{bad}");
+        }
+        let props: UserProperties = [("device", "pump-7")].into_iter().collect();
+        let none = UserProperties::default();
+        assert_eq!(OrderingKey::Topic.key_of("a/b/c", &none), "a/b/c");
+        assert_eq!(OrderingKey::TopicLevel(1).key_of("a/b/c", &none), "b");
+        assert_eq!(OrderingKey::TopicLevel(5).key_of("a/b/c", &none), "");
+        let up = OrderingKey::UserProperty("device".into());
+        assert_eq!(up.key_of("t", &props), "pump-7");
+        assert_eq!(up.key_of("t", &none), "");
+        assert_eq!(key_hash("pump-7"), key_hash("pump-7"));
+        assert_ne!(key_hash("pump-7"), key_hash("pump-8"));
+    }
+}
