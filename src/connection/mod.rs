@@ -8,19 +8,22 @@
 //! this task writes those replies. Works over any byte stream, so TLS and
 //! WebSockets reuse it.
 
+mod negotiate;
+
 use crate::config::Config;
-use crate::login::{Peer, Refused};
+use crate::login::{Login, Peer, Refused};
 use crate::metrics::Metrics;
 use crate::protocol::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
     DisconnectProperties, Packet, PacketId, ProtocolVersion, PubResponse, Publish, PublishView,
     QoS, ReasonCode, SubAck, UnsubAck,
 };
-use crate::router::{ConnHandle, ConnectRequest, DisconnectKind, RouterMsg};
+use crate::router::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
 use crate::session::{ClientId, Outgoing, ReplyKind};
 use crate::topic::validate_topic_name;
 use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
+use negotiate::{negotiate, Negotiated, Refusal};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -565,7 +568,8 @@ fn random_suffix(conn_id: u64) -> u64 {
     h.finish()
 }
 
-/// Validate CONNECT, register with the router, send CONNACK.
+/// Negotiate the CONNECT, log in, register with the router, queue the CONNACK;
+/// or refuse.
 async fn handshake<S: AsyncWrite + Unpin>(
     stream: &mut S,
     c: Connect,
@@ -573,161 +577,40 @@ async fn handshake<S: AsyncWrite + Unpin>(
     conn_id: u64,
     shared: &Arc<Shared>,
 ) -> Option<Conn> {
-    let cfg = &shared.config;
-    let lim = &cfg.limits;
     let version = c.version;
-    let v5 = version.is_v5();
-
-    if c.properties.authentication_method.is_some() {
-        // Enhanced authentication is not offered: [MQTT-4.12.0-1] answer 0x8C.
-        refuse(
-            stream,
-            version,
-            ReasonCode::BAD_AUTHENTICATION_METHOD,
-            "enhanced authentication is not supported",
-        )
-        .await;
-        return None;
-    }
-    let mut assigned = None;
-    let client_id: ClientId = if c.client_id.is_empty() {
-        if !v5 && !c.clean_start {
-            // [MQTT-3.1.3-8] a 3.1.1 client with an empty id must ask for a clean
-            // session: refuse with 0x02 "identifier rejected".
-            refuse(
-                stream,
-                version,
-                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                "empty client id needs clean session",
-            )
-            .await;
-            return None;
-        }
-        // [MQTT-3.1.3-6] assign a unique id; v5 tells the client (5.0 section 3.2.2.3.7).
-        let id = format!("tern-{:016x}", random_suffix(conn_id));
-        assigned = Some(id.clone());
-        id.into()
-    } else {
-        c.client_id.as_str().into()
-    };
-
-    // Keep alive: 1.5 x the client's value [MQTT-3.1.2-24], capped by max_keepalive.
-    let mut keep_alive = c.keep_alive;
-    let mut server_keep_alive = None;
-    if lim.max_keepalive < u16::MAX && (keep_alive == 0 || keep_alive > lim.max_keepalive) {
-        if v5 {
-            // [MQTT-3.2.2-21] the client must use the Server Keep Alive we return.
-            keep_alive = lim.max_keepalive;
-            server_keep_alive = Some(lim.max_keepalive);
-        } else if keep_alive > lim.max_keepalive {
-            // 3.1.1 cannot be told another value; refuse like Mosquitto does.
-            refuse(
-                stream,
-                version,
-                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                "keep alive above max_keepalive",
-            )
-            .await;
-            return None;
+    match admit(c, peer, conn_id, shared).await {
+        Ok(conn) => Some(conn),
+        Err(r) => {
+            refuse(stream, version, r.code, r.why).await;
+            None
         }
     }
+}
 
-    if let Some(w) = &c.will {
-        if validate_topic_name(&w.topic, cfg.topic_limits()).is_err() {
-            refuse(
-                stream,
-                version,
-                ReasonCode::TOPIC_NAME_INVALID,
-                "invalid will topic",
-            )
-            .await;
-            return None;
-        }
-        if w.properties.payload_format_indicator == Some(1)
-            && std::str::from_utf8(&w.payload).is_err()
-        {
-            refuse(
-                stream,
-                version,
-                ReasonCode::PAYLOAD_FORMAT_INVALID,
-                "will payload is not UTF-8",
-            )
-            .await;
-            return None;
-        }
-    }
-
-    // Who is this? (password file, certificate identity, allow_anonymous).
-    // Bounded like the CONNECT itself: a throttled or queued login must not hold
-    // its connection slot longer than `connect_timeout`.
-    let check = shared.logins.check(
-        peer,
-        c.username.as_deref(),
-        c.password.as_ref(),
-        &shared.metrics,
-    );
-    let checked = tokio::time::timeout(lim.connect_timeout, check)
+/// The handshake up to a connection with its CONNACK in the write buffer.
+async fn admit(
+    c: Connect,
+    peer: &Peer,
+    conn_id: u64,
+    shared: &Arc<Shared>,
+) -> Result<Conn, Refusal> {
+    let lim = &shared.config.limits;
+    let deal = negotiate(&c, lim, shared.config.topic_limits(), || {
+        random_suffix(conn_id)
+    })?;
+    let login = log_in(&c, peer, shared)
         .await
-        .unwrap_or_else(|_| {
-            debug!("login not decided within connect_timeout");
-            Err(Refused::NotAuthorized)
-        });
-    let login = match checked {
-        Ok(l) => {
-            if let Some(u) = &l.username {
-                tracing::Span::current().record("user", u.as_str());
-            }
-            l
-        }
-        Err(why) => {
-            // v5: 0x86 for bad credentials, 0x87 otherwise; 3.1.1 gets 0x05 "not
-            // authorized" for both (what Mosquitto answers). Busy: v5 0x89, 3.1.1
-            // 0x03 "server unavailable" (via to_v311_connack), so a client retries.
-            let (code, text) = match (v5, why) {
-                (_, Refused::ServerBusy) => (ReasonCode::SERVER_BUSY, "server busy"),
-                (true, Refused::BadCredentials) => {
-                    (ReasonCode::BAD_USER_NAME_OR_PASSWORD, "not authorized")
-                }
-                _ => (ReasonCode::NOT_AUTHORIZED, "not authorized"),
-            };
-            refuse(stream, version, code, text).await;
-            return None;
-        }
-    };
-
-    let max_expiry = u32::try_from(lim.max_session_expiry.as_secs()).unwrap_or(u32::MAX);
-    let (session_expiry, expiry_changed) = if v5 {
-        let asked = c.properties.session_expiry_interval.unwrap_or(0);
-        if asked > max_expiry {
-            (max_expiry, true)
-        } else {
-            (asked, false)
-        }
-    } else if c.clean_start {
-        (0, false)
-    } else {
-        // A 3.1.1 persistent session has no expiry in the protocol; the configured
-        // cap keeps an abandoned one from living forever.
-        (max_expiry, false)
-    };
-
-    let window = usize::from(
-        c.properties
-            .receive_maximum
-            .unwrap_or(u16::MAX)
-            .min(lim.max_inflight),
-    );
+        .map_err(|why| Refusal::login(c.version, why))?;
     // Replies we may owe at once: we stop reading at `receive_maximum` owed.
     let reply_reserve = usize::from(lim.receive_maximum) + 1;
     let (outbox_tx, outbox_rx) = crate::outbox::outbox(
         usize::from(lim.max_inflight) + lim.outgoing_qos0_buffer + reply_reserve,
     );
     let (kick_tx, kick_rx) = oneshot::channel();
-    let (reply_tx, reply_rx) = oneshot::channel();
     let request = ConnectRequest {
-        client_id: client_id.clone(),
+        client_id: deal.client_id.clone(),
         clean_start: c.clean_start,
-        session_expiry,
+        session_expiry: deal.session_expiry,
         // The Will payload is a slice of the CONNECT's read buffer (up to
         // max_connect_packet_size) and lives as long as the session: keep a copy
         // of its own bytes, not the whole buffer.
@@ -741,116 +624,63 @@ async fn handshake<S: AsyncWrite + Unpin>(
         verified: login.by_password || matches!(peer.cert, crate::login::CertIdentity::Name(_)),
         handle: ConnHandle {
             conn_id,
-            version,
+            version: deal.version,
             outbox: outbox_tx,
             kick: kick_tx,
-            max_packet_size: if v5 {
-                c.properties.maximum_packet_size
-            } else {
-                None
-            },
-            window,
+            max_packet_size: deal.client_max_packet,
+            window: deal.window,
             reply_reserve,
         },
     };
-    if shared
-        .router
-        .send(RouterMsg::Connect {
-            request: Box::new(request),
-            reply: reply_tx,
-        })
-        .await
-        .is_err()
-    {
-        refuse(
-            stream,
-            version,
-            ReasonCode::SERVER_UNAVAILABLE,
-            "shutting down",
-        )
-        .await;
-        return None;
-    }
-    let accepted = match reply_rx.await {
-        Ok(Ok(a)) => a,
-        Ok(Err(code)) => {
-            let why = if code == ReasonCode::NOT_AUTHORIZED {
-                "will topic not authorized"
-            } else {
-                "session limit reached"
-            };
-            refuse(stream, version, code, why).await;
-            return None;
-        }
-        Err(_) => {
-            refuse(
-                stream,
-                version,
-                ReasonCode::SERVER_UNAVAILABLE,
-                "shutting down",
-            )
-            .await;
-            return None;
-        }
-    };
-
-    let mut props = ConnAckProperties::default();
-    if v5 {
-        props.assigned_client_identifier = assigned;
-        props.server_keep_alive = server_keep_alive;
-        if expiry_changed {
-            props.session_expiry_interval = Some(session_expiry);
-        }
-        props.receive_maximum = Some(lim.receive_maximum);
-        props.maximum_packet_size = Some(lim.max_packet_size);
-        props.topic_alias_maximum = Some(lim.topic_alias_maximum);
-        // Absent means available too (5.0 section 3.2.2.3.14); said explicitly
-        // because some clients only look for the property.
-        props.shared_subscription_available = Some(1);
-    }
-    let mut conn = Conn {
-        client_id,
-        conn_id,
-        version,
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        read_size: READ_MIN,
-        owed: 0,
-        unacked_in: HashSet::new(),
-        skipped: Vec::new(),
-        batch: Vec::new(),
-        in_aliases: HashMap::new(),
-        out_aliases: HashMap::new(),
-        // Each alias keeps its topic for the connection's life: the client's
-        // maximum is a ceiling, ours the cap (5.0 section 3.3.2.3.4).
-        out_alias_max: if v5 {
-            c.properties
-                .topic_alias_maximum
-                .unwrap_or(0)
-                .min(lim.outbound_topic_alias_maximum)
-        } else {
-            0
-        },
-        client_max_packet: if v5 {
-            c.properties.maximum_packet_size
-        } else {
-            None
-        },
-        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-        expiry_was_zero: session_expiry == 0,
-        problem_info: c.properties.request_problem_information != Some(0),
-        flush_owed: false,
-        outbox: outbox_rx,
-        kick: Some(kick_rx),
-        shared: shared.clone(),
-    };
+    let accepted = register(shared, request).await?;
+    let props = deal.connack_properties(lim);
+    let mut conn = Conn::new(deal, conn_id, outbox_rx, kick_rx, shared);
     conn.write_packet(&Packet::ConnAck(ConnAck {
         // [MQTT-3.2.2-2/3] session present only when a session was resumed.
         session_present: accepted.session_present,
         reason_code: ReasonCode::SUCCESS,
         properties: props,
     }));
-    Some(conn)
+    Ok(conn)
+}
+
+/// Who is this? (password file, certificate identity, allow_anonymous).
+async fn log_in(c: &Connect, peer: &Peer, shared: &Shared) -> Result<Login, Refused> {
+    // Bounded like the CONNECT itself: a throttled or queued login must not hold
+    // its connection slot longer than `connect_timeout`.
+    let check = shared.logins.check(
+        peer,
+        c.username.as_deref(),
+        c.password.as_ref(),
+        &shared.metrics,
+    );
+    let login = tokio::time::timeout(shared.config.limits.connect_timeout, check)
+        .await
+        .unwrap_or_else(|_| {
+            debug!("login not decided within connect_timeout");
+            Err(Refused::NotAuthorized)
+        })?;
+    if let Some(u) = &login.username {
+        tracing::Span::current().record("user", u.as_str());
+    }
+    Ok(login)
+}
+
+/// Hand the session to the router and wait for its answer.
+async fn register(shared: &Shared, request: ConnectRequest) -> Result<ConnectAccepted, Refusal> {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let msg = RouterMsg::Connect {
+        request: Box::new(request),
+        reply: reply_tx,
+    };
+    if shared.router.send(msg).await.is_err() {
+        return Err(Refusal::SHUTTING_DOWN);
+    }
+    match reply_rx.await {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(code)) => Err(Refusal::by_router(code)),
+        Err(_) => Err(Refusal::SHUTTING_DOWN),
+    }
 }
 
 struct Conn {
@@ -890,6 +720,38 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(
+        deal: Negotiated,
+        conn_id: u64,
+        outbox: crate::outbox::OutboxReceiver,
+        kick: oneshot::Receiver<ReasonCode>,
+        shared: &Arc<Shared>,
+    ) -> Conn {
+        Conn {
+            keep_alive: deal.keep_alive_timeout(),
+            client_id: deal.client_id,
+            conn_id,
+            version: deal.version,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            read_size: READ_MIN,
+            owed: 0,
+            unacked_in: HashSet::new(),
+            skipped: Vec::new(),
+            batch: Vec::new(),
+            in_aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
+            out_alias_max: deal.out_alias_max,
+            client_max_packet: deal.client_max_packet,
+            expiry_was_zero: deal.session_expiry == 0,
+            problem_info: deal.problem_info,
+            flush_owed: false,
+            outbox,
+            kick: Some(kick),
+            shared: shared.clone(),
+        }
+    }
+
     fn limits(&self) -> &crate::config::Limits {
         &self.shared.config.limits
     }
