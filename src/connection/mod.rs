@@ -8,6 +8,7 @@
 //! this task writes those replies. Works over any byte stream, so TLS and
 //! WebSockets reuse it.
 
+mod close;
 mod negotiate;
 mod pre_login;
 
@@ -15,14 +16,14 @@ use crate::config::Config;
 use crate::login::{Login, Peer, Refused};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
-    DisconnectProperties, Packet, PacketId, ProtocolVersion, PubResponse, Publish, PublishView,
-    QoS, ReasonCode, SubAck, UnsubAck,
+    self, AckProperties, ConnAck, Connect, Packet, PacketId, ProtocolVersion, PubResponse, Publish,
+    PublishView, QoS, ReasonCode, SubAck, UnsubAck,
 };
 use crate::router::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
 use crate::session::{ClientId, Outgoing, ReplyKind};
 use crate::topic::validate_topic_name;
 use bytes::{Buf, BytesMut};
+use close::{finish, graceful_close, refuse, Close, Registration};
 use futures_util::FutureExt;
 use negotiate::{negotiate, Negotiated, Refusal};
 pub use pre_login::PreLoginBudget;
@@ -64,49 +65,6 @@ const PUBLISH_BATCH: usize = 32;
 /// in the select, so everything ready is encoded first and written with one
 /// syscall: on loopback each write wakes the peer, which costs more than the write.
 const OUTBOX_BATCH: usize = 256;
-
-/// How the main loop ends.
-struct Close {
-    /// Sent in a v5 DISCONNECT when set [MQTT-4.13.1-1].
-    reason: Option<ReasonCode>,
-    reason_string: Option<&'static str>,
-    kind: DisconnectKind,
-    session_expiry: Option<u32>,
-}
-
-impl Close {
-    fn error(reason: ReasonCode, why: &'static str) -> Close {
-        Close {
-            reason: Some(reason),
-            reason_string: Some(why),
-            kind: DisconnectKind::WithWill,
-            session_expiry: None,
-        }
-    }
-    fn silent() -> Close {
-        Close {
-            reason: None,
-            reason_string: None,
-            kind: DisconnectKind::WithWill,
-            session_expiry: None,
-        }
-    }
-}
-
-impl From<DecodeError> for Close {
-    fn from(e: DecodeError) -> Close {
-        let why = match e {
-            DecodeError::Malformed(w)
-            | DecodeError::Protocol(w)
-            | DecodeError::TopicNameInvalid(w)
-            | DecodeError::PropertiesTooLarge(w)
-            | DecodeError::TopicAliasInvalid(w) => w,
-            DecodeError::TooLarge { .. } => "packet exceeds the maximum packet size",
-            DecodeError::UnsupportedVersion(_) => "unsupported protocol version",
-        };
-        Close::error(e.reason_code(), why)
-    }
-}
 
 /// Serve one accepted connection until it ends.
 pub async fn serve<S>(stream: S, peer: Peer, shared: Arc<Shared>)
@@ -202,75 +160,6 @@ where
     Box::pin(finish(stream, conn, close, conn_id, &shared)).await;
 }
 
-/// Tells the router that a registered connection is gone even if its task unwinds
-/// (a bug: nothing a peer sends may panic, but if it happens tokio ends only this
-/// task), so the session does not stay "online" forever and its Will is handled.
-/// Best effort: `try_send`, as `Drop` cannot wait.
-struct Registration {
-    router: mpsc::Sender<RouterMsg>,
-    client: ClientId,
-    conn_id: u64,
-    armed: bool,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.router.try_send(RouterMsg::Disconnected {
-                client: self.client.clone(),
-                conn_id: self.conn_id,
-                kind: DisconnectKind::WithWill,
-                session_expiry: None,
-            });
-        }
-    }
-}
-
-/// After the main loop: tell the router, send a v5 DISCONNECT if there is a reason,
-/// flush what is left (bounded), close.
-async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    mut conn: Conn,
-    close: Close,
-    conn_id: u64,
-    shared: &Shared,
-) {
-    // Tell the router first: a client reconnecting at once must find its old
-    // connection gone, not "taken over" (which would publish its Will after a
-    // normal DISCONNECT).
-    let _ = shared
-        .router
-        .send(RouterMsg::Disconnected {
-            client: conn.client_id.clone(),
-            conn_id,
-            kind: close.kind,
-            session_expiry: close.session_expiry,
-        })
-        .await;
-    if let (true, Some(reason)) = (conn.version.is_v5(), close.reason) {
-        let d = Packet::Disconnect(Disconnect {
-            reason_code: reason,
-            properties: DisconnectProperties {
-                reason_string: close.reason_string.map(str::to_string),
-                ..Default::default()
-            },
-        });
-        let _ = protocol::encode(&d, conn.version, &mut conn.wbuf);
-    }
-    if !conn.wbuf.is_empty() {
-        let _ = bounded(stream.write_all(&conn.wbuf)).await;
-    }
-    conn.wbuf = BytesMut::new();
-    conn.rbuf = BytesMut::new();
-    graceful_close(&mut stream).await;
-    match close.reason {
-        Some(r) if r.is_error() => {
-            info!(reason = %r, why = close.reason_string.unwrap_or(""), "closed")
-        }
-        _ => info!("disconnected"),
-    }
-}
-
 /// A PUBLISH's payload and correlation data are slices of the read buffer and
 /// keep the whole allocation alive for as long as the message lives (retained,
 /// queued for an offline session). From a buffer grown for a large packet, a
@@ -295,28 +184,6 @@ fn unpin(p: &mut Publish, alloc: usize) {
     }
 }
 
-/// Write a refusing CONNACK and give up.
-async fn refuse<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    version: ProtocolVersion,
-    code: ReasonCode,
-    why: &str,
-) {
-    debug!(reason = %code, why, "CONNECT refused");
-    let ack = Packet::ConnAck(ConnAck {
-        session_present: false,
-        reason_code: code,
-        properties: ConnAckProperties {
-            reason_string: Some(why.to_string()),
-            ..Default::default()
-        },
-    });
-    let mut w = BytesMut::new();
-    if protocol::encode(&ack, version, &mut w).is_ok() {
-        let _ = bounded(stream.write_all(&w)).await;
-    }
-}
-
 enum Written {
     Bytes(usize),
     Flushed,
@@ -329,37 +196,6 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io
     } else {
         w.write(buf).await.map(Written::Bytes)
     }
-}
-
-/// How long a closing connection may take to hand over its last bytes.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// How long a closing connection reads and discards what the peer still sends.
-const LINGER: Duration = Duration::from_secs(1);
-
-/// Close after the last packet (a DISCONNECT or refusing CONNACK) was written: shut
-/// down our sending side, then read and discard until the peer closes, for at most
-/// [`LINGER`]. Closing a socket with unread input makes the kernel send a reset,
-/// which can destroy our last packet before the client reads it: a client still
-/// sending when we close would never learn the reason.
-async fn graceful_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    if bounded(stream.shutdown()).await.is_none() {
-        return;
-    }
-    let mut sink = vec![0u8; 2048];
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
-/// Bound a final write or shutdown: TLS and WebSocket shutdowns flush first, and a
-/// peer that does not read must not keep the task (and its slot) forever.
-async fn bounded<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
-    tokio::time::timeout(CLOSE_WAIT, f).await.ok()
 }
 
 fn random_suffix(conn_id: u64) -> u64 {
@@ -1156,40 +992,6 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A connection task that unwinds still reports its end to the router.
-    #[test]
-    fn registration_reports_an_unwound_connection() {
-        let (tx, mut rx) = mpsc::channel(4);
-        let r = Registration {
-            router: tx.clone(),
-            client: "c".into(),
-            conn_id: 9,
-            armed: true,
-        };
-        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let _r = r;
-            panic!("a bug in a connection task");
-        }));
-        assert!(unwound.is_err());
-        match rx.try_recv() {
-            Ok(RouterMsg::Disconnected { conn_id, kind, .. }) => {
-                assert_eq!(conn_id, 9);
-                assert_eq!(kind, DisconnectKind::WithWill);
-            }
-            _ => panic!("the router was not told"),
-        }
-        // Disarmed on the normal path: `finish` reports instead.
-        let mut quiet = Registration {
-            router: tx,
-            client: "c".into(),
-            conn_id: 10,
-            armed: true,
-        };
-        quiet.armed = false;
-        drop(quiet);
-        assert!(rx.try_recv().is_err());
-    }
 
     /// The connection task's future is allocated once per connection for its whole
     /// life: it is most of what an idle connection costs. Guard its size.

@@ -5,7 +5,8 @@
 //! Owns no connection state beyond the read buffer it is handed; the handshake
 //! that follows a good CONNECT is `mod.rs`'s, the negotiation `negotiate.rs`'s.
 
-use super::{bounded, graceful_close, refuse, Close, Shared};
+use super::close::{bounded, graceful_close, refuse, Close};
+use super::Shared;
 use crate::protocol::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode,
 };
