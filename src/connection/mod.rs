@@ -11,6 +11,7 @@
 mod close;
 mod negotiate;
 mod pre_login;
+mod topic_alias;
 
 use crate::config::Config;
 use crate::login::{Login, Peer, Refused};
@@ -28,12 +29,13 @@ use futures_util::FutureExt;
 use negotiate::{negotiate, Negotiated, Refusal};
 pub use pre_login::PreLoginBudget;
 use pre_login::{no_connect, read_connect, Charge, CONNECT_READ};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+use topic_alias::{InboundAliases, OutAlias, OutboundAliases};
 use tracing::{debug, info, warn, Instrument};
 
 /// What every connection task shares: configuration, the router's inbox, counters.
@@ -340,10 +342,9 @@ struct Conn {
     /// Publishes decoded from the current read, sent to the router together.
     batch: Vec<Publish>,
     /// Topic aliases the client set on its PUBLISHes (5.0 section 3.3.2.3.4).
-    in_aliases: HashMap<u16, String>,
+    in_aliases: InboundAliases,
     /// Aliases we assigned on deliveries, up to the client's Topic Alias Maximum.
-    out_aliases: HashMap<Arc<str>, u16>,
-    out_alias_max: u16,
+    out_aliases: OutboundAliases,
     client_max_packet: Option<u32>,
     keep_alive: Option<Duration>,
     expiry_was_zero: bool,
@@ -376,9 +377,8 @@ impl Conn {
             unacked_in: HashSet::new(),
             skipped: Vec::new(),
             batch: Vec::new(),
-            in_aliases: HashMap::new(),
-            out_aliases: HashMap::new(),
-            out_alias_max: deal.out_alias_max,
+            in_aliases: InboundAliases::default(),
+            out_aliases: OutboundAliases::new(deal.out_alias_max),
             client_max_packet: deal.client_max_packet,
             expiry_was_zero: deal.session_expiry == 0,
             problem_info: deal.problem_info,
@@ -807,29 +807,9 @@ impl Conn {
                 "subscription identifier in PUBLISH",
             ));
         }
-        if let Some(alias) = p.properties.topic_alias {
-            let max = self.limits().topic_alias_maximum;
-            if alias == 0 || alias > max {
-                // [MQTT-3.3.2-9/10] alias 0 or above our Topic Alias Maximum.
-                return Some(Close::error(
-                    ReasonCode::TOPIC_ALIAS_INVALID,
-                    "topic alias out of range",
-                ));
-            }
-            if p.topic.is_empty() {
-                match self.in_aliases.get(&alias) {
-                    Some(t) => p.topic.clone_from(t),
-                    None => {
-                        // An alias never set is a Protocol Error (5.0 section 3.3.2.3.4).
-                        return Some(Close::error(
-                            ReasonCode::PROTOCOL_ERROR,
-                            "unknown topic alias",
-                        ));
-                    }
-                }
-            } else {
-                self.in_aliases.insert(alias, p.topic.clone());
-            }
+        let max = self.limits().topic_alias_maximum;
+        if let Err(close) = self.in_aliases.resolve(&mut p, max) {
+            return Some(close);
         }
         if validate_topic_name(&p.topic, self.shared.config.topic_limits()).is_err() {
             return Some(Close::error(
@@ -959,14 +939,16 @@ impl Conn {
         };
         let mut alias_added = false;
         if v5 {
-            if let Some(&alias) = self.out_aliases.get(&m.topic) {
-                view.topic_alias = Some(alias);
-                view.topic = "";
-            } else if self.out_aliases.len() < usize::from(self.out_alias_max) {
-                let alias = u16::try_from(self.out_aliases.len() + 1).unwrap_or(u16::MAX);
-                view.topic_alias = Some(alias);
-                alias_added = true;
-                self.out_aliases.insert(m.topic.clone(), alias);
+            match self.out_aliases.alias(&m.topic) {
+                OutAlias::Known(alias) => {
+                    view.topic_alias = Some(alias);
+                    view.topic = "";
+                }
+                OutAlias::New(alias) => {
+                    view.topic_alias = Some(alias);
+                    alias_added = true;
+                }
+                OutAlias::None => {}
             }
         }
         if let Some(max) = self.client_max_packet {
@@ -974,7 +956,7 @@ impl Conn {
             if alias_added && view.encoded_len(self.version) > max {
                 // The alias property made it 3 bytes too big: send it without.
                 view.topic_alias = None;
-                self.out_aliases.remove(&m.topic);
+                self.out_aliases.forget(&m.topic);
             }
             if view.encoded_len(self.version) > max {
                 // [MQTT-3.1.2-25] too big for this client (queued or resumed before
