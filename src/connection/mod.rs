@@ -11,6 +11,7 @@
 mod close;
 mod negotiate;
 mod pre_login;
+mod receive_window;
 mod topic_alias;
 
 use crate::config::Config;
@@ -29,7 +30,7 @@ use futures_util::FutureExt;
 use negotiate::{negotiate, Negotiated, Refusal};
 pub use pre_login::PreLoginBudget;
 use pre_login::{no_connect, read_connect, Charge, CONNECT_READ};
-use std::collections::HashSet;
+use receive_window::ReceiveWindow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -330,13 +331,9 @@ struct Conn {
     wbuf: BytesMut,
     /// How much to reserve before a read (adapts between READ_MIN and READ_MAX).
     read_size: usize,
-    /// Replies the router still owes us for packets we forwarded (QoS 1/2 PUBLISH,
-    /// PUBREL, PUBREC). Reading pauses at `receive_maximum`, which bounds the
-    /// outbox slots replies can take.
-    owed: usize,
-    /// Inbound QoS 1/2 packet ids not yet completed by PUBACK / PUBCOMP: what our
-    /// Receive Maximum counts [MQTT-3.3.4-9].
-    unacked_in: HashSet<u16>,
+    /// Inbound QoS 1/2 ids not yet completed and the replies the router owes:
+    /// our Receive Maximum. Reading pauses at `receive_maximum` owed.
+    inbound: ReceiveWindow,
     /// Deliveries too big for the client, to report to the router.
     skipped: Vec<PacketId>,
     /// Publishes decoded from the current read, sent to the router together.
@@ -373,8 +370,7 @@ impl Conn {
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             read_size: READ_MIN,
-            owed: 0,
-            unacked_in: HashSet::new(),
+            inbound: ReceiveWindow::default(),
             skipped: Vec::new(),
             batch: Vec::new(),
             in_aliases: InboundAliases::default(),
@@ -425,7 +421,7 @@ impl Conn {
     /// a bound, so the client knows which of its messages were taken.
     async fn settle(&mut self) {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-        while self.owed > 0 {
+        while self.inbound.owed() > 0 {
             match tokio::time::timeout_at(deadline, self.outbox.recv()).await {
                 Ok(Some(o)) => self.push_outgoing(o),
                 _ => break,
@@ -456,7 +452,7 @@ impl Conn {
         }
         loop {
             let can_read = self.wbuf.len() < WRITE_HIGH_WATER
-                && self.owed < usize::from(self.limits().receive_maximum);
+                && self.inbound.owed() < usize::from(self.limits().receive_maximum);
             if can_read && self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
                 self.rbuf.reserve(self.read_size);
             }
@@ -573,7 +569,7 @@ impl Conn {
         // Stop at `receive_maximum` owed replies: the rest waits in the buffer
         // until replies are written (flow control for pipelining clients; it also
         // bounds the outbox slots replies take).
-        while self.owed < owed_max {
+        while self.inbound.owed() < owed_max {
             let packet = match protocol::decode_with(&mut self.rbuf, Some(self.version), limits) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
@@ -648,7 +644,7 @@ impl Conn {
                 // The router answers a successful PUBREC with PUBREL.
                 let success = !a.reason_code.is_error();
                 if success {
-                    self.owed += 1;
+                    self.inbound.expect_reply();
                 }
                 return self
                     .to_router(RouterMsg::PubRec {
@@ -670,7 +666,7 @@ impl Conn {
             }
             Packet::PubRel(r) => {
                 // The router releases the id and answers with PUBCOMP.
-                self.owed += 1;
+                self.inbound.expect_reply();
                 return self
                     .to_router(RouterMsg::PubRel {
                         client,
@@ -840,22 +836,10 @@ impl Conn {
             return None;
         }
         if let Some(pid) = packet_id {
-            if self.version.is_v5()
-                && !self.unacked_in.contains(&pid.get())
-                && self.unacked_in.len() >= usize::from(self.limits().receive_maximum)
-            {
-                // [MQTT-3.3.4-9] more unacknowledged QoS 1/2 PUBLISHes than our
-                // Receive Maximum. 3.1.1 has no such limit: a 3.1.1 client that
-                // pipelines more is slowed by flow control instead.
-                return Some(Close::error(
-                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                    "receive maximum exceeded",
-                ));
+            let max = v5.then(|| usize::from(self.limits().receive_maximum));
+            if let Err(close) = self.inbound.admit(pid.get(), max) {
+                return Some(close);
             }
-            self.unacked_in.insert(pid.get());
-            // The router answers with PUBACK / PUBREC once the message is routed
-            // (and, while a receiver's queue is full, only when it drains).
-            self.owed += 1;
         } else if qos != QoS::AtMostOnce {
             // The decoder guarantees a packet id for QoS > 0 [MQTT-2.2.1-2].
             return Some(Close::error(
@@ -892,16 +876,7 @@ impl Conn {
                 return;
             }
             Outgoing::Reply(r) => {
-                self.owed = self.owed.saturating_sub(1);
-                let completes = match r.kind {
-                    ReplyKind::PubAck | ReplyKind::PubComp => true,
-                    // An error PUBREC ends the QoS 2 flow.
-                    ReplyKind::PubRec => r.reason.is_error(),
-                    ReplyKind::PubRel => false,
-                };
-                if completes {
-                    self.unacked_in.remove(&r.packet_id.get());
-                }
+                self.inbound.replied(&r);
                 let body = PubResponse {
                     packet_id: r.packet_id,
                     reason_code: r.reason,
