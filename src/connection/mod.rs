@@ -688,62 +688,44 @@ impl Conn {
                     ));
                 }
                 let packet_id = s.packet_id;
-                let (tx, rx) = oneshot::channel();
-                if let Some(c) = self
-                    .to_router(RouterMsg::Subscribe {
-                        client,
-                        conn_id,
-                        subscribe: s,
-                        reply: tx,
-                    })
-                    .await
-                {
-                    return Some(c);
-                }
-                let codes = rx.await.unwrap_or_default();
-                if codes.is_empty() {
-                    // The router is gone (shutting down): an empty SUBACK or
-                    // UNSUBACK would be malformed.
-                    return Some(Close::error(
-                        ReasonCode::SERVER_SHUTTING_DOWN,
-                        "server shutting down",
-                    ));
-                }
-                // [MQTT-3.8.4-1] SUBACK with one code per filter, same packet id.
-                self.write_packet(&Packet::SubAck(SubAck {
-                    packet_id,
-                    properties: AckProperties::default(),
-                    reason_codes: codes,
-                }));
+                return self
+                    .ask_router_for_codes(
+                        |reply| RouterMsg::Subscribe {
+                            client,
+                            conn_id,
+                            subscribe: s,
+                            reply,
+                        },
+                        // [MQTT-3.8.4-1] SUBACK with one code per filter, same packet id.
+                        |reason_codes| {
+                            Packet::SubAck(SubAck {
+                                packet_id,
+                                properties: AckProperties::default(),
+                                reason_codes,
+                            })
+                        },
+                    )
+                    .await;
             }
             Packet::Unsubscribe(u) => {
                 let packet_id = u.packet_id;
-                let (tx, rx) = oneshot::channel();
-                if let Some(c) = self
-                    .to_router(RouterMsg::Unsubscribe {
-                        client,
-                        conn_id,
-                        unsubscribe: u,
-                        reply: tx,
-                    })
-                    .await
-                {
-                    return Some(c);
-                }
-                let codes = rx.await.unwrap_or_default();
-                if codes.is_empty() {
-                    // The router is gone (shutting down): an empty SUBACK or
-                    // UNSUBACK would be malformed.
-                    return Some(Close::error(
-                        ReasonCode::SERVER_SHUTTING_DOWN,
-                        "server shutting down",
-                    ));
-                }
-                self.write_packet(&Packet::UnsubAck(UnsubAck {
-                    packet_id,
-                    properties: AckProperties::default(),
-                    reason_codes: codes,
-                }));
+                return self
+                    .ask_router_for_codes(
+                        |reply| RouterMsg::Unsubscribe {
+                            client,
+                            conn_id,
+                            unsubscribe: u,
+                            reply,
+                        },
+                        |reason_codes| {
+                            Packet::UnsubAck(UnsubAck {
+                                packet_id,
+                                properties: AckProperties::default(),
+                                reason_codes,
+                            })
+                        },
+                    )
+                    .await;
             }
             Packet::PingReq => self.write_packet(&Packet::PingResp),
             Packet::Disconnect(d) => {
@@ -791,6 +773,30 @@ impl Conn {
                 ));
             }
         }
+        None
+    }
+
+    /// Hand a SUBSCRIBE or UNSUBSCRIBE to the router, wait for its reason codes
+    /// (one per filter) and write the acknowledgement `ack` makes of them.
+    async fn ask_router_for_codes(
+        &mut self,
+        msg: impl FnOnce(oneshot::Sender<Vec<ReasonCode>>) -> RouterMsg,
+        ack: impl FnOnce(Vec<ReasonCode>) -> Packet,
+    ) -> Option<Close> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(c) = self.to_router(msg(tx)).await {
+            return Some(c);
+        }
+        let codes = rx.await.unwrap_or_default();
+        if codes.is_empty() {
+            // The router is gone (shutting down): an empty SUBACK or
+            // UNSUBACK would be malformed.
+            return Some(Close::error(
+                ReasonCode::SERVER_SHUTTING_DOWN,
+                "server shutting down",
+            ));
+        }
+        self.write_packet(&ack(codes));
         None
     }
 
