@@ -46,6 +46,37 @@ impl Close {
     }
 }
 
+impl Close {
+    /// The client's DISCONNECT. `expiry_was_zero`: the session expiry of its
+    /// CONNECT was 0; `max_expiry` caps a new one.
+    pub fn by_client(d: &Disconnect, expiry_was_zero: bool, max_expiry: Duration) -> Close {
+        let mut session_expiry = d.properties.session_expiry_interval;
+        if let Some(e) = session_expiry {
+            if expiry_was_zero && e != 0 {
+                // [MQTT-3.14.2-2] cannot go from zero to non-zero.
+                return Close::error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "session expiry changed from zero",
+                );
+            }
+            let max = u32::try_from(max_expiry.as_secs()).unwrap_or(u32::MAX);
+            session_expiry = Some(e.min(max));
+        }
+        let kind = if d.reason_code == ReasonCode::NORMAL_DISCONNECTION {
+            // [MQTT-3.14.4-3] normal disconnection discards the Will.
+            DisconnectKind::Normal
+        } else {
+            DisconnectKind::WithWill
+        };
+        Close {
+            reason: None,
+            reason_string: None,
+            kind,
+            session_expiry,
+        }
+    }
+}
+
 impl From<DecodeError> for Close {
     fn from(e: DecodeError) -> Close {
         let why = match e {
@@ -219,5 +250,40 @@ mod tests {
         quiet.armed = false;
         drop(quiet);
         assert!(rx.try_recv().is_err());
+    }
+
+    /// A client's DISCONNECT: the Will goes unless it is a normal one; a new
+    /// session expiry is capped, and cannot be set when the CONNECT's was 0.
+    #[test]
+    fn client_disconnect_sets_kind_and_expiry() {
+        let d = |reason_code, expiry| Disconnect {
+            reason_code,
+            properties: DisconnectProperties {
+                session_expiry_interval: expiry,
+                ..Default::default()
+            },
+        };
+        let max = Duration::from_secs(100);
+        let c = Close::by_client(&d(ReasonCode::NORMAL_DISCONNECTION, None), true, max);
+        assert_eq!(
+            (c.reason, c.kind, c.session_expiry),
+            (None, DisconnectKind::Normal, None)
+        );
+        let with_will = ReasonCode(0x04);
+        let c = Close::by_client(&d(with_will, Some(500)), false, max);
+        assert_eq!(
+            (c.kind, c.session_expiry),
+            (DisconnectKind::WithWill, Some(100))
+        );
+        let c = Close::by_client(&d(ReasonCode::NORMAL_DISCONNECTION, Some(0)), true, max);
+        assert_eq!(c.session_expiry, Some(0));
+        let c = Close::by_client(&d(ReasonCode::NORMAL_DISCONNECTION, Some(5)), true, max);
+        assert_eq!(
+            (c.reason, c.reason_string),
+            (
+                Some(ReasonCode::PROTOCOL_ERROR),
+                Some("session expiry changed from zero")
+            )
+        );
     }
 }

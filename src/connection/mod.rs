@@ -19,7 +19,7 @@ use crate::login::{Login, Peer, Refused};
 use crate::metrics::Metrics;
 use crate::protocol::{
     self, AckProperties, ConnAck, Connect, Packet, PacketId, ProtocolVersion, PubResponse, Publish,
-    PublishView, QoS, ReasonCode, SubAck, UnsubAck,
+    PublishView, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::router::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
 use crate::session::{ClientId, Outgoing, ReplyKind};
@@ -459,16 +459,7 @@ impl Conn {
             let spare = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 biased;
-                reason = &mut kick => {
-                    let reason = reason.unwrap_or(ReasonCode::SERVER_SHUTTING_DOWN);
-                    if reason == ReasonCode::SERVER_SHUTTING_DOWN {
-                        // Graceful shutdown: hand over what is already queued.
-                        while let Some(o) = self.outbox.try_recv() {
-                            self.push_outgoing(o);
-                        }
-                    }
-                    return Close { reason: Some(reason), reason_string: None, kind: DisconnectKind::WithWill, session_expiry: None };
-                }
+                reason = &mut kick => return self.kicked(reason),
                 res = rd.read_buf(&mut self.rbuf), if can_read => {
                     match res {
                         Ok(0) => {
@@ -479,14 +470,7 @@ impl Conn {
                             debug!(error = %e, "read error");
                             return Close::silent();
                         }
-                        Ok(n) => {
-                            // Adapt the read size to the traffic.
-                            if n >= spare {
-                                self.read_size = (self.read_size * 2).min(READ_MAX);
-                            } else if n < self.read_size / 4 {
-                                self.read_size = (self.read_size / 2).max(READ_MIN);
-                            }
-                        }
+                        Ok(n) => self.adapt_read_size(n, spare),
                     }
                     ka.as_mut().reset(next_deadline(self.keep_alive));
                     if let Some(close) = Box::pin(self.process_input()).await {
@@ -496,15 +480,7 @@ impl Conn {
                 o = self.outbox.recv(), if self.wbuf.len() < WRITE_HIGH_WATER => {
                     let Some(o) = o else { return Close::silent() };
                     self.push_outgoing(o);
-                    for _ in 0..OUTBOX_BATCH {
-                        if self.wbuf.len() >= WRITE_HIGH_WATER {
-                            break;
-                        }
-                                                match self.outbox.try_recv() {
-                            Some(o) => self.push_outgoing(o),
-                            None => break,
-                        }
-                    }
+                    self.push_outbox_batch();
                     // Replies written: packets held back by flow control can go on.
                     if !self.rbuf.is_empty() {
                         if let Some(close) = Box::pin(self.process_input()).await {
@@ -529,26 +505,8 @@ impl Conn {
                 // served. Both transports keep their flush state in the stream, so
                 // this is cancel-safe. (Plain TCP's flush is immediate.)
                 res = write_or_flush(&mut wr, &self.wbuf), if !self.wbuf.is_empty() || self.flush_owed => {
-                    match res {
-                        Ok(Written::Bytes(0)) | Err(_) => return Close::silent(),
-                        Ok(Written::Bytes(n)) => {
-                            self.wbuf.advance(n);
-                            if self.wbuf.is_empty() {
-                                // Plain TCP (and most TLS writes) flush at once:
-                                // try here, without another turn of the loop;
-                                // only a flush that must wait for the peer is
-                                // left to the select.
-                                match wr.flush().now_or_never() {
-                                    Some(Ok(())) => {}
-                                    Some(Err(_)) => return Close::silent(),
-                                    None => self.flush_owed = true,
-                                }
-                                if self.wbuf.capacity() > BUF_KEEP {
-                                    self.wbuf = BytesMut::new();
-                                }
-                            }
-                        }
-                        Ok(Written::Flushed) => self.flush_owed = false,
+                    if let Some(close) = self.wrote(res, &mut wr) {
+                        return close;
                     }
                 }
                 _ = &mut ka => {
@@ -558,6 +516,76 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Kicked by the router: taken over, or the broker is shutting down.
+    fn kicked(&mut self, reason: Result<ReasonCode, oneshot::error::RecvError>) -> Close {
+        let reason = reason.unwrap_or(ReasonCode::SERVER_SHUTTING_DOWN);
+        if reason == ReasonCode::SERVER_SHUTTING_DOWN {
+            // Graceful shutdown: hand over what is already queued.
+            while let Some(o) = self.outbox.try_recv() {
+                self.push_outgoing(o);
+            }
+        }
+        Close {
+            reason: Some(reason),
+            reason_string: None,
+            kind: DisconnectKind::WithWill,
+            session_expiry: None,
+        }
+    }
+
+    /// Adapt the read size to the traffic: `n` bytes came into `spare` room.
+    fn adapt_read_size(&mut self, n: usize, spare: usize) {
+        if n >= spare {
+            self.read_size = (self.read_size * 2).min(READ_MAX);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_MIN);
+        }
+    }
+
+    /// After the first item: encode what else the outbox holds (a batch, up to
+    /// the high water mark).
+    fn push_outbox_batch(&mut self) {
+        for _ in 0..OUTBOX_BATCH {
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                break;
+            }
+            match self.outbox.try_recv() {
+                Some(o) => self.push_outgoing(o),
+                None => break,
+            }
+        }
+    }
+
+    /// After one write (or flush) of the write buffer.
+    fn wrote<W: AsyncWrite + Unpin>(
+        &mut self,
+        res: std::io::Result<Written>,
+        wr: &mut W,
+    ) -> Option<Close> {
+        match res {
+            Ok(Written::Bytes(0)) | Err(_) => return Some(Close::silent()),
+            Ok(Written::Bytes(n)) => {
+                self.wbuf.advance(n);
+                if self.wbuf.is_empty() {
+                    // Plain TCP (and most TLS writes) flush at once:
+                    // try here, without another turn of the loop;
+                    // only a flush that must wait for the peer is
+                    // left to the select.
+                    match wr.flush().now_or_never() {
+                        Some(Ok(())) => {}
+                        Some(Err(_)) => return Some(Close::silent()),
+                        None => self.flush_owed = true,
+                    }
+                    if self.wbuf.capacity() > BUF_KEEP {
+                        self.wbuf = BytesMut::new();
+                    }
+                }
+            }
+            Ok(Written::Flushed) => self.flush_owed = false,
+        }
+        None
     }
 
     /// Decode and handle every complete packet in the read buffer.
@@ -628,132 +656,51 @@ impl Conn {
     async fn handle(&mut self, packet: Packet) -> Option<Close> {
         let client = self.client_id.clone();
         let conn_id = self.conn_id;
-        match packet {
+        // The QoS flows' packets go to the router, which answers them.
+        let msg = match packet {
             // `process_input` sends PUBLISH to `handle_publish` directly.
             Packet::Publish(p) => return self.handle_publish(p).await,
-            Packet::PubAck(a) => {
-                return self
-                    .to_router(RouterMsg::PubAck {
-                        client,
-                        conn_id,
-                        packet_id: a.packet_id,
-                    })
-                    .await;
-            }
+            Packet::PubAck(a) => RouterMsg::PubAck {
+                client,
+                conn_id,
+                packet_id: a.packet_id,
+            },
             Packet::PubRec(a) => {
                 // The router answers a successful PUBREC with PUBREL.
                 let success = !a.reason_code.is_error();
                 if success {
                     self.inbound.expect_reply();
                 }
-                return self
-                    .to_router(RouterMsg::PubRec {
-                        client,
-                        conn_id,
-                        packet_id: a.packet_id,
-                        success,
-                    })
-                    .await;
+                RouterMsg::PubRec {
+                    client,
+                    conn_id,
+                    packet_id: a.packet_id,
+                    success,
+                }
             }
-            Packet::PubComp(a) => {
-                return self
-                    .to_router(RouterMsg::PubComp {
-                        client,
-                        conn_id,
-                        packet_id: a.packet_id,
-                    })
-                    .await;
-            }
+            Packet::PubComp(a) => RouterMsg::PubComp {
+                client,
+                conn_id,
+                packet_id: a.packet_id,
+            },
             Packet::PubRel(r) => {
                 // The router releases the id and answers with PUBCOMP.
                 self.inbound.expect_reply();
-                return self
-                    .to_router(RouterMsg::PubRel {
-                        client,
-                        conn_id,
-                        packet_id: r.packet_id,
-                    })
-                    .await;
-            }
-            Packet::Subscribe(s) => {
-                if self.version.is_v5()
-                    && s.filters
-                        .iter()
-                        .any(|f| f.options.no_local && f.filter.starts_with("$share/"))
-                {
-                    // [MQTT-3.8.3-4] No Local on a shared subscription.
-                    return Some(Close::error(
-                        ReasonCode::PROTOCOL_ERROR,
-                        "No Local on a shared subscription",
-                    ));
+                RouterMsg::PubRel {
+                    client,
+                    conn_id,
+                    packet_id: r.packet_id,
                 }
-                let packet_id = s.packet_id;
-                return self
-                    .ask_router_for_codes(
-                        |reply| RouterMsg::Subscribe {
-                            client,
-                            conn_id,
-                            subscribe: s,
-                            reply,
-                        },
-                        // [MQTT-3.8.4-1] SUBACK with one code per filter, same packet id.
-                        |reason_codes| {
-                            Packet::SubAck(SubAck {
-                                packet_id,
-                                properties: AckProperties::default(),
-                                reason_codes,
-                            })
-                        },
-                    )
-                    .await;
             }
-            Packet::Unsubscribe(u) => {
-                let packet_id = u.packet_id;
-                return self
-                    .ask_router_for_codes(
-                        |reply| RouterMsg::Unsubscribe {
-                            client,
-                            conn_id,
-                            unsubscribe: u,
-                            reply,
-                        },
-                        |reason_codes| {
-                            Packet::UnsubAck(UnsubAck {
-                                packet_id,
-                                properties: AckProperties::default(),
-                                reason_codes,
-                            })
-                        },
-                    )
-                    .await;
+            Packet::Subscribe(s) => return self.subscribe(s).await,
+            Packet::Unsubscribe(u) => return self.unsubscribe(u).await,
+            Packet::PingReq => {
+                self.write_packet(&Packet::PingResp);
+                return None;
             }
-            Packet::PingReq => self.write_packet(&Packet::PingResp),
             Packet::Disconnect(d) => {
-                let mut session_expiry = d.properties.session_expiry_interval;
-                if let Some(e) = session_expiry {
-                    if self.expiry_was_zero && e != 0 {
-                        // [MQTT-3.14.2-2] cannot go from zero to non-zero.
-                        return Some(Close::error(
-                            ReasonCode::PROTOCOL_ERROR,
-                            "session expiry changed from zero",
-                        ));
-                    }
-                    let max = u32::try_from(self.limits().max_session_expiry.as_secs())
-                        .unwrap_or(u32::MAX);
-                    session_expiry = Some(e.min(max));
-                }
-                let kind = if d.reason_code == ReasonCode::NORMAL_DISCONNECTION {
-                    // [MQTT-3.14.4-3] normal disconnection discards the Will.
-                    DisconnectKind::Normal
-                } else {
-                    DisconnectKind::WithWill
-                };
-                return Some(Close {
-                    reason: None,
-                    reason_string: None,
-                    kind,
-                    session_expiry,
-                });
+                let max_expiry = self.limits().max_session_expiry;
+                return Some(Close::by_client(&d, self.expiry_was_zero, max_expiry));
             }
             Packet::Connect(_) => {
                 // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
@@ -772,8 +719,60 @@ impl Conn {
                     "server-only packet from a client",
                 ));
             }
+        };
+        self.to_router(msg).await
+    }
+
+    async fn subscribe(&mut self, s: Subscribe) -> Option<Close> {
+        if self.version.is_v5()
+            && s.filters
+                .iter()
+                .any(|f| f.options.no_local && f.filter.starts_with("$share/"))
+        {
+            // [MQTT-3.8.3-4] No Local on a shared subscription.
+            return Some(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "No Local on a shared subscription",
+            ));
         }
-        None
+        let (client, conn_id, packet_id) = (self.client_id.clone(), self.conn_id, s.packet_id);
+        self.ask_router_for_codes(
+            |reply| RouterMsg::Subscribe {
+                client,
+                conn_id,
+                subscribe: s,
+                reply,
+            },
+            // [MQTT-3.8.4-1] SUBACK with one code per filter, same packet id.
+            |reason_codes| {
+                Packet::SubAck(SubAck {
+                    packet_id,
+                    properties: AckProperties::default(),
+                    reason_codes,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn unsubscribe(&mut self, u: Unsubscribe) -> Option<Close> {
+        let (client, conn_id, packet_id) = (self.client_id.clone(), self.conn_id, u.packet_id);
+        self.ask_router_for_codes(
+            |reply| RouterMsg::Unsubscribe {
+                client,
+                conn_id,
+                unsubscribe: u,
+                reply,
+            },
+            |reason_codes| {
+                Packet::UnsubAck(UnsubAck {
+                    packet_id,
+                    properties: AckProperties::default(),
+                    reason_codes,
+                })
+            },
+        )
+        .await
     }
 
     /// Hand a SUBSCRIBE or UNSUBSCRIBE to the router, wait for its reason codes
