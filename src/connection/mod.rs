@@ -1,42 +1,51 @@
-//! One task per client connection: the codec on a socket, the CONNECT handshake and
-//! its timeout, keep-alive, topic aliases in both directions, and our Receive
-//! Maximum.
+//! One task per client connection: the codec on a socket, the CONNECT timeout,
+//! keep-alive, reading and handling packets, and the loop that serves the socket,
+//! the router's outbox and the router's kick.
 //!
 //! Owns everything that lives exactly as long as one network connection. Session
 //! state that outlives it (subscriptions, inflight, queues, inbound QoS 2 ids)
 //! belongs to the router, which also decides every reply of an inbound QoS flow;
 //! this task writes those replies. Works over any byte stream, so TLS and
 //! WebSockets reuse it.
+//!
+//! Beside it, one concept each: `pre_login.rs` (reading the CONNECT within the
+//! pre-login budget), `negotiate.rs` (the pure CONNECT negotiation and every
+//! refusal), `handshake.rs` (login, registration, CONNACK), `topic_alias.rs`,
+//! `receive_window.rs` (our Receive Maximum), `outgoing.rs` (encoding what the
+//! outbox hands us) and `close.rs` (how a connection ends).
 
 mod close;
+mod handshake;
 mod negotiate;
+mod outgoing;
 mod pre_login;
 mod receive_window;
 mod topic_alias;
 
 use crate::config::Config;
-use crate::login::{Login, Peer, Refused};
+use crate::login::Peer;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    self, AckProperties, ConnAck, Connect, Packet, PacketId, ProtocolVersion, PubResponse, Publish,
-    PublishView, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    self, AckProperties, Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+    SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use crate::router::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
-use crate::session::{ClientId, Outgoing, ReplyKind};
+use crate::router::{DisconnectKind, RouterMsg};
+use crate::session::ClientId;
 use crate::topic::validate_topic_name;
 use bytes::{Buf, BytesMut};
-use close::{finish, graceful_close, refuse, Close, Registration};
+use close::{finish, graceful_close, Close, Registration};
 use futures_util::FutureExt;
-use negotiate::{negotiate, Negotiated, Refusal};
+use handshake::handshake;
+use negotiate::Negotiated;
 pub use pre_login::PreLoginBudget;
 use pre_login::{no_connect, read_connect, Charge, CONNECT_READ};
 use receive_window::ReceiveWindow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use topic_alias::{InboundAliases, OutAlias, OutboundAliases};
+use topic_alias::{InboundAliases, OutboundAliases};
 use tracing::{debug, info, warn, Instrument};
 
 /// What every connection task shares: configuration, the router's inbox, counters.
@@ -198,128 +207,6 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io
         w.flush().await.map(|()| Written::Flushed)
     } else {
         w.write(buf).await.map(Written::Bytes)
-    }
-}
-
-fn random_suffix(conn_id: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(conn_id);
-    h.finish()
-}
-
-/// Negotiate the CONNECT, log in, register with the router, queue the CONNACK;
-/// or refuse.
-async fn handshake<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    c: Connect,
-    peer: &Peer,
-    conn_id: u64,
-    shared: &Arc<Shared>,
-) -> Option<Conn> {
-    let version = c.version;
-    match admit(c, peer, conn_id, shared).await {
-        Ok(conn) => Some(conn),
-        Err(r) => {
-            refuse(stream, version, r.code, r.why).await;
-            None
-        }
-    }
-}
-
-/// The handshake up to a connection with its CONNACK in the write buffer.
-async fn admit(
-    c: Connect,
-    peer: &Peer,
-    conn_id: u64,
-    shared: &Arc<Shared>,
-) -> Result<Conn, Refusal> {
-    let lim = &shared.config.limits;
-    let deal = negotiate(&c, lim, shared.config.topic_limits(), || {
-        random_suffix(conn_id)
-    })?;
-    let login = log_in(&c, peer, shared)
-        .await
-        .map_err(|why| Refusal::login(c.version, why))?;
-    // Replies we may owe at once: we stop reading at `receive_maximum` owed.
-    let reply_reserve = usize::from(lim.receive_maximum) + 1;
-    let (outbox_tx, outbox_rx) = crate::outbox::outbox(
-        usize::from(lim.max_inflight) + lim.outgoing_qos0_buffer + reply_reserve,
-    );
-    let (kick_tx, kick_rx) = oneshot::channel();
-    let request = ConnectRequest {
-        client_id: deal.client_id.clone(),
-        clean_start: c.clean_start,
-        session_expiry: deal.session_expiry,
-        // The Will payload is a slice of the CONNECT's read buffer (up to
-        // max_connect_packet_size) and lives as long as the session: keep a copy
-        // of its own bytes, not the whole buffer.
-        will: c.will.map(|mut w| {
-            w.payload = bytes::Bytes::copy_from_slice(&w.payload);
-            w
-        }),
-        username: login.username.map(Arc::from),
-        by_password: login.by_password,
-        addr: Some(peer.addr.ip()),
-        verified: login.by_password || matches!(peer.cert, crate::login::CertIdentity::Name(_)),
-        handle: ConnHandle {
-            conn_id,
-            version: deal.version,
-            outbox: outbox_tx,
-            kick: kick_tx,
-            max_packet_size: deal.client_max_packet,
-            window: deal.window,
-            reply_reserve,
-        },
-    };
-    let accepted = register(shared, request).await?;
-    let props = deal.connack_properties(lim);
-    let mut conn = Conn::new(deal, conn_id, outbox_rx, kick_rx, shared);
-    conn.write_packet(&Packet::ConnAck(ConnAck {
-        // [MQTT-3.2.2-2/3] session present only when a session was resumed.
-        session_present: accepted.session_present,
-        reason_code: ReasonCode::SUCCESS,
-        properties: props,
-    }));
-    Ok(conn)
-}
-
-/// Who is this? (password file, certificate identity, allow_anonymous).
-async fn log_in(c: &Connect, peer: &Peer, shared: &Shared) -> Result<Login, Refused> {
-    // Bounded like the CONNECT itself: a throttled or queued login must not hold
-    // its connection slot longer than `connect_timeout`.
-    let check = shared.logins.check(
-        peer,
-        c.username.as_deref(),
-        c.password.as_ref(),
-        &shared.metrics,
-    );
-    let login = tokio::time::timeout(shared.config.limits.connect_timeout, check)
-        .await
-        .unwrap_or_else(|_| {
-            debug!("login not decided within connect_timeout");
-            Err(Refused::NotAuthorized)
-        })?;
-    if let Some(u) = &login.username {
-        tracing::Span::current().record("user", u.as_str());
-    }
-    Ok(login)
-}
-
-/// Hand the session to the router and wait for its answer.
-async fn register(shared: &Shared, request: ConnectRequest) -> Result<ConnectAccepted, Refusal> {
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let msg = RouterMsg::Connect {
-        request: Box::new(request),
-        reply: reply_tx,
-    };
-    if shared.router.send(msg).await.is_err() {
-        return Err(Refusal::SHUTTING_DOWN);
-    }
-    match reply_rx.await {
-        Ok(Ok(a)) => Ok(a),
-        Ok(Err(code)) => Err(Refusal::by_router(code)),
-        Err(_) => Err(Refusal::SHUTTING_DOWN),
     }
 }
 
@@ -871,83 +758,6 @@ impl Conn {
             publishes,
         })
         .await
-    }
-
-    /// Encode one outbox item into the write buffer.
-    fn push_outgoing(&mut self, o: Outgoing) {
-        let (delivery, packet_id, dup) = match o {
-            Outgoing::PubRel(pid) => {
-                self.write_packet(&Packet::PubRel(PubResponse::success(pid)));
-                return;
-            }
-            Outgoing::Reply(r) => {
-                self.inbound.replied(&r);
-                let body = PubResponse {
-                    packet_id: r.packet_id,
-                    reason_code: r.reason,
-                    properties: AckProperties::default(),
-                };
-                let pkt = match r.kind {
-                    ReplyKind::PubAck => Packet::PubAck(body),
-                    ReplyKind::PubRec => Packet::PubRec(body),
-                    ReplyKind::PubRel => Packet::PubRel(body),
-                    ReplyKind::PubComp => Packet::PubComp(body),
-                };
-                self.write_packet(&pkt);
-                return;
-            }
-            Outgoing::Publish {
-                delivery,
-                packet_id,
-                dup,
-            } => (delivery, packet_id, dup),
-        };
-        let m = &delivery.message;
-        let v5 = self.version.is_v5();
-        let mut view = PublishView {
-            dup,
-            qos: delivery.qos,
-            retain: delivery.retain,
-            topic: &m.topic,
-            packet_id,
-            properties: &m.properties,
-            topic_alias: None,
-            // [MQTT-3.3.2-6] the expiry sent on is what is left of it.
-            message_expiry_interval: m.expiry_left(Instant::now()).map(|s| s.max(1)),
-            subscription_identifiers: &delivery.subscription_ids,
-            payload: &m.payload,
-        };
-        let mut alias_added = false;
-        if v5 {
-            match self.out_aliases.alias(&m.topic) {
-                OutAlias::Known(alias) => {
-                    view.topic_alias = Some(alias);
-                    view.topic = "";
-                }
-                OutAlias::New(alias) => {
-                    view.topic_alias = Some(alias);
-                    alias_added = true;
-                }
-                OutAlias::None => {}
-            }
-        }
-        if let Some(max) = self.client_max_packet {
-            let max = max as usize;
-            if alias_added && view.encoded_len(self.version) > max {
-                // The alias property made it 3 bytes too big: send it without.
-                view.topic_alias = None;
-                self.out_aliases.forget(&m.topic);
-            }
-            if view.encoded_len(self.version) > max {
-                // [MQTT-3.1.2-25] too big for this client (queued or resumed before
-                // its limit was known): skip it, as if delivered.
-                self.skipped.extend(packet_id);
-                return;
-            }
-        }
-        if let Err(e) = view.encode(self.version, &mut self.wbuf) {
-            warn!(error = %e, "cannot encode a delivery");
-        }
     }
 }
 
