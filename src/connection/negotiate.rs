@@ -298,6 +298,13 @@ mod tests {
         }
     }
 
+    fn expiry_max(secs: u64) -> Limits {
+        Limits {
+            max_session_expiry: Duration::from_secs(secs),
+            ..Limits::default()
+        }
+    }
+
     #[test]
     fn a_given_client_id_is_kept_and_no_suffix_is_asked_for() {
         let n = negotiate(
@@ -405,10 +412,7 @@ mod tests {
 
     #[test]
     fn v5_session_expiry_is_capped_and_told() {
-        let lim = Limits {
-            max_session_expiry: Duration::from_secs(100),
-            ..Limits::default()
-        };
+        let lim = expiry_max(100);
         let mut c = v5("c");
         c.properties.session_expiry_interval = Some(1000);
         let n = ok(&c, &lim);
@@ -427,19 +431,13 @@ mod tests {
 
     #[test]
     fn v311_session_expiry_is_zero_or_the_cap() {
-        let lim = Limits {
-            max_session_expiry: Duration::from_secs(100),
-            ..Limits::default()
-        };
+        let lim = expiry_max(100);
         let n = ok(&v311("c"), &lim);
         assert_eq!((n.session_expiry, n.expiry_changed), (0, false));
         let n = ok(&connect(ProtocolVersion::V311, "c", false), &lim);
         assert_eq!((n.session_expiry, n.expiry_changed), (100, false));
         // A cap beyond 32 bits of seconds is the largest expiry.
-        let lim = Limits {
-            max_session_expiry: Duration::from_secs(u64::from(u32::MAX) + 1),
-            ..Limits::default()
-        };
+        let lim = expiry_max(u64::from(u32::MAX) + 1);
         let n = ok(&connect(ProtocolVersion::V311, "c", false), &lim);
         assert_eq!(n.session_expiry, u32::MAX);
     }
