@@ -57,12 +57,12 @@ pub fn check_files(config: &Config) -> Vec<crate::config::ConfigError> {
     }
     if let Some(p) = &config.auth.password_file {
         if let Err(e) = crate::login::load_password_file(p) {
-            err("auth.password_file".into(), e);
+            err("auth.password_file".into(), e.to_string());
         }
     }
     if let Some(p) = &config.auth.acl_file {
         if let Err(e) = crate::login::load_acl(p) {
-            err("auth.acl_file".into(), e);
+            err("auth.acl_file".into(), e.to_string());
         }
     }
     errors

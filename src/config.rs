@@ -514,19 +514,53 @@ impl Config {
         }
     }
 
-    /// Value checks that types alone cannot express.
+    /// Value checks that types alone cannot express, section by section (in the
+    /// order of the messages).
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errs = Vec::new();
-        let mut err = |key: &str, msg: &str| {
-            errs.push(ConfigError {
-                key: key.into(),
-                message: msg.into(),
-            })
-        };
-        let l = &self.limits;
         if self.listeners.is_empty() {
-            err("listeners", "at least one listener is needed");
+            collector(&mut errs)("listeners", "at least one listener is needed");
         }
+        self.limits.validate(&mut errs);
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            collector(&mut errs)(
+                "log.level",
+                "not a valid log filter (e.g. \"info\", \"tern=debug\")",
+            );
+        }
+        for (i, ls) in self.listeners.iter().enumerate() {
+            if let Some(t) = &ls.tls {
+                t.validate(i, &mut errs);
+            }
+        }
+        self.auth.validate(&mut errs);
+        self.storage.validate(&mut errs);
+        errs
+    }
+
+    pub fn topic_limits(&self) -> crate::topic::TopicLimits {
+        crate::topic::TopicLimits {
+            max_levels: self.limits.max_topic_levels,
+            max_len: self.limits.max_topic_length,
+        }
+    }
+}
+
+/// Pushes a key's error onto `errs` (the checks of `Config::validate`).
+fn collector(errs: &mut Vec<ConfigError>) -> impl FnMut(&str, &str) + '_ {
+    |key, msg| {
+        errs.push(ConfigError {
+            key: key.into(),
+            message: msg.into(),
+        })
+    }
+}
+
+impl Limits {
+    /// The `[limits]` checks of `Config::validate`.
+    fn validate(&self, errs: &mut Vec<ConfigError>) {
+        let mut err = collector(errs);
+        let l = self;
         if l.max_packet_size < 64 {
             err("limits.max_packet_size", "must be at least 64 bytes");
         }
@@ -596,51 +630,54 @@ impl Config {
                 "must fit in 32 bits of seconds",
             );
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            err(
-                "log.level",
-                "not a valid log filter (e.g. \"info\", \"tern=debug\")",
-            );
-        }
-        for (i, ls) in self.listeners.iter().enumerate() {
-            if let Some(t) = &ls.tls {
-                if t.require_client_cert && t.client_ca.is_none() {
-                    errs.push(ConfigError {
-                        key: format!("listeners[{i}].tls.require_client_cert"),
-                        message:
-                            "needs tls.client_ca (the CA that client certificates must come from)"
-                                .into(),
-                    });
-                }
-                if t.identity_as_username && !t.require_client_cert {
-                    errs.push(ConfigError {
-                        key: format!("listeners[{i}].tls.identity_as_username"),
-                        message: "needs tls.require_client_cert = true".into(),
-                    });
-                }
-            }
-        }
-        let mut err = |key: &str, msg: &str| {
+    }
+}
+
+impl TlsConfig {
+    /// The checks of `Config::validate` for the TLS settings of listener `i`.
+    fn validate(&self, i: usize, errs: &mut Vec<ConfigError>) {
+        if self.require_client_cert && self.client_ca.is_none() {
             errs.push(ConfigError {
-                key: key.into(),
-                message: msg.into(),
-            })
-        };
+                key: format!("listeners[{i}].tls.require_client_cert"),
+                message: "needs tls.client_ca (the CA that client certificates must come from)"
+                    .into(),
+            });
+        }
+        if self.identity_as_username && !self.require_client_cert {
+            errs.push(ConfigError {
+                key: format!("listeners[{i}].tls.identity_as_username"),
+                message: "needs tls.require_client_cert = true".into(),
+            });
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The `[auth]` checks of `Config::validate`.
+    fn validate(&self, errs: &mut Vec<ConfigError>) {
+        let mut err = collector(errs);
         // Each login thread may hold a buffer of up to 256 MiB (the largest
         // argon2id m accepted): more than 64 fits no gateway.
-        if !(1..=64).contains(&self.auth.max_concurrent_logins) {
+        if !(1..=64).contains(&self.max_concurrent_logins) {
             err("auth.max_concurrent_logins", "must be between 1 and 64");
         }
-        if !(1..=65_536).contains(&self.auth.login_queue) {
+        if !(1..=65_536).contains(&self.login_queue) {
             err("auth.login_queue", "must be between 1 and 65536");
         }
-        if self.auth.failed_login_max_delay < self.auth.failed_login_delay {
+        if self.failed_login_max_delay < self.failed_login_delay {
             err(
                 "auth.failed_login_max_delay",
                 "must be at least auth.failed_login_delay",
             );
         }
-        let st = &self.storage;
+    }
+}
+
+impl StorageConfig {
+    /// The `[storage]` checks of `Config::validate`.
+    fn validate(&self, errs: &mut Vec<ConfigError>) {
+        let mut err = collector(errs);
+        let st = self;
         if st.segment_size < 65_536 || st.segment_size > 1 << 30 {
             err(
                 "storage.segment_size",
@@ -664,14 +701,6 @@ impl Config {
                 "storage.dir",
                 "must not be empty (or set storage.in_memory = true)",
             );
-        }
-        errs
-    }
-
-    pub fn topic_limits(&self) -> crate::topic::TopicLimits {
-        crate::topic::TopicLimits {
-            max_levels: self.limits.max_topic_levels,
-            max_len: self.limits.max_topic_length,
         }
     }
 }

@@ -17,13 +17,13 @@
 //! a 19 MiB arena glibc never gave back (19 GB). Checks wait in a queue of
 //! `login_queue` places; beyond it a login is refused at once as server busy.
 
-use crate::auth::{HashMemory, LoginThrottle, PasswordFile};
+use crate::auth::{FileError, HashMemory, LoginThrottle, PasswordFile};
 use crate::config::Config;
 use crate::reload::Swap;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -89,18 +89,46 @@ pub struct Login {
     pub by_password: bool,
 }
 
+/// A password or ACL file that cannot be used. The text names the file:
+/// "PATH: line N: ..." or "PATH: " and the I/O error.
+///
+/// The inner errors are not marked as sources: their text is already in this
+/// one, and a chain printer (a failed start prints `Caused by:`) would repeat it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: {error}", path.display())]
+    Parse { path: PathBuf, error: FileError },
+}
+
+/// Why the logins cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginsError {
+    #[error(transparent)]
+    PasswordFile(#[from] LoadError),
+    #[error("cannot start a login thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Read and parse a password file.
-pub fn load_password_file(path: &std::path::Path) -> Result<PasswordFile, String> {
+pub fn load_password_file(path: &Path) -> Result<PasswordFile, LoadError> {
     load(path, PasswordFile::parse)
 }
 
 /// Read `path` and parse it; errors name the file (and the parser's line).
-fn load<T>(
-    path: &std::path::Path,
-    parse: fn(&str) -> Result<T, crate::auth::FileError>,
-) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+fn load<T>(path: &Path, parse: fn(&str) -> Result<T, FileError>) -> Result<T, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    parse(&text).map_err(|error| LoadError::Parse {
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 /// One password check waiting for a thread.
@@ -144,7 +172,7 @@ struct HashPool {
 }
 
 impl HashPool {
-    fn new(threads: usize, capacity: usize) -> Result<HashPool, String> {
+    fn new(threads: usize, capacity: usize) -> Result<HashPool, LoginsError> {
         let shared = Arc::new(PoolShared {
             waiting: Mutex::new(Waiting {
                 jobs: BTreeMap::new(),
@@ -161,7 +189,7 @@ impl HashPool {
                 // argon2 works in the heap buffer; the stack needs little.
                 .stack_size(256 * 1024)
                 .spawn(move || hash_thread(&shared))
-                .map_err(|e| format!("cannot start a login thread: {e}"))?;
+                .map_err(LoginsError::Thread)?;
         }
         Ok(HashPool { shared })
     }
@@ -257,7 +285,7 @@ pub struct Logins {
 
 impl Logins {
     /// From the config; reads the password file. Err names the file and line.
-    pub fn new(config: &Config) -> Result<Logins, String> {
+    pub fn new(config: &Config) -> Result<Logins, LoginsError> {
         let path = config.auth.password_file.clone();
         let passwords = match &path {
             Some(p) => Some(Swap::new(Arc::new(load_password_file(p)?))),
@@ -290,7 +318,7 @@ impl Logins {
 
     /// Re-read the password file (SIGHUP); the new one, if there is a file. On
     /// error the old one stays.
-    pub fn reload(&self) -> Result<Option<Arc<PasswordFile>>, String> {
+    pub fn reload(&self) -> Result<Option<Arc<PasswordFile>>, LoadError> {
         let (Some(path), Some(passwords)) = (&self.path, &self.passwords) else {
             return Ok(None);
         };
@@ -403,7 +431,7 @@ impl Logins {
 }
 
 /// Read and parse an ACL file.
-pub fn load_acl(path: &std::path::Path) -> Result<crate::auth::Acl, String> {
+pub fn load_acl(path: &Path) -> Result<crate::auth::Acl, LoadError> {
     load(path, crate::auth::Acl::parse)
 }
 
@@ -459,5 +487,42 @@ mod tests {
             assert_eq!(bad.await, Ok(false));
         });
         assert!(keys(&pool).is_empty());
+    }
+
+    /// The text of a load error names the file, then the I/O error or the line.
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none");
+        let e = load_password_file(&missing).unwrap_err();
+        assert!(matches!(e, LoadError::Read { .. }));
+        let io = std::fs::read_to_string(&missing).unwrap_err();
+        assert_eq!(e.to_string(), format!("{}: {io}", missing.display()));
+        let bad = dir.path().join("passwd");
+        std::fs::write(&bad, "no colon\n").unwrap();
+        let e = load_password_file(&bad).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: line 1: expected username:hash", bad.display())
+        );
+        // Logins that cannot start say the same.
+        let config = Config {
+            auth: crate::config::AuthConfig {
+                password_file: Some(bad.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = Logins::new(&config).err().map(|e| e.to_string());
+        assert_eq!(
+            e,
+            Some(format!("{}: line 1: expected username:hash", bad.display()))
+        );
+        std::fs::write(&bad, "topic nowhere x\n").unwrap();
+        let e = load_acl(&bad).unwrap_err();
+        assert!(matches!(e, LoadError::Parse { .. }));
+        assert!(e
+            .to_string()
+            .starts_with(&format!("{}: line 1: ", bad.display())));
     }
 }

@@ -82,12 +82,56 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// The shape of an argon2id entry after `$argon2id$`, for its error message.
+const ARGON2_SHAPE: &str =
+    "argon2id hash needs $v=<version>$m=<KiB>,t=<passes>,p=<lanes>$<salt>$<hash>";
+
+/// Why a password hash cannot be used. The text follows "line N: " in a
+/// `FileError`, as operators have read it so far.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum HashError {
+    #[error("unsupported hash: expected $6$, $7$ or $argon2id$")]
+    Unsupported,
+    #[error("$6$ hash needs $<salt>$<hash>")]
+    Sha512Shape,
+    #[error("$7$ hash needs $<iterations>$<salt>$<hash>")]
+    Pbkdf2Shape,
+    #[error("salt is not valid base64")]
+    SaltBase64,
+    #[error("salt is {0} bytes, expected 12 or 64")]
+    SaltLength(usize),
+    #[error("hash is not valid base64")]
+    HashBase64,
+    #[error("hash is {0} bytes, expected {len}", len = SHA512_LEN)]
+    HashLength(usize),
+    #[error("iterations must be a whole number of at least 1")]
+    Iterations,
+    #[error("{0} iterations is more than the {max} allowed", max = MAX_PBKDF2_ITERATIONS)]
+    TooManyIterations(NonZeroU32),
+    #[error("{shape}", shape = ARGON2_SHAPE)]
+    Argon2Shape,
+    #[error("argon2id version must be v=19 or v=16")]
+    Argon2Version,
+    #[error("argon2id m={0} KiB is more than the {max} allowed", max = MAX_ARGON2_M_KIB)]
+    Argon2Memory(u32),
+    #[error("argon2id m*t = {0} KiB is more than the {max} allowed", max = MAX_ARGON2_WORK_KIB)]
+    Argon2Work(u64),
+    #[error("argon2id salt is not valid unpadded base64")]
+    Argon2SaltBase64,
+    #[error("argon2id salt is {0} bytes")]
+    Argon2SaltLength(usize),
+    #[error("argon2id hash is not valid unpadded base64")]
+    Argon2TagBase64,
+    #[error("argon2id hash is {0} bytes")]
+    Argon2TagLength(usize),
+    #[error("argon2id parameters: {0}")]
+    Argon2Params(argon2::Error),
+}
+
 impl Hash {
-    fn parse(s: &str) -> Result<Hash, String> {
+    fn parse(s: &str) -> Result<Hash, HashError> {
         if let Some(rest) = s.strip_prefix("$6$") {
-            let (salt, hash) = rest
-                .split_once('$')
-                .ok_or("$6$ hash needs $<salt>$<hash>")?;
+            let (salt, hash) = rest.split_once('$').ok_or(HashError::Sha512Shape)?;
             Ok(Hash::Sha512 {
                 salt: mosquitto_salt(salt)?,
                 hash: sha512_hash(hash)?,
@@ -97,7 +141,7 @@ impl Hash {
             let (Some(iterations), Some(salt), Some(hash), None) =
                 (fields.next(), fields.next(), fields.next(), fields.next())
             else {
-                return Err("$7$ hash needs $<iterations>$<salt>$<hash>".into());
+                return Err(HashError::Pbkdf2Shape);
             };
             Ok(Hash::Pbkdf2 {
                 iterations: pbkdf2_iterations(iterations)?,
@@ -107,7 +151,7 @@ impl Hash {
         } else if let Some(rest) = s.strip_prefix("$argon2id$") {
             parse_argon2id(rest)
         } else {
-            Err("unsupported hash: expected $6$, $7$ or $argon2id$".into())
+            Err(HashError::Unsupported)
         }
     }
 
@@ -210,22 +254,17 @@ impl HashMemory {
 }
 
 /// Mosquitto's salts are 12 bytes; 64 is accepted too (the size of its salt buffer).
-fn mosquitto_salt(b64: &str) -> Result<Vec<u8>, String> {
-    let salt = STANDARD
-        .decode(b64)
-        .map_err(|_| "salt is not valid base64")?;
+fn mosquitto_salt(b64: &str) -> Result<Vec<u8>, HashError> {
+    let salt = STANDARD.decode(b64).map_err(|_| HashError::SaltBase64)?;
     if salt.len() != 12 && salt.len() != 64 {
-        return Err(format!("salt is {} bytes, expected 12 or 64", salt.len()));
+        return Err(HashError::SaltLength(salt.len()));
     }
     Ok(salt)
 }
 
-fn sha512_hash(b64: &str) -> Result<[u8; SHA512_LEN], String> {
-    let bytes = STANDARD
-        .decode(b64)
-        .map_err(|_| "hash is not valid base64")?;
-    <[u8; SHA512_LEN]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("hash is {} bytes, expected {SHA512_LEN}", bytes.len()))
+fn sha512_hash(b64: &str) -> Result<[u8; SHA512_LEN], HashError> {
+    let bytes = STANDARD.decode(b64).map_err(|_| HashError::HashBase64)?;
+    <[u8; SHA512_LEN]>::try_from(bytes.as_slice()).map_err(|_| HashError::HashLength(bytes.len()))
 }
 
 fn decimal(s: &str) -> Option<u32> {
@@ -236,14 +275,12 @@ fn decimal(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
-fn pbkdf2_iterations(s: &str) -> Result<NonZeroU32, String> {
+fn pbkdf2_iterations(s: &str) -> Result<NonZeroU32, HashError> {
     let n = decimal(s)
         .and_then(NonZeroU32::new)
-        .ok_or("iterations must be a whole number of at least 1")?;
+        .ok_or(HashError::Iterations)?;
     if n.get() > MAX_PBKDF2_ITERATIONS {
-        return Err(format!(
-            "{n} iterations is more than the {MAX_PBKDF2_ITERATIONS} allowed"
-        ));
+        return Err(HashError::TooManyIterations(n));
     }
     Ok(n)
 }
@@ -252,9 +289,7 @@ fn pbkdf2_iterations(s: &str) -> Result<NonZeroU32, String> {
 /// in unpadded base64, the parameters in libargon2's order. Parsed here rather than
 /// with `argon2`'s PHC type because that caps salts at 48 bytes and Mosquitto 2.1
 /// writes 64.
-fn parse_argon2id(rest: &str) -> Result<Hash, String> {
-    const SHAPE: &str =
-        "argon2id hash needs $v=<version>$m=<KiB>,t=<passes>,p=<lanes>$<salt>$<hash>";
+fn parse_argon2id(rest: &str) -> Result<Hash, HashError> {
     let mut fields = rest.split('$');
     let (Some(version), Some(params), Some(salt), Some(tag), None) = (
         fields.next(),
@@ -263,51 +298,46 @@ fn parse_argon2id(rest: &str) -> Result<Hash, String> {
         fields.next(),
         fields.next(),
     ) else {
-        return Err(SHAPE.into());
+        return Err(HashError::Argon2Shape);
     };
     let version = match version {
         "v=19" => Version::V0x13,
         "v=16" => Version::V0x10,
-        _ => return Err("argon2id version must be v=19 or v=16".into()),
+        _ => return Err(HashError::Argon2Version),
     };
     let mut kv = params.split(',');
     let (Some(m), Some(t), Some(p), None) = (kv.next(), kv.next(), kv.next(), kv.next()) else {
-        return Err(SHAPE.into());
+        return Err(HashError::Argon2Shape);
     };
-    let value = |field: &str, name: &str| -> Result<u32, String> {
+    let value = |field: &str, name: &str| -> Result<u32, HashError> {
         field
             .strip_prefix(name)
             .and_then(|v| v.strip_prefix('='))
             .and_then(decimal)
-            .ok_or_else(|| SHAPE.to_string())
+            .ok_or(HashError::Argon2Shape)
     };
     let (m, t, p) = (value(m, "m")?, value(t, "t")?, value(p, "p")?);
     if m > MAX_ARGON2_M_KIB {
-        return Err(format!(
-            "argon2id m={m} KiB is more than the {MAX_ARGON2_M_KIB} allowed"
-        ));
+        return Err(HashError::Argon2Memory(m));
     }
-    if u64::from(m) * u64::from(t) > MAX_ARGON2_WORK_KIB {
-        return Err(format!(
-            "argon2id m*t = {} KiB is more than the {MAX_ARGON2_WORK_KIB} allowed",
-            u64::from(m) * u64::from(t)
-        ));
+    let work = u64::from(m) * u64::from(t);
+    if work > MAX_ARGON2_WORK_KIB {
+        return Err(HashError::Argon2Work(work));
     }
     let salt = STANDARD_NO_PAD
         .decode(salt)
-        .map_err(|_| "argon2id salt is not valid unpadded base64")?;
+        .map_err(|_| HashError::Argon2SaltBase64)?;
     if !ARGON2_SALT_LEN.contains(&salt.len()) {
-        return Err(format!("argon2id salt is {} bytes", salt.len()));
+        return Err(HashError::Argon2SaltLength(salt.len()));
     }
     let tag = STANDARD_NO_PAD
         .decode(tag)
-        .map_err(|_| "argon2id hash is not valid unpadded base64")?;
+        .map_err(|_| HashError::Argon2TagBase64)?;
     if !ARGON2_TAG_LEN.contains(&tag.len()) {
-        return Err(format!("argon2id hash is {} bytes", tag.len()));
+        return Err(HashError::Argon2TagLength(tag.len()));
     }
     // The crate checks the rest (t >= 1, 1 <= p, m >= 8 * p).
-    let params =
-        Params::new(m, t, p, Some(tag.len())).map_err(|e| format!("argon2id parameters: {e}"))?;
+    let params = Params::new(m, t, p, Some(tag.len())).map_err(HashError::Argon2Params)?;
     Ok(Hash::Argon2id {
         version,
         params,
@@ -445,7 +475,7 @@ impl PasswordFile {
                     format!("user '{username}' is already defined on line {first}"),
                 ));
             }
-            let parsed = Hash::parse(hash).map_err(|m| file_error(n, m))?;
+            let parsed = Hash::parse(hash).map_err(|e| file_error(n, e.to_string()))?;
             first_line.insert(username.to_string(), n);
             file.users.insert(
                 username.to_string(),
@@ -880,6 +910,85 @@ carol:$6$beaGLMJ9fP9SyF1D$85ZG0ZdqZgsyabutF/+wm46NiWS9V580r955Gd6xl72/S8Z7Rrg6mR
                     assert!(e.message.contains(expected), "{bad:?}: {e}");
                 }
             }
+        }
+    }
+
+    /// The messages operators read are the ones the parser gave as strings.
+    #[test]
+    fn hash_error_messages_are_unchanged() {
+        let n = NonZeroU32::new(10_000_001).unwrap();
+        let params = Params::new(8, 1, 2, None).err().unwrap();
+        let cases = [
+            (
+                HashError::Unsupported,
+                "unsupported hash: expected $6$, $7$ or $argon2id$".to_string(),
+            ),
+            (
+                HashError::Sha512Shape,
+                "$6$ hash needs $<salt>$<hash>".into(),
+            ),
+            (
+                HashError::Pbkdf2Shape,
+                "$7$ hash needs $<iterations>$<salt>$<hash>".into(),
+            ),
+            (HashError::SaltBase64, "salt is not valid base64".into()),
+            (
+                HashError::SaltLength(10),
+                "salt is 10 bytes, expected 12 or 64".into(),
+            ),
+            (HashError::HashBase64, "hash is not valid base64".into()),
+            (
+                HashError::HashLength(3),
+                "hash is 3 bytes, expected 64".into(),
+            ),
+            (
+                HashError::Iterations,
+                "iterations must be a whole number of at least 1".into(),
+            ),
+            (
+                HashError::TooManyIterations(n),
+                "10000001 iterations is more than the 10000000 allowed".into(),
+            ),
+            (
+                HashError::Argon2Shape,
+                "argon2id hash needs $v=<version>$m=<KiB>,t=<passes>,p=<lanes>$<salt>$<hash>"
+                    .into(),
+            ),
+            (
+                HashError::Argon2Version,
+                "argon2id version must be v=19 or v=16".into(),
+            ),
+            (
+                HashError::Argon2Memory(262_145),
+                "argon2id m=262145 KiB is more than the 262144 allowed".into(),
+            ),
+            (
+                HashError::Argon2Work(1_310_720),
+                "argon2id m*t = 1310720 KiB is more than the 1048576 allowed".into(),
+            ),
+            (
+                HashError::Argon2SaltBase64,
+                "argon2id salt is not valid unpadded base64".into(),
+            ),
+            (
+                HashError::Argon2SaltLength(3),
+                "argon2id salt is 3 bytes".into(),
+            ),
+            (
+                HashError::Argon2TagBase64,
+                "argon2id hash is not valid unpadded base64".into(),
+            ),
+            (
+                HashError::Argon2TagLength(2),
+                "argon2id hash is 2 bytes".into(),
+            ),
+            (
+                HashError::Argon2Params(params),
+                format!("argon2id parameters: {params}"),
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
         }
     }
 

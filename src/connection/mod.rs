@@ -1,0 +1,791 @@
+//! One task per client connection: the codec on a socket, the CONNECT timeout,
+//! keep-alive, reading and handling packets, and the loop that serves the socket,
+//! the router's outbox and the router's kick.
+//!
+//! Owns everything that lives exactly as long as one network connection. Session
+//! state that outlives it (subscriptions, inflight, queues, inbound QoS 2 ids)
+//! belongs to the router, which also decides every reply of an inbound QoS flow;
+//! this task writes those replies. Works over any byte stream, so TLS and
+//! WebSockets reuse it.
+//!
+//! Beside it, one concept each: `pre_login.rs` (reading the CONNECT within the
+//! pre-login budget), `negotiate.rs` (the pure CONNECT negotiation and every
+//! refusal), `handshake.rs` (login, registration, CONNACK), `topic_alias.rs`,
+//! `receive_window.rs` (our Receive Maximum), `outgoing.rs` (encoding what the
+//! outbox hands us) and `close.rs` (how a connection ends).
+
+mod close;
+mod handshake;
+mod negotiate;
+mod outgoing;
+mod pre_login;
+mod receive_window;
+mod topic_alias;
+
+use crate::config::Config;
+use crate::login::Peer;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    self, AckProperties, Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+    SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::router::{DisconnectKind, RouterMsg};
+use crate::session::ClientId;
+use crate::topic::validate_topic_name;
+use bytes::{Buf, BytesMut};
+use close::{finish, graceful_close, Close, Registration};
+use futures_util::FutureExt;
+use handshake::handshake;
+use negotiate::Negotiated;
+pub use pre_login::PreLoginBudget;
+use pre_login::{no_connect, read_connect, Charge, CONNECT_READ};
+use receive_window::ReceiveWindow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use topic_alias::{InboundAliases, OutboundAliases};
+use tracing::{debug, info, warn, Instrument};
+
+/// What every connection task shares: configuration, the router's inbox, counters.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub router: mpsc::Sender<RouterMsg>,
+    pub metrics: Arc<Metrics>,
+    pub next_conn_id: AtomicU64,
+    pub logins: crate::login::Logins,
+    /// Read-buffer bytes held by connections that have not logged in yet.
+    pub pre_login: PreLoginBudget,
+}
+
+/// Stop reading from the socket while this much is waiting to be written: a client
+/// that does not read its acks must not make us buffer without bound.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Buffers above this size are released once empty, so an idle connection keeps
+/// almost nothing (about a KB per idle connection is the goal).
+const BUF_KEEP: usize = 1024;
+/// Read size bounds: an idle connection reads into a small buffer; one whose reads
+/// fill the buffer doubles it (fewer syscalls under load), up to the maximum, which
+/// also caps the work one publisher gets per wake-up (larger starved subscribers).
+const READ_MIN: usize = 256;
+const READ_MAX: usize = 8 * 1024;
+/// Publishes handed to the router in one message: fewer channel operations and
+/// wake-ups per message, with a small bound on what one message holds.
+const PUBLISH_BATCH: usize = 32;
+/// Outbox items taken per wake-up. The outbox branch comes before the write branch
+/// in the select, so everything ready is encoded first and written with one
+/// syscall: on loopback each write wakes the peer, which costs more than the write.
+const OUTBOX_BATCH: usize = 256;
+
+/// Serve one accepted connection until it ends.
+pub async fn serve<S>(stream: S, peer: Peer, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!(
+        "conn",
+        peer = %peer.addr,
+        id = conn_id,
+        client = tracing::field::Empty,
+        user = tracing::field::Empty
+    );
+    shared
+        .metrics
+        .connections_current
+        .fetch_add(1, Ordering::Relaxed);
+    // Boxed: the peer is read at CONNECT only, and inline it would take its
+    // room in every connection's future for the connection's whole life.
+    serve_inner(stream, Box::new(peer), conn_id, shared.clone())
+        .instrument(span)
+        .await;
+    shared
+        .metrics
+        .connections_current
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_inner<S>(mut stream: S, peer: Box<Peer>, conn_id: u64, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let cfg = shared.config.clone();
+    let mut rbuf = BytesMut::with_capacity(CONNECT_READ);
+    let mut charge = Charge {
+        budget: &shared.pre_login,
+        held: 0,
+    };
+    // (3.1.1 and 5.0 section 3.1) a server closes a connection that does not send CONNECT in
+    // reasonable time (rumqttd lesson: without this, idle sockets pile up).
+    // Boxed, like the handshake and the close below: one-off phases whose state
+    // would otherwise be reserved in the connection's future for its whole life.
+    let first = Box::pin(tokio::time::timeout(
+        cfg.limits.connect_timeout,
+        read_connect(&mut stream, &mut rbuf, &cfg.limits, &mut charge),
+    ))
+    .await;
+    let connect = match first {
+        Err(_) => {
+            debug!("no CONNECT within {:?}", cfg.limits.connect_timeout);
+            return;
+        }
+        Ok(Err(why)) => {
+            Box::pin(no_connect(&mut stream, why, rbuf, charge, &shared)).await;
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
+    // A WebSocket's pre-login bytes are counted below tungstenite until now.
+    if let Some(gate) = &peer.gate {
+        gate.open();
+    }
+    // Boxed: the handshake runs once, and inline its state would be reserved in
+    // every connection's future for its whole life.
+    let Some(mut conn) = Box::pin(handshake(&mut stream, *connect, &peer, conn_id, &shared)).await
+    else {
+        drop(charge);
+        Box::pin(graceful_close(&mut stream)).await;
+        return;
+    };
+    // Logged in: this connection's buffer no longer counts as unauthenticated.
+    drop(charge);
+    // Packets pipelined behind CONNECT move to the connection's buffer, copied:
+    // what is left of the CONNECT buffer, even empty, still shares its allocation
+    // (up to max_connect_packet_size), which must not live as long as the
+    // connection. An idle connection then starts from the small read size.
+    if !rbuf.is_empty() {
+        conn.rbuf = BytesMut::from(&rbuf[..]);
+    }
+    drop(rbuf);
+    tracing::Span::current().record("client", &*conn.client_id);
+    info!(version = ?conn.version, "connected");
+    let mut registration = Registration {
+        router: shared.router.clone(),
+        client: conn.client_id.clone(),
+        conn_id,
+        armed: true,
+    };
+    let close = conn.run(&mut stream).await;
+    // `finish` reports the end itself, in order with the final writes.
+    registration.armed = false;
+    Box::pin(finish(stream, conn, close, conn_id, &shared)).await;
+}
+
+/// A PUBLISH's payload and correlation data are slices of the read buffer and
+/// keep the whole allocation alive for as long as the message lives (retained,
+/// queued for an offline session). From a buffer grown for a large packet, a
+/// part that is small beside it is copied out: a 1-byte retained message sent
+/// behind a 1 MB one pinned the 1 MB (200 of them held 300 MB against a 16 MiB
+/// cap). Normal reads (up to `READ_MAX`) share their buffer as before.
+fn unpin(p: &mut Publish, alloc: usize) {
+    if alloc <= 2 * READ_MAX {
+        return;
+    }
+    let small = |b: &bytes::Bytes| b.len() * 4 < alloc;
+    if small(&p.payload) {
+        p.payload = bytes::Bytes::copy_from_slice(&p.payload);
+    }
+    if let Some(cd) = p
+        .properties
+        .correlation_data
+        .as_mut()
+        .filter(|cd| small(cd))
+    {
+        *cd = bytes::Bytes::copy_from_slice(cd);
+    }
+}
+
+enum Written {
+    Bytes(usize),
+    Flushed,
+}
+
+/// One `write` of `buf`, or a flush when it is empty.
+async fn write_or_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io::Result<Written> {
+    if buf.is_empty() {
+        w.flush().await.map(|()| Written::Flushed)
+    } else {
+        w.write(buf).await.map(Written::Bytes)
+    }
+}
+
+struct Conn {
+    client_id: ClientId,
+    conn_id: u64,
+    version: ProtocolVersion,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// How much to reserve before a read (adapts between READ_MIN and READ_MAX).
+    read_size: usize,
+    /// Inbound QoS 1/2 ids not yet completed and the replies the router owes:
+    /// our Receive Maximum. Reading pauses at `receive_maximum` owed.
+    inbound: ReceiveWindow,
+    /// Deliveries too big for the client, to report to the router.
+    skipped: Vec<PacketId>,
+    /// Publishes decoded from the current read, sent to the router together.
+    batch: Vec<Publish>,
+    /// Topic aliases the client set on its PUBLISHes (5.0 section 3.3.2.3.4).
+    in_aliases: InboundAliases,
+    /// Aliases we assigned on deliveries, up to the client's Topic Alias Maximum.
+    out_aliases: OutboundAliases,
+    client_max_packet: Option<u32>,
+    keep_alive: Option<Duration>,
+    expiry_was_zero: bool,
+    problem_info: bool,
+    /// Everything was written but not yet flushed: TLS records and WebSocket
+    /// frames may still sit in the transport's own buffer.
+    flush_owed: bool,
+    outbox: crate::outbox::OutboxReceiver,
+    kick: Option<oneshot::Receiver<ReasonCode>>,
+    shared: Arc<Shared>,
+}
+
+impl Conn {
+    fn new(
+        deal: Negotiated,
+        conn_id: u64,
+        outbox: crate::outbox::OutboxReceiver,
+        kick: oneshot::Receiver<ReasonCode>,
+        shared: &Arc<Shared>,
+    ) -> Conn {
+        Conn {
+            keep_alive: deal.keep_alive_timeout(),
+            client_id: deal.client_id,
+            conn_id,
+            version: deal.version,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            read_size: READ_MIN,
+            inbound: ReceiveWindow::default(),
+            skipped: Vec::new(),
+            batch: Vec::new(),
+            in_aliases: InboundAliases::default(),
+            out_aliases: OutboundAliases::new(deal.out_alias_max),
+            client_max_packet: deal.client_max_packet,
+            expiry_was_zero: deal.session_expiry == 0,
+            problem_info: deal.problem_info,
+            flush_owed: false,
+            outbox,
+            kick: Some(kick),
+            shared: shared.clone(),
+        }
+    }
+
+    fn limits(&self) -> &crate::config::Limits {
+        &self.shared.config.limits
+    }
+
+    fn write_packet(&mut self, p: &Packet) {
+        if let Err(e) = protocol::encode(p, self.version, &mut self.wbuf) {
+            warn!(packet = p.name(), error = %e, "cannot encode");
+        }
+    }
+
+    fn ack_props(&self, why: &str) -> AckProperties {
+        AckProperties {
+            // [MQTT-3.1.2-29] no Reason String unless the client allows it.
+            reason_string: self.problem_info.then(|| why.to_string()),
+            user_properties: Vec::new(),
+        }
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Close {
+        let close = self.run_loop(stream).await;
+        let ours = close.reason.is_some_and(|r| {
+            r.is_error()
+                && r != ReasonCode::SESSION_TAKEN_OVER
+                && r != ReasonCode::SERVER_SHUTTING_DOWN
+        });
+        if ours {
+            self.settle().await;
+        }
+        close
+    }
+
+    /// Before closing on the client's protocol error: let the replies owed for
+    /// the packets accepted before it (PUBACK, PUBREC, ...) go out first, within
+    /// a bound, so the client knows which of its messages were taken.
+    async fn settle(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while self.inbound.owed() > 0 {
+            match tokio::time::timeout_at(deadline, self.outbox.recv()).await {
+                Ok(Some(o)) => self.push_outgoing(o),
+                _ => break,
+            }
+        }
+    }
+
+    async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Close {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut kick = match self.kick.take() {
+            Some(k) => k,
+            None => return Close::silent(),
+        };
+        // One keep-alive timer for the connection's life, moved only after reads
+        // [MQTT-3.1.2-24]; without a keep alive it never fires.
+        let far = || tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+        let next_deadline = |keep_alive: Option<Duration>| match keep_alive {
+            Some(k) => tokio::time::Instant::now() + k,
+            None => far(),
+        };
+        let ka = tokio::time::sleep_until(next_deadline(self.keep_alive));
+        tokio::pin!(ka);
+        // Packets pipelined behind CONNECT arrived with it.
+        if !self.rbuf.is_empty() {
+            if let Some(close) = Box::pin(self.process_input()).await {
+                return close;
+            }
+        }
+        loop {
+            let can_read = self.wbuf.len() < WRITE_HIGH_WATER
+                && self.inbound.owed() < usize::from(self.limits().receive_maximum);
+            if can_read && self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+                self.rbuf.reserve(self.read_size);
+            }
+            let spare = self.rbuf.capacity() - self.rbuf.len();
+            tokio::select! {
+                biased;
+                reason = &mut kick => return self.kicked(reason),
+                res = rd.read_buf(&mut self.rbuf), if can_read => {
+                    match res {
+                        Ok(0) => {
+                            debug!("peer closed the connection");
+                            return Close::silent();
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "read error");
+                            return Close::silent();
+                        }
+                        Ok(n) => self.adapt_read_size(n, spare),
+                    }
+                    ka.as_mut().reset(next_deadline(self.keep_alive));
+                    if let Some(close) = Box::pin(self.process_input()).await {
+                        return close;
+                    }
+                }
+                o = self.outbox.recv(), if self.wbuf.len() < WRITE_HIGH_WATER => {
+                    let Some(o) = o else { return Close::silent() };
+                    self.push_outgoing(o);
+                    self.push_outbox_batch();
+                    // Replies written: packets held back by flow control can go on.
+                    if !self.rbuf.is_empty() {
+                        if let Some(close) = Box::pin(self.process_input()).await {
+                            return close;
+                        }
+                    }
+                    for packet_id in std::mem::take(&mut self.skipped) {
+                        let msg = RouterMsg::Skipped {
+                            client: self.client_id.clone(),
+                            conn_id: self.conn_id,
+                            packet_id,
+                        };
+                        if let Some(close) = self.to_router(msg).await {
+                            return close;
+                        }
+                    }
+                }
+                // Write what is buffered, then flush once it is all written. The
+                // flush is part of the select, not an await in a branch body: a TLS
+                // or WebSocket flush waits for a peer that may never read, and
+                // meanwhile the keep-alive, a kick and the outbox must still be
+                // served. Both transports keep their flush state in the stream, so
+                // this is cancel-safe. (Plain TCP's flush is immediate.)
+                res = write_or_flush(&mut wr, &self.wbuf), if !self.wbuf.is_empty() || self.flush_owed => {
+                    if let Some(close) = self.wrote(res, &mut wr) {
+                        return close;
+                    }
+                }
+                _ = &mut ka => {
+                    // [MQTT-3.1.2-24] nothing for 1.5 x keep alive: close.
+                    debug!("keep alive timeout");
+                    return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                }
+            }
+        }
+    }
+
+    /// Kicked by the router: taken over, or the broker is shutting down.
+    fn kicked(&mut self, reason: Result<ReasonCode, oneshot::error::RecvError>) -> Close {
+        let reason = reason.unwrap_or(ReasonCode::SERVER_SHUTTING_DOWN);
+        if reason == ReasonCode::SERVER_SHUTTING_DOWN {
+            // Graceful shutdown: hand over what is already queued.
+            while let Some(o) = self.outbox.try_recv() {
+                self.push_outgoing(o);
+            }
+        }
+        Close {
+            reason: Some(reason),
+            reason_string: None,
+            kind: DisconnectKind::WithWill,
+            session_expiry: None,
+        }
+    }
+
+    /// Adapt the read size to the traffic: `n` bytes came into `spare` room.
+    fn adapt_read_size(&mut self, n: usize, spare: usize) {
+        if n >= spare {
+            self.read_size = (self.read_size * 2).min(READ_MAX);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_MIN);
+        }
+    }
+
+    /// After the first item: encode what else the outbox holds (a batch, up to
+    /// the high water mark).
+    fn push_outbox_batch(&mut self) {
+        for _ in 0..OUTBOX_BATCH {
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                break;
+            }
+            match self.outbox.try_recv() {
+                Some(o) => self.push_outgoing(o),
+                None => break,
+            }
+        }
+    }
+
+    /// After one write (or flush) of the write buffer.
+    fn wrote<W: AsyncWrite + Unpin>(
+        &mut self,
+        res: std::io::Result<Written>,
+        wr: &mut W,
+    ) -> Option<Close> {
+        match res {
+            Ok(Written::Bytes(0)) | Err(_) => return Some(Close::silent()),
+            Ok(Written::Bytes(n)) => {
+                self.wbuf.advance(n);
+                if self.wbuf.is_empty() {
+                    // Plain TCP (and most TLS writes) flush at once:
+                    // try here, without another turn of the loop;
+                    // only a flush that must wait for the peer is
+                    // left to the select.
+                    match wr.flush().now_or_never() {
+                        Some(Ok(())) => {}
+                        Some(Err(_)) => return Some(Close::silent()),
+                        None => self.flush_owed = true,
+                    }
+                    if self.wbuf.capacity() > BUF_KEEP {
+                        self.wbuf = BytesMut::new();
+                    }
+                }
+            }
+            Ok(Written::Flushed) => self.flush_owed = false,
+        }
+        None
+    }
+
+    /// Decode and handle every complete packet in the read buffer.
+    async fn process_input(&mut self) -> Option<Close> {
+        let limits = self.limits().decode_limits();
+        let owed_max = usize::from(self.limits().receive_maximum);
+        // The allocation this batch is decoded from (payloads are slices of it).
+        let alloc = self.rbuf.capacity();
+        // Stop at `receive_maximum` owed replies: the rest waits in the buffer
+        // until replies are written (flow control for pipelining clients; it also
+        // bounds the outbox slots replies take).
+        while self.inbound.owed() < owed_max {
+            let packet = match protocol::decode_with(&mut self.rbuf, Some(self.version), limits) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    self.shared
+                        .metrics
+                        .protocol_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(error = %e, "bad packet");
+                    // What came before the bad packet is still delivered.
+                    let _ = self.flush_batch().await;
+                    return Some(e.into());
+                }
+            };
+            if !matches!(packet, Packet::Publish(_)) {
+                // Keep order: publishes decoded before this packet go first.
+                if let Some(close) = self.flush_batch().await {
+                    return Some(close);
+                }
+            }
+            // PUBLISH, the hot path, inline; the rest boxed (SUBSCRIBE's state is
+            // large and would otherwise sit in every connection's future).
+            let result = match packet {
+                Packet::Publish(mut p) => {
+                    unpin(&mut p, alloc);
+                    self.handle_publish(p).await
+                }
+                other => Box::pin(self.handle(other)).await,
+            };
+            if let Some(close) = result {
+                let _ = self.flush_batch().await;
+                return Some(close);
+            }
+        }
+        if let Some(close) = self.flush_batch().await {
+            return Some(close);
+        }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > BUF_KEEP {
+            self.rbuf = BytesMut::new();
+        }
+        None
+    }
+
+    async fn to_router(&self, msg: RouterMsg) -> Option<Close> {
+        // Awaiting here is the backpressure: while the router is busy we stop
+        // reading and TCP slows the publisher down.
+        match self.shared.router.send(msg).await {
+            Ok(()) => None,
+            Err(_) => Some(Close::error(
+                ReasonCode::SERVER_SHUTTING_DOWN,
+                "server shutting down",
+            )),
+        }
+    }
+
+    async fn handle(&mut self, packet: Packet) -> Option<Close> {
+        let client = self.client_id.clone();
+        let conn_id = self.conn_id;
+        // The QoS flows' packets go to the router, which answers them.
+        let msg = match packet {
+            // `process_input` sends PUBLISH to `handle_publish` directly.
+            Packet::Publish(p) => return self.handle_publish(p).await,
+            Packet::PubAck(a) => RouterMsg::PubAck {
+                client,
+                conn_id,
+                packet_id: a.packet_id,
+            },
+            Packet::PubRec(a) => {
+                // The router answers a successful PUBREC with PUBREL.
+                let success = !a.reason_code.is_error();
+                if success {
+                    self.inbound.expect_reply();
+                }
+                RouterMsg::PubRec {
+                    client,
+                    conn_id,
+                    packet_id: a.packet_id,
+                    success,
+                }
+            }
+            Packet::PubComp(a) => RouterMsg::PubComp {
+                client,
+                conn_id,
+                packet_id: a.packet_id,
+            },
+            Packet::PubRel(r) => {
+                // The router releases the id and answers with PUBCOMP.
+                self.inbound.expect_reply();
+                RouterMsg::PubRel {
+                    client,
+                    conn_id,
+                    packet_id: r.packet_id,
+                }
+            }
+            Packet::Subscribe(s) => return self.subscribe(s).await,
+            Packet::Unsubscribe(u) => return self.unsubscribe(u).await,
+            Packet::PingReq => {
+                self.write_packet(&Packet::PingResp);
+                return None;
+            }
+            Packet::Disconnect(d) => {
+                let max_expiry = self.limits().max_session_expiry;
+                return Some(Close::by_client(&d, self.expiry_was_zero, max_expiry));
+            }
+            Packet::Connect(_) => {
+                // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
+                return Some(Close::error(ReasonCode::PROTOCOL_ERROR, "second CONNECT"));
+            }
+            Packet::Auth(_) => {
+                // No enhanced authentication was agreed in CONNECT (5.0 section 4.12).
+                return Some(Close::error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "AUTH without an authentication method",
+                ));
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Some(Close::error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "server-only packet from a client",
+                ));
+            }
+        };
+        self.to_router(msg).await
+    }
+
+    async fn subscribe(&mut self, s: Subscribe) -> Option<Close> {
+        if self.version.is_v5()
+            && s.filters
+                .iter()
+                .any(|f| f.options.no_local && f.filter.starts_with("$share/"))
+        {
+            // [MQTT-3.8.3-4] No Local on a shared subscription.
+            return Some(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "No Local on a shared subscription",
+            ));
+        }
+        let (client, conn_id, packet_id) = (self.client_id.clone(), self.conn_id, s.packet_id);
+        self.ask_router_for_codes(
+            |reply| RouterMsg::Subscribe {
+                client,
+                conn_id,
+                subscribe: s,
+                reply,
+            },
+            // [MQTT-3.8.4-1] SUBACK with one code per filter, same packet id.
+            |reason_codes| {
+                Packet::SubAck(SubAck {
+                    packet_id,
+                    properties: AckProperties::default(),
+                    reason_codes,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn unsubscribe(&mut self, u: Unsubscribe) -> Option<Close> {
+        let (client, conn_id, packet_id) = (self.client_id.clone(), self.conn_id, u.packet_id);
+        self.ask_router_for_codes(
+            |reply| RouterMsg::Unsubscribe {
+                client,
+                conn_id,
+                unsubscribe: u,
+                reply,
+            },
+            |reason_codes| {
+                Packet::UnsubAck(UnsubAck {
+                    packet_id,
+                    properties: AckProperties::default(),
+                    reason_codes,
+                })
+            },
+        )
+        .await
+    }
+
+    /// Hand a SUBSCRIBE or UNSUBSCRIBE to the router, wait for its reason codes
+    /// (one per filter) and write the acknowledgement `ack` makes of them.
+    async fn ask_router_for_codes(
+        &mut self,
+        msg: impl FnOnce(oneshot::Sender<Vec<ReasonCode>>) -> RouterMsg,
+        ack: impl FnOnce(Vec<ReasonCode>) -> Packet,
+    ) -> Option<Close> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(c) = self.to_router(msg(tx)).await {
+            return Some(c);
+        }
+        let codes = rx.await.unwrap_or_default();
+        if codes.is_empty() {
+            // The router is gone (shutting down): an empty SUBACK or
+            // UNSUBACK would be malformed.
+            return Some(Close::error(
+                ReasonCode::SERVER_SHUTTING_DOWN,
+                "server shutting down",
+            ));
+        }
+        self.write_packet(&ack(codes));
+        None
+    }
+
+    async fn handle_publish(&mut self, mut p: Publish) -> Option<Close> {
+        let v5 = self.version.is_v5();
+        if !p.properties.subscription_identifiers.is_empty() {
+            // [MQTT-3.3.4-6] a client never sends Subscription Identifiers.
+            return Some(Close::error(
+                ReasonCode::PROTOCOL_ERROR,
+                "subscription identifier in PUBLISH",
+            ));
+        }
+        let max = self.limits().topic_alias_maximum;
+        if let Err(close) = self.in_aliases.resolve(&mut p, max) {
+            return Some(close);
+        }
+        if validate_topic_name(&p.topic, self.shared.config.topic_limits()).is_err() {
+            return Some(Close::error(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "topic name invalid or over the limits",
+            ));
+        }
+        let packet_id = p.packet_id;
+        let qos = p.qos;
+        if v5
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // Payload declared UTF-8 but is not: refuse it with 0x99 (5.0 section 3.3.2.3.2).
+            if let Some(pid) = packet_id {
+                let resp = PubResponse {
+                    packet_id: pid,
+                    reason_code: ReasonCode::PAYLOAD_FORMAT_INVALID,
+                    properties: self.ack_props("payload is not valid UTF-8"),
+                };
+                let pkt = if qos == QoS::AtLeastOnce {
+                    Packet::PubAck(resp)
+                } else {
+                    Packet::PubRec(resp)
+                };
+                self.write_packet(&pkt);
+            }
+            return None;
+        }
+        if let Some(pid) = packet_id {
+            let max = v5.then(|| usize::from(self.limits().receive_maximum));
+            if let Err(close) = self.inbound.admit(pid.get(), max) {
+                return Some(close);
+            }
+        } else if qos != QoS::AtMostOnce {
+            // The decoder guarantees a packet id for QoS > 0 [MQTT-2.2.1-2].
+            return Some(Close::error(
+                ReasonCode::MALFORMED_PACKET,
+                "missing packet id",
+            ));
+        }
+        self.batch.push(p);
+        if self.batch.len() >= PUBLISH_BATCH {
+            return self.flush_batch().await;
+        }
+        None
+    }
+
+    /// Send the publishes decoded so far to the router in one message.
+    async fn flush_batch(&mut self) -> Option<Close> {
+        if self.batch.is_empty() {
+            return None;
+        }
+        let publishes = std::mem::take(&mut self.batch);
+        self.to_router(RouterMsg::Publishes {
+            client: self.client_id.clone(),
+            conn_id: self.conn_id,
+            publishes,
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection task's future is allocated once per connection for its whole
+    /// life: it is most of what an idle connection costs. Guard its size.
+    #[test]
+    fn connection_future_stays_small() {
+        let (tx, _rx) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            config: Arc::new(Config::default()),
+            router: tx,
+            metrics: Arc::new(Metrics::default()),
+            next_conn_id: AtomicU64::new(1),
+            logins: crate::login::Logins::new(&Config::default()).unwrap(),
+            pre_login: PreLoginBudget::default(),
+        });
+        let (a, _b) = tokio::io::duplex(64);
+        let fut = serve(a, Peer::plain("127.0.0.1:1".parse().unwrap()), shared);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!(
+            "connection future: {size} bytes; Conn: {} bytes",
+            std::mem::size_of::<Conn>()
+        );
+        // 2,880 bytes before the one-off phases and SUBSCRIBE handling were boxed.
+        assert!(size < 2048, "connection future grew to {size} bytes");
+    }
+}
