@@ -21,6 +21,18 @@ pub enum Overflow {
     DeadLetter,
 }
 
+impl Overflow {
+    /// Parse `reject`, `drop-head` or `dead-letter` (the config form).
+    pub fn parse(s: &str) -> Option<Overflow> {
+        match s {
+            "reject" => Some(Overflow::Reject),
+            "drop-head" => Some(Overflow::DropHead),
+            "dead-letter" => Some(Overflow::DeadLetter),
+            _ => None,
+        }
+    }
+}
+
 /// Which messages must be delivered in publish order, one at a time: those with
 /// the same key (SQS FIFO message groups, Kafka partition keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +136,26 @@ impl Default for QueuePolicy {
 }
 
 impl QueuePolicy {
+    /// The policy a configured queue asks for (`Config::validate` has checked
+    /// its values; one that does not parse falls back to the default).
+    pub fn from_config(q: &crate::config::QueueConfig) -> QueuePolicy {
+        QueuePolicy {
+            prefetch: q.prefetch.max(1),
+            max_deliveries: q.max_deliveries.max(1),
+            retry_delay: q.retry_delay,
+            retry_delay_max: q.retry_delay_max.max(q.retry_delay),
+            ack_timeout: q.ack_timeout,
+            reject_codes: q.reject_codes.clone(),
+            max_length: q.max_length,
+            max_bytes: q.max_bytes,
+            overflow: Overflow::parse(&q.overflow).unwrap_or_default(),
+            message_ttl: q.message_ttl,
+            dedup_window: q.dedup_window,
+            ordering: q.ordering_key.as_deref().and_then(OrderingKey::parse),
+            ..QueuePolicy::default()
+        }
+    }
+
     /// The wait before delivery number `deliveries + 1` of a message nacked after
     /// its delivery number `deliveries` (>= 1): `retry_delay`, doubled for each
     /// delivery after the first, at most `retry_delay_max`.

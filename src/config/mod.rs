@@ -5,6 +5,9 @@
 //! gateway. `check_file` reports every error of a file with its key, not just the
 //! first, so an operator fixes a file in one pass.
 
+pub mod queues;
+pub use queues::QueueConfig;
+
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::SocketAddr;
@@ -62,6 +65,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    /// Work queues declared here (`[[queues]]`).
+    pub queues: Vec<QueueConfig>,
     /// Did the configuration file declare `[[listeners]]`? (Not a key: set by
     /// `load`.) Anonymous clients are allowed by default only when it did not,
     /// Mosquitto 2's "local only" mode.
@@ -78,6 +83,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            queues: Vec::new(),
             listeners_configured: false,
         }
     }
@@ -253,6 +259,9 @@ pub struct Limits {
     pub router_queue: usize,
     pub max_retained_messages: usize,
     pub max_retained_bytes: usize,
+    /// Work queues in all: declared ones, their dead-letter queues, and those
+    /// clients create by subscribing to `$queue/<name>/<filter>`.
+    pub max_queues: usize,
 }
 
 impl Limits {
@@ -300,6 +309,7 @@ impl Default for Limits {
             router_queue: 256,
             max_retained_messages: 10_000,
             max_retained_bytes: 16 * 1024 * 1024,
+            max_queues: 64,
         }
     }
 }
@@ -535,6 +545,19 @@ impl Config {
         }
         self.auth.validate(&mut errs);
         self.storage.validate(&mut errs);
+        queues::validate(&self.queues, self.topic_limits(), &mut errs);
+        let declared = self.queues.len()
+            + self
+                .queues
+                .iter()
+                .filter(|q| q.dead_letter_name().is_some())
+                .count();
+        if declared > self.limits.max_queues {
+            collector(&mut errs)(
+                "limits.max_queues",
+                "is less than the queues declared with their dead-letter queues",
+            );
+        }
         errs
     }
 
@@ -623,6 +646,9 @@ impl Limits {
         }
         if l.router_queue == 0 {
             err("limits.router_queue", "must be at least 1");
+        }
+        if l.max_queues == 0 {
+            err("limits.max_queues", "must be at least 1");
         }
         if l.max_session_expiry.as_secs() > u64::from(u32::MAX) {
             err(
@@ -726,36 +752,22 @@ pub fn check_str(text: &str) -> ConfigErrors {
     let mut errs = Vec::new();
     for (section, value) in &table {
         match section.as_str() {
-            "listeners" => match value.as_array() {
-                Some(arr) => {
-                    for (i, l) in arr.iter().enumerate() {
-                        let prefix = format!("listeners[{i}]");
-                        let Some(t) = l.as_table() else {
-                            errs.push(ConfigError {
-                                key: prefix,
-                                message: "expected a table ([[listeners]])".into(),
-                            });
-                            continue;
-                        };
-                        if !t.contains_key("bind") {
-                            errs.push(ConfigError {
-                                key: format!("{prefix}.bind"),
-                                message: "missing: every listener needs a bind address".into(),
-                            });
-                        }
-                        check_keys::<ListenerConfig>(
-                            &prefix,
-                            t,
-                            Some(("bind", "127.0.0.1:1".into())),
-                            &mut errs,
-                        );
-                    }
-                }
-                None => errs.push(ConfigError {
-                    key: "listeners".into(),
-                    message: "expected an array of tables ([[listeners]])".into(),
-                }),
-            },
+            "listeners" => check_array::<ListenerConfig>(
+                section,
+                value,
+                (
+                    "bind",
+                    "127.0.0.1:1".into(),
+                    "every listener needs a bind address",
+                ),
+                &mut errs,
+            ),
+            "queues" => check_array::<QueueConfig>(
+                section,
+                value,
+                ("name", "q".into(), "every queue needs a name"),
+                &mut errs,
+            ),
             "limits" => check_section::<Limits>(section, value, &mut errs),
             "mqtt" => check_section::<MqttConfig>(section, value, &mut errs),
             "storage" => check_section::<StorageConfig>(section, value, &mut errs),
@@ -763,8 +775,9 @@ pub fn check_str(text: &str) -> ConfigErrors {
             "log" => check_section::<LogConfig>(section, value, &mut errs),
             other => errs.push(ConfigError {
                 key: other.into(),
-                message: "unknown section (known: listeners, limits, mqtt, storage, auth, log)"
-                    .into(),
+                message:
+                    "unknown section (known: listeners, limits, mqtt, storage, auth, log, queues)"
+                        .into(),
             }),
         }
     }
@@ -778,6 +791,42 @@ pub fn check_str(text: &str) -> ConfigErrors {
         }
     }
     ConfigErrors(errs)
+}
+
+/// An array of tables (`[[listeners]]`, `[[queues]]`): each entry's keys
+/// checked alone, with its `required` key (name, filler value, why) reported
+/// when missing.
+fn check_array<T: for<'de> Deserialize<'de>>(
+    section: &str,
+    value: &toml::Value,
+    required: (&str, toml::Value, &str),
+    errs: &mut Vec<ConfigError>,
+) {
+    let Some(arr) = value.as_array() else {
+        errs.push(ConfigError {
+            key: section.into(),
+            message: format!("expected an array of tables ([[{section}]])"),
+        });
+        return;
+    };
+    let (key, filler, why) = required;
+    for (i, entry) in arr.iter().enumerate() {
+        let prefix = format!("{section}[{i}]");
+        let Some(t) = entry.as_table() else {
+            errs.push(ConfigError {
+                key: prefix,
+                message: format!("expected a table ([[{section}]])"),
+            });
+            continue;
+        };
+        if !t.contains_key(key) {
+            errs.push(ConfigError {
+                key: format!("{prefix}.{key}"),
+                message: format!("missing: {why}"),
+            });
+        }
+        check_keys::<T>(&prefix, t, Some((key, filler.clone())), errs);
+    }
 }
 
 fn check_section<T: for<'de> Deserialize<'de>>(
@@ -932,7 +981,7 @@ level = "info"
 
     #[test]
     fn example_config_is_valid_and_default() {
-        let text = include_str!("../configs/tern.toml");
+        let text = include_str!("../../configs/tern.toml");
         assert!(check_str(text).0.is_empty(), "{}", check_str(text));
         let c: Config = toml::from_str(text).unwrap();
         assert_eq!(
