@@ -13,6 +13,13 @@ pub struct Metrics {
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
     pub messages_no_subscribers: AtomicU64,
+    /// Work-queue messages dropped by `overflow = "drop-head"`.
+    pub queue_dropped: AtomicU64,
+    /// Work-queue messages moved to a dead-letter queue (or dropped, when the
+    /// queue has none).
+    pub queue_dead_lettered: AtomicU64,
+    /// Publishes a work queue refused for lack of room (`overflow = "reject"`).
+    pub queue_refused: AtomicU64,
     pub messages_expired: AtomicU64,
     /// QoS 1/2 messages dropped because a session's queue was at its cap.
     pub dropped_queue_full: AtomicU64,

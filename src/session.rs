@@ -12,7 +12,7 @@ use crate::protocol::{PacketId, PublishProperties, QoS, ReasonCode, Subscription
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A client identifier, cheap to clone (it is a key in several maps).
 pub type ClientId = Arc<str>;
@@ -45,6 +45,13 @@ impl Message {
         })
     }
 
+    /// When it expires (v5 Message Expiry Interval), if it does.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.properties
+            .message_expiry_interval
+            .map(|s| self.received + Duration::from_secs(u64::from(s)))
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expiry_left(now) == Some(0)
     }
@@ -75,10 +82,35 @@ pub struct Delivery {
     /// client acknowledged it, another member of the group gets it (not
     /// stored: after a restart it counts as not shared).
     pub shared: bool,
+    /// A work queue's message: the queue learns how its delivery ended (boxed:
+    /// most deliveries come from subscriptions).
+    pub queued: Option<Box<QueueTag>>,
 }
 
-/// A change to a durable delivery's state, for the router to write to the store.
+/// Which work queue a delivery came from, and its message there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueTag {
+    pub queue: Arc<str>,
+    pub id: u64,
+}
+
+/// How a work queue's delivery ended, for the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueOutcome {
+    /// PUBACK, or PUBCOMP, with a success code.
+    Acked,
+    /// PUBACK or PUBREC with this reason code (>= 0x80), or not sendable
+    /// (too large for the client: 0x95).
+    Refused(u8),
+    /// It expired while it waited in the session.
+    Expired,
+    /// The session may no longer read it (the ACL changed).
+    Unreadable,
+}
+
+/// A change to a delivery's state the router must act on: durable ones for the
+/// store, work queues' ones for their queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A queued delivery entered the inflight window with this packet id.
     Assigned { did: u64, pid: PacketId },
@@ -86,6 +118,11 @@ pub enum Event {
     Released { did: u64, pid: PacketId },
     /// The delivery is finished (acknowledged, skipped, or expired in the queue).
     Done { did: u64 },
+    /// A work queue's delivery ended.
+    Queue {
+        tag: QueueTag,
+        outcome: QueueOutcome,
+    },
 }
 
 /// Which packet a `Reply` is.
@@ -416,9 +453,7 @@ impl Session {
             };
             self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
             if d.message.is_expired(now) {
-                if d.did != 0 {
-                    self.events.push(Event::Done { did: d.did });
-                }
+                self.ended(d, QueueOutcome::Expired);
                 continue;
             }
             room -= 1;
@@ -435,17 +470,29 @@ impl Session {
         }
     }
 
-    /// Remove a finished inflight entry, keeping the window count right.
-    fn finish(&mut self, index: usize) {
+    /// Remove a finished inflight entry, keeping the window count right;
+    /// `outcome` is what its queue learns if it came from one.
+    fn finish_as(&mut self, index: usize, outcome: QueueOutcome) {
         if let Some(i) = self.inflight.remove(index) {
             if i.sent {
                 self.sent_inflight = self.sent_inflight.saturating_sub(1);
             }
-            if i.delivery.did != 0 {
-                self.events.push(Event::Done {
-                    did: i.delivery.did,
-                });
-            }
+            self.ended(i.delivery, outcome);
+        }
+    }
+
+    fn finish(&mut self, index: usize) {
+        self.finish_as(index, QueueOutcome::Acked)
+    }
+
+    /// A delivery left the session (done, refused, dropped): the events the
+    /// router acts on.
+    fn ended(&mut self, d: Delivery, outcome: QueueOutcome) {
+        if d.did != 0 {
+            self.events.push(Event::Done { did: d.did });
+        }
+        if let Some(tag) = d.queued {
+            self.events.push(Event::Queue { tag: *tag, outcome });
         }
     }
 
@@ -454,7 +501,9 @@ impl Session {
     pub fn skip(&mut self, pid: PacketId) -> bool {
         match self.inflight.iter().position(|i| i.packet_id == pid) {
             Some(i) => {
-                self.finish(i);
+                // A queue's consumer cannot take it: a refusal, retried and in
+                // the end dead-lettered rather than counted as processed.
+                self.finish_as(i, QueueOutcome::Refused(0x95));
                 true
             }
             None => false,
@@ -469,9 +518,15 @@ impl Session {
 
     /// PUBACK from the client: the QoS 1 delivery is done. False if unknown.
     pub fn on_puback(&mut self, pid: PacketId) -> bool {
+        self.on_puback_with(pid, ReasonCode::SUCCESS)
+    }
+
+    /// PUBACK with its reason code: 0x80 or more is a refusal (v5), which a work
+    /// queue retries or dead-letters; for other deliveries it ends the flow too.
+    pub fn on_puback_with(&mut self, pid: PacketId, reason: ReasonCode) -> bool {
         match self.position(pid, InflightState::Ack) {
             Some(i) => {
-                self.finish(i);
+                self.finish_as(i, outcome_of(reason));
                 true
             }
             None => false,
@@ -481,8 +536,18 @@ impl Session {
     /// PUBREC from the client. With a success code the message is now owned by the
     /// receiver and we wait for PUBCOMP; an error code ends the flow (5.0 section 4.3.3).
     pub fn on_pubrec(&mut self, pid: PacketId, success: bool) -> bool {
+        let reason = if success {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::UNSPECIFIED_ERROR
+        };
+        self.on_pubrec_with(pid, reason)
+    }
+
+    /// PUBREC with its reason code (see `on_pubrec`).
+    pub fn on_pubrec_with(&mut self, pid: PacketId, reason: ReasonCode) -> bool {
         match self.position(pid, InflightState::Rec) {
-            Some(i) if success => {
+            Some(i) if reason.0 < 0x80 => {
                 if let Some(entry) = self.inflight.get_mut(i) {
                     entry.state = InflightState::Comp;
                     if entry.delivery.did != 0 {
@@ -495,7 +560,7 @@ impl Session {
                 true
             }
             Some(i) => {
-                self.finish(i);
+                self.finish_as(i, outcome_of(reason));
                 true
             }
             None => false,
@@ -548,15 +613,17 @@ impl Session {
         let mut gone = 0;
         let before = self.pending.len();
         let mut kept = VecDeque::with_capacity(before);
+        let mut dropped = Vec::new();
         for d in self.pending.drain(..) {
             if readable(&d.message.topic) {
                 kept.push_back(d);
             } else {
-                self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
-                if d.did != 0 {
-                    self.events.push(Event::Done { did: d.did });
-                }
+                dropped.push(d);
             }
+        }
+        for d in dropped {
+            self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
+            self.ended(d, QueueOutcome::Unreadable);
         }
         gone += before - kept.len();
         self.pending = kept;
@@ -566,7 +633,7 @@ impl Session {
                 f.state != InflightState::Comp && !readable(&f.delivery.message.topic)
             });
             if drop {
-                self.finish(i);
+                self.finish_as(i, QueueOutcome::Unreadable);
                 gone += 1;
             } else {
                 i += 1;
@@ -588,6 +655,39 @@ impl Session {
             .map(|d| &d.message)
     }
 
+    /// Take the deliveries of the work queues `which` names out of this session,
+    /// in flight or queued (its consumer stopped consuming them, or went
+    /// offline): their queues give them to another consumer. Their packet ids
+    /// are free again.
+    pub fn take_queue_deliveries(&mut self, which: impl Fn(&str) -> bool) -> Vec<QueueTag> {
+        let of = |d: &Delivery| d.queued.as_ref().is_some_and(|t| which(&t.queue));
+        let mut tags = Vec::new();
+        let mut i = 0;
+        while i < self.inflight.len() {
+            if self.inflight.get(i).is_some_and(|f| of(&f.delivery)) {
+                if let Some(f) = self.inflight.remove(i) {
+                    if f.sent {
+                        self.sent_inflight = self.sent_inflight.saturating_sub(1);
+                    }
+                    tags.extend(f.delivery.queued.map(|t| *t));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for d in self.pending.drain(..) {
+            if !of(&d) {
+                kept.push_back(d);
+                continue;
+            }
+            self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
+            tags.extend(d.queued.map(|t| *t));
+        }
+        self.pending = kept;
+        tags
+    }
+
     pub fn resume(&mut self, now: Instant, room: usize) -> Vec<Outgoing> {
         let mut out = Vec::with_capacity(self.inflight.len().min(room));
         self.sent_inflight = 0;
@@ -603,6 +703,15 @@ impl Session {
         let room = room.saturating_sub(out.len());
         self.fill_window(now, room, &mut out);
         out
+    }
+}
+
+/// What a queue learns from an acknowledgement's reason code.
+fn outcome_of(reason: ReasonCode) -> QueueOutcome {
+    if reason.0 < 0x80 {
+        QueueOutcome::Acked
+    } else {
+        QueueOutcome::Refused(reason.0)
     }
 }
 
@@ -632,6 +741,7 @@ mod tests {
             subscription_ids: vec![],
             did: 0,
             shared: false,
+            queued: None,
         }
     }
 
@@ -789,6 +899,7 @@ mod tests {
             subscription_ids: vec![],
             did: 0,
             shared: false,
+            queued: None,
         };
         assert_eq!(
             s.deliver(exp, false, &lim, now, false),

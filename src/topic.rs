@@ -23,6 +23,8 @@ pub enum TopicError {
     BadSingleLevelWildcard,
     #[error("malformed shared subscription")]
     BadShare,
+    #[error("malformed queue name in $queue/<name>")]
+    BadQueue,
 }
 
 /// Limits applied to every topic and filter (from `[limits]`).
@@ -119,6 +121,36 @@ impl FilterSpec {
     pub fn is_shared(&self) -> bool {
         self.share_group.is_some()
     }
+}
+
+/// A `$queue/` filter of SUBSCRIBE / UNSUBSCRIBE: consume the work queue
+/// `name`, and in EMQX's form `$queue/<name>/<filter>` also bind `filter` to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueFilter<'a> {
+    pub name: &'a str,
+    pub bind: Option<&'a str>,
+}
+
+/// Parse a `$queue/` filter; None when `s` is not one. The name is one topic
+/// level (no wildcards); a filter after it is checked like any other.
+pub fn parse_queue_filter(
+    s: &str,
+    limits: TopicLimits,
+) -> Option<Result<QueueFilter<'_>, TopicError>> {
+    let rest = s.strip_prefix("$queue/")?;
+    let (name, bind) = match rest.split_once('/') {
+        Some((n, f)) => (n, Some(f)),
+        None => (rest, None),
+    };
+    if crate::config::queues::valid_queue_name(name).is_err() {
+        return Some(Err(TopicError::BadQueue));
+    }
+    if let Some(f) = bind {
+        if let Err(e) = validate_filter(f, limits) {
+            return Some(Err(e));
+        }
+    }
+    Some(Ok(QueueFilter { name, bind }))
 }
 
 impl fmt::Display for FilterSpec {
@@ -230,5 +262,37 @@ mod tests {
         for (f, t, want) in cases {
             assert_eq!(matches(f, t), want, "{f} vs {t}");
         }
+    }
+
+    #[test]
+    fn queue_filters() {
+        let l = TopicLimits::default();
+        assert_eq!(parse_queue_filter("jobs", l), None);
+        assert_eq!(
+            parse_queue_filter("$queue/jobs", l),
+            Some(Ok(QueueFilter {
+                name: "jobs",
+                bind: None
+            }))
+        );
+        assert_eq!(
+            parse_queue_filter("$queue/jobs/sensors/+/temp", l),
+            Some(Ok(QueueFilter {
+                name: "jobs",
+                bind: Some("sensors/+/temp")
+            }))
+        );
+        assert_eq!(
+            parse_queue_filter("$queue/", l),
+            Some(Err(TopicError::BadQueue))
+        );
+        assert_eq!(
+            parse_queue_filter("$queue/j+b", l),
+            Some(Err(TopicError::BadQueue))
+        );
+        assert!(matches!(
+            parse_queue_filter("$queue/jobs/a/#/b", l),
+            Some(Err(_))
+        ));
     }
 }

@@ -551,6 +551,7 @@ impl Conn {
                 client,
                 conn_id,
                 packet_id: a.packet_id,
+                reason: a.reason_code,
             },
             Packet::PubRec(a) => {
                 // The router answers a successful PUBREC with PUBREL.
@@ -563,6 +564,7 @@ impl Conn {
                     conn_id,
                     packet_id: a.packet_id,
                     success,
+                    reason: a.reason_code,
                 }
             }
             Packet::PubComp(a) => RouterMsg::PubComp {

@@ -126,6 +126,9 @@ struct Consumer<K> {
     key: K,
     credit: u16,
     held: u16,
+    /// It could not take a message (`give_back`): nothing more until it
+    /// acknowledges or refuses one.
+    paused: bool,
 }
 
 struct InFlight<K> {
@@ -250,6 +253,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
                 key: consumer,
                 credit,
                 held: 0,
+                paused: false,
             }),
         }
     }
@@ -284,6 +288,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         self.timeouts.cancel(&id);
         if let Some(c) = self.consumers.iter_mut().find(|c| c.key == f.consumer) {
             c.held = c.held.saturating_sub(1);
+            c.paused = false;
         }
         Some(f)
     }
@@ -321,6 +326,28 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     fn dead_letter(&mut self, e: Entry, reason: DeadReason, out: &mut Vec<Action<K>>) {
         self.counters.dead_lettered += 1;
         out.push(Action::DeadLetter { entry: e, reason });
+    }
+
+    /// The consumer could not take `id` after all (its session dropped it): it
+    /// goes back first in line, not counted as a delivery, and the consumer gets
+    /// nothing more until it acknowledges or refuses one of those it holds.
+    pub fn give_back(&mut self, consumer: &K, id: MsgId) -> bool {
+        if self
+            .in_flight
+            .get(&id)
+            .is_none_or(|f| f.consumer != *consumer)
+        {
+            return false;
+        }
+        let Some(mut f) = self.take_in_flight(id) else {
+            return false;
+        };
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.key == *consumer) {
+            c.paused = c.held > 0;
+        }
+        f.entry.deliveries = f.entry.deliveries.saturating_sub(1);
+        self.ready.push_front(f.entry);
+        true
     }
 
     /// The consumer acknowledged `id`: it is gone. Returns it (the caller frees
@@ -415,7 +442,11 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         let n = self.consumers.len();
         (0..n)
             .map(|i| (self.next_consumer + i) % n)
-            .filter(|&i| self.consumers.get(i).is_some_and(|c| c.held < c.credit))
+            .filter(|&i| {
+                self.consumers
+                    .get(i)
+                    .is_some_and(|c| c.held < c.credit && !c.paused)
+            })
             .min_by_key(|&i| self.consumers.get(i).map_or(u16::MAX, |c| c.held))
     }
 

@@ -434,3 +434,20 @@ fn purge_peek_and_stats() {
 fn an_entry_is_48_bytes() {
     assert_eq!(std::mem::size_of::<Entry>(), 48);
 }
+
+#[test]
+fn a_message_given_back_goes_first_uncounted_and_pauses_its_consumer() {
+    let t = Instant::now();
+    let mut q = queue(QueuePolicy::default());
+    fill(&mut q, [1, 2, 3], t);
+    q.attach("a", 5);
+    let mut out = Vec::new();
+    q.dispatch(t, &mut out);
+    assert_eq!(delivered(&mut out).len(), 3);
+    assert!(q.give_back(&"a", 3));
+    q.dispatch(t, &mut out);
+    assert!(out.is_empty(), "paused until it acks");
+    assert!(q.ack(&"a", 1).is_some());
+    q.dispatch(t, &mut out);
+    assert_eq!(delivered(&mut out), vec![("a", 3, 1)], "not counted twice");
+}

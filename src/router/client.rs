@@ -51,6 +51,9 @@ pub(super) struct Client {
     /// Whom this session counts against in `Router::quota`; None: it ends with
     /// its connection (not counted). Boxed: clean clients are the many.
     pub(super) holder: Option<Box<Holder>>,
+    /// The work queues this client consumes (`$queue/<name>` subscriptions) and
+    /// at which QoS; kept while it is offline, attached while it is connected.
+    pub(super) consumes: Vec<(Arc<str>, QoS)>,
 }
 
 impl Client {
@@ -103,6 +106,7 @@ impl Client {
             by_password: false,
             retained: None,
             holder: None,
+            consumes: Vec::new(),
         }
     }
 }

@@ -136,7 +136,8 @@ impl Router {
         }));
     }
 
-    /// Turn the session's delivery events into store ops.
+    /// Act on the session's delivery events: store ops for durable deliveries,
+    /// the queue's side for work-queue deliveries.
     pub(super) fn store_events(&mut self, id: &ClientId) {
         let Some(c) = self.clients.get_mut(id) else {
             return;
@@ -144,20 +145,27 @@ impl Router {
         if !c.session.has_events() {
             return;
         }
-        let Some(st) = self.store.as_mut() else {
-            c.session.drain_events();
-            return;
-        };
+        let mut queue_events = Vec::new();
         for e in c.session.drain_events() {
-            match e {
-                Event::Assigned { did, pid } => push_deliv(&mut st.ops, did, pid, false),
-                Event::Released { did, pid } => push_deliv(&mut st.ops, did, pid, true),
-                Event::Done { did } => match run_of(&mut st.ops, true) {
+            let st = self.store.as_mut();
+            match (e, st) {
+                (Event::Queue { tag, outcome }, _) => queue_events.push((tag, outcome)),
+                (_, None) => {}
+                (Event::Assigned { did, pid }, Some(st)) => {
+                    push_deliv(&mut st.ops, did, pid, false)
+                }
+                (Event::Released { did, pid }, Some(st)) => push_deliv(&mut st.ops, did, pid, true),
+                (Event::Done { did }, Some(st)) => match run_of(&mut st.ops, true) {
                     Some(Op::Done { dids }) => dids.push(did),
                     _ => st.ops.push(Op::Done { dids: vec![did] }),
                 },
             }
         }
+        // Acted on at the end of the router's turn, so a queue's next delivery
+        // never overtakes what this session is releasing now.
+        self.queues
+            .ended
+            .extend(queue_events.into_iter().map(|(t, o)| (id.clone(), t, o)));
     }
 
     /// End of a router turn: hand this turn's ops to the store as one batch (also

@@ -86,11 +86,7 @@ impl Router {
             self.keep_retained(&topic, &msg);
         }
         let targets = self.targets(&topic, from);
-        if targets.is_empty() {
-            self.metrics
-                .messages_no_subscribers
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        let no_subscribers = targets.is_empty();
         let mut held_by = None;
         let mut receivers = Vec::new();
         for t in targets {
@@ -107,6 +103,7 @@ impl Router {
                 subscription_ids: t.ids,
                 did: 0,
                 shared: t.shared,
+                queued: None,
             };
             let (outcome, receiver) = self.deliver_durably(&t.client, d, now, may_hold);
             receivers.extend(receiver);
@@ -115,7 +112,17 @@ impl Router {
             }
         }
         if !receivers.is_empty() {
-            self.write_message(msg, receivers);
+            self.write_message(msg.clone(), receivers);
+        }
+        // Work queues bound to the topic take their copy too.
+        let (queued, refused) = self.enqueue_to_queues(&topic, &msg, now);
+        if refused {
+            self.metrics.queue_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        if no_subscribers && queued == 0 {
+            self.metrics
+                .messages_no_subscribers
+                .fetch_add(1, Ordering::Relaxed);
         }
         held_by
     }
@@ -366,6 +373,7 @@ impl Router {
                 retain: false,
                 subscription_ids: s.identifier.into_iter().collect(),
                 did: 0,
+                queued: None,
                 shared: true,
             };
             if let (_, Some(r)) = self.deliver_durably(&to, d, now, false) {

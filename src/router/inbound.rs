@@ -132,11 +132,12 @@ impl Router {
         conn_id: u64,
         packet_id: PacketId,
         success: bool,
+        reason: ReasonCode,
         now: Instant,
     ) {
         let mut known = false;
         self.on_receiver_ack(client, conn_id, now, |s| {
-            known = s.on_pubrec(packet_id, success);
+            known = s.on_pubrec_with(packet_id, reason);
             known
         });
         if success {

@@ -48,6 +48,7 @@ mod durable;
 mod fanout;
 mod inbound;
 mod msg;
+mod queues;
 mod recovery;
 mod retained;
 mod room;
@@ -57,6 +58,7 @@ mod subscribe;
 use client::{Client, HeldAck};
 use durable::{Held, StoreLink};
 pub use msg::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
+use queues::{Queues, Timer};
 pub use run::run;
 
 /// Push into a connection's outbox, counting what was sent and what a closing
@@ -77,7 +79,9 @@ pub struct Router {
     retained_bytes: usize,
     /// Deadlines for delayed wills, session expiry and backpressure timeouts,
     /// checked by `tick`.
-    deadlines: Deadlines<ClientId>,
+    deadlines: Deadlines<Timer>,
+    /// Work queues and their topic bindings.
+    queues: Queues,
     limits: QueueLimits,
     topic_limits: TopicLimits,
     /// Persistent sessions in all, per anonymous address, per user.
@@ -121,6 +125,7 @@ impl Router {
             retained: RetainTree::new(),
             retained_bytes: 0,
             deadlines: Deadlines::new(),
+            queues: Queues::from_config(config),
             limits: QueueLimits {
                 max_messages: config.limits.max_queued_messages,
                 max_bytes: config.limits.max_queued_bytes,
@@ -175,14 +180,14 @@ impl Router {
 
     fn schedule(&mut self, at: Instant, client: &ClientId) {
         if self.clients.contains_key(client) {
-            self.deadlines.schedule(at, client.clone());
+            self.deadlines.schedule(at, Timer::Client(client.clone()));
         }
     }
 
     /// Cancel every deadline of `client` (it came back, or its session ended), so
     /// a client that reconnects often does not grow the map.
     fn unschedule(&mut self, client: &ClientId) {
-        self.deadlines.cancel(client);
+        self.deadlines.cancel(&Timer::Client(client.clone()));
         if let Some(c) = self.clients.get_mut(client) {
             // Its wake-up is gone with the rest: the next pump schedules anew.
             if let Some(b) = c.retained.as_mut() {
@@ -197,6 +202,7 @@ impl Router {
         let now = now.now;
         self.mark = self.store.as_ref().map(|s| s.ops.len());
         let go_on = self.handle_msg(msg, now);
+        self.queue_turn_end();
         self.mark = None;
         go_on
     }
@@ -228,13 +234,17 @@ impl Router {
                 client,
                 conn_id,
                 packet_id,
-            } => self.on_receiver_ack(&client, conn_id, now, |s| s.on_puback(packet_id)),
+                reason,
+            } => self.on_receiver_ack(&client, conn_id, now, |s| {
+                s.on_puback_with(packet_id, reason)
+            }),
             RouterMsg::PubRec {
                 client,
                 conn_id,
                 packet_id,
                 success,
-            } => self.on_pubrec(&client, conn_id, packet_id, success, now),
+                reason,
+            } => self.on_pubrec(&client, conn_id, packet_id, success, reason, now),
             RouterMsg::PubRel {
                 client,
                 conn_id,
@@ -270,7 +280,7 @@ impl Router {
                 unsubscribe,
                 reply,
             } => {
-                let codes = self.unsubscribe(&client, conn_id, unsubscribe);
+                let codes = self.unsubscribe(&client, conn_id, unsubscribe, now);
                 self.answer(reply, codes);
             }
             RouterMsg::Disconnected {
@@ -302,8 +312,19 @@ impl Router {
     /// sessions.
     pub fn tick(&mut self, now: Clock) {
         self.turn = now;
-        let now = now.now;
-        while let Some(id) = self.deadlines.pop_due(now) {
+        self.tick_at(now.now);
+        self.queue_turn_end();
+    }
+
+    fn tick_at(&mut self, now: Instant) {
+        while let Some(timer) = self.deadlines.pop_due(now) {
+            let id = match timer {
+                Timer::Client(id) => id,
+                Timer::Queue(name) => {
+                    self.tick_queue(&name, now);
+                    continue;
+                }
+            };
             let Some(c) = self.clients.get_mut(&id) else {
                 continue;
             };
@@ -431,6 +452,7 @@ impl Router {
             self.fire_will(id, now);
         }
         self.release_held(id);
+        self.detach_consumer(id, None, now);
         self.unschedule(id);
         if let Some(c) = self.clients.remove(id) {
             if let Some(h) = &c.holder {
@@ -549,6 +571,9 @@ impl Router {
         }
         if taken_over {
             self.release_held(id);
+            // Its queue deliveries were the old connection's: they go back (and
+            // the new connection attaches again with its own window).
+            self.detach_consumer(id, None, now);
         }
         ended
     }
@@ -657,6 +682,7 @@ impl Router {
         self.store_events(&id);
         self.push_out(&id, conn_id, out);
         self.pump_retained(&id, now);
+        self.attach_consumes(&id, now);
     }
 
     /// A receiver acknowledged (or skipped) a delivery: run `f` on its session if
@@ -775,6 +801,8 @@ impl Router {
         // Publishers held back by this client no longer wait for it: offline
         // sessions drop at their cap instead.
         self.release_held(id);
+        // What it held of the queues it consumes goes to other consumers.
+        self.detach_consumer(id, None, now);
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };

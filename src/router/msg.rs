@@ -90,13 +90,17 @@ pub enum RouterMsg {
         conn_id: u64,
         publishes: Vec<Publish>,
     },
+    /// A receiver's PUBACK; a reason code of 0x80 or more (v5) refuses a work
+    /// queue's message.
     PubAck {
         client: ClientId,
         conn_id: u64,
         packet_id: PacketId,
+        reason: ReasonCode,
     },
-    /// Answered with PUBREL when `success`.
+    /// Answered with PUBREL when `success`; `reason` is the PUBREC's code.
     PubRec {
+        reason: ReasonCode,
         client: ClientId,
         conn_id: u64,
         packet_id: PacketId,

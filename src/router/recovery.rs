@@ -55,6 +55,7 @@ impl Router {
                     subscription_ids: r.sub_ids,
                     did: r.did,
                     shared: false,
+                    queued: None,
                 };
                 match PacketId::new(r.pid) {
                     Some(pid) => c.session.restore_inflight(d, pid, r.released),

@@ -64,6 +64,7 @@ impl Router {
                 message: m.clone(),
                 did: 0,
                 shared: false,
+                queued: None,
             };
             // Never held: nobody waits for an ack of a retained message.
             if let (_, Some(r)) = self.deliver_durably(id, d, now, false) {

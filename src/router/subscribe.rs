@@ -26,7 +26,15 @@ impl Router {
         // SUBSCRIBE repeating `#` cannot multiply them.
         let mut retained_for: Vec<(Arc<str>, QoS, Option<u32>)> = Vec::new();
         let mut seen: Set<&str> = Set::default();
+        // `$queue/` filters are answered after the loop (consuming a queue needs
+        // the whole router), in their place.
+        let mut queue_subs: Vec<(usize, &str, QoS)> = Vec::new();
         for f in &sub.filters {
+            if f.filter.starts_with("$queue/") {
+                queue_subs.push((codes.len(), &f.filter, f.options.qos));
+                codes.push(ReasonCode::UNSPECIFIED_ERROR);
+                continue;
+            }
             let spec = match FilterSpec::parse(&f.filter, self.topic_limits) {
                 Ok(s) => s,
                 Err(_) => {
@@ -82,6 +90,12 @@ impl Router {
                 retained_for.push((spec.filter.clone(), f.options.qos, s.identifier));
             }
         }
+        for (i, filter, qos) in queue_subs {
+            let code = self.queue_subscribe(id, filter, qos, now);
+            if let Some(c) = codes.get_mut(i) {
+                *c = code;
+            }
+        }
         for (filter, qos, identifier) in retained_for {
             let matching: Vec<Arc<str>> = self
                 .retained
@@ -114,6 +128,7 @@ impl Router {
         id: &ClientId,
         conn_id: u64,
         unsub: Unsubscribe,
+        now: Instant,
     ) -> Vec<ReasonCode> {
         let n = unsub.filters.len();
         let Some(c) = self.clients.get_mut(id) else {
@@ -122,10 +137,12 @@ impl Router {
         if c.live(conn_id).is_none() {
             return vec![ReasonCode::UNSPECIFIED_ERROR; n];
         }
-        unsub
+        let mut codes: Vec<ReasonCode> = unsub
             .filters
             .iter()
             .map(|f| match FilterSpec::parse(f, self.topic_limits) {
+                // Answered below.
+                _ if f.starts_with("$queue/") => ReasonCode::UNSPECIFIED_ERROR,
                 Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
                 Ok(spec) => {
                     if self.subs.remove(id, &spec) {
@@ -144,7 +161,13 @@ impl Router {
                     }
                 }
             })
-            .collect()
+            .collect();
+        for (f, code) in unsub.filters.iter().zip(codes.iter_mut()) {
+            if f.starts_with("$queue/") {
+                *code = self.queue_unsubscribe(id, f, now);
+            }
+        }
+        codes
     }
 }
 

@@ -497,6 +497,7 @@ fn watcher_got(r: &mut Router, conn_id: u64, clock: Clock) -> Vec<String> {
                 client: "w".into(),
                 conn_id,
                 packet_id,
+                reason: ReasonCode::SUCCESS,
             },
             clock,
         );

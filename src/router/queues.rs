@@ -1,0 +1,564 @@
+//! Work queues inside the router: the queues by name with their topic bindings,
+//! a published message taken by the queues bound to its topic, consumers
+//! (`$queue/<name>` subscriptions) attached with their credit, the queue core's
+//! actions carried out (a delivery into the consumer's session with
+//! `tern-message-id` and `tern-delivery-count`, a move to the dead-letter queue
+//! with its reason), and how each delivery ended fed back to its queue.
+//!
+//! The queue core (`crate::queue`) decides; this file only moves messages. In
+//! this step a queue's messages are held in memory (`QueueState::messages`): they
+//! do not survive a restart yet.
+
+use super::*;
+use crate::config::QueueConfig;
+use crate::protocol::{UserProperties, UserPropertiesBuilder};
+use crate::queue::{key_hash, Action, DeadReason, Enqueued, Entry, MsgId, Queue, QueuePolicy};
+use crate::session::{QueueOutcome, QueueTag};
+use crate::subscriptions::SubscriptionTree;
+
+pub(super) struct QueueState {
+    core: Queue<ClientId>,
+    /// Where its dead letters go; None: they are dropped (and counted).
+    dead_letter: Option<Arc<str>>,
+    /// The messages it holds, by id.
+    messages: Map<MsgId, Arc<Message>>,
+    /// Each consumer's QoS: 1, or 2 when its subscription asked for it.
+    qos: Map<ClientId, QoS>,
+}
+
+/// Every queue, and which topics feed which queue.
+pub(super) struct Queues {
+    by_name: Map<Arc<str>, QueueState>,
+    /// Topic filter -> the queues bound to it.
+    bindings: SubscriptionTree<Arc<str>, ()>,
+    /// The filters bound so far, per queue (a filter is bound once).
+    bound: Set<(Arc<str>, Arc<str>)>,
+    next_id: MsgId,
+    max_queues: usize,
+    topic_limits: TopicLimits,
+    /// Reused for matching a topic against the bindings.
+    scratch: Matches<Arc<str>, ()>,
+    /// Queue deliveries that ended this turn (from sessions' events), acted on
+    /// at its end (`queue_turn_end`).
+    pub(super) ended: Vec<(ClientId, QueueTag, QueueOutcome)>,
+}
+
+/// Why a queue could not be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoQueue {
+    /// `limits.max_queues` reached.
+    Full,
+}
+
+/// The user properties a queue's delivery or dead letter carries.
+const MESSAGE_ID: &str = "tern-message-id";
+const DELIVERY_COUNT: &str = "tern-delivery-count";
+const DEAD_LETTER_REASON: &str = "tern-dead-letter-reason";
+const QUEUE: &str = "tern-queue";
+const FIRST_ENQUEUED: &str = "tern-first-enqueued";
+
+impl Queues {
+    /// The queues the config declares, each with its dead-letter queue.
+    pub(super) fn from_config(config: &Config) -> Queues {
+        let mut q = Queues {
+            by_name: Map::default(),
+            bindings: SubscriptionTree::new(),
+            bound: Set::default(),
+            next_id: 1,
+            max_queues: config.limits.max_queues,
+            topic_limits: config.topic_limits(),
+            scratch: Matches::default(),
+            ended: Vec::new(),
+        };
+        for qc in &config.queues {
+            // Config::validate checked names, filters and the count.
+            let _ = q.declare(qc);
+            if let Some(dlq) = qc.dead_letter_name() {
+                if !q.by_name.contains_key(dlq.as_str()) {
+                    let mut d = QueueConfig::named(&dlq);
+                    // A dead-letter queue keeps what it gets: no queue of its own.
+                    d.dead_letter = Some(String::new());
+                    let _ = q.declare(&d);
+                }
+            }
+            for f in &qc.topics {
+                q.bind(&qc.name, f);
+            }
+        }
+        q
+    }
+
+    /// Create `qc.name` unless it exists.
+    fn declare(&mut self, qc: &QueueConfig) -> Result<(), NoQueue> {
+        if self.by_name.contains_key(qc.name.as_str()) {
+            return Ok(());
+        }
+        if self.by_name.len() >= self.max_queues {
+            return Err(NoQueue::Full);
+        }
+        self.by_name.insert(
+            Arc::from(qc.name.as_str()),
+            QueueState {
+                core: Queue::new(QueuePolicy::from_config(qc)),
+                dead_letter: qc.dead_letter_name().map(Arc::from),
+                messages: Map::default(),
+                qos: Map::default(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Bind topic filter `filter` to queue `name` (once).
+    fn bind(&mut self, name: &str, filter: &str) {
+        let (Some((name, _)), Ok(spec)) = (
+            self.by_name.get_key_value(name),
+            FilterSpec::parse(filter, self.topic_limits),
+        ) else {
+            return;
+        };
+        if self.bound.insert((name.clone(), spec.filter.clone())) {
+            self.bindings.insert(&spec, name.clone(), ());
+        }
+    }
+
+    fn next_id(&mut self) -> MsgId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub(super) fn exists(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+}
+
+/// `props` with `pairs` set: earlier pairs of the same names are replaced.
+fn with_properties(props: &UserProperties, pairs: &[(&str, &str)]) -> UserProperties {
+    let mut b = UserPropertiesBuilder::default();
+    for (k, v) in props.iter() {
+        if !pairs.iter().any(|(n, _)| *n == k) {
+            b.push(k, v);
+        }
+    }
+    for (k, v) in pairs {
+        b.push(k, v);
+    }
+    b.build()
+}
+
+/// `m` with `pairs` set in its user properties.
+fn relabel(m: &Message, pairs: &[(&str, &str)]) -> Arc<Message> {
+    let mut properties = m.properties.clone();
+    properties.user_properties = with_properties(&m.properties.user_properties, pairs);
+    Arc::new(Message {
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+        qos: m.qos,
+        retain: false,
+        properties,
+        received: m.received,
+    })
+}
+
+impl Router {
+    /// Hand a routed message to every queue bound to its topic. Returns how many
+    /// took it and whether one refused it for lack of room.
+    pub(super) fn enqueue_to_queues(
+        &mut self,
+        topic: &str,
+        msg: &Arc<Message>,
+        now: Instant,
+    ) -> (usize, bool) {
+        let mut matches = std::mem::take(&mut self.queues.scratch);
+        self.queues
+            .bindings
+            .matches_into(topic, |_| true, &mut matches);
+        let mut names: Vec<Arc<str>> = matches.plain.drain(..).map(|(n, _)| n).collect();
+        self.queues.scratch = matches;
+        if names.is_empty() {
+            return (0, false);
+        }
+        // A message matching two filters of one queue is taken once.
+        names.sort_unstable();
+        names.dedup();
+        let (mut taken, mut refused) = (0, false);
+        for name in names {
+            match self.enqueue_one(&name, msg.clone(), now) {
+                Enqueued::Taken | Enqueued::Duplicate => taken += 1,
+                Enqueued::Refused => refused = true,
+            }
+        }
+        (taken, refused)
+    }
+
+    /// Put `msg` into queue `name` as a new message (deliveries 0).
+    fn enqueue_one(&mut self, name: &Arc<str>, msg: Arc<Message>, now: Instant) -> Enqueued {
+        let id = self.queues.next_id();
+        let enqueued_ms = self.turn.to_unix_ms(now);
+        let Some(q) = self.queues.by_name.get_mut(name) else {
+            return Enqueued::Refused;
+        };
+        let entry = Entry {
+            id,
+            bytes: u32::try_from(msg.cost()).unwrap_or(u32::MAX),
+            deliveries: 0,
+            enqueued_ms,
+            expires: msg.expires_at(),
+            key: q.core.policy().ordering.as_ref().map_or(0, |k| {
+                key_hash(k.key_of(&msg.topic, &msg.properties.user_properties))
+            }),
+        };
+        let dedup_id = msg
+            .properties
+            .user_properties
+            .iter()
+            .find(|(k, _)| *k == "message-id")
+            .map(|(_, v)| v.to_string());
+        let mut actions = Vec::new();
+        let r = q
+            .core
+            .enqueue(entry, dedup_id.as_deref(), now, &mut actions);
+        if r == Enqueued::Taken {
+            q.messages.insert(id, msg);
+            q.core.dispatch(now, &mut actions);
+        }
+        self.carry_out(name, actions, now);
+        r
+    }
+
+    /// A `$queue/` filter in a SUBSCRIBE: checked, allowed by the ACL (read on
+    /// `$queue/<name>`, and on the filter it binds), then consumed.
+    pub(super) fn queue_subscribe(
+        &mut self,
+        id: &ClientId,
+        filter: &str,
+        qos: QoS,
+        now: Instant,
+    ) -> ReasonCode {
+        let Some(Ok(qf)) = crate::topic::parse_queue_filter(filter, self.topic_limits) else {
+            return ReasonCode::TOPIC_FILTER_INVALID;
+        };
+        let user = self.clients.get(id).and_then(|c| c.username.clone());
+        if let Some(acl) = &self.acl {
+            let queue = format!("$queue/{}", qf.name);
+            let allowed = acl.can_subscribe(user.as_deref(), id, &queue)
+                && qf
+                    .bind
+                    .is_none_or(|b| acl.can_subscribe(user.as_deref(), id, b));
+            if !allowed {
+                self.metrics
+                    .acl_denied_subscribe
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(client = %id, filter, "queue subscription denied by the ACL");
+                return ReasonCode::NOT_AUTHORIZED;
+            }
+        }
+        self.consume(id, qf.name, qf.bind, qos, now)
+    }
+
+    /// A `$queue/` filter in an UNSUBSCRIBE.
+    pub(super) fn queue_unsubscribe(
+        &mut self,
+        id: &ClientId,
+        filter: &str,
+        now: Instant,
+    ) -> ReasonCode {
+        match crate::topic::parse_queue_filter(filter, self.topic_limits) {
+            Some(Ok(qf)) if self.stop_consuming(id, qf.name, now) => ReasonCode::SUCCESS,
+            Some(Ok(_)) => ReasonCode::NO_SUBSCRIPTION_EXISTED,
+            _ => ReasonCode::TOPIC_FILTER_INVALID,
+        }
+    }
+
+    /// A `$queue/` subscription: consume queue `name` at `qos` (1 or 2), creating
+    /// it (and binding `bind`) if need be. Returns the SUBACK code.
+    pub(super) fn consume(
+        &mut self,
+        id: &ClientId,
+        name: &str,
+        bind: Option<&str>,
+        qos: QoS,
+        now: Instant,
+    ) -> ReasonCode {
+        let (name, created) = match self.queues.by_name.get_key_value(name) {
+            Some((n, _)) => (n.clone(), false),
+            None => {
+                let qc = QueueConfig::named(name);
+                if self.queues.declare(&qc).is_err() {
+                    warn!(client = %id, queue = name, "queue not created: limits.max_queues reached");
+                    return ReasonCode::QUOTA_EXCEEDED;
+                }
+                (Arc::from(name), true)
+            }
+        };
+        if created {
+            info!(client = %id, queue = %name, "queue created by a subscription");
+        }
+        if let Some(f) = bind {
+            self.queues.bind(&name, f);
+        }
+        // Work is delivered at least once: QoS 0 asks for QoS 1.
+        let qos = qos.max(QoS::AtLeastOnce);
+        if let Some(c) = self.clients.get_mut(id) {
+            if !c.consumes.iter().any(|(n, _)| *n == name) {
+                c.consumes.push((name.clone(), qos));
+            }
+        }
+        self.attach_consumer(id, &name, qos, now);
+        ReasonCode(qos.as_u8())
+    }
+
+    /// `id` (connected) takes messages of `name` within its window.
+    fn attach_consumer(&mut self, id: &ClientId, name: &Arc<str>, qos: QoS, now: Instant) {
+        let Some(window) = self
+            .clients
+            .get(id)
+            .and_then(|c| c.conn.as_ref())
+            .map(|h| h.window)
+        else {
+            return;
+        };
+        let Some(q) = self.queues.by_name.get_mut(name) else {
+            return;
+        };
+        q.qos.insert(id.clone(), qos);
+        q.core
+            .attach(id.clone(), u16::try_from(window).unwrap_or(u16::MAX));
+        let mut actions = Vec::new();
+        q.core.dispatch(now, &mut actions);
+        self.carry_out(name, actions, now);
+    }
+
+    /// Every queue `id` consumes takes it back (it connected again).
+    pub(super) fn attach_consumes(&mut self, id: &ClientId, now: Instant) {
+        let consumes = self
+            .clients
+            .get(id)
+            .map(|c| c.consumes.clone())
+            .unwrap_or_default();
+        for (name, qos) in consumes {
+            self.attach_consumer(id, &name, qos, now);
+        }
+    }
+
+    /// UNSUBSCRIBE of `$queue/<name>`: returns whether `id` consumed it.
+    pub(super) fn stop_consuming(&mut self, id: &ClientId, name: &str, now: Instant) -> bool {
+        let Some(c) = self.clients.get_mut(id) else {
+            return false;
+        };
+        let before = c.consumes.len();
+        c.consumes.retain(|(n, _)| &**n != name);
+        if c.consumes.len() == before {
+            return false;
+        }
+        self.detach_consumer(id, Some(name), now);
+        true
+    }
+
+    /// `id` stops consuming `only` (or every queue): what it holds of them goes
+    /// back to their queues, for other consumers.
+    pub(super) fn detach_consumer(&mut self, id: &ClientId, only: Option<&str>, now: Instant) {
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        if c.consumes.is_empty() && only.is_none() {
+            return;
+        }
+        let names: Vec<Arc<str>> = match only {
+            Some(n) => self
+                .queues
+                .by_name
+                .get_key_value(n)
+                .map(|(k, _)| k.clone())
+                .into_iter()
+                .collect(),
+            None => c.consumes.iter().map(|(n, _)| n.clone()).collect(),
+        };
+        // The session gives up those deliveries (their packet ids are free);
+        // the queues count them as delivered and hand them on.
+        c.session
+            .take_queue_deliveries(|q| names.iter().any(|n| **n == *q));
+        for name in names {
+            let Some(q) = self.queues.by_name.get_mut(&name) else {
+                continue;
+            };
+            q.qos.remove(id);
+            let mut actions = Vec::new();
+            q.core.detach(id, now, &mut actions);
+            q.core.dispatch(now, &mut actions);
+            self.carry_out(&name, actions, now);
+        }
+    }
+
+    /// The end of a router turn: act on the queue deliveries that ended in it.
+    pub(super) fn queue_turn_end(&mut self) {
+        // Acting may end more (a delivery refused at once): bounded, as each
+        // round only acts on deliveries that ended.
+        for _ in 0..16 {
+            if self.queues.ended.is_empty() {
+                return;
+            }
+            for (id, tag, outcome) in std::mem::take(&mut self.queues.ended) {
+                self.queue_delivery_ended(&id, tag, outcome);
+            }
+        }
+    }
+
+    /// How a delivery of `tag` to `id` ended (from its session's events).
+    pub(super) fn queue_delivery_ended(
+        &mut self,
+        id: &ClientId,
+        tag: QueueTag,
+        outcome: QueueOutcome,
+    ) {
+        let now = self.turn.now;
+        let Some(q) = self.queues.by_name.get_mut(&tag.queue) else {
+            return;
+        };
+        let mut actions = Vec::new();
+        match outcome {
+            QueueOutcome::Acked => {
+                if q.core.ack(id, tag.id).is_some() {
+                    q.messages.remove(&tag.id);
+                }
+            }
+            QueueOutcome::Refused(code) => {
+                q.core.nack(id, tag.id, code, now, &mut actions);
+            }
+            // Not processed by its consumer: another try (counted).
+            QueueOutcome::Expired | QueueOutcome::Unreadable => {
+                q.core.nack(id, tag.id, 0x80, now, &mut actions);
+            }
+        }
+        q.core.dispatch(now, &mut actions);
+        self.carry_out(&tag.queue, actions, now);
+    }
+
+    /// A queue's timer: retries due, ack timeouts, expiry.
+    pub(super) fn tick_queue(&mut self, name: &Arc<str>, now: Instant) {
+        let Some(q) = self.queues.by_name.get_mut(name) else {
+            return;
+        };
+        let mut actions = Vec::new();
+        q.core.tick(now, &mut actions);
+        self.carry_out(name, actions, now);
+    }
+
+    /// Do what queue `name`'s core asked, then set its timer.
+    fn carry_out(&mut self, name: &Arc<str>, actions: Vec<Action<ClientId>>, now: Instant) {
+        for a in actions {
+            match a {
+                Action::Deliver { to, entry } => self.deliver_from_queue(name, to, entry, now),
+                Action::DeadLetter { entry, reason } => self.dead_letter(name, entry, reason, now),
+                Action::Drop { entry } => {
+                    if let Some(q) = self.queues.by_name.get_mut(name) {
+                        q.messages.remove(&entry.id);
+                    }
+                    self.metrics.queue_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.deadlines.cancel(&Timer::Queue(name.clone()));
+        if let Some(at) = self
+            .queues
+            .by_name
+            .get(name)
+            .and_then(|q| q.core.next_deadline())
+        {
+            self.deadlines.schedule(at, Timer::Queue(name.clone()));
+        }
+    }
+
+    fn deliver_from_queue(&mut self, name: &Arc<str>, to: ClientId, entry: Entry, now: Instant) {
+        let Some(q) = self.queues.by_name.get_mut(name) else {
+            return;
+        };
+        let (Some(m), Some(&qos)) = (q.messages.get(&entry.id), q.qos.get(&to)) else {
+            return;
+        };
+        let (id, count) = (entry.id.to_string(), entry.deliveries.to_string());
+        let message = relabel(m, &[(MESSAGE_ID, &id), (DELIVERY_COUNT, &count)]);
+        let d = Delivery {
+            message,
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            did: 0,
+            shared: false,
+            queued: Some(Box::new(QueueTag {
+                queue: name.clone(),
+                id: entry.id,
+            })),
+        };
+        if self.deliver_to(&to, d, now, false).is_none() {
+            // Its session could not take it (a full queue): back first in line.
+            if let Some(q) = self.queues.by_name.get_mut(name) {
+                q.core.give_back(&to, entry.id);
+            }
+        }
+    }
+
+    /// Move a message of `from` to its dead-letter queue with the reason, or drop
+    /// it when it has none.
+    fn dead_letter(&mut self, from: &Arc<str>, entry: Entry, reason: DeadReason, now: Instant) {
+        let Some(q) = self.queues.by_name.get_mut(from) else {
+            return;
+        };
+        let Some(m) = q.messages.remove(&entry.id) else {
+            return;
+        };
+        self.metrics
+            .queue_dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+        let Some(dlq) = q.dead_letter.clone() else {
+            info!(queue = %from, id = entry.id, reason = reason.as_str(), "dead letter dropped: the queue has no dead-letter queue");
+            return;
+        };
+        if !self.queues.exists(&dlq) {
+            let mut d = QueueConfig::named(&dlq);
+            d.dead_letter = Some(String::new());
+            if self.queues.declare(&d).is_err() {
+                warn!(queue = %from, dead_letter = %dlq, "dead letter dropped: limits.max_queues reached");
+                return;
+            }
+        }
+        let (count, first) = (entry.deliveries.to_string(), entry.enqueued_ms.to_string());
+        let m = relabel(
+            &m,
+            &[
+                (DELIVERY_COUNT, &count),
+                (DEAD_LETTER_REASON, reason.as_str()),
+                (QUEUE, from),
+                (FIRST_ENQUEUED, &first),
+            ],
+        );
+        let Some((dlq, _)) = self.queues.by_name.get_key_value(&*dlq) else {
+            return;
+        };
+        let dlq = dlq.clone();
+        let Some(d) = self.queues.by_name.get_mut(&dlq) else {
+            return;
+        };
+        let mut actions = Vec::new();
+        let e = Entry {
+            deliveries: 0,
+            expires: None,
+            ..entry
+        };
+        if d.core.enqueue(e, None, now, &mut actions) == Enqueued::Taken {
+            d.messages.insert(e.id, m);
+            d.core.dispatch(now, &mut actions);
+        } else {
+            warn!(queue = %from, dead_letter = %dlq, "dead letter dropped: the dead-letter queue is full");
+        }
+        self.carry_out(&dlq, actions, now);
+    }
+}
+
+/// What wakes the router: a client's deadline (will, expiry, backpressure,
+/// retained wake-up) or a queue's (retry, ack timeout, expiry).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Timer {
+    Client(ClientId),
+    Queue(Arc<str>),
+}

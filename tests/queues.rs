@@ -1,0 +1,309 @@
+//! Work queues over real sockets: competing consumers on `$queue/<name>`, acks,
+//! nacks with counted redelivery, dead-lettering, a consumer that dies, topic
+//! bindings from the config and from `$queue/<name>/<filter>`, 3.1.1 consumers.
+//! Raw MQTT clients (tests/common), so reason codes and user properties are seen
+//! as sent.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tern::config::QueueConfig;
+use tern::protocol::*;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+fn queue(name: &str, topics: &[&str]) -> QueueConfig {
+    let mut q = QueueConfig::named(name);
+    q.topics = topics.iter().map(|t| t.to_string()).collect();
+    q.retry_delay = Duration::from_millis(50);
+    q.retry_delay_max = Duration::from_millis(200);
+    q
+}
+
+async fn broker(queues: Vec<QueueConfig>) -> (tern::broker::Broker, SocketAddr) {
+    let mut c = test_config();
+    c.queues = queues;
+    start(c).await
+}
+
+/// A v5 consumer of `$queue/<name>` (clean session, Receive Maximum `window`).
+async fn consumer(addr: SocketAddr, id: &str, name: &str, window: u16) -> RawClient {
+    let mut c = RawClient::connect(addr, V5).await;
+    let Packet::Connect(mut connect) = connect_packet(V5, id, true) else {
+        unreachable!()
+    };
+    connect.properties.receive_maximum = Some(window);
+    c.send(&Packet::Connect(connect)).await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::SUCCESS)
+    );
+    c.subscribe(1, &format!("$queue/{name}"), QoS::AtLeastOnce)
+        .await;
+    c
+}
+
+async fn publisher(addr: SocketAddr, id: &str) -> RawClient {
+    raw_connected(addr, V5, id, true).await.0
+}
+
+/// Publish at QoS 1 and return the PUBACK's reason code.
+async fn publish(p: &mut RawClient, topic: &str, pid: u16, payload: &[u8]) -> ReasonCode {
+    p.send(&publish_packet(topic, QoS::AtLeastOnce, pid, payload))
+        .await;
+    match p.recv().await {
+        Some(Packet::PubAck(a)) => a.reason_code,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+struct Got {
+    topic: String,
+    payload: Vec<u8>,
+    packet_id: PacketId,
+    props: HashMap<String, String>,
+}
+
+/// The next PUBLISH within `d`, or None.
+async fn next(c: &mut RawClient, d: Duration) -> Option<Got> {
+    match c.recv_within(d).await {
+        Ok(Some(Packet::Publish(p))) => Some(Got {
+            topic: p.topic.clone(),
+            payload: p.payload.to_vec(),
+            packet_id: p.packet_id.expect("QoS 1 or 2"),
+            props: p
+                .properties
+                .user_properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }),
+        Err(()) => None,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+async fn ack(c: &mut RawClient, pid: PacketId, code: ReasonCode) {
+    c.send(&Packet::PubAck(PubResponse {
+        packet_id: pid,
+        reason_code: code,
+        properties: Default::default(),
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn each_message_is_processed_once_across_competing_consumers() {
+    let (_b, addr) = broker(vec![queue("jobs", &["jobs/#"])]).await;
+    let mut a = consumer(addr, "worker-a", "jobs", 4).await;
+    let mut b = consumer(addr, "worker-b", "jobs", 4).await;
+    let mut p = publisher(addr, "producer").await;
+    for i in 0..40u16 {
+        assert_eq!(
+            publish(&mut p, &format!("jobs/{i}"), i + 1, b"work").await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut seen = HashMap::new();
+    let mut per_worker = [0usize; 2];
+    for _ in 0..200 {
+        let mut progressed = false;
+        for (w, c) in [&mut a, &mut b].into_iter().enumerate() {
+            if let Some(g) = next(c, Duration::from_millis(100)).await {
+                progressed = true;
+                assert_eq!(
+                    g.props.get("tern-delivery-count").map(String::as_str),
+                    Some("1")
+                );
+                let id = g.props.get("tern-message-id").cloned().expect("message id");
+                assert!(
+                    seen.insert(id, g.topic.clone()).is_none(),
+                    "delivered twice: {}",
+                    g.topic
+                );
+                per_worker[w] += 1;
+                ack(c, g.packet_id, ReasonCode::SUCCESS).await;
+            }
+        }
+        if !progressed && seen.len() == 40 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 40, "every message once");
+    assert!(
+        per_worker[0] > 0 && per_worker[1] > 0,
+        "both workers got work: {per_worker:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_holds_at_most_its_receive_maximum_unacknowledged() {
+    let (_b, addr) = broker(vec![queue("jobs", &["jobs/#"])]).await;
+    let mut p = publisher(addr, "producer").await;
+    for i in 0..10u16 {
+        publish(&mut p, "jobs/x", i + 1, b"w").await;
+    }
+    let mut c = consumer(addr, "slow", "jobs", 3).await;
+    let mut held = Vec::new();
+    while let Some(g) = next(&mut c, Duration::from_millis(300)).await {
+        held.push(g);
+    }
+    assert_eq!(held.len(), 3, "prefetch is capped by Receive Maximum 3");
+    ack(&mut c, held[0].packet_id, ReasonCode::SUCCESS).await;
+    let more = next(&mut c, Duration::from_secs(2)).await;
+    assert!(more.is_some(), "an ack makes room for the next");
+    assert!(next(&mut c, Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_nack_redelivers_with_a_higher_count_and_a_poison_message_ends_in_the_dlq() {
+    let mut q = queue("jobs", &["jobs/#"]);
+    q.max_deliveries = 3;
+    let (_b, addr) = broker(vec![q]).await;
+    let mut dlq = consumer(addr, "dlq-reader", "jobs-dlq", 10).await;
+    let mut w = consumer(addr, "worker", "jobs", 10).await;
+    let mut p = publisher(addr, "producer").await;
+    publish(&mut p, "jobs/poison", 1, b"bad").await;
+    let mut first_id = None;
+    for n in 1..=3 {
+        let g = next(&mut w, Duration::from_secs(3))
+            .await
+            .expect("delivered");
+        assert_eq!(g.payload, b"bad");
+        assert_eq!(
+            g.props.get("tern-delivery-count"),
+            Some(&n.to_string()),
+            "delivery {n}"
+        );
+        let id = g.props.get("tern-message-id").cloned();
+        first_id.get_or_insert(id.clone());
+        assert_eq!(
+            first_id.as_ref(),
+            Some(&id),
+            "the id stays across redeliveries"
+        );
+        // 0x80 Unspecified error: a nack, retried.
+        ack(&mut w, g.packet_id, ReasonCode::UNSPECIFIED_ERROR).await;
+    }
+    assert!(
+        next(&mut w, Duration::from_millis(500)).await.is_none(),
+        "not a fourth time"
+    );
+    let d = next(&mut dlq, Duration::from_secs(3))
+        .await
+        .expect("dead-lettered");
+    assert_eq!(d.topic, "jobs/poison");
+    assert_eq!(d.payload, b"bad");
+    assert_eq!(
+        d.props.get("tern-dead-letter-reason").map(String::as_str),
+        Some("max-deliveries")
+    );
+    assert_eq!(d.props.get("tern-queue").map(String::as_str), Some("jobs"));
+    assert!(d.props.contains_key("tern-first-enqueued"));
+}
+
+#[tokio::test]
+async fn a_reject_code_dead_letters_at_once() {
+    let (_b, addr) = broker(vec![queue("jobs", &["jobs/#"])]).await;
+    let mut dlq = consumer(addr, "dlq-reader", "jobs-dlq", 10).await;
+    let mut w = consumer(addr, "worker", "jobs", 10).await;
+    let mut p = publisher(addr, "producer").await;
+    publish(&mut p, "jobs/x", 1, b"not json").await;
+    let g = next(&mut w, Duration::from_secs(3))
+        .await
+        .expect("delivered");
+    ack(&mut w, g.packet_id, ReasonCode(0x99)).await;
+    let d = next(&mut dlq, Duration::from_secs(3))
+        .await
+        .expect("dead-lettered");
+    assert_eq!(
+        d.props.get("tern-dead-letter-reason").map(String::as_str),
+        Some("rejected")
+    );
+    assert!(
+        next(&mut w, Duration::from_millis(300)).await.is_none(),
+        "no retry"
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_killed_mid_processing_hands_its_messages_to_another() {
+    let (_b, addr) = broker(vec![queue("jobs", &["jobs/#"])]).await;
+    let mut p = publisher(addr, "producer").await;
+    for i in 0..3u16 {
+        publish(&mut p, &format!("jobs/{i}"), i + 1, b"w").await;
+    }
+    let mut doomed = consumer(addr, "doomed", "jobs", 10).await;
+    let mut taken = Vec::new();
+    while let Some(g) = next(&mut doomed, Duration::from_millis(300)).await {
+        taken.push(g.topic);
+    }
+    assert_eq!(taken.len(), 3);
+    // Killed: the socket goes away without DISCONNECT.
+    drop(doomed);
+    let mut heir = consumer(addr, "heir", "jobs", 10).await;
+    let mut got = Vec::new();
+    while let Some(g) = next(&mut heir, Duration::from_secs(1)).await {
+        assert_eq!(
+            g.props.get("tern-delivery-count").map(String::as_str),
+            Some("2")
+        );
+        got.push(g.topic);
+        ack(&mut heir, g.packet_id, ReasonCode::SUCCESS).await;
+    }
+    assert_eq!(got, taken, "the same messages, in order");
+}
+
+#[tokio::test]
+async fn a_queue_created_by_subscribing_with_a_filter_collects_its_topics() {
+    let (_b, addr) = broker(vec![]).await;
+    let mut c = RawClient::connect(addr, V5).await;
+    c.send(&connect_packet(V5, "emqx-style", true)).await;
+    assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
+    c.subscribe(1, "$queue/readings/sensors/+/temp", QoS::AtLeastOnce)
+        .await;
+    let mut p = publisher(addr, "producer").await;
+    publish(&mut p, "sensors/7/temp", 1, b"21.5").await;
+    let g = next(&mut c, Duration::from_secs(3))
+        .await
+        .expect("delivered from the queue");
+    assert_eq!(g.topic, "sensors/7/temp");
+    assert_eq!(
+        g.props.get("tern-delivery-count").map(String::as_str),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn a_3_1_1_consumer_acks_with_puback_and_its_disconnect_is_its_nack() {
+    let (_b, addr) = broker(vec![queue("jobs", &["jobs/#"])]).await;
+    let (mut old, _) = raw_connected(addr, ProtocolVersion::V311, "old-worker", true).await;
+    old.subscribe(1, "$queue/jobs", QoS::AtLeastOnce).await;
+    let mut p = publisher(addr, "producer").await;
+    publish(&mut p, "jobs/a", 1, b"a").await;
+    publish(&mut p, "jobs/b", 2, b"b").await;
+    let a = next(&mut old, Duration::from_secs(3)).await.expect("a");
+    let b = next(&mut old, Duration::from_secs(3)).await.expect("b");
+    assert_eq!((a.topic.as_str(), b.topic.as_str()), ("jobs/a", "jobs/b"));
+    ack(&mut old, a.packet_id, ReasonCode::SUCCESS).await;
+    // Give the ack time to arrive before the connection goes.
+    old.send(&Packet::PingReq).await;
+    assert!(matches!(old.recv().await, Some(Packet::PingResp)));
+    drop(old);
+    let (mut next_worker, _) = raw_connected(addr, ProtocolVersion::V311, "new-worker", true).await;
+    next_worker
+        .subscribe(1, "$queue/jobs", QoS::AtLeastOnce)
+        .await;
+    let again = next(&mut next_worker, Duration::from_secs(3))
+        .await
+        .expect("b again");
+    assert_eq!(
+        again.topic, "jobs/b",
+        "only the unacknowledged one comes back"
+    );
+    assert!(next(&mut next_worker, Duration::from_millis(300))
+        .await
+        .is_none());
+}
