@@ -14,6 +14,7 @@
 //! records of the oldest segment forward (see ARCHITECTURE.md for why not redb).
 
 pub mod log;
+pub mod queue_index;
 pub mod record;
 pub mod scan;
 pub mod state;

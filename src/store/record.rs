@@ -30,7 +30,7 @@ pub const MIN_RECORD: usize = HEADER + 1;
 pub const PAD: u8 = 0;
 
 /// The highest record kind this version writes.
-pub const MAX_KIND: u8 = 11;
+pub const MAX_KIND: u8 = 15;
 
 /// The largest record recovery accepts (a 256 MiB packet plus state); anything
 /// larger is a corrupt length.
@@ -89,6 +89,33 @@ pub enum Op {
         sid: u64,
         pid: u16,
     },
+    /// A work queue's store id for its name (live while the queue exists).
+    QueueDecl {
+        qid: u64,
+        name: Arc<str>,
+    },
+    /// A message in a work queue (replaces an earlier record of it: copied
+    /// forward with its current delivery count).
+    QueueMsg {
+        qid: u64,
+        mid: u64,
+        message: Arc<Message>,
+        deliveries: u16,
+        /// Unix milliseconds of its first enqueue.
+        enqueued_ms: u64,
+    },
+    /// A queue message was handed to a consumer again: its delivery count.
+    QueueCount {
+        qid: u64,
+        mid: u64,
+        deliveries: u16,
+    },
+    /// Queue messages gone: acknowledged, dead-lettered (the dead-letter queue
+    /// writes its own `QueueMsg`), dropped or purged.
+    QueueDone {
+        qid: u64,
+        mids: Vec<u64>,
+    },
 }
 
 impl Op {
@@ -106,6 +133,10 @@ impl Op {
             Op::Done { .. } => 9,
             Op::InQos2 { .. } => 10,
             Op::InQos2Done { .. } => 11,
+            Op::QueueDecl { .. } => 12,
+            Op::QueueMsg { .. } => 13,
+            Op::QueueCount { .. } => 14,
+            Op::QueueDone { .. } => 15,
         }
     }
 }
@@ -368,6 +399,10 @@ pub fn encode_salted(
             put_var(buf, *sid);
             put_var(buf, u64::from(*pid));
         }
+        Op::QueueDecl { .. }
+        | Op::QueueMsg { .. }
+        | Op::QueueCount { .. }
+        | Op::QueueDone { .. } => put_queue_op(buf, op, clock),
     }
     let body = &buf[start + 8..];
     let len = body.len() as u32;
@@ -375,6 +410,46 @@ pub fn encode_salted(
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     buf.len() - start
+}
+
+/// Kinds 12-15: work queues.
+fn put_queue_op(buf: &mut Vec<u8>, op: &Op, clock: Clock) {
+    match op {
+        Op::QueueDecl { qid, name } => {
+            put_var(buf, *qid);
+            put_bytes(buf, name.as_bytes());
+        }
+        Op::QueueMsg {
+            qid,
+            mid,
+            message,
+            deliveries,
+            enqueued_ms,
+        } => {
+            put_var(buf, *qid);
+            put_var(buf, *mid);
+            put_var(buf, u64::from(*deliveries));
+            put_var(buf, *enqueued_ms);
+            put_message(buf, message, clock);
+        }
+        Op::QueueCount {
+            qid,
+            mid,
+            deliveries,
+        } => {
+            put_var(buf, *qid);
+            put_var(buf, *mid);
+            put_var(buf, u64::from(*deliveries));
+        }
+        Op::QueueDone { qid, mids } => {
+            put_var(buf, *qid);
+            put_var(buf, mids.len() as u64);
+            for m in mids {
+                put_var(buf, *m);
+            }
+        }
+        _ => {}
+    }
 }
 
 // ---- decoding ----
@@ -643,12 +718,44 @@ pub fn decode_body(kind: u8, body: &[u8], clock: Clock) -> Result<Op, Bad> {
             sid: r.var()?,
             pid: r.var_u16()?,
         },
+        12..=15 => get_queue_op(kind, &mut r, clock)?,
         _ => return Err(Bad::Body("unknown kind")),
     };
     if !r.b.is_empty() {
         return Err(Bad::Body("trailing bytes"));
     }
     Ok(op)
+}
+
+/// Kinds 12-15: work queues.
+fn get_queue_op(kind: u8, r: &mut Reader, clock: Clock) -> Result<Op, Bad> {
+    let qid = r.var()?;
+    Ok(match kind {
+        12 => Op::QueueDecl {
+            qid,
+            name: Arc::from(r.string()?),
+        },
+        13 => Op::QueueMsg {
+            qid,
+            mid: r.var()?,
+            deliveries: r.var_u16()?,
+            enqueued_ms: r.var()?,
+            message: Arc::new(get_message(r, clock)?),
+        },
+        14 => Op::QueueCount {
+            qid,
+            mid: r.var()?,
+            deliveries: r.var_u16()?,
+        },
+        _ => {
+            let n = r.var()?;
+            let mut mids = Vec::new();
+            for _ in 0..n {
+                mids.push(r.var()?);
+            }
+            Op::QueueDone { qid, mids }
+        }
+    })
 }
 
 /// Kind 1: a persistent session. The username and its verified byte are
@@ -852,6 +959,26 @@ mod tests {
             },
             Op::InQos2 { sid: 3, pid: 9 },
             Op::InQos2Done { sid: 3, pid: 9 },
+            Op::QueueDecl {
+                qid: 4,
+                name: "jobs".into(),
+            },
+            Op::QueueMsg {
+                qid: 4,
+                mid: 77,
+                message: message(c),
+                deliveries: 3,
+                enqueued_ms: 1_700_000_000_123,
+            },
+            Op::QueueCount {
+                qid: 4,
+                mid: 77,
+                deliveries: 4,
+            },
+            Op::QueueDone {
+                qid: 4,
+                mids: vec![77, 78],
+            },
         ]
     }
 

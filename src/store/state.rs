@@ -10,6 +10,7 @@
 //! never live: segments are deleted oldest first, so a tombstone only ever
 //! shadows records in its own or older segments, which are gone before it.
 
+use super::queue_index::{QueueIndex, RecoveredQueue};
 #[cfg(test)]
 use super::record::DelivState;
 use super::record::{Op, Receiver, SessionRec};
@@ -66,10 +67,15 @@ pub struct RecoveredSession {
 pub struct Recovered {
     pub sessions: Vec<RecoveredSession>,
     pub retained: Vec<Arc<Message>>,
+    /// Work queues with their messages.
+    pub queues: Vec<RecoveredQueue>,
     /// Ids above every id on disk.
     pub next_sid: u64,
     pub next_mid: u64,
     pub next_did: u64,
+    /// Above every work queue id and queue message id on disk.
+    pub next_qid: u64,
+    pub next_qmid: u64,
 }
 
 #[derive(Default)]
@@ -78,6 +84,7 @@ pub struct State {
     messages: Map<u64, Msg>,
     deliveries: Map<u64, Deliv>,
     retained: Map<Arc<str>, (Arc<Message>, Loc)>,
+    queues: QueueIndex,
     /// Live bytes per segment (every segment that exists has an entry).
     segs: BTreeMap<u64, u64>,
     live_bytes: u64,
@@ -191,6 +198,18 @@ impl State {
     /// Apply one op written at `loc` (at start: read back from there).
     pub fn apply(&mut self, op: Op, loc: Loc) {
         match op {
+            Op::QueueDecl { .. }
+            | Op::QueueMsg { .. }
+            | Op::QueueCount { .. }
+            | Op::QueueDone { .. } => {
+                let ch = self.queues.apply(op, loc);
+                if let Some(l) = ch.live {
+                    self.live(l);
+                }
+                for l in ch.dead {
+                    self.dead(l);
+                }
+            }
             Op::Session(rec) => {
                 self.max_sid = self.max_sid.max(rec.sid);
                 let sid = rec.sid;
@@ -423,16 +442,21 @@ impl State {
                 });
             }
         }
+        self.queues.copy_forward(seg, &mut ops);
         ops
     }
 
     /// Everything live, for the router, plus the cleanup ops for what expired
     /// while the broker was down (sessions past their expiry, expired messages).
     pub fn recovered(&self, now_unix: u64) -> (Recovered, Vec<Op>) {
+        let (next_qid, next_qmid) = self.queues.next_ids();
         let mut out = Recovered {
             next_sid: self.max_sid + 1,
             next_mid: self.max_mid + 1,
             next_did: self.max_did + 1,
+            next_qid,
+            next_qmid,
+            queues: self.queues.recovered(),
             ..Default::default()
         };
         let mut cleanup = Vec::new();
