@@ -307,3 +307,75 @@ async fn a_3_1_1_consumer_acks_with_puback_and_its_disconnect_is_its_nack() {
         .await
         .is_none());
 }
+
+/// A config file with one queue, for the spawned broker.
+fn queue_config_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("queues.toml");
+    std::fs::write(
+        &p,
+        "[[queues]]\nname = \"jobs\"\ntopics = [\"jobs/#\"]\nmax_deliveries = 3\n\
+         retry_delay = \"50ms\"\nretry_delay_max = \"100ms\"\n",
+    )
+    .unwrap();
+    p
+}
+
+#[tokio::test]
+async fn kill_9_keeps_the_backlog_the_in_flight_counts_and_the_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = queue_config_file(dir.path());
+    let cfg = cfg.to_str().unwrap();
+    let b = BrokerProcess::spawn_in(&data, &["-c", cfg]);
+    let mut p = publisher(b.addr, "producer").await;
+    for i in 0..6u16 {
+        // Acknowledged: durable from here on.
+        assert_eq!(
+            publish(&mut p, &format!("jobs/{i}"), i + 1, b"w").await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut w = consumer(b.addr, "worker", "jobs", 10).await;
+    let mut got = Vec::new();
+    while let Some(g) = next(&mut w, Duration::from_millis(500)).await {
+        got.push(g);
+    }
+    assert_eq!(got.len(), 6);
+    // jobs/0 is processed; jobs/1 is rejected (dead-lettered); the rest are in
+    // flight, unacknowledged, when the broker dies.
+    ack(&mut w, got[0].packet_id, ReasonCode::SUCCESS).await;
+    ack(&mut w, got[1].packet_id, ReasonCode(0x99)).await;
+    w.send(&Packet::PingReq).await;
+    assert!(matches!(w.recv().await, Some(Packet::PingResp)));
+    // Let the acks reach the disk (group commit: a few milliseconds).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(b); // SIGKILL
+
+    let b = BrokerProcess::spawn_in(&data, &["-c", cfg]);
+    let mut dlq = consumer(b.addr, "dlq-reader", "jobs-dlq", 10).await;
+    let d = next(&mut dlq, Duration::from_secs(3))
+        .await
+        .expect("the dead letter survived");
+    assert_eq!(d.topic, "jobs/1");
+    assert_eq!(
+        d.props.get("tern-dead-letter-reason").map(String::as_str),
+        Some("rejected")
+    );
+    let mut w = consumer(b.addr, "worker-2", "jobs", 10).await;
+    let mut again = Vec::new();
+    while let Some(g) = next(&mut w, Duration::from_millis(500)).await {
+        assert_eq!(
+            g.props.get("tern-delivery-count").map(String::as_str),
+            Some("2"),
+            "{}: its first delivery was counted before the crash",
+            g.topic
+        );
+        again.push(g.topic.clone());
+        ack(&mut w, g.packet_id, ReasonCode::SUCCESS).await;
+    }
+    assert_eq!(
+        again,
+        vec!["jobs/2", "jobs/3", "jobs/4", "jobs/5"],
+        "nothing lost, nothing done twice"
+    );
+}

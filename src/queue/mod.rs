@@ -243,6 +243,13 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         true
     }
 
+    /// Recovery: a message that was in the queue (ready now, with the deliveries
+    /// it had), in enqueue order. No dedup or caps: it was accepted before.
+    pub fn restore(&mut self, e: Entry) {
+        self.bytes += u64::from(e.bytes);
+        self.ready.push_back(e);
+    }
+
     /// A consumer joins (or changes its credit: `prefetch` capped by its
     /// Receive Maximum, computed by the caller).
     pub fn attach(&mut self, consumer: K, credit: u16) {

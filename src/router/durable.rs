@@ -286,7 +286,7 @@ impl Router {
         matches.plain.clear();
         matches.shared.clear();
         self.scratch_matches = matches;
-        plain || shared_persistent.get()
+        plain || shared_persistent.get() || self.queues.bound(&p.topic)
     }
 
     /// A new delivery id when a delivery at `qos` to session `sid` must be durable.

@@ -5,19 +5,26 @@
 //! `tern-message-id` and `tern-delivery-count`, a move to the dead-letter queue
 //! with its reason), and how each delivery ended fed back to its queue.
 //!
-//! The queue core (`crate::queue`) decides; this file only moves messages. In
-//! this step a queue's messages are held in memory (`QueueState::messages`): they
-//! do not survive a restart yet.
+//! The queue core (`crate::queue`) decides; this file only moves messages and
+//! writes what changed to the store: a queue's name (`QueueDecl`), each message
+//! taken (`QueueMsg`, so the publisher's acknowledgement waits for its sync like
+//! any durable write), each delivery count (`QueueCount`) and each message gone
+//! (`QueueDone`). Recovery rebuilds the queues with their messages and counts;
+//! what was in flight at a crash is ready again. The messages are also held in
+//! memory (`QueueState::messages`) for now.
 
 use super::*;
 use crate::config::QueueConfig;
 use crate::protocol::{UserProperties, UserPropertiesBuilder};
 use crate::queue::{key_hash, Action, DeadReason, Enqueued, Entry, MsgId, Queue, QueuePolicy};
 use crate::session::{QueueOutcome, QueueTag};
+use crate::store::queue_index::RecoveredQueue;
 use crate::subscriptions::SubscriptionTree;
 
 pub(super) struct QueueState {
     core: Queue<ClientId>,
+    /// The store's id for it; 0 without a store.
+    qid: u64,
     /// Where its dead letters go; None: they are dropped (and counted).
     dead_letter: Option<Arc<str>>,
     /// The messages it holds, by id.
@@ -34,6 +41,8 @@ pub(super) struct Queues {
     /// The filters bound so far, per queue (a filter is bound once).
     bound: Set<(Arc<str>, Arc<str>)>,
     next_id: MsgId,
+    /// The next store id of a queue (0: no store).
+    next_qid: u64,
     max_queues: usize,
     topic_limits: TopicLimits,
     /// Reused for matching a topic against the bindings.
@@ -65,6 +74,7 @@ impl Queues {
             bindings: SubscriptionTree::new(),
             bound: Set::default(),
             next_id: 1,
+            next_qid: 0,
             max_queues: config.limits.max_queues,
             topic_limits: config.topic_limits(),
             scratch: Matches::default(),
@@ -96,9 +106,16 @@ impl Queues {
         if self.by_name.len() >= self.max_queues {
             return Err(NoQueue::Full);
         }
+        let qid = if self.next_qid == 0 {
+            0
+        } else {
+            self.next_qid += 1;
+            self.next_qid - 1
+        };
         self.by_name.insert(
             Arc::from(qc.name.as_str()),
             QueueState {
+                qid,
                 core: Queue::new(QueuePolicy::from_config(qc)),
                 dead_letter: qc.dead_letter_name().map(Arc::from),
                 messages: Map::default(),
@@ -129,6 +146,16 @@ impl Queues {
 
     pub(super) fn exists(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+
+    /// Is a queue bound to `topic`?
+    pub(super) fn bound(&mut self, topic: &str) -> bool {
+        let mut m = std::mem::take(&mut self.scratch);
+        self.bindings.matches_into(topic, |_| true, &mut m);
+        let any = !m.plain.is_empty();
+        m.plain.clear();
+        self.scratch = m;
+        any
     }
 }
 
@@ -161,6 +188,108 @@ fn relabel(m: &Message, pairs: &[(&str, &str)]) -> Arc<Message> {
 }
 
 impl Router {
+    /// Recovery: the queues on disk with their messages (a queue the config no
+    /// longer declares is kept, as one created by a subscription), and store ids
+    /// for the declared queues that have none yet.
+    pub(super) fn restore_queues(
+        &mut self,
+        rec: Vec<RecoveredQueue>,
+        next_qid: u64,
+        next_qmid: u64,
+    ) {
+        self.queues.next_qid = next_qid.max(1);
+        self.queues.next_id = self.queues.next_id.max(next_qmid);
+        for rq in rec {
+            if !self.queues.exists(&rq.name) {
+                let mut qc = QueueConfig::named(&rq.name);
+                // Its options are not stored: a dead-letter queue by its name
+                // keeps what it gets.
+                if rq.name.ends_with("-dlq") {
+                    qc.dead_letter = Some(String::new());
+                }
+                if self.queues.declare(&qc).is_err() {
+                    warn!(queue = %rq.name, dropped = rq.messages.len(), "stored queue not restored: limits.max_queues reached");
+                    continue;
+                }
+            }
+            let turn = self.turn;
+            let Some(q) = self.queues.by_name.get_mut(&*rq.name) else {
+                continue;
+            };
+            q.qid = rq.qid;
+            let ttl = q.core.policy().message_ttl;
+            for (mid, message, deliveries, enqueued_ms) in rq.messages {
+                let enqueued = turn.instant_of_secs(enqueued_ms / 1000);
+                let expires = [message.expires_at(), ttl.map(|t| enqueued + t)]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                let key = q.core.policy().ordering.as_ref().map_or(0, |k| {
+                    key_hash(k.key_of(&message.topic, &message.properties.user_properties))
+                });
+                q.core.restore(Entry {
+                    id: mid,
+                    bytes: u32::try_from(message.cost()).unwrap_or(u32::MAX),
+                    deliveries,
+                    enqueued_ms,
+                    expires,
+                    key,
+                });
+                q.messages.insert(mid, message);
+            }
+        }
+        // Declared queues new since the last start get their id now.
+        let mut decls = Vec::new();
+        for (name, q) in self.queues.by_name.iter_mut() {
+            if q.qid == 0 {
+                q.qid = self.queues.next_qid;
+                self.queues.next_qid += 1;
+                decls.push(Op::QueueDecl {
+                    qid: q.qid,
+                    name: name.clone(),
+                });
+            }
+        }
+        decls.sort_by_key(|o| match o {
+            Op::QueueDecl { qid, .. } => *qid,
+            _ => 0,
+        });
+        for op in decls {
+            self.queue_op(op);
+        }
+        let names: Vec<Arc<str>> = self.queues.by_name.keys().cloned().collect();
+        let now = self.turn.now;
+        for name in names {
+            self.tick_queue(&name, now);
+        }
+    }
+
+    /// Write a queue op (when there is a store), merging runs of `QueueDone`.
+    fn queue_op(&mut self, op: Op) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        if let (
+            Op::QueueDone { qid, mids },
+            Some(Op::QueueDone {
+                qid: last,
+                mids: run,
+            }),
+        ) = (&op, st.ops.last_mut())
+        {
+            if qid == last {
+                run.extend_from_slice(mids);
+                return;
+            }
+        }
+        st.ops.push(op);
+    }
+
+    /// The store id of queue `name` (0: none).
+    fn qid(&self, name: &str) -> u64 {
+        self.queues.by_name.get(name).map_or(0, |q| q.qid)
+    }
+
     /// Hand a routed message to every queue bound to its topic. Returns how many
     /// took it and whether one refused it for lack of room.
     pub(super) fn enqueue_to_queues(
@@ -219,11 +348,34 @@ impl Router {
             .core
             .enqueue(entry, dedup_id.as_deref(), now, &mut actions);
         if r == Enqueued::Taken {
-            q.messages.insert(id, msg);
+            let qid = q.qid;
+            q.messages.insert(id, msg.clone());
             q.core.dispatch(now, &mut actions);
+            if qid != 0 {
+                self.queue_op(Op::QueueMsg {
+                    qid,
+                    mid: id,
+                    message: msg,
+                    deliveries: 0,
+                    enqueued_ms,
+                });
+            }
         }
         self.carry_out(name, actions, now);
         r
+    }
+
+    /// Create a queue while running, and store its name.
+    fn declare_queue(&mut self, qc: &QueueConfig) -> Result<(), NoQueue> {
+        self.queues.declare(qc)?;
+        let qid = self.qid(&qc.name);
+        if qid != 0 {
+            self.queue_op(Op::QueueDecl {
+                qid,
+                name: Arc::from(qc.name.as_str()),
+            });
+        }
+        Ok(())
     }
 
     /// A `$queue/` filter in a SUBSCRIBE: checked, allowed by the ACL (read on
@@ -284,7 +436,7 @@ impl Router {
             Some((n, _)) => (n.clone(), false),
             None => {
                 let qc = QueueConfig::named(name);
-                if self.queues.declare(&qc).is_err() {
+                if self.declare_queue(&qc).is_err() {
                     warn!(client = %id, queue = name, "queue not created: limits.max_queues reached");
                     return ReasonCode::QUOTA_EXCEEDED;
                 }
@@ -420,6 +572,20 @@ impl Router {
             QueueOutcome::Acked => {
                 if q.core.ack(id, tag.id).is_some() {
                     q.messages.remove(&tag.id);
+                    let qid = q.qid;
+                    if qid != 0 {
+                        self.queue_op(Op::QueueDone {
+                            qid,
+                            mids: vec![tag.id],
+                        });
+                    }
+                    let Some(q) = self.queues.by_name.get_mut(&tag.queue) else {
+                        return;
+                    };
+                    let mut actions = Vec::new();
+                    q.core.dispatch(now, &mut actions);
+                    self.carry_out(&tag.queue, actions, now);
+                    return;
                 }
             }
             QueueOutcome::Refused(code) => {
@@ -453,6 +619,13 @@ impl Router {
                 Action::Drop { entry } => {
                     if let Some(q) = self.queues.by_name.get_mut(name) {
                         q.messages.remove(&entry.id);
+                    }
+                    let qid = self.qid(name);
+                    if qid != 0 {
+                        self.queue_op(Op::QueueDone {
+                            qid,
+                            mids: vec![entry.id],
+                        });
                     }
                     self.metrics.queue_dropped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -490,11 +663,21 @@ impl Router {
                 id: entry.id,
             })),
         };
-        if self.deliver_to(&to, d, now, false).is_none() {
-            // Its session could not take it (a full queue): back first in line.
-            if let Some(q) = self.queues.by_name.get_mut(name) {
-                q.core.give_back(&to, entry.id);
+        let qid = self.qid(name);
+        if self.deliver_to(&to, d, now, false).is_some() {
+            if qid != 0 {
+                // Counted before it is acknowledged: after a crash the count
+                // includes this delivery (a message that crashes its consumers
+                // still reaches max_deliveries).
+                self.queue_op(Op::QueueCount {
+                    qid,
+                    mid: entry.id,
+                    deliveries: entry.deliveries,
+                });
             }
+        } else if let Some(q) = self.queues.by_name.get_mut(name) {
+            // Its session could not take it (a full queue): back first in line.
+            q.core.give_back(&to, entry.id);
         }
     }
 
@@ -507,17 +690,24 @@ impl Router {
         let Some(m) = q.messages.remove(&entry.id) else {
             return;
         };
+        let (qid, dead_letter) = (q.qid, q.dead_letter.clone());
+        if qid != 0 {
+            self.queue_op(Op::QueueDone {
+                qid,
+                mids: vec![entry.id],
+            });
+        }
         self.metrics
             .queue_dead_lettered
             .fetch_add(1, Ordering::Relaxed);
-        let Some(dlq) = q.dead_letter.clone() else {
+        let Some(dlq) = dead_letter else {
             info!(queue = %from, id = entry.id, reason = reason.as_str(), "dead letter dropped: the queue has no dead-letter queue");
             return;
         };
         if !self.queues.exists(&dlq) {
             let mut d = QueueConfig::named(&dlq);
             d.dead_letter = Some(String::new());
-            if self.queues.declare(&d).is_err() {
+            if self.declare_queue(&d).is_err() {
                 warn!(queue = %from, dead_letter = %dlq, "dead letter dropped: limits.max_queues reached");
                 return;
             }
@@ -546,8 +736,18 @@ impl Router {
             ..entry
         };
         if d.core.enqueue(e, None, now, &mut actions) == Enqueued::Taken {
-            d.messages.insert(e.id, m);
+            let qid = d.qid;
+            d.messages.insert(e.id, m.clone());
             d.core.dispatch(now, &mut actions);
+            if qid != 0 {
+                self.queue_op(Op::QueueMsg {
+                    qid,
+                    mid: e.id,
+                    message: m,
+                    deliveries: 0,
+                    enqueued_ms: e.enqueued_ms,
+                });
+            }
         } else {
             warn!(queue = %from, dead_letter = %dlq, "dead letter dropped: the dead-letter queue is full");
         }

@@ -1,6 +1,7 @@
 //! Rebuilding the router from what the store recovered: retained messages,
 //! sessions with their subscriptions, queued and in-flight deliveries, inbound
-//! QoS 2 ids and pending wills, with expiry and will deadlines.
+//! QoS 2 ids and pending wills, with expiry and will deadlines; work queues with
+//! their messages.
 
 use super::*;
 
@@ -22,7 +23,9 @@ impl Router {
     }
 
     /// Rebuild sessions, subscriptions, queues and retained messages from the store.
-    pub(super) fn restore(&mut self, rec: Recovered, now: Instant) {
+    pub(super) fn restore(&mut self, mut rec: Recovered, now: Instant) {
+        let queues = std::mem::take(&mut rec.queues);
+        self.restore_queues(queues, rec.next_qid, rec.next_qmid);
         let clock = self.turn;
         let now_unix = clock.unix_secs_of(now);
         for m in rec.retained {
