@@ -379,3 +379,58 @@ async fn kill_9_keeps_the_backlog_the_in_flight_counts_and_the_dead_letters() {
         "nothing lost, nothing done twice"
     );
 }
+
+#[tokio::test]
+async fn a_persistent_consumer_keeps_consuming_across_a_restart_without_resubscribing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = queue_config_file(dir.path());
+    let cfg = cfg.to_str().unwrap();
+    let b = BrokerProcess::spawn_in(&data, &["-c", cfg]);
+    let (mut w, _) = raw_connected(b.addr, ProtocolVersion::V311, "steady", false).await;
+    w.subscribe(1, "$queue/jobs", QoS::AtLeastOnce).await;
+    w.send(&Packet::Disconnect(Default::default())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(b); // SIGKILL
+
+    let b = BrokerProcess::spawn_in(&data, &["-c", cfg]);
+    let mut p = publisher(b.addr, "producer").await;
+    publish(&mut p, "jobs/after-restart", 1, b"w").await;
+    let (mut w, ack_) = raw_connected(b.addr, ProtocolVersion::V311, "steady", false).await;
+    assert!(ack_.session_present);
+    let g = next(&mut w, Duration::from_secs(3))
+        .await
+        .expect("its queue subscription came back with its session");
+    assert_eq!(g.topic, "jobs/after-restart");
+}
+
+#[tokio::test]
+async fn past_the_ack_timeout_a_message_goes_to_another_consumer() {
+    let mut q = queue("jobs", &["jobs/#"]);
+    q.ack_timeout = Some(Duration::from_millis(300));
+    let (_b, addr) = broker(vec![q]).await;
+    let mut slow = consumer(addr, "slow", "jobs", 1).await;
+    let mut p = publisher(addr, "producer").await;
+    publish(&mut p, "jobs/x", 1, b"w").await;
+    let first = next(&mut slow, Duration::from_secs(3))
+        .await
+        .expect("delivered");
+    let mut fast = consumer(addr, "fast", "jobs", 1).await;
+    let g = next(&mut fast, Duration::from_secs(3))
+        .await
+        .expect("handed on after the ack timeout");
+    assert_eq!(g.topic, "jobs/x");
+    assert_eq!(
+        g.props.get("tern-delivery-count").map(String::as_str),
+        Some("2")
+    );
+    assert_eq!(
+        g.props.get("tern-message-id"),
+        first.props.get("tern-message-id")
+    );
+    // The slow consumer's late ack does not count; the fast one's does.
+    ack(&mut slow, first.packet_id, ReasonCode::SUCCESS).await;
+    ack(&mut fast, g.packet_id, ReasonCode::SUCCESS).await;
+    assert!(next(&mut fast, Duration::from_millis(500)).await.is_none());
+    assert!(next(&mut slow, Duration::from_millis(100)).await.is_none());
+}

@@ -365,6 +365,26 @@ impl Router {
         r
     }
 
+    /// Recovery: a persistent session consumed `filter` (`$queue/<name>`); it
+    /// consumes again once connected. A queue gone meanwhile is created anew.
+    pub(super) fn restore_consumer(&mut self, c: &mut Client, filter: &str, qos: QoS) {
+        let Some(Ok(qf)) = crate::topic::parse_queue_filter(filter, self.topic_limits) else {
+            warn!(%filter, "stored queue subscription no longer valid: dropped");
+            return;
+        };
+        if !self.queues.exists(qf.name) && self.declare_queue(&QueueConfig::named(qf.name)).is_err()
+        {
+            warn!(
+                queue = qf.name,
+                "stored queue subscription dropped: limits.max_queues reached"
+            );
+            return;
+        }
+        if let Some((name, _)) = self.queues.by_name.get_key_value(qf.name) {
+            c.consumes.push((name.clone(), qos));
+        }
+    }
+
     /// Create a queue while running, and store its name.
     fn declare_queue(&mut self, qc: &QueueConfig) -> Result<(), NoQueue> {
         self.queues.declare(qc)?;
@@ -454,6 +474,19 @@ impl Router {
         if let Some(c) = self.clients.get_mut(id) {
             if !c.consumes.iter().any(|(n, _)| *n == name) {
                 c.consumes.push((name.clone(), qos));
+                // A persistent session keeps consuming across reconnects and
+                // restarts, like any of its subscriptions.
+                if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
+                    st.ops.push(Op::Sub {
+                        sid: c.sid,
+                        filter: Arc::from(format!("$queue/{name}")),
+                        options: crate::protocol::SubscriptionOptions {
+                            qos,
+                            ..Default::default()
+                        },
+                        identifier: None,
+                    });
+                }
             }
         }
         self.attach_consumer(id, &name, qos, now);
@@ -502,6 +535,12 @@ impl Router {
         c.consumes.retain(|(n, _)| &**n != name);
         if c.consumes.len() == before {
             return false;
+        }
+        if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
+            st.ops.push(Op::Unsub {
+                sid: c.sid,
+                filter: Arc::from(format!("$queue/{name}")),
+            });
         }
         self.detach_consumer(id, Some(name), now);
         true

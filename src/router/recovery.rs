@@ -39,6 +39,10 @@ impl Router {
             let id = s.rec.client_id.clone();
             let mut c = Client::new(id.clone());
             for (filter, options, identifier) in s.subs {
+                if filter.starts_with("$queue/") {
+                    self.restore_consumer(&mut c, &filter, options.qos);
+                    continue;
+                }
                 let Ok(spec) = FilterSpec::parse(&filter, self.topic_limits) else {
                     warn!(%filter, "stored subscription no longer valid under the topic limits: dropped");
                     continue;
