@@ -434,3 +434,176 @@ async fn past_the_ack_timeout_a_message_goes_to_another_consumer() {
     assert!(next(&mut fast, Duration::from_millis(500)).await.is_none());
     assert!(next(&mut slow, Duration::from_millis(100)).await.is_none());
 }
+
+/// Publish at QoS 1 with user properties; the PUBACK's code.
+async fn publish_with(
+    p: &mut RawClient,
+    topic: &str,
+    pid: u16,
+    payload: &[u8],
+    props: &[(&str, &str)],
+) -> ReasonCode {
+    let Packet::Publish(mut m) = publish_packet(topic, QoS::AtLeastOnce, pid, payload) else {
+        unreachable!()
+    };
+    m.properties.user_properties = props.iter().copied().collect();
+    p.send(&Packet::Publish(m)).await;
+    match p.recv().await {
+        Some(Packet::PubAck(a)) => a.reason_code,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_ordering_key_keeps_each_devices_order_under_four_consumers() {
+    let mut q = queue("jobs", &["jobs/#"]);
+    q.ordering_key = Some("user-property:device".into());
+    let (_b, addr) = broker(vec![q]).await;
+    let mut p = publisher(addr, "producer").await;
+    let devices = ["pump", "fan", "valve"];
+    for i in 0..30u16 {
+        let d = devices[usize::from(i) % 3];
+        let payload = format!("{d}:{i}");
+        publish_with(
+            &mut p,
+            "jobs/x",
+            i + 1,
+            payload.as_bytes(),
+            &[("device", d)],
+        )
+        .await;
+    }
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        workers.push(consumer(addr, &format!("w{w}"), "jobs", 4).await);
+    }
+    let mut held: HashMap<String, (usize, PacketId)> = HashMap::new();
+    let mut done: HashMap<String, Vec<u16>> = HashMap::new();
+    let mut total = 0;
+    for _ in 0..400 {
+        for (w, c) in workers.iter_mut().enumerate() {
+            // Acknowledge what this worker held since its last turn, then take more.
+            let mine: Vec<String> = held
+                .iter()
+                .filter(|(_, (o, _))| *o == w)
+                .map(|(d, _)| d.clone())
+                .collect();
+            for d in mine {
+                if let Some((_, pid)) = held.remove(&d) {
+                    ack(c, pid, ReasonCode::SUCCESS).await;
+                }
+            }
+            while let Some(g) = next(c, Duration::from_millis(20)).await {
+                let text = String::from_utf8(g.payload.clone()).unwrap();
+                let (d, seq) = text.split_once(':').unwrap();
+                assert!(
+                    !held.contains_key(d),
+                    "two messages of {d} in flight at once"
+                );
+                done.entry(d.to_string())
+                    .or_default()
+                    .push(seq.parse().unwrap());
+                held.insert(d.to_string(), (w, g.packet_id));
+                total += 1;
+            }
+        }
+        if total == 30 && held.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(total, 30, "every message delivered once");
+    for (d, seqs) in &done {
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, &sorted, "{d} in publish order");
+        assert_eq!(seqs.len(), 10);
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_message_id_is_acknowledged_and_taken_once() {
+    let mut q = queue("jobs", &["jobs/#"]);
+    q.dedup_window = Some(Duration::from_secs(60));
+    let (_b, addr) = broker(vec![q]).await;
+    let mut p = publisher(addr, "producer").await;
+    for pid in 1..=3 {
+        // The publisher retries the same message (e.g. after a lost PUBACK).
+        assert_eq!(
+            publish_with(
+                &mut p,
+                "jobs/x",
+                pid,
+                b"once",
+                &[("message-id", "order-42")]
+            )
+            .await,
+            ReasonCode::SUCCESS
+        );
+    }
+    publish_with(&mut p, "jobs/x", 4, b"other", &[("message-id", "order-43")]).await;
+    let mut w = consumer(addr, "w", "jobs", 10).await;
+    let mut got = Vec::new();
+    while let Some(g) = next(&mut w, Duration::from_millis(500)).await {
+        got.push(g.payload);
+    }
+    assert_eq!(got, vec![b"once".to_vec(), b"other".to_vec()]);
+}
+
+#[tokio::test]
+async fn drop_head_and_dead_letter_overflow_keep_the_newest_and_count() {
+    for (overflow, to_dlq) in [("drop-head", false), ("dead-letter", true)] {
+        let mut q = queue("jobs", &["jobs/#"]);
+        q.max_length = 3;
+        q.overflow = overflow.into();
+        let (_b, addr) = broker(vec![q]).await;
+        let mut p = publisher(addr, "producer").await;
+        for i in 0..5u16 {
+            publish(&mut p, &format!("jobs/{i}"), i + 1, b"w").await;
+        }
+        let mut w = consumer(addr, "w", "jobs", 10).await;
+        let mut got = Vec::new();
+        while let Some(g) = next(&mut w, Duration::from_millis(300)).await {
+            got.push(g.topic);
+        }
+        assert_eq!(
+            got,
+            vec!["jobs/2", "jobs/3", "jobs/4"],
+            "{overflow}: the newest three"
+        );
+        let mut dlq = consumer(addr, "d", "jobs-dlq", 10).await;
+        let mut dead = Vec::new();
+        while let Some(g) = next(&mut dlq, Duration::from_millis(300)).await {
+            assert_eq!(
+                g.props.get("tern-dead-letter-reason").map(String::as_str),
+                Some("overflow")
+            );
+            dead.push(g.topic);
+        }
+        let want: Vec<String> = if to_dlq {
+            vec!["jobs/0".into(), "jobs/1".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(dead, want, "{overflow}");
+    }
+}
+
+#[tokio::test]
+async fn a_message_past_its_ttl_is_dead_lettered_not_delivered() {
+    let mut q = queue("jobs", &["jobs/#"]);
+    q.message_ttl = Some(Duration::from_millis(200));
+    let (_b, addr) = broker(vec![q]).await;
+    let mut dlq = consumer(addr, "d", "jobs-dlq", 10).await;
+    let mut p = publisher(addr, "producer").await;
+    publish(&mut p, "jobs/stale", 1, b"w").await;
+    let d = next(&mut dlq, Duration::from_secs(3))
+        .await
+        .expect("expired into the DLQ");
+    assert_eq!(d.topic, "jobs/stale");
+    assert_eq!(
+        d.props.get("tern-dead-letter-reason").map(String::as_str),
+        Some("expired")
+    );
+    let mut w = consumer(addr, "w", "jobs", 10).await;
+    assert!(next(&mut w, Duration::from_millis(300)).await.is_none());
+}
