@@ -80,6 +80,7 @@ async fn ask_router(
 
 pub struct Broker {
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     router_tx: mpsc::Sender<RouterMsg>,
     router_task: JoinHandle<()>,
@@ -189,8 +190,27 @@ impl Broker {
                 tracker.clone(),
             )));
         }
+        let mut admin_addr = None;
+        if let Some(bind_addr) = config.admin.bind {
+            let tcp = bind(bind_addr, 64).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("admin: cannot listen on {bind_addr}: {e}"),
+                )
+            })?;
+            let addr = tcp.local_addr()?;
+            info!("admin endpoint on http://{addr}");
+            admin_addr = Some(addr);
+            accept_tasks.push(tokio::spawn(crate::admin::serve(
+                tcp,
+                router_tx.clone(),
+                config.admin.token.as_deref().map(Arc::from),
+                shutdown.clone(),
+            )));
+        }
         Ok(Broker {
             addrs,
+            admin_addr,
             shutdown,
             router_tx,
             router_task,
@@ -247,6 +267,11 @@ impl Broker {
             warn!("reload: {e}");
         }
         errors
+    }
+
+    /// Where the admin endpoint listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The bound addresses, in listener order (useful with port 0).

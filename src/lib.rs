@@ -6,6 +6,7 @@
 //! accepts; `store` makes what was acknowledged durable; `broker` wires it together
 //! and shuts it down.
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod clock;

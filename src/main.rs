@@ -58,6 +58,45 @@ enum Command {
         /// The username.
         user: String,
     },
+    /// Work queues of a running broker, through its admin endpoint ([admin]
+    /// bind; the address and token come from -c FILE, or --admin / --token).
+    Queue {
+        /// The admin endpoint (default: [admin] bind of -c FILE, else
+        /// 127.0.0.1:8080).
+        #[arg(long = "admin", value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// The admin token (default: [admin] token of -c FILE).
+        #[arg(long = "token", value_name = "TOKEN")]
+        token: Option<String>,
+        #[command(subcommand)]
+        op: QueueCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCmd {
+    /// Every queue with its depth, in flight, consumers and dead letters.
+    List,
+    /// One queue's numbers.
+    Stats { name: String },
+    /// The next messages of a queue, without taking them.
+    Peek {
+        name: String,
+        #[arg(default_value_t = 10)]
+        n: usize,
+    },
+    /// Remove a queue's waiting messages (not those in flight).
+    Purge { name: String },
+    /// Move dead letters back to the queue each came from (or --to), their
+    /// delivery count reset.
+    Redrive {
+        dlq: String,
+        #[arg(long = "to", value_name = "QUEUE")]
+        to: Option<String>,
+        /// At most this many per second.
+        #[arg(long = "rate", value_name = "N")]
+        rate: Option<usize>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +109,9 @@ fn main() -> anyhow::Result<()> {
     }) = &cli.command
     {
         return passwd(file, user, *delete, *stdin);
+    }
+    if let Some(Command::Queue { admin, token, op }) = &cli.command {
+        return queue(cli.config.as_deref(), *admin, token.clone(), op);
     }
     if let Some(Command::CheckConfig { file }) = &cli.command {
         let mut errors = tern::config::check_file(file).0;
@@ -260,4 +302,50 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// `tern queue ...`.
+fn queue(
+    config: Option<&std::path::Path>,
+    admin: Option<SocketAddr>,
+    token: Option<String>,
+    op: &QueueCmd,
+) -> anyhow::Result<()> {
+    use tern::admin::cli::{run, Endpoint, QueueOp};
+    let from_file = match config {
+        Some(p) => Some(
+            Config::load(Some(p))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .admin,
+        ),
+        None => None,
+    };
+    let addr = admin
+        .or(from_file.as_ref().and_then(|a| a.bind))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let token = token.or(from_file.and_then(|a| a.token));
+    let op = match op {
+        QueueCmd::List => QueueOp::List,
+        QueueCmd::Stats { name } => QueueOp::Stats(name.clone()),
+        QueueCmd::Peek { name, n } => QueueOp::Peek(name.clone(), *n),
+        QueueCmd::Purge { name } => QueueOp::Purge(name.clone()),
+        QueueCmd::Redrive { dlq, to, rate } => QueueOp::Redrive {
+            dlq: dlq.clone(),
+            to: to.clone(),
+            rate: *rate,
+        },
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(run(&Endpoint { addr, token }, op)) {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("tern queue: {e}");
+            std::process::exit(1);
+        }
+    }
 }

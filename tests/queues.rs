@@ -607,3 +607,101 @@ async fn a_message_past_its_ttl_is_dead_lettered_not_delivered() {
     let mut w = consumer(addr, "w", "jobs", 10).await;
     assert!(next(&mut w, Duration::from_millis(300)).await.is_none());
 }
+
+#[tokio::test]
+async fn the_admin_endpoint_lists_peeks_purges_and_redrives() {
+    use tern::admin::cli::{run, Endpoint, QueueOp};
+    let mut c = test_config();
+    let mut q = queue("jobs", &["jobs/#"]);
+    q.max_deliveries = 1;
+    c.queues = vec![q];
+    c.admin.bind = Some("127.0.0.1:0".parse().unwrap());
+    c.admin.token = Some("a-token-of-16-chars".into());
+    let (b, addr) = start(c).await;
+    let ep = Endpoint {
+        addr: b.admin_addr().expect("admin on"),
+        token: Some("a-token-of-16-chars".into()),
+    };
+    let mut p = publisher(addr, "producer").await;
+    for i in 0..3u16 {
+        publish(
+            &mut p,
+            &format!("jobs/{i}"),
+            i + 1,
+            format!("job {i}").as_bytes(),
+        )
+        .await;
+    }
+    let list = run(&ep, QueueOp::List).await.expect("list");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("jobs ") && l.split_whitespace().nth(1) == Some("3")),
+        "{list}"
+    );
+    assert!(list.contains("jobs-dlq"), "{list}");
+    let peek = run(&ep, QueueOp::Peek("jobs".into(), 2))
+        .await
+        .expect("peek");
+    assert!(
+        peek.contains("\"job 0\"") && peek.contains("\"job 1\"") && !peek.contains("job 2"),
+        "{peek}"
+    );
+
+    // A worker refuses all three: with max_deliveries 1 they are dead letters.
+    let mut w = consumer(addr, "w", "jobs", 10).await;
+    for _ in 0..3 {
+        let g = next(&mut w, Duration::from_secs(3))
+            .await
+            .expect("delivered");
+        ack(&mut w, g.packet_id, ReasonCode::UNSPECIFIED_ERROR).await;
+    }
+    w.send(&Packet::Disconnect(Default::default())).await;
+    // Wait (bounded) until the broker saw the refusals and the worker leave.
+    let mut stats = String::new();
+    for _ in 0..100 {
+        stats = run(&ep, QueueOp::Stats("jobs-dlq".into()))
+            .await
+            .expect("stats");
+        let jobs = run(&ep, QueueOp::Stats("jobs".into()))
+            .await
+            .expect("stats");
+        if stats.contains("\"depth\": 3") && jobs.contains("\"consumers\": 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stats.contains("\"depth\": 3"), "{stats}");
+    // Redrive at 2 per second: all three back in "jobs", counts reset.
+    let moved = run(
+        &ep,
+        QueueOp::Redrive {
+            dlq: "jobs-dlq".into(),
+            to: None,
+            rate: Some(2),
+        },
+    )
+    .await
+    .expect("redrive");
+    assert_eq!(moved, "moved 3 messages out of jobs-dlq");
+    let stats = run(&ep, QueueOp::Stats("jobs".into()))
+        .await
+        .expect("stats");
+    assert!(stats.contains("\"depth\": 3"), "{stats}");
+    let purged = run(&ep, QueueOp::Purge("jobs".into()))
+        .await
+        .expect("purge");
+    assert_eq!(purged, "purged 3 messages from jobs");
+
+    // Errors: an unknown queue, and a wrong token.
+    let err = run(&ep, QueueOp::Stats("nope".into())).await.unwrap_err();
+    assert!(
+        err.contains("no queue named") && err.contains("404"),
+        "{err}"
+    );
+    let wrong = Endpoint {
+        addr: ep.addr,
+        token: Some("wrong".into()),
+    };
+    let err = run(&wrong, QueueOp::List).await.unwrap_err();
+    assert!(err.contains("401"), "{err}");
+}

@@ -67,6 +67,7 @@ pub struct Config {
     pub log: LogConfig,
     /// Work queues declared here (`[[queues]]`).
     pub queues: Vec<QueueConfig>,
+    pub admin: AdminConfig,
     /// Did the configuration file declare `[[listeners]]`? (Not a key: set by
     /// `load`.) Anonymous clients are allowed by default only when it did not,
     /// Mosquitto 2's "local only" mode.
@@ -84,6 +85,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             queues: Vec::new(),
+            admin: AdminConfig::default(),
             listeners_configured: false,
         }
     }
@@ -396,6 +398,40 @@ impl Default for StorageConfig {
     }
 }
 
+/// The admin endpoint (HTTP: the queue operations, `tern queue ...`). Off unless
+/// `bind` is set.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    #[serde(deserialize_with = "de_opt_socket_addr")]
+    pub bind: Option<SocketAddr>,
+    /// A request must carry `Authorization: Bearer <token>`; required when
+    /// `bind` is not a loopback address.
+    pub token: Option<String>,
+}
+
+fn de_opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    de_socket_addr(d).map(Some)
+}
+
+impl AdminConfig {
+    /// The `[admin]` checks of `Config::validate`.
+    fn validate(&self, errs: &mut Vec<ConfigError>) {
+        let mut err = collector(errs);
+        if let Some(b) = self.bind {
+            if !b.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
+                err(
+                    "admin.token",
+                    "required when admin.bind is not a loopback address",
+                );
+            }
+        }
+        if self.token.as_deref().is_some_and(|t| t.len() < 16) {
+            err("admin.token", "must be at least 16 characters");
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -546,6 +582,7 @@ impl Config {
         self.auth.validate(&mut errs);
         self.storage.validate(&mut errs);
         queues::validate(&self.queues, self.topic_limits(), &mut errs);
+        self.admin.validate(&mut errs);
         let declared = self.queues.len()
             + self
                 .queues
@@ -773,10 +810,11 @@ pub fn check_str(text: &str) -> ConfigErrors {
             "storage" => check_section::<StorageConfig>(section, value, &mut errs),
             "auth" => check_section::<AuthConfig>(section, value, &mut errs),
             "log" => check_section::<LogConfig>(section, value, &mut errs),
+            "admin" => check_section::<AdminConfig>(section, value, &mut errs),
             other => errs.push(ConfigError {
                 key: other.into(),
                 message:
-                    "unknown section (known: listeners, limits, mqtt, storage, auth, log, queues)"
+                    "unknown section (known: listeners, limits, mqtt, storage, auth, log, queues, admin)"
                         .into(),
             }),
         }

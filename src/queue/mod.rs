@@ -96,7 +96,7 @@ pub enum Enqueued {
 }
 
 /// Counters since start (the store does not keep them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub enqueued: u64,
     pub acked: u64,
@@ -520,6 +520,26 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     /// with ordering keys, in no set order).
     pub fn peek(&self, n: usize) -> Vec<Entry> {
         self.ready.iter().take(n).copied().collect()
+    }
+
+    /// Put a message taken by `take_ready` back, first in line.
+    pub fn put_back(&mut self, e: Entry) {
+        self.bytes += u64::from(e.bytes);
+        self.ready.push_front(e);
+    }
+
+    /// Take up to `n` ready messages out, oldest first (a redrive moves them to
+    /// another queue). Returns them for the caller to move or free.
+    pub fn take_ready(&mut self, n: usize) -> Vec<Entry> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some(e) = self.ready.pop_oldest() else {
+                break;
+            };
+            self.forget_ready(e);
+            out.push(e);
+        }
+        out
     }
 
     /// Remove every waiting message (ready and delayed; those in flight stay

@@ -451,3 +451,16 @@ fn a_message_given_back_goes_first_uncounted_and_pauses_its_consumer() {
     q.dispatch(t, &mut out);
     assert_eq!(delivered(&mut out), vec![("a", 3, 1)], "not counted twice");
 }
+
+#[test]
+fn take_ready_moves_the_oldest_out() {
+    let t = Instant::now();
+    let mut q = queue(QueuePolicy::default());
+    fill(&mut q, 1..=4, t);
+    let taken: Vec<MsgId> = q.take_ready(3).iter().map(|e| e.id).collect();
+    assert_eq!(taken, vec![1, 2, 3]);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q.stats().bytes, 100);
+    assert_eq!(q.take_ready(10).len(), 1);
+    assert!(q.take_ready(10).is_empty());
+}

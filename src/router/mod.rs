@@ -43,6 +43,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 mod acl;
+mod admin;
 mod client;
 mod durable;
 mod fanout;
@@ -55,6 +56,7 @@ mod room;
 mod run;
 mod subscribe;
 
+pub use admin::{AdminReply, AdminRequest, PeekedMessage, QueueInfo};
 use client::{Client, HeldAck};
 use durable::{Held, StoreLink};
 pub use msg::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
@@ -229,6 +231,9 @@ impl Router {
                 for p in publishes {
                     self.publish_from_client(&client, conn_id, p, now);
                 }
+            }
+            RouterMsg::Admin { request, reply } => {
+                let _ = reply.send(self.admin(request, now));
             }
             RouterMsg::PubAck {
                 client,

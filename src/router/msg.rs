@@ -90,6 +90,11 @@ pub enum RouterMsg {
         conn_id: u64,
         publishes: Vec<Publish>,
     },
+    /// A question or operation from the admin endpoint.
+    Admin {
+        request: super::AdminRequest,
+        reply: oneshot::Sender<super::AdminReply>,
+    },
     /// A receiver's PUBACK; a reason code of 0x80 or more (v5) refuses a work
     /// queue's message.
     PubAck {

@@ -148,6 +148,61 @@ impl Queues {
         self.by_name.contains_key(name)
     }
 
+    pub(super) fn names(&self) -> Vec<Arc<str>> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    /// A queue's numbers and its dead-letter queue.
+    pub(super) fn stats(&self, name: &str) -> Option<(crate::queue::Stats, Option<Arc<str>>)> {
+        let q = self.by_name.get(name)?;
+        Some((q.core.stats(), q.dead_letter.clone()))
+    }
+
+    /// The next `n` ready messages of `name`, left where they are.
+    pub(super) fn peek(&self, name: &str, n: usize) -> Option<Vec<(Entry, Arc<Message>)>> {
+        let q = self.by_name.get(name)?;
+        Some(
+            q.core
+                .peek(n)
+                .into_iter()
+                .filter_map(|e| q.messages.get(&e.id).map(|m| (e, m.clone())))
+                .collect(),
+        )
+    }
+
+    /// Remove the waiting messages of `name`: its store id and what went.
+    pub(super) fn purge(&mut self, name: &str) -> Option<(u64, Vec<Entry>)> {
+        let q = self.by_name.get_mut(name)?;
+        let gone = q.core.purge();
+        for e in &gone {
+            q.messages.remove(&e.id);
+        }
+        Some((q.qid, gone))
+    }
+
+    /// Take up to `n` ready messages of `name` out, with their messages.
+    pub(super) fn take_ready(&mut self, name: &str, n: usize) -> Vec<(Entry, Arc<Message>)> {
+        let Some(q) = self.by_name.get_mut(name) else {
+            return Vec::new();
+        };
+        q.core
+            .take_ready(n)
+            .into_iter()
+            .filter_map(|e| q.messages.remove(&e.id).map(|m| (e, m)))
+            .collect()
+    }
+
+    /// Undo `take_ready` for these: first in line again, in their order.
+    pub(super) fn put_back(&mut self, name: &str, back: Vec<(Entry, Arc<Message>)>) {
+        let Some(q) = self.by_name.get_mut(name) else {
+            return;
+        };
+        for (e, m) in back.into_iter().rev() {
+            q.messages.insert(e.id, m);
+            q.core.put_back(e);
+        }
+    }
+
     /// Is a queue bound to `topic`?
     pub(super) fn bound(&mut self, topic: &str) -> bool {
         let mut m = std::mem::take(&mut self.scratch);
@@ -265,7 +320,7 @@ impl Router {
     }
 
     /// Write a queue op (when there is a store), merging runs of `QueueDone`.
-    fn queue_op(&mut self, op: Op) {
+    pub(super) fn queue_op(&mut self, op: Op) {
         let Some(st) = self.store.as_mut() else {
             return;
         };
@@ -396,6 +451,47 @@ impl Router {
             });
         }
         Ok(())
+    }
+
+    /// Move message `e` of queue `from` (taken out of it) into queue `to`, its
+    /// delivery count reset; back into `from` if `to` has no room.
+    pub(super) fn move_into(
+        &mut self,
+        from: &str,
+        to: &Arc<str>,
+        e: Entry,
+        m: Arc<Message>,
+        now: Instant,
+    ) {
+        let Some(q) = self.queues.by_name.get_mut(to) else {
+            return;
+        };
+        let entry = Entry { deliveries: 0, ..e };
+        let mut actions = Vec::new();
+        if q.core.enqueue(entry, None, now, &mut actions) != Enqueued::Taken {
+            self.queues.put_back(from, vec![(e, m)]);
+            return;
+        }
+        let to_qid = q.qid;
+        q.messages.insert(e.id, m.clone());
+        q.core.dispatch(now, &mut actions);
+        let from_qid = self.qid(from);
+        if from_qid != 0 {
+            self.queue_op(Op::QueueDone {
+                qid: from_qid,
+                mids: vec![e.id],
+            });
+        }
+        if to_qid != 0 {
+            self.queue_op(Op::QueueMsg {
+                qid: to_qid,
+                mid: e.id,
+                message: m,
+                deliveries: 0,
+                enqueued_ms: e.enqueued_ms,
+            });
+        }
+        self.carry_out(to, actions, now);
     }
 
     /// A `$queue/` filter in a SUBSCRIBE: checked, allowed by the ACL (read on

@@ -1,0 +1,134 @@
+//! `tern queue ...`: the queue operations against a running broker's admin
+//! endpoint, and the text they print.
+
+use super::http::{percent_encode, request};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One `tern queue` operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOp {
+    List,
+    Stats(String),
+    Peek(String, usize),
+    Purge(String),
+    /// Move dead letters back: to the queue each came from, or `to`; with
+    /// `rate`, at most that many per second.
+    Redrive {
+        dlq: String,
+        to: Option<String>,
+        rate: Option<usize>,
+    },
+}
+
+/// Where the admin endpoint is and its token.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl Endpoint {
+    async fn call(&self, method: &str, path: &str) -> Result<serde_json::Value, String> {
+        let (status, body) = request(self.addr, method, path, self.token.as_deref(), TIMEOUT)
+            .await
+            .map_err(|e| format!("admin endpoint {}: {e}", self.addr))?;
+        let json: serde_json::Value = serde_json::from_str(&body).map_err(|_| {
+            format!(
+                "admin endpoint {}: not a JSON answer (HTTP {status})",
+                self.addr
+            )
+        })?;
+        if status != 200 {
+            let why = json
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("unknown error");
+            return Err(format!("{why} (HTTP {status})"));
+        }
+        Ok(json)
+    }
+}
+
+/// Run `op`; the text to print.
+pub async fn run(ep: &Endpoint, op: QueueOp) -> Result<String, String> {
+    let q = |name: &str| format!("/api/v1/queues/{}", percent_encode(name));
+    match op {
+        QueueOp::List => {
+            let v = ep.call("GET", "/api/v1/queues").await?;
+            Ok(table(
+                v.get("queues")
+                    .and_then(|q| q.as_array())
+                    .map_or(&[][..], Vec::as_slice),
+            ))
+        }
+        QueueOp::Stats(name) => pretty(ep.call("GET", &q(&name)).await?),
+        QueueOp::Peek(name, n) => pretty(
+            ep.call("GET", &format!("{}/messages?n={n}", q(&name)))
+                .await?,
+        ),
+        QueueOp::Purge(name) => {
+            let v = ep.call("POST", &format!("{}/purge", q(&name))).await?;
+            Ok(format!("purged {} messages from {name}", count(&v)))
+        }
+        QueueOp::Redrive { dlq, to, rate } => {
+            let to = to
+                .map(|t| format!("&to={}", percent_encode(&t)))
+                .unwrap_or_default();
+            let batch = rate.unwrap_or(usize::MAX >> 1).max(1);
+            let mut moved = 0u64;
+            loop {
+                let path = format!("{}/redrive?max={batch}{to}", q(&dlq));
+                let n = count(&ep.call("POST", &path).await?);
+                moved += n;
+                if n < batch as u64 || rate.is_none() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(format!("moved {moved} messages out of {dlq}"))
+        }
+    }
+}
+
+fn count(v: &serde_json::Value) -> u64 {
+    v.get("count").and_then(|c| c.as_u64()).unwrap_or(0)
+}
+
+fn pretty(v: serde_json::Value) -> Result<String, String> {
+    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
+}
+
+/// The queue list as a table.
+fn table(queues: &[serde_json::Value]) -> String {
+    let mut out = format!(
+        "{:<24} {:>9} {:>9} {:>9} {:>13} {:>12}  {}\n",
+        "NAME",
+        "DEPTH",
+        "IN_FLIGHT",
+        "CONSUMERS",
+        "DEAD_LETTERED",
+        "OLDEST_AGE",
+        "DEAD_LETTER_QUEUE"
+    );
+    let num = |q: &serde_json::Value, k: &str| q.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    for q in queues {
+        let age = q
+            .get("oldest_age_ms")
+            .and_then(|v| v.as_u64())
+            .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        out.push_str(&format!(
+            "{:<24} {:>9} {:>9} {:>9} {:>13} {:>12}  {}\n",
+            q.get("name").and_then(|v| v.as_str()).unwrap_or("?"),
+            num(q, "depth"),
+            num(q, "in_flight"),
+            num(q, "consumers"),
+            num(q, "dead_lettered"),
+            age,
+            q.get("dead_letter").and_then(|v| v.as_str()).unwrap_or("-"),
+        ));
+    }
+    out
+}

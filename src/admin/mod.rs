@@ -1,0 +1,245 @@
+//! The admin endpoint: an HTTP listener (off unless `[admin] bind` is set,
+//! 127.0.0.1 in the example config) for the operations `tern queue ...` uses:
+//!
+//! - `GET /api/v1/queues`: every queue with its numbers
+//! - `GET /api/v1/queues/<name>`: one queue
+//! - `GET /api/v1/queues/<name>/messages?n=N`: its next N messages (a peek)
+//! - `POST /api/v1/queues/<name>/purge`: remove its waiting messages
+//! - `POST /api/v1/queues/<name>/redrive?to=<queue>&max=N`: move up to N
+//!   dead letters back (to the queue each came from, or `to`)
+//!
+//! A request waits for the router like a client's SUBSCRIBE does (bounded
+//! channel, then a one-shot answer); a few at a time, each bounded in bytes and
+//! time, so the endpoint cannot be used to hold the broker's memory. With
+//! `[admin] token` every request must carry `Authorization: Bearer <token>`.
+
+pub mod cli;
+pub mod http;
+
+use crate::router::{AdminReply, AdminRequest, RouterMsg};
+use http::{read_request, write_response, HttpError, Request};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// Requests served at once; more wait in the kernel's accept queue.
+const CONCURRENT: usize = 8;
+/// A request head must arrive within this.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages one peek may return, and the default.
+const MAX_PEEK: usize = 1_000;
+const DEFAULT_PEEK: usize = 10;
+/// Dead letters one redrive request moves by default.
+const DEFAULT_REDRIVE: usize = 1_000;
+
+/// Serve the admin endpoint on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    router: mpsc::Sender<RouterMsg>,
+    token: Option<Arc<str>>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let stream = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    debug!("admin accept: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let (router, token) = (router.clone(), token.clone());
+        tokio::spawn(async move {
+            handle(stream, &router, token.as_deref()).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(mut s: TcpStream, router: &mpsc::Sender<RouterMsg>, token: Option<&str>) {
+    let req = match read_request(&mut s, READ_TIMEOUT).await {
+        Ok(r) => r,
+        Err(HttpError::TooLarge) => return reply(&mut s, 413, error("request too large")).await,
+        Err(HttpError::Malformed) => return reply(&mut s, 400, error("malformed request")).await,
+        Err(_) => return,
+    };
+    if let Some(t) = token {
+        let given = req.bearer.as_deref().unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), t.as_bytes()) {
+            return reply(
+                &mut s,
+                401,
+                error("a valid Authorization: Bearer token is required"),
+            )
+            .await;
+        }
+    }
+    let request = match route(&req) {
+        Ok(r) => r,
+        Err((status, why)) => return reply(&mut s, status, error(&why)).await,
+    };
+    let mutation = matches!(
+        request,
+        AdminRequest::Purge(_) | AdminRequest::Redrive { .. }
+    );
+    let (tx, rx) = oneshot::channel();
+    let answer = match router.send(RouterMsg::Admin { request, reply: tx }).await {
+        Ok(()) => rx.await.ok(),
+        Err(_) => None,
+    };
+    let Some(answer) = answer else {
+        return reply(&mut s, 503, error("the broker is shutting down")).await;
+    };
+    if mutation {
+        info!(method = %req.method, path = %req.path.join("/"), "admin operation");
+    }
+    let (status, body) = render(answer);
+    reply(&mut s, status, body).await
+}
+
+async fn reply(s: &mut TcpStream, status: u16, body: serde_json::Value) {
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    write_response(s, status, &bytes).await;
+}
+
+fn error(why: &str) -> serde_json::Value {
+    serde_json::json!({ "error": why })
+}
+
+/// The router request a path and method ask for, or the HTTP error.
+fn route(req: &Request) -> Result<AdminRequest, (u16, String)> {
+    let get = req.method == "GET";
+    let post = req.method == "POST";
+    let query = |k: &str| {
+        req.query
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let number = |k: &str, default: usize| -> Result<usize, (u16, String)> {
+        query(k).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| (400, format!("{k} must be a whole number")))
+        })
+    };
+    let path: Vec<&str> = req.path.iter().map(String::as_str).collect();
+    let (want_get, request) = match path.as_slice() {
+        ["api", "v1", "queues"] => (true, AdminRequest::Queues),
+        ["api", "v1", "queues", name] => (true, AdminRequest::Queue(name.to_string())),
+        ["api", "v1", "queues", name, "messages"] => (
+            true,
+            AdminRequest::Peek {
+                queue: name.to_string(),
+                n: number("n", DEFAULT_PEEK)?.min(MAX_PEEK),
+            },
+        ),
+        ["api", "v1", "queues", name, "purge"] => (false, AdminRequest::Purge(name.to_string())),
+        ["api", "v1", "queues", name, "redrive"] => (
+            false,
+            AdminRequest::Redrive {
+                from: name.to_string(),
+                to: query("to").filter(|t| !t.is_empty()).map(str::to_string),
+                max: number("max", DEFAULT_REDRIVE)?,
+            },
+        ),
+        _ => return Err((404, "no such endpoint".into())),
+    };
+    match (want_get, get, post) {
+        (true, true, _) | (false, _, true) => Ok(request),
+        (true, ..) => Err((405, "use GET".into())),
+        (false, ..) => Err((405, "use POST".into())),
+    }
+}
+
+fn render(answer: AdminReply) -> (u16, serde_json::Value) {
+    let json = |v: Result<serde_json::Value, serde_json::Error>| v.unwrap_or_default();
+    match answer {
+        AdminReply::Queues(v) => (
+            200,
+            serde_json::json!({ "queues": json(serde_json::to_value(v)) }),
+        ),
+        AdminReply::Queue(q) => (200, json(serde_json::to_value(q))),
+        AdminReply::Peek(v) => (
+            200,
+            serde_json::json!({ "messages": json(serde_json::to_value(v)) }),
+        ),
+        AdminReply::Count(n) => (200, serde_json::json!({ "count": n })),
+        AdminReply::NoSuchQueue(n) => (404, error(&format!("no queue named {n:?}"))),
+        AdminReply::NoTarget => (
+            409,
+            error("the messages name no queue that exists (tern-queue); give one with to="),
+        ),
+    }
+}
+
+/// Compare without leaking where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, target: &str) -> Request {
+        http::parse_head(format!("{method} {target} HTTP/1.1").as_bytes()).expect("valid")
+    }
+
+    #[test]
+    fn routes_and_their_methods() {
+        assert_eq!(
+            route(&req("GET", "/api/v1/queues")),
+            Ok(AdminRequest::Queues)
+        );
+        assert_eq!(
+            route(&req("GET", "/api/v1/queues/jobs/messages?n=5000")),
+            Ok(AdminRequest::Peek {
+                queue: "jobs".into(),
+                n: MAX_PEEK
+            })
+        );
+        assert_eq!(
+            route(&req(
+                "POST",
+                "/api/v1/queues/jobs-dlq/redrive?to=jobs&max=7"
+            )),
+            Ok(AdminRequest::Redrive {
+                from: "jobs-dlq".into(),
+                to: Some("jobs".into()),
+                max: 7
+            })
+        );
+        assert_eq!(
+            route(&req("GET", "/api/v1/queues/jobs/purge")).map_err(|e| e.0),
+            Err(405)
+        );
+        assert_eq!(
+            route(&req("POST", "/api/v1/queues")).map_err(|e| e.0),
+            Err(405)
+        );
+        assert_eq!(route(&req("GET", "/metrics")).map_err(|e| e.0), Err(404));
+        assert_eq!(
+            route(&req("GET", "/api/v1/queues/jobs/messages?n=x")).map_err(|e| e.0),
+            Err(400)
+        );
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
