@@ -1,6 +1,6 @@
 //! The router's record of one client: its session, its connection (if any), its
 //! Will and when a pending one is due, its expiry, backpressure state, store
-//! gating and identity.
+//! gating, identity and a CONNECT waiting to take it over.
 
 use super::*;
 
@@ -51,6 +51,8 @@ pub(super) struct Client {
     /// Whom this session counts against in `Router::quota`; None: it ends with
     /// its connection (not counted). Boxed: clean clients are the many.
     pub(super) holder: Option<Box<Holder>>,
+    /// A CONNECT waiting for the live connection it takes over to end.
+    pub(super) parked: Option<Box<super::takeover::ParkedConnect>>,
 }
 
 impl Client {
@@ -103,6 +105,7 @@ impl Client {
             by_password: false,
             retained: None,
             holder: None,
+            parked: None,
         }
     }
 }

@@ -53,6 +53,7 @@ mod retained;
 mod room;
 mod run;
 mod subscribe;
+mod takeover;
 
 use client::{Client, HeldAck};
 use durable::{Held, StoreLink};
@@ -203,10 +204,7 @@ impl Router {
 
     fn handle_msg(&mut self, msg: RouterMsg, now: Instant) -> bool {
         match msg {
-            RouterMsg::Connect { request, reply } => {
-                let r = self.connect(*request, now);
-                let _ = reply.send(r);
-            }
+            RouterMsg::Connect { request, reply } => self.connect_or_park(*request, reply, now),
             RouterMsg::SetAcl { acl, reply } => {
                 self.set_acl(acl, now);
                 let _ = reply.send(());
@@ -278,7 +276,7 @@ impl Router {
                 conn_id,
                 kind,
                 session_expiry,
-            } => self.disconnected(&client, conn_id, kind, session_expiry, now),
+            } => self.connection_ended(&client, conn_id, kind, session_expiry, now),
             RouterMsg::Shutdown { reply } => {
                 self.shutdown(now);
                 let _ = reply.send(());
@@ -304,6 +302,7 @@ impl Router {
         self.turn = now;
         let now = now.now;
         while let Some(id) = self.deadlines.pop_due(now) {
+            self.parked_overdue(&id, now);
             let Some(c) = self.clients.get_mut(&id) else {
                 continue;
             };
@@ -359,6 +358,9 @@ impl Router {
         let now_unix = self.turn.unix_secs_of(now);
         let mut persisted = Vec::new();
         for (id, c) in self.clients.iter_mut() {
+            if let Some(p) = c.parked.take() {
+                p.refuse(ReasonCode::SERVER_UNAVAILABLE);
+            }
             if let Some(h) = c.conn.take() {
                 c.disconnected_unix = now_unix;
                 if c.sid != 0 {
@@ -528,14 +530,15 @@ impl Router {
     /// Close `id`'s live connection, if any, for a new one [MQTT-3.1.4-3]; its
     /// will follows the normal rules (published now, or after its delay unless
     /// the new connection resumes the session first). Returns whether the session
-    /// ended with it.
+    /// ended with it. A CONNECT from a connection task waits for the old
+    /// connection's own report first (`takeover.rs`): a live one is left here
+    /// only when it did not report within `TAKEOVER_WAIT`.
     fn take_over(&mut self, id: &ClientId, now: Instant) -> bool {
         let mut ended = false;
         let mut taken_over = false;
         if let Some(c) = self.clients.get_mut(id) {
             if let Some(old) = c.conn.take() {
                 let _ = old.kick.send(ReasonCode::SESSION_TAKEN_OVER);
-                self.metrics.takeovers.fetch_add(1, Ordering::Relaxed);
                 c.arm_will(now);
                 // A session with expiry 0 ends with its connection: nothing to
                 // resume [MQTT-3.1.2-?, 3.1.2.11.2].
