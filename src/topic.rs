@@ -25,6 +25,15 @@ pub enum TopicError {
     BadShare,
 }
 
+impl TopicError {
+    /// Over one of Tern's own limits (length, levels), not against the spec: a
+    /// well-formed filter this server does not accept (SUBACK 0x8F), where the
+    /// other errors make the packet malformed.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, TopicError::TooLong(_) | TopicError::TooDeep(_))
+    }
+}
+
 /// Limits applied to every topic and filter (from `[limits]`).
 #[derive(Debug, Clone, Copy)]
 pub struct TopicLimits {
@@ -116,6 +125,19 @@ impl FilterSpec {
         })
     }
 
+    /// Check a filter as sent in SUBSCRIBE / UNSUBSCRIBE against the spec only
+    /// (no length or level limit): empty [MQTT-4.7.3-1], `#` not alone in the
+    /// last level [MQTT-4.7.1-2], `+` not a whole level [MQTT-4.7.1-3] (3.1.1
+    /// numbering; 5.0's [MQTT-4.7.1-1/2]), a `$share/` without a ShareName or a
+    /// filter [MQTT-4.8.2-1] [MQTT-4.8.2-2].
+    pub fn check_syntax(s: &str) -> Result<(), TopicError> {
+        let unlimited = TopicLimits {
+            max_levels: usize::MAX,
+            max_len: usize::MAX,
+        };
+        FilterSpec::parse(s, unlimited).map(drop)
+    }
+
     pub fn is_shared(&self) -> bool {
         self.share_group.is_some()
     }
@@ -202,6 +224,28 @@ mod tests {
             assert!(FilterSpec::parse(bad, L).is_err(), "{bad}");
         }
         assert!(!FilterSpec::parse("$SYS/#", L).unwrap().is_shared());
+    }
+
+    /// The spec's syntax alone: a filter over Tern's limits passes it (it gets
+    /// SUBACK 0x8F), a malformed one fails it however short.
+    #[test]
+    fn syntax_without_limits() {
+        let deep = "a/".repeat(20) + "#";
+        assert_eq!(FilterSpec::parse(&deep, L), Err(TopicError::TooDeep(8)));
+        assert!(FilterSpec::parse(&deep, L).unwrap_err().is_limit());
+        assert!(FilterSpec::check_syntax(&deep).is_ok());
+        for bad in [
+            "",
+            "#/a",
+            "a+",
+            "a/#/b",
+            "$share/g",
+            "$share//a",
+            "$share/g/",
+        ] {
+            let e = FilterSpec::check_syntax(bad).unwrap_err();
+            assert!(!e.is_limit(), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -293,6 +293,16 @@ async fn expect_disconnect_one_of(c: &mut RawClient, codes: &[u8]) {
     }
 }
 
+/// A SUBSCRIBE / UNSUBSCRIBE with a malformed filter: v5 DISCONNECT 0x8F Topic
+/// Filter invalid then close, 3.1.1 close without an acknowledgement.
+async fn expect_filter_refused(c: &mut RawClient) {
+    if c.version == V5 {
+        expect_disconnect(c, 0x8F).await;
+    } else {
+        expect_closed(c).await;
+    }
+}
+
 /// The broker closes the connection without sending anything.
 async fn expect_closed(c: &mut RawClient) {
     let seen = c.until_closed().await;
@@ -1028,11 +1038,14 @@ async fn mqtt_3_8_4_2_suback_has_subscribe_packet_id() {
 
 /// [MQTT-3.9.3-1] "The order of Reason Codes in the SUBACK packet MUST match the
 /// order of Topic Filters in the SUBSCRIBE packet"; [MQTT-3.8.4-5] (3.1.1) one
-/// return code per filter; invalid filters ([MQTT-4.7.1-2], [MQTT-4.7.1-3]) fail
-/// alone (3.1.1 0x80, 5.0 0x8F).
+/// return code per filter; well-formed filters this server does not accept
+/// (over `max_topic_levels`) fail alone (3.1.1 0x80, 5.0 0x8F). (Malformed
+/// filters close the connection: see `mqtt_4_7_1_malformed_filter_closes`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_9_3_1_suback_codes_in_filter_order() {
     let (_b, addr) = start_default().await;
+    let deep = "x/".repeat(40) + "#";
+    let deeper = "+/".repeat(40) + "y";
     for (v, bad) in [(V311, 0x80), (V5, 0x8F)] {
         let mut c = client(addr, v, "order").await;
         let codes = subscribe_with(
@@ -1040,28 +1053,75 @@ async fn mqtt_3_9_3_1_suback_codes_in_filter_order() {
             3,
             &[
                 ("a/b", opts(2)),
-                ("sport/tennis#", opts(0)),
+                (&deep, opts(0)),
                 ("c/+", opts(1)),
-                ("#/x", opts(0)),
-                ("sport+", opts(1)),
+                (&deeper, opts(0)),
                 ("d/#", opts(0)),
             ],
             None,
         )
         .await;
-        assert_eq!(codes, [2, bad, 1, bad, bad, 0], "{v:?}");
+        assert_eq!(codes, [2, bad, 1, bad, 0], "{v:?}");
     }
 }
 
 /// [MQTT-4.7.3-1] "All Topic Names and Topic Filters MUST be at least one character
-/// long": an empty filter is refused in SUBACK.
+/// long": an empty filter makes the SUBSCRIBE malformed; the connection closes
+/// (3.1.1 [MQTT-4.8.0-1]; 5.0 after DISCONNECT 0x8F) instead of a SUBACK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_4_7_3_1_empty_topic_filter_refused() {
+async fn mqtt_4_7_3_1_empty_topic_filter_closes() {
     let (_b, addr) = start_default().await;
-    for (v, bad) in [(V311, 0x80), (V5, 0x8F)] {
+    for v in [V311, V5] {
         let mut c = client(addr, v, "empty").await;
-        let codes = subscribe_with(&mut c, 4, &[("", opts(0)), ("ok", opts(0))], None).await;
-        assert_eq!(codes, [bad, 0], "{v:?}");
+        c.send(&Packet::Subscribe(Subscribe {
+            packet_id: pid(4),
+            properties: Default::default(),
+            filters: vec![
+                SubscribeFilter {
+                    filter: String::new(),
+                    options: opts(0),
+                },
+                SubscribeFilter {
+                    filter: "ok".into(),
+                    options: opts(0),
+                },
+            ],
+        }))
+        .await;
+        expect_filter_refused(&mut c).await;
+    }
+}
+
+/// Issue 16 (2): a malformed filter (`#` not last, `+` not a whole level, empty;
+/// 3.1.1 [MQTT-4.7.1-2] [MQTT-4.7.1-3] [MQTT-4.7.3-1], 5.0 [MQTT-4.7.1-1/2]) in
+/// SUBSCRIBE or UNSUBSCRIBE was answered (SUBACK 0x80 / 0x8F, even a plain
+/// UNSUBACK on 3.1.1) with the connection kept. The packet is malformed: close
+/// (3.1.1 [MQTT-4.8.0-1]), on 5.0 after DISCONNECT 0x8F. Raw bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_4_7_1_malformed_filter_closes() {
+    let (_b, addr) = start_default().await;
+    #[rustfmt::skip]
+    let cases = [
+        ("SUBSCRIBE #/a", V311, "82 08 00 01 00 03 23 2f 61 00"),
+        ("SUBSCRIBE #/a", V5, "82 09 00 01 00 00 03 23 2f 61 00"),
+        ("SUBSCRIBE a+ after a good filter", V311, "82 0b 00 01 00 01 62 00 00 02 61 2b 00"),
+        ("SUBSCRIBE a+", V5, "82 08 00 01 00 00 02 61 2b 00"),
+        ("UNSUBSCRIBE #/a", V311, "a2 07 00 01 00 03 23 2f 61"),
+        ("UNSUBSCRIBE #/a", V5, "a2 08 00 01 00 00 03 23 2f 61"),
+        ("UNSUBSCRIBE empty", V311, "a2 04 00 01 00 00"),
+        ("UNSUBSCRIBE $share/g", V5, "a2 0d 00 01 00 00 08 24 73 68 61 72 65 2f 67"),
+    ];
+    for (what, v, bytes) in cases {
+        let mut c = client(addr, v, "malf").await;
+        c.send_bytes(&hex(bytes)).await;
+        let seen = c.until_closed().await;
+        match (v, seen.as_slice()) {
+            (V5, [Packet::Disconnect(d)]) => {
+                assert_eq!(d.reason_code.0, 0x8F, "{what} {v:?}")
+            }
+            (V311, []) => {}
+            _ => panic!("{what} {v:?}: expected a close, got {seen:?}"),
+        }
     }
 }
 
@@ -1971,26 +2031,31 @@ async fn mqtt5_3_8_3_4_no_local_on_shared_subscription_is_protocol_error() {
 /// MUST contain a ShareName that is at least one character long" and
 /// [MQTT-4.8.2-2] "The ShareName MUST NOT contain the characters "/", "+" or "#",
 /// but MUST be followed by a "/" character. This "/" character MUST be followed by a
-/// Topic Filter."
+/// Topic Filter." A filter that breaks this is malformed: DISCONNECT 0x8F, close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt5_4_8_2_2_malformed_shared_filters_refused() {
+async fn mqtt5_4_8_2_2_malformed_shared_filters_close() {
     let (_b, addr) = start_default().await;
-    let mut c = client(addr, V5, "shbad").await;
-    let codes = subscribe_with(
-        &mut c,
-        1,
-        &[
-            ("$share//t", opts(0)),
-            ("$share/g+/t", opts(0)),
-            ("$share/g#/t", opts(0)),
-            ("$share/g", opts(0)),
-            ("$share/g/", opts(0)),
-            ("$share/g/t/#", opts(1)),
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(codes, [0x8F, 0x8F, 0x8F, 0x8F, 0x8F, 1]);
+    let mut c = client(addr, V5, "shok").await;
+    sub(&mut c, "$share/g/t/#", 1).await;
+    for bad in [
+        "$share//t",
+        "$share/g+/t",
+        "$share/g#/t",
+        "$share/g",
+        "$share/g/",
+    ] {
+        let mut c = client(addr, V5, "shbad").await;
+        c.send(&Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            properties: Default::default(),
+            filters: vec![SubscribeFilter {
+                filter: bad.into(),
+                options: opts(0),
+            }],
+        }))
+        .await;
+        expect_filter_refused(&mut c).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ use crate::protocol::{
 };
 use crate::router::{DisconnectKind, RouterMsg};
 use crate::session::ClientId;
-use crate::topic::validate_topic_name;
+use crate::topic::{validate_topic_name, FilterSpec};
 use bytes::{Buf, BytesMut};
 use close::{finish, graceful_close, Close, Registration};
 use futures_util::FutureExt;
@@ -201,6 +201,19 @@ fn unpin(p: &mut Publish, alloc: usize) {
     {
         *cd = bytes::Bytes::copy_from_slice(cd);
     }
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE with a filter against the spec's syntax is
+/// malformed, not a filter to refuse in its acknowledgement: the connection
+/// closes (3.1.1 [MQTT-4.8.0-1]; 5.0 section 4.13 after DISCONNECT 0x8F Topic
+/// Filter invalid). A filter over Tern's own limits is well formed and gets a
+/// SUBACK 0x8F from the router instead.
+fn malformed_filter<'a>(mut filters: impl Iterator<Item = &'a str>) -> Option<Close> {
+    filters.find_map(|f| {
+        FilterSpec::check_syntax(f)
+            .err()
+            .map(|_| Close::error(ReasonCode::TOPIC_FILTER_INVALID, "malformed topic filter"))
+    })
 }
 
 enum Written {
@@ -636,6 +649,9 @@ impl Conn {
     }
 
     async fn subscribe(&mut self, s: Subscribe) -> Option<Close> {
+        if let Some(close) = malformed_filter(s.filters.iter().map(|f| f.filter.as_str())) {
+            return Some(close);
+        }
         if self.version.is_v5()
             && s.filters
                 .iter()
@@ -668,6 +684,9 @@ impl Conn {
     }
 
     async fn unsubscribe(&mut self, u: Unsubscribe) -> Option<Close> {
+        if let Some(close) = malformed_filter(u.filters.iter().map(String::as_str)) {
+            return Some(close);
+        }
         let (client, conn_id, packet_id) = (self.client_id.clone(), self.conn_id, u.packet_id);
         self.ask_router_for_codes(
             |reply| RouterMsg::Unsubscribe {
