@@ -1019,6 +1019,63 @@ async fn mqtt5_3_3_2_3_2_invalid_utf8_payload_refused_0x99() {
     assert!(until_sentinel(&mut s, "end").await.is_empty());
 }
 
+/// Issue 16 (3): an acknowledgement of the wrong kind (PUBREC or PUBCOMP for a
+/// QoS 1 delivery, PUBACK for a QoS 2 one) was ignored (3.1.1) or answered with
+/// PUBREL 0x92 (5.0). It is a protocol error: the connection closes (3.1.1
+/// [MQTT-4.8.0-1]; 5.0 after DISCONNECT 0x82) and the delivery stays
+/// unacknowledged ([MQTT-4.3.2-1] / [MQTT-4.3.3-1]): sent again, DUP 1, on
+/// the next connection [MQTT-4.4.0-1]. The wrong acks are raw bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_4_3_ack_of_the_wrong_kind_closes_and_leaves_the_delivery_unacknowledged() {
+    let (_b, addr) = start_default().await;
+    let mut p = client(addr, V5, "wkp").await;
+    let mut n = 0u16;
+    for v in [V311, V5] {
+        // (QoS of the delivery, the wrong ack's first byte)
+        for (q, first) in [(1u8, 0x50u8), (1, 0x70), (2, 0x40)] {
+            n += 1;
+            let (id, topic) = (format!("wk{n}"), format!("wk/{n}"));
+            let session = || {
+                let mut c = conn(v, &id, false);
+                c.properties.session_expiry_interval = (v == V5).then_some(60);
+                c
+            };
+            let (mut s, _) = online(addr, session()).await;
+            sub(&mut s, &topic, q).await;
+            publish(&mut p, at(msg(&topic, "m"), q, n)).await;
+            let got = next_pub(&mut s).await;
+            let pid = got.packet_id.expect("packet id").get().to_be_bytes();
+            s.send_bytes(&[first, 0x02, pid[0], pid[1]]).await;
+            let seen = s.until_closed().await;
+            let what = format!("{v:?} QoS {q} answered with 0x{first:02x}");
+            match (v, seen.as_slice()) {
+                (V5, [Packet::Disconnect(d)]) => assert_eq!(d.reason_code.0, 0x82, "{what}"),
+                (V311, []) => {}
+                _ => panic!("{what}: expected a close, got {seen:?}"),
+            }
+            let (mut s, a) = online(addr, session()).await;
+            assert!(a.session_present, "{what}");
+            let again = next_pub(&mut s).await;
+            assert_eq!(
+                (again.packet_id, again.dup, text(&again)),
+                (got.packet_id, true, "m".to_string()),
+                "{what}: still unacknowledged"
+            );
+            ack(&mut s, &again).await;
+            if q == 2 {
+                match s.recv().await {
+                    Some(Packet::PubRel(r)) => {
+                        s.send(&Packet::PubComp(PubResponse::success(r.packet_id)))
+                            .await
+                    }
+                    other => panic!("{what}: expected PUBREL, got {other:?}"),
+                }
+            }
+            disconnect(s).await;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // SUBSCRIBE / UNSUBSCRIBE and topic matching
 // ---------------------------------------------------------------------------------

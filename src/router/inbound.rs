@@ -134,6 +134,9 @@ impl Router {
         success: bool,
         now: Instant,
     ) {
+        if self.ack_of_wrong_kind(client, conn_id, packet_id, QoS::ExactlyOnce) {
+            return;
+        }
         let mut known = false;
         self.on_receiver_ack(client, conn_id, now, |s| {
             known = s.on_pubrec(packet_id, success);

@@ -226,7 +226,11 @@ impl Router {
                 client,
                 conn_id,
                 packet_id,
-            } => self.on_receiver_ack(&client, conn_id, now, |s| s.on_puback(packet_id)),
+            } => {
+                if !self.ack_of_wrong_kind(&client, conn_id, packet_id, QoS::AtLeastOnce) {
+                    self.on_receiver_ack(&client, conn_id, now, |s| s.on_puback(packet_id))
+                }
+            }
             RouterMsg::PubRec {
                 client,
                 conn_id,
@@ -242,7 +246,11 @@ impl Router {
                 client,
                 conn_id,
                 packet_id,
-            } => self.on_receiver_ack(&client, conn_id, now, |s| s.on_pubcomp(packet_id)),
+            } => {
+                if !self.ack_of_wrong_kind(&client, conn_id, packet_id, QoS::ExactlyOnce) {
+                    self.on_receiver_ack(&client, conn_id, now, |s| s.on_pubcomp(packet_id))
+                }
+            }
             RouterMsg::Skipped {
                 client,
                 conn_id,
@@ -679,6 +687,33 @@ impl Router {
             return;
         }
         self.flush_session(id, now);
+    }
+
+    /// An acknowledgement meant for a `qos` delivery (PUBACK: 1; PUBREC, PUBCOMP:
+    /// 2) for a delivery in flight at the other QoS is a protocol error: the
+    /// connection closes (v5 DISCONNECT 0x82; 3.1.1 [MQTT-4.8.0-1]) and the
+    /// delivery stays unacknowledged in the session [MQTT-4.3.2-1]
+    /// [MQTT-4.3.3-1], sent again on the next connection. Returns whether it was.
+    fn ack_of_wrong_kind(
+        &mut self,
+        id: &ClientId,
+        conn_id: u64,
+        packet_id: PacketId,
+        qos: QoS,
+    ) -> bool {
+        let Some(c) = self.clients.get_mut(id) else {
+            return false;
+        };
+        if !c.session.inflight_at_other_qos(packet_id, qos) {
+            return false;
+        }
+        let Some(h) = c.conn.as_mut().filter(|h| h.conn_id == conn_id) else {
+            return false;
+        };
+        self.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        debug!(client = %id, packet_id = packet_id.get(), "acknowledgement of the wrong kind: closing the connection");
+        h.close_with(ReasonCode::PROTOCOL_ERROR);
+        true
     }
 
     /// Push deliveries into `id`'s outbox, or hold them for the store's sync.
