@@ -1019,6 +1019,42 @@ async fn mqtt5_3_3_2_3_2_invalid_utf8_payload_refused_0x99() {
     assert!(until_sentinel(&mut s, "end").await.is_empty());
 }
 
+/// Issue 16 (4): a v5 QoS 1/2 message that matched no subscription was
+/// acknowledged with 0x00. 5.0 section 3.4.2.1 / 3.5.2.1: 0x10 No matching
+/// subscribers ("The message is accepted but there are no subscribers"), which
+/// is not an error: the QoS 2 flow goes on. With a subscriber: 0x00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_3_4_2_1_no_matching_subscribers_0x10() {
+    let (_b, addr) = start_default().await;
+    let mut p = client(addr, V5, "nmp").await;
+    p.send(&Packet::Publish(at(msg("nm/t", "x"), 1, 1))).await;
+    match p.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!((a.packet_id, a.reason_code.0), (pid(1), 0x10)),
+        other => panic!("expected PUBACK 0x10, got {other:?}"),
+    }
+    p.send(&Packet::Publish(at(msg("nm/t", "x"), 2, 2))).await;
+    match p.recv().await {
+        Some(Packet::PubRec(a)) => assert_eq!((a.packet_id, a.reason_code.0), (pid(2), 0x10)),
+        other => panic!("expected PUBREC 0x10, got {other:?}"),
+    }
+    p.send(&Packet::PubRel(PubResponse::success(pid(2)))).await;
+    match p.recv().await {
+        Some(Packet::PubComp(c)) => assert_eq!((c.packet_id, c.reason_code.0), (pid(2), 0)),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    let mut s = client(addr, V5, "nms").await;
+    sub(&mut s, "nm/t", 1).await;
+    for (q, id) in [(1, 3), (2, 4)] {
+        p.send(&Packet::Publish(at(msg("nm/t", "y"), q, id))).await;
+        match p.recv().await {
+            Some(Packet::PubAck(a) | Packet::PubRec(a)) => {
+                assert_eq!((a.packet_id, a.reason_code.0), (pid(id), 0), "QoS {q}")
+            }
+            other => panic!("expected PUBACK / PUBREC 0x00, got {other:?}"),
+        }
+    }
+}
+
 /// Issue 16 (3): an acknowledgement of the wrong kind (PUBREC or PUBCOMP for a
 /// QoS 1 delivery, PUBACK for a QoS 2 one) was ignored (3.1.1) or answered with
 /// PUBREL 0x92 (5.0). It is a protocol error: the connection closes (3.1.1

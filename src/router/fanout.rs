@@ -39,6 +39,15 @@ impl Delivered {
     }
 }
 
+/// What routing one message found, for the publisher's acknowledgement.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// A receiver whose full queue holds the acknowledgement (with `may_hold`).
+    pub held_by: Option<ClientId>,
+    /// No subscription matched (counted in `messages_no_subscribers`).
+    pub unmatched: bool,
+}
+
 /// The encoded size of a delivery as a PUBLISH without topic alias (an upper bound
 /// of what is sent: an alias only shrinks it).
 fn publish_size(d: &Delivery, version: ProtocolVersion) -> usize {
@@ -60,15 +69,16 @@ fn publish_size(d: &Delivery, version: ProtocolVersion) -> usize {
 
 impl Router {
     /// Route one application message: retained store, then every matching
-    /// subscription. `from` is the publisher, for No Local. With `may_hold`, returns
-    /// a receiver whose full queue should hold the publisher's acknowledgement.
+    /// subscription. `from` is the publisher, for No Local. With `may_hold`, says
+    /// which receiver's full queue should hold the publisher's acknowledgement;
+    /// and whether nothing matched.
     pub fn publish(
         &mut self,
         from: Option<&ClientId>,
         mut p: Publish,
         now: Instant,
         may_hold: bool,
-    ) -> Option<ClientId> {
+    ) -> Routed {
         let topic: Arc<str> = Arc::from(p.topic.as_str());
         // Per-hop properties never travel on: the alias is the publisher's,
         // subscription identifiers are the receiver's (5.0 sections 3.3.2.3.4, 3.3.4).
@@ -86,7 +96,8 @@ impl Router {
             self.keep_retained(&topic, &msg);
         }
         let targets = self.targets(&topic, from);
-        if targets.is_empty() {
+        let unmatched = targets.is_empty();
+        if unmatched {
             self.metrics
                 .messages_no_subscribers
                 .fetch_add(1, Ordering::Relaxed);
@@ -117,7 +128,7 @@ impl Router {
         if !receivers.is_empty() {
             self.write_message(msg, receivers);
         }
-        held_by
+        Routed { held_by, unmatched }
     }
 
     /// Keep (or clear) the retained message of `topic`, unless the store is at
