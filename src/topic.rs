@@ -74,6 +74,15 @@ pub fn validate_topic_name(s: &str, limits: TopicLimits) -> Result<(), TopicErro
     Ok(())
 }
 
+/// Is `topic` in the `$SYS` tree, the server's own? 4.7.2 advises that
+/// `$SYS/` is used by the server for its information: clients may read it but
+/// not publish into it, so nothing there can be forged.
+pub fn is_sys_topic(topic: &str) -> bool {
+    topic
+        .strip_prefix("$SYS")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// Validate a (non-shared) topic filter.
 pub fn validate_filter(s: &str, limits: TopicLimits) -> Result<(), TopicError> {
     check_size(s, limits)?;
@@ -202,6 +211,16 @@ mod tests {
             validate_topic_name(&"x".repeat(101), L),
             Err(TopicError::TooLong(100))
         );
+    }
+
+    #[test]
+    fn sys_tree() {
+        for sys in ["$SYS", "$SYS/", "$SYS/broker/uptime"] {
+            assert!(is_sys_topic(sys), "{sys}");
+        }
+        for other in ["$SYSTEM/x", "$sys/x", "a/$SYS/x", "SYS/x", "$share/g/x"] {
+            assert!(!is_sys_topic(other), "{other}");
+        }
     }
 
     #[test]

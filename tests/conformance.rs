@@ -1316,6 +1316,69 @@ async fn mqtt_4_7_2_1_dollar_topics_not_matched_by_leading_wildcard() {
     assert_eq!(got.topic, "$test/monitor/Clients", "$test/# matches");
 }
 
+/// Issue 16 (5): clients could publish into `$SYS/`, the server's own tree
+/// (4.7.2: "$SYS/ has been widely adopted as a prefix to topics that contain
+/// Server-specific information"), so they could forge what Tern will publish
+/// there. Refused: v5 PUBACK / PUBREC 0x87 Not authorized; 3.1.1 has no
+/// negative ack, so the flow completes and the message is dropped; each counted
+/// in `sys_publish_denied`. A Will into `$SYS` is refused with the CONNECT.
+/// `$SYSTEM/...` is not the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_4_7_2_client_publish_into_sys_refused() {
+    let (b, addr) = start_default().await;
+    let mut w = client(addr, V5, "sysw").await;
+    let codes = subscribe_with(
+        &mut w,
+        1,
+        &[
+            ("$SYS/#", opts(1)),
+            ("$SYSTEM/#", opts(1)),
+            ("sys/end", opts(1)),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(codes, [1, 1, 1]);
+    let mut p5 = client(addr, V5, "sysp5").await;
+    p5.send(&Packet::Publish(msg("$SYS/broker/uptime", "forged")))
+        .await;
+    for (q, id) in [(1u8, 1u16), (2, 2)] {
+        p5.send(&Packet::Publish(at(
+            msg("$SYS/broker/uptime", "forged"),
+            q,
+            id,
+        )))
+        .await;
+        match p5.recv().await {
+            Some(Packet::PubAck(a) | Packet::PubRec(a)) => {
+                assert_eq!((a.packet_id, a.reason_code.0), (pid(id), 0x87), "QoS {q}")
+            }
+            other => panic!("expected 0x87, got {other:?}"),
+        }
+    }
+    let mut p3 = client(addr, V311, "sysp3").await;
+    publish(&mut p3, msg("$SYS", "forged")).await;
+    publish(&mut p3, at(msg("$SYS/x", "forged"), 1, 3)).await;
+    publish(&mut p3, at(msg("$SYS/x", "forged"), 2, 4)).await;
+    publish(&mut p3, at(msg("$SYSTEM/x", "mine"), 1, 5)).await;
+    publish(&mut p3, at(msg("sys/end", "end"), 1, 6)).await;
+    let got = until_sentinel(&mut w, "end").await;
+    let topics: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(topics, ["$SYSTEM/x"], "nothing published into $SYS");
+    let denied = b
+        .metrics()
+        .sys_publish_denied
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(denied, 6, "every refusal counted");
+    for v in [V311, V5] {
+        let mut c = conn(v, "sysw-will", true);
+        c.will = Some(will("$SYS/broker/clients", "forged", 0, false));
+        let (_, a) = open(addr, c).await;
+        // 0x87 Not authorized; 3.1.1's 0x05 reads as 0x87.
+        assert_eq!(a.reason_code.0, 0x87, "{v:?}: a Will into $SYS");
+    }
+}
+
 /// [MQTT-4.7.3-4] "When it performs subscription matching the Server MUST NOT
 /// perform any normalization of Topic Names or Topic Filters": matching is
 /// case-sensitive and byte-exact.

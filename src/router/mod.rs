@@ -488,6 +488,13 @@ impl Router {
         let id = &req.client_id;
         // A Will the client may not publish is refused with the CONNECT, as
         // Mosquitto does, rather than accepted and silently dropped later.
+        if req
+            .will
+            .as_ref()
+            .is_some_and(|w| self.writes_sys(id, &w.topic))
+        {
+            return Err(ReasonCode::NOT_AUTHORIZED);
+        }
         if let (Some(acl), Some(w)) = (&self.acl, &req.will) {
             if !acl.can_publish(req.username.as_deref(), id, &w.topic) {
                 self.metrics
