@@ -206,6 +206,23 @@ async fn subscribe_with(
     filters: &[(&str, SubscriptionOptions)],
     sub_id: Option<u32>,
 ) -> Vec<u8> {
+    send_subscribe(c, id, filters, sub_id).await;
+    match c.recv().await {
+        Some(Packet::SubAck(s)) => {
+            assert_eq!(s.packet_id, pid(id), "SUBACK packet id [MQTT-3.8.4-2]");
+            s.reason_codes.iter().map(|r| r.0).collect()
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+/// Send a SUBSCRIBE (the answer is left to the caller).
+async fn send_subscribe(
+    c: &mut RawClient,
+    id: u16,
+    filters: &[(&str, SubscriptionOptions)],
+    sub_id: Option<u32>,
+) {
     c.send(&Packet::Subscribe(Subscribe {
         packet_id: pid(id),
         properties: SubscribeProperties {
@@ -221,13 +238,6 @@ async fn subscribe_with(
             .collect(),
     }))
     .await;
-    match c.recv().await {
-        Some(Packet::SubAck(s)) => {
-            assert_eq!(s.packet_id, pid(id), "SUBACK packet id [MQTT-3.8.4-2]");
-            s.reason_codes.iter().map(|r| r.0).collect()
-        }
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
 }
 
 /// Subscribe to one filter and assert the requested QoS was granted.
@@ -1166,21 +1176,7 @@ async fn mqtt_4_7_3_1_empty_topic_filter_closes() {
     let (_b, addr) = start_default().await;
     for v in [V311, V5] {
         let mut c = client(addr, v, "empty").await;
-        c.send(&Packet::Subscribe(Subscribe {
-            packet_id: pid(4),
-            properties: Default::default(),
-            filters: vec![
-                SubscribeFilter {
-                    filter: String::new(),
-                    options: opts(0),
-                },
-                SubscribeFilter {
-                    filter: "ok".into(),
-                    options: opts(0),
-                },
-            ],
-        }))
-        .await;
+        send_subscribe(&mut c, 4, &[("", opts(0)), ("ok", opts(0))], None).await;
         expect_filter_refused(&mut c).await;
     }
 }
@@ -2201,15 +2197,7 @@ async fn mqtt5_4_8_2_2_malformed_shared_filters_close() {
         "$share/g/",
     ] {
         let mut c = client(addr, V5, "shbad").await;
-        c.send(&Packet::Subscribe(Subscribe {
-            packet_id: pid(1),
-            properties: Default::default(),
-            filters: vec![SubscribeFilter {
-                filter: bad.into(),
-                options: opts(0),
-            }],
-        }))
-        .await;
+        send_subscribe(&mut c, 1, &[(bad, opts(0))], None).await;
         expect_filter_refused(&mut c).await;
     }
 }
