@@ -62,6 +62,8 @@ pub struct Metrics {
     pub logins_refused: AtomicU64,
     /// PUBLISHes (and Wills) dropped because the ACL denies writing the topic.
     pub acl_denied_publish: AtomicU64,
+    /// Client PUBLISHes (and Wills) refused because they write into `$SYS`.
+    pub sys_publish_denied: AtomicU64,
     /// Subscriptions refused (SUBACK 0x80 / 0x87) or removed by an ACL reload.
     pub acl_denied_subscribe: AtomicU64,
     /// Deliveries not made because the ACL denies the receiver reading the topic.

@@ -516,6 +516,15 @@ impl Session {
             .position(|i| i.packet_id == pid && i.state == state)
     }
 
+    /// A delivery is in flight with `pid` at a QoS other than `qos`: an
+    /// acknowledgement meant for `qos` (PUBACK: 1; PUBREC, PUBCOMP: 2) is of the
+    /// wrong kind for it.
+    pub fn inflight_at_other_qos(&self, pid: PacketId, qos: QoS) -> bool {
+        self.inflight
+            .iter()
+            .any(|i| i.packet_id == pid && i.delivery.qos != qos)
+    }
+
     /// PUBACK from the client: the QoS 1 delivery is done. False if unknown.
     pub fn on_puback(&mut self, pid: PacketId) -> bool {
         self.on_puback_with(pid, ReasonCode::SUCCESS)
@@ -823,6 +832,27 @@ mod tests {
         assert!(s.on_pubrec(b, false), "error PUBREC ends the flow");
         assert!(s.on_puback(c));
         assert_eq!(s.inflight_len(), 0);
+    }
+
+    /// An ack is of the wrong kind for an id in flight at the other QoS; an
+    /// unknown id is not (it is answered or ignored as before).
+    #[test]
+    fn acks_of_the_wrong_kind_are_told_apart() {
+        let now = Instant::now();
+        let mut s = Session::new("c".into());
+        s.set_window(10);
+        let one = pid_of(&s.deliver(d(QoS::AtLeastOnce, now), true, &LIM, now, false));
+        let two = pid_of(&s.deliver(d(QoS::ExactlyOnce, now), true, &LIM, now, false));
+        assert!(s.inflight_at_other_qos(one, QoS::ExactlyOnce));
+        assert!(!s.inflight_at_other_qos(one, QoS::AtLeastOnce));
+        assert!(s.inflight_at_other_qos(two, QoS::AtLeastOnce));
+        assert!(s.on_pubrec(two, true));
+        assert!(
+            s.inflight_at_other_qos(two, QoS::AtLeastOnce),
+            "after PUBREC too"
+        );
+        let unknown = PacketId::new(99).expect("non-zero");
+        assert!(!s.inflight_at_other_qos(unknown, QoS::AtLeastOnce));
     }
 
     #[test]

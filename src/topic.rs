@@ -27,6 +27,15 @@ pub enum TopicError {
     BadQueue,
 }
 
+impl TopicError {
+    /// Over one of Tern's own limits (length, levels), not against the spec: a
+    /// well-formed filter this server does not accept (SUBACK 0x8F), where the
+    /// other errors make the packet malformed.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, TopicError::TooLong(_) | TopicError::TooDeep(_))
+    }
+}
+
 /// Limits applied to every topic and filter (from `[limits]`).
 #[derive(Debug, Clone, Copy)]
 pub struct TopicLimits {
@@ -65,6 +74,15 @@ pub fn validate_topic_name(s: &str, limits: TopicLimits) -> Result<(), TopicErro
         return Err(TopicError::WildcardInName);
     }
     Ok(())
+}
+
+/// Is `topic` in the `$SYS` tree, the server's own? 4.7.2 advises that
+/// `$SYS/` is used by the server for its information: clients may read it but
+/// not publish into it, so nothing there can be forged.
+pub fn is_sys_topic(topic: &str) -> bool {
+    topic
+        .strip_prefix("$SYS")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Validate a (non-shared) topic filter.
@@ -116,6 +134,19 @@ impl FilterSpec {
             share_group: None,
             filter: s.into(),
         })
+    }
+
+    /// Check a filter as sent in SUBSCRIBE / UNSUBSCRIBE against the spec only
+    /// (no length or level limit): empty [MQTT-4.7.3-1], `#` not alone in the
+    /// last level [MQTT-4.7.1-2], `+` not a whole level [MQTT-4.7.1-3] (3.1.1
+    /// numbering; 5.0's [MQTT-4.7.1-1/2]), a `$share/` without a ShareName or a
+    /// filter [MQTT-4.8.2-1] [MQTT-4.8.2-2].
+    pub fn check_syntax(s: &str) -> Result<(), TopicError> {
+        let unlimited = TopicLimits {
+            max_levels: usize::MAX,
+            max_len: usize::MAX,
+        };
+        FilterSpec::parse(s, unlimited).map(drop)
     }
 
     pub fn is_shared(&self) -> bool {
@@ -215,6 +246,16 @@ mod tests {
     }
 
     #[test]
+    fn sys_tree() {
+        for sys in ["$SYS", "$SYS/", "$SYS/broker/uptime"] {
+            assert!(is_sys_topic(sys), "{sys}");
+        }
+        for other in ["$SYSTEM/x", "$sys/x", "a/$SYS/x", "SYS/x", "$share/g/x"] {
+            assert!(!is_sys_topic(other), "{other}");
+        }
+    }
+
+    #[test]
     fn filters() {
         for ok in ["#", "+", "a/#", "+/+", "/+", "a/+/b/#", "sport/tennis/+"] {
             assert!(validate_filter(ok, L).is_ok(), "{ok}");
@@ -234,6 +275,28 @@ mod tests {
             assert!(FilterSpec::parse(bad, L).is_err(), "{bad}");
         }
         assert!(!FilterSpec::parse("$SYS/#", L).unwrap().is_shared());
+    }
+
+    /// The spec's syntax alone: a filter over Tern's limits passes it (it gets
+    /// SUBACK 0x8F), a malformed one fails it however short.
+    #[test]
+    fn syntax_without_limits() {
+        let deep = "a/".repeat(20) + "#";
+        assert_eq!(FilterSpec::parse(&deep, L), Err(TopicError::TooDeep(8)));
+        assert!(FilterSpec::parse(&deep, L).unwrap_err().is_limit());
+        assert!(FilterSpec::check_syntax(&deep).is_ok());
+        for bad in [
+            "",
+            "#/a",
+            "a+",
+            "a/#/b",
+            "$share/g",
+            "$share//a",
+            "$share/g/",
+        ] {
+            let e = FilterSpec::check_syntax(bad).unwrap_err();
+            assert!(!e.is_limit(), "{bad}: {e}");
+        }
     }
 
     #[test]

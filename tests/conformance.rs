@@ -206,6 +206,23 @@ async fn subscribe_with(
     filters: &[(&str, SubscriptionOptions)],
     sub_id: Option<u32>,
 ) -> Vec<u8> {
+    send_subscribe(c, id, filters, sub_id).await;
+    match c.recv().await {
+        Some(Packet::SubAck(s)) => {
+            assert_eq!(s.packet_id, pid(id), "SUBACK packet id [MQTT-3.8.4-2]");
+            s.reason_codes.iter().map(|r| r.0).collect()
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+/// Send a SUBSCRIBE (the answer is left to the caller).
+async fn send_subscribe(
+    c: &mut RawClient,
+    id: u16,
+    filters: &[(&str, SubscriptionOptions)],
+    sub_id: Option<u32>,
+) {
     c.send(&Packet::Subscribe(Subscribe {
         packet_id: pid(id),
         properties: SubscribeProperties {
@@ -221,13 +238,6 @@ async fn subscribe_with(
             .collect(),
     }))
     .await;
-    match c.recv().await {
-        Some(Packet::SubAck(s)) => {
-            assert_eq!(s.packet_id, pid(id), "SUBACK packet id [MQTT-3.8.4-2]");
-            s.reason_codes.iter().map(|r| r.0).collect()
-        }
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
 }
 
 /// Subscribe to one filter and assert the requested QoS was granted.
@@ -290,6 +300,16 @@ async fn expect_disconnect_one_of(c: &mut RawClient, codes: &[u8]) {
             d.reason_code.0
         ),
         _ => panic!("expected one DISCONNECT {codes:02X?} then close, got {seen:?}"),
+    }
+}
+
+/// A SUBSCRIBE / UNSUBSCRIBE with a malformed filter: v5 DISCONNECT 0x8F Topic
+/// Filter invalid then close, 3.1.1 close without an acknowledgement.
+async fn expect_filter_refused(c: &mut RawClient) {
+    if c.version == V5 {
+        expect_disconnect(c, 0x8F).await;
+    } else {
+        expect_closed(c).await;
     }
 }
 
@@ -1009,6 +1029,99 @@ async fn mqtt5_3_3_2_3_2_invalid_utf8_payload_refused_0x99() {
     assert!(until_sentinel(&mut s, "end").await.is_empty());
 }
 
+/// Issue 16 (4): a v5 QoS 1/2 message that matched no subscription was
+/// acknowledged with 0x00. 5.0 section 3.4.2.1 / 3.5.2.1: 0x10 No matching
+/// subscribers ("The message is accepted but there are no subscribers"), which
+/// is not an error: the QoS 2 flow goes on. With a subscriber: 0x00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_3_4_2_1_no_matching_subscribers_0x10() {
+    let (_b, addr) = start_default().await;
+    let mut p = client(addr, V5, "nmp").await;
+    p.send(&Packet::Publish(at(msg("nm/t", "x"), 1, 1))).await;
+    match p.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!((a.packet_id, a.reason_code.0), (pid(1), 0x10)),
+        other => panic!("expected PUBACK 0x10, got {other:?}"),
+    }
+    p.send(&Packet::Publish(at(msg("nm/t", "x"), 2, 2))).await;
+    match p.recv().await {
+        Some(Packet::PubRec(a)) => assert_eq!((a.packet_id, a.reason_code.0), (pid(2), 0x10)),
+        other => panic!("expected PUBREC 0x10, got {other:?}"),
+    }
+    p.send(&Packet::PubRel(PubResponse::success(pid(2)))).await;
+    match p.recv().await {
+        Some(Packet::PubComp(c)) => assert_eq!((c.packet_id, c.reason_code.0), (pid(2), 0)),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    let mut s = client(addr, V5, "nms").await;
+    sub(&mut s, "nm/t", 1).await;
+    for (q, id) in [(1, 3), (2, 4)] {
+        p.send(&Packet::Publish(at(msg("nm/t", "y"), q, id))).await;
+        match p.recv().await {
+            Some(Packet::PubAck(a) | Packet::PubRec(a)) => {
+                assert_eq!((a.packet_id, a.reason_code.0), (pid(id), 0), "QoS {q}")
+            }
+            other => panic!("expected PUBACK / PUBREC 0x00, got {other:?}"),
+        }
+    }
+}
+
+/// Issue 16 (3): an acknowledgement of the wrong kind (PUBREC or PUBCOMP for a
+/// QoS 1 delivery, PUBACK for a QoS 2 one) was ignored (3.1.1) or answered with
+/// PUBREL 0x92 (5.0). It is a protocol error: the connection closes (3.1.1
+/// [MQTT-4.8.0-1]; 5.0 after DISCONNECT 0x82) and the delivery stays
+/// unacknowledged ([MQTT-4.3.2-1] / [MQTT-4.3.3-1]): sent again, DUP 1, on
+/// the next connection [MQTT-4.4.0-1]. The wrong acks are raw bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_4_3_ack_of_the_wrong_kind_closes_and_leaves_the_delivery_unacknowledged() {
+    let (_b, addr) = start_default().await;
+    let mut p = client(addr, V5, "wkp").await;
+    let mut n = 0u16;
+    for v in [V311, V5] {
+        // (QoS of the delivery, the wrong ack's first byte)
+        for (q, first) in [(1u8, 0x50u8), (1, 0x70), (2, 0x40)] {
+            n += 1;
+            let (id, topic) = (format!("wk{n}"), format!("wk/{n}"));
+            let session = || {
+                let mut c = conn(v, &id, false);
+                c.properties.session_expiry_interval = (v == V5).then_some(60);
+                c
+            };
+            let (mut s, _) = online(addr, session()).await;
+            sub(&mut s, &topic, q).await;
+            publish(&mut p, at(msg(&topic, "m"), q, n)).await;
+            let got = next_pub(&mut s).await;
+            let pid = got.packet_id.expect("packet id").get().to_be_bytes();
+            s.send_bytes(&[first, 0x02, pid[0], pid[1]]).await;
+            let seen = s.until_closed().await;
+            let what = format!("{v:?} QoS {q} answered with 0x{first:02x}");
+            match (v, seen.as_slice()) {
+                (V5, [Packet::Disconnect(d)]) => assert_eq!(d.reason_code.0, 0x82, "{what}"),
+                (V311, []) => {}
+                _ => panic!("{what}: expected a close, got {seen:?}"),
+            }
+            let (mut s, a) = online(addr, session()).await;
+            assert!(a.session_present, "{what}");
+            let again = next_pub(&mut s).await;
+            assert_eq!(
+                (again.packet_id, again.dup, text(&again)),
+                (got.packet_id, true, "m".to_string()),
+                "{what}: still unacknowledged"
+            );
+            ack(&mut s, &again).await;
+            if q == 2 {
+                match s.recv().await {
+                    Some(Packet::PubRel(r)) => {
+                        s.send(&Packet::PubComp(PubResponse::success(r.packet_id)))
+                            .await
+                    }
+                    other => panic!("{what}: expected PUBREL, got {other:?}"),
+                }
+            }
+            disconnect(s).await;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // SUBSCRIBE / UNSUBSCRIBE and topic matching
 // ---------------------------------------------------------------------------------
@@ -1028,11 +1141,14 @@ async fn mqtt_3_8_4_2_suback_has_subscribe_packet_id() {
 
 /// [MQTT-3.9.3-1] "The order of Reason Codes in the SUBACK packet MUST match the
 /// order of Topic Filters in the SUBSCRIBE packet"; [MQTT-3.8.4-5] (3.1.1) one
-/// return code per filter; invalid filters ([MQTT-4.7.1-2], [MQTT-4.7.1-3]) fail
-/// alone (3.1.1 0x80, 5.0 0x8F).
+/// return code per filter; well-formed filters this server does not accept
+/// (over `max_topic_levels`) fail alone (3.1.1 0x80, 5.0 0x8F). (Malformed
+/// filters close the connection: see `mqtt_4_7_1_malformed_filter_closes`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_9_3_1_suback_codes_in_filter_order() {
     let (_b, addr) = start_default().await;
+    let deep = "x/".repeat(40) + "#";
+    let deeper = "+/".repeat(40) + "y";
     for (v, bad) in [(V311, 0x80), (V5, 0x8F)] {
         let mut c = client(addr, v, "order").await;
         let codes = subscribe_with(
@@ -1040,28 +1156,61 @@ async fn mqtt_3_9_3_1_suback_codes_in_filter_order() {
             3,
             &[
                 ("a/b", opts(2)),
-                ("sport/tennis#", opts(0)),
+                (&deep, opts(0)),
                 ("c/+", opts(1)),
-                ("#/x", opts(0)),
-                ("sport+", opts(1)),
+                (&deeper, opts(0)),
                 ("d/#", opts(0)),
             ],
             None,
         )
         .await;
-        assert_eq!(codes, [2, bad, 1, bad, bad, 0], "{v:?}");
+        assert_eq!(codes, [2, bad, 1, bad, 0], "{v:?}");
     }
 }
 
 /// [MQTT-4.7.3-1] "All Topic Names and Topic Filters MUST be at least one character
-/// long": an empty filter is refused in SUBACK.
+/// long": an empty filter makes the SUBSCRIBE malformed; the connection closes
+/// (3.1.1 [MQTT-4.8.0-1]; 5.0 after DISCONNECT 0x8F) instead of a SUBACK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_4_7_3_1_empty_topic_filter_refused() {
+async fn mqtt_4_7_3_1_empty_topic_filter_closes() {
     let (_b, addr) = start_default().await;
-    for (v, bad) in [(V311, 0x80), (V5, 0x8F)] {
+    for v in [V311, V5] {
         let mut c = client(addr, v, "empty").await;
-        let codes = subscribe_with(&mut c, 4, &[("", opts(0)), ("ok", opts(0))], None).await;
-        assert_eq!(codes, [bad, 0], "{v:?}");
+        send_subscribe(&mut c, 4, &[("", opts(0)), ("ok", opts(0))], None).await;
+        expect_filter_refused(&mut c).await;
+    }
+}
+
+/// Issue 16 (2): a malformed filter (`#` not last, `+` not a whole level, empty;
+/// 3.1.1 [MQTT-4.7.1-2] [MQTT-4.7.1-3] [MQTT-4.7.3-1], 5.0 [MQTT-4.7.1-1/2]) in
+/// SUBSCRIBE or UNSUBSCRIBE was answered (SUBACK 0x80 / 0x8F, even a plain
+/// UNSUBACK on 3.1.1) with the connection kept. The packet is malformed: close
+/// (3.1.1 [MQTT-4.8.0-1]), on 5.0 after DISCONNECT 0x8F. Raw bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_4_7_1_malformed_filter_closes() {
+    let (_b, addr) = start_default().await;
+    #[rustfmt::skip]
+    let cases = [
+        ("SUBSCRIBE #/a", V311, "82 08 00 01 00 03 23 2f 61 00"),
+        ("SUBSCRIBE #/a", V5, "82 09 00 01 00 00 03 23 2f 61 00"),
+        ("SUBSCRIBE a+ after a good filter", V311, "82 0b 00 01 00 01 62 00 00 02 61 2b 00"),
+        ("SUBSCRIBE a+", V5, "82 08 00 01 00 00 02 61 2b 00"),
+        ("UNSUBSCRIBE #/a", V311, "a2 07 00 01 00 03 23 2f 61"),
+        ("UNSUBSCRIBE #/a", V5, "a2 08 00 01 00 00 03 23 2f 61"),
+        ("UNSUBSCRIBE empty", V311, "a2 04 00 01 00 00"),
+        ("UNSUBSCRIBE $share/g", V5, "a2 0d 00 01 00 00 08 24 73 68 61 72 65 2f 67"),
+    ];
+    for (what, v, bytes) in cases {
+        let mut c = client(addr, v, "malf").await;
+        c.send_bytes(&hex(bytes)).await;
+        let seen = c.until_closed().await;
+        match (v, seen.as_slice()) {
+            (V5, [Packet::Disconnect(d)]) => {
+                assert_eq!(d.reason_code.0, 0x8F, "{what} {v:?}")
+            }
+            (V311, []) => {}
+            _ => panic!("{what} {v:?}: expected a close, got {seen:?}"),
+        }
     }
 }
 
@@ -1161,6 +1310,69 @@ async fn mqtt_4_7_2_1_dollar_topics_not_matched_by_leading_wildcard() {
     assert!(got.is_empty(), "$ topic matched a wildcard filter: {got:?}");
     let got = next_pub(&mut exact).await;
     assert_eq!(got.topic, "$test/monitor/Clients", "$test/# matches");
+}
+
+/// Issue 16 (5): clients could publish into `$SYS/`, the server's own tree
+/// (4.7.2: "$SYS/ has been widely adopted as a prefix to topics that contain
+/// Server-specific information"), so they could forge what Tern will publish
+/// there. Refused: v5 PUBACK / PUBREC 0x87 Not authorized; 3.1.1 has no
+/// negative ack, so the flow completes and the message is dropped; each counted
+/// in `sys_publish_denied`. A Will into `$SYS` is refused with the CONNECT.
+/// `$SYSTEM/...` is not the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_4_7_2_client_publish_into_sys_refused() {
+    let (b, addr) = start_default().await;
+    let mut w = client(addr, V5, "sysw").await;
+    let codes = subscribe_with(
+        &mut w,
+        1,
+        &[
+            ("$SYS/#", opts(1)),
+            ("$SYSTEM/#", opts(1)),
+            ("sys/end", opts(1)),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(codes, [1, 1, 1]);
+    let mut p5 = client(addr, V5, "sysp5").await;
+    p5.send(&Packet::Publish(msg("$SYS/broker/uptime", "forged")))
+        .await;
+    for (q, id) in [(1u8, 1u16), (2, 2)] {
+        p5.send(&Packet::Publish(at(
+            msg("$SYS/broker/uptime", "forged"),
+            q,
+            id,
+        )))
+        .await;
+        match p5.recv().await {
+            Some(Packet::PubAck(a) | Packet::PubRec(a)) => {
+                assert_eq!((a.packet_id, a.reason_code.0), (pid(id), 0x87), "QoS {q}")
+            }
+            other => panic!("expected 0x87, got {other:?}"),
+        }
+    }
+    let mut p3 = client(addr, V311, "sysp3").await;
+    publish(&mut p3, msg("$SYS", "forged")).await;
+    publish(&mut p3, at(msg("$SYS/x", "forged"), 1, 3)).await;
+    publish(&mut p3, at(msg("$SYS/x", "forged"), 2, 4)).await;
+    publish(&mut p3, at(msg("$SYSTEM/x", "mine"), 1, 5)).await;
+    publish(&mut p3, at(msg("sys/end", "end"), 1, 6)).await;
+    let got = until_sentinel(&mut w, "end").await;
+    let topics: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(topics, ["$SYSTEM/x"], "nothing published into $SYS");
+    let denied = b
+        .metrics()
+        .sys_publish_denied
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(denied, 6, "every refusal counted");
+    for v in [V311, V5] {
+        let mut c = conn(v, "sysw-will", true);
+        c.will = Some(will("$SYS/broker/clients", "forged", 0, false));
+        let (_, a) = open(addr, c).await;
+        // 0x87 Not authorized; 3.1.1's 0x05 reads as 0x87.
+        assert_eq!(a.reason_code.0, 0x87, "{v:?}: a Will into $SYS");
+    }
 }
 
 /// [MQTT-4.7.3-4] "When it performs subscription matching the Server MUST NOT
@@ -1971,26 +2183,23 @@ async fn mqtt5_3_8_3_4_no_local_on_shared_subscription_is_protocol_error() {
 /// MUST contain a ShareName that is at least one character long" and
 /// [MQTT-4.8.2-2] "The ShareName MUST NOT contain the characters "/", "+" or "#",
 /// but MUST be followed by a "/" character. This "/" character MUST be followed by a
-/// Topic Filter."
+/// Topic Filter." A filter that breaks this is malformed: DISCONNECT 0x8F, close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt5_4_8_2_2_malformed_shared_filters_refused() {
+async fn mqtt5_4_8_2_2_malformed_shared_filters_close() {
     let (_b, addr) = start_default().await;
-    let mut c = client(addr, V5, "shbad").await;
-    let codes = subscribe_with(
-        &mut c,
-        1,
-        &[
-            ("$share//t", opts(0)),
-            ("$share/g+/t", opts(0)),
-            ("$share/g#/t", opts(0)),
-            ("$share/g", opts(0)),
-            ("$share/g/", opts(0)),
-            ("$share/g/t/#", opts(1)),
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(codes, [0x8F, 0x8F, 0x8F, 0x8F, 0x8F, 1]);
+    let mut c = client(addr, V5, "shok").await;
+    sub(&mut c, "$share/g/t/#", 1).await;
+    for bad in [
+        "$share//t",
+        "$share/g+/t",
+        "$share/g#/t",
+        "$share/g",
+        "$share/g/",
+    ] {
+        let mut c = client(addr, V5, "shbad").await;
+        send_subscribe(&mut c, 1, &[(bad, opts(0))], None).await;
+        expect_filter_refused(&mut c).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------

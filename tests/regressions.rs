@@ -280,3 +280,116 @@ async fn pubrec_for_unknown_packet_id_gets_pubrel_0x92() {
         other => panic!("expected PUBREL 0x92, got {other:?}"),
     }
 }
+
+/// A CONNECT with a Will (QoS 0, no delay) for `id`.
+fn connect_with_will(version: ProtocolVersion, id: &str, will_topic: &str) -> Packet {
+    match connect_packet(version, id, true) {
+        Packet::Connect(mut c) => {
+            c.will = Some(tern::protocol::LastWill {
+                topic: will_topic.into(),
+                payload: Bytes::from_static(b"will"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                delay_interval: 0,
+                properties: Default::default(),
+            });
+            Packet::Connect(c)
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// Issue 16 (1): a client published, sent DISCONNECT, closed and reconnected at
+/// once with the same client id; when the new CONNECT reached the router before
+/// the old connection's reader had handled the DISCONNECT it had already
+/// received, the takeover published the Will (156 of 300 cycles on 3.1.1).
+/// [MQTT-3.1.2-8] / [MQTT-3.14.4-3]: on receipt of DISCONNECT (0x00) the Will is
+/// discarded, and the PUBLISH before it is handled as usual. PUBLISH and
+/// DISCONNECT go in separate TCP segments. A last takeover without DISCONNECT
+/// must still publish the Will [MQTT-3.1.4-3], so the watcher is known to work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_not_published_when_a_reconnect_races_the_disconnect() {
+    const CYCLES: usize = 300;
+    let (_b, addr) = start_default().await;
+    let started = std::time::Instant::now();
+    for (v, tag) in [(V311, "v3"), (V5, "v5")] {
+        let (will_topic, data_topic) = (format!("race/{tag}/will"), format!("race/{tag}/data"));
+        let (mut w, _) = raw_connected(addr, v, &format!("race-watch-{tag}"), true).await;
+        w.send(&subscribe(1, &[&will_topic, &data_topic], QoS::AtMostOnce))
+            .await;
+        expect_suback(&mut w, 2).await;
+        // Read the watcher all along, so its QoS 0 messages are never dropped
+        // for a slow reader; it stops at the sentinel.
+        let watcher = tokio::spawn(async move {
+            let (mut wills, mut data) = (0usize, 0usize);
+            loop {
+                match w.recv_within(Duration::from_secs(10)).await {
+                    Ok(Some(Packet::Publish(p))) if p.payload.as_ref() == b"end" => break,
+                    Ok(Some(Packet::Publish(p))) if p.payload.as_ref() == b"will" => wills += 1,
+                    Ok(Some(Packet::Publish(_))) => data += 1,
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(()) => panic!("watcher closed or silent"),
+                }
+            }
+            (wills, data)
+        });
+        let id = format!("race-{tag}");
+        let mut c = RawClient::connect(addr, v).await;
+        c.send(&connect_with_will(v, &id, &will_topic)).await;
+        assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
+        for _ in 0..CYCLES {
+            c.send(&Packet::Publish(publish(
+                &data_topic,
+                QoS::AtMostOnce,
+                0,
+                b"d",
+            )))
+            .await;
+            c.send(&Packet::Disconnect(Default::default())).await;
+            drop(c);
+            c = RawClient::connect(addr, v).await;
+            c.send(&connect_with_will(v, &id, &will_topic)).await;
+            match c.recv().await {
+                Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+                other => panic!("expected CONNACK, got {other:?}"),
+            }
+        }
+        // The last connection is taken over without a DISCONNECT: its Will goes.
+        let (_taker, _) = raw_connected(addr, v, &id, true).await;
+        assert!(c.until_closed().await.len() <= 1, "at most DISCONNECT 0x8E");
+        let (mut p, _) = raw_connected(addr, v, &format!("race-end-{tag}"), true).await;
+        p.send(&Packet::Publish(publish(
+            &will_topic,
+            QoS::AtLeastOnce,
+            1,
+            b"end",
+        )))
+        .await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+        let (wills, data) = watcher.await.expect("watcher");
+        assert_eq!(
+            wills, 1,
+            "{tag}: Wills published: only the last takeover's, none after a DISCONNECT"
+        );
+        assert_eq!(
+            data, CYCLES,
+            "{tag}: every PUBLISH before a DISCONNECT routed"
+        );
+    }
+    // The race itself: reconnects that found the old connection still
+    // registered (the two deliberate takeovers aside).
+    let raced = _b
+        .metrics()
+        .takeovers
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("takeovers: {raced} in {:?}", started.elapsed());
+    assert!(
+        raced > 2,
+        "no reconnect raced its DISCONNECT: the test proves nothing"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}

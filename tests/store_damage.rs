@@ -108,6 +108,8 @@ fn topic(i: usize) -> String {
 }
 
 /// Publish at QoS 1 and return the PUBACK's reason (None: the connection closed).
+/// (5.0: accepted messages nobody subscribes to get 0x10 No matching
+/// subscribers, retained ones too.)
 async fn publish_qos1(
     c: &mut RawClient,
     topic: &str,
@@ -166,7 +168,11 @@ async fn retained_fixture(n: usize) -> Fixture {
         let payload = format!("retained payload {i} {}", "p".repeat(i % 17));
         let id = (i % 60000 + 1) as u16;
         let rc = publish_qos1(&mut c, &topic(i), id, payload.as_bytes(), true).await;
-        assert_eq!(rc, Some(ReasonCode::SUCCESS), "retained {i}");
+        assert_eq!(
+            rc,
+            Some(ReasonCode::NO_MATCHING_SUBSCRIBERS),
+            "retained {i}"
+        );
     }
     assert!(b.terminate().success(), "run 1:\n{}", b.log_text());
     drop(b);
@@ -291,7 +297,7 @@ async fn things_named_like_segments_do_not_stop_a_start() {
     // Durable writes work: a retained message is acknowledged and survives.
     let (mut c, _) = raw_connected(b.addr, V5, "after", true).await;
     let rc = publish_qos1(&mut c, &topic(N), 1, b"new", true).await;
-    assert_eq!(rc, Some(ReasonCode::SUCCESS));
+    assert_eq!(rc, Some(ReasonCode::NO_MATCHING_SUBSCRIBERS));
     assert!(b.terminate().success());
     drop(b);
     let b = fx.spawn_on(&fx.data);
@@ -369,7 +375,7 @@ async fn full_file_system_start_serves_and_refuses_durable_writes_until_space_re
     let (mut c, _) = raw_connected(b.addr, V5, "pub", true).await;
     for i in 0..20 {
         let rc = publish_qos1(&mut c, &topic(i), i as u16 + 1, b"kept", true).await;
-        assert_eq!(rc, Some(ReasonCode::SUCCESS));
+        assert_eq!(rc, Some(ReasonCode::NO_MATCHING_SUBSCRIBERS));
     }
     for i in 0..3u16 {
         let rc = publish_qos1(&mut c, "q/x", 100 + i, b"queued", false).await;
@@ -422,7 +428,12 @@ async fn full_file_system_start_serves_and_refuses_durable_writes_until_space_re
     let (mut c, _) = raw_connected(b.addr, V5, "pub-b", true).await;
     // QoS 1 that needs no storage is accepted; for the persistent session, 0x97.
     let rc = publish_qos1(&mut c, "nobody/listens", 1, b"x", false).await;
-    assert_eq!(rc, Some(ReasonCode::SUCCESS), "{}", b.log_text());
+    assert_eq!(
+        rc,
+        Some(ReasonCode::NO_MATCHING_SUBSCRIBERS),
+        "{}",
+        b.log_text()
+    );
     let rc = publish_qos1(&mut c, "q/x", 2, b"refused", false).await;
     assert_eq!(rc, Some(ReasonCode::QUOTA_EXCEEDED), "{}", b.log_text());
 
@@ -530,7 +541,12 @@ async fn qos1_needing_no_storage_is_accepted_at_the_disk_budget() {
 
     // No subscriber at all: accepted.
     let rc = publish_qos1(&mut c, "nobody/x", 3000, b"x", false).await;
-    assert_eq!(rc, Some(ReasonCode::SUCCESS), "{}", b.log_text());
+    assert_eq!(
+        rc,
+        Some(ReasonCode::NO_MATCHING_SUBSCRIBERS),
+        "{}",
+        b.log_text()
+    );
     // Only a clean subscriber: accepted and delivered.
     let rc = publish_qos1(&mut c, "clean/x", 3001, b"to-clean", false).await;
     assert_eq!(rc, Some(ReasonCode::SUCCESS), "{}", b.log_text());

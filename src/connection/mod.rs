@@ -31,7 +31,7 @@ use crate::protocol::{
 };
 use crate::router::{DisconnectKind, RouterMsg};
 use crate::session::ClientId;
-use crate::topic::validate_topic_name;
+use crate::topic::{validate_topic_name, FilterSpec};
 use bytes::{Buf, BytesMut};
 use close::{finish, graceful_close, Close, Registration};
 use futures_util::FutureExt;
@@ -77,6 +77,13 @@ const PUBLISH_BATCH: usize = 32;
 /// in the select, so everything ready is encoded first and written with one
 /// syscall: on loopback each write wakes the peer, which costs more than the write.
 const OUTBOX_BATCH: usize = 256;
+/// How long a connection that was taken over goes on reading and handling what
+/// its client had already sent. Its DISCONNECT may be in the socket, or in the
+/// kernel before tokio has seen it, when the same client id connects again: the
+/// router decides the Will from how this connection ends [MQTT-3.14.4-3]. It
+/// ends sooner on the client's DISCONNECT, an error or EOF; a silent (or dead)
+/// old connection costs the new one this much before its CONNACK.
+const TAKEOVER_GRACE: Duration = Duration::from_millis(100);
 
 /// Serve one accepted connection until it ends.
 pub async fn serve<S>(stream: S, peer: Peer, shared: Arc<Shared>)
@@ -194,6 +201,19 @@ fn unpin(p: &mut Publish, alloc: usize) {
     {
         *cd = bytes::Bytes::copy_from_slice(cd);
     }
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE with a filter against the spec's syntax is
+/// malformed, not a filter to refuse in its acknowledgement: the connection
+/// closes (3.1.1 [MQTT-4.8.0-1]; 5.0 section 4.13 after DISCONNECT 0x8F Topic
+/// Filter invalid). A filter over Tern's own limits is well formed and gets a
+/// SUBACK 0x8F from the router instead.
+fn malformed_filter<'a>(mut filters: impl Iterator<Item = &'a str>) -> Option<Close> {
+    filters.find_map(|f| {
+        FilterSpec::check_syntax(f)
+            .err()
+            .map(|_| Close::error(ReasonCode::TOPIC_FILTER_INVALID, "malformed topic filter"))
+    })
 }
 
 enum Written {
@@ -331,6 +351,8 @@ impl Conn {
         };
         let ka = tokio::time::sleep_until(next_deadline(self.keep_alive));
         tokio::pin!(ka);
+        // Taken over: the keep-alive timer now ends the grace (`TAKEOVER_GRACE`).
+        let mut taken_over = false;
         // Packets pipelined behind CONNECT arrived with it.
         if !self.rbuf.is_empty() {
             if let Some(close) = Box::pin(self.process_input()).await {
@@ -346,7 +368,18 @@ impl Conn {
             let spare = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 biased;
-                reason = &mut kick => return self.kicked(reason),
+                reason = &mut kick, if !taken_over => {
+                    let close = self.kicked(reason);
+                    if close.reason != Some(ReasonCode::SESSION_TAKEN_OVER) {
+                        return close;
+                    }
+                    // [MQTT-3.1.4-3] this connection closes, but first it handles
+                    // what its client already sent: the router waits for our report
+                    // (with its kind) before it decides the Will and lets the new
+                    // connection in.
+                    taken_over = true;
+                    ka.as_mut().reset(tokio::time::Instant::now() + TAKEOVER_GRACE);
+                }
                 res = rd.read_buf(&mut self.rbuf), if can_read => {
                     match res {
                         Ok(0) => {
@@ -359,7 +392,9 @@ impl Conn {
                         }
                         Ok(n) => self.adapt_read_size(n, spare),
                     }
-                    ka.as_mut().reset(next_deadline(self.keep_alive));
+                    if !taken_over {
+                        ka.as_mut().reset(next_deadline(self.keep_alive));
+                    }
                     if let Some(close) = Box::pin(self.process_input()).await {
                         return close;
                     }
@@ -397,6 +432,9 @@ impl Conn {
                     }
                 }
                 _ = &mut ka => {
+                    if taken_over {
+                        return self.kicked(Ok(ReasonCode::SESSION_TAKEN_OVER));
+                    }
                     // [MQTT-3.1.2-24] nothing for 1.5 x keep alive: close.
                     debug!("keep alive timeout");
                     return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
@@ -613,6 +651,9 @@ impl Conn {
     }
 
     async fn subscribe(&mut self, s: Subscribe) -> Option<Close> {
+        if let Some(close) = malformed_filter(s.filters.iter().map(|f| f.filter.as_str())) {
+            return Some(close);
+        }
         if self.version.is_v5()
             && s.filters
                 .iter()
@@ -645,6 +686,9 @@ impl Conn {
     }
 
     async fn unsubscribe(&mut self, u: Unsubscribe) -> Option<Close> {
+        if let Some(close) = malformed_filter(u.filters.iter().map(String::as_str)) {
+            return Some(close);
+        }
         let (client, conn_id, packet_id) = (self.client_id.clone(), self.conn_id, u.packet_id);
         self.ask_router_for_codes(
             |reply| RouterMsg::Unsubscribe {

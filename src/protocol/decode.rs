@@ -587,8 +587,9 @@ fn decode_subscribe(r: &mut Reader, v: ProtocolVersion) -> Result<Packet> {
     };
     let mut filters = Vec::new();
     while !r.is_empty() {
-        // Filter syntax (wildcard placement, emptiness) is judged per filter by the
-        // broker, which answers in SUBACK: only the encoding is checked here.
+        // Filter syntax (wildcard placement, emptiness) is checked by the
+        // connection (a malformed filter closes it) and the limits by the
+        // router (SUBACK 0x8F): only the encoding is checked here.
         let filter = r.string("bad topic filter")?;
         let opts = r.u8("missing subscription options")?;
         let options = if v.is_v5() {

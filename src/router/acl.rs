@@ -62,8 +62,11 @@ impl Router {
         self.acl_allows(id, topic, Acl::can_read, &self.metrics.acl_denied_deliver)
     }
 
-    /// May `id` publish on `topic`?
+    /// May `id` publish on `topic`? Never into `$SYS`, whatever the ACL says.
     pub(super) fn may_publish(&self, id: &ClientId, topic: &str) -> bool {
+        if self.writes_sys(id, topic) {
+            return false;
+        }
         let ok = self.acl_allows(
             id,
             topic,
@@ -74,6 +77,20 @@ impl Router {
             debug!(client = %id, topic, "publish denied by the ACL");
         }
         ok
+    }
+
+    /// A client's message (a PUBLISH or a Will) into the `$SYS` tree, which is
+    /// the broker's (4.7.2): refused and counted, so what Tern publishes there
+    /// cannot be forged (v5 0x87; 3.1.1 has no negative ack: dropped).
+    pub(super) fn writes_sys(&self, id: &ClientId, topic: &str) -> bool {
+        let sys = crate::topic::is_sys_topic(topic);
+        if sys {
+            self.metrics
+                .sys_publish_denied
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(client = %id, topic, "publish into $SYS refused");
+        }
+        sys
     }
 
     /// One ACL decision for `id`'s user; a denial is counted in `denied`. No ACL:

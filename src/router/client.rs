@@ -1,6 +1,6 @@
 //! The router's record of one client: its session, its connection (if any), its
 //! Will and when a pending one is due, its expiry, backpressure state, store
-//! gating and identity.
+//! gating, identity and a CONNECT waiting to take it over.
 
 use super::*;
 
@@ -54,6 +54,8 @@ pub(super) struct Client {
     /// The work queues this client consumes (`$queue/<name>` subscriptions) and
     /// at which QoS; kept while it is offline, attached while it is connected.
     pub(super) consumes: Vec<(Arc<str>, QoS)>,
+    /// A CONNECT waiting for the live connection it takes over to end.
+    pub(super) parked: Option<Box<super::takeover::ParkedConnect>>,
 }
 
 impl Client {
@@ -107,6 +109,7 @@ impl Client {
             retained: None,
             holder: None,
             consumes: Vec::new(),
+            parked: None,
         }
     }
 }

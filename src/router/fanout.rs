@@ -39,6 +39,18 @@ impl Delivered {
     }
 }
 
+/// What routing one message found, for the publisher's acknowledgement.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// A receiver whose full queue holds the acknowledgement (with `may_hold`).
+    pub held_by: Option<ClientId>,
+    /// No subscription and no work queue matched (counted in
+    /// `messages_no_subscribers`).
+    pub unmatched: bool,
+    /// A work queue bound to the topic had no room (`overflow = "reject"`).
+    pub refused: bool,
+}
+
 /// The encoded size of a delivery as a PUBLISH without topic alias (an upper bound
 /// of what is sent: an alias only shrinks it).
 fn publish_size(d: &Delivery, version: ProtocolVersion) -> usize {
@@ -60,15 +72,16 @@ fn publish_size(d: &Delivery, version: ProtocolVersion) -> usize {
 
 impl Router {
     /// Route one application message: retained store, then every matching
-    /// subscription. `from` is the publisher, for No Local. With `may_hold`, returns
-    /// a receiver whose full queue should hold the publisher's acknowledgement.
+    /// subscription. `from` is the publisher, for No Local. With `may_hold`, says
+    /// which receiver's full queue should hold the publisher's acknowledgement;
+    /// and whether nothing matched.
     pub fn publish(
         &mut self,
         from: Option<&ClientId>,
         mut p: Publish,
         now: Instant,
         may_hold: bool,
-    ) -> Option<ClientId> {
+    ) -> Routed {
         let topic: Arc<str> = Arc::from(p.topic.as_str());
         // Per-hop properties never travel on: the alias is the publisher's,
         // subscription identifiers are the receiver's (5.0 sections 3.3.2.3.4, 3.3.4).
@@ -119,12 +132,17 @@ impl Router {
         if refused {
             self.metrics.queue_refused.fetch_add(1, Ordering::Relaxed);
         }
-        if no_subscribers && queued == 0 {
+        let unmatched = no_subscribers && queued == 0 && !refused;
+        if unmatched {
             self.metrics
                 .messages_no_subscribers
                 .fetch_add(1, Ordering::Relaxed);
         }
-        held_by
+        Routed {
+            held_by,
+            unmatched,
+            refused,
+        }
     }
 
     /// Keep (or clear) the retained message of `topic`, unless the store is at

@@ -106,13 +106,26 @@ impl Router {
             self.reply(id, conn_id, kind, pid, ReasonCode::SUCCESS);
             return;
         }
-        let held_by = self.publish(Some(id), p, now, true);
+        let routed = self.publish(Some(id), p, now, true);
+        // 5.0: a message that matched no subscription is accepted with 0x10 No
+        // matching subscribers (section 3.4.2.1), so a publisher can learn of a
+        // mistyped topic; 3.1.1 has only success.
+        // A work queue with no room refuses it: v5 0x97 Quota exceeded (the
+        // publisher retries later); 3.1.1 has no negative acknowledgement, so
+        // its message is acknowledged and counted as refused (queue_refused).
+        let reason = if v5 && routed.refused {
+            ReasonCode::QUOTA_EXCEEDED
+        } else if v5 && routed.unmatched {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
         let reply = Reply {
             kind,
             packet_id: pid,
-            reason: ReasonCode::SUCCESS,
+            reason,
         };
-        match held_by.and_then(|t| self.clients.get_mut(&t)) {
+        match routed.held_by.and_then(|t| self.clients.get_mut(&t)) {
             Some(target) => {
                 self.metrics.acks_held.fetch_add(1, Ordering::Relaxed);
                 target.held_acks.push(HeldAck {
@@ -121,7 +134,7 @@ impl Router {
                     reply,
                 })
             }
-            None => self.reply(id, conn_id, kind, pid, ReasonCode::SUCCESS),
+            None => self.reply(id, conn_id, kind, pid, reason),
         }
     }
 
@@ -135,6 +148,9 @@ impl Router {
         reason: ReasonCode,
         now: Instant,
     ) {
+        if self.ack_of_wrong_kind(client, conn_id, packet_id, QoS::ExactlyOnce) {
+            return;
+        }
         let mut known = false;
         self.on_receiver_ack(client, conn_id, now, |s| {
             known = s.on_pubrec_with(packet_id, reason);

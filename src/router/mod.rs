@@ -55,6 +55,7 @@ mod retained;
 mod room;
 mod run;
 mod subscribe;
+mod takeover;
 
 pub use admin::{AdminReply, AdminRequest, PeekedMessage, QueueInfo};
 use client::{Client, HeldAck};
@@ -211,10 +212,7 @@ impl Router {
 
     fn handle_msg(&mut self, msg: RouterMsg, now: Instant) -> bool {
         match msg {
-            RouterMsg::Connect { request, reply } => {
-                let r = self.connect(*request, now);
-                let _ = reply.send(r);
-            }
+            RouterMsg::Connect { request, reply } => self.connect_or_park(*request, reply, now),
             RouterMsg::SetAcl { acl, reply } => {
                 self.set_acl(acl, now);
                 let _ = reply.send(());
@@ -240,9 +238,13 @@ impl Router {
                 conn_id,
                 packet_id,
                 reason,
-            } => self.on_receiver_ack(&client, conn_id, now, |s| {
-                s.on_puback_with(packet_id, reason)
-            }),
+            } => {
+                if !self.ack_of_wrong_kind(&client, conn_id, packet_id, QoS::AtLeastOnce) {
+                    self.on_receiver_ack(&client, conn_id, now, |s| {
+                        s.on_puback_with(packet_id, reason)
+                    })
+                }
+            }
             RouterMsg::PubRec {
                 client,
                 conn_id,
@@ -259,7 +261,11 @@ impl Router {
                 client,
                 conn_id,
                 packet_id,
-            } => self.on_receiver_ack(&client, conn_id, now, |s| s.on_pubcomp(packet_id)),
+            } => {
+                if !self.ack_of_wrong_kind(&client, conn_id, packet_id, QoS::ExactlyOnce) {
+                    self.on_receiver_ack(&client, conn_id, now, |s| s.on_pubcomp(packet_id))
+                }
+            }
             RouterMsg::Skipped {
                 client,
                 conn_id,
@@ -293,7 +299,7 @@ impl Router {
                 conn_id,
                 kind,
                 session_expiry,
-            } => self.disconnected(&client, conn_id, kind, session_expiry, now),
+            } => self.connection_ended(&client, conn_id, kind, session_expiry, now),
             RouterMsg::Shutdown { reply } => {
                 self.shutdown(now);
                 let _ = reply.send(());
@@ -330,6 +336,7 @@ impl Router {
                     continue;
                 }
             };
+            self.parked_overdue(&id, now);
             let Some(c) = self.clients.get_mut(&id) else {
                 continue;
             };
@@ -385,6 +392,9 @@ impl Router {
         let now_unix = self.turn.unix_secs_of(now);
         let mut persisted = Vec::new();
         for (id, c) in self.clients.iter_mut() {
+            if let Some(p) = c.parked.take() {
+                p.refuse(ReasonCode::SERVER_UNAVAILABLE);
+            }
             if let Some(h) = c.conn.take() {
                 c.disconnected_unix = now_unix;
                 if c.sid != 0 {
@@ -505,6 +515,13 @@ impl Router {
         let id = &req.client_id;
         // A Will the client may not publish is refused with the CONNECT, as
         // Mosquitto does, rather than accepted and silently dropped later.
+        if req
+            .will
+            .as_ref()
+            .is_some_and(|w| self.writes_sys(id, &w.topic))
+        {
+            return Err(ReasonCode::NOT_AUTHORIZED);
+        }
         if let (Some(acl), Some(w)) = (&self.acl, &req.will) {
             if !acl.can_publish(req.username.as_deref(), id, &w.topic) {
                 self.metrics
@@ -555,14 +572,15 @@ impl Router {
     /// Close `id`'s live connection, if any, for a new one [MQTT-3.1.4-3]; its
     /// will follows the normal rules (published now, or after its delay unless
     /// the new connection resumes the session first). Returns whether the session
-    /// ended with it.
+    /// ended with it. A CONNECT from a connection task waits for the old
+    /// connection's own report first (`takeover.rs`): a live one is left here
+    /// only when it did not report within `TAKEOVER_WAIT`.
     fn take_over(&mut self, id: &ClientId, now: Instant) -> bool {
         let mut ended = false;
         let mut taken_over = false;
         if let Some(c) = self.clients.get_mut(id) {
             if let Some(old) = c.conn.take() {
                 let _ = old.kick.send(ReasonCode::SESSION_TAKEN_OVER);
-                self.metrics.takeovers.fetch_add(1, Ordering::Relaxed);
                 c.arm_will(now);
                 // A session with expiry 0 ends with its connection: nothing to
                 // resume [MQTT-3.1.2-?, 3.1.2.11.2].
@@ -707,6 +725,33 @@ impl Router {
             return;
         }
         self.flush_session(id, now);
+    }
+
+    /// An acknowledgement meant for a `qos` delivery (PUBACK: 1; PUBREC, PUBCOMP:
+    /// 2) for a delivery in flight at the other QoS is a protocol error: the
+    /// connection closes (v5 DISCONNECT 0x82; 3.1.1 [MQTT-4.8.0-1]) and the
+    /// delivery stays unacknowledged in the session [MQTT-4.3.2-1]
+    /// [MQTT-4.3.3-1], sent again on the next connection. Returns whether it was.
+    fn ack_of_wrong_kind(
+        &mut self,
+        id: &ClientId,
+        conn_id: u64,
+        packet_id: PacketId,
+        qos: QoS,
+    ) -> bool {
+        let Some(c) = self.clients.get_mut(id) else {
+            return false;
+        };
+        if !c.session.inflight_at_other_qos(packet_id, qos) {
+            return false;
+        }
+        let Some(h) = c.conn.as_mut().filter(|h| h.conn_id == conn_id) else {
+            return false;
+        };
+        self.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        debug!(client = %id, packet_id = packet_id.get(), "acknowledgement of the wrong kind: closing the connection");
+        h.close_with(ReasonCode::PROTOCOL_ERROR);
+        true
     }
 
     /// Push deliveries into `id`'s outbox, or hold them for the store's sync.

@@ -37,6 +37,8 @@ impl Router {
             }
             let spec = match FilterSpec::parse(&f.filter, self.topic_limits) {
                 Ok(s) => s,
+                // Over the limits: a malformed filter closed the connection
+                // before it came here.
                 Err(_) => {
                     codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                     continue;

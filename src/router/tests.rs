@@ -636,3 +636,130 @@ fn an_offline_message_past_its_expiry_interval_is_not_delivered_on_resume() {
     );
     assert_eq!(topics(&mut c), vec!["t/long", "t/none"]);
 }
+
+/// A CONNECT handed to the router as a connection task does: its reply comes
+/// through the returned receiver (now, or once a takeover is decided).
+fn connect_msg(
+    r: &mut Router,
+    req: ConnectRequest,
+    now: Instant,
+) -> oneshot::Receiver<Result<ConnectAccepted, ReasonCode>> {
+    let (tx, rx) = oneshot::channel();
+    r.handle(
+        RouterMsg::Connect {
+            request: Box::new(req),
+            reply: tx,
+        },
+        at(now),
+    );
+    rx
+}
+
+/// The refusal a CONNECT got, if it got one.
+fn refusal(rx: &mut oneshot::Receiver<Result<ConnectAccepted, ReasonCode>>) -> Option<ReasonCode> {
+    rx.try_recv().ok().and_then(|r| r.err())
+}
+
+fn report(r: &mut Router, id: &str, conn_id: u64, kind: DisconnectKind, now: Instant) {
+    r.handle(
+        RouterMsg::Disconnected {
+            client: id.into(),
+            conn_id,
+            kind,
+            session_expiry: None,
+        },
+        at(now),
+    );
+}
+
+/// Issue 16 (1): a takeover published the old connection's Will although that
+/// connection had received its client's DISCONNECT (not yet handled). The new
+/// CONNECT now waits for the old connection's report: a DISCONNECT discards
+/// the Will [MQTT-3.14.4-3], an end without one publishes it [MQTT-3.1.2-8],
+/// and an old connection that never reports is taken over after
+/// `TAKEOVER_WAIT` (its Will published, its late report ignored).
+#[test]
+fn takeover_decides_the_old_will_from_the_old_connections_report() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let (_, mut watcher) = connect(&mut r, "w", 1, true, 0, None, t0);
+    subscribe(&mut r, "w", 1, "will/#", QoS::AtMostOnce, t0);
+    let with_will = |conn_id| request("c", conn_id, true, 0, Some(will("will/c", 0)));
+    let (req, mut old) = with_will(2);
+    assert!(connect_msg(&mut r, req, t0)
+        .try_recv()
+        .is_ok_and(|a| a.is_ok()));
+
+    // The old connection reports its client's DISCONNECT after the CONNECT came.
+    let (req, mut second) = with_will(3);
+    let mut reply = connect_msg(&mut r, req, t0);
+    assert_eq!(old.kick.try_recv(), Ok(ReasonCode::SESSION_TAKEN_OVER));
+    assert!(reply.try_recv().is_err(), "waits for the old connection");
+    report(&mut r, "c", 2, DisconnectKind::Normal, t0);
+    assert!(reply.try_recv().is_ok_and(|a| a.is_ok()));
+    assert!(
+        topics(&mut watcher).is_empty(),
+        "no Will after a DISCONNECT"
+    );
+
+    // It ends without DISCONNECT: the Will goes, then the new one is let in.
+    let (req, mut third) = with_will(4);
+    let mut reply = connect_msg(&mut r, req, t0);
+    assert_eq!(second.kick.try_recv(), Ok(ReasonCode::SESSION_TAKEN_OVER));
+    report(&mut r, "c", 3, DisconnectKind::WithWill, t0);
+    assert!(reply.try_recv().is_ok_and(|a| a.is_ok()));
+    assert_eq!(topics(&mut watcher), vec!["will/c"]);
+
+    // It never reports: the wait is bounded.
+    let (req, _fourth) = with_will(5);
+    let mut reply = connect_msg(&mut r, req, t0);
+    assert_eq!(third.kick.try_recv(), Ok(ReasonCode::SESSION_TAKEN_OVER));
+    r.tick(at(t0 + takeover::TAKEOVER_WAIT - Duration::from_millis(1)));
+    assert!(reply.try_recv().is_err(), "still within the wait");
+    r.tick(at(t0 + takeover::TAKEOVER_WAIT));
+    assert!(reply.try_recv().is_ok_and(|a| a.is_ok()));
+    assert_eq!(topics(&mut watcher), vec!["will/c"]);
+    report(
+        &mut r,
+        "c",
+        4,
+        DisconnectKind::Normal,
+        t0 + Duration::from_secs(2),
+    );
+    assert!(
+        r.clients["c"].live(5).is_some(),
+        "the late report is ignored"
+    );
+    assert_eq!(Metrics::get(&r.metrics.takeovers), 3);
+}
+
+/// A CONNECT waiting for a takeover is refused by a newer CONNECT for the same
+/// client id (it is taken over before its CONNACK) and by a shutdown; a CONNECT
+/// the router refuses does not close the live connection.
+#[test]
+fn a_waiting_connect_is_refused_by_a_newer_one_and_by_shutdown() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let (_, mut old) = connect(&mut r, "c", 1, true, 0, None, t0);
+    let (req, _) = request("c", 2, true, 0, None);
+    let mut first = connect_msg(&mut r, req, t0);
+    let (req, _) = request("c", 3, true, 0, None);
+    let mut second = connect_msg(&mut r, req, t0);
+    assert_eq!(refusal(&mut first), Some(ReasonCode::SERVER_BUSY));
+    assert!(second.try_recv().is_err());
+    assert_eq!(old.kick.try_recv(), Ok(ReasonCode::SESSION_TAKEN_OVER));
+    let (tx, _rx) = oneshot::channel();
+    r.handle(RouterMsg::Shutdown { reply: tx }, at(t0));
+    assert_eq!(refusal(&mut second), Some(ReasonCode::SERVER_UNAVAILABLE));
+
+    // Refused by the ACL (its Will): the live connection stays.
+    let mut r = router();
+    let acl = crate::auth::Acl::parse("topic write allowed/#\n").expect("acl");
+    r.set_acl(Some(Arc::new(acl)), t0);
+    let (_, mut live) = connect(&mut r, "d", 1, true, 0, None, t0);
+    let (req, _) = request("d", 2, true, 0, Some(will("denied", 0)));
+    let mut reply = connect_msg(&mut r, req, t0);
+    assert_eq!(refusal(&mut reply), Some(ReasonCode::NOT_AUTHORIZED));
+    assert!(live.kick.try_recv().is_err(), "not kicked");
+    assert!(r.clients["d"].live(1).is_some());
+}
