@@ -705,3 +705,75 @@ async fn the_admin_endpoint_lists_peeks_purges_and_redrives() {
     let err = run(&wrong, QueueOp::List).await.unwrap_err();
     assert!(err.contains("401"), "{err}");
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_a_v5_publisher_with_0x97_and_takes_nothing() {
+    let mut q = queue("jobs", &["jobs/#"]);
+    q.max_length = 2;
+    let (_b, addr) = broker(vec![q]).await;
+    let mut p = publisher(addr, "producer").await;
+    assert_eq!(
+        publish(&mut p, "jobs/1", 1, b"a").await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        publish(&mut p, "jobs/2", 2, b"b").await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        publish(&mut p, "jobs/3", 3, b"c").await,
+        ReasonCode::QUOTA_EXCEEDED
+    );
+    // A topic no queue or subscriber takes is still 0x10.
+    assert_eq!(
+        publish(&mut p, "elsewhere", 4, b"d").await,
+        ReasonCode::NO_MATCHING_SUBSCRIBERS
+    );
+    let mut w = consumer(addr, "w", "jobs", 10).await;
+    let mut got = Vec::new();
+    while let Some(g) = next(&mut w, Duration::from_millis(300)).await {
+        got.push(g.topic);
+    }
+    assert_eq!(got, vec!["jobs/1", "jobs/2"]);
+}
+
+#[tokio::test]
+async fn consuming_a_queue_and_binding_a_filter_need_the_acl() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic read $queue/jobs\ntopic readwrite jobs/#\n").unwrap();
+    let mut c = test_config();
+    c.auth.acl_file = Some(acl);
+    c.queues = vec![queue("jobs", &["jobs/#"]), queue("secret", &["secret/#"])];
+    let (_b, addr) = start(c).await;
+    let mut w = RawClient::connect(addr, V5).await;
+    w.send(&connect_packet(V5, "w", true)).await;
+    assert!(matches!(w.recv().await, Some(Packet::ConnAck(_))));
+    for (pid, filter, want) in [
+        (1, "$queue/jobs", ReasonCode(1)),
+        (2, "$queue/secret", ReasonCode::NOT_AUTHORIZED),
+        // Creating a queue that binds a topic the client may not read.
+        (3, "$queue/jobs/other/#", ReasonCode::NOT_AUTHORIZED),
+    ] {
+        w.send(&subscribe_packet(pid, filter, QoS::AtLeastOnce))
+            .await;
+        match w.recv().await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes, vec![want], "{filter}"),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+    // Publishing to a bound topic needs write on it.
+    let mut p = publisher(addr, "producer").await;
+    assert_eq!(
+        publish(&mut p, "secret/x", 1, b"s").await,
+        ReasonCode::NOT_AUTHORIZED
+    );
+    assert_eq!(
+        publish(&mut p, "jobs/x", 2, b"j").await,
+        ReasonCode::SUCCESS
+    );
+    let g = next(&mut w, Duration::from_secs(3))
+        .await
+        .expect("delivered");
+    assert_eq!(g.topic, "jobs/x");
+}
