@@ -36,6 +36,12 @@ enum Scenario {
     Pairwise,
     /// Open `--connections` idle connections and measure accept time and memory.
     Idle,
+    /// Tern's work queues: `--pubs` publishers, `--subs` competing consumers of
+    /// one queue created by the first consumer's `$queue/<name>/<filter>`
+    /// subscription; each message must reach exactly one consumer (QoS 1 acks).
+    /// With `--fill-first` the consumers connect after publishing ends: a backlog
+    /// fill, then its drain.
+    Queue,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -96,6 +102,11 @@ struct Args {
     /// messages at once every --pubs/--rate seconds.
     #[arg(long)]
     stagger: bool,
+    /// Queue scenario: publish first (the backlog builds with no consumer), then
+    /// connect the consumers and drain it within --drain. Reports the broker's RSS
+    /// at the end of the fill.
+    #[arg(long)]
+    fill_first: bool,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -317,7 +328,10 @@ async fn disconnect(mut s: TcpStream) {
     .await;
 }
 
-async fn subscribe(s: &mut TcpStream, filter: &str, qos: u8) -> std::io::Result<()> {
+/// SUBSCRIBE to `filter` and wait for the SUBACK. Returns what else arrived in
+/// the same reads (a queue or retained messages may come before the SUBACK),
+/// for the subscriber to start from.
+async fn subscribe(s: &mut TcpStream, filter: &str, qos: u8) -> std::io::Result<BytesMut> {
     let mut b = BytesMut::new();
     b.put_u8(0x82);
     b.put_u8((2 + 2 + filter.len() + 1) as u8);
@@ -326,18 +340,22 @@ async fn subscribe(s: &mut TcpStream, filter: &str, qos: u8) -> std::io::Result<
     b.put_slice(filter.as_bytes());
     b.put_u8(qos);
     s.write_all(&b).await?;
-    let mut rb = BytesMut::with_capacity(16);
+    let mut rb = BytesMut::with_capacity(64 * 1024);
     loop {
-        if let Some((first, h, len)) = peek_packet(&rb) {
+        // Look for the SUBACK among the whole packets read so far.
+        let mut at = 0;
+        while let Some((first, h, len)) = peek_packet(&rb[at..]) {
             if first >> 4 == 9 {
-                let code = rb.get(h + len - 1).copied().unwrap_or(0x80);
+                let code = rb.get(at + h + len - 1).copied().unwrap_or(0x80);
                 if code == 0x80 {
                     return Err(std::io::Error::other("SUBSCRIBE refused"));
                 }
-                return Ok(());
+                let mut rest = rb.split_off(at);
+                rest.advance(h + len);
+                rb.unsplit(rest);
+                return Ok(rb);
             }
-            rb.advance(h + len);
-            continue;
+            at += h + len;
         }
         if s.read_buf(&mut rb).await? == 0 {
             return Err(std::io::Error::other("closed before SUBACK"));
@@ -355,17 +373,17 @@ struct Shared {
 
 /// Returns the stream when the run ended on time and the session is persistent,
 /// for a DISCONNECT after the final measurements.
+/// Read, tally and acknowledge deliveries until `end`, starting from `rb` (what
+/// arrived with the SUBACK).
 async fn subscriber(
     idx: usize,
-    filter: String,
+    mut rb: BytesMut,
     shared: Rc<Shared>,
     mut s: TcpStream,
     end: Instant,
 ) -> Option<TcpStream> {
     let qos = shared.args.qos;
-    let mut rb = BytesMut::with_capacity(64 * 1024);
     let mut wb = BytesMut::with_capacity(4096);
-    let _ = filter;
     loop {
         while let Some((first, h, len)) = peek_packet(&rb) {
             let kind = first >> 4;
@@ -605,7 +623,7 @@ async fn connect_subscribers(
     shared: &Shared,
     nsubs: usize,
     run_id: u32,
-) -> Vec<(String, TcpStream)> {
+) -> Vec<(BytesMut, TcpStream)> {
     let a = &shared.args;
     let mut sub_streams = Vec::new();
     for i in 0..nsubs {
@@ -619,12 +637,19 @@ async fn connect_subscribers(
         let filter = match a.scenario {
             Scenario::FanIn => format!("bench/{run_id}/+"),
             Scenario::FanOut => bench_topic(run_id, 0),
+            Scenario::Queue => format!("$queue/bench-{run_id}/bench/{run_id}/+"),
             _ => bench_topic(run_id, i),
         };
-        subscribe(&mut s, &filter, a.qos)
+        // A queue delivers at least once: its consumers take QoS 1.
+        let qos = if a.scenario == Scenario::Queue {
+            a.qos.max(1)
+        } else {
+            a.qos
+        };
+        let early = subscribe(&mut s, &filter, qos)
             .await
             .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
-        sub_streams.push((filter, s));
+        sub_streams.push((early, s));
     }
     sub_streams
 }
@@ -690,17 +715,28 @@ async fn run_traffic(args: Args) -> Report {
         Scenario::FanIn => (a.pubs, a.subs),
         Scenario::FanOut => (1, a.subs),
         Scenario::Pairwise => (a.pubs, a.pubs),
+        Scenario::Queue => (a.pubs, a.subs),
         Scenario::Idle => unreachable!(),
+    };
+    // Competing consumers share one tally, so a message delivered to two of
+    // them counts as a duplicate.
+    let tallies = if a.scenario == Scenario::Queue {
+        1
+    } else {
+        nsubs
     };
     let shared = Rc::new(Shared {
         args: args.clone(),
-        tally: RefCell::new(Tally::new(nsubs, npubs)),
+        tally: RefCell::new(Tally::new(tallies, npubs)),
         sent: RefCell::new(0),
         acked: RefCell::new(0),
         errors: RefCell::new(Vec::new()),
     });
     let rss_idle = a.pid.and_then(rss_kb);
     let run_id = std::process::id();
+    if a.scenario == Scenario::Queue && a.fill_first {
+        return run_fill_then_drain(shared, npubs, nsubs, run_id, rss_idle).await;
+    }
     // Subscribers first, all subscribed before anyone publishes.
     let sub_streams = connect_subscribers(&shared, nsubs, run_id).await;
     let pub_streams = connect_publishers(a, npubs, run_id).await;
@@ -713,10 +749,10 @@ async fn run_traffic(args: Args) -> Report {
     let started = Instant::now();
     let sub_end = started + a.duration + a.drain;
     let mut sub_handles = Vec::new();
-    for (i, (filter, s)) in sub_streams.into_iter().enumerate() {
+    for (i, (early, s)) in sub_streams.into_iter().enumerate() {
         sub_handles.push(tokio::task::spawn_local(subscriber(
-            i,
-            filter,
+            if a.scenario == Scenario::Queue { 0 } else { i },
+            early,
             shared.clone(),
             s,
             sub_end,
@@ -768,6 +804,64 @@ async fn run_traffic(args: Args) -> Report {
         rss_peak,
         io_before,
         io_after,
+    };
+    report(&shared, nsubs, broker)
+}
+
+/// The queue scenario with `--fill-first`: the queue is created (and bound) by
+/// one consumer that leaves at once, the publishers fill it, then `nsubs`
+/// consumers drain it.
+async fn run_fill_then_drain(
+    shared: Rc<Shared>,
+    npubs: usize,
+    nsubs: usize,
+    run_id: u32,
+    rss_idle: Option<u64>,
+) -> Report {
+    let a = &shared.args;
+    // Create and bind the queue, then leave: the backlog builds with no consumer.
+    for (_, s) in connect_subscribers(&shared, 1, run_id).await {
+        disconnect(s).await;
+    }
+    let pub_streams = connect_publishers(a, npubs, run_id).await;
+    let mut handles = Vec::new();
+    for (i, s) in pub_streams.into_iter().enumerate() {
+        handles.push(tokio::task::spawn_local(publisher(
+            i,
+            bench_topic(run_id, i),
+            shared.clone(),
+            s,
+            0.0,
+            0.0,
+        )));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let rss_filled = a.pid.and_then(rss_kb);
+    eprintln!(
+        "backlog of {} messages: broker RSS at the end of the fill {} KB",
+        *shared.sent.borrow(),
+        opt(rss_filled)
+    );
+    let sub_streams = connect_subscribers(&shared, nsubs, run_id).await;
+    let sub_end = Instant::now() + a.drain;
+    let sampler = spawn_rss_sampler(a.pid, sub_end);
+    let subs: Vec<_> = sub_streams
+        .into_iter()
+        .map(|(early, s)| {
+            tokio::task::spawn_local(subscriber(0, early, shared.clone(), s, sub_end))
+        })
+        .collect();
+    for h in subs {
+        let _ = h.await;
+    }
+    let rss_peak = sampler.await.ok().flatten();
+    let broker = BrokerUse {
+        rss_idle,
+        rss_peak: [rss_peak, rss_filled].into_iter().flatten().max(),
+        io_before: None,
+        io_after: None,
     };
     report(&shared, nsubs, broker)
 }

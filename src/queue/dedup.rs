@@ -44,19 +44,31 @@ impl Dedup {
 
     /// Was `id` seen within the window before `now`? If not, it is now.
     pub fn seen_before(&mut self, id: &str, now: Instant) -> bool {
-        self.forget_expired(now);
-        let h = self.hash(id);
-        if self.seen.contains_key(&h) {
+        if self.seen(id, now) {
             return true;
         }
-        self.seen.insert(h, now);
+        self.record(id, now);
+        false
+    }
+
+    /// Was `id` taken within the window before `now`?
+    pub fn seen(&mut self, id: &str, now: Instant) -> bool {
+        self.forget_expired(now);
+        self.seen.contains_key(&self.hash(id))
+    }
+
+    /// `id` was taken at `now` (after `seen` said it was new).
+    pub fn record(&mut self, id: &str, now: Instant) {
+        let h = self.hash(id);
+        if self.seen.insert(h, now).is_some() {
+            return;
+        }
         self.order.push_back((now, h));
         if self.order.len() > self.max_ids {
             if let Some((_, old)) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
         }
-        false
     }
 
     fn forget_expired(&mut self, now: Instant) {

@@ -196,7 +196,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         out: &mut Vec<Action<K>>,
     ) -> Enqueued {
         if let (Some(d), Some(id)) = (self.dedup.as_mut(), dedup_id) {
-            if d.seen_before(id, now) {
+            if d.seen(id, now) {
                 self.counters.duplicates += 1;
                 return Enqueued::Duplicate;
             }
@@ -204,6 +204,10 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         if !self.make_room(e.bytes, out) {
             self.counters.refused += 1;
             return Enqueued::Refused;
+        }
+        // Remembered only once taken: a refused message's retry is new.
+        if let (Some(d), Some(id)) = (self.dedup.as_mut(), dedup_id) {
+            d.record(id, now);
         }
         if let Some(ttl) = self.policy.message_ttl {
             let t = now + ttl;
@@ -224,6 +228,24 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         };
         if u64::from(bytes) > self.policy.max_bytes {
             return false;
+        }
+        // What cannot be made room for even with every ready message gone is
+        // refused before anything is dropped.
+        // (In flight and delayed are few: bounded by the consumers' credit and
+        // the nacks waiting; the ready ones may be millions.)
+        if !fits(self) {
+            let fixed_bytes: u64 = self
+                .in_flight
+                .values()
+                .map(|f| u64::from(f.entry.bytes))
+                .chain(self.delayed.values().map(|e| u64::from(e.bytes)))
+                .sum();
+            let fixed_len = self.in_flight.len() + self.delayed.len();
+            if fixed_len >= self.policy.max_length
+                || fixed_bytes + u64::from(bytes) > self.policy.max_bytes
+            {
+                return false;
+            }
         }
         while !fits(self) {
             if self.policy.overflow == Overflow::Reject {
@@ -422,6 +444,13 @@ impl<K: Clone + Eq + Hash> Queue<K> {
                 self.dead_letter(e, DeadReason::Expired, out);
                 continue;
             }
+            // Delivered max_deliveries times already (it was out when the broker
+            // stopped): it does not go out again.
+            if e.deliveries >= self.policy.max_deliveries {
+                self.forget(e);
+                self.dead_letter(e, DeadReason::MaxDeliveries, out);
+                continue;
+            }
             e.deliveries = e.deliveries.saturating_add(1);
             let Some(c) = self.consumers.get_mut(ci) else {
                 return;
@@ -525,7 +554,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     /// Put a message taken by `take_ready` back, first in line.
     pub fn put_back(&mut self, e: Entry) {
         self.bytes += u64::from(e.bytes);
-        self.ready.push_front(e);
+        self.ready.put_back(e);
     }
 
     /// Take up to `n` ready messages out, oldest first (a redrive moves them to

@@ -77,6 +77,23 @@ impl Ready {
         }
     }
 
+    /// A message taken by `pop_oldest` (never out) put back first in line: its
+    /// key's state is left as it is (another message of the key may be out).
+    pub fn put_back(&mut self, e: Entry) {
+        match self {
+            Ready::Fifo(q) => q.push_front(e),
+            Ready::Keyed(k) => {
+                let group = k.groups.entry(e.key).or_default();
+                let had_ready = !group.is_empty();
+                group.push_front(e);
+                if !had_ready && !k.busy.contains(&e.key) {
+                    k.runnable.push_front(e.key);
+                }
+                k.len += 1;
+            }
+        }
+    }
+
     /// The next message to deliver; its key becomes busy.
     pub fn pop(&mut self) -> Option<Entry> {
         match self {

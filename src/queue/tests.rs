@@ -464,3 +464,84 @@ fn take_ready_moves_the_oldest_out() {
     assert_eq!(q.take_ready(10).len(), 1);
     assert!(q.take_ready(10).is_empty());
 }
+
+#[test]
+fn review_findings_in_the_core() {
+    let t = Instant::now();
+    // A refused message's id is not remembered: its retry is taken.
+    let mut q = queue(QueuePolicy {
+        dedup_window: Some(s(60)),
+        max_length: 1,
+        ..Default::default()
+    });
+    let mut out = Vec::new();
+    assert_eq!(q.enqueue(entry(1), Some("a"), t, &mut out), Enqueued::Taken);
+    assert_eq!(
+        q.enqueue(entry(2), Some("b"), t, &mut out),
+        Enqueued::Refused
+    );
+    q.attach("c", 1);
+    q.dispatch(t, &mut out);
+    assert!(q.ack(&"c", 1).is_some());
+    assert_eq!(
+        q.enqueue(entry(2), Some("b"), t, &mut out),
+        Enqueued::Taken,
+        "b is new"
+    );
+
+    // Drop-head never drops when the new message cannot fit anyway.
+    let mut q = queue(QueuePolicy {
+        max_bytes: 250,
+        overflow: Overflow::DropHead,
+        ..Default::default()
+    });
+    fill(&mut q, [1, 2], t);
+    q.attach("c", 1);
+    let mut out = Vec::new();
+    q.dispatch(t, &mut out);
+    out.clear();
+    let big = Entry {
+        bytes: 200,
+        ..entry(3)
+    };
+    assert_eq!(q.enqueue(big, None, t, &mut out), Enqueued::Refused);
+    assert!(
+        out.is_empty(),
+        "nothing dropped for a message that cannot fit"
+    );
+    assert_eq!(q.len(), 2);
+
+    // A message restored at max_deliveries is dead-lettered, not delivered.
+    let mut q = queue(QueuePolicy {
+        max_deliveries: 2,
+        ..Default::default()
+    });
+    q.restore(Entry {
+        deliveries: 2,
+        ..entry(7)
+    });
+    q.attach("c", 1);
+    let mut out = Vec::new();
+    q.dispatch(t, &mut out);
+    assert_eq!(dead(&mut out), vec![(7, DeadReason::MaxDeliveries, 2)]);
+
+    // A message put back by a redrive leaves its key busy while another of
+    // the key is out.
+    let mut q = queue(QueuePolicy {
+        ordering: Some(OrderingKey::Topic),
+        ..Default::default()
+    });
+    let mut out = Vec::new();
+    q.enqueue(keyed(1, "k"), None, t, &mut out);
+    q.enqueue(keyed(2, "k"), None, t, &mut out);
+    q.attach("c", 5);
+    q.dispatch(t, &mut out);
+    assert_eq!(delivered(&mut out), vec![("c", 1, 1)]);
+    let taken = q.take_ready(1);
+    q.put_back(taken[0]);
+    q.dispatch(t, &mut out);
+    assert!(delivered(&mut out).is_empty(), "2 waits for 1");
+    assert!(q.ack(&"c", 1).is_some());
+    q.dispatch(t, &mut out);
+    assert_eq!(delivered(&mut out), vec![("c", 2, 1)]);
+}
