@@ -94,6 +94,14 @@ pub struct QueueTag {
     pub id: u64,
 }
 
+/// What `Session::take_queue_deliveries` took: deliveries back to their queue,
+/// and QoS 2 ones the client has (PUBREC came) that count as acknowledged.
+#[derive(Debug, Default)]
+pub struct TakenQueueDeliveries {
+    pub returned: Vec<QueueTag>,
+    pub acked: Vec<QueueTag>,
+}
+
 /// How a work queue's delivery ended, for the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueOutcome {
@@ -624,7 +632,9 @@ impl Session {
         let mut kept = VecDeque::with_capacity(before);
         let mut dropped = Vec::new();
         for d in self.pending.drain(..) {
-            if readable(&d.message.topic) {
+            // A work queue's delivery is read by right of `$queue/<name>`, not
+            // its topic: the router checks that one.
+            if d.queued.is_some() || readable(&d.message.topic) {
                 kept.push_back(d);
             } else {
                 dropped.push(d);
@@ -639,7 +649,9 @@ impl Session {
         let mut i = 0;
         while i < self.inflight.len() {
             let drop = self.inflight.get(i).is_some_and(|f| {
-                f.state != InflightState::Comp && !readable(&f.delivery.message.topic)
+                f.state != InflightState::Comp
+                    && f.delivery.queued.is_none()
+                    && !readable(&f.delivery.message.topic)
             });
             if drop {
                 self.finish_as(i, QueueOutcome::Unreadable);
@@ -668,12 +680,30 @@ impl Session {
     /// in flight or queued (its consumer stopped consuming them, or went
     /// offline): their queues give them to another consumer. Their packet ids
     /// are free again.
-    pub fn take_queue_deliveries(&mut self, which: impl Fn(&str) -> bool) -> Vec<QueueTag> {
+    ///
+    /// `unsent_only` (the client is still connected and unsubscribed): only what
+    /// it was not sent yet; what it holds stays until it acknowledges it, so its
+    /// window is not exceeded. A QoS 2 delivery whose PUBREC came is the
+    /// client's: it stays for its PUBREL, and its queue counts it acknowledged.
+    pub fn take_queue_deliveries(
+        &mut self,
+        which: impl Fn(&str) -> bool,
+        unsent_only: bool,
+    ) -> TakenQueueDeliveries {
         let of = |d: &Delivery| d.queued.as_ref().is_some_and(|t| which(&t.queue));
         let mut tags = Vec::new();
+        let mut acked = Vec::new();
         let mut i = 0;
         while i < self.inflight.len() {
-            if self.inflight.get(i).is_some_and(|f| of(&f.delivery)) {
+            let Some(f) = self.inflight.get_mut(i) else {
+                break;
+            };
+            if of(&f.delivery) && f.state == InflightState::Comp {
+                acked.extend(f.delivery.queued.take().map(|t| *t));
+                i += 1;
+                continue;
+            }
+            if !unsent_only && of(&f.delivery) {
                 if let Some(f) = self.inflight.remove(i) {
                     if f.sent {
                         self.sent_inflight = self.sent_inflight.saturating_sub(1);
@@ -694,7 +724,10 @@ impl Session {
             tags.extend(d.queued.map(|t| *t));
         }
         self.pending = kept;
-        tags
+        TakenQueueDeliveries {
+            returned: tags,
+            acked,
+        }
     }
 
     pub fn resume(&mut self, now: Instant, room: usize) -> Vec<Outgoing> {

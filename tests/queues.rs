@@ -777,3 +777,84 @@ async fn consuming_a_queue_and_binding_a_filter_need_the_acl() {
         .expect("delivered");
     assert_eq!(g.topic, "jobs/x");
 }
+
+#[tokio::test]
+async fn a_message_too_big_for_a_consumer_goes_to_one_that_can_take_it() {
+    let (_b, addr) = broker(vec![queue("jobs", &["jobs/#"])]).await;
+    // A consumer whose Maximum Packet Size is 128 bytes.
+    let mut small = RawClient::connect(addr, V5).await;
+    let Packet::Connect(mut connect) = connect_packet(V5, "small", true) else {
+        unreachable!()
+    };
+    connect.properties.maximum_packet_size = Some(128);
+    small.send(&Packet::Connect(connect)).await;
+    assert!(matches!(small.recv().await, Some(Packet::ConnAck(_))));
+    small.subscribe(1, "$queue/jobs", QoS::AtLeastOnce).await;
+    let mut p = publisher(addr, "producer").await;
+    publish(&mut p, "jobs/big", 1, &[7u8; 1000]).await;
+    assert!(next(&mut small, Duration::from_millis(300)).await.is_none());
+    // It was not lost: a consumer that can take it gets it.
+    let mut big = consumer(addr, "big", "jobs", 10).await;
+    let g = next(&mut big, Duration::from_secs(3))
+        .await
+        .expect("delivered to the one that fits");
+    assert_eq!(g.payload.len(), 1000);
+}
+
+#[tokio::test]
+async fn an_expired_message_in_the_dead_letter_queue_is_still_delivered() {
+    let (_b, addr) = broker(vec![queue("jobs", &["jobs/#"])]).await;
+    let mut p = publisher(addr, "producer").await;
+    let Packet::Publish(mut m) = publish_packet("jobs/short-lived", QoS::AtLeastOnce, 1, b"w")
+    else {
+        unreachable!()
+    };
+    m.properties.message_expiry_interval = Some(1);
+    p.send(&Packet::Publish(m)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // A consumer comes: the message has expired, so it goes to the DLQ, which
+    // delivers it (dead letters do not expire).
+    let mut w = consumer(addr, "w", "jobs", 1).await;
+    assert!(next(&mut w, Duration::from_millis(300)).await.is_none());
+    let mut dlq = consumer(addr, "d", "jobs-dlq", 1).await;
+    let d = next(&mut dlq, Duration::from_secs(3))
+        .await
+        .expect("the dead letter");
+    assert_eq!(
+        d.props.get("tern-dead-letter-reason").map(String::as_str),
+        Some("expired")
+    );
+}
+
+#[tokio::test]
+async fn an_unsubscribed_consumer_keeps_what_it_holds_until_it_acks() {
+    let (_b, addr) = broker(vec![queue("jobs", &["jobs/#"])]).await;
+    let mut p = publisher(addr, "producer").await;
+    publish(&mut p, "jobs/1", 1, b"w").await;
+    publish(&mut p, "jobs/2", 2, b"w").await;
+    let mut a = consumer(addr, "a", "jobs", 1).await;
+    let g = next(&mut a, Duration::from_secs(3)).await.expect("jobs/1");
+    assert_eq!(g.topic, "jobs/1");
+    a.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: PacketId::new(9).unwrap(),
+        user_properties: Vec::new(),
+        filters: vec!["$queue/jobs".into()],
+    }))
+    .await;
+    assert!(matches!(a.recv().await, Some(Packet::UnsubAck(_))));
+    let mut b = consumer(addr, "b", "jobs", 10).await;
+    let g2 = next(&mut b, Duration::from_secs(3)).await.expect("jobs/2");
+    assert_eq!(g2.topic, "jobs/2");
+    assert!(
+        next(&mut b, Duration::from_millis(300)).await.is_none(),
+        "jobs/1 stays with a"
+    );
+    ack(&mut a, g.packet_id, ReasonCode::SUCCESS).await;
+    ack(&mut b, g2.packet_id, ReasonCode::SUCCESS).await;
+    drop(a);
+    assert!(
+        next(&mut b, Duration::from_millis(500)).await.is_none(),
+        "acked: not handed on"
+    );
+}

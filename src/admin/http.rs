@@ -159,8 +159,16 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// How long a response may take to write: a client that does not read cannot
+/// hold an admin slot and its response for long.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Write a JSON response and close.
 pub async fn write_response(s: &mut TcpStream, status: u16, body: &[u8]) {
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, write_all(s, status, body)).await;
+}
+
+async fn write_all(s: &mut TcpStream, status: u16, body: &[u8]) {
     let head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n\r\n",

@@ -319,6 +319,8 @@ impl<K: Clone + Eq + Hash> Queue<K> {
             c.held = c.held.saturating_sub(1);
             c.paused = false;
         }
+        // A stopped consumer leaves with its last message.
+        self.consumers.retain(|c| c.credit > 0 || c.held > 0);
         Some(f)
     }
 
@@ -355,6 +357,34 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     fn dead_letter(&mut self, e: Entry, reason: DeadReason, out: &mut Vec<Action<K>>) {
         self.counters.dead_lettered += 1;
         out.push(Action::DeadLetter { entry: e, reason });
+    }
+
+    /// `id`, handed to `consumer`, expired before it could be sent: it goes to
+    /// the dead-letter queue as `expired`.
+    pub fn expire(&mut self, consumer: &K, id: MsgId, out: &mut Vec<Action<K>>) -> bool {
+        if self
+            .in_flight
+            .get(&id)
+            .is_none_or(|f| f.consumer != *consumer)
+        {
+            return false;
+        }
+        let Some(f) = self.take_in_flight(id) else {
+            return false;
+        };
+        self.forget(f.entry);
+        self.counters.expired += 1;
+        self.dead_letter(f.entry, DeadReason::Expired, out);
+        true
+    }
+
+    /// The consumer stops taking new messages (it unsubscribed) but keeps
+    /// those it holds until it acknowledges them; it leaves once it holds none.
+    pub fn stop(&mut self, consumer: &K) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.key == *consumer) {
+            c.credit = 0;
+        }
+        self.consumers.retain(|c| c.credit > 0 || c.held > 0);
     }
 
     /// The consumer could not take `id` after all (its session dropped it): it

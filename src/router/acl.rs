@@ -18,6 +18,21 @@ impl Router {
         };
         let mut removed = 0u64;
         let mut touched = Vec::new();
+        // Queue consumption the new ACL denies ends like an UNSUBSCRIBE (what a
+        // connected consumer holds stays until it acknowledges it).
+        let mut unconsumed: Vec<(ClientId, Arc<str>)> = Vec::new();
+        for (id, c) in self.clients.iter() {
+            for (name, _) in &c.consumes {
+                if !acl.can_subscribe(c.username.as_deref(), id, &format!("$queue/{name}")) {
+                    unconsumed.push((id.clone(), name.clone()));
+                }
+            }
+        }
+        for (id, name) in unconsumed {
+            info!(client = %id, queue = %name, "queue subscription removed: the ACL no longer allows it");
+            self.stop_consuming(&id, &name, now);
+            removed += 1;
+        }
         for (id, c) in self.clients.iter_mut() {
             let user = c.username.clone();
             let gone = c

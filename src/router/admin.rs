@@ -141,8 +141,9 @@ impl Router {
             match target.filter(|t| self.queues.exists(t) && t != from) {
                 Some(t) => {
                     let name: Arc<str> = Arc::from(t.as_str());
-                    self.move_into(from, &name, e, m, now);
-                    moved += 1;
+                    if self.move_into(from, &name, e, m, now) {
+                        moved += 1;
+                    }
                 }
                 None => back.push((e, m)),
             }
@@ -158,11 +159,15 @@ impl Router {
     }
 }
 
+/// Payload bytes a peek shows of each message (a peek is for a person).
+const PEEK_PAYLOAD: usize = 1024;
+
 fn peeked((e, m): (Entry, Arc<Message>)) -> PeekedMessage {
+    let shown = m.payload.get(..PEEK_PAYLOAD).unwrap_or(&m.payload);
     PeekedMessage {
         id: e.id,
         topic: m.topic.to_string(),
-        payload: String::from_utf8_lossy(&m.payload).into_owned(),
+        payload: String::from_utf8_lossy(shown).into_owned(),
         payload_bytes: m.payload.len(),
         deliveries: e.deliveries,
         enqueued_ms: e.enqueued_ms,

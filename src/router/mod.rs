@@ -382,6 +382,7 @@ impl Router {
             keep
         });
         self.retained_bytes = self.retained_bytes.saturating_sub(freed);
+        self.sweep_queues(now);
     }
 
     /// Graceful shutdown begins: every connection is told to close (DISCONNECT

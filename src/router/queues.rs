@@ -40,6 +40,8 @@ pub(super) struct Queues {
     bindings: SubscriptionTree<Arc<str>, ()>,
     /// The filters bound so far, per queue (a filter is bound once).
     bound: Set<(Arc<str>, Arc<str>)>,
+    /// How many filters each queue has.
+    bindings_of: Map<Arc<str>, usize>,
     next_id: MsgId,
     /// The next store id of a queue (0: no store).
     next_qid: u64,
@@ -59,6 +61,9 @@ pub(super) enum NoQueue {
     Full,
 }
 
+/// Topic filters one queue may be bound to.
+const MAX_BINDINGS: usize = 256;
+
 /// The user properties a queue's delivery or dead letter carries.
 const MESSAGE_ID: &str = "tern-message-id";
 const DELIVERY_COUNT: &str = "tern-delivery-count";
@@ -73,6 +78,7 @@ impl Queues {
             by_name: Map::default(),
             bindings: SubscriptionTree::new(),
             bound: Set::default(),
+            bindings_of: Map::default(),
             next_id: 1,
             next_qid: 0,
             max_queues: config.limits.max_queues,
@@ -80,19 +86,19 @@ impl Queues {
             scratch: Matches::default(),
             ended: Vec::new(),
         };
+        // Config::validate checked names, filters and the count. Declared queues
+        // first: one may be another's dead-letter queue with its own options.
         for qc in &config.queues {
-            // Config::validate checked names, filters and the count.
             let _ = q.declare(qc);
-            if let Some(dlq) = qc.dead_letter_name() {
-                if !q.by_name.contains_key(dlq.as_str()) {
-                    let mut d = QueueConfig::named(&dlq);
-                    // A dead-letter queue keeps what it gets: no queue of its own.
-                    d.dead_letter = Some(String::new());
-                    let _ = q.declare(&d);
-                }
-            }
             for f in &qc.topics {
                 q.bind(&qc.name, f);
+            }
+        }
+        for qc in &config.queues {
+            if let Some(dlq) = qc.dead_letter_name() {
+                if !q.by_name.contains_key(dlq.as_str()) {
+                    let _ = q.declare(&dead_letter_queue(&dlq));
+                }
             }
         }
         q
@@ -125,17 +131,28 @@ impl Queues {
         Ok(())
     }
 
-    /// Bind topic filter `filter` to queue `name` (once).
-    fn bind(&mut self, name: &str, filter: &str) {
+    /// Bind topic filter `filter` to queue `name` (once). False when the queue
+    /// has `MAX_BINDINGS` already (bindings made by subscriptions stay: without
+    /// a cap a client could grow them without end).
+    fn bind(&mut self, name: &str, filter: &str) -> bool {
         let (Some((name, _)), Ok(spec)) = (
             self.by_name.get_key_value(name),
             FilterSpec::parse(filter, self.topic_limits),
         ) else {
-            return;
+            return false;
         };
-        if self.bound.insert((name.clone(), spec.filter.clone())) {
-            self.bindings.insert(&spec, name.clone(), ());
+        let key = (name.clone(), spec.filter.clone());
+        if self.bound.contains(&key) {
+            return true;
         }
+        let n = self.bindings_of.entry(name.clone()).or_default();
+        if *n >= MAX_BINDINGS {
+            return false;
+        }
+        *n += 1;
+        self.bound.insert(key);
+        self.bindings.insert(&spec, name.clone(), ());
+        true
     }
 
     fn next_id(&mut self) -> MsgId {
@@ -203,6 +220,11 @@ impl Queues {
         }
     }
 
+    /// Is `id` attached to some queue?
+    fn any_consumer(&self, id: &ClientId) -> bool {
+        self.by_name.values().any(|q| q.qos.contains_key(id))
+    }
+
     /// Is a queue bound to `topic`?
     pub(super) fn bound(&mut self, topic: &str) -> bool {
         let mut m = std::mem::take(&mut self.scratch);
@@ -212,6 +234,15 @@ impl Queues {
         self.scratch = m;
         any
     }
+}
+
+/// The config of a dead-letter queue made for another: it keeps what it gets
+/// (no dead-letter queue of its own, no limit on deliveries).
+fn dead_letter_queue(name: &str) -> QueueConfig {
+    let mut d = QueueConfig::named(name);
+    d.dead_letter = Some(String::new());
+    d.max_deliveries = u16::MAX;
+    d
 }
 
 /// `props` with `pairs` set: earlier pairs of the same names are replaced.
@@ -253,15 +284,23 @@ impl Router {
         next_qmid: u64,
     ) {
         self.queues.next_qid = next_qid.max(1);
-        self.queues.next_id = self.queues.next_id.max(next_qmid);
+        // Message ids stay unique across restarts even when the records of the
+        // last ones were reclaimed: they start above the wall clock's
+        // microseconds too (a consumer may de-duplicate on tern-message-id).
+        self.queues.next_id = self
+            .queues
+            .next_id
+            .max(next_qmid)
+            .max(self.turn.unix_ms.saturating_mul(1000));
         for rq in rec {
             if !self.queues.exists(&rq.name) {
-                let mut qc = QueueConfig::named(&rq.name);
                 // Its options are not stored: a dead-letter queue by its name
                 // keeps what it gets.
-                if rq.name.ends_with("-dlq") {
-                    qc.dead_letter = Some(String::new());
-                }
+                let qc = if rq.name.ends_with("-dlq") {
+                    dead_letter_queue(&rq.name)
+                } else {
+                    QueueConfig::named(&rq.name)
+                };
                 if self.queues.declare(&qc).is_err() {
                     warn!(queue = %rq.name, dropped = rq.messages.len(), "stored queue not restored: limits.max_queues reached");
                     continue;
@@ -454,7 +493,8 @@ impl Router {
     }
 
     /// Move message `e` of queue `from` (taken out of it) into queue `to`, its
-    /// delivery count reset; back into `from` if `to` has no room.
+    /// delivery count reset; back into `from` if `to` has no room. Returns
+    /// whether it moved.
     pub(super) fn move_into(
         &mut self,
         from: &str,
@@ -462,15 +502,17 @@ impl Router {
         e: Entry,
         m: Arc<Message>,
         now: Instant,
-    ) {
+    ) -> bool {
         let Some(q) = self.queues.by_name.get_mut(to) else {
-            return;
+            self.queues.put_back(from, vec![(e, m)]);
+            return false;
         };
         let entry = Entry { deliveries: 0, ..e };
         let mut actions = Vec::new();
         if q.core.enqueue(entry, None, now, &mut actions) != Enqueued::Taken {
             self.queues.put_back(from, vec![(e, m)]);
-            return;
+            self.carry_out(to, actions, now);
+            return false;
         }
         let to_qid = q.qid;
         q.messages.insert(e.id, m.clone());
@@ -492,6 +534,7 @@ impl Router {
             });
         }
         self.carry_out(to, actions, now);
+        true
     }
 
     /// A `$queue/` filter in a SUBSCRIBE: checked, allowed by the ACL (read on
@@ -563,7 +606,10 @@ impl Router {
             info!(client = %id, queue = %name, "queue created by a subscription");
         }
         if let Some(f) = bind {
-            self.queues.bind(&name, f);
+            if !self.queues.bind(&name, f) {
+                warn!(client = %id, queue = %name, "queue binding refused: the queue has {MAX_BINDINGS} topic filters");
+                return ReasonCode::QUOTA_EXCEEDED;
+            }
         }
         // Work is delivered at least once: QoS 0 asks for QoS 1.
         let qos = qos.max(QoS::AtLeastOnce);
@@ -648,9 +694,8 @@ impl Router {
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
-        if c.consumes.is_empty() && only.is_none() {
-            return;
-        }
+        // Every queue it is attached to (`qos` has it: also one it unsubscribed
+        // from while it still holds messages of it).
         let names: Vec<Arc<str>> = match only {
             Some(n) => self
                 .queues
@@ -659,19 +704,48 @@ impl Router {
                 .map(|(k, _)| k.clone())
                 .into_iter()
                 .collect(),
-            None => c.consumes.iter().map(|(n, _)| n.clone()).collect(),
+            None if c.consumes.is_empty() && !self.queues.any_consumer(id) => return,
+            None => self
+                .queues
+                .by_name
+                .iter()
+                .filter(|(_, q)| q.qos.contains_key(id))
+                .map(|(n, _)| n.clone())
+                .collect(),
         };
         // The session gives up those deliveries (their packet ids are free);
-        // the queues count them as delivered and hand them on.
-        c.session
-            .take_queue_deliveries(|q| names.iter().any(|n| **n == *q));
+        // the queues count them as delivered and hand them on. While still
+        // connected (UNSUBSCRIBE) it keeps what it was sent, until acknowledged.
+        let connected = c.online();
+        let taken = c
+            .session
+            .take_queue_deliveries(|q| names.iter().any(|n| **n == *q), connected);
+        for tag in taken.acked {
+            if let Some(q) = self.queues.by_name.get_mut(&tag.queue) {
+                if q.core.ack(id, tag.id).is_some() {
+                    q.messages.remove(&tag.id);
+                    let qid = q.qid;
+                    if qid != 0 {
+                        self.queue_op(Op::QueueDone {
+                            qid,
+                            mids: vec![tag.id],
+                        });
+                    }
+                }
+            }
+        }
         for name in names {
             let Some(q) = self.queues.by_name.get_mut(&name) else {
                 continue;
             };
-            q.qos.remove(id);
             let mut actions = Vec::new();
-            q.core.detach(id, now, &mut actions);
+            if connected {
+                // Unsubscribed: nothing new, what it holds waits for its ack.
+                q.core.stop(id);
+            } else {
+                q.qos.remove(id);
+                q.core.detach(id, now, &mut actions);
+            }
             q.core.dispatch(now, &mut actions);
             self.carry_out(&name, actions, now);
         }
@@ -735,6 +809,22 @@ impl Router {
         self.carry_out(&tag.queue, actions, now);
     }
 
+    /// Dead-letter the expired messages of every queue, wherever they wait
+    /// (called with the retained sweep).
+    pub(super) fn sweep_queues(&mut self, now: Instant) {
+        let names = self.queues.names();
+        for name in names {
+            let Some(q) = self.queues.by_name.get_mut(&name) else {
+                continue;
+            };
+            let mut actions = Vec::new();
+            q.core.sweep_expired(now, &mut actions);
+            if !actions.is_empty() {
+                self.carry_out(&name, actions, now);
+            }
+        }
+    }
+
     /// A queue's timer: retries due, ack timeouts, expiry.
     pub(super) fn tick_queue(&mut self, name: &Arc<str>, now: Instant) {
         let Some(q) = self.queues.by_name.get_mut(name) else {
@@ -784,6 +874,13 @@ impl Router {
         let (Some(m), Some(&qos)) = (q.messages.get(&entry.id), q.qos.get(&to)) else {
             return;
         };
+        if m.is_expired(now) {
+            // Expired since it was taken (v5 Message Expiry): dead, not sent.
+            let mut actions = Vec::new();
+            q.core.expire(&to, entry.id, &mut actions);
+            self.carry_out(name, actions, now);
+            return;
+        }
         let (id, count) = (entry.id.to_string(), entry.deliveries.to_string());
         let message = relabel(m, &[(MESSAGE_ID, &id), (DELIVERY_COUNT, &count)]);
         let d = Delivery {
@@ -799,7 +896,16 @@ impl Router {
             })),
         };
         let qid = self.qid(name);
-        if self.deliver_to(&to, d, now, false).is_some() {
+        let outcome = self.deliver_to(&to, d, now, false);
+        if outcome == Some(super::fanout::Delivered::Skipped) {
+            // Larger than the consumer's Maximum Packet Size: a refusal (0x95),
+            // retried (perhaps by another consumer) and dead-lettered in the end.
+            if let Some(q) = self.queues.by_name.get_mut(name) {
+                let mut actions = Vec::new();
+                q.core.nack(&to, entry.id, 0x95, now, &mut actions);
+                self.carry_out(name, actions, now);
+            }
+        } else if outcome.is_some() {
             if qid != 0 {
                 // Counted before it is acknowledged: after a crash the count
                 // includes this delivery (a message that crashes its consumers
@@ -839,16 +945,13 @@ impl Router {
             info!(queue = %from, id = entry.id, reason = reason.as_str(), "dead letter dropped: the queue has no dead-letter queue");
             return;
         };
-        if !self.queues.exists(&dlq) {
-            let mut d = QueueConfig::named(&dlq);
-            d.dead_letter = Some(String::new());
-            if self.declare_queue(&d).is_err() {
-                warn!(queue = %from, dead_letter = %dlq, "dead letter dropped: limits.max_queues reached");
-                return;
-            }
+        if !self.queues.exists(&dlq) && self.declare_queue(&dead_letter_queue(&dlq)).is_err() {
+            self.metrics.queue_dropped.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %from, dead_letter = %dlq, "dead letter dropped (counted in queue_dropped): limits.max_queues reached");
+            return;
         }
         let (count, first) = (entry.deliveries.to_string(), entry.enqueued_ms.to_string());
-        let m = relabel(
+        let mut m = relabel(
             &m,
             &[
                 (DELIVERY_COUNT, &count),
@@ -857,6 +960,11 @@ impl Router {
                 (FIRST_ENQUEUED, &first),
             ],
         );
+        // A dead letter waits for a person: it does not expire (an expired
+        // message would otherwise never leave the dead-letter queue).
+        if let Some(mm) = Arc::get_mut(&mut m) {
+            mm.properties.message_expiry_interval = None;
+        }
         let Some((dlq, _)) = self.queues.by_name.get_key_value(&*dlq) else {
             return;
         };
@@ -884,7 +992,8 @@ impl Router {
                 });
             }
         } else {
-            warn!(queue = %from, dead_letter = %dlq, "dead letter dropped: the dead-letter queue is full");
+            self.metrics.queue_dropped.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %from, dead_letter = %dlq, "dead letter dropped (counted in queue_dropped): the dead-letter queue is full");
         }
         self.carry_out(&dlq, actions, now);
     }
