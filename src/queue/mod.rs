@@ -312,6 +312,15 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         self.consumers.len()
     }
 
+    /// Take `id` out of flight if `consumer` holds it (a late answer from a
+    /// consumer it was taken from is ignored).
+    fn take_own(&mut self, consumer: &K, id: MsgId) -> Option<InFlight<K>> {
+        if self.in_flight.get(&id)?.consumer != *consumer {
+            return None;
+        }
+        self.take_in_flight(id)
+    }
+
     fn take_in_flight(&mut self, id: MsgId) -> Option<InFlight<K>> {
         let f = self.in_flight.remove(&id)?;
         self.timeouts.cancel(&id);
@@ -362,14 +371,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     /// `id`, handed to `consumer`, expired before it could be sent: it goes to
     /// the dead-letter queue as `expired`.
     pub fn expire(&mut self, consumer: &K, id: MsgId, out: &mut Vec<Action<K>>) -> bool {
-        if self
-            .in_flight
-            .get(&id)
-            .is_none_or(|f| f.consumer != *consumer)
-        {
-            return false;
-        }
-        let Some(f) = self.take_in_flight(id) else {
+        let Some(f) = self.take_own(consumer, id) else {
             return false;
         };
         self.forget(f.entry);
@@ -391,14 +393,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     /// goes back first in line, not counted as a delivery, and the consumer gets
     /// nothing more until it acknowledges or refuses one of those it holds.
     pub fn give_back(&mut self, consumer: &K, id: MsgId) -> bool {
-        if self
-            .in_flight
-            .get(&id)
-            .is_none_or(|f| f.consumer != *consumer)
-        {
-            return false;
-        }
-        let Some(mut f) = self.take_in_flight(id) else {
+        let Some(mut f) = self.take_own(consumer, id) else {
             return false;
         };
         if let Some(c) = self.consumers.iter_mut().find(|c| c.key == *consumer) {
@@ -413,10 +408,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     /// it in the store); None when `id` is not this consumer's (a late ack after
     /// its ack timeout gave the message to another).
     pub fn ack(&mut self, consumer: &K, id: MsgId) -> Option<Entry> {
-        if self.in_flight.get(&id)?.consumer != *consumer {
-            return None;
-        }
-        let f = self.take_in_flight(id)?;
+        let f = self.take_own(consumer, id)?;
         self.forget(f.entry);
         self.counters.acked += 1;
         Some(f.entry)
@@ -434,14 +426,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         now: Instant,
         out: &mut Vec<Action<K>>,
     ) -> bool {
-        if self
-            .in_flight
-            .get(&id)
-            .is_none_or(|f| f.consumer != *consumer)
-        {
-            return false;
-        }
-        let Some(f) = self.take_in_flight(id) else {
+        let Some(f) = self.take_own(consumer, id) else {
             return false;
         };
         self.counters.nacked += 1;

@@ -721,18 +721,7 @@ impl Router {
             .session
             .take_queue_deliveries(|q| names.iter().any(|n| **n == *q), connected);
         for tag in taken.acked {
-            if let Some(q) = self.queues.by_name.get_mut(&tag.queue) {
-                if q.core.ack(id, tag.id).is_some() {
-                    q.messages.remove(&tag.id);
-                    let qid = q.qid;
-                    if qid != 0 {
-                        self.queue_op(Op::QueueDone {
-                            qid,
-                            mids: vec![tag.id],
-                        });
-                    }
-                }
-            }
+            self.queue_ack(id, &tag);
         }
         for name in names {
             let Some(q) = self.queues.by_name.get_mut(&name) else {
@@ -749,6 +738,26 @@ impl Router {
             q.core.dispatch(now, &mut actions);
             self.carry_out(&name, actions, now);
         }
+    }
+
+    /// `id` acknowledged `tag`: the message is gone (and its end stored).
+    /// False when it was not `id`'s to acknowledge.
+    fn queue_ack(&mut self, id: &ClientId, tag: &QueueTag) -> bool {
+        let Some(q) = self.queues.by_name.get_mut(&tag.queue) else {
+            return false;
+        };
+        if q.core.ack(id, tag.id).is_none() {
+            return false;
+        }
+        q.messages.remove(&tag.id);
+        let qid = q.qid;
+        if qid != 0 {
+            self.queue_op(Op::QueueDone {
+                qid,
+                mids: vec![tag.id],
+            });
+        }
+        true
     }
 
     /// The end of a router turn: act on the queue deliveries that ended in it.
@@ -773,30 +782,15 @@ impl Router {
         outcome: QueueOutcome,
     ) {
         let now = self.turn.now;
+        if outcome == QueueOutcome::Acked {
+            self.queue_ack(id, &tag);
+        }
         let Some(q) = self.queues.by_name.get_mut(&tag.queue) else {
             return;
         };
         let mut actions = Vec::new();
         match outcome {
-            QueueOutcome::Acked => {
-                if q.core.ack(id, tag.id).is_some() {
-                    q.messages.remove(&tag.id);
-                    let qid = q.qid;
-                    if qid != 0 {
-                        self.queue_op(Op::QueueDone {
-                            qid,
-                            mids: vec![tag.id],
-                        });
-                    }
-                    let Some(q) = self.queues.by_name.get_mut(&tag.queue) else {
-                        return;
-                    };
-                    let mut actions = Vec::new();
-                    q.core.dispatch(now, &mut actions);
-                    self.carry_out(&tag.queue, actions, now);
-                    return;
-                }
-            }
+            QueueOutcome::Acked => {}
             QueueOutcome::Refused(code) => {
                 q.core.nack(id, tag.id, code, now, &mut actions);
             }
