@@ -858,3 +858,29 @@ async fn an_unsubscribed_consumer_keeps_what_it_holds_until_it_acks() {
         "acked: not handed on"
     );
 }
+
+#[tokio::test]
+async fn a_publisher_retry_after_a_crash_is_still_recognised_by_the_dedup_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("dedup.toml");
+    std::fs::write(
+        &cfg,
+        "[[queues]]\nname = \"jobs\"\ntopics = [\"jobs/#\"]\ndedup_window = \"5m\"\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let b = BrokerProcess::spawn_in(&data, &["-c", cfg]);
+    let mut p = publisher(b.addr, "producer").await;
+    publish_with(&mut p, "jobs/x", 1, b"once", &[("message-id", "order-7")]).await;
+    drop(b); // SIGKILL: the publisher may not have seen its PUBACK; it retries.
+    let b = BrokerProcess::spawn_in(&data, &["-c", cfg]);
+    let mut p = publisher(b.addr, "producer").await;
+    publish_with(&mut p, "jobs/x", 1, b"once", &[("message-id", "order-7")]).await;
+    let mut w = consumer(b.addr, "w", "jobs", 10).await;
+    assert!(next(&mut w, Duration::from_secs(3)).await.is_some());
+    assert!(
+        next(&mut w, Duration::from_millis(500)).await.is_none(),
+        "taken once"
+    );
+}

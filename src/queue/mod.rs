@@ -266,8 +266,13 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     }
 
     /// Recovery: a message that was in the queue (ready now, with the deliveries
-    /// it had), in enqueue order. No dedup or caps: it was accepted before.
-    pub fn restore(&mut self, e: Entry) {
+    /// it had), in enqueue order. No caps: it was accepted before. Its dedup id
+    /// (taken at `taken_at`) is remembered again, so a publisher's retry after a
+    /// crash is still recognised while the message is held.
+    pub fn restore(&mut self, e: Entry, dedup_id: Option<&str>, taken_at: Instant) {
+        if let (Some(d), Some(id)) = (self.dedup.as_mut(), dedup_id) {
+            d.record(id, taken_at);
+        }
         self.bytes += u64::from(e.bytes);
         self.ready.push_back(e);
     }

@@ -516,10 +516,14 @@ fn review_findings_in_the_core() {
         max_deliveries: 2,
         ..Default::default()
     });
-    q.restore(Entry {
-        deliveries: 2,
-        ..entry(7)
-    });
+    q.restore(
+        Entry {
+            deliveries: 2,
+            ..entry(7)
+        },
+        None,
+        t,
+    );
     q.attach("c", 1);
     let mut out = Vec::new();
     q.dispatch(t, &mut out);

@@ -321,14 +321,24 @@ impl Router {
                 let key = q.core.policy().ordering.as_ref().map_or(0, |k| {
                     key_hash(k.key_of(&message.topic, &message.properties.user_properties))
                 });
-                q.core.restore(Entry {
-                    id: mid,
-                    bytes: u32::try_from(message.cost()).unwrap_or(u32::MAX),
-                    deliveries,
-                    enqueued_ms,
-                    expires,
-                    key,
-                });
+                let dedup_id = message
+                    .properties
+                    .user_properties
+                    .iter()
+                    .find(|(k, _)| *k == "message-id")
+                    .map(|(_, v)| v.to_string());
+                q.core.restore(
+                    Entry {
+                        id: mid,
+                        bytes: u32::try_from(message.cost()).unwrap_or(u32::MAX),
+                        deliveries,
+                        enqueued_ms,
+                        expires,
+                        key,
+                    },
+                    dedup_id.as_deref(),
+                    enqueued,
+                );
                 q.messages.insert(mid, message);
             }
         }
