@@ -841,9 +841,14 @@ impl Router {
 
     /// Do what queue `name`'s core asked, then set its timer.
     fn carry_out(&mut self, name: &Arc<str>, actions: Vec<Action<ClientId>>, now: Instant) {
+        // Deliveries a session could not take, given back after the others in
+        // reverse, so they are first in line in their original order.
+        let mut back: Vec<(ClientId, MsgId)> = Vec::new();
         for a in actions {
             match a {
-                Action::Deliver { to, entry } => self.deliver_from_queue(name, to, entry, now),
+                Action::Deliver { to, entry } => {
+                    back.extend(self.deliver_from_queue(name, to, entry, now));
+                }
                 Action::DeadLetter { entry, reason } => self.dead_letter(name, entry, reason, now),
                 Action::Drop { entry } => {
                     if let Some(q) = self.queues.by_name.get_mut(name) {
@@ -860,6 +865,11 @@ impl Router {
                 }
             }
         }
+        if let Some(q) = self.queues.by_name.get_mut(name) {
+            for (to, id) in back.into_iter().rev() {
+                q.core.give_back(&to, id);
+            }
+        }
         self.deadlines.cancel(&Timer::Queue(name.clone()));
         if let Some(at) = self
             .queues
@@ -871,19 +881,29 @@ impl Router {
         }
     }
 
-    fn deliver_from_queue(&mut self, name: &Arc<str>, to: ClientId, entry: Entry, now: Instant) {
-        let Some(q) = self.queues.by_name.get_mut(name) else {
-            return;
+    /// Hand `entry` to `to`'s session. Returns it when the session could not
+    /// take it (the caller gives it back).
+    fn deliver_from_queue(
+        &mut self,
+        name: &Arc<str>,
+        to: ClientId,
+        entry: Entry,
+        now: Instant,
+    ) -> Option<(ClientId, MsgId)> {
+        let q = self.queues.by_name.get_mut(name)?;
+        let Some(&qos) = q.qos.get(&to) else {
+            // Not (or no longer) attached: back to the queue.
+            return Some((to, entry.id));
         };
-        let (Some(m), Some(&qos)) = (q.messages.get(&entry.id), q.qos.get(&to)) else {
-            return;
-        };
+        // INVARIANT: the core and `messages` hold the same ids (every enqueue,
+        // restore and removal changes both).
+        let m = q.messages.get(&entry.id)?;
         if m.is_expired(now) {
             // Expired since it was taken (v5 Message Expiry): dead, not sent.
             let mut actions = Vec::new();
             q.core.expire(&to, entry.id, &mut actions);
             self.carry_out(name, actions, now);
-            return;
+            return None;
         }
         let (id, count) = (entry.id.to_string(), entry.deliveries.to_string());
         let message = relabel(m, &[(MESSAGE_ID, &id), (DELIVERY_COUNT, &count)]);
@@ -920,10 +940,11 @@ impl Router {
                     deliveries: entry.deliveries,
                 });
             }
-        } else if let Some(q) = self.queues.by_name.get_mut(name) {
+        } else {
             // Its session could not take it (a full queue): back first in line.
-            q.core.give_back(&to, entry.id);
+            return Some((to, entry.id));
         }
+        None
     }
 
     /// Move a message of `from` to its dead-letter queue with the reason, or drop
