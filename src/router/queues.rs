@@ -368,25 +368,29 @@ impl Router {
         }
     }
 
-    /// Write a queue op (when there is a store), merging runs of `QueueDone`.
+    /// Write a queue op (when there is a store), merging runs of `QueueDone`
+    /// and of `QueueCount` (deliveries and acks come in runs).
     pub(super) fn queue_op(&mut self, op: Op) {
         let Some(st) = self.store.as_mut() else {
             return;
         };
-        if let (
-            Op::QueueDone { qid, mids },
-            Some(Op::QueueDone {
-                qid: last,
-                mids: run,
-            }),
-        ) = (&op, st.ops.last_mut())
-        {
-            if qid == last {
-                run.extend_from_slice(mids);
-                return;
-            }
+        match (&op, st.ops.last_mut()) {
+            (
+                Op::QueueDone { qid, mids },
+                Some(Op::QueueDone {
+                    qid: last,
+                    mids: run,
+                }),
+            ) if qid == last => run.extend_from_slice(mids),
+            (
+                Op::QueueCount { qid, counts },
+                Some(Op::QueueCount {
+                    qid: last,
+                    counts: run,
+                }),
+            ) if qid == last => run.extend_from_slice(counts),
+            _ => st.ops.push(op),
         }
-        st.ops.push(op);
     }
 
     /// The store id of queue `name` (0: none).
@@ -936,8 +940,7 @@ impl Router {
                 // still reaches max_deliveries).
                 self.queue_op(Op::QueueCount {
                     qid,
-                    mid: entry.id,
-                    deliveries: entry.deliveries,
+                    counts: vec![(entry.id, entry.deliveries)],
                 });
             }
         } else {

@@ -33,10 +33,10 @@ pub struct RecoveredQueue {
     pub messages: Vec<(u64, Arc<Message>, u16, u64)>,
 }
 
-/// The records an op made live and dead.
+/// The records (or shares of one) an op made live and dead.
 #[derive(Default)]
 pub struct Changes {
-    pub live: Option<Loc>,
+    pub live: Vec<Loc>,
     pub dead: Vec<Loc>,
 }
 
@@ -56,7 +56,7 @@ impl QueueIndex {
         match op {
             Op::QueueDecl { qid, name } => {
                 self.max_qid = self.max_qid.max(qid);
-                ch.live = Some(loc);
+                ch.live.push(loc);
                 if let Some((_, old)) = self.queues.insert(qid, (name, loc)) {
                     ch.dead.push(old);
                 }
@@ -69,7 +69,7 @@ impl QueueIndex {
                 enqueued_ms,
             } => {
                 self.max_mid = self.max_mid.max(mid);
-                ch.live = Some(loc);
+                ch.live.push(loc);
                 let new = QMsg {
                     message,
                     deliveries,
@@ -82,15 +82,20 @@ impl QueueIndex {
                     ch.dead.extend(old.count);
                 }
             }
-            Op::QueueCount {
-                qid,
-                mid,
-                deliveries,
-            } => {
-                if let Some(m) = self.msgs.get_mut(&(qid, mid)) {
-                    m.deliveries = deliveries;
-                    ch.live = Some(loc);
-                    ch.dead.extend(m.count.replace(loc));
+            Op::QueueCount { qid, counts } => {
+                // One record, several messages: each owns a share of its bytes,
+                // live while it is that message's latest count.
+                let n = counts.len().max(1) as u32;
+                for (i, (mid, deliveries)) in counts.into_iter().enumerate() {
+                    let share = Loc {
+                        seg: loc.seg,
+                        bytes: loc.bytes / n + u32::from(i == 0) * (loc.bytes % n),
+                    };
+                    if let Some(m) = self.msgs.get_mut(&(qid, mid)) {
+                        m.deliveries = deliveries;
+                        ch.live.push(share);
+                        ch.dead.extend(m.count.replace(share));
+                    }
                 }
             }
             Op::QueueDone { qid, mids } => {
@@ -211,16 +216,14 @@ mod tests {
         st.apply(
             Op::QueueCount {
                 qid: 1,
-                mid: 5,
-                deliveries: 2,
+                counts: vec![(5, 2)],
             },
             at(2),
         );
         st.apply(
             Op::QueueCount {
                 qid: 1,
-                mid: 5,
-                deliveries: 3,
+                counts: vec![(5, 3)],
             },
             at(2),
         );

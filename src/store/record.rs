@@ -104,11 +104,11 @@ pub enum Op {
         /// Unix milliseconds of its first enqueue.
         enqueued_ms: u64,
     },
-    /// A queue message was handed to a consumer again: its delivery count.
+    /// Queue messages were handed to consumers: their delivery counts (message
+    /// id, count). A list: deliveries come in runs, one record serves the run.
     QueueCount {
         qid: u64,
-        mid: u64,
-        deliveries: u16,
+        counts: Vec<(u64, u16)>,
     },
     /// Queue messages gone: acknowledged, dead-lettered (the dead-letter queue
     /// writes its own `QueueMsg`), dropped or purged.
@@ -432,14 +432,13 @@ fn put_queue_op(buf: &mut Vec<u8>, op: &Op, clock: Clock) {
             put_var(buf, *enqueued_ms);
             put_message(buf, message, clock);
         }
-        Op::QueueCount {
-            qid,
-            mid,
-            deliveries,
-        } => {
+        Op::QueueCount { qid, counts } => {
             put_var(buf, *qid);
-            put_var(buf, *mid);
-            put_var(buf, u64::from(*deliveries));
+            put_var(buf, counts.len() as u64);
+            for (mid, n) in counts {
+                put_var(buf, *mid);
+                put_var(buf, u64::from(*n));
+            }
         }
         Op::QueueDone { qid, mids } => {
             put_var(buf, *qid);
@@ -742,11 +741,14 @@ fn get_queue_op(kind: u8, r: &mut Reader, clock: Clock) -> Result<Op, Bad> {
             enqueued_ms: r.var()?,
             message: Arc::new(get_message(r, clock)?),
         },
-        14 => Op::QueueCount {
-            qid,
-            mid: r.var()?,
-            deliveries: r.var_u16()?,
-        },
+        14 => {
+            let n = r.var()?;
+            let mut counts = Vec::new();
+            for _ in 0..n {
+                counts.push((r.var()?, r.var_u16()?));
+            }
+            Op::QueueCount { qid, counts }
+        }
         _ => {
             let n = r.var()?;
             let mut mids = Vec::new();
@@ -972,8 +974,7 @@ mod tests {
             },
             Op::QueueCount {
                 qid: 4,
-                mid: 77,
-                deliveries: 4,
+                counts: vec![(77, 4), (78, 1)],
             },
             Op::QueueDone {
                 qid: 4,

@@ -203,7 +203,7 @@ impl State {
             | Op::QueueCount { .. }
             | Op::QueueDone { .. } => {
                 let ch = self.queues.apply(op, loc);
-                if let Some(l) = ch.live {
+                for l in ch.live {
                     self.live(l);
                 }
                 for l in ch.dead {
