@@ -312,6 +312,11 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         }
     }
 
+    /// Is `consumer` attached (taking messages, or stopped with some held)?
+    pub fn is_consumer(&self, consumer: &K) -> bool {
+        self.consumers.iter().any(|c| c.key == *consumer)
+    }
+
     /// Consumers attached now.
     pub fn consumers(&self) -> usize {
         self.consumers.len()

@@ -31,6 +31,9 @@ pub(super) struct QueueState {
     messages: Map<MsgId, Arc<Message>>,
     /// Each consumer's QoS: 1, or 2 when its subscription asked for it.
     qos: Map<ClientId, QoS>,
+    /// Declared in the config (or the dead-letter queue of one): kept while
+    /// idle. Others (created by a subscription) go once idle and empty.
+    declared: bool,
 }
 
 /// Every queue, and which topics feed which queue.
@@ -101,6 +104,9 @@ impl Queues {
                 }
             }
         }
+        for s in q.by_name.values_mut() {
+            s.declared = true;
+        }
         q
     }
 
@@ -126,9 +132,29 @@ impl Queues {
                 dead_letter: qc.dead_letter_name().map(Arc::from),
                 messages: Map::default(),
                 qos: Map::default(),
+                declared: false,
             },
         );
         Ok(())
+    }
+
+    /// Remove queue `name` and its bindings; its store id.
+    fn remove(&mut self, name: &Arc<str>) -> Option<u64> {
+        let q = self.by_name.remove(name)?;
+        let filters: Vec<Arc<str>> = self
+            .bound
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, f)| f.clone())
+            .collect();
+        for f in filters {
+            self.bound.remove(&(name.clone(), f.clone()));
+            if let Ok(spec) = FilterSpec::parse(&f, self.topic_limits) {
+                self.bindings.remove(&spec, name);
+            }
+        }
+        self.bindings_of.remove(name);
+        Some(q.qid)
     }
 
     /// Bind topic filter `filter` to queue `name` (once). False when the queue
@@ -745,6 +771,9 @@ impl Router {
             if connected {
                 // Unsubscribed: nothing new, what it holds waits for its ack.
                 q.core.stop(id);
+                if !q.core.is_consumer(id) {
+                    q.qos.remove(id);
+                }
             } else {
                 q.qos.remove(id);
                 q.core.detach(id, now, &mut actions);
@@ -813,8 +842,38 @@ impl Router {
                 q.core.nack(id, tag.id, 0x80, now, &mut actions);
             }
         }
+        // A consumer that unsubscribed leaves with its last message.
+        if !q.core.is_consumer(id) {
+            q.qos.remove(id);
+        }
         q.core.dispatch(now, &mut actions);
         self.carry_out(&tag.queue, actions, now);
+    }
+
+    /// Remove the queues clients created by subscribing that nobody consumes
+    /// (connected or not) and that hold nothing, so subscriptions cannot use up
+    /// `max_queues` for good (called with the periodic sweep).
+    pub(super) fn remove_idle_queues(&mut self) {
+        let idle: Vec<Arc<str>> = self
+            .queues
+            .by_name
+            .iter()
+            .filter(|(_, q)| !q.declared && q.core.is_empty() && q.qos.is_empty())
+            .map(|(n, _)| n.clone())
+            .filter(|n| {
+                !self
+                    .clients
+                    .values()
+                    .any(|c| c.consumes.iter().any(|(m, _)| m == n))
+            })
+            .collect();
+        for name in idle {
+            self.deadlines.cancel(&Timer::Queue(name.clone()));
+            if let Some(qid) = self.queues.remove(&name).filter(|q| *q != 0) {
+                self.queue_op(Op::QueueGone { qid });
+            }
+            info!(queue = %name, "queue removed: created by a subscription, now idle and empty");
+        }
     }
 
     /// Dead-letter the expired messages of every queue, wherever they wait
@@ -831,6 +890,7 @@ impl Router {
                 self.carry_out(&name, actions, now);
             }
         }
+        self.remove_idle_queues();
     }
 
     /// A queue's timer: retries due, ack timeouts, expiry.

@@ -763,3 +763,49 @@ fn a_waiting_connect_is_refused_by_a_newer_one_and_by_shutdown() {
     assert!(live.kick.try_recv().is_err(), "not kicked");
     assert!(r.clients["d"].live(1).is_some());
 }
+
+/// A queue a client created by subscribing goes once nobody consumes it and it
+/// is empty, so subscriptions cannot use up `max_queues` for good; one still
+/// holding messages stays.
+#[test]
+fn idle_empty_queues_created_by_subscriptions_are_removed() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let (_, _c) = connect(&mut r, "c", 1, true, 0, None, t0);
+    subscribe(&mut r, "c", 1, "$queue/tmp/t/#", QoS::AtLeastOnce, t0);
+    subscribe(&mut r, "c", 1, "$queue/kept/k/#", QoS::AtLeastOnce, t0);
+    assert!(r.queues.exists("tmp") && r.queues.exists("kept"));
+    r.sweep(t0);
+    assert!(r.queues.exists("tmp"), "consumed: kept");
+    for f in ["$queue/tmp", "$queue/kept"] {
+        let codes = r.unsubscribe(
+            &"c".into(),
+            1,
+            Unsubscribe {
+                packet_id: PacketId::new(2).unwrap(),
+                user_properties: Vec::new(),
+                filters: vec![f.into()],
+            },
+            t0,
+        );
+        assert_eq!(codes, vec![ReasonCode::SUCCESS]);
+    }
+    // "kept" holds a message; "tmp" holds nothing.
+    r.publish(
+        None,
+        publish_packet("k/1", QoS::AtLeastOnce, 1, false),
+        t0,
+        false,
+    );
+    r.sweep(t0);
+    assert!(!r.queues.exists("tmp"), "idle and empty: removed");
+    assert!(r.queues.exists("kept"), "holds a message: kept");
+    // Its binding went with it: a message on t/ reaches no queue now.
+    r.publish(
+        None,
+        publish_packet("t/1", QoS::AtLeastOnce, 2, false),
+        t0,
+        false,
+    );
+    assert!(!r.queues.exists("tmp"));
+}

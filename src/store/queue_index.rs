@@ -98,6 +98,22 @@ impl QueueIndex {
                     }
                 }
             }
+            Op::QueueGone { qid } => {
+                if let Some((_, l)) = self.queues.remove(&qid) {
+                    ch.dead.push(l);
+                }
+                let mids: Vec<u64> = self
+                    .msgs
+                    .range((qid, 0)..=(qid, u64::MAX))
+                    .map(|((_, m), _)| *m)
+                    .collect();
+                for mid in mids {
+                    if let Some(old) = self.msgs.remove(&(qid, mid)) {
+                        ch.dead.push(old.loc);
+                        ch.dead.extend(old.count);
+                    }
+                }
+            }
             Op::QueueDone { qid, mids } => {
                 for mid in mids {
                     if let Some(old) = self.msgs.remove(&(qid, mid)) {

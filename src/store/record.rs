@@ -30,7 +30,7 @@ pub const MIN_RECORD: usize = HEADER + 1;
 pub const PAD: u8 = 0;
 
 /// The highest record kind this version writes.
-pub const MAX_KIND: u8 = 15;
+pub const MAX_KIND: u8 = 16;
 
 /// The largest record recovery accepts (a 256 MiB packet plus state); anything
 /// larger is a corrupt length.
@@ -116,6 +116,10 @@ pub enum Op {
         qid: u64,
         mids: Vec<u64>,
     },
+    /// A queue is gone (created by a subscription, idle and empty).
+    QueueGone {
+        qid: u64,
+    },
 }
 
 impl Op {
@@ -137,6 +141,7 @@ impl Op {
             Op::QueueMsg { .. } => 13,
             Op::QueueCount { .. } => 14,
             Op::QueueDone { .. } => 15,
+            Op::QueueGone { .. } => 16,
         }
     }
 }
@@ -402,7 +407,8 @@ pub fn encode_salted(
         Op::QueueDecl { .. }
         | Op::QueueMsg { .. }
         | Op::QueueCount { .. }
-        | Op::QueueDone { .. } => put_queue_op(buf, op, clock),
+        | Op::QueueDone { .. }
+        | Op::QueueGone { .. } => put_queue_op(buf, op, clock),
     }
     let body = &buf[start + 8..];
     let len = body.len() as u32;
@@ -447,6 +453,7 @@ fn put_queue_op(buf: &mut Vec<u8>, op: &Op, clock: Clock) {
                 put_var(buf, *m);
             }
         }
+        Op::QueueGone { qid } => put_var(buf, *qid),
         _ => {}
     }
 }
@@ -717,7 +724,7 @@ pub fn decode_body(kind: u8, body: &[u8], clock: Clock) -> Result<Op, Bad> {
             sid: r.var()?,
             pid: r.var_u16()?,
         },
-        12..=15 => get_queue_op(kind, &mut r, clock)?,
+        12..=16 => get_queue_op(kind, &mut r, clock)?,
         _ => return Err(Bad::Body("unknown kind")),
     };
     if !r.b.is_empty() {
@@ -749,7 +756,7 @@ fn get_queue_op(kind: u8, r: &mut Reader, clock: Clock) -> Result<Op, Bad> {
             }
             Op::QueueCount { qid, counts }
         }
-        _ => {
+        15 => {
             let n = r.var()?;
             let mut mids = Vec::new();
             for _ in 0..n {
@@ -757,6 +764,7 @@ fn get_queue_op(kind: u8, r: &mut Reader, clock: Clock) -> Result<Op, Bad> {
             }
             Op::QueueDone { qid, mids }
         }
+        _ => Op::QueueGone { qid },
     })
 }
 
@@ -980,6 +988,7 @@ mod tests {
                 qid: 4,
                 mids: vec![77, 78],
             },
+            Op::QueueGone { qid: 4 },
         ]
     }
 

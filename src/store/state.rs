@@ -201,7 +201,8 @@ impl State {
             Op::QueueDecl { .. }
             | Op::QueueMsg { .. }
             | Op::QueueCount { .. }
-            | Op::QueueDone { .. } => {
+            | Op::QueueDone { .. }
+            | Op::QueueGone { .. } => {
                 let ch = self.queues.apply(op, loc);
                 for l in ch.live {
                     self.live(l);
