@@ -884,3 +884,27 @@ async fn a_publisher_retry_after_a_crash_is_still_recognised_by_the_dedup_window
         "taken once"
     );
 }
+
+#[tokio::test]
+async fn a_queue_created_by_a_subscription_has_the_small_auto_caps() {
+    let mut c = test_config();
+    c.limits.auto_queue_max_length = 2;
+    let (_b, addr) = start(c).await;
+    let mut w = RawClient::connect(addr, V5).await;
+    w.send(&connect_packet(V5, "creator", true)).await;
+    assert!(matches!(w.recv().await, Some(Packet::ConnAck(_))));
+    w.subscribe(1, "$queue/sink/x/#", QoS::AtLeastOnce).await;
+    w.send(&Packet::Disconnect(Default::default())).await;
+    let mut p = publisher(addr, "producer").await;
+    // The queue it left behind takes two, then refuses.
+    let mut codes = Vec::new();
+    for i in 0..3u16 {
+        codes.push(publish(&mut p, "x/1", i + 1, b"w").await);
+    }
+    assert_eq!(codes.last(), Some(&ReasonCode::QUOTA_EXCEEDED), "{codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| **c == ReasonCode::SUCCESS).count(),
+        2,
+        "{codes:?}"
+    );
+}

@@ -40,7 +40,8 @@ enum Scenario {
     /// one queue created by the first consumer's `$queue/<name>/<filter>`
     /// subscription; each message must reach exactly one consumer (QoS 1 acks).
     /// With `--fill-first` the consumers connect after publishing ends: a backlog
-    /// fill, then its drain.
+    /// fill, then its drain. Such a queue is capped by the broker's
+    /// `limits.auto_queue_max_length` / `_bytes`: raise them for long runs.
     Queue,
 }
 

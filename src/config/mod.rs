@@ -264,6 +264,11 @@ pub struct Limits {
     /// Work queues in all: declared ones, their dead-letter queues, and those
     /// clients create by subscribing to `$queue/<name>/<filter>`.
     pub max_queues: usize,
+    /// Messages and bytes a queue created by a subscription (not declared in
+    /// `[[queues]]`) holds at most, its dead-letter queue too: any client may
+    /// create one, so its caps are small (beyond: refused, 0x97).
+    pub auto_queue_max_length: usize,
+    pub auto_queue_max_bytes: u64,
 }
 
 impl Limits {
@@ -312,6 +317,8 @@ impl Default for Limits {
             max_retained_messages: 10_000,
             max_retained_bytes: 16 * 1024 * 1024,
             max_queues: 64,
+            auto_queue_max_length: 10_000,
+            auto_queue_max_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -686,6 +693,12 @@ impl Limits {
         }
         if l.max_queues == 0 {
             err("limits.max_queues", "must be at least 1");
+        }
+        if l.auto_queue_max_length == 0 || l.auto_queue_max_bytes == 0 {
+            err(
+                "limits.auto_queue_max_length",
+                "auto_queue_max_length and auto_queue_max_bytes must be at least 1",
+            );
         }
         if l.max_session_expiry.as_secs() > u64::from(u32::MAX) {
             err(

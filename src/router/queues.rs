@@ -49,6 +49,9 @@ pub(super) struct Queues {
     /// The next store id of a queue (0: no store).
     next_qid: u64,
     max_queues: usize,
+    /// `limits.auto_queue_max_length` / `_bytes`: the caps of a queue created
+    /// by a subscription.
+    auto_caps: (usize, u64),
     topic_limits: TopicLimits,
     /// Reused for matching a topic against the bindings.
     scratch: Matches<Arc<str>, ()>,
@@ -85,6 +88,10 @@ impl Queues {
             next_id: 1,
             next_qid: 0,
             max_queues: config.limits.max_queues,
+            auto_caps: (
+                config.limits.auto_queue_max_length,
+                config.limits.auto_queue_max_bytes,
+            ),
             topic_limits: config.topic_limits(),
             scratch: Matches::default(),
             ended: Vec::new(),
@@ -136,6 +143,14 @@ impl Queues {
             },
         );
         Ok(())
+    }
+
+    /// The config of a queue a subscription creates: defaults with the small
+    /// caps of `limits.auto_queue_*`.
+    fn auto_queue(&self, name: &str) -> QueueConfig {
+        let mut qc = QueueConfig::named(name);
+        (qc.max_length, qc.max_bytes) = self.auto_caps;
+        qc
     }
 
     /// Remove queue `name` and its bindings; its store id.
@@ -322,11 +337,12 @@ impl Router {
             if !self.queues.exists(&rq.name) {
                 // Its options are not stored: a dead-letter queue by its name
                 // keeps what it gets.
-                let qc = if rq.name.ends_with("-dlq") {
+                let mut qc = if rq.name.ends_with("-dlq") {
                     dead_letter_queue(&rq.name)
                 } else {
                     QueueConfig::named(&rq.name)
                 };
+                (qc.max_length, qc.max_bytes) = self.queues.auto_caps;
                 if self.queues.declare(&qc).is_err() {
                     warn!(queue = %rq.name, dropped = rq.messages.len(), "stored queue not restored: limits.max_queues reached");
                     continue;
@@ -506,8 +522,8 @@ impl Router {
             warn!(%filter, "stored queue subscription no longer valid: dropped");
             return;
         };
-        if !self.queues.exists(qf.name) && self.declare_queue(&QueueConfig::named(qf.name)).is_err()
-        {
+        let qc = self.queues.auto_queue(qf.name);
+        if !self.queues.exists(qf.name) && self.declare_queue(&qc).is_err() {
             warn!(
                 queue = qf.name,
                 "stored queue subscription dropped: limits.max_queues reached"
@@ -634,7 +650,7 @@ impl Router {
         let (name, created) = match self.queues.by_name.get_key_value(name) {
             Some((n, _)) => (n.clone(), false),
             None => {
-                let qc = QueueConfig::named(name);
+                let qc = self.queues.auto_queue(name);
                 if self.declare_queue(&qc).is_err() {
                     warn!(client = %id, queue = name, "queue not created: limits.max_queues reached");
                     return ReasonCode::QUOTA_EXCEEDED;
@@ -1033,7 +1049,11 @@ impl Router {
             info!(queue = %from, id = entry.id, reason = reason.as_str(), "dead letter dropped: the queue has no dead-letter queue");
             return;
         };
-        if !self.queues.exists(&dlq) && self.declare_queue(&dead_letter_queue(&dlq)).is_err() {
+        let mut dlq_config = dead_letter_queue(&dlq);
+        if !self.queues.by_name.get(from).is_some_and(|q| q.declared) {
+            (dlq_config.max_length, dlq_config.max_bytes) = self.queues.auto_caps;
+        }
+        if !self.queues.exists(&dlq) && self.declare_queue(&dlq_config).is_err() {
             self.metrics.queue_dropped.fetch_add(1, Ordering::Relaxed);
             warn!(queue = %from, dead_letter = %dlq, "dead letter dropped (counted in queue_dropped): limits.max_queues reached");
             return;
