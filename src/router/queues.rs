@@ -563,7 +563,15 @@ impl Router {
             self.queues.put_back(from, vec![(e, m)]);
             return false;
         };
-        let entry = Entry { deliveries: 0, ..e };
+        // Its key under the target's ordering policy.
+        let key = q.core.policy().ordering.as_ref().map_or(0, |k| {
+            key_hash(k.key_of(&m.topic, &m.properties.user_properties))
+        });
+        let entry = Entry {
+            deliveries: 0,
+            key,
+            ..e
+        };
         let mut actions = Vec::new();
         if q.core.enqueue(entry, None, now, &mut actions) != Enqueued::Taken {
             self.queues.put_back(from, vec![(e, m)]);
@@ -670,8 +678,20 @@ impl Router {
         // Work is delivered at least once: QoS 0 asks for QoS 1.
         let qos = qos.max(QoS::AtLeastOnce);
         if let Some(c) = self.clients.get_mut(id) {
-            if !c.consumes.iter().any(|(n, _)| *n == name) {
-                c.consumes.push((name.clone(), qos));
+            let known = c.consumes.iter_mut().find(|(n, _)| *n == name);
+            let changed = match known {
+                Some((_, q)) if *q == qos => false,
+                Some((_, q)) => {
+                    // A repeated SUBSCRIBE replaces the subscription [MQTT-3.8.4-3].
+                    *q = qos;
+                    true
+                }
+                None => {
+                    c.consumes.push((name.clone(), qos));
+                    true
+                }
+            };
+            if changed {
                 // A persistent session keeps consuming across reconnects and
                 // restarts, like any of its subscriptions.
                 if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
@@ -1084,6 +1104,11 @@ impl Router {
         let e = Entry {
             deliveries: 0,
             expires: None,
+            // It carries more properties now.
+            bytes: u32::try_from(m.cost()).unwrap_or(u32::MAX),
+            key: d.core.policy().ordering.as_ref().map_or(0, |k| {
+                key_hash(k.key_of(&m.topic, &m.properties.user_properties))
+            }),
             ..entry
         };
         if d.core.enqueue(e, None, now, &mut actions) == Enqueued::Taken {
