@@ -990,6 +990,11 @@ impl Router {
         entry: Entry,
         now: Instant,
     ) -> Option<(ClientId, MsgId)> {
+        let v5 = self
+            .clients
+            .get(&to)
+            .and_then(|c| c.conn.as_ref())
+            .is_some_and(|h| h.version.is_v5());
         let q = self.queues.by_name.get_mut(name)?;
         let Some(&qos) = q.qos.get(&to) else {
             // Not (or no longer) attached: back to the queue.
@@ -1005,8 +1010,14 @@ impl Router {
             self.carry_out(name, actions, now);
             return None;
         }
-        let (id, count) = (entry.id.to_string(), entry.deliveries.to_string());
-        let message = relabel(m, &[(MESSAGE_ID, &id), (DELIVERY_COUNT, &count)]);
+        // 3.1.1 has no user properties: its consumers get the message as it
+        // is, without a copy per delivery.
+        let message = if v5 {
+            let (id, count) = (entry.id.to_string(), entry.deliveries.to_string());
+            relabel(m, &[(MESSAGE_ID, &id), (DELIVERY_COUNT, &count)])
+        } else {
+            m.clone()
+        };
         let d = Delivery {
             message,
             qos,
