@@ -94,14 +94,6 @@ pub struct QueueTag {
     pub id: u64,
 }
 
-/// What `Session::take_queue_deliveries` took: deliveries back to their queue,
-/// and QoS 2 ones the client has (PUBREC came) that count as acknowledged.
-#[derive(Debug, Default)]
-pub struct TakenQueueDeliveries {
-    pub returned: Vec<QueueTag>,
-    pub acked: Vec<QueueTag>,
-}
-
 /// How a work queue's delivery ended, for the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueOutcome {
@@ -678,20 +670,19 @@ impl Session {
 
     /// Take the deliveries of the work queues `which` names out of this session,
     /// in flight or queued (its consumer stopped consuming them, or went
-    /// offline): their queues give them to another consumer. Their packet ids
-    /// are free again.
+    /// offline): their queues hand them on. Their packet ids are free again.
     ///
     /// `unsent_only` (the client is still connected and unsubscribed): only what
     /// it was not sent yet; what it holds stays until it acknowledges it, so its
     /// window is not exceeded. A QoS 2 delivery whose PUBREC came is the
-    /// client's: it stays for its PUBREL, and its queue counts it acknowledged.
+    /// client's: it stays for its PUBREL. Returns those, which their queues
+    /// count as acknowledged.
     pub fn take_queue_deliveries(
         &mut self,
         which: impl Fn(&str) -> bool,
         unsent_only: bool,
-    ) -> TakenQueueDeliveries {
+    ) -> Vec<QueueTag> {
         let of = |d: &Delivery| d.queued.as_ref().is_some_and(|t| which(&t.queue));
-        let mut tags = Vec::new();
         let mut acked = Vec::new();
         let mut i = 0;
         while i < self.inflight.len() {
@@ -708,7 +699,6 @@ impl Session {
                     if f.sent {
                         self.sent_inflight = self.sent_inflight.saturating_sub(1);
                     }
-                    tags.extend(f.delivery.queued.map(|t| *t));
                 }
             } else {
                 i += 1;
@@ -721,13 +711,9 @@ impl Session {
                 continue;
             }
             self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
-            tags.extend(d.queued.map(|t| *t));
         }
         self.pending = kept;
-        TakenQueueDeliveries {
-            returned: tags,
-            acked,
-        }
+        acked
     }
 
     pub fn resume(&mut self, now: Instant, room: usize) -> Vec<Outgoing> {

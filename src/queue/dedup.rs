@@ -43,7 +43,8 @@ impl Dedup {
     }
 
     /// Was `id` seen within the window before `now`? If not, it is now.
-    pub fn seen_before(&mut self, id: &str, now: Instant) -> bool {
+    #[cfg(test)]
+    fn seen_before(&mut self, id: &str, now: Instant) -> bool {
         if self.seen(id, now) {
             return true;
         }

@@ -167,6 +167,24 @@ impl QueuePolicy {
             .min(self.retry_delay_max)
     }
 
+    /// The ordering key (hashed) of `m` under this policy; 0 without one.
+    pub fn key_of_message(&self, m: &crate::session::Message) -> u64 {
+        self.ordering.as_ref().map_or(0, |k| {
+            key_hash(k.key_of(&m.topic, &m.properties.user_properties))
+        })
+    }
+
+    /// The dedup id of `m` (its `message-id` user property) when this policy
+    /// deduplicates.
+    pub fn dedup_id<'a>(&self, m: &'a crate::session::Message) -> Option<&'a str> {
+        self.dedup_window?;
+        m.properties
+            .user_properties
+            .iter()
+            .find(|(k, _)| *k == "message-id")
+            .map(|(_, v)| v)
+    }
+
     /// Does a nack with `code` dead-letter at once?
     pub fn rejects(&self, code: u8) -> bool {
         self.reject_codes.contains(&code)

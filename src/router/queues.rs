@@ -16,7 +16,7 @@
 use super::*;
 use crate::config::QueueConfig;
 use crate::protocol::{UserProperties, UserPropertiesBuilder};
-use crate::queue::{key_hash, Action, DeadReason, Enqueued, Entry, MsgId, Queue, QueuePolicy};
+use crate::queue::{Action, DeadReason, Enqueued, Entry, MsgId, Queue, QueuePolicy};
 use crate::session::{QueueOutcome, QueueTag};
 use crate::store::queue_index::RecoveredQueue;
 use crate::subscriptions::SubscriptionTree;
@@ -286,6 +286,11 @@ fn dead_letter_queue(name: &str) -> QueueConfig {
     d
 }
 
+/// What a message costs a queue's `max_bytes`.
+fn message_bytes(m: &Message) -> u32 {
+    u32::try_from(m.cost()).unwrap_or(u32::MAX)
+}
+
 /// `props` with `pairs` set: earlier pairs of the same names are replaced.
 fn with_properties(props: &UserProperties, pairs: &[(&str, &str)]) -> UserProperties {
     let mut b = UserPropertiesBuilder::default();
@@ -360,48 +365,36 @@ impl Router {
                     .into_iter()
                     .flatten()
                     .min();
-                let key = q.core.policy().ordering.as_ref().map_or(0, |k| {
-                    key_hash(k.key_of(&message.topic, &message.properties.user_properties))
-                });
-                let dedup_id = message
-                    .properties
-                    .user_properties
-                    .iter()
-                    .find(|(k, _)| *k == "message-id")
-                    .map(|(_, v)| v.to_string());
-                q.core.restore(
-                    Entry {
-                        id: mid,
-                        bytes: u32::try_from(message.cost()).unwrap_or(u32::MAX),
-                        deliveries,
-                        enqueued_ms,
-                        expires,
-                        key,
-                    },
-                    dedup_id.as_deref(),
-                    enqueued,
-                );
+                let entry = Entry {
+                    id: mid,
+                    bytes: message_bytes(&message),
+                    deliveries,
+                    enqueued_ms,
+                    expires,
+                    key: q.core.policy().key_of_message(&message),
+                };
+                let dedup_id = q.core.policy().dedup_id(&message).map(str::to_string);
+                q.core.restore(entry, dedup_id.as_deref(), enqueued);
                 q.messages.insert(mid, message);
             }
         }
-        // Declared queues new since the last start get their id now.
-        let mut decls = Vec::new();
-        for (name, q) in self.queues.by_name.iter_mut() {
-            if q.qid == 0 {
-                q.qid = self.queues.next_qid;
-                self.queues.next_qid += 1;
-                decls.push(Op::QueueDecl {
-                    qid: q.qid,
-                    name: name.clone(),
-                });
+        // Declared queues new since the last start get their id now, in name
+        // order (so their ids do not depend on hashing).
+        let mut new: Vec<Arc<str>> = self
+            .queues
+            .by_name
+            .iter()
+            .filter(|(_, q)| q.qid == 0)
+            .map(|(n, _)| n.clone())
+            .collect();
+        new.sort();
+        for name in new {
+            let qid = self.queues.next_qid;
+            self.queues.next_qid += 1;
+            if let Some(q) = self.queues.by_name.get_mut(&name) {
+                q.qid = qid;
             }
-        }
-        decls.sort_by_key(|o| match o {
-            Op::QueueDecl { qid, .. } => *qid,
-            _ => 0,
-        });
-        for op in decls {
-            self.queue_op(op);
+            self.queue_op(Op::QueueDecl { qid, name });
         }
         let names: Vec<Arc<str>> = self.queues.by_name.keys().cloned().collect();
         let now = self.turn.now;
@@ -448,6 +441,10 @@ impl Router {
         msg: &Arc<Message>,
         now: Instant,
     ) -> (usize, bool) {
+        // Every publish passes here: nothing to match without a binding.
+        if self.queues.bindings.is_empty() {
+            return (0, false);
+        }
         let mut matches = std::mem::take(&mut self.queues.scratch);
         self.queues
             .bindings
@@ -479,20 +476,13 @@ impl Router {
         };
         let entry = Entry {
             id,
-            bytes: u32::try_from(msg.cost()).unwrap_or(u32::MAX),
+            bytes: message_bytes(&msg),
             deliveries: 0,
             enqueued_ms,
             expires: msg.expires_at(),
-            key: q.core.policy().ordering.as_ref().map_or(0, |k| {
-                key_hash(k.key_of(&msg.topic, &msg.properties.user_properties))
-            }),
+            key: q.core.policy().key_of_message(&msg),
         };
-        let dedup_id = msg
-            .properties
-            .user_properties
-            .iter()
-            .find(|(k, _)| *k == "message-id")
-            .map(|(_, v)| v.to_string());
+        let dedup_id = q.core.policy().dedup_id(&msg).map(str::to_string);
         let mut actions = Vec::new();
         let r = q
             .core
@@ -564,12 +554,9 @@ impl Router {
             return false;
         };
         // Its key under the target's ordering policy.
-        let key = q.core.policy().ordering.as_ref().map_or(0, |k| {
-            key_hash(k.key_of(&m.topic, &m.properties.user_properties))
-        });
         let entry = Entry {
             deliveries: 0,
-            key,
+            key: q.core.policy().key_of_message(&m),
             ..e
         };
         let mut actions = Vec::new();
@@ -796,7 +783,7 @@ impl Router {
         let taken = c
             .session
             .take_queue_deliveries(|q| names.iter().any(|n| **n == *q), connected);
-        for tag in taken.acked {
+        for tag in taken {
             self.queue_ack(id, &tag);
         }
         for name in names {
@@ -1077,6 +1064,7 @@ impl Router {
             .queue_dead_lettered
             .fetch_add(1, Ordering::Relaxed);
         let Some(dlq) = dead_letter else {
+            self.metrics.queue_dropped.fetch_add(1, Ordering::Relaxed);
             info!(queue = %from, id = entry.id, reason = reason.as_str(), "dead letter dropped: the queue has no dead-letter queue");
             return;
         };
@@ -1116,10 +1104,8 @@ impl Router {
             deliveries: 0,
             expires: None,
             // It carries more properties now.
-            bytes: u32::try_from(m.cost()).unwrap_or(u32::MAX),
-            key: d.core.policy().ordering.as_ref().map_or(0, |k| {
-                key_hash(k.key_of(&m.topic, &m.properties.user_properties))
-            }),
+            bytes: message_bytes(&m),
+            key: d.core.policy().key_of_message(&m),
             ..entry
         };
         if d.core.enqueue(e, None, now, &mut actions) == Enqueued::Taken {
