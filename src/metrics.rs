@@ -20,6 +20,9 @@ pub struct Metrics {
     pub queue_dead_lettered: AtomicU64,
     /// Publishes a work queue refused for lack of room (`overflow = "reject"`).
     pub queue_refused: AtomicU64,
+    /// Work-queue messages lost because their record could not be read back
+    /// from the log (damaged on disk).
+    pub queue_unreadable: AtomicU64,
     pub messages_expired: AtomicU64,
     /// QoS 1/2 messages dropped because a session's queue was at its cap.
     pub dropped_queue_full: AtomicU64,

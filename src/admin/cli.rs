@@ -2,6 +2,7 @@
 //! endpoint, and the text they print.
 
 use super::http::{percent_encode, request};
+use crate::router::REDRIVE_BATCH;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -77,14 +78,22 @@ pub async fn run(ep: &Endpoint, op: QueueOp) -> Result<String, String> {
             let to = to
                 .map(|t| format!("&to={}", percent_encode(&t)))
                 .unwrap_or_default();
-            let batch = rate.unwrap_or(usize::MAX >> 1).max(1);
+            // The broker moves at most REDRIVE_BATCH per call (it reads them
+            // back from disk first): ask until the queue is empty, at most
+            // `rate` a second.
+            let per_second = rate.unwrap_or(usize::MAX).max(1);
             let mut moved = 0u64;
-            loop {
-                let path = format!("{}/redrive?max={batch}{to}", q(&dlq));
-                let n = count(&ep.call("POST", &path).await?);
-                moved += n;
-                if n < batch as u64 || rate.is_none() {
-                    break;
+            'seconds: loop {
+                let mut this_second = 0usize;
+                while this_second < per_second {
+                    let max = (per_second - this_second).min(REDRIVE_BATCH);
+                    let path = format!("{}/redrive?max={max}{to}", q(&dlq));
+                    let n = count(&ep.call("POST", &path).await?);
+                    moved += n;
+                    this_second += n as usize;
+                    if n == 0 {
+                        break 'seconds;
+                    }
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

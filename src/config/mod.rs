@@ -269,6 +269,11 @@ pub struct Limits {
     /// create one, so its caps are small (beyond: refused, 0x97).
     pub auto_queue_max_length: usize,
     pub auto_queue_max_bytes: u64,
+    /// Messages and bytes of one work queue held in memory ahead of dispatch
+    /// (read back from the store before consumers ask, and just published
+    /// ones); the rest of a backlog waits on disk only. With a store only.
+    pub queue_read_ahead: usize,
+    pub queue_read_ahead_bytes: u64,
 }
 
 impl Limits {
@@ -319,6 +324,8 @@ impl Default for Limits {
             max_queues: 64,
             auto_queue_max_length: 10_000,
             auto_queue_max_bytes: 4 * 1024 * 1024,
+            queue_read_ahead: 1_000,
+            queue_read_ahead_bytes: 1024 * 1024,
         }
     }
 }
@@ -698,6 +705,12 @@ impl Limits {
             err(
                 "limits.auto_queue_max_length",
                 "auto_queue_max_length and auto_queue_max_bytes must be at least 1",
+            );
+        }
+        if l.queue_read_ahead == 0 || l.queue_read_ahead_bytes == 0 {
+            err(
+                "limits.queue_read_ahead",
+                "queue_read_ahead and queue_read_ahead_bytes must be at least 1",
             );
         }
         if l.max_session_expiry.as_secs() > u64::from(u32::MAX) {

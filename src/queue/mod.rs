@@ -570,6 +570,44 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         }
     }
 
+    /// The ready messages, about in the order they will go out (for the
+    /// read-ahead of their payloads).
+    pub fn upcoming(&self) -> impl Iterator<Item = &Entry> {
+        self.ready.upcoming()
+    }
+
+    /// Who holds message `id` and its entry, while it is in flight.
+    pub fn holder(&self, id: MsgId) -> Option<(&K, &Entry)> {
+        self.in_flight.get(&id).map(|f| (&f.consumer, &f.entry))
+    }
+
+    /// Message `id` cannot be read back from the store (its record is
+    /// damaged): it leaves the queue wherever it waits, counted as dropped.
+    /// O(ready messages) when it is ready: a rare event.
+    pub fn lose(&mut self, id: MsgId) -> Option<Entry> {
+        let e = if let Some(f) = self.take_in_flight(id) {
+            self.forget(f.entry);
+            f.entry
+        } else if let Some(e) = self.delayed.remove(&id) {
+            self.retries.cancel(&id);
+            self.forget(e);
+            e
+        } else {
+            let mut out = Vec::new();
+            self.ready.remove_where(|e| e.id == id, &mut out);
+            let e = out.pop()?;
+            self.forget_ready(e);
+            e
+        };
+        self.counters.dropped += 1;
+        Some(e)
+    }
+
+    /// Messages taken out of flight: how many are in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Up to `n` ready messages, in the order they would go out (FIFO queues;
     /// with ordering keys, in no set order).
     pub fn peek(&self, n: usize) -> Vec<Entry> {

@@ -178,17 +178,27 @@ impl QueuePolicy {
     /// deduplicates.
     pub fn dedup_id<'a>(&self, m: &'a crate::session::Message) -> Option<&'a str> {
         self.dedup_window?;
-        m.properties
-            .user_properties
-            .iter()
-            .find(|(k, _)| *k == "message-id")
-            .map(|(_, v)| v)
+        message_id(m)
     }
 
     /// Does a nack with `code` dead-letter at once?
     pub fn rejects(&self, code: u8) -> bool {
         self.reject_codes.contains(&code)
     }
+}
+
+/// A message's `message-id` user property (what the dedup window compares).
+pub fn message_id(m: &crate::session::Message) -> Option<&str> {
+    m.properties
+        .user_properties
+        .iter()
+        .find(|(k, _)| *k == "message-id")
+        .map(|(_, v)| v)
+}
+
+/// What a message costs a queue's `max_bytes`.
+pub fn message_bytes(m: &crate::session::Message) -> u32 {
+    u32::try_from(m.cost()).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

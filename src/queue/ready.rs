@@ -172,6 +172,21 @@ impl Ready {
         }
     }
 
+    /// The ready messages roughly in the order they will go out (what to read
+    /// back from the store first): the FIFO from its head; with keys, the head
+    /// of each runnable key in turn, then the rest of every key.
+    pub fn upcoming(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
+        match self {
+            Ready::Fifo(q) => Box::new(q.iter()),
+            Ready::Keyed(k) => Box::new(
+                k.runnable
+                    .iter()
+                    .filter_map(|key| k.groups.get(key).and_then(|g| g.front()))
+                    .chain(k.groups.values().flat_map(|g| g.iter().skip(1))),
+            ),
+        }
+    }
+
     /// Every ready message, in no particular order across keys.
     pub fn iter(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
         match self {

@@ -3,6 +3,7 @@
 //! queue). The HTTP side is `crate::admin`; this file only reads and changes
 //! the router's own state, and writes what changes to the store.
 
+use super::backlog::ADMIN_TRIES;
 use super::*;
 use crate::queue::{Counters, Entry};
 use serde::Serialize;
@@ -68,9 +69,33 @@ pub enum AdminReply {
     NoTarget,
 }
 
+/// Messages one redrive request moves at most (they are read back into memory
+/// first); the CLI asks again until the dead-letter queue is empty.
+pub const REDRIVE_BATCH: usize = 1_000;
+
 impl Router {
-    pub(super) fn admin(&mut self, request: AdminRequest, now: Instant) -> AdminReply {
-        match request {
+    /// Answer `request`; None when it needs queue messages read back first
+    /// (asked for: it is tried again as they come). `last_try`: answer with
+    /// what is in memory.
+    pub(super) fn admin(
+        &mut self,
+        request: AdminRequest,
+        now: Instant,
+        last_try: bool,
+    ) -> Option<AdminReply> {
+        if let AdminRequest::Peek { queue, n }
+        | AdminRequest::Redrive {
+            from: queue,
+            max: n,
+            ..
+        } = &request
+        {
+            let n = (*n).min(REDRIVE_BATCH);
+            if !last_try && !self.queue_head_in_memory(queue, n) {
+                return None;
+            }
+        }
+        Some(match request {
             AdminRequest::Queues => {
                 let mut names: Vec<Arc<str>> = self.queues.names();
                 names.sort();
@@ -81,14 +106,53 @@ impl Router {
                 None => AdminReply::NoSuchQueue(name),
             },
             AdminRequest::Peek { queue, n } => match self.queues.peek(&queue, n.min(1_000)) {
-                Some(v) => AdminReply::Peek(v.into_iter().map(peeked).collect()),
+                Some(v) => AdminReply::Peek(
+                    v.into_iter()
+                        .filter_map(|(e, m)| m.map(|m| peeked((e, m))))
+                        .collect(),
+                ),
                 None => AdminReply::NoSuchQueue(queue),
             },
             AdminRequest::Purge(name) => match self.purge_queue(&name) {
                 Some(n) => AdminReply::Count(n),
                 None => AdminReply::NoSuchQueue(name),
             },
-            AdminRequest::Redrive { from, to, max } => self.redrive(&from, to.as_deref(), max, now),
+            AdminRequest::Redrive { from, to, max } => {
+                self.redrive(&from, to.as_deref(), max.min(REDRIVE_BATCH), now)
+            }
+        })
+    }
+
+    /// Are the first `n` ready messages of `name` in memory? Those that are
+    /// not are asked of the store. (A queue that does not exist: yes.)
+    fn queue_head_in_memory(&mut self, name: &str, n: usize) -> bool {
+        let Some(head) = self.queues.peek(name, n) else {
+            return true;
+        };
+        let Some(q) = self.queues.by_name.get_mut(name) else {
+            return true;
+        };
+        let mut all = true;
+        for (e, m) in head {
+            if m.is_none() {
+                q.mem.want(e.id);
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// Queue messages came back from the store: try the parked admin requests
+    /// again.
+    pub(super) fn retry_admin(&mut self, now: Instant) {
+        for (request, reply, tries) in std::mem::take(&mut self.admin_parked) {
+            let tries = tries + 1;
+            match self.admin(request.clone(), now, tries >= ADMIN_TRIES) {
+                Some(r) => {
+                    let _ = reply.send(r);
+                }
+                None => self.admin_parked.push((request, reply, tries)),
+            }
         }
     }
 

@@ -178,6 +178,7 @@ impl Router {
         if !st.ops.is_empty() || st.waiting.back().is_some_and(|(t, _)| *t == next) {
             st.handle.submit(&mut st.ops);
         }
+        self.submit_loads();
     }
 
     /// The store made batches up to `synced` durable: let what waited on them go.
@@ -186,6 +187,7 @@ impl Router {
             return;
         };
         st.synced = st.synced.max(synced);
+        let synced = st.synced;
         while st.waiting.front().is_some_and(|(t, _)| *t <= st.synced) {
             let Some((_, held)) = st.waiting.pop_front() else {
                 break;
@@ -216,11 +218,19 @@ impl Router {
                 }
             }
         }
+        self.evict_written(synced);
     }
 
     /// The store's synced-ticket watch, for `run`.
     pub(super) fn synced_watch(&self) -> Option<watch::Receiver<u64>> {
         self.store.as_ref().map(|s| s.handle.synced.clone())
+    }
+
+    /// The store's answers to queue loads, for `run` (taken once).
+    pub(super) fn take_loaded(
+        &mut self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::store::Loaded>> {
+        self.store.as_mut().and_then(|s| s.handle.loaded.take())
     }
 
     /// The disk budget is reached: a QoS 1/2 message that may need storing is

@@ -40,10 +40,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 mod acl;
 mod admin;
+mod backlog;
 mod client;
 mod durable;
 mod fanout;
@@ -57,7 +58,7 @@ mod run;
 mod subscribe;
 mod takeover;
 
-pub use admin::{AdminReply, AdminRequest, PeekedMessage, QueueInfo};
+pub use admin::{AdminReply, AdminRequest, PeekedMessage, QueueInfo, REDRIVE_BATCH};
 use client::{Client, HeldAck};
 use durable::{Held, StoreLink};
 pub use msg::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
@@ -107,6 +108,9 @@ pub struct Router {
     store: Option<StoreLink>,
     /// Answered once the last batch is durable, after `Finish`.
     finish_reply: Option<oneshot::Sender<()>>,
+    /// Admin requests waiting for queue messages to be read back, with the
+    /// times they were tried.
+    admin_parked: Vec<(AdminRequest, oneshot::Sender<AdminReply>, u8)>,
     /// Length of the store's op list when the current router message began: a
     /// reply depends on durable state when its message wrote something.
     mark: Option<usize>,
@@ -156,6 +160,7 @@ impl Router {
             scratch_matches: Matches::default(),
             store: None,
             finish_reply: None,
+            admin_parked: Vec::new(),
             mark: None,
             acl: None,
             turn: now,
@@ -230,9 +235,13 @@ impl Router {
                     self.publish_from_client(&client, conn_id, p, now);
                 }
             }
-            RouterMsg::Admin { request, reply } => {
-                let _ = reply.send(self.admin(request, now));
-            }
+            RouterMsg::Admin { request, reply } => match self.admin(request.clone(), now, false) {
+                Some(r) => {
+                    let _ = reply.send(r);
+                }
+                // It needs messages read back first.
+                None => self.admin_parked.push((request, reply, 0)),
+            },
             RouterMsg::PubAck {
                 client,
                 conn_id,
@@ -324,6 +333,13 @@ impl Router {
     pub fn tick(&mut self, now: Clock) {
         self.turn = now;
         self.tick_at(now.now);
+        self.queue_turn_end();
+    }
+
+    /// Work-queue messages the store read back.
+    pub fn loaded(&mut self, loaded: crate::store::Loaded, now: Clock) {
+        self.turn = now;
+        self.queue_loaded(loaded, now.now);
         self.queue_turn_end();
     }
 

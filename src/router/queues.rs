@@ -10,25 +10,27 @@
 //! taken (`QueueMsg`, so the publisher's acknowledgement waits for its sync like
 //! any durable write), each delivery count (`QueueCount`) and each message gone
 //! (`QueueDone`). Recovery rebuilds the queues with their messages and counts;
-//! what was in flight at a crash is ready again. The messages are also held in
-//! memory (`QueueState::messages`) for now.
+//! what was in flight at a crash is ready again. Which messages are also held
+//! in memory, and how the rest is read back, is `backlog.rs`.
 
+use super::backlog::Resident;
 use super::*;
 use crate::config::QueueConfig;
 use crate::protocol::{UserProperties, UserPropertiesBuilder};
+use crate::queue::policy::message_bytes;
 use crate::queue::{Action, DeadReason, Enqueued, Entry, MsgId, Queue, QueuePolicy};
 use crate::session::{QueueOutcome, QueueTag};
 use crate::store::queue_index::RecoveredQueue;
 use crate::subscriptions::SubscriptionTree;
 
 pub(super) struct QueueState {
-    core: Queue<ClientId>,
+    pub(super) core: Queue<ClientId>,
     /// The store's id for it; 0 without a store.
-    qid: u64,
+    pub(super) qid: u64,
     /// Where its dead letters go; None: they are dropped (and counted).
     dead_letter: Option<Arc<str>>,
-    /// The messages it holds, by id.
-    messages: Map<MsgId, Arc<Message>>,
+    /// Its messages in memory (all of them without a store).
+    pub(super) mem: Resident,
     /// Each consumer's QoS: 1, or 2 when its subscription asked for it.
     qos: Map<ClientId, QoS>,
     /// Declared in the config (or the dead-letter queue of one): kept while
@@ -38,7 +40,7 @@ pub(super) struct QueueState {
 
 /// Every queue, and which topics feed which queue.
 pub(super) struct Queues {
-    by_name: Map<Arc<str>, QueueState>,
+    pub(super) by_name: Map<Arc<str>, QueueState>,
     /// Topic filter -> the queues bound to it.
     bindings: SubscriptionTree<Arc<str>, ()>,
     /// The filters bound so far, per queue (a filter is bound once).
@@ -55,6 +57,8 @@ pub(super) struct Queues {
     topic_limits: TopicLimits,
     /// Reused for matching a topic against the bindings.
     scratch: Matches<Arc<str>, ()>,
+    /// `limits.queue_read_ahead` / `_bytes`.
+    pub(super) read_ahead: (usize, u64),
     /// Queue deliveries that ended this turn (from sessions' events), acted on
     /// at its end (`queue_turn_end`).
     pub(super) ended: Vec<(ClientId, QueueTag, QueueOutcome)>,
@@ -93,6 +97,10 @@ impl Queues {
                 config.limits.auto_queue_max_bytes,
             ),
             topic_limits: config.topic_limits(),
+            read_ahead: (
+                config.limits.queue_read_ahead,
+                config.limits.queue_read_ahead_bytes,
+            ),
             scratch: Matches::default(),
             ended: Vec::new(),
         };
@@ -137,7 +145,7 @@ impl Queues {
                 qid,
                 core: Queue::new(QueuePolicy::from_config(qc)),
                 dead_letter: qc.dead_letter_name().map(Arc::from),
-                messages: Map::default(),
+                mem: Resident::default(),
                 qos: Map::default(),
                 declared: false,
             },
@@ -216,14 +224,15 @@ impl Queues {
         Some((q.core.stats(), q.dead_letter.clone()))
     }
 
-    /// The next `n` ready messages of `name`, left where they are.
-    pub(super) fn peek(&self, name: &str, n: usize) -> Option<Vec<(Entry, Arc<Message>)>> {
+    /// The next `n` ready messages of `name`, left where they are, with
+    /// those in memory (None: on disk only).
+    pub(super) fn peek(&self, name: &str, n: usize) -> Option<Vec<(Entry, Option<Arc<Message>>)>> {
         let q = self.by_name.get(name)?;
         Some(
             q.core
                 .peek(n)
                 .into_iter()
-                .filter_map(|e| q.messages.get(&e.id).map(|m| (e, m.clone())))
+                .map(|e| (e, q.mem.get(e.id).cloned()))
                 .collect(),
         )
     }
@@ -233,21 +242,31 @@ impl Queues {
         let q = self.by_name.get_mut(name)?;
         let gone = q.core.purge();
         for e in &gone {
-            q.messages.remove(&e.id);
+            q.mem.take(e.id);
         }
         Some((q.qid, gone))
     }
 
-    /// Take up to `n` ready messages of `name` out, with their messages.
+    /// Take up to `n` ready messages of `name` out, with their messages: as
+    /// many as are in memory from the head (the first on disk stays).
     pub(super) fn take_ready(&mut self, name: &str, n: usize) -> Vec<(Entry, Arc<Message>)> {
         let Some(q) = self.by_name.get_mut(name) else {
             return Vec::new();
         };
-        q.core
-            .take_ready(n)
-            .into_iter()
-            .filter_map(|e| q.messages.remove(&e.id).map(|m| (e, m)))
-            .collect()
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some(e) = q.core.take_ready(1).pop() else {
+                break;
+            };
+            if !q.mem.contains(e.id) {
+                q.core.put_back(e);
+                break;
+            }
+            if let Some(m) = q.mem.take(e.id) {
+                out.push((e, m));
+            }
+        }
+        out
     }
 
     /// Undo `take_ready` for these: first in line again, in their order.
@@ -256,7 +275,7 @@ impl Queues {
             return;
         };
         for (e, m) in back.into_iter().rev() {
-            q.messages.insert(e.id, m);
+            q.mem.keep(e.id, m, None, self.read_ahead);
             q.core.put_back(e);
         }
     }
@@ -284,11 +303,6 @@ fn dead_letter_queue(name: &str) -> QueueConfig {
     d.dead_letter = Some(String::new());
     d.max_deliveries = u16::MAX;
     d
-}
-
-/// What a message costs a queue's `max_bytes`.
-fn message_bytes(m: &Message) -> u32 {
-    u32::try_from(m.cost()).unwrap_or(u32::MAX)
 }
 
 /// `props` with `pairs` set: earlier pairs of the same names are replaced.
@@ -359,23 +373,25 @@ impl Router {
             };
             q.qid = rq.qid;
             let ttl = q.core.policy().message_ttl;
-            for (mid, message, deliveries, enqueued_ms) in rq.messages {
-                let enqueued = turn.instant_of_secs(enqueued_ms / 1000);
-                let expires = [message.expires_at(), ttl.map(|t| enqueued + t)]
+            let dedup = q.core.policy().dedup_window.is_some();
+            // Payloads stay on disk: they are read back as consumers come.
+            for m in rq.messages {
+                let enqueued = turn.instant_of_secs(m.enqueued_ms / 1000);
+                let expires = [m.expires, ttl.map(|t| enqueued + t)]
                     .into_iter()
                     .flatten()
                     .min();
                 let entry = Entry {
-                    id: mid,
-                    bytes: message_bytes(&message),
-                    deliveries,
-                    enqueued_ms,
+                    id: m.id,
+                    bytes: m.bytes,
+                    deliveries: m.deliveries,
+                    enqueued_ms: m.enqueued_ms,
                     expires,
-                    key: q.core.policy().key_of_message(&message),
+                    key: m.key,
                 };
-                let dedup_id = q.core.policy().dedup_id(&message).map(str::to_string);
-                q.core.restore(entry, dedup_id.as_deref(), enqueued);
-                q.messages.insert(mid, message);
+                let dedup_id = m.message_id.as_deref().filter(|_| dedup);
+                q.core.restore(entry, dedup_id, enqueued);
+                q.mem.on_disk();
             }
         }
         // Declared queues new since the last start get their id now, in name
@@ -429,7 +445,7 @@ impl Router {
     }
 
     /// The store id of queue `name` (0: none).
-    fn qid(&self, name: &str) -> u64 {
+    pub(super) fn qid(&self, name: &str) -> u64 {
         self.queues.by_name.get(name).map_or(0, |q| q.qid)
     }
 
@@ -489,16 +505,19 @@ impl Router {
             .enqueue(entry, dedup_id.as_deref(), now, &mut actions);
         if r == Enqueued::Taken {
             let qid = q.qid;
-            q.messages.insert(id, msg.clone());
-            q.core.dispatch(now, &mut actions);
             if qid != 0 {
                 self.queue_op(Op::QueueMsg {
                     qid,
                     mid: id,
-                    message: msg,
+                    message: msg.clone(),
                     deliveries: 0,
                     enqueued_ms,
+                    key: entry.key,
                 });
+            }
+            self.keep_queued(name, id, msg);
+            if let Some(q) = self.queues.by_name.get_mut(name) {
+                q.core.dispatch(now, &mut actions);
             }
         }
         self.carry_out(name, actions, now);
@@ -566,8 +585,7 @@ impl Router {
             return false;
         }
         let to_qid = q.qid;
-        q.messages.insert(e.id, m.clone());
-        q.core.dispatch(now, &mut actions);
+        let key = entry.key;
         let from_qid = self.qid(from);
         if from_qid != 0 {
             self.queue_op(Op::QueueDone {
@@ -579,10 +597,15 @@ impl Router {
             self.queue_op(Op::QueueMsg {
                 qid: to_qid,
                 mid: e.id,
-                message: m,
+                message: m.clone(),
                 deliveries: 0,
                 enqueued_ms: e.enqueued_ms,
+                key,
             });
+        }
+        self.keep_queued(to, e.id, m);
+        if let Some(q) = self.queues.by_name.get_mut(to) {
+            q.core.dispatch(now, &mut actions);
         }
         self.carry_out(to, actions, now);
         true
@@ -815,7 +838,7 @@ impl Router {
         if q.core.ack(id, tag.id).is_none() {
             return false;
         }
-        q.messages.remove(&tag.id);
+        q.mem.take(tag.id);
         let qid = q.qid;
         if qid != 0 {
             self.queue_op(Op::QueueDone {
@@ -881,7 +904,9 @@ impl Router {
             .queues
             .by_name
             .iter()
-            .filter(|(_, q)| !q.declared && q.core.is_empty() && q.qos.is_empty())
+            .filter(|(_, q)| {
+                !q.declared && q.core.is_empty() && q.qos.is_empty() && q.mem.nothing_waits()
+            })
             .map(|(n, _)| n.clone())
             .filter(|n| {
                 !self
@@ -927,19 +952,23 @@ impl Router {
     }
 
     /// Do what queue `name`'s core asked, then set its timer.
-    fn carry_out(&mut self, name: &Arc<str>, actions: Vec<Action<ClientId>>, now: Instant) {
+    pub(super) fn carry_out(
+        &mut self,
+        name: &Arc<str>,
+        actions: Vec<Action<ClientId>>,
+        now: Instant,
+    ) {
         // Deliveries a session could not take, given back after the others in
         // reverse, so they are first in line in their original order.
         let mut back: Vec<(ClientId, MsgId)> = Vec::new();
         for a in actions {
             match a {
-                Action::Deliver { to, entry } => {
-                    back.extend(self.deliver_from_queue(name, to, entry, now));
+                Action::Deliver { .. } | Action::DeadLetter { .. } => {
+                    back.extend(self.deliver_or_wait(name, a, now));
                 }
-                Action::DeadLetter { entry, reason } => self.dead_letter(name, entry, reason, now),
                 Action::Drop { entry } => {
                     if let Some(q) = self.queues.by_name.get_mut(name) {
-                        q.messages.remove(&entry.id);
+                        q.mem.take(entry.id);
                     }
                     let qid = self.qid(name);
                     if qid != 0 {
@@ -966,11 +995,12 @@ impl Router {
         {
             self.deadlines.schedule(at, Timer::Queue(name.clone()));
         }
+        self.read_ahead(name);
     }
 
-    /// Hand `entry` to `to`'s session. Returns it when the session could not
-    /// take it (the caller gives it back).
-    fn deliver_from_queue(
+    /// Hand `entry` (in memory) to `to`'s session. Returns it when the
+    /// session could not take it (the caller gives it back).
+    pub(super) fn deliver_from_queue(
         &mut self,
         name: &Arc<str>,
         to: ClientId,
@@ -987,9 +1017,10 @@ impl Router {
             // Not (or no longer) attached: back to the queue.
             return Some((to, entry.id));
         };
-        // INVARIANT: the core and `messages` hold the same ids (every enqueue,
-        // restore and removal changes both).
-        let m = q.messages.get(&entry.id)?;
+        // `deliver_or_wait` made sure it is in memory.
+        let Some(m) = q.mem.get(entry.id) else {
+            return Some((to, entry.id));
+        };
         if m.is_expired(now) {
             // Expired since it was taken (v5 Message Expiry): dead, not sent.
             let mut actions = Vec::new();
@@ -1046,11 +1077,18 @@ impl Router {
 
     /// Move a message of `from` to its dead-letter queue with the reason, or drop
     /// it when it has none.
-    fn dead_letter(&mut self, from: &Arc<str>, entry: Entry, reason: DeadReason, now: Instant) {
+    pub(super) fn dead_letter(
+        &mut self,
+        from: &Arc<str>,
+        entry: Entry,
+        reason: DeadReason,
+        now: Instant,
+    ) {
         let Some(q) = self.queues.by_name.get_mut(from) else {
             return;
         };
-        let Some(m) = q.messages.remove(&entry.id) else {
+        // `deliver_or_wait` made sure it is in memory.
+        let Some(m) = q.mem.take(entry.id) else {
             return;
         };
         let (qid, dead_letter) = (q.qid, q.dead_letter.clone());
@@ -1110,16 +1148,19 @@ impl Router {
         };
         if d.core.enqueue(e, None, now, &mut actions) == Enqueued::Taken {
             let qid = d.qid;
-            d.messages.insert(e.id, m.clone());
-            d.core.dispatch(now, &mut actions);
             if qid != 0 {
                 self.queue_op(Op::QueueMsg {
                     qid,
                     mid: e.id,
-                    message: m,
+                    message: m.clone(),
                     deliveries: 0,
                     enqueued_ms: e.enqueued_ms,
+                    key: e.key,
                 });
+            }
+            self.keep_queued(&dlq, e.id, m);
+            if let Some(d) = self.queues.by_name.get_mut(&dlq) {
+                d.core.dispatch(now, &mut actions);
             }
         } else {
             self.metrics.queue_dropped.fetch_add(1, Ordering::Relaxed);

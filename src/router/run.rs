@@ -16,6 +16,7 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
     const SWEEP_EVERY: Duration = Duration::from_secs(60);
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
     let mut synced = router.synced_watch();
+    let mut loaded = router.take_loaded();
     // What recovery wrote (sessions that were connected at the crash).
     router.end_turn();
     'turns: loop {
@@ -26,6 +27,16 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
             m = rx.recv() => m,
             Some(t) = next_synced(&mut synced) => {
                 router.release(t);
+                router.end_turn();
+                continue;
+            }
+            Some(l) = next_loaded(&mut loaded) => {
+                let clock = Clock::read();
+                router.loaded(l, clock);
+                // Whatever else was read back meanwhile, in the same turn.
+                while let Some(l) = loaded.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                    router.loaded(l, clock);
+                }
                 router.end_turn();
                 continue;
             }
@@ -87,6 +98,19 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
     }
     if let Some(reply) = router.finish_reply.take() {
         let _ = reply.send(());
+    }
+}
+
+/// The next answer to a queue load, or never without a store.
+async fn next_loaded(
+    rx: &mut Option<mpsc::UnboundedReceiver<crate::store::Loaded>>,
+) -> Option<crate::store::Loaded> {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(l) => Some(l),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

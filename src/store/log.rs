@@ -51,13 +51,22 @@ pub struct Log {
     /// Sealed segments by id, with their on-disk size, oldest first.
     sealed: std::collections::BTreeMap<u64, u64>,
     next_seq: u64,
+    /// Sealed segments open for reading records back (work-queue messages),
+    /// with their salt; the most recently used last, at most `READERS`.
+    readers: Vec<(u64, File, Option<u64>)>,
     /// Kept open for the process's lifetime: the advisory lock on the directory.
     _lock: File,
 }
 
+/// Sealed segments kept open for reads: a queue's backlog is read in log order,
+/// so one or two are in use at a time.
+const READERS: usize = 4;
+
 /// One record read back at start.
 pub struct Replayed {
     pub segment: u64,
+    /// Where it starts in its segment file.
+    pub offset: u32,
     pub len: u32,
     pub op: Op,
 }
@@ -339,9 +348,10 @@ fn read_segment_file(dir: &Path, path: &Path, id: u64) -> Option<Vec<u8>> {
 /// A segment that may be appended to again: id, salt, end of its records.
 type Reopenable = (u64, Option<u64>, usize);
 
-/// What reading every segment at start found.
+/// What reading every segment at start found (the records went to the sink).
 struct ReadBack {
-    records: Vec<Replayed>,
+    /// How many records were read.
+    records: usize,
     /// Every segment kept, by id, with its on-disk size.
     sealed: std::collections::BTreeMap<u64, u64>,
     /// The sequence after the last record read.
@@ -351,10 +361,12 @@ struct ReadBack {
 }
 
 impl ReadBack {
-    /// Read segments `ids` (oldest first) of `dir` in order, past damage.
-    fn all(dir: &Path, ids: &[u64], clock: Clock) -> ReadBack {
+    /// Read segments `ids` (oldest first) of `dir` in order, past damage,
+    /// handing each record to `sink` (one segment's records at a time, so a
+    /// large backlog is never all in memory at once).
+    fn all(dir: &Path, ids: &[u64], clock: Clock, sink: &mut dyn FnMut(Replayed)) -> ReadBack {
         let mut read = ReadBack {
-            records: Vec::new(),
+            records: 0,
             sealed: std::collections::BTreeMap::new(),
             next_seq: 1,
             reopenable: None,
@@ -365,7 +377,7 @@ impl ReadBack {
             let Some(data) = read_segment_file(dir, &path, id) else {
                 continue;
             };
-            read.segment(dir, &path, id, ids.get(i + 1).copied(), &data, clock);
+            read.segment(dir, &path, id, ids.get(i + 1).copied(), &data, clock, sink);
         }
         read
     }
@@ -380,6 +392,7 @@ impl ReadBack {
         next: Option<u64>,
         data: &[u8],
         clock: Clock,
+        sink: &mut dyn FnMut(Replayed),
     ) {
         let h = match parse_header(data, id) {
             Ok(h) => h,
@@ -418,12 +431,16 @@ impl ReadBack {
                 }
             }
         }
-        self.records
-            .extend(scanned.records.into_iter().map(|(op, len)| Replayed {
+        self.records += scanned.records.len();
+        for (op, offset, len) in scanned.records {
+            sink(Replayed {
                 segment: id,
+                // Segments are smaller than 4 GiB (`storage.segment_size`).
+                offset: offset as u32,
                 len: len as u32,
                 op,
-            }));
+            });
+        }
         self.next_seq = scanned.next_seq;
         self.sealed.insert(id, data.len() as u64);
     }
@@ -434,12 +451,16 @@ impl Log {
     /// segment. Damage never stops the start: damaged regions are reported,
     /// copied aside and padded over; what cannot be read at all is moved aside;
     /// a head that cannot be created (no space) is retried by `ensure_head`.
+    /// Every record is returned (for tools and tests; the broker streams
+    /// them with `open_within`).
     pub fn open(
         dir: &Path,
         segment_size: u64,
         clock: Clock,
     ) -> Result<(Log, Vec<Replayed>), OpenError> {
-        Self::open_within(dir, segment_size, 0, clock)
+        let mut records = Vec::new();
+        let log = Self::open_within(dir, segment_size, 0, clock, &mut |r| records.push(r))?;
+        Ok((log, records))
     }
 
     /// `open` with a disk budget (0: none): when a new head segment would cross
@@ -450,7 +471,8 @@ impl Log {
         segment_size: u64,
         max_bytes: u64,
         clock: Clock,
-    ) -> Result<(Log, Vec<Replayed>), OpenError> {
+        sink: &mut dyn FnMut(Replayed),
+    ) -> Result<Log, OpenError> {
         let io_err = |source| OpenError::Io {
             dir: dir.to_path_buf(),
             source,
@@ -458,10 +480,10 @@ impl Log {
         fs::create_dir_all(dir).map_err(io_err)?;
         let lock = lock_dir(dir)?;
         let ids = segment_ids(dir).map_err(io_err)?;
-        let read = ReadBack::all(dir, &ids, clock);
+        let read = ReadBack::all(dir, &ids, clock, sink);
         info!(
             "storage: {} records replayed from {} segments in {}",
-            read.records.len(),
+            read.records,
             ids.len(),
             dir.display()
         );
@@ -473,10 +495,11 @@ impl Log {
             head_first: read.next_seq,
             sealed: read.sealed,
             next_seq: read.next_seq,
+            readers: Vec::new(),
             _lock: lock,
         };
         log.start_head(read.reopenable, max_bytes);
-        Ok((log, read.records))
+        Ok(log)
     }
 
     /// Give the log a head at start: a new segment, or the newest one again
@@ -604,6 +627,11 @@ impl Log {
             .map_or(0, |h| self.segment_size.saturating_sub(h.len))
     }
 
+    /// Where the next record appended to the head goes.
+    pub fn head_len(&self) -> u64 {
+        self.head.as_ref().map_or(SEGMENT_HEADER, |h| h.len)
+    }
+
     /// Is the head segment empty (only its header)?
     pub fn head_empty(&self) -> bool {
         self.head.as_ref().is_none_or(|h| h.len == SEGMENT_HEADER)
@@ -622,6 +650,56 @@ impl Log {
         head.len += bytes.len() as u64;
         head.dirty = true;
         Ok(())
+    }
+
+    /// The record of `len` bytes at `offset` in segment `seg`, its frame
+    /// checked (length and CRC under the segment's salt): `(kind, body)`.
+    pub fn read_record(&mut self, seg: u64, offset: u32, len: u32) -> io::Result<(u8, Vec<u8>)> {
+        let mut data = vec![0u8; len as usize];
+        let salt = match self.head.as_ref().filter(|h| h.id == seg) {
+            Some(h) => {
+                h.file.read_exact_at(&mut data, u64::from(offset))?;
+                h.salt
+            }
+            None => {
+                let i = self.reader(seg)?;
+                let (_, file, salt) = &self.readers[i];
+                file.read_exact_at(&mut data, u64::from(offset))?;
+                *salt
+            }
+        };
+        let f = record::frame(&data, salt)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if f.len != data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "record length differs from the index",
+            ));
+        }
+        Ok((f.kind, f.body.to_vec()))
+    }
+
+    /// The reader of sealed segment `seg`, opened (and its header read) if
+    /// need be; the least recently used one is closed past `READERS`.
+    fn reader(&mut self, seg: u64) -> io::Result<usize> {
+        if let Some(i) = self.readers.iter().position(|(id, _, _)| *id == seg) {
+            let r = self.readers.remove(i);
+            self.readers.push(r);
+            return Ok(self.readers.len() - 1);
+        }
+        if !self.sealed.contains_key(&seg) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such segment"));
+        }
+        let file = File::open(segment_path(&self.dir, seg))?;
+        let mut h = [0u8; SEGMENT_HEADER as usize];
+        let n = file.read_at(&mut h, 0)?;
+        let header = parse_header(&h[..n], seg)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if self.readers.len() >= READERS {
+            self.readers.remove(0);
+        }
+        self.readers.push((seg, file, header.salt));
+        Ok(self.readers.len() - 1)
     }
 
     /// Seal the head (synced) and start a new one whose first record is
@@ -677,6 +755,7 @@ impl Log {
 
     /// Delete a sealed segment (nothing in it is live any more).
     pub fn delete(&mut self, id: u64) -> io::Result<()> {
+        self.readers.retain(|(r, _, _)| *r != id);
         if self.sealed.remove(&id).is_some() {
             fs::remove_file(segment_path(&self.dir, id))?;
             // A deletion lost in a power cut would bring back records whose

@@ -15,6 +15,7 @@
 
 pub mod log;
 pub mod queue_index;
+pub mod queue_slots;
 pub mod record;
 pub mod scan;
 pub mod state;
@@ -22,12 +23,13 @@ pub mod state;
 use crate::clock::Clock;
 use crate::config::{Durability, StorageConfig};
 use crate::metrics::Metrics;
+use crate::session::Message;
 use record::Op;
 use state::{Loc, Recovered, State};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 pub use log::OpenError;
@@ -41,7 +43,25 @@ struct Inbox {
     ticket: u64,
     /// Some op in `ops` must be fsynced before its ticket is published.
     needs_sync: bool,
+    /// Work-queue messages to read back (bounded by the router's read-ahead).
+    loads: Vec<LoadRequest>,
     closing: bool,
+}
+
+/// Messages of work queue `qid` for the store to read back from the log (their
+/// payloads are not kept in memory while they wait).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadRequest {
+    pub qid: u64,
+    pub mids: Vec<u64>,
+}
+
+/// The answer to a `LoadRequest`: each message in the order asked, None when
+/// its record is gone (the message was removed meanwhile) or cannot be read.
+#[derive(Debug)]
+pub struct Loaded {
+    pub qid: u64,
+    pub messages: Vec<(u64, Option<Arc<Message>>)>,
 }
 
 struct Shared {
@@ -58,6 +78,8 @@ pub struct StoreHandle {
     shared: Arc<Shared>,
     /// The ticket of the last batch that is durable.
     pub synced: watch::Receiver<u64>,
+    /// Answers to `load` (taken by the router's task).
+    pub loaded: Option<mpsc::UnboundedReceiver<Loaded>>,
     submitted: u64,
 }
 
@@ -80,6 +102,19 @@ impl StoreHandle {
         drop(inbox);
         self.shared.wake.notify_one();
         self.submitted
+    }
+
+    /// Ask for queue messages to be read back; the answer comes on `loaded`
+    /// once every batch submitted before is written. Unbounded: the router
+    /// bounds what it asks for (its read-ahead).
+    pub fn load(&mut self, request: LoadRequest) {
+        let mut inbox = match self.shared.inbox.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        inbox.loads.push(request);
+        drop(inbox);
+        self.shared.wake.notify_one();
     }
 
     /// The ticket the next `submit` returns.
@@ -134,23 +169,31 @@ pub fn open_at(
     clock: Clock,
 ) -> Result<(StoreHandle, StoreThread, Recovered), OpenError> {
     let started = Instant::now();
-    let (log, replayed) =
-        log::Log::open_within(&config.dir, config.segment_size, config.max_bytes, clock)?;
     let mut state = State::default();
+    let mut n = 0usize;
+    state.begin_replay();
+    // Each record goes into the index as it is read: a queue's payloads are
+    // dropped at once, so a large backlog is never all in memory.
+    let log = log::Log::open_within(
+        &config.dir,
+        config.segment_size,
+        config.max_bytes,
+        clock,
+        &mut |r| {
+            n += 1;
+            state.add_segment(r.segment);
+            state.apply(
+                r.op,
+                Loc {
+                    seg: r.segment,
+                    bytes: r.len,
+                    offset: r.offset,
+                },
+            );
+        },
+    )?;
     if log.has_head() {
         state.add_segment(log.head_id());
-    }
-    let n = replayed.len();
-    state.begin_replay();
-    for r in replayed {
-        state.add_segment(r.segment);
-        state.apply(
-            r.op,
-            Loc {
-                seg: r.segment,
-                bytes: r.len,
-            },
-        );
     }
     let orphans = state.finish_replay();
     if orphans > 0 {
@@ -158,7 +201,7 @@ pub fn open_at(
     }
     let (recovered, cleanup) = state.recovered(clock.unix_secs());
     info!(
-        "storage: recovered {} sessions, {} queued messages, {} retained from {n} records in {:?}",
+        "storage: recovered {} sessions, {} queued messages, {} retained, {} work-queue messages from {n} records in {:?}",
         recovered.sessions.len(),
         recovered
             .sessions
@@ -166,6 +209,7 @@ pub fn open_at(
             .map(|s| s.deliveries.len())
             .sum::<usize>(),
         recovered.retained.len(),
+        state.queue_msgs(),
         started.elapsed()
     );
     let shared = Arc::new(Shared {
@@ -175,7 +219,9 @@ pub fn open_at(
         no_space: AtomicBool::new(false),
     });
     let (tx, rx) = watch::channel(0u64);
+    let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
     let mut writer = Writer {
+        loaded: loaded_tx,
         log,
         state,
         config: config.clone(),
@@ -203,6 +249,7 @@ pub fn open_at(
         StoreHandle {
             shared: shared.clone(),
             synced: rx,
+            loaded: Some(loaded_rx),
             submitted: 0,
         },
         StoreThread {
@@ -258,6 +305,8 @@ impl Parked {
 }
 
 struct Writer {
+    /// Where queue messages read back go (the router).
+    loaded: mpsc::UnboundedSender<Loaded>,
     log: log::Log,
     state: State,
     config: StorageConfig,
@@ -298,12 +347,15 @@ fn retry<T>(what: &str, mut f: impl FnMut() -> std::io::Result<T>) -> T {
 impl Writer {
     fn run(mut self) {
         loop {
-            let (ops, ticket, closing, needs_sync) = {
+            let (ops, ticket, closing, needs_sync, loads) = {
                 let mut inbox = match self.shared.inbox.lock() {
                     Ok(g) => g,
                     Err(p) => p.into_inner(),
                 };
-                while inbox.ticket <= *self.synced.borrow() && !inbox.closing {
+                while inbox.ticket <= *self.synced.borrow()
+                    && !inbox.closing
+                    && inbox.loads.is_empty()
+                {
                     let stuck = self.stuck();
                     let wait = if stuck {
                         // Try again for space every second.
@@ -329,6 +381,7 @@ impl Writer {
                     inbox.ticket,
                     inbox.closing,
                     std::mem::take(&mut inbox.needs_sync),
+                    std::mem::take(&mut inbox.loads),
                 )
             };
             if !ops.is_empty() || self.stuck() {
@@ -348,6 +401,8 @@ impl Writer {
             if ticket > *self.synced.borrow() && self.pending.is_empty() {
                 self.synced.send_replace(ticket);
             }
+            // After the sync: reads must not delay acknowledgements.
+            self.serve_loads(loads);
             self.reclaim();
             if closing {
                 self.sync();
@@ -416,12 +471,15 @@ impl Writer {
                 record::seal(&mut rec, self.log.salt());
             }
             self.log.take_seq();
+            let offset = self.log.head_len() + self.buf.len() as u64;
             self.buf.extend_from_slice(&rec);
             self.state.apply(
                 op,
                 Loc {
                     seg: self.log.head_id(),
                     bytes: len as u32,
+                    // Segments are at most 1 GiB (`storage.segment_size`).
+                    offset: offset as u32,
                 },
             );
         }
@@ -523,7 +581,7 @@ impl Writer {
             if !crowded || !fits {
                 break;
             }
-            let ops = self.state.copy_forward(oldest);
+            let ops = self.copies_of(oldest);
             // The copies must be durable before the originals go.
             self.write_ops(ops, Clock::read());
             self.sync();
@@ -534,6 +592,92 @@ impl Writer {
             }
         }
         self.update_budget();
+    }
+
+    /// The ops that re-create the live records of segment `seg`, queue
+    /// messages read back from it. A queue message whose record cannot be read
+    /// any more is lost: it is said, counted, and marked gone (so the segment
+    /// can still go).
+    fn copies_of(&mut self, seg: u64) -> Vec<Op> {
+        let (mut ops, copies) = self.state.copy_forward(seg);
+        let clock = Clock::read();
+        for c in copies {
+            match self.read_op(c.at, clock) {
+                Ok(Op::QueueMsg {
+                    qid,
+                    mid,
+                    message,
+                    enqueued_ms,
+                    key,
+                    ..
+                }) if (qid, mid) == (c.qid, c.mid) => ops.push(Op::QueueMsg {
+                    qid,
+                    mid,
+                    message,
+                    deliveries: c.deliveries,
+                    enqueued_ms,
+                    key,
+                }),
+                other => {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "another record lies there".into(),
+                    };
+                    error!(
+                        "storage: message {} of work queue {} cannot be read back to copy it forward ({why}): it is lost",
+                        c.mid, c.qid
+                    );
+                    self.metrics
+                        .queue_unreadable
+                        .fetch_add(1, Ordering::Relaxed);
+                    ops.push(Op::QueueDone {
+                        qid: c.qid,
+                        mids: vec![c.mid],
+                    });
+                }
+            }
+        }
+        ops
+    }
+
+    /// The op of the record at `at`, read back from its segment.
+    fn read_op(&mut self, at: Loc, clock: Clock) -> std::io::Result<Op> {
+        let (kind, body) = self.log.read_record(at.seg, at.offset, at.bytes)?;
+        record::decode_body(kind, &body, clock)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// Read back the queue messages the router asked for, and answer.
+    fn serve_loads(&mut self, loads: Vec<LoadRequest>) {
+        if loads.is_empty() {
+            return;
+        }
+        let clock = Clock::read();
+        for req in loads {
+            let mut messages = Vec::with_capacity(req.mids.len());
+            for mid in req.mids {
+                let m = self
+                    .state
+                    .locate_queue_msg(req.qid, mid)
+                    .and_then(|at| match self.read_op(at, clock) {
+                        Ok(Op::QueueMsg { message, .. }) => Some(message),
+                        Ok(_) => {
+                            error!("storage: message {mid} of work queue {}: another record lies where it should be", req.qid);
+                            None
+                        }
+                        Err(e) => {
+                            error!("storage: message {mid} of work queue {} cannot be read back: {e}", req.qid);
+                            None
+                        }
+                    });
+                messages.push((mid, m));
+            }
+            // The router is gone at shutdown: nothing to answer.
+            let _ = self.loaded.send(Loaded {
+                qid: req.qid,
+                messages,
+            });
+        }
     }
 
     /// Raise or lower the router's refusal flag: at the budget (no room for

@@ -1,26 +1,44 @@
 //! The work queues' part of the store's index: which queues exist (id and name),
 //! and each queue's messages with their delivery count and where their records
-//! lie. Pure, like `state.rs`, which owns the byte accounting: `apply` tells it
-//! which record became live and which dead.
+//! lie (`queue_slots.rs`), never their payloads: those stay in the log and are
+//! read back when the router asks (`Log::read_record`). Pure, like `state.rs`,
+//! which owns the byte accounting: `apply` tells it which record became live
+//! and which dead.
 //!
 //! A queue message is live from its `QueueMsg` until its `QueueDone`; its latest
 //! `QueueCount` is live with it (an older count is dead). Copying forward writes
-//! one `QueueMsg` with the current count, which makes the older records dead.
+//! one `QueueMsg` with the current count, which makes the older records dead;
+//! the store thread reads the record to copy (`copy_forward` says which).
+//!
+//! At start, what the router needs to rebuild a queue without payloads (size,
+//! expiry, ordering key, dedup id) is taken from each `QueueMsg` as it is read
+//! back, kept until `recovered`, then dropped.
 
+use super::queue_slots::{Slot, Slots};
 use super::record::Op;
 use super::state::Loc;
 use crate::hash::Map;
-use crate::session::Message;
+use crate::queue::policy::{message_bytes, message_id};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
-struct QMsg {
-    message: Arc<Message>,
-    deliveries: u16,
-    enqueued_ms: u64,
-    loc: Loc,
-    /// The latest `QueueCount` record, if any.
-    count: Option<Loc>,
+/// A queue message as recovery hands it to the router: everything but the
+/// payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredMsg {
+    pub id: u64,
+    pub deliveries: u16,
+    /// Unix milliseconds of its first enqueue.
+    pub enqueued_ms: u64,
+    /// What it costs against `max_bytes`.
+    pub bytes: u32,
+    /// Its v5 Message Expiry, if any.
+    pub expires: Option<Instant>,
+    /// Its ordering-key hash, as taken.
+    pub key: u64,
+    /// Its `message-id` user property (the dedup window), if any.
+    pub message_id: Option<Box<str>>,
 }
 
 /// What one queue holds after recovery, for the router.
@@ -28,9 +46,20 @@ struct QMsg {
 pub struct RecoveredQueue {
     pub qid: u64,
     pub name: Arc<str>,
-    /// In enqueue order (ids increase with it): (id, message, deliveries so far,
-    /// first enqueue in Unix milliseconds).
-    pub messages: Vec<(u64, Arc<Message>, u16, u64)>,
+    /// In enqueue order (ids increase with it).
+    pub messages: Vec<RecoveredMsg>,
+}
+
+/// A queue message whose record must be read and written again to free a
+/// segment (`copy_forward`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCopy {
+    pub qid: u64,
+    pub mid: u64,
+    /// Where its `QueueMsg` record lies.
+    pub at: Loc,
+    /// Its current delivery count (the copy carries it).
+    pub deliveries: u16,
 }
 
 /// The records (or shares of one) an op made live and dead.
@@ -43,13 +72,31 @@ pub struct Changes {
 #[derive(Default)]
 pub struct QueueIndex {
     queues: Map<u64, (Arc<str>, Loc)>,
-    /// By (queue id, message id).
-    msgs: BTreeMap<(u64, u64), QMsg>,
+    /// By queue id.
+    msgs: Map<u64, Slots>,
     max_qid: u64,
     max_mid: u64,
+    /// While replaying: what recovery needs of each `QueueMsg` read, in log
+    /// order ((queue id, message id) and the rest of `RecoveredMsg`).
+    replayed: Option<Vec<(u64, RecoveredMsg)>>,
 }
 
 impl QueueIndex {
+    /// Keep what recovery needs of each message read, until `recovered`.
+    pub fn begin_replay(&mut self) {
+        self.replayed.get_or_insert_with(Vec::new);
+    }
+
+    /// Where message `mid` of queue `qid` lies, if it is live.
+    pub fn locate(&self, qid: u64, mid: u64) -> Option<Loc> {
+        self.msgs.get(&qid)?.get(mid).map(|s| s.msg)
+    }
+
+    /// Messages held, in every queue.
+    pub fn len(&self) -> usize {
+        self.msgs.values().map(Slots::len).sum()
+    }
+
     /// Apply a queue op written at `loc`; other ops change nothing.
     pub fn apply(&mut self, op: Op, loc: Loc) -> Changes {
         let mut ch = Changes::default();
@@ -67,34 +114,45 @@ impl QueueIndex {
                 message,
                 deliveries,
                 enqueued_ms,
+                key,
             } => {
                 self.max_mid = self.max_mid.max(mid);
+                if let Some(r) = self.replayed.as_mut() {
+                    r.push((
+                        qid,
+                        RecoveredMsg {
+                            id: mid,
+                            deliveries,
+                            enqueued_ms,
+                            bytes: message_bytes(&message),
+                            expires: message.expires_at(),
+                            key,
+                            message_id: message_id(&message).map(Box::from),
+                        },
+                    ));
+                }
                 ch.live.push(loc);
-                let new = QMsg {
-                    message,
-                    deliveries,
-                    enqueued_ms,
-                    loc,
-                    count: None,
-                };
-                if let Some(old) = self.msgs.insert((qid, mid), new) {
-                    ch.dead.push(old.loc);
-                    ch.dead.extend(old.count);
+                let slots = self.msgs.entry(qid).or_default();
+                if let Some(old) = slots.insert(Slot::new(mid, loc, deliveries)) {
+                    ch.dead.push(old.msg);
+                    ch.dead.extend(old.count());
                 }
             }
             Op::QueueCount { qid, counts } => {
                 // One record, several messages: each owns a share of its bytes,
                 // live while it is that message's latest count.
                 let n = counts.len().max(1) as u32;
+                let Some(slots) = self.msgs.get_mut(&qid) else {
+                    return ch;
+                };
                 for (i, (mid, deliveries)) in counts.into_iter().enumerate() {
-                    let share = Loc {
-                        seg: loc.seg,
-                        bytes: loc.bytes / n + u32::from(i == 0) * (loc.bytes % n),
-                    };
-                    if let Some(m) = self.msgs.get_mut(&(qid, mid)) {
+                    let bytes = loc.bytes / n + u32::from(i == 0) * (loc.bytes % n);
+                    if let Some(m) = slots.get_mut(mid) {
+                        ch.dead.extend(m.count());
                         m.deliveries = deliveries;
-                        ch.live.push(share);
-                        ch.dead.extend(m.count.replace(share));
+                        m.count_seg = loc.seg;
+                        m.count_bytes = bytes;
+                        ch.live.extend(m.count());
                     }
                 }
             }
@@ -102,24 +160,23 @@ impl QueueIndex {
                 if let Some((_, l)) = self.queues.remove(&qid) {
                     ch.dead.push(l);
                 }
-                let mids: Vec<u64> = self
-                    .msgs
-                    .range((qid, 0)..=(qid, u64::MAX))
-                    .map(|((_, m), _)| *m)
-                    .collect();
-                for mid in mids {
-                    if let Some(old) = self.msgs.remove(&(qid, mid)) {
-                        ch.dead.push(old.loc);
-                        ch.dead.extend(old.count);
-                    }
+                for s in self.msgs.remove(&qid).iter().flat_map(Slots::iter) {
+                    ch.dead.push(s.msg);
+                    ch.dead.extend(s.count());
                 }
             }
             Op::QueueDone { qid, mids } => {
+                let Some(slots) = self.msgs.get_mut(&qid) else {
+                    return ch;
+                };
                 for mid in mids {
-                    if let Some(old) = self.msgs.remove(&(qid, mid)) {
-                        ch.dead.push(old.loc);
-                        ch.dead.extend(old.count);
+                    if let Some(old) = slots.remove(mid) {
+                        ch.dead.push(old.msg);
+                        ch.dead.extend(old.count());
                     }
+                }
+                if slots.is_empty() {
+                    self.msgs.remove(&qid);
                 }
             }
             _ => {}
@@ -127,8 +184,9 @@ impl QueueIndex {
         ch
     }
 
-    /// Ops that re-create the live queue records of segment `seg`.
-    pub fn copy_forward(&self, seg: u64, ops: &mut Vec<Op>) {
+    /// The live queue records of segment `seg`: queue names as ops, messages
+    /// as records to read and write again (with their current count).
+    pub fn copy_forward(&self, seg: u64, ops: &mut Vec<Op>, copies: &mut Vec<QueueCopy>) {
         for (qid, (name, l)) in &self.queues {
             if l.seg == seg {
                 ops.push(Op::QueueDecl {
@@ -137,22 +195,24 @@ impl QueueIndex {
                 });
             }
         }
-        for ((qid, mid), m) in &self.msgs {
-            if m.loc.seg == seg || m.count.is_some_and(|c| c.seg == seg) {
-                ops.push(Op::QueueMsg {
-                    qid: *qid,
-                    mid: *mid,
-                    message: m.message.clone(),
-                    deliveries: m.deliveries,
-                    enqueued_ms: m.enqueued_ms,
-                });
+        for (qid, slots) in &self.msgs {
+            for s in slots.iter() {
+                if s.msg.seg == seg || s.count_seg == seg {
+                    copies.push(QueueCopy {
+                        qid: *qid,
+                        mid: s.mid,
+                        at: s.msg,
+                        deliveries: s.deliveries,
+                    });
+                }
             }
         }
     }
 
     /// Every queue with its messages (a message of a queue never declared is
-    /// dropped: it cannot be named).
-    pub fn recovered(&self) -> Vec<RecoveredQueue> {
+    /// dropped: it cannot be named). Ends the replay: what was kept of each
+    /// message read goes.
+    pub fn recovered(&mut self) -> Vec<RecoveredQueue> {
         let mut out: BTreeMap<u64, RecoveredQueue> = self
             .queues
             .iter()
@@ -167,11 +227,26 @@ impl QueueIndex {
                 )
             })
             .collect();
-        for ((qid, mid), m) in &self.msgs {
-            if let Some(q) = out.get_mut(qid) {
-                q.messages
-                    .push((*mid, m.message.clone(), m.deliveries, m.enqueued_ms));
+        let mut replayed = self.replayed.take().unwrap_or_default();
+        // The last record of each message is the one that counts (a stable
+        // sort keeps log order among the records of one message).
+        replayed.sort_by_key(|(qid, m)| (*qid, m.id));
+        let mut it = replayed.into_iter().peekable();
+        while let Some((qid, mut m)) = it.next() {
+            if it
+                .peek()
+                .is_some_and(|(q, next)| *q == qid && next.id == m.id)
+            {
+                continue;
             }
+            let (Some(q), Some(s)) = (
+                out.get_mut(&qid),
+                self.msgs.get(&qid).and_then(|s| s.get(m.id)),
+            ) else {
+                continue;
+            };
+            m.deliveries = s.deliveries;
+            q.messages.push(m);
         }
         out.into_values().collect()
     }
@@ -187,8 +262,8 @@ mod tests {
     use super::super::state::State;
     use super::*;
     use crate::protocol::{PublishProperties, QoS};
+    use crate::session::Message;
     use bytes::Bytes;
-    use std::time::Instant;
 
     fn msg() -> Arc<Message> {
         Arc::new(Message {
@@ -202,22 +277,28 @@ mod tests {
     }
 
     fn at(seg: u64) -> Loc {
-        Loc { seg, bytes: 10 }
+        Loc {
+            seg,
+            bytes: 10,
+            offset: 0,
+        }
     }
 
-    fn qmsg(mid: u64) -> Op {
+    fn qmsg(mid: u64, deliveries: u16) -> Op {
         Op::QueueMsg {
             qid: 1,
             mid,
             message: msg(),
-            deliveries: 0,
+            deliveries,
             enqueued_ms: 1_000 + mid,
+            key: mid * 10,
         }
     }
 
     #[test]
     fn queue_records_live_until_done_and_copy_forward_with_their_count() {
         let mut st = State::default();
+        st.begin_replay();
         st.add_segment(1);
         st.add_segment(2);
         st.apply(
@@ -227,8 +308,8 @@ mod tests {
             },
             at(1),
         );
-        st.apply(qmsg(5), at(1));
-        st.apply(qmsg(6), at(1));
+        st.apply(qmsg(5, 0), at(1));
+        st.apply(qmsg(6, 0), at(1));
         st.apply(
             Op::QueueCount {
                 qid: 1,
@@ -253,31 +334,38 @@ mod tests {
             at(2),
         );
         assert_eq!(st.segment_live(1), 20);
-        // Freeing segment 1: the queue and message 5 with its current count.
-        let ops = st.copy_forward(1);
-        assert_eq!(ops.len(), 2);
-        assert!(ops.iter().any(|o| matches!(
-            o,
-            Op::QueueMsg {
+        // Freeing segment 1: the queue as an op, message 5 as a record to read
+        // back and write again with its current count.
+        let (ops, copies) = st.copy_forward(1);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(
+            copies,
+            vec![QueueCopy {
+                qid: 1,
                 mid: 5,
-                deliveries: 3,
-                ..
-            }
-        )));
+                at: at(1),
+                deliveries: 3
+            }]
+        );
         for op in ops {
             st.apply(op, at(3));
         }
+        st.apply(qmsg(5, 3), at(3));
         assert_eq!(st.segment_live(1), 0);
         assert_eq!(st.segment_live(2), 0, "the count moved with the message");
+        st.finish_replay();
         let (rec, _) = st.recovered(0);
         assert_eq!((rec.next_qid, rec.next_qmid), (2, 7));
         assert_eq!(rec.queues.len(), 1);
         let q = &rec.queues[0];
         assert_eq!(&*q.name, "jobs");
-        assert_eq!(q.messages.len(), 1);
+        assert_eq!(q.messages.len(), 1, "message 6 is done");
+        let m = &q.messages[0];
         assert_eq!(
-            (q.messages[0].0, q.messages[0].2, q.messages[0].3),
-            (5, 3, 1_005)
+            (m.id, m.deliveries, m.enqueued_ms, m.key),
+            (5, 3, 1_005, 50)
         );
+        assert_eq!(m.bytes, message_bytes(&msg()));
+        assert_eq!(st.queue_msgs(), 1);
     }
 }

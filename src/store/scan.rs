@@ -15,8 +15,9 @@ use crate::clock::Clock;
 
 /// What one segment held.
 pub struct Scanned {
-    /// Every intact record, in order, with its length on disk.
-    pub records: Vec<(Op, usize)>,
+    /// Every intact record, in order, with its offset in the segment and its
+    /// length on disk.
+    pub records: Vec<(Op, usize, usize)>,
     pub damage: Vec<Damage>,
     /// The sequence that follows this segment.
     pub next_seq: u64,
@@ -83,7 +84,7 @@ pub fn scan(
         let why = match record::frame(rest, salt) {
             Ok(f) if f.seq == want => match read(f.kind, f.body, f.seq, clock) {
                 Ok(Some(op)) => {
-                    out.records.push((op, f.len));
+                    out.records.push((op, off, f.len));
                     off += f.len;
                     want += 1;
                     continue;
@@ -265,7 +266,7 @@ mod tests {
     fn topics(s: &Scanned) -> Vec<String> {
         s.records
             .iter()
-            .map(|(op, _)| match op {
+            .map(|(op, _, _)| match op {
                 Op::Retain { message } => message.topic.to_string(),
                 _ => panic!("unexpected {op:?}"),
             })

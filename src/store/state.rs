@@ -10,7 +10,7 @@
 //! never live: segments are deleted oldest first, so a tombstone only ever
 //! shadows records in its own or older segments, which are gone before it.
 
-use super::queue_index::{QueueIndex, RecoveredQueue};
+use super::queue_index::{QueueCopy, QueueIndex, RecoveredQueue};
 #[cfg(test)]
 use super::record::DelivState;
 use super::record::{Op, Receiver, SessionRec};
@@ -20,11 +20,13 @@ use crate::session::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// Where a record lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a record lies: its segment, its length and its offset in the segment
+/// (the offset is only needed for work-queue messages, which are read back).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Loc {
     pub seg: u64,
     pub bytes: u32,
+    pub offset: u32,
 }
 
 struct Sess {
@@ -151,6 +153,7 @@ impl State {
     /// Replay mode: records of a session not seen yet create a placeholder.
     pub fn begin_replay(&mut self) {
         self.replaying = true;
+        self.queues.begin_replay();
     }
 
     /// End of replay: a placeholder whose `Session` record never came belongs to
@@ -164,7 +167,7 @@ impl State {
             .map(|(k, _)| *k)
             .collect();
         for sid in &orphans {
-            self.apply(Op::SessionGone { sid: *sid }, Loc { seg: 0, bytes: 0 });
+            self.apply(Op::SessionGone { sid: *sid }, Loc::default());
         }
         orphans.len()
     }
@@ -188,7 +191,7 @@ impl State {
                 username: None,
                 verified: false,
             },
-            loc: Loc { seg: 0, bytes: 0 },
+            loc: Loc::default(),
             subs: Map::default(),
             inbound: Map::default(),
             deliveries: BTreeSet::new(),
@@ -337,6 +340,7 @@ impl State {
                 let share = |i: u32| Loc {
                     seg: loc.seg,
                     bytes: loc.bytes / n + u32::from(i == 0) * (loc.bytes % n),
+                    offset: 0,
                 };
                 for (i, st) in states.into_iter().enumerate() {
                     self.max_did = self.max_did.max(st.did);
@@ -384,8 +388,10 @@ impl State {
     }
 
     /// Ops that re-create every live record of segment `seg` (their current
-    /// state), so that once they are written `seg` holds nothing live.
-    pub fn copy_forward(&self, seg: u64) -> Vec<Op> {
+    /// state), so that once they are written `seg` holds nothing live; and the
+    /// work-queue messages whose records the caller must read back and write
+    /// again for that (their payloads are not in memory).
+    pub fn copy_forward(&self, seg: u64) -> (Vec<Op>, Vec<QueueCopy>) {
         let mut ops = Vec::new();
         for s in self.sessions.values() {
             if s.loc.seg == seg {
@@ -443,13 +449,24 @@ impl State {
                 });
             }
         }
-        self.queues.copy_forward(seg, &mut ops);
-        ops
+        let mut copies = Vec::new();
+        self.queues.copy_forward(seg, &mut ops, &mut copies);
+        (ops, copies)
+    }
+
+    /// Where message `mid` of work queue `qid` lies, if it is live.
+    pub fn locate_queue_msg(&self, qid: u64, mid: u64) -> Option<Loc> {
+        self.queues.locate(qid, mid)
+    }
+
+    /// Work-queue messages held, in all queues.
+    pub fn queue_msgs(&self) -> usize {
+        self.queues.len()
     }
 
     /// Everything live, for the router, plus the cleanup ops for what expired
     /// while the broker was down (sessions past their expiry, expired messages).
-    pub fn recovered(&self, now_unix: u64) -> (Recovered, Vec<Op>) {
+    pub fn recovered(&mut self, now_unix: u64) -> (Recovered, Vec<Op>) {
         let (next_qid, next_qmid) = self.queues.next_ids();
         let mut out = Recovered {
             next_sid: self.max_sid + 1,
@@ -531,7 +548,11 @@ mod tests {
     use std::time::Instant;
 
     fn loc(seg: u64) -> Loc {
-        Loc { seg, bytes: 10 }
+        Loc {
+            seg,
+            bytes: 10,
+            offset: 0,
+        }
     }
 
     fn session(sid: u64) -> Op {
@@ -625,7 +646,7 @@ mod tests {
         );
         s.apply(msg(2, &[(11, 1)]), loc(1));
         s.apply(Op::Done { dids: vec![11] }, loc(2));
-        let ops = s.copy_forward(1);
+        let (ops, _) = s.copy_forward(1);
         assert_eq!(ops.len(), 3, "session, subscription, message 1: {ops:?}");
         for op in ops {
             s.apply(op, loc(5));

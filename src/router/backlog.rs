@@ -1,0 +1,360 @@
+//! A work queue's messages in memory and on disk. With a store, a queue's
+//! backlog waits in the store's log only: the queue core keeps a 48-byte entry
+//! per message, and this file keeps in memory just the messages near the head
+//! (`limits.queue_read_ahead` / `_bytes`) and those in flight. A message
+//! published past that budget is dropped from memory once its record is
+//! written (its batch synced); the ones about to go out are read back ahead of
+//! dispatch (`LoadRequest`, answered on the store's `loaded` channel). What
+//! needs a message that is not in memory (a delivery, a dead letter) waits in
+//! order until it is read back, so a queue's deliveries keep their order.
+//! Without a store every message stays in memory.
+
+use super::*;
+use crate::queue::{Action, DeadReason, Entry, MsgId};
+use crate::store::{LoadRequest, Loaded};
+
+/// Something a queue's core decided that needs a message read back first.
+#[derive(Debug)]
+pub(super) enum Waiting {
+    Deliver { to: ClientId, entry: Entry },
+    DeadLetter { entry: Entry, reason: DeadReason },
+}
+
+impl Waiting {
+    fn id(&self) -> MsgId {
+        match self {
+            Waiting::Deliver { entry, .. } | Waiting::DeadLetter { entry, .. } => entry.id,
+        }
+    }
+}
+
+/// Loads asked for what waits, at most, per queue (a mass expiry may make
+/// many dead letters at once: they are read back this many at a time).
+const WAITING_LOADS: usize = 256;
+
+/// Admin requests that need messages read back are tried again as loads come
+/// back, this many times; then they are answered with what is in memory.
+pub(super) const ADMIN_TRIES: u8 = 8;
+
+/// One queue's messages in memory, and the rest's way back from disk.
+#[derive(Default)]
+pub(super) struct Resident {
+    messages: Map<MsgId, Arc<Message>>,
+    /// What `messages` costs (`message_bytes` of each).
+    bytes: u64,
+    /// Messages of the queue (or waiting to be dead-lettered) not in memory.
+    on_disk: usize,
+    /// Asked of the store, not back yet.
+    loading: Set<MsgId>,
+    /// To ask for at the end of this turn.
+    to_load: Vec<MsgId>,
+    /// In order: what waits for a message to be read back.
+    waiting: VecDeque<Waiting>,
+    /// Messages over the budget, dropped from memory once the batch with
+    /// their record (this ticket) is synced.
+    evict: VecDeque<(u64, MsgId)>,
+}
+
+impl Resident {
+    pub(super) fn get(&self, id: MsgId) -> Option<&Arc<Message>> {
+        self.messages.get(&id)
+    }
+
+    pub(super) fn contains(&self, id: MsgId) -> bool {
+        self.messages.contains_key(&id)
+    }
+
+    /// Keep `m` in memory. `written`: the ticket of the batch with its
+    /// record, when there is a store; over `budget` it goes from memory once
+    /// that batch is synced.
+    pub(super) fn keep(
+        &mut self,
+        id: MsgId,
+        m: Arc<Message>,
+        written: Option<u64>,
+        budget: (usize, u64),
+    ) {
+        let over = self.messages.len() >= budget.0 || self.bytes >= budget.1;
+        self.bytes += u64::from(crate::queue::policy::message_bytes(&m));
+        if let Some(old) = self.messages.insert(id, m) {
+            self.bytes = self
+                .bytes
+                .saturating_sub(u64::from(crate::queue::policy::message_bytes(&old)));
+        }
+        if let (true, Some(t)) = (over, written) {
+            self.evict.push_back((t, id));
+        }
+    }
+
+    /// A message leaves the queue (acknowledged, moved, dropped): from memory
+    /// if it is there (returned), else from what waits on disk.
+    pub(super) fn take(&mut self, id: MsgId) -> Option<Arc<Message>> {
+        match self.messages.remove(&id) {
+            Some(m) => {
+                self.bytes = self
+                    .bytes
+                    .saturating_sub(u64::from(crate::queue::policy::message_bytes(&m)));
+                Some(m)
+            }
+            None => {
+                self.loading.remove(&id);
+                self.on_disk = self.on_disk.saturating_sub(1);
+                None
+            }
+        }
+    }
+
+    /// A message recovered from the store: on disk only.
+    pub(super) fn on_disk(&mut self) {
+        self.on_disk += 1;
+    }
+
+    /// Read `id` back (at the end of the turn) unless it is here or asked for.
+    pub(super) fn want(&mut self, id: MsgId) {
+        if !self.messages.contains_key(&id) && self.loading.insert(id) {
+            self.to_load.push(id);
+        }
+    }
+
+    /// Must `w` wait (its message is not here, or something before it waits)?
+    /// Then it waits, and its message is asked for.
+    fn park(&mut self, w: Waiting) -> Option<Waiting> {
+        if self.waiting.is_empty() && self.messages.contains_key(&w.id()) {
+            return Some(w);
+        }
+        if self.waiting.len() < WAITING_LOADS {
+            self.want(w.id());
+        }
+        self.waiting.push_back(w);
+        None
+    }
+
+    pub(super) fn nothing_waits(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+impl Router {
+    /// `limits.queue_read_ahead` / `_bytes`.
+    fn read_ahead_budget(&self) -> (usize, u64) {
+        self.queues.read_ahead
+    }
+
+    /// The ticket of this turn's batch (None without a store: nothing is
+    /// dropped from memory).
+    pub(super) fn queue_ticket(&self) -> Option<u64> {
+        self.store.as_ref().map(|st| st.handle.next_ticket())
+    }
+
+    /// Keep message `id` of queue `name` in memory, written in this turn's
+    /// batch when there is a store.
+    pub(super) fn keep_queued(&mut self, name: &str, id: MsgId, m: Arc<Message>) {
+        let written = self.queue_ticket();
+        let budget = self.read_ahead_budget();
+        if let Some(q) = self.queues.by_name.get_mut(name) {
+            let written = written.filter(|_| q.qid != 0);
+            q.mem.keep(id, m, written, budget);
+        }
+    }
+
+    /// Deliveries and dead letters of queue `name`, each done now or, when
+    /// its message must be read back (or something before it waits), later in
+    /// order. Returns the deliveries done that the session could not take.
+    pub(super) fn deliver_or_wait(
+        &mut self,
+        name: &Arc<str>,
+        a: Action<ClientId>,
+        now: Instant,
+    ) -> Option<(ClientId, MsgId)> {
+        let w = match a {
+            Action::Deliver { to, entry } => Waiting::Deliver { to, entry },
+            Action::DeadLetter { entry, reason } => Waiting::DeadLetter { entry, reason },
+            Action::Drop { .. } => return None,
+        };
+        let q = self.queues.by_name.get_mut(name)?;
+        match q.mem.park(w)? {
+            Waiting::Deliver { to, entry } => self.deliver_from_queue(name, to, entry, now),
+            Waiting::DeadLetter { entry, reason } => {
+                self.dead_letter(name, entry, reason, now);
+                None
+            }
+        }
+    }
+
+    /// Read ahead for queue `name`: ask for the next messages to go out that
+    /// are on disk, while its budget has room (a quarter of it at least, so
+    /// reads come in batches).
+    pub(super) fn read_ahead(&mut self, name: &str) {
+        let (count, bytes) = self.read_ahead_budget();
+        let Some(q) = self.queues.by_name.get_mut(name) else {
+            return;
+        };
+        if q.mem.on_disk == 0 || q.qid == 0 {
+            return;
+        }
+        let limit = count + q.core.in_flight();
+        let held = q.mem.messages.len() + q.mem.loading.len();
+        let room = limit.saturating_sub(held);
+        if room < count.div_ceil(4) || q.mem.bytes >= bytes / 4 * 3 {
+            return;
+        }
+        let mut budget_bytes = bytes.saturating_sub(q.mem.bytes);
+        let mut want = Vec::new();
+        for e in q.core.upcoming().take(limit.saturating_mul(2)) {
+            if want.len() >= room || budget_bytes == 0 {
+                break;
+            }
+            if q.mem.messages.contains_key(&e.id) || q.mem.loading.contains(&e.id) {
+                continue;
+            }
+            budget_bytes = budget_bytes.saturating_sub(u64::from(e.bytes));
+            want.push(e.id);
+        }
+        for id in want {
+            q.mem.want(id);
+        }
+    }
+
+    /// End of a turn: ask the store for what the queues want read back (after
+    /// this turn's batch, so every record asked for is written first).
+    pub(super) fn submit_loads(&mut self) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        for q in self.queues.by_name.values_mut() {
+            if !q.mem.to_load.is_empty() {
+                st.handle.load(LoadRequest {
+                    qid: q.qid,
+                    mids: std::mem::take(&mut q.mem.to_load),
+                });
+            }
+        }
+    }
+
+    /// The store synced batches up to `synced`: messages kept only until
+    /// their record was written leave memory (unless in flight).
+    pub(super) fn evict_written(&mut self, synced: u64) {
+        for q in self.queues.by_name.values_mut() {
+            while q.mem.evict.front().is_some_and(|(t, _)| *t <= synced) {
+                let Some((_, id)) = q.mem.evict.pop_front() else {
+                    break;
+                };
+                if q.core.holder(id).is_some() {
+                    continue;
+                }
+                if let Some(m) = q.mem.messages.remove(&id) {
+                    q.mem.bytes = q
+                        .mem
+                        .bytes
+                        .saturating_sub(u64::from(crate::queue::policy::message_bytes(&m)));
+                    q.mem.on_disk += 1;
+                }
+            }
+        }
+    }
+
+    /// Messages read back by the store: into memory, then what waited for
+    /// them is done in order. A message that could not be read is lost: it
+    /// leaves its queue, counted and logged.
+    pub(super) fn queue_loaded(&mut self, loaded: Loaded, now: Instant) {
+        let Some(name) = self
+            .queues
+            .by_name
+            .iter()
+            .find(|(_, q)| q.qid == loaded.qid && q.qid != 0)
+            .map(|(n, _)| n.clone())
+        else {
+            return;
+        };
+        let mut lost = Vec::new();
+        if let Some(q) = self.queues.by_name.get_mut(&name) {
+            for (id, m) in loaded.messages {
+                if !q.mem.loading.remove(&id) {
+                    // Gone meanwhile (acknowledged, purged).
+                    continue;
+                }
+                q.mem.on_disk = q.mem.on_disk.saturating_sub(1);
+                match m {
+                    Some(m) => {
+                        q.mem.bytes += u64::from(crate::queue::policy::message_bytes(&m));
+                        q.mem.messages.insert(id, m);
+                    }
+                    None => {
+                        q.core.lose(id);
+                        q.mem.waiting.retain(|w| w.id() != id);
+                        lost.push(id);
+                    }
+                }
+            }
+        }
+        if !lost.is_empty() {
+            error!(queue = %name, lost = lost.len(), "work-queue messages could not be read back from the store: lost (counted in queue_unreadable)");
+            self.metrics
+                .queue_unreadable
+                .fetch_add(lost.len() as u64, Ordering::Relaxed);
+            let qid = self.qid(&name);
+            self.queue_op(Op::QueueDone { qid, mids: lost });
+        }
+        self.drain_waiting(&name, now);
+        self.retry_admin(now);
+    }
+
+    /// Do what waits on queue `name`, in order, as far as its messages are in
+    /// memory; ask for the next ones.
+    fn drain_waiting(&mut self, name: &Arc<str>, now: Instant) {
+        let mut back: Vec<(ClientId, MsgId)> = Vec::new();
+        loop {
+            let Some(q) = self.queues.by_name.get_mut(name) else {
+                return;
+            };
+            let Some(id) = q.mem.waiting.front().map(Waiting::id) else {
+                break;
+            };
+            if !q.mem.messages.contains_key(&id) {
+                // Evicted again, or never asked for (past WAITING_LOADS).
+                q.mem.want(id);
+                break;
+            }
+            let Some(w) = q.mem.waiting.pop_front() else {
+                break;
+            };
+            match w {
+                Waiting::Deliver { to, entry } => {
+                    // Still this consumer's, at this count? (It may have left,
+                    // and the message gone to another, meanwhile.)
+                    let current = q
+                        .core
+                        .holder(id)
+                        .is_some_and(|(k, e)| *k == to && e.deliveries == entry.deliveries);
+                    if current {
+                        back.extend(self.deliver_from_queue(name, to, entry, now));
+                    }
+                }
+                Waiting::DeadLetter { entry, reason } => {
+                    self.dead_letter(name, entry, reason, now);
+                }
+            }
+        }
+        if let Some(q) = self.queues.by_name.get_mut(name) {
+            for (to, id) in back.into_iter().rev() {
+                q.core.give_back(&to, id);
+            }
+            let ids: Vec<MsgId> = q
+                .mem
+                .waiting
+                .iter()
+                .take(WAITING_LOADS)
+                .map(Waiting::id)
+                .collect();
+            for id in ids {
+                q.mem.want(id);
+            }
+        }
+        // Given-back messages and freed credit: dispatch again.
+        let mut actions = Vec::new();
+        if let Some(q) = self.queues.by_name.get_mut(name) {
+            q.core.dispatch(now, &mut actions);
+        }
+        self.carry_out(name, actions, now);
+    }
+}
