@@ -908,3 +908,256 @@ async fn a_queue_created_by_a_subscription_has_the_small_auto_caps() {
         "{codes:?}"
     );
 }
+
+/// `test_config` with the durable store even under TEST_IN_MEMORY=1: these
+/// tests are about the backlog on disk.
+fn stored_config() -> tern::config::Config {
+    let mut c = test_config();
+    if c.storage.in_memory {
+        c.storage.in_memory = false;
+        c.storage.dir = tempfile::Builder::new()
+            .prefix("store-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("tempdir")
+            .keep();
+        c.storage.segment_size = 65_536;
+    }
+    c
+}
+
+/// The admin endpoint of an in-process broker (with a store), and the broker.
+async fn broker_with_admin(
+    queues: Vec<QueueConfig>,
+    read_ahead: usize,
+) -> (tern::broker::Broker, SocketAddr, tern::admin::cli::Endpoint) {
+    let mut c = stored_config();
+    c.queues = queues;
+    c.limits.queue_read_ahead = read_ahead;
+    c.admin.bind = Some("127.0.0.1:0".parse().unwrap());
+    let (b, addr) = start(c).await;
+    let ep = tern::admin::cli::Endpoint {
+        addr: b.admin_addr().expect("admin on"),
+        token: None,
+    };
+    (b, addr, ep)
+}
+
+/// A queue's numbers from the admin endpoint, as JSON.
+async fn queue_stats(ep: &tern::admin::cli::Endpoint, name: &str) -> serde_json::Value {
+    let s = tern::admin::cli::run(ep, tern::admin::cli::QueueOp::Stats(name.into()))
+        .await
+        .expect("stats");
+    serde_json::from_str(&s).expect("stats are JSON")
+}
+
+#[tokio::test]
+async fn a_backlog_past_the_read_ahead_waits_on_disk_and_is_read_back_for_peek_dlq_and_redrive() {
+    use tern::admin::cli::{run, QueueOp};
+    let mut q = queue("jobs", &["jobs/#"]);
+    q.max_deliveries = 1;
+    let (_b, addr, ep) = broker_with_admin(vec![q], 4).await;
+    let mut p = publisher(addr, "producer").await;
+    const N: u16 = 60;
+    for i in 0..N {
+        let payload = format!("job {i:03} {}", "x".repeat(500));
+        assert_eq!(
+            publish(&mut p, &format!("jobs/{i}"), i + 1, payload.as_bytes()).await,
+            ReasonCode::SUCCESS
+        );
+    }
+    // Written and synced: only the read-ahead is in memory, the rest is on disk.
+    let mut st = queue_stats(&ep, "jobs").await;
+    for _ in 0..50 {
+        if st["in_memory"].as_u64() <= Some(4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        st = queue_stats(&ep, "jobs").await;
+    }
+    assert_eq!(st["depth"], N as u64, "{st}");
+    assert!(st["in_memory"].as_u64().unwrap() <= 4, "{st}");
+    // A peek past the read-ahead reads the messages back.
+    let peek = run(&ep, QueueOp::Peek("jobs".into(), 10))
+        .await
+        .expect("peek");
+    for i in 0..10 {
+        assert!(peek.contains(&format!("job {i:03} ")), "job {i}: {peek}");
+    }
+    // A worker refuses every message (max_deliveries 1): each is read back to
+    // be delivered, then to be dead-lettered, in order.
+    let mut w = consumer(addr, "w", "jobs", 3).await;
+    for i in 0..N {
+        let g = next(&mut w, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("job {i} delivered"));
+        assert_eq!(g.topic, format!("jobs/{i}"), "in publish order");
+        assert!(g.payload.starts_with(format!("job {i:03} ").as_bytes()));
+        ack(&mut w, g.packet_id, ReasonCode::UNSPECIFIED_ERROR).await;
+    }
+    w.send(&Packet::Disconnect(Default::default())).await;
+    let mut dlq = queue_stats(&ep, "jobs-dlq").await;
+    for _ in 0..100 {
+        if dlq["depth"] == N as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        dlq = queue_stats(&ep, "jobs-dlq").await;
+    }
+    assert_eq!(dlq["depth"], N as u64, "{dlq}");
+    // Redrive them all back (read back from disk in batches), then a worker
+    // takes every one, in order, with its count reset.
+    let moved = run(
+        &ep,
+        QueueOp::Redrive {
+            dlq: "jobs-dlq".into(),
+            to: None,
+            rate: None,
+        },
+    )
+    .await
+    .expect("redrive");
+    assert_eq!(moved, format!("moved {N} messages out of jobs-dlq"));
+    let mut w = consumer(addr, "w2", "jobs", 5).await;
+    for i in 0..N {
+        let g = next(&mut w, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("job {i} redelivered"));
+        assert_eq!(g.topic, format!("jobs/{i}"));
+        assert_eq!(
+            g.props.get("tern-delivery-count").map(String::as_str),
+            Some("1")
+        );
+        assert!(g.payload.starts_with(format!("job {i:03} ").as_bytes()));
+        ack(&mut w, g.packet_id, ReasonCode::SUCCESS).await;
+    }
+    assert!(next(&mut w, Duration::from_millis(300)).await.is_none());
+    let st = queue_stats(&ep, "jobs").await;
+    assert_eq!(
+        (st["depth"].as_u64(), st["in_flight"].as_u64()),
+        (Some(0), Some(0)),
+        "{st}"
+    );
+}
+
+#[tokio::test]
+async fn after_kill_9_a_backlog_is_read_back_from_disk_in_order_and_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("small.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nqueue_read_ahead = 8\n[storage]\nsegment_size = 65536\n\
+         [[queues]]\nname = \"jobs\"\ntopics = [\"jobs/#\"]\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let b = BrokerProcess::spawn_in(&data, &["-c", cfg]);
+    let mut p = publisher(b.addr, "producer").await;
+    // About 240 KB: several segments.
+    const N: u16 = 400;
+    for i in 0..N {
+        let payload = format!("{i:04}{}", "y".repeat(600));
+        assert_eq!(
+            publish(
+                &mut p,
+                &format!("jobs/{}", i % 7),
+                i + 1,
+                payload.as_bytes()
+            )
+            .await,
+            ReasonCode::SUCCESS
+        );
+    }
+    drop(b); // SIGKILL
+    let b = BrokerProcess::spawn_in(&data, &["-c", cfg]);
+    let mut w = consumer(b.addr, "worker", "jobs", 16).await;
+    for i in 0..N {
+        let g = next(&mut w, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("message {i} came back"));
+        assert!(
+            g.payload.starts_with(format!("{i:04}").as_bytes()) && g.payload.len() == 604,
+            "message {i} in order and whole"
+        );
+        assert_eq!(g.topic, format!("jobs/{}", i % 7));
+        ack(&mut w, g.packet_id, ReasonCode::SUCCESS).await;
+    }
+    assert!(next(&mut w, Duration::from_millis(300)).await.is_none());
+}
+
+/// The `.seg` files of a data directory, oldest first.
+fn segments(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_few_old_queue_messages_do_not_pin_the_log() {
+    let mut c = stored_config();
+    let dir = c.storage.dir.clone();
+    c.limits.queue_read_ahead = 2;
+    c.queues = vec![queue("stuck", &["stuck/#"]), queue("busy", &["busy/#"])];
+    let (_b, addr) = start(c).await;
+    let mut p = publisher(addr, "producer").await;
+    for i in 0..3u16 {
+        publish(
+            &mut p,
+            &format!("stuck/{i}"),
+            i + 1,
+            format!("old {i}").as_bytes(),
+        )
+        .await;
+    }
+    let first = segments(&dir)[0].clone();
+    // About 2 MB through another queue (64 KiB segments): the first segment
+    // must be copied forward, its three live messages read back from disk.
+    let mut w = consumer(addr, "busy-worker", "busy", 32).await;
+    let big = vec![b'z'; 1000];
+    let mut pid = 10u16;
+    for _round in 0..125 {
+        for _ in 0..16 {
+            pid += 1;
+            p.send(&publish_packet("busy/x", QoS::AtLeastOnce, pid, &big))
+                .await;
+        }
+        let mut acked = 0;
+        while acked < 16 {
+            match p.recv().await {
+                Some(Packet::PubAck(a)) => {
+                    assert_eq!(a.reason_code, ReasonCode::SUCCESS);
+                    acked += 1;
+                }
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+        while let Some(g) = next(&mut w, Duration::from_millis(1)).await {
+            ack(&mut w, g.packet_id, ReasonCode::SUCCESS).await;
+        }
+    }
+    let mut got = 0;
+    while let Some(g) = next(&mut w, Duration::from_millis(300)).await {
+        ack(&mut w, g.packet_id, ReasonCode::SUCCESS).await;
+        got += 1;
+    }
+    assert!(got <= 2000);
+    let segs = segments(&dir);
+    assert!(
+        !segs.contains(&first),
+        "the segment with the old messages was reclaimed: {segs:?}"
+    );
+    assert!(segs.len() <= 8, "the log stays small: {segs:?}");
+    // The old messages are whole.
+    let mut s = consumer(addr, "stuck-worker", "stuck", 10).await;
+    for i in 0..3 {
+        let g = next(&mut s, Duration::from_secs(3))
+            .await
+            .expect("old message");
+        assert_eq!(g.payload, format!("old {i}").as_bytes());
+        ack(&mut s, g.packet_id, ReasonCode::SUCCESS).await;
+    }
+}

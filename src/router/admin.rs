@@ -39,6 +39,9 @@ pub struct QueueInfo {
     pub in_flight: usize,
     pub bytes: u64,
     pub consumers: usize,
+    /// Its messages held in memory (in flight and read ahead); the rest of
+    /// its backlog is on disk only.
+    pub in_memory: usize,
     /// Age of the oldest waiting message (consumer lag), milliseconds.
     pub oldest_age_ms: Option<u64>,
     #[serde(flatten)]
@@ -157,7 +160,7 @@ impl Router {
     }
 
     fn queue_info(&self, name: &str) -> Option<QueueInfo> {
-        let (stats, dead_letter) = self.queues.stats(name)?;
+        let (stats, dead_letter, in_memory) = self.queues.stats(name)?;
         let now_ms = self.turn.unix_ms;
         Some(QueueInfo {
             name: name.to_string(),
@@ -166,6 +169,7 @@ impl Router {
             in_flight: stats.in_flight,
             bytes: stats.bytes,
             consumers: stats.consumers,
+            in_memory,
             oldest_age_ms: stats.oldest_enqueued_ms.map(|t| now_ms.saturating_sub(t)),
             counters: stats.counters,
         })

@@ -129,6 +129,11 @@ impl Resident {
         None
     }
 
+    /// Messages in memory (the rest of the queue is on disk only).
+    pub(super) fn in_memory(&self) -> usize {
+        self.messages.len()
+    }
+
     pub(super) fn nothing_waits(&self) -> bool {
         self.waiting.is_empty()
     }

@@ -218,10 +218,14 @@ impl Queues {
         self.by_name.keys().cloned().collect()
     }
 
-    /// A queue's numbers and its dead-letter queue.
-    pub(super) fn stats(&self, name: &str) -> Option<(crate::queue::Stats, Option<Arc<str>>)> {
+    /// A queue's numbers, its dead-letter queue and how many of its messages
+    /// are in memory.
+    pub(super) fn stats(
+        &self,
+        name: &str,
+    ) -> Option<(crate::queue::Stats, Option<Arc<str>>, usize)> {
         let q = self.by_name.get(name)?;
-        Some((q.core.stats(), q.dead_letter.clone()))
+        Some((q.core.stats(), q.dead_letter.clone(), q.mem.in_memory()))
     }
 
     /// The next `n` ready messages of `name`, left where they are, with
