@@ -5,7 +5,7 @@
 //! came and went left the broker at its high-water mark (81 MB) for good.
 //! `malloc_trim` hands free pages of every arena back (`madvise`), and costs a
 //! walk of the free lists: cheap every few seconds, and only done after many
-//! connections closed. Other allocators (musl) return memory by
+//! connections closed or a work-queue backlog drained. Other allocators (musl) return memory by
 //! themselves; there this is a no-op.
 
 use crate::metrics::Metrics;
@@ -24,15 +24,24 @@ pub async fn return_freed(metrics: Arc<Metrics>, every: Duration) {
         (accepted.saturating_sub(open), open)
     };
     let mut closed_at_trim = closed().0;
+    // The most messages work queues held since the last trim.
+    let queued = || metrics.queue_messages.load(Ordering::Relaxed);
+    let mut queued_peak = queued();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let (closed_now, open) = closed();
         let since = closed_now.saturating_sub(closed_at_trim);
-        if since >= 64 && since >= open / 4 {
+        let queued_now = queued();
+        queued_peak = queued_peak.max(queued_now);
+        // A drained backlog (its index entries and read-back messages) is
+        // memory freed like closed connections.
+        let drained = queued_peak.saturating_sub(queued_now);
+        if (since >= 64 && since >= open / 4) || (drained >= 10_000 && drained >= queued_now) {
             trim();
             closed_at_trim = closed_now;
+            queued_peak = queued_now;
         }
     }
 }

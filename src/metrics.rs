@@ -20,6 +20,8 @@ pub struct Metrics {
     pub queue_dead_lettered: AtomicU64,
     /// Publishes a work queue refused for lack of room (`overflow = "reject"`).
     pub queue_refused: AtomicU64,
+    /// Messages in all work queues now (a gauge, set once per router turn).
+    pub queue_messages: AtomicU64,
     /// Work-queue messages lost because their record could not be read back
     /// from the log (damaged on disk).
     pub queue_unreadable: AtomicU64,

@@ -1161,3 +1161,34 @@ async fn a_few_old_queue_messages_do_not_pin_the_log() {
         ack(&mut s, g.packet_id, ReasonCode::SUCCESS).await;
     }
 }
+
+#[tokio::test]
+async fn a_binding_made_by_a_subscription_survives_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let b = BrokerProcess::spawn_in(&data, &[]);
+    let mut c = consumer(b.addr, "binder", "auto/sensors/#", 10).await;
+    c.send(&Packet::Disconnect(Default::default())).await;
+    let mut p = publisher(b.addr, "producer").await;
+    assert_eq!(
+        publish(&mut p, "sensors/before", 1, b"one").await,
+        ReasonCode::SUCCESS
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(b); // SIGKILL
+    let b = BrokerProcess::spawn_in(&data, &[]);
+    // Nobody consumes yet: the queue collects by its stored binding (a v5
+    // publisher would get 0x10 No matching subscribers otherwise).
+    let mut p = publisher(b.addr, "producer").await;
+    assert_eq!(
+        publish(&mut p, "sensors/after", 1, b"two").await,
+        ReasonCode::SUCCESS
+    );
+    let mut w = consumer(b.addr, "worker", "auto", 10).await;
+    let mut got = Vec::new();
+    while let Some(g) = next(&mut w, Duration::from_millis(500)).await {
+        got.push(g.topic.clone());
+        ack(&mut w, g.packet_id, ReasonCode::SUCCESS).await;
+    }
+    assert_eq!(got, vec!["sensors/before", "sensors/after"]);
+}

@@ -26,6 +26,17 @@ pub struct Keyed {
     len: usize,
 }
 
+/// Pop the head, and give memory back once a drained backlog left the FIFO at
+/// a quarter of its capacity (48 bytes a slot: a million-message backlog
+/// leaves 48 MB behind otherwise). Amortised O(1).
+fn pop_shrinking(q: &mut VecDeque<Entry>) -> Option<Entry> {
+    let e = q.pop_front();
+    if q.capacity() >= 4096 && q.len() * 4 < q.capacity() {
+        q.shrink_to(q.len() * 2);
+    }
+    e
+}
+
 impl Ready {
     pub fn new(keyed: bool) -> Ready {
         if keyed {
@@ -97,7 +108,7 @@ impl Ready {
     /// The next message to deliver; its key becomes busy.
     pub fn pop(&mut self) -> Option<Entry> {
         match self {
-            Ready::Fifo(q) => q.pop_front(),
+            Ready::Fifo(q) => pop_shrinking(q),
             Ready::Keyed(k) => {
                 let key = k.runnable.pop_front()?;
                 let group = k.groups.get_mut(&key)?;
@@ -126,7 +137,7 @@ impl Ready {
     /// state does not change: it was not out.
     pub fn pop_oldest(&mut self) -> Option<Entry> {
         match self {
-            Ready::Fifo(q) => q.pop_front(),
+            Ready::Fifo(q) => pop_shrinking(q),
             Ready::Keyed(k) => {
                 // Group heads are each group's oldest; the oldest of them is the
                 // oldest ready message (ids increase in arrival order).

@@ -344,6 +344,9 @@ impl Router {
             for (to, id) in back.into_iter().rev() {
                 q.core.give_back(&to, id);
             }
+            if q.mem.waiting.is_empty() && q.mem.waiting.capacity() > WAITING_LOADS {
+                q.mem.waiting.shrink_to_fit();
+            }
             let ids: Vec<MsgId> = q
                 .mem
                 .waiting

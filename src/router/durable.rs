@@ -171,6 +171,7 @@ impl Router {
     /// End of a router turn: hand this turn's ops to the store as one batch (also
     /// an empty one when outputs wait for its ticket).
     pub fn end_turn(&mut self) {
+        self.queues.publish_gauge(&self.metrics);
         let Some(st) = self.store.as_mut() else {
             return;
         };

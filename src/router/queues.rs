@@ -109,7 +109,7 @@ impl Queues {
         for qc in &config.queues {
             let _ = q.declare(qc);
             for f in &qc.topics {
-                q.bind(&qc.name, f);
+                let _ = q.bind(&qc.name, f);
             }
         }
         for qc in &config.queues {
@@ -180,34 +180,43 @@ impl Queues {
         Some(q.qid)
     }
 
-    /// Bind topic filter `filter` to queue `name` (once). False when the queue
-    /// has `MAX_BINDINGS` already (bindings made by subscriptions stay: without
-    /// a cap a client could grow them without end).
-    fn bind(&mut self, name: &str, filter: &str) -> bool {
+    /// Bind topic filter `filter` to queue `name` (once): Some(true) when new,
+    /// Some(false) when it was bound already. None when the queue has
+    /// `MAX_BINDINGS` already (bindings made by subscriptions stay: without a
+    /// cap a client could grow them without end).
+    fn bind(&mut self, name: &str, filter: &str) -> Option<bool> {
         let (Some((name, _)), Ok(spec)) = (
             self.by_name.get_key_value(name),
             FilterSpec::parse(filter, self.topic_limits),
         ) else {
-            return false;
+            return None;
         };
         let key = (name.clone(), spec.filter.clone());
         if self.bound.contains(&key) {
-            return true;
+            return Some(false);
         }
         let n = self.bindings_of.entry(name.clone()).or_default();
         if *n >= MAX_BINDINGS {
-            return false;
+            return None;
         }
         *n += 1;
         self.bound.insert(key);
         self.bindings.insert(&spec, name.clone(), ());
-        true
+        Some(true)
     }
 
     fn next_id(&mut self) -> MsgId {
         let id = self.next_id;
         self.next_id += 1;
         id
+    }
+
+    /// Set the gauge of messages in all queues (end of a turn).
+    pub(super) fn publish_gauge(&self, metrics: &Metrics) {
+        if !self.by_name.is_empty() {
+            let n: usize = self.by_name.values().map(|q| q.core.len()).sum();
+            metrics.queue_messages.store(n as u64, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn exists(&self, name: &str) -> bool {
@@ -370,6 +379,9 @@ impl Router {
                     warn!(queue = %rq.name, dropped = rq.messages.len(), "stored queue not restored: limits.max_queues reached");
                     continue;
                 }
+            }
+            for f in &rq.bindings {
+                self.queues.bind(&rq.name, f);
             }
             let turn = self.turn;
             let Some(q) = self.queues.by_name.get_mut(&*rq.name) else {
@@ -684,9 +696,23 @@ impl Router {
             info!(client = %id, queue = %name, "queue created by a subscription");
         }
         if let Some(f) = bind {
-            if !self.queues.bind(&name, f) {
-                warn!(client = %id, queue = %name, "queue binding refused: the queue has {MAX_BINDINGS} topic filters");
-                return ReasonCode::QUOTA_EXCEEDED;
+            match self.queues.bind(&name, f) {
+                None => {
+                    warn!(client = %id, queue = %name, "queue binding refused: the queue has {MAX_BINDINGS} topic filters");
+                    return ReasonCode::QUOTA_EXCEEDED;
+                }
+                // Stored: the queue collects its topics after a restart too,
+                // before any consumer is back.
+                Some(true) => {
+                    let qid = self.qid(&name);
+                    if qid != 0 {
+                        self.queue_op(Op::QueueBind {
+                            qid,
+                            filter: Arc::from(f),
+                        });
+                    }
+                }
+                Some(false) => {}
             }
         }
         // Work is delivered at least once: QoS 0 asks for QoS 1.

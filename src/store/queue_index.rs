@@ -1,6 +1,6 @@
 //! The work queues' part of the store's index: which queues exist (id and name),
 //! and each queue's messages with their delivery count and where their records
-//! lie (`queue_slots.rs`), never their payloads: those stay in the log and are
+//! lie (`queue_slots.rs`, 32 bytes a message), never their payloads: those stay in the log and are
 //! read back when the router asks (`Log::read_record`). Pure, like `state.rs`,
 //! which owns the byte accounting: `apply` tells it which record became live
 //! and which dead.
@@ -46,6 +46,8 @@ pub struct RecoveredMsg {
 pub struct RecoveredQueue {
     pub qid: u64,
     pub name: Arc<str>,
+    /// Topic filters subscriptions bound to it.
+    pub bindings: Vec<Arc<str>>,
     /// In enqueue order (ids increase with it).
     pub messages: Vec<RecoveredMsg>,
 }
@@ -72,6 +74,8 @@ pub struct Changes {
 #[derive(Default)]
 pub struct QueueIndex {
     queues: Map<u64, (Arc<str>, Loc)>,
+    /// Bindings made by subscriptions, by queue id.
+    bindings: Map<u64, Vec<(Arc<str>, Loc)>>,
     /// By queue id.
     msgs: Map<u64, Slots>,
     max_qid: u64,
@@ -149,15 +153,32 @@ impl QueueIndex {
                     let bytes = loc.bytes / n + u32::from(i == 0) * (loc.bytes % n);
                     if let Some(m) = slots.get_mut(mid) {
                         ch.dead.extend(m.count());
-                        m.deliveries = deliveries;
-                        m.count_seg = loc.seg;
-                        m.count_bytes = bytes;
+                        m.set_count(
+                            deliveries,
+                            Loc {
+                                seg: loc.seg,
+                                bytes,
+                                offset: 0,
+                            },
+                        );
+                        // What is accounted is what `count` gives back.
                         ch.live.extend(m.count());
                     }
                 }
             }
+            Op::QueueBind { qid, filter } => {
+                ch.live.push(loc);
+                let b = self.bindings.entry(qid).or_default();
+                match b.iter_mut().find(|(f, _)| *f == filter) {
+                    Some((_, l)) => ch.dead.push(std::mem::replace(l, loc)),
+                    None => b.push((filter, loc)),
+                }
+            }
             Op::QueueGone { qid } => {
                 if let Some((_, l)) = self.queues.remove(&qid) {
+                    ch.dead.push(l);
+                }
+                for (_, l) in self.bindings.remove(&qid).unwrap_or_default() {
                     ch.dead.push(l);
                 }
                 for s in self.msgs.remove(&qid).iter().flat_map(Slots::iter) {
@@ -195,9 +216,19 @@ impl QueueIndex {
                 });
             }
         }
+        for (qid, b) in &self.bindings {
+            for (filter, l) in b {
+                if l.seg == seg {
+                    ops.push(Op::QueueBind {
+                        qid: *qid,
+                        filter: filter.clone(),
+                    });
+                }
+            }
+        }
         for (qid, slots) in &self.msgs {
             for s in slots.iter() {
-                if s.msg.seg == seg || s.count_seg == seg {
+                if s.msg.seg == seg || s.count_in(seg) {
                     copies.push(QueueCopy {
                         qid: *qid,
                         mid: s.mid,
@@ -222,6 +253,11 @@ impl QueueIndex {
                     RecoveredQueue {
                         qid: *qid,
                         name: name.clone(),
+                        bindings: self
+                            .bindings
+                            .get(qid)
+                            .map(|b| b.iter().map(|(f, _)| f.clone()).collect())
+                            .unwrap_or_default(),
                         messages: Vec::new(),
                     },
                 )

@@ -1,5 +1,5 @@
 //! One work queue's messages in the store's index, by message id: where each
-//! message's record lies and its latest delivery count, 40 bytes a message
+//! message's record lies and its latest delivery count, 32 bytes a message
 //! (the payload stays on disk). Pure.
 //!
 //! Ids mostly arrive in increasing order (a queue takes new ids), but not always:
@@ -19,9 +19,13 @@ pub struct Slot {
     pub mid: u64,
     /// Its `QueueMsg` record. Segment 0: removed (a tombstone).
     pub msg: Loc,
-    /// The segment of its share of its latest `QueueCount` record (0: none).
-    pub count_seg: u64,
-    pub count_bytes: u32,
+    /// The segment of its share of its latest `QueueCount` record, as
+    /// `1 + segment - msg.seg` (0: none). A count is written after its message
+    /// (copying the message forward drops the count), so never in an older
+    /// segment.
+    count_after: u32,
+    /// That share's bytes (a share of a record of counts is a few bytes).
+    count_bytes: u16,
     pub deliveries: u16,
 }
 
@@ -30,10 +34,23 @@ impl Slot {
         Slot {
             mid,
             msg,
-            count_seg: 0,
+            count_after: 0,
             count_bytes: 0,
             deliveries,
         }
+    }
+
+    /// Its latest count is now this share of a `QueueCount` record.
+    pub fn set_count(&mut self, deliveries: u16, share: Loc) {
+        self.deliveries = deliveries;
+        let after = share.seg.saturating_sub(self.msg.seg).saturating_add(1);
+        self.count_after = u32::try_from(after).unwrap_or(u32::MAX);
+        self.count_bytes = u16::try_from(share.bytes).unwrap_or(u16::MAX);
+    }
+
+    /// Is its latest count's share in segment `seg`?
+    pub fn count_in(&self, seg: u64) -> bool {
+        self.count().is_some_and(|c| c.seg == seg)
     }
 
     fn live(&self) -> bool {
@@ -42,9 +59,9 @@ impl Slot {
 
     /// Its share of its latest `QueueCount` record, if any.
     pub fn count(&self) -> Option<Loc> {
-        (self.count_seg != 0).then_some(Loc {
-            seg: self.count_seg,
-            bytes: self.count_bytes,
+        (self.count_after != 0).then_some(Loc {
+            seg: self.msg.seg + u64::from(self.count_after) - 1,
+            bytes: u32::from(self.count_bytes),
             offset: 0,
         })
     }
@@ -272,6 +289,6 @@ mod tests {
             s.insert(slot(mid));
         }
         assert_eq!(s.chunks.len(), 10_000usize.div_ceil(CHUNK));
-        assert_eq!(std::mem::size_of::<Slot>(), 40);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
     }
 }

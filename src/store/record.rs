@@ -30,7 +30,7 @@ pub const MIN_RECORD: usize = HEADER + 1;
 pub const PAD: u8 = 0;
 
 /// The highest record kind this version writes.
-pub const MAX_KIND: u8 = 16;
+pub const MAX_KIND: u8 = 17;
 
 /// The largest record recovery accepts (a 256 MiB packet plus state); anything
 /// larger is a corrupt length.
@@ -124,6 +124,13 @@ pub enum Op {
     QueueGone {
         qid: u64,
     },
+    /// A topic filter bound to a queue by a subscription
+    /// (`$queue/<name>/<filter>`; the config's bindings come from the config).
+    /// Live while the queue exists.
+    QueueBind {
+        qid: u64,
+        filter: Arc<str>,
+    },
 }
 
 impl Op {
@@ -146,6 +153,7 @@ impl Op {
             Op::QueueCount { .. } => 14,
             Op::QueueDone { .. } => 15,
             Op::QueueGone { .. } => 16,
+            Op::QueueBind { .. } => 17,
         }
     }
 }
@@ -412,7 +420,8 @@ pub fn encode_salted(
         | Op::QueueMsg { .. }
         | Op::QueueCount { .. }
         | Op::QueueDone { .. }
-        | Op::QueueGone { .. } => put_queue_op(buf, op, clock),
+        | Op::QueueGone { .. }
+        | Op::QueueBind { .. } => put_queue_op(buf, op, clock),
     }
     let body = &buf[start + 8..];
     let len = body.len() as u32;
@@ -422,7 +431,7 @@ pub fn encode_salted(
     buf.len() - start
 }
 
-/// Kinds 12-15: work queues.
+/// Kinds 12-17: work queues.
 fn put_queue_op(buf: &mut Vec<u8>, op: &Op, clock: Clock) {
     match op {
         Op::QueueDecl { qid, name } => {
@@ -460,6 +469,10 @@ fn put_queue_op(buf: &mut Vec<u8>, op: &Op, clock: Clock) {
             }
         }
         Op::QueueGone { qid } => put_var(buf, *qid),
+        Op::QueueBind { qid, filter } => {
+            put_var(buf, *qid);
+            put_bytes(buf, filter.as_bytes());
+        }
         _ => {}
     }
 }
@@ -730,7 +743,7 @@ pub fn decode_body(kind: u8, body: &[u8], clock: Clock) -> Result<Op, Bad> {
             sid: r.var()?,
             pid: r.var_u16()?,
         },
-        12..=16 => get_queue_op(kind, &mut r, clock)?,
+        12..=17 => get_queue_op(kind, &mut r, clock)?,
         _ => return Err(Bad::Body("unknown kind")),
     };
     if !r.b.is_empty() {
@@ -739,7 +752,7 @@ pub fn decode_body(kind: u8, body: &[u8], clock: Clock) -> Result<Op, Bad> {
     Ok(op)
 }
 
-/// Kinds 12-15: work queues.
+/// Kinds 12-17: work queues.
 fn get_queue_op(kind: u8, r: &mut Reader, clock: Clock) -> Result<Op, Bad> {
     let qid = r.var()?;
     Ok(match kind {
@@ -771,7 +784,11 @@ fn get_queue_op(kind: u8, r: &mut Reader, clock: Clock) -> Result<Op, Bad> {
             }
             Op::QueueDone { qid, mids }
         }
-        _ => Op::QueueGone { qid },
+        16 => Op::QueueGone { qid },
+        _ => Op::QueueBind {
+            qid,
+            filter: Arc::from(r.string()?),
+        },
     })
 }
 
@@ -997,6 +1014,10 @@ mod tests {
                 mids: vec![77, 78],
             },
             Op::QueueGone { qid: 4 },
+            Op::QueueBind {
+                qid: 4,
+                filter: "sensors/+/temp".into(),
+            },
         ]
     }
 

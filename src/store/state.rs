@@ -205,7 +205,8 @@ impl State {
             | Op::QueueMsg { .. }
             | Op::QueueCount { .. }
             | Op::QueueDone { .. }
-            | Op::QueueGone { .. } => {
+            | Op::QueueGone { .. }
+            | Op::QueueBind { .. } => {
                 let ch = self.queues.apply(op, loc);
                 for l in ch.live {
                     self.live(l);
