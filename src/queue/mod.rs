@@ -16,40 +16,62 @@ pub mod policy;
 mod ready;
 
 pub use dedup::Dedup;
-pub use policy::{key_hash, OrderingKey, Overflow, QueuePolicy};
+pub use policy::{key_hash, Key, OrderingKey, Overflow, QueuePolicy};
 
 use crate::deadlines::Deadlines;
 use crate::hash::Map;
 use ready::Ready;
 use std::hash::Hash;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A message's id in a queue: stable across redeliveries (the store's message
 /// id, sent to consumers as `tern-message-id`).
 pub type MsgId = u64;
 
-/// What a queue keeps per message: 48 bytes, whatever the payload.
+/// What a queue keeps per message: 32 bytes, whatever the payload (a backlog
+/// of a million costs 32 MB here and 32 MB in the store's index).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Entry {
     pub id: MsgId,
-    /// What the message costs against `max_bytes` (topic, payload, properties).
-    pub bytes: u32,
-    /// Times it was handed to a consumer.
-    pub deliveries: u16,
     /// Unix milliseconds of its first enqueue, kept through redeliveries and
     /// dead-lettering (`tern-first-enqueued`, and the queue's oldest age).
     pub enqueued_ms: u64,
-    /// Past this it is dead-lettered as `expired` (queue TTL or v5 Message
-    /// Expiry, whichever comes first).
-    pub expires: Option<Instant>,
+    /// What the message costs against `max_bytes` (topic, payload, properties).
+    pub bytes: u32,
     /// Ordering key hash (see `policy::key_hash`); unused without `ordering`.
-    pub key: u64,
+    pub key: Key,
+    /// Past this it is dead-lettered as `expired` (queue TTL or v5 Message
+    /// Expiry, whichever comes first), in `TICK`s after the queues' epoch,
+    /// rounded up (0: never). See `Queue::expiry`.
+    pub expires: u32,
+    /// Times it was handed to a consumer.
+    pub deliveries: u16,
 }
 
+/// The unit of `Entry::expires`: a u32 of them spans 13 years of uptime, and
+/// expiry is checked to a tenth of a second (MQTT's Message Expiry counts
+/// seconds).
+const TICK: Duration = Duration::from_millis(100);
+
 impl Entry {
-    fn expired(&self, now: Instant) -> bool {
-        self.expires.is_some_and(|t| t <= now)
+    /// When it expires, given the queues' epoch.
+    pub fn expires_at(&self, epoch: Instant) -> Option<Instant> {
+        (self.expires != 0).then(|| epoch + TICK * self.expires)
     }
+
+    fn expired(&self, epoch: Instant, now: Instant) -> bool {
+        self.expires_at(epoch).is_some_and(|t| t <= now)
+    }
+}
+
+/// `at` as `Entry::expires` counts it after `epoch`.
+pub fn expiry_ticks(epoch: Instant, at: Option<Instant>) -> u32 {
+    let Some(at) = at else {
+        return 0;
+    };
+    let ms = at.saturating_duration_since(epoch).as_millis();
+    let ticks = ms.div_ceil(TICK.as_millis()).max(1);
+    u32::try_from(ticks).unwrap_or(u32::MAX)
 }
 
 /// Why a message left for the dead-letter queue (`tern-dead-letter-reason`).
@@ -151,11 +173,15 @@ pub struct Queue<K> {
     bytes: u64,
     dedup: Option<Dedup>,
     counters: Counters,
+    /// What `Entry::expires` counts from: the same for every queue of a
+    /// router, so an entry keeps its expiry when it moves between queues.
+    epoch: Instant,
 }
 
 impl<K: Clone + Eq + Hash> Queue<K> {
-    pub fn new(policy: QueuePolicy) -> Queue<K> {
+    pub fn new(policy: QueuePolicy, epoch: Instant) -> Queue<K> {
         Queue {
+            epoch,
             ready: Ready::new(policy.ordering.is_some()),
             dedup: policy
                 .dedup_window
@@ -174,6 +200,11 @@ impl<K: Clone + Eq + Hash> Queue<K> {
 
     pub fn policy(&self) -> &QueuePolicy {
         &self.policy
+    }
+
+    /// `at` as an entry of this queue keeps it (`Entry::expires`).
+    pub fn expiry(&self, at: Option<Instant>) -> u32 {
+        expiry_ticks(self.epoch, at)
     }
 
     /// Messages held: ready, delayed and in flight.
@@ -211,7 +242,8 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         }
         if let Some(ttl) = self.policy.message_ttl {
             let t = now + ttl;
-            e.expires = Some(e.expires.map_or(t, |x| x.min(t)));
+            let at = e.expires_at(self.epoch).map_or(t, |x| x.min(t));
+            e.expires = self.expiry(Some(at));
         }
         e.deliveries = 0;
         self.bytes += u64::from(e.bytes);
@@ -350,7 +382,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         if e.deliveries >= self.policy.max_deliveries {
             self.forget(e);
             self.dead_letter(e, DeadReason::MaxDeliveries, out);
-        } else if e.expired(now) {
+        } else if e.expired(self.epoch, now) {
             self.forget(e);
             self.counters.expired += 1;
             self.dead_letter(e, DeadReason::Expired, out);
@@ -463,7 +495,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
             let Some(mut e) = self.ready.pop() else {
                 return;
             };
-            if e.expired(now) {
+            if e.expired(self.epoch, now) {
                 self.forget(e);
                 self.counters.expired += 1;
                 self.dead_letter(e, DeadReason::Expired, out);
@@ -513,7 +545,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
 
     /// The earliest time `tick` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let head = self.ready.front().and_then(|e| e.expires);
+        let head = self.ready.front().and_then(|e| e.expires_at(self.epoch));
         [self.retries.next(), self.timeouts.next(), head]
             .into_iter()
             .flatten()
@@ -524,6 +556,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     /// their message to another consumer, expired messages at the head are
     /// dead-lettered; then `dispatch`.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Action<K>>) {
+        let epoch = self.epoch;
         while let Some(id) = self.retries.pop_due(now) {
             if let Some(e) = self.delayed.remove(&id) {
                 self.counters.redelivered += 1;
@@ -535,7 +568,12 @@ impl<K: Clone + Eq + Hash> Queue<K> {
                 self.come_back(f.entry, now, out);
             }
         }
-        while let Some(e) = self.ready.front().copied().filter(|e| e.expired(now)) {
+        while let Some(e) = self
+            .ready
+            .front()
+            .copied()
+            .filter(|e| e.expired(epoch, now))
+        {
             self.ready.pop();
             self.forget(e);
             self.counters.expired += 1;
@@ -547,8 +585,10 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     /// Dead-letter every expired ready or delayed message, wherever it is (the
     /// head check of `tick` finds those in arrival order; this the rest).
     pub fn sweep_expired(&mut self, now: Instant, out: &mut Vec<Action<K>>) {
+        let epoch = self.epoch;
         let mut gone = Vec::new();
-        self.ready.remove_where(|e| e.expired(now), &mut gone);
+        self.ready
+            .remove_where(|e| e.expired(epoch, now), &mut gone);
         for e in gone {
             self.forget_ready(e);
             self.counters.expired += 1;
@@ -557,7 +597,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         let delayed: Vec<MsgId> = self
             .delayed
             .values()
-            .filter(|e| e.expired(now))
+            .filter(|e| e.expired(epoch, now))
             .map(|e| e.id)
             .collect();
         for id in delayed {

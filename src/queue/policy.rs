@@ -72,15 +72,23 @@ impl OrderingKey {
     }
 }
 
-/// A key as the queue keeps it: a 64-bit hash (its text is not kept per
-/// message). Two keys that collide are ordered together, which only costs
-/// parallelism, never order. Seeded per process so a peer cannot aim at it.
-pub fn key_hash(key: &str) -> u64 {
+/// A key as the queue keeps it: a 32-bit hash (its text is not kept in
+/// memory per message). Two keys that collide are ordered together, which only
+/// costs parallelism, never order. Seeded per process so a peer cannot aim at
+/// it.
+pub fn key_hash(key: &str) -> Key {
     static SEED: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
     let mut h = SEED.get_or_init(Default::default).build_hasher();
     h.write(key.as_bytes());
-    h.finish()
+    let x = h.finish();
+    // Folded to 32 bits: two keys that collide share one order (less
+    // parallelism, never a reordering), and the seed is new in every process
+    // (the store keeps the key itself, not its hash).
+    (x ^ (x >> 32)) as Key
 }
+
+/// An ordering key's hash (`Entry::key`).
+pub type Key = u32;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueuePolicy {
@@ -168,10 +176,18 @@ impl QueuePolicy {
     }
 
     /// The ordering key (hashed) of `m` under this policy; 0 without one.
-    pub fn key_of_message(&self, m: &crate::session::Message) -> u64 {
-        self.ordering.as_ref().map_or(0, |k| {
-            key_hash(k.key_of(&m.topic, &m.properties.user_properties))
-        })
+    pub fn key_of_message(&self, m: &crate::session::Message) -> Key {
+        self.key_text(m).map_or(0, key_hash)
+    }
+
+    /// The ordering key of `m` under this policy, as text (what the store
+    /// keeps with it); None without one (or an empty one: the same group as
+    /// no key).
+    pub fn key_text<'a>(&self, m: &'a crate::session::Message) -> Option<&'a str> {
+        self.ordering
+            .as_ref()
+            .map(|k| k.key_of(&m.topic, &m.properties.user_properties))
+            .filter(|k| !k.is_empty())
     }
 
     /// The dedup id of `m` (its `message-id` user property) when this policy

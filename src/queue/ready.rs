@@ -7,7 +7,7 @@
 //! or dead-lettered, so a key's messages are processed in publish order, one at a
 //! time, while different keys go to consumers in parallel.
 
-use super::Entry;
+use super::{Entry, Key};
 use crate::hash::{Map, Set};
 use std::collections::VecDeque;
 
@@ -18,16 +18,16 @@ pub enum Ready {
 
 #[derive(Default)]
 pub struct Keyed {
-    groups: Map<u64, VecDeque<Entry>>,
+    groups: Map<Key, VecDeque<Entry>>,
     /// Keys with a message ready and none in flight or delayed, in turn.
-    runnable: VecDeque<u64>,
+    runnable: VecDeque<Key>,
     /// Keys with a message in flight or delayed.
-    busy: Set<u64>,
+    busy: Set<Key>,
     len: usize,
 }
 
 /// Pop the head, and give memory back once a drained backlog left the FIFO at
-/// a quarter of its capacity (48 bytes a slot: a million-message backlog
+/// a quarter of its capacity (32 bytes a slot: a million-message backlog
 /// leaves 48 MB behind otherwise). Amortised O(1).
 fn pop_shrinking(q: &mut VecDeque<Entry>) -> Option<Entry> {
     let e = q.pop_front();
@@ -125,7 +125,7 @@ impl Ready {
 
     /// The message of `key` that was out is gone for good (acknowledged or
     /// dead-lettered): the key's next message may go.
-    pub fn release(&mut self, key: u64) {
+    pub fn release(&mut self, key: Key) {
         if let Ready::Keyed(k) = self {
             if k.busy.remove(&key) && k.groups.contains_key(&key) {
                 k.runnable.push_back(key);
@@ -243,7 +243,7 @@ impl Ready {
 mod tests {
     use super::*;
 
-    fn e(id: u64, key: u64) -> Entry {
+    fn e(id: u64, key: Key) -> Entry {
         Entry {
             id,
             key,

@@ -26,7 +26,7 @@ fn keyed(id: MsgId, key: &str) -> Entry {
 }
 
 fn queue(policy: QueuePolicy) -> Queue<&'static str> {
-    Queue::new(policy)
+    Queue::new(policy, Instant::now())
 }
 
 fn fill(q: &mut Queue<&'static str>, ids: impl IntoIterator<Item = MsgId>, now: Instant) {
@@ -364,15 +364,18 @@ fn each_overflow_policy_at_the_caps() {
 #[test]
 fn expired_messages_dead_letter_on_time_even_without_consumers() {
     let t = Instant::now();
-    let mut q = queue(QueuePolicy {
-        message_ttl: Some(s(60)),
-        ..Default::default()
-    });
+    let mut q = Queue::new(
+        QueuePolicy {
+            message_ttl: Some(s(60)),
+            ..Default::default()
+        },
+        t,
+    );
     let mut out = Vec::new();
     q.enqueue(entry(1), None, t, &mut out);
     // A v5 Message Expiry shorter than the TTL wins.
     let short = Entry {
-        expires: Some(t + s(10)),
+        expires: q.expiry(Some(t + s(10))),
         ..entry(2)
     };
     q.enqueue(short, None, t + s(5), &mut out);
@@ -391,6 +394,21 @@ fn expired_messages_dead_letter_on_time_even_without_consumers() {
     assert!(delivered(&mut out).is_empty());
     assert_eq!(q.stats().counters.expired, 3);
     assert_eq!(q.stats().bytes, 0);
+}
+
+#[test]
+fn an_entry_is_32_bytes_and_keeps_expiry_to_a_tenth_of_a_second() {
+    assert_eq!(std::mem::size_of::<Entry>(), 32);
+    let t = Instant::now();
+    let ticks = expiry_ticks(t, Some(t + Duration::from_millis(250)));
+    let e = Entry {
+        expires: ticks,
+        ..entry(1)
+    };
+    // Rounded up: never early, at most a tick late.
+    assert_eq!(e.expires_at(t), Some(t + Duration::from_millis(300)));
+    assert_eq!(expiry_ticks(t, None), 0, "never");
+    assert_eq!(expiry_ticks(t, Some(t)), 1, "due now: at the next tick");
 }
 
 #[test]
@@ -428,11 +446,6 @@ fn purge_peek_and_stats() {
     assert!(out.is_empty(), "the purged retry does not come back");
     assert!(q.ack(&"a", 2).is_some());
     assert!(q.is_empty());
-}
-
-#[test]
-fn an_entry_is_48_bytes() {
-    assert_eq!(std::mem::size_of::<Entry>(), 48);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! A work queue's messages in memory and on disk. With a store, a queue's
-//! backlog waits in the store's log only: the queue core keeps a 48-byte entry
+//! backlog waits in the store's log only: the queue core keeps a 32-byte entry
 //! per message, and this file keeps in memory just the messages near the head
 //! (`limits.queue_read_ahead` / `_bytes`) and those in flight. A message
 //! published past that budget is dropped from memory once its record is

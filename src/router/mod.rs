@@ -132,7 +132,7 @@ impl Router {
             retained: RetainTree::new(),
             retained_bytes: 0,
             deadlines: Deadlines::new(),
-            queues: Queues::from_config(config),
+            queues: Queues::from_config(config, now.now),
             limits: QueueLimits {
                 max_messages: config.limits.max_queued_messages,
                 max_bytes: config.limits.max_queued_bytes,

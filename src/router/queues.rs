@@ -59,6 +59,8 @@ pub(super) struct Queues {
     scratch: Matches<Arc<str>, ()>,
     /// `limits.queue_read_ahead` / `_bytes`.
     pub(super) read_ahead: (usize, u64),
+    /// What every queue's entries count their expiry from.
+    epoch: Instant,
     /// Queue deliveries that ended this turn (from sessions' events), acted on
     /// at its end (`queue_turn_end`).
     pub(super) ended: Vec<(ClientId, QueueTag, QueueOutcome)>,
@@ -83,8 +85,9 @@ const FIRST_ENQUEUED: &str = "tern-first-enqueued";
 
 impl Queues {
     /// The queues the config declares, each with its dead-letter queue.
-    pub(super) fn from_config(config: &Config) -> Queues {
+    pub(super) fn from_config(config: &Config, epoch: Instant) -> Queues {
         let mut q = Queues {
+            epoch,
             by_name: Map::default(),
             bindings: SubscriptionTree::new(),
             bound: Set::default(),
@@ -143,7 +146,7 @@ impl Queues {
             Arc::from(qc.name.as_str()),
             QueueState {
                 qid,
-                core: Queue::new(QueuePolicy::from_config(qc)),
+                core: Queue::new(QueuePolicy::from_config(qc), self.epoch),
                 dead_letter: qc.dead_letter_name().map(Arc::from),
                 mem: Resident::default(),
                 qos: Map::default(),
@@ -402,7 +405,7 @@ impl Router {
                     bytes: m.bytes,
                     deliveries: m.deliveries,
                     enqueued_ms: m.enqueued_ms,
-                    expires,
+                    expires: q.core.expiry(expires),
                     key: m.key,
                 };
                 let dedup_id = m.message_id.as_deref().filter(|_| dedup);
@@ -511,9 +514,10 @@ impl Router {
             bytes: message_bytes(&msg),
             deliveries: 0,
             enqueued_ms,
-            expires: msg.expires_at(),
+            expires: q.core.expiry(msg.expires_at()),
             key: q.core.policy().key_of_message(&msg),
         };
+        let key_text = q.core.policy().key_text(&msg).map(Box::from);
         let dedup_id = q.core.policy().dedup_id(&msg).map(str::to_string);
         let mut actions = Vec::new();
         let r = q
@@ -528,7 +532,7 @@ impl Router {
                     message: msg.clone(),
                     deliveries: 0,
                     enqueued_ms,
-                    key: entry.key,
+                    key: key_text,
                 });
             }
             self.keep_queued(name, id, msg);
@@ -601,7 +605,7 @@ impl Router {
             return false;
         }
         let to_qid = q.qid;
-        let key = entry.key;
+        let key = q.core.policy().key_text(&m).map(Box::from);
         let from_qid = self.qid(from);
         if from_qid != 0 {
             self.queue_op(Op::QueueDone {
@@ -1170,12 +1174,13 @@ impl Router {
         let mut actions = Vec::new();
         let e = Entry {
             deliveries: 0,
-            expires: None,
+            expires: 0,
             // It carries more properties now.
             bytes: message_bytes(&m),
             key: d.core.policy().key_of_message(&m),
             ..entry
         };
+        let key_text = d.core.policy().key_text(&m).map(Box::from);
         if d.core.enqueue(e, None, now, &mut actions) == Enqueued::Taken {
             let qid = d.qid;
             if qid != 0 {
@@ -1185,7 +1190,7 @@ impl Router {
                     message: m.clone(),
                     deliveries: 0,
                     enqueued_ms: e.enqueued_ms,
-                    key: e.key,
+                    key: key_text,
                 });
             }
             self.keep_queued(&dlq, e.id, m);

@@ -18,7 +18,7 @@ use super::queue_slots::{Slot, Slots};
 use super::record::Op;
 use super::state::Loc;
 use crate::hash::Map;
-use crate::queue::policy::{message_bytes, message_id};
+use crate::queue::policy::{key_hash, message_bytes, message_id, Key};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,8 +35,8 @@ pub struct RecoveredMsg {
     pub bytes: u32,
     /// Its v5 Message Expiry, if any.
     pub expires: Option<Instant>,
-    /// Its ordering-key hash, as taken.
-    pub key: u64,
+    /// Its ordering-key hash (this process's), from the key it was taken with.
+    pub key: Key,
     /// Its `message-id` user property (the dedup window), if any.
     pub message_id: Option<Box<str>>,
 }
@@ -130,7 +130,7 @@ impl QueueIndex {
                             enqueued_ms,
                             bytes: message_bytes(&message),
                             expires: message.expires_at(),
-                            key,
+                            key: key.as_deref().map_or(0, key_hash),
                             message_id: message_id(&message).map(Box::from),
                         },
                     ));
@@ -327,7 +327,7 @@ mod tests {
             message: msg(),
             deliveries,
             enqueued_ms: 1_000 + mid,
-            key: mid * 10,
+            key: Some(format!("k{mid}").into()),
         }
     }
 
@@ -399,7 +399,7 @@ mod tests {
         let m = &q.messages[0];
         assert_eq!(
             (m.id, m.deliveries, m.enqueued_ms, m.key),
-            (5, 3, 1_005, 50)
+            (5, 3, 1_005, key_hash("k5"))
         );
         assert_eq!(m.bytes, message_bytes(&msg()));
         assert_eq!(st.queue_msgs(), 1);

@@ -103,10 +103,10 @@ pub enum Op {
         deliveries: u16,
         /// Unix milliseconds of its first enqueue.
         enqueued_ms: u64,
-        /// Its ordering-key hash under the queue's policy when it was taken
-        /// (kept with it, like an SQS message group id; 0 without a key), so
+        /// Its ordering key under the queue's policy when it was taken (kept
+        /// with it, like an SQS message group id; None without one), so
         /// recovery needs no payload to know it.
-        key: u64,
+        key: Option<Box<str>>,
     },
     /// Queue messages were handed to consumers: their delivery counts (message
     /// id, count). A list: deliveries come in runs, one record serves the run.
@@ -450,7 +450,8 @@ fn put_queue_op(buf: &mut Vec<u8>, op: &Op, clock: Clock) {
             put_var(buf, *mid);
             put_var(buf, u64::from(*deliveries));
             put_var(buf, *enqueued_ms);
-            put_var(buf, *key);
+            // Empty: no key (an empty key is no key either).
+            put_bytes(buf, key.as_deref().unwrap_or("").as_bytes());
             put_message(buf, message, clock);
         }
         Op::QueueCount { qid, counts } => {
@@ -765,7 +766,7 @@ fn get_queue_op(kind: u8, r: &mut Reader, clock: Clock) -> Result<Op, Bad> {
             mid: r.var()?,
             deliveries: r.var_u16()?,
             enqueued_ms: r.var()?,
-            key: r.var()?,
+            key: Some(r.string()?).filter(|k| !k.is_empty()).map(Box::from),
             message: Arc::new(get_message(r, clock)?),
         },
         14 => {
@@ -1003,7 +1004,7 @@ mod tests {
                 message: message(c),
                 deliveries: 3,
                 enqueued_ms: 1_700_000_000_123,
-                key: u64::MAX - 5,
+                key: Some("pump-7".into()),
             },
             Op::QueueCount {
                 qid: 4,
