@@ -28,7 +28,7 @@ pub struct Keyed {
 
 /// Pop the head, and give memory back once a drained backlog left the FIFO at
 /// a quarter of its capacity (32 bytes a slot: a million-message backlog
-/// leaves 48 MB behind otherwise). Amortised O(1).
+/// leaves 32 MB behind otherwise). Amortised O(1).
 fn pop_shrinking(q: &mut VecDeque<Entry>) -> Option<Entry> {
     let e = q.pop_front();
     if q.capacity() >= 4096 && q.len() * 4 < q.capacity() {
