@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Work queues: Tern vs RabbitMQ 3.10 quorum queue, same load, same pinning.
 #
-#   bash benches/queue-compare.sh              # ~4 minutes
+#   bash benches/queue-compare.sh              # ~5 minutes
 #   SIDES=rabbitmq bash benches/queue-compare.sh
 #   CLIENT_CPUS=0,1 bash benches/queue-compare.sh   # load generators on both CPUs
 #   SIDES=rabbitmq RMQ_PREFETCH=256 OUT=target/bench/qc-p256 bash benches/queue-compare.sh
 #
 # Each run gets a fresh broker (and a fresh store): broker on CPU 0 (taskset), load
-# generator on CPU 1. Runs: 16 publishers, 1 / 4 / 16 consumers at 64 B, 4 consumers
-# at 1 KB (publish DURATION seconds, consumers get up to DRAIN more), and a backlog
+# generator on CPU 1. Runs: 16 publishers, 1 / 4 / 16 consumers at 64 B and at
+# 1 KB (publish DURATION seconds, consumers get up to DRAIN more), and a backlog
 # fill (16 publishers, FILL seconds, no consumer) drained by 4 consumers.
 #
 # Tern: `tern-bench --scenario queue --qos 1` (QoS 1 publishers with INFLIGHT
@@ -56,7 +56,9 @@ RUNS=(
   "c1_64b 1 64 0"
   "c4_64b 4 64 0"
   "c16_64b 16 64 0"
+  "c1_1k 1 1024 0"
   "c4_1k 4 1024 0"
+  "c16_1k 16 1024 0"
   "fill_c4_64b 4 64 1"
 )
 
@@ -334,7 +336,8 @@ def losses(r):
 def published(r):
     return "{:,}".format(r["sent"])
 titles = {"c1_64b": "1 consumer, 64 B", "c4_64b": "4 consumers, 64 B", "c16_64b": "16 consumers, 64 B",
-          "c4_1k": "4 consumers, 1 KB", "fill_c4_64b": "backlog fill, then 4 consumers drain, 64 B"}
+          "c1_1k": "1 consumer, 1 KB", "c4_1k": "4 consumers, 1 KB", "c16_1k": "16 consumers, 1 KB",
+          "fill_c4_64b": "backlog fill, then 4 consumers drain, 64 B"}
 pubs, inflight, prefetch, duration, drain, fill = sys.argv[4:10]
 print("%s publishers, each with at most %s unacknowledged (Tern: QoS 1 inflight; RabbitMQ: unconfirmed); "
       "prefetch 16 (Tern) / %s (RabbitMQ); %s s of publishing, up to %s s more to drain (fill: %s s); "
@@ -343,7 +346,7 @@ print("%s publishers, each with at most %s unacknowledged (Tern: QoS 1 inflight;
 print()
 print("| run | Tern delivered | RabbitMQ delivered | Tern / RabbitMQ | >= 3x | latency p50 / p99 Tern | latency p50 / p99 RabbitMQ | RSS peak Tern | RSS peak RabbitMQ | published Tern / RabbitMQ | undelivered / dup Tern | undelivered / dup RabbitMQ | CPU broker / client Tern | CPU broker / client RabbitMQ |")
 print("|---" * 14 + "|")
-for label in ["c1_64b", "c4_64b", "c16_64b", "c4_1k", "fill_c4_64b"]:
+for label in ["c1_64b", "c4_64b", "c16_64b", "c1_1k", "c4_1k", "c16_1k", "fill_c4_64b"]:
     s = by.get(label, {})
     t, q = s.get("tern"), s.get("rabbitmq")
     cell = lambda r, f: f(r) if r else "-"
