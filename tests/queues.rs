@@ -1192,3 +1192,36 @@ async fn a_binding_made_by_a_subscription_survives_a_kill_9() {
     }
     assert_eq!(got, vec!["sensors/before", "sensors/after"]);
 }
+
+#[tokio::test]
+async fn a_consumer_that_refuses_everything_does_not_pull_the_backlog_into_memory() {
+    let mut q = queue("jobs", &["jobs/#"]);
+    // Refused messages wait 10 s for their retry: long past this test.
+    q.retry_delay = Duration::from_secs(10);
+    q.retry_delay_max = Duration::from_secs(10);
+    let (_b, addr, ep) = broker_with_admin(vec![q], 4).await;
+    let mut p = publisher(addr, "producer").await;
+    const N: u16 = 40;
+    for i in 0..N {
+        publish(&mut p, &format!("jobs/{i}"), i + 1, &[b'r'; 300]).await;
+    }
+    let mut w = consumer(addr, "refuser", "jobs", 5).await;
+    for i in 0..N {
+        let g = next(&mut w, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("job {i} delivered"));
+        ack(&mut w, g.packet_id, ReasonCode::UNSPECIFIED_ERROR).await;
+    }
+    // All 40 wait for their retry, on disk: memory holds the read-ahead at
+    // most (before, every refused message stayed in memory).
+    let mut st = queue_stats(&ep, "jobs").await;
+    for _ in 0..100 {
+        if st["in_memory"].as_u64() <= Some(4) && st["depth"] == N as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        st = queue_stats(&ep, "jobs").await;
+    }
+    assert_eq!(st["depth"], N as u64, "{st}");
+    assert!(st["in_memory"].as_u64().unwrap() <= 4, "{st}");
+}

@@ -643,7 +643,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         Some(e)
     }
 
-    /// Messages taken out of flight: how many are in flight now.
+    /// How many messages are in flight now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }

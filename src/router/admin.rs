@@ -145,11 +145,22 @@ impl Router {
         all
     }
 
-    /// Queue messages came back from the store: try the parked admin requests
-    /// again.
-    pub(super) fn retry_admin(&mut self, now: Instant) {
+    /// Queue messages of `loaded` came back from the store: try the parked
+    /// admin requests again. A request's tries count only the answers for its
+    /// own queue (or for a queue that is gone), so other queues' reads on a
+    /// busy broker do not use them up.
+    pub(super) fn retry_admin(&mut self, now: Instant, loaded: Option<&str>) {
         for (request, reply, tries) in std::mem::take(&mut self.admin_parked) {
-            let tries = tries + 1;
+            let queue = match &request {
+                AdminRequest::Peek { queue, .. } => Some(queue.as_str()),
+                AdminRequest::Redrive { from, .. } => Some(from.as_str()),
+                _ => None,
+            };
+            let tries = if loaded.is_none() || queue == loaded {
+                tries + 1
+            } else {
+                tries
+            };
             match self.admin(request.clone(), now, tries >= ADMIN_TRIES) {
                 Some(r) => {
                     let _ = reply.send(r);

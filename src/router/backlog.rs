@@ -11,7 +11,7 @@
 
 use super::*;
 use crate::queue::{Action, DeadReason, Entry, MsgId};
-use crate::store::{LoadRequest, Loaded};
+use crate::store::{LoadRequest, Loaded, Read};
 
 /// Something a queue's core decided that needs a message read back first.
 #[derive(Debug)]
@@ -104,6 +104,12 @@ impl Resident {
         }
     }
 
+    /// Drop `id` from memory once `ticket` is synced, unless it is in flight
+    /// then.
+    pub(super) fn evict_later(&mut self, ticket: u64, id: MsgId) {
+        self.evict.push_back((ticket, id));
+    }
+
     /// A message recovered from the store: on disk only.
     pub(super) fn on_disk(&mut self) {
         self.on_disk += 1;
@@ -177,6 +183,11 @@ impl Router {
             Action::Drop { .. } => return None,
         };
         let q = self.queues.by_name.get_mut(name)?;
+        if let (Waiting::DeadLetter { entry, reason }, None) = (&w, &q.dead_letter) {
+            // Dropped, not moved: nothing to read back for that.
+            self.dead_letter(name, *entry, *reason, now);
+            return None;
+        }
         match q.mem.park(w)? {
             Waiting::Deliver { to, entry } => self.deliver_from_queue(name, to, entry, now),
             Waiting::DeadLetter { entry, reason } => {
@@ -262,32 +273,46 @@ impl Router {
     /// them is done in order. A message that could not be read is lost: it
     /// leaves its queue, counted and logged.
     pub(super) fn queue_loaded(&mut self, loaded: Loaded, now: Instant) {
-        let Some(name) = self
+        let name = self
             .queues
             .by_name
             .iter()
             .find(|(_, q)| q.qid == loaded.qid && q.qid != 0)
-            .map(|(n, _)| n.clone())
-        else {
+            .map(|(n, _)| n.clone());
+        let Some(name) = name else {
+            // The queue is gone meanwhile; a parked admin request may still
+            // wait for something.
+            self.retry_admin(now, None);
             return;
         };
         let mut lost = Vec::new();
+        let mut failed = false;
         if let Some(q) = self.queues.by_name.get_mut(&name) {
-            for (id, m) in loaded.messages {
+            for (id, r) in loaded.messages {
                 if !q.mem.loading.remove(&id) {
                     // Gone meanwhile (acknowledged, purged).
                     continue;
                 }
-                q.mem.on_disk = q.mem.on_disk.saturating_sub(1);
-                match m {
-                    Some(m) => {
+                match r {
+                    Read::Message(m) => {
+                        q.mem.on_disk = q.mem.on_disk.saturating_sub(1);
                         q.mem.bytes += u64::from(crate::queue::policy::message_bytes(&m));
                         q.mem.messages.insert(id, m);
                     }
-                    None => {
-                        q.core.lose(id);
-                        q.mem.waiting.retain(|w| w.id() != id);
-                        lost.push(id);
+                    // Still on disk: asked for again later, not now (the
+                    // cause, e.g. no file descriptor left, may last a while).
+                    Read::Failed => failed = true,
+                    Read::Gone | Read::Damaged => {
+                        // Lost only if the queue still had it (in its core, or
+                        // waiting to be dead-lettered).
+                        let dead_letter = q.mem.waiting.iter().any(
+                            |w| matches!(w, Waiting::DeadLetter { entry, .. } if entry.id == id),
+                        );
+                        if q.core.lose(id).is_some() || dead_letter {
+                            q.mem.on_disk = q.mem.on_disk.saturating_sub(1);
+                            q.mem.waiting.retain(|w| w.id() != id);
+                            lost.push(id);
+                        }
                     }
                 }
             }
@@ -300,24 +325,57 @@ impl Router {
             let qid = self.qid(&name);
             self.queue_op(Op::QueueDone { qid, mids: lost });
         }
-        self.drain_waiting(&name, now);
-        self.retry_admin(now);
+        self.drain_waiting(&name, now, !failed);
+        self.retry_admin(now, Some(&name));
+    }
+
+    /// Reads that failed for a passing reason are asked for again (the
+    /// periodic sweep): what waits at the head of each queue.
+    pub(super) fn retry_waiting(&mut self, now: Instant) {
+        let names: Vec<Arc<str>> = self
+            .queues
+            .by_name
+            .iter()
+            .filter(|(_, q)| !q.mem.waiting.is_empty() && q.mem.loading.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            self.drain_waiting(&name, now, true);
+        }
     }
 
     /// Do what waits on queue `name`, in order, as far as its messages are in
-    /// memory; ask for the next ones.
-    fn drain_waiting(&mut self, name: &Arc<str>, now: Instant) {
+    /// memory; ask for the next ones (unless `ask` is false: a read just
+    /// failed).
+    fn drain_waiting(&mut self, name: &Arc<str>, now: Instant, ask: bool) {
         let mut back: Vec<(ClientId, MsgId)> = Vec::new();
         loop {
             let Some(q) = self.queues.by_name.get_mut(name) else {
                 return;
             };
-            let Some(id) = q.mem.waiting.front().map(Waiting::id) else {
+            let Some(front) = q.mem.waiting.front() else {
                 break;
             };
+            let id = front.id();
+            // A delivery that is no longer this consumer's at this count (it
+            // left, or its ack timeout passed, and the message went back)
+            // is dropped unread: it must not ask for a message that may be
+            // gone.
+            if let Waiting::Deliver { to, entry } = front {
+                let current = q
+                    .core
+                    .holder(id)
+                    .is_some_and(|(k, e)| k == to && e.deliveries == entry.deliveries);
+                if !current {
+                    q.mem.waiting.pop_front();
+                    continue;
+                }
+            }
             if !q.mem.messages.contains_key(&id) {
                 // Evicted again, or never asked for (past WAITING_LOADS).
-                q.mem.want(id);
+                if ask {
+                    q.mem.want(id);
+                }
                 break;
             }
             let Some(w) = q.mem.waiting.pop_front() else {
@@ -325,13 +383,11 @@ impl Router {
             };
             match w {
                 Waiting::Deliver { to, entry } => {
-                    // Still this consumer's, at this count? (It may have left,
-                    // and the message gone to another, meanwhile.)
-                    let current = q
-                        .core
-                        .holder(id)
-                        .is_some_and(|(k, e)| *k == to && e.deliveries == entry.deliveries);
-                    if current {
+                    if back.iter().any(|(c, _)| *c == to) {
+                        // Its session could not take an earlier one: this
+                        // one goes back too, behind it, so the order holds.
+                        back.push((to, id));
+                    } else {
                         back.extend(self.deliver_from_queue(name, to, entry, now));
                     }
                 }
@@ -347,15 +403,17 @@ impl Router {
             if q.mem.waiting.is_empty() && q.mem.waiting.capacity() > WAITING_LOADS {
                 q.mem.waiting.shrink_to_fit();
             }
-            let ids: Vec<MsgId> = q
-                .mem
-                .waiting
-                .iter()
-                .take(WAITING_LOADS)
-                .map(Waiting::id)
-                .collect();
-            for id in ids {
-                q.mem.want(id);
+            if ask {
+                let ids: Vec<MsgId> = q
+                    .mem
+                    .waiting
+                    .iter()
+                    .take(WAITING_LOADS)
+                    .map(Waiting::id)
+                    .collect();
+                for id in ids {
+                    q.mem.want(id);
+                }
             }
         }
         // Given-back messages and freed credit: dispatch again.

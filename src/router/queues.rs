@@ -28,7 +28,7 @@ pub(super) struct QueueState {
     /// The store's id for it; 0 without a store.
     pub(super) qid: u64,
     /// Where its dead letters go; None: they are dropped (and counted).
-    dead_letter: Option<Arc<str>>,
+    pub(super) dead_letter: Option<Arc<str>>,
     /// Its messages in memory (all of them without a store).
     pub(super) mem: Resident,
     /// Each consumer's QoS: 1, or 2 when its subscription asked for it.
@@ -908,9 +908,20 @@ impl Router {
         if outcome == QueueOutcome::Acked {
             self.queue_ack(id, &tag);
         }
+        let ticket = self.queue_ticket();
         let Some(q) = self.queues.by_name.get_mut(&tag.queue) else {
             return;
         };
+        if let (
+            QueueOutcome::Refused(_) | QueueOutcome::Expired | QueueOutcome::Unreadable,
+            Some(t),
+        ) = (outcome, ticket.filter(|_| q.qid != 0))
+        {
+            // Refused: it waits for its retry delay on disk, not in memory
+            // (a consumer that refuses everything would otherwise pull the
+            // backlog into memory at its retry delay's pace).
+            q.mem.evict_later(t, tag.id);
+        }
         let mut actions = Vec::new();
         match outcome {
             QueueOutcome::Acked => {}
@@ -961,6 +972,7 @@ impl Router {
     /// Dead-letter the expired messages of every queue, wherever they wait
     /// (called with the retained sweep).
     pub(super) fn sweep_queues(&mut self, now: Instant) {
+        self.retry_waiting(now);
         let names = self.queues.names();
         for name in names {
             let Some(q) = self.queues.by_name.get_mut(&name) else {
@@ -1121,10 +1133,9 @@ impl Router {
         let Some(q) = self.queues.by_name.get_mut(from) else {
             return;
         };
-        // `deliver_or_wait` made sure it is in memory.
-        let Some(m) = q.mem.take(entry.id) else {
-            return;
-        };
+        // `deliver_or_wait` made sure it is in memory when it has somewhere
+        // to go (a dropped one is not read back).
+        let m = q.mem.take(entry.id);
         let (qid, dead_letter) = (q.qid, q.dead_letter.clone());
         if qid != 0 {
             self.queue_op(Op::QueueDone {
@@ -1135,7 +1146,7 @@ impl Router {
         self.metrics
             .queue_dead_lettered
             .fetch_add(1, Ordering::Relaxed);
-        let Some(dlq) = dead_letter else {
+        let (Some(dlq), Some(m)) = (dead_letter, m) else {
             self.metrics.queue_dropped.fetch_add(1, Ordering::Relaxed);
             info!(queue = %from, id = entry.id, reason = reason.as_str(), "dead letter dropped: the queue has no dead-letter queue");
             return;

@@ -377,7 +377,7 @@ impl ReadBack {
             let Some(data) = read_segment_file(dir, &path, id) else {
                 continue;
             };
-            read.segment(dir, &path, id, ids.get(i + 1).copied(), &data, clock, sink);
+            read.segment(dir, id, ids.get(i + 1).copied(), &data, clock, sink);
         }
         read
     }
@@ -387,13 +387,13 @@ impl ReadBack {
     fn segment(
         &mut self,
         dir: &Path,
-        path: &Path,
         id: u64,
         next: Option<u64>,
         data: &[u8],
         clock: Clock,
         sink: &mut dyn FnMut(Replayed),
     ) {
+        let path = &segment_path(dir, id);
         let h = match parse_header(data, id) {
             Ok(h) => h,
             Err(why) => {

@@ -56,12 +56,24 @@ pub struct LoadRequest {
     pub mids: Vec<u64>,
 }
 
-/// The answer to a `LoadRequest`: each message in the order asked, None when
-/// its record is gone (the message was removed meanwhile) or cannot be read.
+/// The answer to a `LoadRequest`: each message in the order asked.
 #[derive(Debug)]
 pub struct Loaded {
     pub qid: u64,
-    pub messages: Vec<(u64, Option<Arc<Message>>)>,
+    pub messages: Vec<(u64, Read)>,
+}
+
+/// What reading one queue message back gave.
+#[derive(Debug)]
+pub enum Read {
+    Message(Arc<Message>),
+    /// No such message any more (removed meanwhile).
+    Gone,
+    /// Its record is damaged (frame, CRC or body): the message is lost.
+    Damaged,
+    /// The read failed for a passing reason (no descriptor, an I/O error):
+    /// ask again later.
+    Failed,
 }
 
 struct Shared {
@@ -581,7 +593,9 @@ impl Writer {
             if !crowded || !fits {
                 break;
             }
-            let ops = self.copies_of(oldest);
+            let Some(ops) = self.copies_of(oldest) else {
+                break;
+            };
             // The copies must be durable before the originals go.
             self.write_ops(ops, Clock::read());
             self.sync();
@@ -596,9 +610,11 @@ impl Writer {
 
     /// The ops that re-create the live records of segment `seg`, queue
     /// messages read back from it. A queue message whose record cannot be read
-    /// any more is lost: it is said, counted, and marked gone (so the segment
-    /// can still go).
-    fn copies_of(&mut self, seg: u64) -> Vec<Op> {
+    /// any more (damaged: its frame, CRC or body is bad) is lost: it is said,
+    /// counted, and marked gone (so the segment can still go). None when a read
+    /// failed for another reason (no descriptor left, an I/O error): nothing
+    /// is copied this time, and nothing is lost.
+    fn copies_of(&mut self, seg: u64) -> Option<Vec<Op>> {
         let (mut ops, copies) = self.state.copy_forward(seg);
         let clock = Clock::read();
         for c in copies {
@@ -618,6 +634,13 @@ impl Writer {
                     enqueued_ms,
                     key,
                 }),
+                Err(e) if e.kind() != std::io::ErrorKind::InvalidData => {
+                    warn!(
+                        "storage: segment {seg} not compacted now: message {} of work queue {} cannot be read back ({e})",
+                        c.mid, c.qid
+                    );
+                    return None;
+                }
                 other => {
                     let why = match other {
                         Err(e) => e.to_string(),
@@ -637,7 +660,7 @@ impl Writer {
                 }
             }
         }
-        ops
+        Some(ops)
     }
 
     /// The op of the record at `at`, read back from its segment.
@@ -656,20 +679,26 @@ impl Writer {
         for req in loads {
             let mut messages = Vec::with_capacity(req.mids.len());
             for mid in req.mids {
-                let m = self
-                    .state
-                    .locate_queue_msg(req.qid, mid)
-                    .and_then(|at| match self.read_op(at, clock) {
-                        Ok(Op::QueueMsg { message, .. }) => Some(message),
-                        Ok(_) => {
-                            error!("storage: message {mid} of work queue {}: another record lies where it should be", req.qid);
-                            None
+                let m = match self.state.locate_queue_msg(req.qid, mid) {
+                    None => Read::Gone,
+                    Some(at) => {
+                        match self.read_op(at, clock) {
+                            Ok(Op::QueueMsg { message, .. }) => Read::Message(message),
+                            Ok(_) => {
+                                error!("storage: message {mid} of work queue {}: another record lies where it should be", req.qid);
+                                Read::Damaged
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                                error!("storage: message {mid} of work queue {} cannot be read back: {e}", req.qid);
+                                Read::Damaged
+                            }
+                            Err(e) => {
+                                warn!("storage: message {mid} of work queue {} not read back now: {e}", req.qid);
+                                Read::Failed
+                            }
                         }
-                        Err(e) => {
-                            error!("storage: message {mid} of work queue {} cannot be read back: {e}", req.qid);
-                            None
-                        }
-                    });
+                    }
+                };
                 messages.push((mid, m));
             }
             // The router is gone at shutdown: nothing to answer.

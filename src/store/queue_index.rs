@@ -97,7 +97,7 @@ impl QueueIndex {
     }
 
     /// Messages held, in every queue.
-    pub fn len(&self) -> usize {
+    pub fn messages(&self) -> usize {
         self.msgs.values().map(Slots::len).sum()
     }
 

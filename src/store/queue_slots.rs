@@ -135,9 +135,7 @@ impl Slots {
             self.len += 1;
             return None;
         };
-        let Some(c) = self.chunks.get_mut(&key) else {
-            return None;
-        };
+        let c = self.chunks.get_mut(&key)?;
         let pos = match c.slots.binary_search_by_key(&s.mid, |x| x.mid) {
             Ok(i) => {
                 let old = std::mem::replace(&mut c.slots[i], s);

@@ -462,7 +462,7 @@ impl State {
 
     /// Work-queue messages held, in all queues.
     pub fn queue_msgs(&self) -> usize {
-        self.queues.len()
+        self.queues.messages()
     }
 
     /// Everything live, for the router, plus the cleanup ops for what expired
