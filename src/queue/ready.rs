@@ -185,7 +185,9 @@ impl Ready {
 
     /// The ready messages roughly in the order they will go out (what to read
     /// back from the store first): the FIFO from its head; with keys, the head
-    /// of each runnable key in turn, then the rest of every key.
+    /// of each runnable key in turn, then every key's messages from its head
+    /// (a busy key's head goes next once its key is free; the runnable heads
+    /// come twice, which the caller skips).
     pub fn upcoming(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
         match self {
             Ready::Fifo(q) => Box::new(q.iter()),
@@ -193,7 +195,7 @@ impl Ready {
                 k.runnable
                     .iter()
                     .filter_map(|key| k.groups.get(key).and_then(|g| g.front()))
-                    .chain(k.groups.values().flat_map(|g| g.iter().skip(1))),
+                    .chain(k.groups.values().flatten()),
             ),
         }
     }

@@ -13,24 +13,14 @@ use super::*;
 use crate::queue::{Action, DeadReason, Entry, MsgId};
 use crate::store::{LoadRequest, Loaded, Read};
 
-/// Something a queue's core decided that needs a message read back first.
-#[derive(Debug)]
-pub(super) enum Waiting {
-    Deliver { to: ClientId, entry: Entry },
-    DeadLetter { entry: Entry, reason: DeadReason },
-}
-
-impl Waiting {
-    fn id(&self) -> MsgId {
-        match self {
-            Waiting::Deliver { entry, .. } | Waiting::DeadLetter { entry, .. } => entry.id,
-        }
-    }
-}
-
-/// Loads asked for what waits, at most, per queue (a mass expiry may make
-/// many dead letters at once: they are read back this many at a time).
+/// Loads asked for what waits, at most, per queue and list (a mass expiry may
+/// make many dead letters at once: they are read back this many at a time).
 const WAITING_LOADS: usize = 256;
+
+/// Dead letters of one queue waiting to be read back, at most: past it the
+/// queue refuses publishes (0x97) until they are moved, so a publisher to a
+/// full queue with `overflow = "dead-letter"` cannot grow the list.
+pub(super) const DEAD_LETTERS_WAITING: usize = 10_000;
 
 /// Admin requests that need messages read back are tried again as loads come
 /// back, this many times; then they are answered with what is in memory.
@@ -48,8 +38,12 @@ pub(super) struct Resident {
     loading: Set<MsgId>,
     /// To ask for at the end of this turn.
     to_load: Vec<MsgId>,
-    /// In order: what waits for a message to be read back.
-    waiting: VecDeque<Waiting>,
+    /// In order: deliveries waiting for their message to be read back (and
+    /// those behind them, so a queue's order holds).
+    waiting: VecDeque<(ClientId, Entry)>,
+    /// Dead letters waiting for their message, in no set order (they do not
+    /// hold deliveries up).
+    dead: VecDeque<(Entry, DeadReason)>,
     /// Messages over the budget, dropped from memory once the batch with
     /// their record (this ticket) is synced.
     evict: VecDeque<(u64, MsgId)>,
@@ -122,17 +116,35 @@ impl Resident {
         }
     }
 
-    /// Must `w` wait (its message is not here, or something before it waits)?
-    /// Then it waits, and its message is asked for.
-    fn park(&mut self, w: Waiting) -> Option<Waiting> {
-        if self.waiting.is_empty() && self.messages.contains_key(&w.id()) {
-            return Some(w);
+    /// Must a delivery of `entry` wait (its message is not here, or a
+    /// delivery before it waits)? Then it waits, and its message is asked for.
+    fn park(&mut self, to: ClientId, entry: Entry) -> Option<(ClientId, Entry)> {
+        if self.waiting.is_empty() && self.messages.contains_key(&entry.id) {
+            return Some((to, entry));
         }
         if self.waiting.len() < WAITING_LOADS {
-            self.want(w.id());
+            self.want(entry.id);
         }
-        self.waiting.push_back(w);
+        self.waiting.push_back((to, entry));
         None
+    }
+
+    /// Must a dead letter wait for its message? Then it waits, and its message
+    /// is asked for.
+    fn park_dead(&mut self, entry: Entry, reason: DeadReason) -> Option<(Entry, DeadReason)> {
+        if self.messages.contains_key(&entry.id) {
+            return Some((entry, reason));
+        }
+        if self.dead.len() < WAITING_LOADS {
+            self.want(entry.id);
+        }
+        self.dead.push_back((entry, reason));
+        None
+    }
+
+    /// Dead letters waiting for their message.
+    pub(super) fn dead_waiting(&self) -> usize {
+        self.dead.len()
     }
 
     /// Messages in memory (the rest of the queue is on disk only).
@@ -141,7 +153,7 @@ impl Resident {
     }
 
     pub(super) fn nothing_waits(&self) -> bool {
-        self.waiting.is_empty()
+        self.waiting.is_empty() && self.dead.is_empty()
     }
 }
 
@@ -177,23 +189,23 @@ impl Router {
         a: Action<ClientId>,
         now: Instant,
     ) -> Option<(ClientId, MsgId)> {
-        let w = match a {
-            Action::Deliver { to, entry } => Waiting::Deliver { to, entry },
-            Action::DeadLetter { entry, reason } => Waiting::DeadLetter { entry, reason },
-            Action::Drop { .. } => return None,
-        };
         let q = self.queues.by_name.get_mut(name)?;
-        if let (Waiting::DeadLetter { entry, reason }, None) = (&w, &q.dead_letter) {
+        match a {
+            Action::Deliver { to, entry } => {
+                let (to, entry) = q.mem.park(to, entry)?;
+                self.deliver_from_queue(name, to, entry, now)
+            }
             // Dropped, not moved: nothing to read back for that.
-            self.dead_letter(name, *entry, *reason, now);
-            return None;
-        }
-        match q.mem.park(w)? {
-            Waiting::Deliver { to, entry } => self.deliver_from_queue(name, to, entry, now),
-            Waiting::DeadLetter { entry, reason } => {
+            Action::DeadLetter { entry, reason } if q.dead_letter.is_none() => {
                 self.dead_letter(name, entry, reason, now);
                 None
             }
+            Action::DeadLetter { entry, reason } => {
+                let (entry, reason) = q.mem.park_dead(entry, reason)?;
+                self.dead_letter(name, entry, reason, now);
+                None
+            }
+            Action::Drop { .. } => None,
         }
     }
 
@@ -305,12 +317,11 @@ impl Router {
                     Read::Gone | Read::Damaged => {
                         // Lost only if the queue still had it (in its core, or
                         // waiting to be dead-lettered).
-                        let dead_letter = q.mem.waiting.iter().any(
-                            |w| matches!(w, Waiting::DeadLetter { entry, .. } if entry.id == id),
-                        );
+                        let dead_letter = q.mem.dead.iter().any(|(e, _)| e.id == id);
                         if q.core.lose(id).is_some() || dead_letter {
                             q.mem.on_disk = q.mem.on_disk.saturating_sub(1);
-                            q.mem.waiting.retain(|w| w.id() != id);
+                            q.mem.waiting.retain(|(_, e)| e.id != id);
+                            q.mem.dead.retain(|(e, _)| e.id != id);
                             lost.push(id);
                         }
                     }
@@ -336,7 +347,7 @@ impl Router {
             .queues
             .by_name
             .iter()
-            .filter(|(_, q)| !q.mem.waiting.is_empty() && q.mem.loading.is_empty())
+            .filter(|(_, q)| !q.mem.nothing_waits() && q.mem.loading.is_empty())
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
@@ -353,23 +364,21 @@ impl Router {
             let Some(q) = self.queues.by_name.get_mut(name) else {
                 return;
             };
-            let Some(front) = q.mem.waiting.front() else {
+            let Some((to, entry)) = q.mem.waiting.front() else {
                 break;
             };
-            let id = front.id();
+            let id = entry.id;
             // A delivery that is no longer this consumer's at this count (it
             // left, or its ack timeout passed, and the message went back)
             // is dropped unread: it must not ask for a message that may be
             // gone.
-            if let Waiting::Deliver { to, entry } = front {
-                let current = q
-                    .core
-                    .holder(id)
-                    .is_some_and(|(k, e)| k == to && e.deliveries == entry.deliveries);
-                if !current {
-                    q.mem.waiting.pop_front();
-                    continue;
-                }
+            let current = q
+                .core
+                .holder(id)
+                .is_some_and(|(k, e)| k == to && e.deliveries == entry.deliveries);
+            if !current {
+                q.mem.waiting.pop_front();
+                continue;
             }
             if !q.mem.messages.contains_key(&id) {
                 // Evicted again, or never asked for (past WAITING_LOADS).
@@ -378,23 +387,30 @@ impl Router {
                 }
                 break;
             }
-            let Some(w) = q.mem.waiting.pop_front() else {
+            let Some((to, entry)) = q.mem.waiting.pop_front() else {
                 break;
             };
-            match w {
-                Waiting::Deliver { to, entry } => {
-                    if back.iter().any(|(c, _)| *c == to) {
-                        // Its session could not take an earlier one: this
-                        // one goes back too, behind it, so the order holds.
-                        back.push((to, id));
-                    } else {
-                        back.extend(self.deliver_from_queue(name, to, entry, now));
-                    }
-                }
-                Waiting::DeadLetter { entry, reason } => {
-                    self.dead_letter(name, entry, reason, now);
-                }
+            if back.iter().any(|(c, _)| *c == to) {
+                // Its session could not take an earlier one: this one goes
+                // back too, behind it, so the order holds.
+                back.push((to, id));
+            } else {
+                back.extend(self.deliver_from_queue(name, to, entry, now));
             }
+        }
+        // Dead letters whose message is here.
+        let ready: Vec<(Entry, DeadReason)> = match self.queues.by_name.get_mut(name) {
+            Some(q) if !q.mem.dead.is_empty() => {
+                let (here, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut q.mem.dead)
+                    .into_iter()
+                    .partition(|(e, _)| q.mem.messages.contains_key(&e.id));
+                q.mem.dead = rest;
+                here.into()
+            }
+            _ => Vec::new(),
+        };
+        for (entry, reason) in ready {
+            self.dead_letter(name, entry, reason, now);
         }
         if let Some(q) = self.queues.by_name.get_mut(name) {
             for (to, id) in back.into_iter().rev() {
@@ -403,13 +419,17 @@ impl Router {
             if q.mem.waiting.is_empty() && q.mem.waiting.capacity() > WAITING_LOADS {
                 q.mem.waiting.shrink_to_fit();
             }
+            if q.mem.dead.is_empty() && q.mem.dead.capacity() > WAITING_LOADS {
+                q.mem.dead.shrink_to_fit();
+            }
             if ask {
                 let ids: Vec<MsgId> = q
                     .mem
                     .waiting
                     .iter()
+                    .map(|(_, e)| e.id)
                     .take(WAITING_LOADS)
-                    .map(Waiting::id)
+                    .chain(q.mem.dead.iter().map(|(e, _)| e.id).take(WAITING_LOADS))
                     .collect();
                 for id in ids {
                     q.mem.want(id);

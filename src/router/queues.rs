@@ -13,7 +13,7 @@
 //! what was in flight at a crash is ready again. Which messages are also held
 //! in memory, and how the rest is read back, is `backlog.rs`.
 
-use super::backlog::Resident;
+use super::backlog::{Resident, DEAD_LETTERS_WAITING};
 use super::*;
 use crate::config::QueueConfig;
 use crate::protocol::{UserProperties, UserPropertiesBuilder};
@@ -509,6 +509,11 @@ impl Router {
         let Some(q) = self.queues.by_name.get_mut(name) else {
             return Enqueued::Refused;
         };
+        if q.mem.dead_waiting() >= DEAD_LETTERS_WAITING {
+            // Its dead letters wait to be read back: nothing more until they
+            // are moved (see DEAD_LETTERS_WAITING).
+            return Enqueued::Refused;
+        }
         let entry = Entry {
             id,
             bytes: message_bytes(&msg),

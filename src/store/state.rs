@@ -86,7 +86,7 @@ pub struct State {
     messages: Map<u64, Msg>,
     deliveries: Map<u64, Deliv>,
     retained: Map<Arc<str>, (Arc<Message>, Loc)>,
-    queues: QueueIndex,
+    pub(super) queues: QueueIndex,
     /// Live bytes per segment (every segment that exists has an entry).
     segs: BTreeMap<u64, u64>,
     live_bytes: u64,
