@@ -914,13 +914,7 @@ async fn a_queue_created_by_a_subscription_has_the_small_auto_caps() {
 fn stored_config() -> tern::config::Config {
     let mut c = test_config();
     if c.storage.in_memory {
-        c.storage.in_memory = false;
-        c.storage.dir = tempfile::Builder::new()
-            .prefix("store-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("tempdir")
-            .keep();
-        c.storage.segment_size = 65_536;
+        with_store(&mut c);
     }
     c
 }

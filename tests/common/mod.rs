@@ -29,14 +29,20 @@ pub fn test_config() -> Config {
     if std::env::var("TEST_IN_MEMORY").is_ok_and(|v| v == "1") {
         c.storage.in_memory = true;
     } else {
-        c.storage.dir = tempfile::Builder::new()
-            .prefix("store-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("tempdir")
-            .keep();
-        c.storage.segment_size = 65_536;
+        with_store(&mut c);
     }
     c
+}
+
+/// Give `c` the durable store in a fresh data directory, small segments.
+pub fn with_store(c: &mut Config) {
+    c.storage.in_memory = false;
+    c.storage.dir = tempfile::Builder::new()
+        .prefix("store-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir")
+        .keep();
+    c.storage.segment_size = 65_536;
 }
 
 /// An in-process broker; call `shutdown().await` or just drop the runtime.
