@@ -10,6 +10,7 @@
 //! Without a store every message stays in memory.
 
 use super::*;
+use crate::queue::policy::message_bytes;
 use crate::queue::{Action, DeadReason, Entry, MsgId};
 use crate::store::{LoadRequest, Loaded, Read};
 
@@ -69,31 +70,47 @@ impl Resident {
         budget: (usize, u64),
     ) {
         let over = self.messages.len() >= budget.0 || self.bytes >= budget.1;
-        self.bytes += u64::from(crate::queue::policy::message_bytes(&m));
-        if let Some(old) = self.messages.insert(id, m) {
-            self.bytes = self
-                .bytes
-                .saturating_sub(u64::from(crate::queue::policy::message_bytes(&old)));
-        }
+        self.insert(id, m);
         if let (true, Some(t)) = (over, written) {
             self.evict.push_back((t, id));
         }
     }
 
+    /// Into memory, counted in `bytes`.
+    fn insert(&mut self, id: MsgId, m: Arc<Message>) {
+        self.bytes += u64::from(message_bytes(&m));
+        if let Some(old) = self.messages.insert(id, m) {
+            self.bytes = self.bytes.saturating_sub(u64::from(message_bytes(&old)));
+        }
+    }
+
+    /// Out of memory, uncounted from `bytes`.
+    fn remove(&mut self, id: MsgId) -> Option<Arc<Message>> {
+        let m = self.messages.remove(&id)?;
+        self.bytes = self.bytes.saturating_sub(u64::from(message_bytes(&m)));
+        Some(m)
+    }
+
     /// A message leaves the queue (acknowledged, moved, dropped): from memory
     /// if it is there (returned), else from what waits on disk.
     pub(super) fn take(&mut self, id: MsgId) -> Option<Arc<Message>> {
-        match self.messages.remove(&id) {
-            Some(m) => {
-                self.bytes = self
-                    .bytes
-                    .saturating_sub(u64::from(crate::queue::policy::message_bytes(&m)));
-                Some(m)
-            }
-            None => {
-                self.loading.remove(&id);
-                self.on_disk = self.on_disk.saturating_sub(1);
-                None
+        let m = self.remove(id);
+        if m.is_none() {
+            self.loading.remove(&id);
+            self.on_disk = self.on_disk.saturating_sub(1);
+        }
+        m
+    }
+
+    /// Messages kept only until their record was written (`evict`), with
+    /// batches up to `synced` now synced, leave memory unless `in_flight`.
+    fn drop_written(&mut self, synced: u64, in_flight: impl Fn(MsgId) -> bool) {
+        while self.evict.front().is_some_and(|(t, _)| *t <= synced) {
+            let Some((_, id)) = self.evict.pop_front() else {
+                break;
+            };
+            if !in_flight(id) && self.remove(id).is_some() {
+                self.on_disk += 1;
             }
         }
     }
@@ -263,21 +280,8 @@ impl Router {
     /// their record was written leave memory (unless in flight).
     pub(super) fn evict_written(&mut self, synced: u64) {
         for q in self.queues.by_name.values_mut() {
-            while q.mem.evict.front().is_some_and(|(t, _)| *t <= synced) {
-                let Some((_, id)) = q.mem.evict.pop_front() else {
-                    break;
-                };
-                if q.core.holder(id).is_some() {
-                    continue;
-                }
-                if let Some(m) = q.mem.messages.remove(&id) {
-                    q.mem.bytes = q
-                        .mem
-                        .bytes
-                        .saturating_sub(u64::from(crate::queue::policy::message_bytes(&m)));
-                    q.mem.on_disk += 1;
-                }
-            }
+            let core = &q.core;
+            q.mem.drop_written(synced, |id| core.holder(id).is_some());
         }
     }
 
@@ -308,8 +312,7 @@ impl Router {
                 match r {
                     Read::Message(m) => {
                         q.mem.on_disk = q.mem.on_disk.saturating_sub(1);
-                        q.mem.bytes += u64::from(crate::queue::policy::message_bytes(&m));
-                        q.mem.messages.insert(id, m);
+                        q.mem.insert(id, m);
                     }
                     // Still on disk: asked for again later, not now (the
                     // cause, e.g. no file descriptor left, may last a while).

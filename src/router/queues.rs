@@ -1151,9 +1151,15 @@ impl Router {
         self.metrics
             .queue_dead_lettered
             .fetch_add(1, Ordering::Relaxed);
-        let (Some(dlq), Some(m)) = (dead_letter, m) else {
+        let Some(dlq) = dead_letter else {
             self.metrics.queue_dropped.fetch_add(1, Ordering::Relaxed);
             info!(queue = %from, id = entry.id, reason = reason.as_str(), "dead letter dropped: the queue has no dead-letter queue");
+            return;
+        };
+        let Some(m) = m else {
+            // Not reached: `deliver_or_wait` reads it back first.
+            self.metrics.queue_dropped.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %from, id = entry.id, "dead letter dropped (counted in queue_dropped): its message was not in memory");
             return;
         };
         let mut dlq_config = dead_letter_queue(&dlq);
