@@ -26,6 +26,7 @@ pub mod retain;
 pub mod retained_backlog;
 pub mod router;
 pub mod session;
+pub mod session_pending;
 pub mod session_quota;
 pub mod stall;
 pub mod store;

@@ -25,6 +25,9 @@ pub struct Metrics {
     /// Work-queue messages lost because their record could not be read back
     /// from the log (damaged on disk).
     pub queue_unreadable: AtomicU64,
+    /// Messages for persistent sessions lost because their record could not
+    /// be read back from the log (damaged on disk), one per delivery.
+    pub messages_unreadable: AtomicU64,
     pub messages_expired: AtomicU64,
     /// QoS 1/2 messages dropped because a session's queue was at its cap.
     pub dropped_queue_full: AtomicU64,

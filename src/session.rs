@@ -9,6 +9,7 @@
 
 use crate::hash::Set;
 use crate::protocol::{PacketId, PublishProperties, QoS, ReasonCode, SubscriptionOptions};
+use crate::session_pending::{Filled, PendingQueue};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -190,8 +191,12 @@ pub struct Subscription {
 /// Queue caps, from `[limits]`.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
+    /// All waiting messages, most of them on disk for a persistent session.
     pub max_messages: usize,
     pub max_bytes: usize,
+    /// Those that can only wait in memory (see `session_pending`).
+    pub max_messages_in_memory: usize,
+    pub max_bytes_in_memory: usize,
     pub queue_qos0_offline: bool,
 }
 
@@ -218,8 +223,7 @@ pub enum DropReason {
 pub struct Session {
     client_id: ClientId,
     inflight: VecDeque<Inflight>,
-    pending: VecDeque<Delivery>,
-    pending_bytes: usize,
+    pending: PendingQueue,
     next_packet_id: u16,
     /// How many QoS 1/2 messages may be unacknowledged at once: the client's Receive
     /// Maximum capped by our `max_inflight` [MQTT-3.3.4-7].
@@ -240,8 +244,7 @@ impl Session {
         Session {
             client_id,
             inflight: VecDeque::new(),
-            pending: VecDeque::new(),
-            pending_bytes: 0,
+            pending: PendingQueue::default(),
             next_packet_id: 1,
             window: 1,
             sent_inflight: 0,
@@ -304,7 +307,54 @@ impl Session {
     }
 
     pub fn pending_bytes(&self) -> usize {
-        self.pending_bytes
+        self.pending.bytes()
+    }
+
+    /// The waiting messages, for the router's disk side.
+    pub fn pending(&self) -> &PendingQueue {
+        &self.pending
+    }
+
+    /// Let the synced durable messages past the read-ahead wait on disk only
+    /// (`PendingQueue::to_disk`).
+    pub fn pending_to_disk(
+        &mut self,
+        synced_did: u64,
+        keep: usize,
+        keep_bytes: usize,
+        full: bool,
+    ) -> bool {
+        self.pending.to_disk(synced_did, keep, keep_bytes, full)
+    }
+
+    /// The delivery ids to read back for the read-ahead (`PendingQueue::want`).
+    pub fn pending_wanted(&mut self, keep: usize, keep_bytes: usize, out: &mut Vec<u64>) {
+        self.pending.want(keep, keep_bytes, out)
+    }
+
+    /// A waiting delivery's message was read back.
+    pub fn pending_filled(&mut self, d: Delivery) -> bool {
+        self.pending.fill(d) == Filled::Ready
+    }
+
+    /// A waiting delivery's message could not be read now: asked again later.
+    pub fn pending_unload(&mut self, did: u64) {
+        self.pending.unload(did)
+    }
+
+    /// A waiting delivery's message is lost (damaged record) or not to be
+    /// sent (expired, no longer readable): it ends. False if it was not waiting.
+    pub fn pending_drop(&mut self, did: u64) -> bool {
+        let here = self.pending.remove_stub(did);
+        if here {
+            self.events.push(Event::Done { did });
+        }
+        here
+    }
+
+    /// Recovery: a delivery that waited in the queue, its message on disk.
+    pub fn restore_pending_on_disk(&mut self, did: u64, cost: u32) {
+        self.pending.push_stub(did, cost);
     }
 
     /// Is there room to send a QoS 1/2 message right now, without overtaking
@@ -317,14 +367,22 @@ impl Session {
         self.sent_inflight < self.inflight.len()
     }
 
-    /// Is the pending queue at its cap?
+    /// Is the pending queue at a cap?
     pub fn queue_full(&self, limits: &QueueLimits) -> bool {
-        self.pending.len() >= limits.max_messages || self.pending_bytes >= limits.max_bytes
+        let p = &self.pending;
+        p.len() >= limits.max_messages
+            || p.bytes() >= limits.max_bytes
+            || p.memory_len() >= limits.max_messages_in_memory
+            || p.memory_bytes() >= limits.max_bytes_in_memory
     }
 
-    /// Is the pending queue down to half its cap (where held-back publishers resume)?
+    /// Is the pending queue down to half its caps (where held-back publishers resume)?
     pub fn queue_drained(&self, limits: &QueueLimits) -> bool {
-        self.pending.len() <= limits.max_messages / 2 && self.pending_bytes <= limits.max_bytes / 2
+        let p = &self.pending;
+        p.len() <= limits.max_messages / 2
+            && p.bytes() <= limits.max_bytes / 2
+            && p.memory_len() <= limits.max_messages_in_memory / 2
+            && p.memory_bytes() <= limits.max_bytes_in_memory / 2
     }
 
     /// Next free packet id, skipping ids still in flight [MQTT-2.2.1-3].
@@ -376,15 +434,18 @@ impl Session {
         limits: &QueueLimits,
         overflow: bool,
     ) -> DeliverOutcome {
-        let cost = delivery.message.cost();
         if !overflow
-            && (self.pending.len() >= limits.max_messages
-                || self.pending_bytes.saturating_add(cost) > limits.max_bytes)
+            && !self.pending.fits(
+                &delivery,
+                limits.max_messages,
+                limits.max_bytes,
+                limits.max_messages_in_memory,
+                limits.max_bytes_in_memory,
+            )
         {
             self.dropped += 1;
             return DeliverOutcome::Dropped(DropReason::QueueFull);
         }
-        self.pending_bytes += cost;
         self.pending.push_back(delivery);
         DeliverOutcome::Queued
     }
@@ -451,7 +512,6 @@ impl Session {
             let Some(d) = self.pending.pop_front() else {
                 break;
             };
-            self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
             if d.message.is_expired(now) {
                 self.ended(d, QueueOutcome::Expired);
                 continue;
@@ -607,7 +667,6 @@ impl Session {
     /// Recovery: put back a delivery that waited in the queue (beyond the caps if
     /// need be: it was accepted before the restart).
     pub fn restore_pending(&mut self, delivery: Delivery) {
-        self.pending_bytes += delivery.message.cost();
         self.pending.push_back(delivery);
     }
 
@@ -619,25 +678,16 @@ impl Session {
     /// client has not acknowledged yet. A QoS 2 message whose PUBREC came is kept:
     /// the client has it, only the release is left. Returns how many went.
     pub fn forget_unreadable(&mut self, readable: impl Fn(&str) -> bool) -> usize {
-        let mut gone = 0;
-        let before = self.pending.len();
-        let mut kept = VecDeque::with_capacity(before);
-        let mut dropped = Vec::new();
-        for d in self.pending.drain(..) {
-            // A work queue's delivery is read by right of `$queue/<name>`, not
-            // its topic: the router checks that one.
-            if d.queued.is_some() || readable(&d.message.topic) {
-                kept.push_back(d);
-            } else {
-                dropped.push(d);
-            }
-        }
+        // A work queue's delivery is read by right of `$queue/<name>`, not
+        // its topic: the router checks that one. Messages waiting on disk are
+        // checked when they are read back.
+        let dropped = self
+            .pending
+            .remove_here(|d| d.queued.is_some() || readable(&d.message.topic));
+        let mut gone = dropped.len();
         for d in dropped {
-            self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
             self.ended(d, QueueOutcome::Unreadable);
         }
-        gone += before - kept.len();
-        self.pending = kept;
         let mut i = 0;
         while i < self.inflight.len() {
             let drop = self.inflight.get(i).is_some_and(|f| {
@@ -663,7 +713,7 @@ impl Session {
         self.inflight
             .iter()
             .map(|i| &i.delivery)
-            .chain(self.pending.iter())
+            .chain(self.pending.iter_here())
             .filter(|d| d.qos == QoS::AtLeastOnce && d.shared)
             .map(|d| &d.message)
     }
@@ -704,15 +754,7 @@ impl Session {
                 i += 1;
             }
         }
-        let mut kept = VecDeque::with_capacity(self.pending.len());
-        for d in self.pending.drain(..) {
-            if !of(&d) {
-                kept.push_back(d);
-                continue;
-            }
-            self.pending_bytes = self.pending_bytes.saturating_sub(d.message.cost());
-        }
-        self.pending = kept;
+        self.pending.remove_here(|d| !of(d));
         acked
     }
 
@@ -776,6 +818,8 @@ mod tests {
     const LIM: QueueLimits = QueueLimits {
         max_messages: 3,
         max_bytes: 10_000,
+        max_messages_in_memory: 3,
+        max_bytes_in_memory: 10_000,
         queue_qos0_offline: false,
     };
 

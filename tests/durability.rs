@@ -59,11 +59,20 @@ impl Fixture {
     /// on the command line (`--data-dir`), never as `[storage] dir`, and is not
     /// created here (the broker creates it).
     fn with_storage(storage_lines: &str) -> Fixture {
+        Fixture::with_lines("", storage_lines)
+    }
+
+    /// A fixture whose config has these lines in `[limits]` (after `LIMITS`)
+    /// and in `[storage]`.
+    fn with_lines(limits_lines: &str, storage_lines: &str) -> Fixture {
         let root = tempfile::tempdir().expect("temp dir");
         let data = root.path().join("data");
         let config = root.path().join("tern.toml");
-        std::fs::write(&config, format!("{LIMITS}\n[storage]\n{storage_lines}"))
-            .expect("write config");
+        std::fs::write(
+            &config,
+            format!("{LIMITS}{limits_lines}\n[storage]\n{storage_lines}"),
+        )
+        .expect("write config");
         Fixture {
             _root: root,
             data,
@@ -1473,6 +1482,194 @@ async fn in_memory_writes_nothing_and_forgets_on_restart() {
     sub.expect_silence(Duration::from_millis(300)).await;
     let files = files_under(&fx.data);
     assert!(files.is_empty(), "in_memory = true wrote {files:?}");
+}
+
+// ---------------------------------------------------------------------------------
+// An offline session's backlog waits on disk (issue 12): only a read-ahead of it
+// is held in memory, read back from the log as the session drains.
+
+/// The config for the backlog tests: a read-ahead of 16 messages, so nearly all
+/// of a backlog is read back from disk.
+const SMALL_READ_AHEAD: &str = "session_read_ahead = 16\nsession_read_ahead_bytes = 65536\n";
+
+/// The index in a backlog test payload (`bk-<index>-<padding>`).
+fn index_of(payload: &[u8]) -> usize {
+    let s = String::from_utf8_lossy(payload);
+    s.split('-')
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a backlog payload: {s}"))
+}
+
+/// Receive in order, acknowledging each flow, until `until` holds for the
+/// messages seen as new (or `limit` passes, or the broker goes away). A QoS 2
+/// re-send of a packet id awaiting PUBREL is not new: `awaiting_rel` is the
+/// client's session state for that, kept across connections [MQTT-4.3.3]. Returns
+/// the indices in arrival order and whether the connection ended.
+async fn drain_in_order(
+    c: &mut RawClient,
+    awaiting_rel: &mut HashMap<u16, usize>,
+    until: impl Fn(&[usize]) -> bool,
+    limit: Duration,
+) -> (Vec<usize>, bool) {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + limit;
+    while !until(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reply = match c.recv_within(left).await {
+            Err(()) => return (seen, false),
+            Ok(None) => return (seen, true),
+            Ok(Some(Packet::Publish(p))) => {
+                let i = index_of(&p.payload);
+                let id = p.packet_id.map(PacketId::get).expect("QoS 1/2");
+                match p.qos {
+                    QoS::ExactlyOnce => {
+                        match awaiting_rel.insert(id, i) {
+                            None => seen.push(i),
+                            Some(held) => assert_eq!(held, i, "packet id {id} reused"),
+                        }
+                        pubrec(id)
+                    }
+                    _ => {
+                        seen.push(i);
+                        puback(id)
+                    }
+                }
+            }
+            Ok(Some(Packet::PubRel(rel))) => {
+                awaiting_rel.remove(&rel.packet_id.get());
+                pubcomp(rel.packet_id.get())
+            }
+            Ok(Some(other)) => panic!("subscriber: unexpected {other:?}"),
+        };
+        if !try_send(c, &reply).await {
+            return (seen, true);
+        }
+    }
+    (seen, false)
+}
+
+/// 3,000 messages (QoS 1 and 2, 300 B) for an offline session with a read-ahead
+/// of 16: it drains them in publish order; a kill -9 in the middle of the drain
+/// loses none, and after the restart the rest follows in order, QoS 2 exactly
+/// once (a QoS 1 message in flight at the kill may come twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_backlog_on_disk_drains_in_order_across_kill9() {
+    const N: usize = 3000;
+    let fx = Fixture::with_lines(SMALL_READ_AHEAD, "durability = \"always\"\n");
+    let mut broker = fx.spawn();
+    let (mut sub, _) = connect_persistent(broker.addr, V5, "bk-sub").await;
+    sub.subscribe(1, "bk/#", QoS::ExactlyOnce).await;
+    disconnect(sub).await;
+
+    let qos_of = |i: usize| {
+        if i % 3 == 0 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        }
+    };
+    let (mut publ, _) = raw_connected(broker.addr, V311, "bk-pub", true).await;
+    let msgs: Vec<(String, QoS, Vec<u8>)> = (0..N)
+        .map(|i| {
+            let payload = format!("bk-{i}-{}", "x".repeat(300)).into_bytes();
+            (format!("bk/{}", i % 7), qos_of(i), payload)
+        })
+        .collect();
+    for chunk in msgs.chunks(50) {
+        let batch: Vec<(&str, QoS, Vec<u8>, bool)> = chunk
+            .iter()
+            .map(|(t, q, p)| (t.as_str(), *q, p.clone(), false))
+            .collect();
+        publish_all(&mut publ, &batch, 1).await;
+    }
+    drop(publ);
+
+    // Part of the backlog, in order, then the broker dies mid-drain.
+    let (mut sub, ack) = connect_persistent(broker.addr, V5, "bk-sub").await;
+    assert!(ack.session_present);
+    let mut held = HashMap::new();
+    let (first, _) = drain_in_order(&mut sub, &mut held, |s| s.len() >= N / 3, WAIT * 4).await;
+    assert!(
+        first.len() >= N / 3,
+        "only {} of {N} before the kill",
+        first.len()
+    );
+    assert!(
+        first.windows(2).all(|w| w[0] < w[1]),
+        "out of order before the kill: {:?}",
+        first.windows(2).find(|w| w[0] >= w[1])
+    );
+    assert_eq!(first[0], 0);
+    kill9(&mut broker);
+
+    let broker = fx.spawn();
+    let (mut sub, ack) = connect_persistent(broker.addr, V5, "bk-sub").await;
+    assert!(ack.session_present, "the session survived the kill");
+    let done = |s: &[usize]| s.last() == Some(&(N - 1));
+    let (rest, _) = drain_in_order(&mut sub, &mut held, done, WAIT * 6).await;
+    // What was in flight at the kill comes again first (DUP), then the rest.
+    let last_before = *first.last().expect("some");
+    let mut all: Vec<usize> = first.clone();
+    let mut next_new = last_before + 1;
+    for &i in &rest {
+        if i <= last_before {
+            assert_ne!(
+                qos_of(i),
+                QoS::ExactlyOnce,
+                "QoS 2 message {i} delivered again after its PUBREC"
+            );
+            assert!(
+                last_before - i < 64,
+                "{i}: only messages in flight at the kill may come again"
+            );
+            continue;
+        }
+        assert_eq!(i, next_new, "out of order or missing after the restart");
+        next_new += 1;
+        all.push(i);
+    }
+    assert_eq!(all.len(), N, "every message arrived once, in order");
+    // The last flows complete; nothing new comes.
+    let (extra, _) =
+        drain_in_order(&mut sub, &mut held, |_| false, Duration::from_millis(300)).await;
+    assert!(extra.is_empty(), "more after the last: {extra:?}");
+}
+
+/// A message whose Message Expiry Interval ends while it waits on disk is not
+/// sent [MQTT-3.3.2-5]; the ones around it are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_expiring_on_disk_is_not_sent() {
+    let fx = Fixture::with_lines(SMALL_READ_AHEAD, "durability = \"always\"\n");
+    let broker = fx.spawn();
+    let (mut sub, _) = connect_persistent(broker.addr, V5, "bx-sub").await;
+    sub.subscribe(1, "bx/#", QoS::AtLeastOnce).await;
+    disconnect(sub).await;
+    let (mut publ, _) = raw_connected(broker.addr, V5, "bx-pub", true).await;
+    for i in 0..100u16 {
+        let mut p = publish(
+            "bx/t",
+            QoS::AtLeastOnce,
+            i + 1,
+            format!("bk-{i}-").as_bytes(),
+            false,
+            false,
+        );
+        if let (Packet::Publish(p), true) = (&mut p, i % 10 == 5) {
+            p.properties.message_expiry_interval = Some(1);
+        }
+        publ.send(&p).await;
+        match next(&mut publ, "publisher").await {
+            Packet::PubAck(a) => assert!(!a.reason_code.is_error(), "{a:?}"),
+            other => panic!("publisher: {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (mut sub, _) = connect_persistent(broker.addr, V5, "bx-sub").await;
+    let (got, _) = drain_in_order(&mut sub, &mut HashMap::new(), |s| s.len() >= 90, WAIT).await;
+    let want: Vec<usize> = (0..100).filter(|i| i % 10 != 5).collect();
+    assert_eq!(got, want);
+    sub.expect_silence(Duration::from_millis(300)).await;
 }
 
 // ---------------------------------------------------------------------------------

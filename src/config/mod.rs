@@ -233,8 +233,24 @@ pub struct Limits {
     pub max_keepalive: u16,
     pub receive_maximum: u16,
     pub max_inflight: u16,
+    /// Messages (and bytes) one session's queue holds at most: those waiting
+    /// for a window slot or for the client to come back. A persistent
+    /// session's messages wait on disk (see `session_read_ahead`), so these
+    /// are disk caps there; the disk budget (`storage.max_bytes`) applies too.
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+    /// What one session's queue holds at most of messages that can only wait
+    /// in memory: QoS 0, sessions that end with their connection, shared
+    /// subscriptions' and work queues' deliveries, all without a store. Also
+    /// caps a connection's buffered QoS 0 bytes.
+    pub max_queued_messages_in_memory: usize,
+    pub max_queued_bytes_in_memory: usize,
+    /// Messages and bytes of a connected session's queue held in memory ahead
+    /// of its window (read back from the store before they are sent); the rest
+    /// of a persistent session's backlog waits on disk only, all of it while
+    /// the client is away. With a store only.
+    pub session_read_ahead: usize,
+    pub session_read_ahead_bytes: usize,
     pub max_topic_levels: usize,
     pub max_topic_length: usize,
     pub max_subscriptions_per_client: usize,
@@ -301,8 +317,16 @@ impl Default for Limits {
             max_keepalive: 65_535,
             receive_maximum: 64,
             max_inflight: 256,
-            max_queued_messages: 1_000,
-            max_queued_bytes: 4 * 1024 * 1024,
+            // A day of a reading a second (86,400) while the client is away,
+            // on disk: about 90 bytes of RAM each (BENCHMARKS.md).
+            max_queued_messages: 100_000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            max_queued_messages_in_memory: 1_000,
+            max_queued_bytes_in_memory: 4 * 1024 * 1024,
+            // Ahead of a full window (max_inflight): the next reads are in by
+            // the time acks make room.
+            session_read_ahead: 512,
+            session_read_ahead_bytes: 1024 * 1024,
             max_topic_levels: 32,
             max_topic_length: 1024,
             max_subscriptions_per_client: 256,
@@ -705,6 +729,12 @@ impl Limits {
             err(
                 "limits.auto_queue_max_length",
                 "auto_queue_max_length and auto_queue_max_bytes must be at least 1",
+            );
+        }
+        if l.session_read_ahead == 0 || l.session_read_ahead_bytes == 0 {
+            err(
+                "limits.session_read_ahead",
+                "session_read_ahead and session_read_ahead_bytes must be at least 1",
             );
         }
         if l.queue_read_ahead == 0 || l.queue_read_ahead_bytes == 0 {

@@ -12,7 +12,7 @@
 use super::*;
 use crate::queue::policy::message_bytes;
 use crate::queue::{Action, DeadReason, Entry, MsgId};
-use crate::store::{LoadRequest, Loaded, Read};
+use crate::store::{LoadRequest, Read};
 
 /// Loads asked for what waits, at most, per queue and list (a mass expiry may
 /// make many dead letters at once: they are read back this many at a time).
@@ -268,7 +268,7 @@ impl Router {
         };
         for q in self.queues.by_name.values_mut() {
             if !q.mem.to_load.is_empty() {
-                st.handle.load(LoadRequest {
+                st.handle.load(LoadRequest::Queue {
                     qid: q.qid,
                     mids: std::mem::take(&mut q.mem.to_load),
                 });
@@ -288,12 +288,12 @@ impl Router {
     /// Messages read back by the store: into memory, then what waited for
     /// them is done in order. A message that could not be read is lost: it
     /// leaves its queue, counted and logged.
-    pub(super) fn queue_loaded(&mut self, loaded: Loaded, now: Instant) {
+    pub(super) fn queue_loaded(&mut self, qid: u64, messages: Vec<(u64, Read)>, now: Instant) {
         let name = self
             .queues
             .by_name
             .iter()
-            .find(|(_, q)| q.qid == loaded.qid && q.qid != 0)
+            .find(|(_, q)| q.qid == qid && q.qid != 0)
             .map(|(n, _)| n.clone());
         let Some(name) = name else {
             // The queue is gone meanwhile; a parked admin request may still
@@ -304,7 +304,7 @@ impl Router {
         let mut lost = Vec::new();
         let mut failed = false;
         if let Some(q) = self.queues.by_name.get_mut(&name) {
-            for (id, r) in loaded.messages {
+            for (id, r) in messages {
                 if !q.mem.loading.remove(&id) {
                     // Gone meanwhile (acknowledged, purged).
                     continue;

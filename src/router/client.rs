@@ -56,6 +56,9 @@ pub(super) struct Client {
     pub(super) consumes: Vec<(Arc<str>, QoS)>,
     /// A CONNECT waiting for the live connection it takes over to end.
     pub(super) parked: Option<Box<super::takeover::ParkedConnect>>,
+    /// On the list of sessions whose queued messages may go to disk once
+    /// synced (`session_disk`).
+    pub(super) disk_listed: bool,
 }
 
 impl Client {
@@ -110,6 +113,7 @@ impl Client {
             holder: None,
             consumes: Vec::new(),
             parked: None,
+            disk_listed: false,
         }
     }
 }

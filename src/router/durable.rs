@@ -177,9 +177,11 @@ impl Router {
         };
         let next = st.handle.next_ticket();
         if !st.ops.is_empty() || st.waiting.back().is_some_and(|(t, _)| *t == next) {
-            st.handle.submit(&mut st.ops);
+            let ticket = st.handle.submit(&mut st.ops);
+            self.session_disk.submitted(ticket, st.next_did);
         }
         self.submit_loads();
+        self.submit_session_loads();
     }
 
     /// The store made batches up to `synced` durable: let what waited on them go.
@@ -220,6 +222,7 @@ impl Router {
             }
         }
         self.evict_written(synced);
+        self.sessions_to_disk(synced);
     }
 
     /// The store's synced-ticket watch, for `run`.

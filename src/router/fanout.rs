@@ -285,11 +285,11 @@ impl Router {
         let online = c.online();
         if online && d.qos == QoS::AtMostOnce {
             // QoS 0 to a connected client goes straight to the outbox, keeping room
-            // for a full window of QoS 1/2 and within `max_queued_bytes`: a slow
-            // reader loses QoS 0, counted.
+            // for a full window of QoS 1/2 and within `max_queued_bytes_in_memory`:
+            // a slow reader loses QoS 0, counted.
             if let Some(h) = &c.conn {
                 if c.room() <= h.window
-                    || h.outbox.bytes() + d.message.cost() > self.limits.max_bytes
+                    || h.outbox.bytes() + d.message.cost() > self.limits.max_bytes_in_memory
                 {
                     self.metrics
                         .dropped_qos0_slow
@@ -329,8 +329,14 @@ impl Router {
                 }
                 Some(Delivered::Sent(pid))
             }
-            DeliverOutcome::Queued if hold => Some(Delivered::Held),
-            DeliverOutcome::Queued => Some(Delivered::Queued),
+            DeliverOutcome::Queued => {
+                self.list_for_disk(id, false);
+                Some(if hold {
+                    Delivered::Held
+                } else {
+                    Delivered::Queued
+                })
+            }
             DeliverOutcome::Dropped(DropReason::QueueFull) => {
                 self.metrics
                     .dropped_queue_full

@@ -55,6 +55,7 @@ mod recovery;
 mod retained;
 mod room;
 mod run;
+mod session_disk;
 mod subscribe;
 mod takeover;
 
@@ -87,6 +88,10 @@ pub struct Router {
     /// Work queues and their topic bindings.
     queues: Queues,
     limits: QueueLimits,
+    /// `limits.session_read_ahead` and `_bytes`.
+    session_read_ahead: (usize, usize),
+    /// Persistent sessions' backlogs on disk.
+    session_disk: session_disk::SessionDisk,
     topic_limits: TopicLimits,
     /// Persistent sessions in all, per anonymous address, per user.
     quota: SessionQuota,
@@ -136,8 +141,15 @@ impl Router {
             limits: QueueLimits {
                 max_messages: config.limits.max_queued_messages,
                 max_bytes: config.limits.max_queued_bytes,
+                max_messages_in_memory: config.limits.max_queued_messages_in_memory,
+                max_bytes_in_memory: config.limits.max_queued_bytes_in_memory,
                 queue_qos0_offline: config.mqtt.queue_qos0_offline,
             },
+            session_read_ahead: (
+                config.limits.session_read_ahead,
+                config.limits.session_read_ahead_bytes,
+            ),
+            session_disk: session_disk::SessionDisk::default(),
             topic_limits: config.topic_limits(),
             cross_user_takeover: config.auth.allow_cross_user_takeover,
             quota: SessionQuota::new(QuotaLimits {
@@ -336,10 +348,20 @@ impl Router {
         self.queue_turn_end();
     }
 
-    /// Work-queue messages the store read back.
+    /// Messages the store read back, for a work queue or a session.
     pub fn loaded(&mut self, loaded: crate::store::Loaded, now: Clock) {
         self.turn = now;
-        self.queue_loaded(loaded, now.now);
+        if let Some(st) = self.store.as_mut() {
+            st.handle.loads_answered += 1;
+        }
+        match loaded {
+            crate::store::Loaded::Queue { qid, messages } => {
+                self.queue_loaded(qid, messages, now.now)
+            }
+            crate::store::Loaded::Session { client, deliveries } => {
+                self.session_loaded(&client, deliveries, now.now)
+            }
+        }
         self.queue_turn_end();
     }
 
@@ -365,6 +387,14 @@ impl Router {
             };
             if c.pending_will.as_ref().is_some_and(|w| w.due <= now) {
                 self.fire_will(&id, now);
+            }
+            // A read of its backlog that failed is asked again.
+            if self
+                .clients
+                .get(&id)
+                .is_some_and(|c| c.online() && c.session.pending().on_disk() > 0)
+            {
+                self.flush_session(&id, now);
             }
             if let (Some(c), Some(budget)) = (self.clients.get_mut(&id), self.backpressure) {
                 if c.stall.is_holding() && c.stall.stalled(now, budget) {
@@ -692,8 +722,14 @@ impl Router {
             if req.session_expiry > 0 && client.sid == 0 {
                 client.sid = st.next_sid;
                 st.next_sid += 1;
-            } else if req.session_expiry == 0 && client.sid != 0 {
-                // Resumed, but it ends with this connection now: not kept on disk.
+            } else if req.session_expiry == 0
+                && client.sid != 0
+                && client.session.pending().on_disk() == 0
+            {
+                // Resumed, but it ends with this connection now: not kept on
+                // disk. (A backlog on disk is read from there first: the
+                // session's records go when it ends, and a restart meanwhile
+                // drops a session with expiry 0 anyway.)
                 gone_sid = std::mem::take(&mut client.sid);
             }
         }
@@ -721,6 +757,7 @@ impl Router {
         self.save_session(&id);
         self.store_events(&id);
         self.push_out(&id, conn_id, out);
+        self.read_ahead_session(&id);
         self.pump_retained(&id, now);
         self.attach_consumes(&id, now);
     }
@@ -824,6 +861,7 @@ impl Router {
         c.session.fill_window(now, c.room(), &mut out);
         self.store_events(id);
         self.push_out(id, conn_id, out);
+        self.read_ahead_session(id);
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
@@ -885,6 +923,8 @@ impl Router {
             c.expires_at = Some(at);
             self.schedule(at, id);
         }
+        // While it is away, its whole backlog waits on disk.
+        self.list_for_disk(id, true);
         self.save_session(id);
         if let Some(due) = will_due {
             if due <= now {

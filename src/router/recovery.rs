@@ -18,6 +18,7 @@ impl Router {
             next_mid: recovered.next_mid.max(1),
             next_did: recovered.next_did.max(1),
         });
+        self.session_disk = session_disk::SessionDisk::new(recovered.next_did.saturating_sub(1));
         self.restore(recovered, now.now);
         self
     }
@@ -54,7 +55,14 @@ impl Router {
                 self.subs.add(&id, spec, sub);
             }
             c.session.restore_inbound_qos2(s.inbound_qos2);
-            for (message, r) in s.deliveries {
+            for rd in s.deliveries {
+                let r = rd.r;
+                let Some(message) = rd.message else {
+                    // Queued: it waits on disk until the session is about to
+                    // send it.
+                    c.session.restore_pending_on_disk(r.did, rd.cost);
+                    continue;
+                };
                 let d = Delivery {
                     message,
                     qos: r.qos,

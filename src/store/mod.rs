@@ -23,8 +23,8 @@ pub mod state;
 use crate::clock::Clock;
 use crate::config::{Durability, StorageConfig};
 use crate::metrics::Metrics;
-use crate::session::Message;
-use record::Op;
+use crate::session::{ClientId, Message};
+use record::{Op, Receiver};
 use state::{Loc, Recovered, State};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -43,27 +43,38 @@ struct Inbox {
     ticket: u64,
     /// Some op in `ops` must be fsynced before its ticket is published.
     needs_sync: bool,
-    /// Work-queue messages to read back (bounded by the router's read-ahead).
+    /// Messages to read back (bounded by the router's read-aheads).
     loads: Vec<LoadRequest>,
     closing: bool,
 }
 
-/// Messages of work queue `qid` for the store to read back from the log (their
-/// payloads are not kept in memory while they wait).
+/// Messages for the store to read back from the log (their payloads are not
+/// kept in memory while they wait).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadRequest {
-    pub qid: u64,
-    pub mids: Vec<u64>,
+pub enum LoadRequest {
+    /// Messages `mids` of work queue `qid`.
+    Queue { qid: u64, mids: Vec<u64> },
+    /// The messages of a session's deliveries `dids` (`client` is only
+    /// echoed back, for the router).
+    Session { client: ClientId, dids: Vec<u64> },
 }
 
 /// The answer to a `LoadRequest`: each message in the order asked.
 #[derive(Debug)]
-pub struct Loaded {
-    pub qid: u64,
-    pub messages: Vec<(u64, Read)>,
+pub enum Loaded {
+    Queue {
+        qid: u64,
+        messages: Vec<(u64, Read)>,
+    },
+    /// Each delivery with its current state (qos, subscription ids), when it
+    /// is still unfinished.
+    Session {
+        client: ClientId,
+        deliveries: Vec<(u64, Read, Option<Receiver>)>,
+    },
 }
 
-/// What reading one queue message back gave.
+/// What reading one message back gave.
 #[derive(Debug)]
 pub enum Read {
     Message(Arc<Message>),
@@ -93,6 +104,10 @@ pub struct StoreHandle {
     /// Answers to `load` (taken by the router's task).
     pub loaded: Option<mpsc::UnboundedReceiver<Loaded>>,
     submitted: u64,
+    /// `load` requests made (each is answered once on `loaded`), and answers
+    /// taken (counted by the router).
+    pub loads_asked: u64,
+    pub loads_answered: u64,
 }
 
 impl StoreHandle {
@@ -126,6 +141,7 @@ impl StoreHandle {
         };
         inbox.loads.push(request);
         drop(inbox);
+        self.loads_asked += 1;
         self.shared.wake.notify_one();
     }
 
@@ -211,7 +227,7 @@ pub fn open_at(
     if orphans > 0 {
         warn!("storage: records of {orphans} sessions without a session record were dropped");
     }
-    let (recovered, cleanup) = state.recovered(clock.unix_secs());
+    let (mut recovered, mut cleanup) = state.recovered(clock.unix_secs(), clock.now);
     info!(
         "storage: recovered {} sessions, {} queued messages, {} retained, {} work-queue messages from {n} records in {:?}",
         recovered.sessions.len(),
@@ -246,6 +262,9 @@ pub fn open_at(
         pending: Parked::default(),
         crossed: false,
     };
+    // Deliveries in flight are re-sent on resume: their messages are read
+    // back now. Queued ones wait on disk until their session asks.
+    writer.read_in_flight(&mut recovered, &mut cleanup, clock);
     // What expired while Tern was down goes first.
     writer.write_ops(cleanup, Clock::read());
     writer.sync();
@@ -263,6 +282,8 @@ pub fn open_at(
             synced: rx,
             loaded: Some(loaded_rx),
             submitted: 0,
+            loads_asked: 0,
+            loads_answered: 0,
         },
         StoreThread {
             shared,
@@ -608,16 +629,49 @@ impl Writer {
         self.update_budget();
     }
 
-    /// The ops that re-create the live records of segment `seg`, queue
-    /// messages read back from it. A queue message whose record cannot be read
-    /// any more (damaged: its frame, CRC or body is bad) is lost: it is said,
-    /// counted, and marked gone (so the segment can still go). None when a read
-    /// failed for another reason (no descriptor left, an I/O error): nothing
-    /// is copied this time, and nothing is lost.
+    /// The ops that re-create the live records of segment `seg`, messages
+    /// read back from it. A message whose record cannot be read any more
+    /// (damaged: its frame, CRC or body is bad) is lost: it is said, counted,
+    /// and marked gone (so the segment can still go). None when a read failed
+    /// for another reason (no descriptor left, an I/O error): nothing is
+    /// copied this time, and nothing is lost.
     fn copies_of(&mut self, seg: u64) -> Option<Vec<Op>> {
         let (mut ops, copies) = self.state.copy_forward(seg);
         let clock = Clock::read();
-        for c in copies {
+        for c in copies.messages {
+            match self.read_op(c.at, clock) {
+                Ok(Op::Msg { mid, message, .. }) if mid == c.mid => ops.push(Op::Msg {
+                    mid,
+                    message,
+                    receivers: c.receivers,
+                }),
+                Err(e) if e.kind() != std::io::ErrorKind::InvalidData => {
+                    warn!(
+                        "storage: segment {seg} not compacted now: message {} cannot be read back ({e})",
+                        c.mid
+                    );
+                    return None;
+                }
+                other => {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "another record lies there".into(),
+                    };
+                    error!(
+                        "storage: message {} for {} sessions cannot be read back to copy it forward ({why}): it is lost",
+                        c.mid,
+                        c.receivers.len()
+                    );
+                    self.metrics
+                        .messages_unreadable
+                        .fetch_add(c.receivers.len() as u64, Ordering::Relaxed);
+                    ops.push(Op::Done {
+                        dids: c.receivers.iter().map(|r| r.did).collect(),
+                    });
+                }
+            }
+        }
+        for c in copies.queue {
             match self.read_op(c.at, clock) {
                 Ok(Op::QueueMsg {
                     qid,
@@ -670,42 +724,133 @@ impl Writer {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
-    /// Read back the queue messages the router asked for, and answer.
+    /// Read back the messages the router asked for, and answer.
     fn serve_loads(&mut self, loads: Vec<LoadRequest>) {
         if loads.is_empty() {
             return;
         }
         let clock = Clock::read();
         for req in loads {
-            let mut messages = Vec::with_capacity(req.mids.len());
-            for mid in req.mids {
-                let m = match self.state.locate_queue_msg(req.qid, mid) {
-                    None => Read::Gone,
-                    Some(at) => {
-                        match self.read_op(at, clock) {
-                            Ok(Op::QueueMsg { message, .. }) => Read::Message(message),
-                            Ok(_) => {
-                                error!("storage: message {mid} of work queue {}: another record lies where it should be", req.qid);
-                                Read::Damaged
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                                error!("storage: message {mid} of work queue {} cannot be read back: {e}", req.qid);
-                                Read::Damaged
-                            }
-                            Err(e) => {
-                                warn!("storage: message {mid} of work queue {} not read back now: {e}", req.qid);
-                                Read::Failed
-                            }
+            let answer = match req {
+                LoadRequest::Queue { qid, mids } => {
+                    let mut messages = Vec::with_capacity(mids.len());
+                    for mid in mids {
+                        let m = match self.state.locate_queue_msg(qid, mid) {
+                            None => Read::Gone,
+                            Some(at) => self.read_message(at, None, clock, || {
+                                format!("message {mid} of work queue {qid}")
+                            }),
+                        };
+                        messages.push((mid, m));
+                    }
+                    Loaded::Queue { qid, messages }
+                }
+                LoadRequest::Session { client, dids } => {
+                    let mut deliveries = Vec::with_capacity(dids.len());
+                    for did in dids {
+                        let (read, r) = self.read_delivery(did, clock);
+                        deliveries.push((did, read, r));
+                    }
+                    Loaded::Session { client, deliveries }
+                }
+            };
+            // The router is gone at shutdown: nothing to answer.
+            let _ = self.loaded.send(answer);
+        }
+    }
+
+    /// The message of delivery `did` and the delivery's current state.
+    fn read_delivery(&mut self, did: u64, clock: Clock) -> (Read, Option<Receiver>) {
+        let Some((mid, at, r)) = self.state.locate_delivery(did) else {
+            return (Read::Gone, None);
+        };
+        let r = r.clone();
+        let read = self.read_message(at, Some(mid), clock, || {
+            format!("message {mid} of delivery {did}")
+        });
+        if matches!(read, Read::Damaged) {
+            self.metrics
+                .messages_unreadable
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        (read, Some(r))
+    }
+
+    /// Read the message record at `at` (a session message `mid`, or a work
+    /// queue's message when None); `what` names it in the log.
+    fn read_message(
+        &mut self,
+        at: Loc,
+        mid: Option<u64>,
+        clock: Clock,
+        what: impl Fn() -> String,
+    ) -> Read {
+        match self.read_op(at, clock) {
+            Ok(Op::QueueMsg { message, .. }) if mid.is_none() => Read::Message(message),
+            Ok(Op::Msg {
+                mid: m, message, ..
+            }) if Some(m) == mid => Read::Message(message),
+            Ok(_) => {
+                error!(
+                    "storage: {}: another record lies where it should be",
+                    what()
+                );
+                Read::Damaged
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                error!("storage: {} cannot be read back: {e}", what());
+                Read::Damaged
+            }
+            Err(e) => {
+                warn!("storage: {} not read back now: {e}", what());
+                Read::Failed
+            }
+        }
+    }
+
+    /// Recovery: read back the messages of the deliveries that were in flight
+    /// (the router re-sends them on resume). A damaged one is lost (said,
+    /// counted, finished in `cleanup`); a read failing for a passing reason is
+    /// retried (the broker is starting: nothing waits on it yet).
+    fn read_in_flight(&mut self, rec: &mut Recovered, cleanup: &mut Vec<Op>, clock: Clock) {
+        let mut lost = Vec::new();
+        for s in rec.sessions.iter_mut() {
+            s.deliveries.retain_mut(|d| {
+                if d.r.pid == 0 {
+                    return true;
+                }
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    match self.read_delivery(d.r.did, clock).0 {
+                        Read::Message(m) => {
+                            d.message = Some(m);
+                            return true;
+                        }
+                        Read::Failed if delay < Duration::from_secs(10) => {
+                            std::thread::sleep(delay);
+                            delay *= 2;
+                        }
+                        Read::Failed => {
+                            self.metrics
+                                .messages_unreadable
+                                .fetch_add(1, Ordering::Relaxed);
+                            lost.push(d.r.did);
+                            return false;
+                        }
+                        Read::Gone | Read::Damaged => {
+                            lost.push(d.r.did);
+                            return false;
                         }
                     }
-                };
-                messages.push((mid, m));
-            }
-            // The router is gone at shutdown: nothing to answer.
-            let _ = self.loaded.send(Loaded {
-                qid: req.qid,
-                messages,
+                }
             });
+        }
+        if !lost.is_empty() {
+            error!(
+                "storage: {} messages in flight to sessions could not be read back: lost",
+                lost.len()
+            );
+            cleanup.push(Op::Done { dids: lost });
         }
     }
 

@@ -402,7 +402,7 @@ mod tests {
         let (ops, copies) = st.copy_forward(1);
         assert_eq!(ops.len(), 1);
         assert_eq!(
-            copies,
+            copies.queue,
             vec![QueueCopy {
                 qid: 1,
                 mid: 5,
@@ -417,7 +417,7 @@ mod tests {
         assert_eq!(st.segment_live(1), 0);
         assert_eq!(st.segment_live(2), 0, "the count moved with the message");
         st.finish_replay();
-        let (rec, _) = st.recovered(0);
+        let (rec, _) = st.recovered(0, std::time::Instant::now());
         assert_eq!((rec.next_qid, rec.next_qmid), (2, 7));
         assert_eq!(rec.queues.len(), 1);
         let q = &rec.queues[0];
@@ -462,7 +462,7 @@ mod tests {
         let kept = st.queues.replayed.as_ref().map_or(0, Vec::len);
         assert!(kept < 2 * 2_000 + 4_096 + 1, "kept {kept}");
         st.finish_replay();
-        let (rec, _) = st.recovered(0);
+        let (rec, _) = st.recovered(0, std::time::Instant::now());
         let ids: Vec<u64> = rec.queues[0].messages.iter().map(|m| m.id).collect();
         assert_eq!(ids, (7..20_000).step_by(10).collect::<Vec<u64>>());
         assert_eq!(rec.queues[0].messages[0].deliveries, 2);

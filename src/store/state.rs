@@ -19,6 +19,7 @@ use crate::protocol::SubscriptionOptions;
 use crate::session::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Where a record lies: its segment, its length and its offset in the segment
 /// (the offset is only needed for work-queue messages, which are read back).
@@ -41,11 +42,15 @@ struct Sess {
     deliveries: BTreeSet<u64>,
 }
 
+/// A message with unfinished deliveries. Its payload is not kept: it is read
+/// back from its record when a delivery needs it (a session's backlog lives on
+/// disk) or when the record is copied forward.
 struct Msg {
-    message: Arc<Message>,
     loc: Loc,
     /// Unfinished deliveries.
     refs: u32,
+    /// When its Message Expiry Interval ends (recovery drops it unsent).
+    expires: Option<Instant>,
 }
 
 struct Deliv {
@@ -62,7 +67,35 @@ pub struct RecoveredSession {
     pub subs: Vec<(Arc<str>, SubscriptionOptions, Option<u32>)>,
     pub inbound_qos2: Vec<u16>,
     /// In delivery order (delivery ids increase in routing order).
-    pub deliveries: Vec<(Arc<Message>, Receiver)>,
+    pub deliveries: Vec<RecoveredDelivery>,
+}
+
+/// One unfinished delivery of a recovered session.
+#[derive(Debug)]
+pub struct RecoveredDelivery {
+    /// Read back for deliveries in flight; a queued one waits on disk (None)
+    /// until its session is about to send it.
+    pub message: Option<Arc<Message>>,
+    pub r: Receiver,
+    /// The bytes its message record takes (what the session's cap counts).
+    pub cost: u32,
+}
+
+/// A session message the store must read back to copy it forward, with the
+/// deliveries it still has in their current state.
+#[derive(Debug)]
+pub struct MsgCopy {
+    pub mid: u64,
+    pub at: Loc,
+    pub receivers: Vec<Receiver>,
+}
+
+/// The records of a segment to be read back and written again (their payloads
+/// are not in memory).
+#[derive(Debug, Default)]
+pub struct Copies {
+    pub queue: Vec<QueueCopy>,
+    pub messages: Vec<MsgCopy>,
 }
 
 #[derive(Debug, Default)]
@@ -331,7 +364,8 @@ impl State {
                 }
                 if refs > 0 {
                     self.live(loc);
-                    self.messages.insert(mid, Msg { message, loc, refs });
+                    let expires = message.expires_at();
+                    self.messages.insert(mid, Msg { loc, refs, expires });
                 }
             }
             Op::Deliv { states } => {
@@ -390,9 +424,9 @@ impl State {
 
     /// Ops that re-create every live record of segment `seg` (their current
     /// state), so that once they are written `seg` holds nothing live; and the
-    /// work-queue messages whose records the caller must read back and write
-    /// again for that (their payloads are not in memory).
-    pub fn copy_forward(&self, seg: u64) -> (Vec<Op>, Vec<QueueCopy>) {
+    /// messages whose records the caller must read back and write again for
+    /// that (their payloads are not in memory).
+    pub fn copy_forward(&self, seg: u64) -> (Vec<Op>, Copies) {
         let mut ops = Vec::new();
         for s in self.sessions.values() {
             if s.loc.seg == seg {
@@ -440,19 +474,27 @@ impl State {
                 }
             }
         }
+        let mut copies = Copies::default();
         for (mid, mut receivers) in by_mid {
             if let Some(m) = self.messages.get(&mid) {
                 receivers.sort_by_key(|r| r.did);
-                ops.push(Op::Msg {
+                copies.messages.push(MsgCopy {
                     mid,
-                    message: m.message.clone(),
+                    at: m.loc,
                     receivers,
                 });
             }
         }
-        let mut copies = Vec::new();
-        self.queues.copy_forward(seg, &mut ops, &mut copies);
+        self.queues.copy_forward(seg, &mut ops, &mut copies.queue);
         (ops, copies)
+    }
+
+    /// Where the message of delivery `did` lies, its id, and the delivery's
+    /// current state, if the delivery is unfinished.
+    pub fn locate_delivery(&self, did: u64) -> Option<(u64, Loc, &Receiver)> {
+        let d = self.deliveries.get(&did)?;
+        let m = self.messages.get(&d.mid)?;
+        Some((d.mid, m.loc, &d.r))
     }
 
     /// Where message `mid` of work queue `qid` lies, if it is live.
@@ -467,7 +509,7 @@ impl State {
 
     /// Everything live, for the router, plus the cleanup ops for what expired
     /// while the broker was down (sessions past their expiry, expired messages).
-    pub fn recovered(&mut self, now_unix: u64) -> (Recovered, Vec<Op>) {
+    pub fn recovered(&mut self, now_unix: u64, now: Instant) -> (Recovered, Vec<Op>) {
         let (next_qid, next_qmid) = self.queues.next_ids();
         let mut out = Recovered {
             next_sid: self.max_sid + 1,
@@ -499,14 +541,17 @@ impl State {
                 let Some(m) = self.messages.get(&d.mid) else {
                     continue;
                 };
-                if m.message.properties.message_expiry_interval == Some(0) && d.r.pid == 0 {
+                if m.expires.is_some_and(|e| e <= now) && d.r.pid == 0 {
                     // Expired while queued [MQTT-3.3.2-5]; one already sent stays
                     // until acknowledged.
                     expired_dids.push(*did);
                     continue;
                 }
-
-                deliveries.push((m.message.clone(), d.r.clone()));
+                deliveries.push(RecoveredDelivery {
+                    message: None,
+                    r: d.r.clone(),
+                    cost: m.loc.bytes,
+                });
             }
             let mut subs: Vec<_> = s
                 .subs
@@ -647,18 +692,33 @@ mod tests {
         );
         s.apply(msg(2, &[(11, 1)]), loc(1));
         s.apply(Op::Done { dids: vec![11] }, loc(2));
-        let (ops, _) = s.copy_forward(1);
-        assert_eq!(ops.len(), 3, "session, subscription, message 1: {ops:?}");
+        let (mut ops, copies) = s.copy_forward(1);
+        assert_eq!(ops.len(), 2, "session, subscription: {ops:?}");
+        assert_eq!(copies.messages.len(), 1, "message 1 is read back");
+        for c in copies.messages {
+            ops.push(Op::Msg {
+                mid: c.mid,
+                message: Arc::new(Message {
+                    topic: "t".into(),
+                    payload: Bytes::from_static(b"p"),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: PublishProperties::default(),
+                    received: Instant::now(),
+                }),
+                receivers: c.receivers,
+            });
+        }
         for op in ops {
             s.apply(op, loc(5));
         }
         assert_eq!(s.segment_live(1), 0);
         assert_eq!(s.segment_live(2), 0, "the Deliv record is superseded too");
-        let (rec, cleanup) = s.recovered(0);
+        let (rec, cleanup) = s.recovered(0, Instant::now());
         assert!(cleanup.is_empty());
         let d = &rec.sessions[0].deliveries;
         assert_eq!(d.len(), 1);
-        assert_eq!((d[0].1.pid, d[0].1.released), (3, true));
+        assert_eq!((d[0].r.pid, d[0].r.released), (3, true));
     }
 
     #[test]
@@ -691,7 +751,7 @@ mod tests {
             loc(1),
         );
         s.apply(session(2), loc(1));
-        let (rec, cleanup) = s.recovered(1011);
+        let (rec, cleanup) = s.recovered(1011, Instant::now());
         assert_eq!(rec.sessions.len(), 1);
         assert_eq!(cleanup, vec![Op::SessionGone { sid: 1 }]);
         assert_eq!(rec.next_sid, 3);
@@ -717,7 +777,7 @@ mod tests {
         // An orphan: records of a session that never shows up.
         s.apply(msg(2, &[(11, 8)]), loc(4));
         assert_eq!(s.finish_replay(), 1);
-        let (rec, _) = s.recovered(0);
+        let (rec, _) = s.recovered(0, Instant::now());
         assert_eq!(rec.sessions.len(), 1);
         assert_eq!(rec.sessions[0].subs.len(), 1);
         assert_eq!(rec.sessions[0].deliveries.len(), 1);
