@@ -180,19 +180,25 @@ impl Router {
         self.queues.read_ahead
     }
 
-    /// The ticket of this turn's batch (None without a store: nothing is
-    /// dropped from memory).
-    pub(super) fn queue_ticket(&self) -> Option<u64> {
-        self.store.as_ref().map(|st| st.handle.next_ticket())
+    /// The ticket of this turn's batch, once synced a message of queue `name`
+    /// may leave memory (None without a store, or for a queue the store does
+    /// not keep: nothing is dropped from memory then). That batch is submitted
+    /// at the end of the turn even if the turn writes nothing (a refusal
+    /// writes nothing): else the eviction would wait for whatever turn next
+    /// writes something, for good if none does.
+    pub(super) fn evict_ticket(&mut self, name: &str) -> Option<u64> {
+        if self.qid(name) == 0 {
+            return None;
+        }
+        self.store.as_mut().map(StoreLink::await_next)
     }
 
     /// Keep message `id` of queue `name` in memory, written in this turn's
     /// batch when there is a store.
     pub(super) fn keep_queued(&mut self, name: &str, id: MsgId, m: Arc<Message>) {
-        let written = self.queue_ticket();
+        let written = self.evict_ticket(name);
         let budget = self.read_ahead_budget();
         if let Some(q) = self.queues.by_name.get_mut(name) {
-            let written = written.filter(|_| q.qid != 0);
             q.mem.keep(id, m, written, budget);
         }
     }

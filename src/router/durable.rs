@@ -28,6 +28,11 @@ pub(super) struct StoreLink {
     /// owed, bounded by their windows (each publisher's Receive Maximum, each
     /// receiver's inflight window and outbox room).
     pub(super) waiting: VecDeque<(u64, Held)>,
+    /// The last ticket something in memory waits to see synced without
+    /// writing anything itself (a refused queue message leaving memory): that
+    /// batch is submitted even if it holds no op, else nothing may ever sync
+    /// it.
+    pub(super) awaited: u64,
     pub(super) synced: u64,
     pub(super) next_sid: u64,
     pub(super) next_mid: u64,
@@ -54,6 +59,13 @@ impl StoreLink {
     /// e.g. a timer: assume yes.)
     pub(super) fn wrote_since(&self, mark: Option<usize>) -> bool {
         mark.is_none_or(|m| self.ops.len() > m)
+    }
+
+    /// The ticket of this turn's batch, for something that waits for its
+    /// sync: the batch is submitted at the end of the turn even if empty.
+    pub(super) fn await_next(&mut self) -> u64 {
+        self.awaited = self.handle.next_ticket();
+        self.awaited
     }
 
     pub(super) fn hold(&mut self, held: Held) {
@@ -169,14 +181,19 @@ impl Router {
     }
 
     /// End of a router turn: hand this turn's ops to the store as one batch (also
-    /// an empty one when outputs wait for its ticket).
+    /// an empty one when outputs or queue evictions wait for its ticket: an
+    /// empty batch costs no write and no fsync, but without it their wait
+    /// would last until some later turn happens to write something).
     pub fn end_turn(&mut self) {
         self.queues.publish_gauge(&self.metrics);
         let Some(st) = self.store.as_mut() else {
             return;
         };
         let next = st.handle.next_ticket();
-        if !st.ops.is_empty() || st.waiting.back().is_some_and(|(t, _)| *t == next) {
+        if !st.ops.is_empty()
+            || st.awaited == next
+            || st.waiting.back().is_some_and(|(t, _)| *t == next)
+        {
             let ticket = st.handle.submit(&mut st.ops);
             self.session_disk.submitted(ticket, st.next_did);
         }

@@ -913,18 +913,25 @@ impl Router {
         if outcome == QueueOutcome::Acked {
             self.queue_ack(id, &tag);
         }
-        let ticket = self.queue_ticket();
+        // Refused: it waits for its retry delay on disk, not in memory (a
+        // consumer that refuses everything would otherwise pull the backlog
+        // into memory at its retry delay's pace). A refusal writes nothing of
+        // its own, so `evict_ticket` makes sure this turn's batch is
+        // submitted (and synced) even when empty: the last refusals of a
+        // burst, with no delivery after them, would otherwise stay in memory.
+        let refused = matches!(
+            outcome,
+            QueueOutcome::Refused(_) | QueueOutcome::Expired | QueueOutcome::Unreadable
+        );
+        let ticket = if refused {
+            self.evict_ticket(&tag.queue)
+        } else {
+            None
+        };
         let Some(q) = self.queues.by_name.get_mut(&tag.queue) else {
             return;
         };
-        if let (
-            QueueOutcome::Refused(_) | QueueOutcome::Expired | QueueOutcome::Unreadable,
-            Some(t),
-        ) = (outcome, ticket.filter(|_| q.qid != 0))
-        {
-            // Refused: it waits for its retry delay on disk, not in memory
-            // (a consumer that refuses everything would otherwise pull the
-            // backlog into memory at its retry delay's pace).
+        if let Some(t) = ticket {
             q.mem.evict_later(t, tag.id);
         }
         let mut actions = Vec::new();

@@ -13,6 +13,7 @@ impl Router {
             handle,
             ops: Vec::new(),
             waiting: VecDeque::new(),
+            awaited: 0,
             synced: 0,
             next_sid: recovered.next_sid.max(1),
             next_mid: recovered.next_mid.max(1),
