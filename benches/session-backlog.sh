@@ -43,7 +43,9 @@ run_side() {
 bind = "127.0.0.1:$port"
 [limits]
 max_queued_messages = $((N + 1000))
-max_queued_bytes = $(( (N + 1000) * (SIZE + 200) ))
+max_queued_bytes = $(( (N + 1000) * (SIZE + 1024) ))
+[auth]
+allow_anonymous = true
 [storage]
 dir = "$work/data"
 CONF

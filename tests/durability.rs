@@ -37,8 +37,9 @@ const V5: ProtocolVersion = ProtocolVersion::V5;
 // ---------------------------------------------------------------------------------
 // Fixture: one data dir and one config file that outlive every broker run on them.
 
-/// `[limits]` raised so that no test message is dropped by an offline session's
-/// queue cap (default 1000 messages, 4 MiB): a loss here must mean the store lost it.
+/// `[limits]` spelled out so that no test message is dropped by an offline
+/// session's queue cap (these are the defaults today; they were 1000 messages,
+/// 4 MiB): a loss here must mean the store lost it.
 const LIMITS: &str = "[limits]\nmax_queued_messages = 100000\nmax_queued_bytes = 67108864\n";
 
 /// A data dir plus a config file, both inside one temp dir, so a test can kill the
@@ -1670,6 +1671,41 @@ async fn a_message_expiring_on_disk_is_not_sent() {
     let want: Vec<usize> = (0..100).filter(|i| i % 10 != 5).collect();
     assert_eq!(got, want);
     sub.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// A v5 client that resumes its session with Session Expiry 0 (it ends with
+/// this connection) still gets the backlog that waited on disk for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_on_disk_is_delivered_to_a_resume_with_expiry_zero() {
+    let fx = Fixture::with_lines(SMALL_READ_AHEAD, "durability = \"always\"\n");
+    let broker = fx.spawn();
+    let (mut sub, _) = connect_persistent(broker.addr, V5, "bz-sub").await;
+    sub.subscribe(1, "bz/#", QoS::AtLeastOnce).await;
+    disconnect(sub).await;
+    let (mut publ, _) = raw_connected(broker.addr, V311, "bz-pub", true).await;
+    let msgs: Vec<(&str, QoS, Vec<u8>, bool)> = (0..200)
+        .map(|i| {
+            (
+                "bz/t",
+                QoS::AtLeastOnce,
+                format!("bk-{i}-").into_bytes(),
+                false,
+            )
+        })
+        .collect();
+    for chunk in msgs.chunks(50) {
+        publish_all(&mut publ, chunk, 1).await;
+    }
+    // Let the backlog reach the disk (its batch is synced: the acks above).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut sub = RawClient::connect(broker.addr, V5).await;
+    sub.send(&connect_packet(V5, "bz-sub", false)).await;
+    match sub.recv().await {
+        Some(Packet::ConnAck(a)) => assert!(a.session_present, "{a:?}"),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let (got, _) = drain_in_order(&mut sub, &mut HashMap::new(), |s| s.len() >= 200, WAIT).await;
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
 }
 
 // ---------------------------------------------------------------------------------

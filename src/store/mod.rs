@@ -437,6 +437,10 @@ impl Writer {
             // After the sync: reads must not delay acknowledgements.
             self.serve_loads(loads);
             self.reclaim();
+            if self.state.take_shrunk() {
+                // A drained session backlog's index: back to the system.
+                crate::memory::trim();
+            }
             if closing {
                 self.sync();
                 if !self.pending.is_empty() {

@@ -127,6 +127,9 @@ pub struct State {
     max_mid: u64,
     max_did: u64,
     replaying: bool,
+    /// A drained backlog gave its index memory back since the last look
+    /// (`take_shrunk`): the caller returns it to the system.
+    shrunk: bool,
 }
 
 impl State {
@@ -181,6 +184,20 @@ impl State {
                 self.dead(m.loc);
             }
         }
+        // A backlog that drained gives its slots back (hash maps never shrink
+        // by themselves: 100,000 delivered messages would keep ~15 MB).
+        if self.deliveries.capacity() > 4096
+            && self.deliveries.len() < self.deliveries.capacity() / 4
+        {
+            self.deliveries.shrink_to(self.deliveries.len() * 2);
+            self.messages.shrink_to(self.messages.len() * 2);
+            self.shrunk = true;
+        }
+    }
+
+    /// Did the index give memory back since the last call?
+    pub fn take_shrunk(&mut self) -> bool {
+        std::mem::take(&mut self.shrunk)
     }
 
     /// Replay mode: records of a session not seen yet create a placeholder.
