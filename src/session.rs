@@ -367,22 +367,23 @@ impl Session {
         self.sent_inflight < self.inflight.len()
     }
 
-    /// Is the pending queue at a cap?
+    /// Is the pending queue full for a connected client, whose publishers are
+    /// then held back (backpressure)? Its in-memory caps count, applied to the
+    /// whole queue: a subscriber that falls behind slows its publishers as it
+    /// always did, rather than spooling to disk and reading back what it could
+    /// have taken from memory. (What reaches it beyond, once it has stalled,
+    /// waits on disk up to `max_queued_messages`.)
     pub fn queue_full(&self, limits: &QueueLimits) -> bool {
         let p = &self.pending;
-        p.len() >= limits.max_messages
-            || p.bytes() >= limits.max_bytes
-            || p.memory_len() >= limits.max_messages_in_memory
-            || p.memory_bytes() >= limits.max_bytes_in_memory
+        p.len() >= limits.max_messages_in_memory.min(limits.max_messages)
+            || p.bytes() >= limits.max_bytes_in_memory.min(limits.max_bytes)
     }
 
-    /// Is the pending queue down to half its caps (where held-back publishers resume)?
+    /// Is the pending queue down to half of that (where held-back publishers resume)?
     pub fn queue_drained(&self, limits: &QueueLimits) -> bool {
         let p = &self.pending;
-        p.len() <= limits.max_messages / 2
-            && p.bytes() <= limits.max_bytes / 2
-            && p.memory_len() <= limits.max_messages_in_memory / 2
-            && p.memory_bytes() <= limits.max_bytes_in_memory / 2
+        p.len() <= limits.max_messages_in_memory.min(limits.max_messages) / 2
+            && p.bytes() <= limits.max_bytes_in_memory.min(limits.max_bytes) / 2
     }
 
     /// Next free packet id, skipping ids still in flight [MQTT-2.2.1-3].

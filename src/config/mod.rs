@@ -323,10 +323,11 @@ impl Default for Limits {
             max_queued_bytes: 64 * 1024 * 1024,
             max_queued_messages_in_memory: 1_000,
             max_queued_bytes_in_memory: 4 * 1024 * 1024,
-            // Ahead of a full window (max_inflight): the next reads are in by
-            // the time acks make room.
-            session_read_ahead: 512,
-            session_read_ahead_bytes: 1024 * 1024,
+            // What a connected subscriber holds before its publishers are held
+            // back (max_queued_*_in_memory): a subscriber that keeps up never
+            // reads back from disk; one catching up reads a full window ahead.
+            session_read_ahead: 1_000,
+            session_read_ahead_bytes: 4 * 1024 * 1024,
             max_topic_levels: 32,
             max_topic_length: 1024,
             max_subscriptions_per_client: 256,
