@@ -337,8 +337,9 @@ impl Session {
         self.pending.fill(d) == Filled::Ready
     }
 
-    /// A waiting delivery's message could not be read now: asked again later.
-    pub fn pending_unload(&mut self, did: u64) {
+    /// A waiting delivery's message could not be read now: asked again
+    /// later. Returns how many times its read has failed.
+    pub fn pending_unload(&mut self, did: u64) -> u8 {
         self.pending.unload(did)
     }
 
@@ -373,17 +374,19 @@ impl Session {
     /// always did, rather than spooling to disk and reading back what it could
     /// have taken from memory. (What reaches it beyond, once it has stalled,
     /// waits on disk up to `max_queued_messages`.)
+    /// A backlog waiting on disk (built while the client was away) does not
+    /// count: it is not the publishers' doing.
     pub fn queue_full(&self, limits: &QueueLimits) -> bool {
-        let p = &self.pending;
-        p.len() >= limits.max_messages_in_memory.min(limits.max_messages)
-            || p.bytes() >= limits.max_bytes_in_memory.min(limits.max_bytes)
+        let (len, bytes) = self.pending.in_memory();
+        len >= limits.max_messages_in_memory.min(limits.max_messages)
+            || bytes >= limits.max_bytes_in_memory.min(limits.max_bytes)
     }
 
     /// Is the pending queue down to half of that (where held-back publishers resume)?
     pub fn queue_drained(&self, limits: &QueueLimits) -> bool {
-        let p = &self.pending;
-        p.len() <= limits.max_messages_in_memory.min(limits.max_messages) / 2
-            && p.bytes() <= limits.max_bytes_in_memory.min(limits.max_bytes) / 2
+        let (len, bytes) = self.pending.in_memory();
+        len <= limits.max_messages_in_memory.min(limits.max_messages) / 2
+            && bytes <= limits.max_bytes_in_memory.min(limits.max_bytes) / 2
     }
 
     /// Next free packet id, skipping ids still in flight [MQTT-2.2.1-3].

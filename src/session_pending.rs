@@ -31,6 +31,8 @@ struct Stub {
     cost: u32,
     /// Asked from the store, answer not in yet.
     loading: bool,
+    /// Reads that failed for a passing reason so far.
+    failures: u8,
 }
 
 /// What a message read back did to the queue.
@@ -53,8 +55,9 @@ pub struct PendingQueue {
     memory_bytes: usize,
     /// Durable entries in memory (candidates for the disk).
     durable_here: usize,
-    /// Stubs, loading or not.
+    /// Stubs, loading or not, and their bytes.
     on_disk: usize,
+    disk_bytes: usize,
     /// How many entries at the front are in memory or asked for, and their
     /// bytes: `want` goes on from there (an ack moves the read-ahead by one
     /// entry, so it looks at one entry, not the whole read-ahead).
@@ -96,6 +99,15 @@ impl PendingQueue {
     /// Messages waiting on disk only.
     pub fn on_disk(&self) -> usize {
         self.on_disk
+    }
+
+    /// Entries held in memory, and their bytes (what a connected client's
+    /// backpressure counts: a backlog on disk is not its publishers' doing).
+    pub fn in_memory(&self) -> (usize, usize) {
+        (
+            self.entries.len() - self.on_disk,
+            self.bytes.saturating_sub(self.disk_bytes),
+        )
     }
 
     /// Durable messages held in memory (once synced, they may go to disk).
@@ -153,10 +165,12 @@ impl PendingQueue {
     pub fn push_stub(&mut self, did: u64, cost: u32) {
         self.bytes += cost as usize;
         self.on_disk += 1;
+        self.disk_bytes += cost as usize;
         self.entries.push_back(Entry::Disk(Stub {
             did,
             cost,
             loading: false,
+            failures: 0,
         }));
     }
 
@@ -205,6 +219,13 @@ impl PendingQueue {
     /// (what applies to their message is checked when it is read back).
     pub fn remove_here(&mut self, mut keep: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
         let mut removed = Vec::new();
+        if self
+            .entries
+            .iter()
+            .all(|e| matches!(e, Entry::Here(d) if keep(d)) || matches!(e, Entry::Disk(_)))
+        {
+            return removed;
+        }
         let mut kept = VecDeque::with_capacity(self.entries.len());
         for e in self.entries.drain(..) {
             match e {
@@ -265,14 +286,16 @@ impl PendingQueue {
                 unsynced = true;
                 continue;
             }
-            let cost = cost_of(d);
+            let cost = u32::try_from(cost_of(d)).unwrap_or(u32::MAX);
             *e = Entry::Disk(Stub {
                 did: d.did,
-                cost: u32::try_from(cost).unwrap_or(u32::MAX),
+                cost,
                 loading: false,
+                failures: 0,
             });
             self.durable_here = self.durable_here.saturating_sub(1);
             self.on_disk += 1;
+            self.disk_bytes += cost as usize;
         }
         if self.ready > start {
             // Entries `want` counted as ready may be on disk again.
@@ -286,6 +309,14 @@ impl PendingQueue {
     /// their delivery ids added to `out`.
     pub fn want(&mut self, keep: usize, keep_bytes: usize, out: &mut Vec<u64>) {
         if self.on_disk == 0 {
+            return;
+        }
+        // Ask in batches, not one read per acknowledgement: only once a
+        // quarter of the read-ahead is missing, or the head waits.
+        let head_waits = matches!(self.entries.front(), Some(Entry::Disk(s)) if !s.loading);
+        let mostly_ready = self.ready.saturating_mul(4) >= keep.saturating_mul(3)
+            || self.ready_bytes.saturating_mul(4) >= keep_bytes.saturating_mul(3);
+        if mostly_ready && !head_waits {
             return;
         }
         while self.ready < keep && self.ready_bytes < keep_bytes {
@@ -307,10 +338,15 @@ impl PendingQueue {
         }
     }
 
+    /// Where stub `did` is. A stub asked for lies within the ready prefix,
+    /// usually near its end: looked for from there back first.
     fn stub_at(&self, did: u64) -> Option<usize> {
+        let is = |e: &Entry| matches!(e, Entry::Disk(s) if s.did == did);
+        let ready = self.ready.min(self.entries.len());
         self.entries
-            .iter()
-            .position(|e| matches!(e, Entry::Disk(s) if s.did == did))
+            .range(..ready)
+            .rposition(is)
+            .or_else(|| self.entries.range(ready..).position(is).map(|i| i + ready))
     }
 
     /// Delivery `did`'s message was read back: it takes its place in memory.
@@ -324,6 +360,7 @@ impl PendingQueue {
         let stub_cost = s.cost as usize;
         self.bytes = self.bytes.saturating_sub(stub_cost);
         self.on_disk = self.on_disk.saturating_sub(1);
+        self.disk_bytes = self.disk_bytes.saturating_sub(stub_cost);
         if i < self.ready {
             self.ready_bytes = self.ready_bytes.saturating_sub(stub_cost) + cost_of(&d);
         }
@@ -334,18 +371,23 @@ impl PendingQueue {
         Filled::Ready
     }
 
-    /// Delivery `did` could not be read back now: it is asked for again later.
-    pub fn unload(&mut self, did: u64) {
+    /// Delivery `did` could not be read back now: it is asked for again
+    /// later. Returns how many times its read has failed.
+    pub fn unload(&mut self, did: u64) -> u8 {
         let Some(i) = self.stub_at(did) else {
-            return;
+            return 0;
         };
+        let mut failures = 0;
         if let Some(Entry::Disk(s)) = self.entries.get_mut(i) {
             s.loading = false;
+            s.failures = s.failures.saturating_add(1);
+            failures = s.failures;
         }
         if i < self.ready {
             self.ready = 0;
             self.ready_bytes = 0;
         }
+        failures
     }
 
     /// Delivery `did`'s message is lost or gone: its stub leaves. Returns
@@ -357,6 +399,7 @@ impl PendingQueue {
         if let Some(Entry::Disk(s)) = self.entries.remove(i) {
             self.bytes = self.bytes.saturating_sub(s.cost as usize);
             self.on_disk = self.on_disk.saturating_sub(1);
+            self.disk_bytes = self.disk_bytes.saturating_sub(s.cost as usize);
             if i < self.ready {
                 self.ready -= 1;
                 self.ready_bytes = self.ready_bytes.saturating_sub(s.cost as usize);

@@ -725,11 +725,12 @@ impl Router {
             } else if req.session_expiry == 0
                 && client.sid != 0
                 && client.session.pending().on_disk() == 0
+                && client.session.pending().durable_here() == 0
             {
                 // Resumed, but it ends with this connection now: not kept on
-                // disk. (A backlog on disk is read from there first: the
-                // session's records go when it ends, and a restart meanwhile
-                // drops a session with expiry 0 anyway.)
+                // disk. (A backlog on disk, or on its way there, is read from
+                // there first: the session's records go when it ends, and a
+                // restart meanwhile drops a session with expiry 0 anyway.)
                 gone_sid = std::mem::take(&mut client.sid);
             }
         }

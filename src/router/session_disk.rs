@@ -12,6 +12,11 @@ use crate::store::{LoadRequest, Read};
 /// How long a read that failed for a passing reason waits to be asked again.
 const RETRY_READ: Duration = Duration::from_secs(1);
 
+/// Failed reads of one message before it counts as lost (a cause that lasts
+/// this long, e.g. a segment gone from under the store, is not passing: the
+/// session must not wait for it forever).
+const MAX_READ_FAILURES: u8 = 30;
+
 /// The router's side of session backlogs on disk.
 #[derive(Default)]
 pub(super) struct SessionDisk {
@@ -102,6 +107,11 @@ impl Router {
                 continue;
             };
             c.disk_listed = false;
+            if c.sid == 0 {
+                // Its records are gone (it ends with its connection now):
+                // what it holds stays in memory.
+                continue;
+            }
             let (keep, keep_bytes) = if c.online() {
                 (keep_on, keep_on_bytes)
             } else {
@@ -203,8 +213,16 @@ impl Router {
                     });
                 }
                 (Read::Failed, _) => {
-                    c.session.pending_unload(did);
-                    failed = true;
+                    if c.session.pending_unload(did) >= MAX_READ_FAILURES {
+                        if c.session.pending_drop(did) {
+                            lost += 1;
+                            self.metrics
+                                .messages_unreadable
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        failed = true;
+                    }
                 }
                 (Read::Damaged, _) => {
                     if c.session.pending_drop(did) {

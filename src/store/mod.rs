@@ -250,6 +250,7 @@ pub fn open_at(
     let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
     let mut writer = Writer {
         loaded: loaded_tx,
+        recent: RecentReads::default(),
         log,
         state,
         config: config.clone(),
@@ -337,9 +338,47 @@ impl Parked {
     }
 }
 
+/// Session messages read back lately, by message id: a message fanned out to
+/// many sessions is read (and held) once while their reads come in, not once
+/// per session. Bounded by count and bytes.
+#[derive(Default)]
+struct RecentReads {
+    by_mid: crate::hash::Map<u64, Arc<Message>>,
+    order: std::collections::VecDeque<u64>,
+    bytes: usize,
+}
+
+impl RecentReads {
+    const MAX_MESSAGES: usize = 1024;
+    const MAX_BYTES: usize = 8 * 1024 * 1024;
+
+    fn get(&self, mid: u64) -> Option<Arc<Message>> {
+        self.by_mid.get(&mid).cloned()
+    }
+
+    fn put(&mut self, mid: u64, m: &Arc<Message>) {
+        if m.cost() > Self::MAX_BYTES / 8 || self.by_mid.contains_key(&mid) {
+            return;
+        }
+        self.bytes += m.cost();
+        self.by_mid.insert(mid, m.clone());
+        self.order.push_back(mid);
+        while self.order.len() > Self::MAX_MESSAGES || self.bytes > Self::MAX_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(o) = self.by_mid.remove(&old) {
+                self.bytes = self.bytes.saturating_sub(o.cost());
+            }
+        }
+    }
+}
+
 struct Writer {
     /// Where queue messages read back go (the router).
     loaded: mpsc::UnboundedSender<Loaded>,
+    /// Session messages read back lately (fan-out shares one copy).
+    recent: RecentReads,
     log: log::Log,
     state: State,
     config: StorageConfig,
@@ -357,6 +396,15 @@ struct Writer {
     pending: Parked,
     /// The disk budget was crossed by a rotation (logged once per crossing).
     crossed: bool,
+}
+
+/// Why a record to copy forward could not be used: its read's error, or
+/// another record where it should be.
+fn unreadable_why(read: std::io::Result<Op>) -> String {
+    match read {
+        Err(e) => e.to_string(),
+        Ok(_) => "another record lies there".into(),
+    }
 }
 
 /// Run an I/O step until it succeeds: an acknowledgement must never go out for a
@@ -657,10 +705,7 @@ impl Writer {
                     return None;
                 }
                 other => {
-                    let why = match other {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "another record lies there".into(),
-                    };
+                    let why = unreadable_why(other);
                     error!(
                         "storage: message {} for {} sessions cannot be read back to copy it forward ({why}): it is lost",
                         c.mid,
@@ -700,10 +745,7 @@ impl Writer {
                     return None;
                 }
                 other => {
-                    let why = match other {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "another record lies there".into(),
-                    };
+                    let why = unreadable_why(other);
                     error!(
                         "storage: message {} of work queue {} cannot be read back to copy it forward ({why}): it is lost",
                         c.mid, c.qid
@@ -769,9 +811,15 @@ impl Writer {
             return (Read::Gone, None);
         };
         let r = r.clone();
+        if let Some(m) = self.recent.get(mid) {
+            return (Read::Message(m), Some(r));
+        }
         let read = self.read_message(at, Some(mid), clock, || {
             format!("message {mid} of delivery {did}")
         });
+        if let Read::Message(m) = &read {
+            self.recent.put(mid, m);
+        }
         if matches!(read, Read::Damaged) {
             self.metrics
                 .messages_unreadable
@@ -830,7 +878,7 @@ impl Writer {
                             d.message = Some(m);
                             return true;
                         }
-                        Read::Failed if delay < Duration::from_secs(10) => {
+                        Read::Failed if delay < Duration::from_secs(1) => {
                             std::thread::sleep(delay);
                             delay *= 2;
                         }

@@ -49,6 +49,9 @@ struct Msg {
     loc: Loc,
     /// Unfinished deliveries.
     refs: u32,
+    /// What it costs a session's queue (`Message::cost`; its record also
+    /// lists every receiver, so its length would overcharge a fan-out).
+    cost: u32,
     /// When its Message Expiry Interval ends (recovery drops it unsent).
     expires: Option<Instant>,
 }
@@ -77,7 +80,7 @@ pub struct RecoveredDelivery {
     /// until its session is about to send it.
     pub message: Option<Arc<Message>>,
     pub r: Receiver,
-    /// The bytes its message record takes (what the session's cap counts).
+    /// What its message costs the session's queue (`Message::cost`).
     pub cost: u32,
 }
 
@@ -382,7 +385,16 @@ impl State {
                 if refs > 0 {
                     self.live(loc);
                     let expires = message.expires_at();
-                    self.messages.insert(mid, Msg { loc, refs, expires });
+                    let cost = u32::try_from(message.cost()).unwrap_or(u32::MAX);
+                    self.messages.insert(
+                        mid,
+                        Msg {
+                            loc,
+                            refs,
+                            cost,
+                            expires,
+                        },
+                    );
                 }
             }
             Op::Deliv { states } => {
@@ -567,7 +579,7 @@ impl State {
                 deliveries.push(RecoveredDelivery {
                     message: None,
                     r: d.r.clone(),
-                    cost: m.loc.bytes,
+                    cost: m.cost,
                 });
             }
             let mut subs: Vec<_> = s
@@ -631,17 +643,21 @@ mod tests {
         })
     }
 
+    fn message() -> Arc<Message> {
+        Arc::new(Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"p"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: PublishProperties::default(),
+            received: Instant::now(),
+        })
+    }
+
     fn msg(mid: u64, dids: &[(u64, u64)]) -> Op {
         Op::Msg {
             mid,
-            message: Arc::new(Message {
-                topic: "t".into(),
-                payload: Bytes::from_static(b"p"),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: PublishProperties::default(),
-                received: Instant::now(),
-            }),
+            message: message(),
             receivers: dids
                 .iter()
                 .map(|&(did, sid)| Receiver {
@@ -715,14 +731,7 @@ mod tests {
         for c in copies.messages {
             ops.push(Op::Msg {
                 mid: c.mid,
-                message: Arc::new(Message {
-                    topic: "t".into(),
-                    payload: Bytes::from_static(b"p"),
-                    qos: QoS::AtLeastOnce,
-                    retain: false,
-                    properties: PublishProperties::default(),
-                    received: Instant::now(),
-                }),
+                message: message(),
                 receivers: c.receivers,
             });
         }
