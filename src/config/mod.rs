@@ -5,7 +5,9 @@
 //! gateway. `check_file` reports every error of a file with its key, not just the
 //! first, so an operator fixes a file in one pass.
 
+pub mod bridges;
 pub mod queues;
+pub use bridges::BridgeConfig;
 pub use queues::QueueConfig;
 
 use serde::{Deserialize, Deserializer};
@@ -67,6 +69,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Work queues declared here (`[[queues]]`).
     pub queues: Vec<QueueConfig>,
+    /// Links to remote brokers (`[[bridges]]`).
+    pub bridges: Vec<BridgeConfig>,
     pub admin: AdminConfig,
     /// Did the configuration file declare `[[listeners]]`? (Not a key: set by
     /// `load`.) Anonymous clients are allowed by default only when it did not,
@@ -85,6 +89,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             queues: Vec::new(),
+            bridges: Vec::new(),
             admin: AdminConfig::default(),
             listeners_configured: false,
         }
@@ -621,10 +626,11 @@ impl Config {
         self.auth.validate(&mut errs);
         self.storage.validate(&mut errs);
         queues::validate(&self.queues, self.topic_limits(), &mut errs);
+        bridges::validate(&self.bridges, &self.queues, self.topic_limits(), &mut errs);
         self.admin.validate(&mut errs);
-        let declared = self.queues.len()
-            + self
-                .queues
+        let all = self.all_queues();
+        let declared = all.len()
+            + all
                 .iter()
                 .filter(|q| q.dead_letter_name().is_some())
                 .count();
@@ -635,6 +641,16 @@ impl Config {
             );
         }
         errs
+    }
+
+    /// The declared work queues: `[[queues]]` and the bridges' buffers.
+    pub fn all_queues(&self) -> Vec<QueueConfig> {
+        let limits = self.topic_limits();
+        self.queues
+            .iter()
+            .cloned()
+            .chain(self.bridges.iter().filter_map(|b| b.queue(limits)))
+            .collect()
     }
 
     pub fn topic_limits(&self) -> crate::topic::TopicLimits {
@@ -862,6 +878,12 @@ pub fn check_str(text: &str) -> ConfigErrors {
                 ("name", "q".into(), "every queue needs a name"),
                 &mut errs,
             ),
+            "bridges" => check_array::<BridgeConfig>(
+                section,
+                value,
+                ("name", "b".into(), "every bridge needs a name"),
+                &mut errs,
+            ),
             "limits" => check_section::<Limits>(section, value, &mut errs),
             "mqtt" => check_section::<MqttConfig>(section, value, &mut errs),
             "storage" => check_section::<StorageConfig>(section, value, &mut errs),
@@ -871,7 +893,7 @@ pub fn check_str(text: &str) -> ConfigErrors {
             other => errs.push(ConfigError {
                 key: other.into(),
                 message:
-                    "unknown section (known: listeners, limits, mqtt, storage, auth, log, queues, admin)"
+                    "unknown section (known: listeners, limits, mqtt, storage, auth, log, queues, bridges, admin)"
                         .into(),
             }),
         }

@@ -109,13 +109,14 @@ impl Queues {
         };
         // Config::validate checked names, filters and the count. Declared queues
         // first: one may be another's dead-letter queue with its own options.
-        for qc in &config.queues {
+        let declared = config.all_queues();
+        for qc in &declared {
             let _ = q.declare(qc);
             for f in &qc.topics {
                 let _ = q.bind(&qc.name, f);
             }
         }
-        for qc in &config.queues {
+        for qc in &declared {
             if let Some(dlq) = qc.dead_letter_name() {
                 if !q.by_name.contains_key(dlq.as_str()) {
                     let _ = q.declare(&dead_letter_queue(&dlq));
