@@ -190,6 +190,17 @@ impl Broker {
                 tracker.clone(),
             )));
         }
+        // Bridges: each a task with a local session of its own; connection ids
+        // from the top of the range, which the listeners never reach.
+        for (i, b) in config.bridges.iter().enumerate() {
+            let ctx = crate::bridge::link::LinkContext {
+                router: router_tx.clone(),
+                shutdown: shutdown.clone(),
+                conn_id: u64::MAX - i as u64,
+                topic_limits: config.topic_limits(),
+            };
+            tracker.spawn(crate::bridge::link::run(b.clone(), ctx));
+        }
         let mut admin_addr = None;
         if let Some(bind_addr) = config.admin.bind {
             let tcp = bind(bind_addr, 64).map_err(|e| {

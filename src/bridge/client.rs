@@ -395,6 +395,11 @@ impl Client {
         self.events.pop_front()
     }
 
+    /// Are there events not taken yet?
+    pub fn poll_event_pending(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// When `handle_timeout` must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {

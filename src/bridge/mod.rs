@@ -1,6 +1,9 @@
-//! Bridges to remote brokers (issue 13). So far: the sans-I/O MQTT client of
-//! one link (`client.rs`) and the topic mapping (`topics.rs`). The link task
-//! and the outgoing buffer (a work queue owned by the bridge) come next.
+//! Bridges to remote brokers (issue 13). The sans-I/O MQTT client of one link
+//! (`client.rs`), the topic mappings (`topics.rs`), and the task of one bridge
+//! (`link.rs`): a local client of the router consuming its buffer (the work
+//! queue `bridge-<name>`) and a TCP link to the remote. So far outgoing only;
+//! incoming mappings, TLS and reload come next.
 
 pub mod client;
+pub mod link;
 pub mod topics;

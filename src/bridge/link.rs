@@ -1,0 +1,408 @@
+//! One bridge's task: its local side is a client of the router (user and
+//! client id `bridge:<name>`, a persistent session consuming the bridge's
+//! buffer, the work queue `bridge-<name>`), its remote side a TCP link driven
+//! by the sans-I/O `Client`. A local delivery is acknowledged to the router
+//! only when the remote acknowledged it (a remote refusal, v5 >= 0x80, goes
+//! back as a nack: the queue retries it and, after `max_deliveries`,
+//! dead-letters it). While the link is down nothing is read from the buffer:
+//! what waits stays on disk, and what the link held is re-sent when it is back.
+//! Reconnects back off exponentially (100 ms to 30 s) with jitter.
+
+use super::client::{Client, ClientConfig, Event};
+use super::topics::{self, TopicMap};
+use crate::config::BridgeConfig;
+use crate::outbox::{outbox, OutboxReceiver};
+use crate::protocol::{
+    self, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter,
+    SubscribeProperties, SubscriptionOptions,
+};
+use crate::router::{ConnHandle, ConnectRequest, DisconnectKind, RouterMsg};
+use crate::session::{ClientId, Outgoing};
+use crate::topic::TopicLimits;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Largest packet accepted from the remote.
+const MAX_PACKET: u32 = 16 * 1024 * 1024;
+
+/// What a bridge task needs from the broker.
+pub struct LinkContext {
+    pub router: mpsc::Sender<RouterMsg>,
+    pub shutdown: CancellationToken,
+    /// The local connection id of this bridge (outside the listeners' range).
+    pub conn_id: u64,
+    pub topic_limits: TopicLimits,
+}
+
+/// A delay of about `d` (75% to 125%), so a fleet of gateways does not
+/// reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let frac = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    d.mul_f64(frac)
+}
+
+/// The local side: attach to the router and consume the buffer.
+async fn attach(
+    b: &BridgeConfig,
+    ctx: &LinkContext,
+    id: &ClientId,
+) -> Option<(OutboxReceiver, oneshot::Receiver<ReasonCode>)> {
+    let window = usize::from(b.max_inflight.max(1));
+    let (tx, rx) = outbox(window + 16);
+    let (kick_tx, kick_rx) = oneshot::channel();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let request = ConnectRequest {
+        client_id: id.clone(),
+        clean_start: false,
+        session_expiry: u32::MAX,
+        will: None,
+        username: Some(id.clone()),
+        by_password: false,
+        addr: None,
+        verified: true,
+        handle: ConnHandle {
+            conn_id: ctx.conn_id,
+            version: ProtocolVersion::V5,
+            outbox: tx,
+            kick: kick_tx,
+            max_packet_size: None,
+            window,
+            reply_reserve: 16,
+        },
+    };
+    ctx.router
+        .send(RouterMsg::Connect {
+            request: Box::new(request),
+            reply: reply_tx,
+        })
+        .await
+        .ok()?;
+    if let Err(code) = reply_rx.await.ok()? {
+        warn!(bridge = %b.name, "the router refused the bridge's local session: {code:?}");
+        return None;
+    }
+    let (sub_tx, sub_rx) = oneshot::channel();
+    ctx.router
+        .send(RouterMsg::Subscribe {
+            client: id.clone(),
+            conn_id: ctx.conn_id,
+            subscribe: Subscribe {
+                packet_id: PacketId::new(1)?,
+                properties: SubscribeProperties::default(),
+                filters: vec![SubscribeFilter {
+                    filter: format!("$queue/{}", b.queue_name()),
+                    options: SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        ..Default::default()
+                    },
+                }],
+            },
+            reply: sub_tx,
+        })
+        .await
+        .ok()?;
+    let codes = sub_rx.await.ok()?;
+    if codes.iter().any(|c| c.is_error()) {
+        warn!(bridge = %b.name, "the bridge may not consume its buffer $queue/{} ({codes:?}): grant user {id} read on it in the ACL", b.queue_name());
+        return None;
+    }
+    Some((rx, kick_rx))
+}
+
+/// Run bridge `b` until shutdown.
+pub async fn run(b: BridgeConfig, ctx: LinkContext) {
+    let id: ClientId = b.local_user().into();
+    let maps = match b.maps(ctx.topic_limits) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(bridge = %b.name, "not started: {e}");
+            return;
+        }
+    };
+    let version = b.version().unwrap_or(ProtocolVersion::V5);
+    let password = match &b.password_env {
+        Some(var) => match std::env::var(var) {
+            Ok(p) => Some(Bytes::from(p.into_bytes())),
+            Err(_) => {
+                warn!(bridge = %b.name, "password_env {var} is not set: connecting without a password");
+                None
+            }
+        },
+        None => b.password.clone().map(|p| Bytes::from(p.into_bytes())),
+    };
+    let mut client = Client::new(ClientConfig {
+        version,
+        client_id: b.client_id(),
+        username: b.username.clone(),
+        password,
+        keep_alive: b.keepalive,
+        clean_start: b.clean_start,
+        session_expiry: b.session_expiry,
+        max_inflight: b.max_inflight,
+        connect_timeout: Duration::from_secs(10),
+    });
+    let Some((mut outbox, mut kick)) = attach(&b, &ctx, &id).await else {
+        return;
+    };
+    let mut link = Link {
+        b: &b,
+        ctx: &ctx,
+        id: &id,
+        maps: &maps,
+        version,
+        waiting: VecDeque::new(),
+    };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let stream = tokio::select! {
+            s = TcpStream::connect(&b.address) => s,
+            _ = ctx.shutdown.cancelled() => break,
+            _ = &mut kick => break,
+        };
+        match stream {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                match link.serve(s, &mut client, &mut outbox, &mut kick).await {
+                    Served::Stop => break,
+                    Served::Lost { was_up } => {
+                        if was_up {
+                            backoff = BACKOFF_MIN;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(bridge = %b.name, address = %b.address, "cannot connect: {e}; retrying in about {backoff:?}")
+            }
+        }
+        client.link_lost();
+        tokio::select! {
+            _ = tokio::time::sleep(jitter(backoff)) => {}
+            _ = ctx.shutdown.cancelled() => break,
+            _ = &mut kick => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    let _ = ctx
+        .router
+        .send(RouterMsg::Disconnected {
+            client: id.clone(),
+            conn_id: ctx.conn_id,
+            kind: DisconnectKind::Normal,
+            session_expiry: None,
+        })
+        .await;
+}
+
+enum Served {
+    /// Shutdown, or the router closed the local side.
+    Stop,
+    /// The link ended; `was_up`: it got as far as CONNACK.
+    Lost { was_up: bool },
+}
+
+struct Link<'a> {
+    b: &'a BridgeConfig,
+    ctx: &'a LinkContext,
+    id: &'a ClientId,
+    maps: &'a [TopicMap],
+    version: ProtocolVersion,
+    /// Local deliveries taken from the buffer that the client had no window
+    /// for yet, in order, with their local packet ids.
+    waiting: VecDeque<(PacketId, Publish)>,
+}
+
+impl Link<'_> {
+    /// Serve one TCP link until it ends.
+    async fn serve(
+        &mut self,
+        stream: TcpStream,
+        client: &mut Client,
+        outbox: &mut OutboxReceiver,
+        kick: &mut oneshot::Receiver<ReasonCode>,
+    ) -> Served {
+        let (mut rd, mut wr) = stream.into_split();
+        let mut rbuf = BytesMut::with_capacity(8 * 1024);
+        let mut wbuf = BytesMut::new();
+        let mut was_up = false;
+        client.connect(Instant::now());
+        loop {
+            // Act on what the client decided, then write what it wants sent.
+            while let Some(e) = client.poll_event() {
+                match e {
+                    Event::Connected { session_present } => {
+                        was_up = true;
+                        info!(bridge = %self.b.name, address = %self.b.address, session_present, "bridge connected");
+                    }
+                    Event::Acked { tag, reason } => {
+                        let Some(pid) = u16::try_from(tag).ok().and_then(PacketId::new) else {
+                            continue;
+                        };
+                        if reason.is_error() {
+                            warn!(bridge = %self.b.name, code = reason.0, "the remote refused a message: it is retried, then dead-lettered");
+                        }
+                        let ack = RouterMsg::PubAck {
+                            client: self.id.clone(),
+                            conn_id: self.ctx.conn_id,
+                            packet_id: pid,
+                            reason,
+                        };
+                        if self.ctx.router.send(ack).await.is_err() {
+                            return Served::Stop;
+                        }
+                    }
+                    Event::Received(_) | Event::Subscribed(_) => {}
+                    Event::Refused(code) => {
+                        warn!(bridge = %self.b.name, code = code.0, "the remote refused the link");
+                        return Served::Lost { was_up };
+                    }
+                    Event::Dead(why) => {
+                        warn!(bridge = %self.b.name, "link lost: {why}");
+                        return Served::Lost { was_up };
+                    }
+                }
+            }
+            let now = Instant::now();
+            while client.has_room() {
+                let Some((pid, p)) = self.waiting.pop_front() else {
+                    break;
+                };
+                if !client.publish(now, u64::from(pid.get()), p.clone()) {
+                    self.waiting.push_front((pid, p));
+                    break;
+                }
+            }
+            while let Some(p) = client.poll_transmit() {
+                if let Err(e) = protocol::encode(&p, self.version, &mut wbuf) {
+                    warn!(bridge = %self.b.name, "cannot encode a packet for the remote: {e}");
+                }
+            }
+            if !wbuf.is_empty() {
+                if let Err(e) = wr.write_all(&wbuf).await {
+                    warn!(bridge = %self.b.name, "link lost: {e}");
+                    return Served::Lost { was_up };
+                }
+                wbuf.clear();
+            }
+            if client.poll_event_pending() {
+                continue;
+            }
+            let deadline = client.poll_timeout();
+            let take = client.is_up() && self.waiting.is_empty();
+            tokio::select! {
+                n = rd.read_buf(&mut rbuf) => {
+                    match n {
+                        Ok(0) | Err(_) => {
+                            warn!(bridge = %self.b.name, "link closed by the remote");
+                            return Served::Lost { was_up };
+                        }
+                        Ok(_) => loop {
+                            match protocol::decode(&mut rbuf, Some(self.version), MAX_PACKET) {
+                                Ok(Some(p)) => client.handle(Instant::now(), p),
+                                Ok(None) => break,
+                                Err(e) => {
+                                    warn!(bridge = %self.b.name, "malformed packet from the remote: {e}");
+                                    return Served::Lost { was_up };
+                                }
+                            }
+                        },
+                    }
+                }
+                item = outbox.recv(), if take => {
+                    match item {
+                        Some(item) => self.take(item, client).await,
+                        None => return Served::Stop,
+                    }
+                }
+                _ = sleep_until(deadline) => client.handle_timeout(Instant::now()),
+                _ = &mut *kick => {
+                    client.disconnect(Instant::now());
+                    if let Some(p) = client.poll_transmit() {
+                        let mut b = BytesMut::new();
+                        if protocol::encode(&p, self.version, &mut b).is_ok() {
+                            let _ = wr.write_all(&b).await;
+                        }
+                    }
+                    return Served::Stop;
+                }
+                _ = self.ctx.shutdown.cancelled() => {
+                    client.disconnect(Instant::now());
+                    if let Some(p) = client.poll_transmit() {
+                        let mut b = BytesMut::new();
+                        if protocol::encode(&p, self.version, &mut b).is_ok() {
+                            let _ = wr.write_all(&b).await;
+                        }
+                    }
+                    return Served::Stop;
+                }
+            }
+        }
+    }
+
+    /// A delivery from the buffer: mapped to its remote topic and published
+    /// (or kept in order until the window has room).
+    async fn take(&mut self, item: Outgoing, client: &mut Client) {
+        let Outgoing::Publish {
+            delivery,
+            packet_id: Some(pid),
+            ..
+        } = item
+        else {
+            return;
+        };
+        let m = &delivery.message;
+        let Some((topic, map)) = topics::outgoing(self.maps, &m.topic, self.ctx.topic_limits)
+        else {
+            // Bound by a mapping's filter, so it maps; if it ever does not,
+            // the queue retries it and dead-letters it, never drops it.
+            let _ = self
+                .ctx
+                .router
+                .send(RouterMsg::PubAck {
+                    client: self.id.clone(),
+                    conn_id: self.ctx.conn_id,
+                    packet_id: pid,
+                    reason: ReasonCode::TOPIC_NAME_INVALID,
+                })
+                .await;
+            return;
+        };
+        let mut properties = m.properties.clone();
+        if !self.version.is_v5() {
+            properties = Default::default();
+        }
+        let p = Publish {
+            dup: false,
+            qos: map.qos,
+            retain: delivery.retain,
+            topic,
+            packet_id: None,
+            properties,
+            payload: m.payload.clone(),
+        };
+        if self.waiting.is_empty()
+            && client.publish(Instant::now(), u64::from(pid.get()), p.clone())
+        {
+            return;
+        }
+        self.waiting.push_back((pid, p));
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,250 @@
+//! Bridges to a remote broker, black-box: the real `tern` binary bridging to a
+//! real Mosquitto started here on a free loopback port (a missing Mosquitto
+//! fails the test: `.ci/run` installs it). What must hold: messages matching an
+//! `out` mapping reach the remote with the remote prefix, in order; while the
+//! remote is down they wait in the bridge's buffer on disk, through a kill -9
+//! of Tern, and all arrive, in order, once it is back.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tern::protocol::{Packet, PacketId, ProtocolVersion, PubResponse, QoS};
+
+const V311: ProtocolVersion = ProtocolVersion::V311;
+
+/// A Mosquitto on a fixed loopback port (so it can be stopped and started
+/// again where the bridge looks for it), with persistence in `dir`.
+struct Mosquitto {
+    child: Option<Child>,
+    addr: SocketAddr,
+    conf: PathBuf,
+}
+
+fn mosquitto_bin() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    require("mosquitto");
+    "mosquitto".into()
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Mosquitto {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                // `user root`: run as root, Mosquitto would otherwise switch
+                // to its own user, which cannot write its sessions here (the
+                // option does nothing when not run as root).
+                "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nmax_inflight_messages 64\n",
+                dir.display()
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let mut m = Mosquitto {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            conf,
+        };
+        m.resume();
+        m
+    }
+
+    /// Start it (again) on its port, and wait until it accepts.
+    fn resume(&mut self) {
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop it gracefully (SIGTERM: it saves its sessions) and wait.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A Tern config with one listener on a free port, the store in `dir/data`,
+/// and one bridge to `remote` sending `sensors/#` out under `gw1/`.
+fn tern_config(dir: &Path, remote: SocketAddr) -> PathBuf {
+    let path = dir.join("tern.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[[listeners]]
+bind = "127.0.0.1:0"
+[auth]
+allow_anonymous = true
+[storage]
+dir = "{}/data"
+[[bridges]]
+name = "cloud"
+address = "{remote}"
+protocol = "3.1.1"
+keepalive = "5s"
+topics = [{{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "gw1/" }}]
+"#,
+            dir.display()
+        ),
+    )
+    .expect("write tern.toml");
+    path
+}
+
+fn pid(v: u16) -> PacketId {
+    PacketId::new(v).expect("non-zero")
+}
+
+/// Publish `n` QoS 1 messages `m-<i>` to `topic`, waiting for each PUBACK.
+async fn publish_n(addr: SocketAddr, topic: &str, range: std::ops::Range<usize>) {
+    let (mut c, _) = raw_connected(addr, V311, "local-pub", true).await;
+    for (k, i) in range.enumerate() {
+        let id = (k % 60_000) as u16 + 1;
+        c.send(&publish_packet(
+            topic,
+            QoS::AtLeastOnce,
+            id,
+            format!("m-{i}").as_bytes(),
+        ))
+        .await;
+        match c.recv().await {
+            Some(Packet::PubAck(a)) => assert_eq!(a.packet_id, pid(id)),
+            other => panic!("publisher: {other:?}"),
+        }
+    }
+}
+
+/// Receive QoS 1 messages (acknowledging each) until `n` distinct ones
+/// arrived or `limit` passes: their topics and indices, in arrival order.
+async fn receive(c: &mut RawClient, n: usize, limit: Duration) -> Vec<(String, usize)> {
+    let mut got = Vec::new();
+    let mut distinct = std::collections::HashSet::new();
+    let deadline = Instant::now() + limit;
+    while distinct.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.recv_within(left).await {
+            Ok(Some(Packet::Publish(p))) => {
+                let s = String::from_utf8_lossy(&p.payload).into_owned();
+                let i = s
+                    .strip_prefix("m-")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("unexpected payload {s}"));
+                got.push((p.topic.clone(), i));
+                distinct.insert(i);
+                if let Some(id) = p.packet_id {
+                    c.send(&Packet::PubAck(PubResponse::success(id))).await;
+                }
+            }
+            Ok(Some(other)) => panic!("remote subscriber: unexpected {other:?}"),
+            Ok(None) | Err(()) => break,
+        }
+    }
+    got
+}
+
+/// Distinct indices in first-arrival order (a QoS 1 re-send after a lost link
+/// may come twice).
+fn first_seen(got: &[(String, usize)]) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    got.iter()
+        .filter(|(_, i)| seen.insert(*i))
+        .map(|(_, i)| *i)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_mapping_reaches_mosquitto_with_the_remote_prefix_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let remote = Mosquitto::start(dir.path());
+    let (mut sub, _) = raw_connected(remote.addr, V311, "cloud-sub", true).await;
+    sub.subscribe(1, "gw1/#", QoS::AtLeastOnce).await;
+    let tern = BrokerProcess::spawn_config(&tern_config(dir.path(), remote.addr));
+    let addr = tern.listener_addrs(1)[0];
+    assert!(
+        tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)),
+        "the bridge did not connect: {}",
+        tern.log_text()
+    );
+    publish_n(addr, "sensors/a", 0..300).await;
+    // Not mapped: stays local.
+    publish_n(addr, "other/x", 300..301).await;
+    let got = receive(&mut sub, 300, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 300, "once each: {}", tern.log_text());
+    assert!(got.iter().all(|(t, _)| t == "gw1/sensors/a"), "{got:?}");
+    assert_eq!(first_seen(&got), (0..300).collect::<Vec<_>>());
+    sub.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// The remote is down while 2,000 messages are published; Tern is killed with
+/// SIGKILL in the middle of the outage and started again; when the remote is
+/// back every message arrives, in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_and_a_kill9_lose_nothing_and_keep_the_order() {
+    const N: usize = 2000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut remote = Mosquitto::start(dir.path());
+    // A persistent subscriber on the remote, away during the outage.
+    let (mut sub, _) = raw_connected(remote.addr, V311, "cloud-sub", false).await;
+    sub.subscribe(1, "gw1/#", QoS::AtLeastOnce).await;
+    sub.send(&Packet::Disconnect(Default::default())).await;
+    drop(sub);
+    let conf = tern_config(dir.path(), remote.addr);
+    let mut tern = BrokerProcess::spawn_config(&conf);
+    let addr = tern.listener_addrs(1)[0];
+    assert!(tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)));
+    remote.stop();
+
+    publish_n(addr, "sensors/b", 0..N / 2).await;
+    tern.child.kill().expect("SIGKILL tern");
+    tern.child.wait().expect("reap");
+    let tern = BrokerProcess::spawn_config(&conf);
+    let addr = tern.listener_addrs(1)[0];
+    publish_n(addr, "sensors/b", N / 2..N).await;
+
+    remote.resume();
+    let (mut sub, ack) = raw_connected(remote.addr, V311, "cloud-sub", false).await;
+    assert!(
+        ack.session_present,
+        "mosquitto kept the subscriber's session"
+    );
+    let got = receive(&mut sub, N, Duration::from_secs(30)).await;
+    let order = first_seen(&got);
+    assert_eq!(order.len(), N, "all arrive: {}", tern.log_text());
+    assert_eq!(order, (0..N).collect::<Vec<_>>(), "in publish order");
+}
