@@ -321,7 +321,17 @@ impl Link<'_> {
                 }
                 item = outbox.recv(), if take => {
                     match item {
-                        Some(item) => self.take(item, client).await,
+                        Some(item) => {
+                            self.take(item, client).await;
+                            // Take what else is there at once: one write for
+                            // the batch, not one per message.
+                            while self.waiting.is_empty() && client.has_room() {
+                                let Some(item) = outbox.try_recv() else {
+                                    break;
+                                };
+                                self.take(item, client).await;
+                            }
+                        }
                         None => return Served::Stop,
                     }
                 }
