@@ -103,6 +103,15 @@ impl Drop for Mosquitto {
 /// A Tern config with one listener on a free port, the store in `dir/data`,
 /// and one bridge to `remote` sending `sensors/#` out under `gw1/`.
 fn tern_config(dir: &Path, remote: SocketAddr) -> PathBuf {
+    tern_config_with(
+        dir,
+        remote,
+        "3.1.1",
+        r#"{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "gw1/" }"#,
+    )
+}
+
+fn tern_config_with(dir: &Path, remote: SocketAddr, protocol: &str, topics: &str) -> PathBuf {
     let path = dir.join("tern.toml");
     std::fs::write(
         &path,
@@ -116,9 +125,9 @@ dir = "{}/data"
 [[bridges]]
 name = "cloud"
 address = "{remote}"
-protocol = "3.1.1"
+protocol = "{protocol}"
 keepalive = "5s"
-topics = [{{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "gw1/" }}]
+topics = [{topics}]
 "#,
             dir.display()
         ),
@@ -247,4 +256,141 @@ async fn an_outage_and_a_kill9_lose_nothing_and_keep_the_order() {
     let order = first_seen(&got);
     assert_eq!(order.len(), N, "all arrive: {}", tern.log_text());
     assert_eq!(order, (0..N).collect::<Vec<_>>(), "in publish order");
+}
+
+/// `in` and `both` mappings: what is published on the remote under `cloud/`
+/// reaches local subscribers without the prefix, QoS 1 and 2, exactly once;
+/// a `both` topic published locally goes out once and (v5, No Local) does not
+/// come back in; one published remotely comes in and does not go back out: a
+/// bridge never re-exports what it imported, so no loop forms, with 3.1.1
+/// too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_and_both_mappings_bring_messages_in_without_loops() {
+    for protocol in ["5", "3.1.1"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let remote = Mosquitto::start(dir.path());
+        let conf = tern_config_with(
+            dir.path(),
+            remote.addr,
+            protocol,
+            r#"{ filter = "cmd/#", direction = "in", qos = 2, remote_prefix = "cloud/" }, { filter = "shared/#", direction = "both", qos = 1 }"#,
+        );
+        let tern = BrokerProcess::spawn_config(&conf);
+        let addr = tern.listener_addrs(1)[0];
+        assert!(
+            tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)),
+            "{}",
+            tern.log_text()
+        );
+        // Let the bridge's SUBSCRIBE reach the remote.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (mut local, _) = raw_connected(addr, V311, "local-sub", true).await;
+        local.subscribe(1, "#", QoS::ExactlyOnce).await;
+        let (mut rsub, _) = raw_connected(remote.addr, V311, "remote-sub", true).await;
+        rsub.subscribe(1, "shared/#", QoS::AtLeastOnce).await;
+
+        // In: remote -> local, without the remote prefix, QoS 1 and 2.
+        let (mut rpub, _) = raw_connected(remote.addr, V311, "remote-pub", true).await;
+        rpub.send(&publish_packet("cloud/cmd/a", QoS::AtLeastOnce, 1, b"m-1"))
+            .await;
+        assert!(matches!(rpub.recv().await, Some(Packet::PubAck(_))));
+        rpub.send(&publish_packet("cloud/cmd/b", QoS::ExactlyOnce, 2, b"m-2"))
+            .await;
+        assert!(matches!(rpub.recv().await, Some(Packet::PubRec(_))));
+        rpub.send(&Packet::PubRel(PubResponse::success(pid(2))))
+            .await;
+        assert!(matches!(rpub.recv().await, Some(Packet::PubComp(_))));
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match local.recv_within(Duration::from_secs(5)).await {
+                Ok(Some(Packet::Publish(p))) => {
+                    got.push(p.topic.clone());
+                    match p.qos {
+                        QoS::AtLeastOnce => {
+                            local
+                                .send(&Packet::PubAck(PubResponse::success(
+                                    p.packet_id.expect("id"),
+                                )))
+                                .await
+                        }
+                        QoS::ExactlyOnce => {
+                            local
+                                .send(&Packet::PubRec(PubResponse::success(
+                                    p.packet_id.expect("id"),
+                                )))
+                                .await
+                        }
+                        QoS::AtMostOnce => {}
+                    }
+                }
+                Ok(Some(Packet::PubRel(r))) => {
+                    local
+                        .send(&Packet::PubComp(PubResponse::success(r.packet_id)))
+                        .await
+                }
+                other => panic!(
+                    "{protocol}: local subscriber got {other:?}: {}",
+                    tern.log_text()
+                ),
+            }
+        }
+        got.sort();
+        assert_eq!(got, vec!["cmd/a", "cmd/b"], "{protocol}");
+
+        // Both: local -> remote once, and not back in.
+        publish_n(addr, "shared/x", 10..11).await;
+        let r = receive(&mut rsub, 1, Duration::from_secs(5)).await;
+        assert_eq!(r, vec![("shared/x".to_string(), 10)], "{protocol}");
+        // Remote -> local once, and not back out.
+        rpub.send(&publish_packet("shared/y", QoS::AtLeastOnce, 3, b"m-11"))
+            .await;
+        assert!(matches!(rpub.recv().await, Some(Packet::PubAck(_))));
+        let r = receive(&mut rsub, 1, Duration::from_secs(5)).await;
+        assert_eq!(
+            r,
+            vec![("shared/y".to_string(), 11)],
+            "{protocol}: the remote's own"
+        );
+        let mut local_got = Vec::new();
+        loop {
+            match local.recv_within(Duration::from_millis(800)).await {
+                Ok(Some(Packet::Publish(p))) => {
+                    local_got.push(p.topic.clone());
+                    if let Some(id) = p.packet_id {
+                        match p.qos {
+                            QoS::ExactlyOnce => {
+                                local.send(&Packet::PubRec(PubResponse::success(id))).await
+                            }
+                            _ => local.send(&Packet::PubAck(PubResponse::success(id))).await,
+                        }
+                    }
+                }
+                Ok(Some(Packet::PubRel(r))) => {
+                    local
+                        .send(&Packet::PubComp(PubResponse::success(r.packet_id)))
+                        .await
+                }
+                Ok(Some(other)) => panic!("{other:?}"),
+                Ok(None) | Err(()) => break,
+            }
+        }
+        local_got.sort();
+        if protocol == "5" {
+            assert_eq!(
+                local_got,
+                vec!["shared/x", "shared/y"],
+                "{protocol}: each once locally, nothing looped"
+            );
+        } else {
+            // 3.1.1 has no No Local: the remote echoes shared/x back once;
+            // the bridge brings it in but never sends it out again, so the
+            // loop ends there (the remote sees each message once, below).
+            assert_eq!(
+                local_got,
+                vec!["shared/x", "shared/x", "shared/y"],
+                "{protocol}: the echo comes in once, nothing loops"
+            );
+        }
+        rsub.expect_silence(Duration::from_millis(500)).await;
+    }
 }

@@ -52,6 +52,10 @@ pub enum Event {
     /// A message from the remote. QoS 1/2: answer with `ack_incoming(id)` once
     /// the local router has taken it.
     Received(Publish),
+    /// PUBREL for incoming QoS 2 message `id`: release it locally, then
+    /// `complete_incoming(id)` (PUBCOMP), so the local id is free before the
+    /// remote may reuse it.
+    Released(PacketId),
     /// SUBACK codes for a `subscribe`.
     Subscribed(Vec<ReasonCode>),
     /// The link must be closed (keep-alive timeout, protocol error): why.
@@ -263,6 +267,13 @@ impl Client {
         }
     }
 
+    /// The local router released incoming QoS 2 message `pid`: PUBCOMP.
+    pub fn complete_incoming(&mut self, now: Instant, pid: PacketId) {
+        if self.is_up() {
+            self.push(now, Packet::PubComp(PubResponse::success(pid)));
+        }
+    }
+
     /// A packet from the remote.
     pub fn handle(&mut self, now: Instant, packet: Packet) {
         self.last_received = Some(now);
@@ -330,7 +341,7 @@ impl Client {
             }
             Packet::PubRel(r) => {
                 self.incoming_qos2.remove(&r.packet_id.get());
-                self.push(now, Packet::PubComp(PubResponse::success(r.packet_id)));
+                self.events.push_back(Event::Released(r.packet_id));
             }
             Packet::SubAck(s) => self.events.push_back(Event::Subscribed(s.reason_codes)),
             Packet::PingResp => {}
@@ -628,6 +639,9 @@ mod tests {
         assert_eq!(c.poll_event(), None);
         assert!(matches!(drain(&mut c).as_slice(), [Packet::PubRec(_)]));
         c.handle(now, Packet::PubRel(PubResponse::success(pid(9))));
+        assert_eq!(c.poll_event(), Some(Event::Released(pid(9))));
+        assert!(drain(&mut c).is_empty(), "PUBCOMP once released locally");
+        c.complete_incoming(now, pid(9));
         assert!(matches!(drain(&mut c).as_slice(), [Packet::PubComp(_)]));
     }
 

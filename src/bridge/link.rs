@@ -17,7 +17,7 @@ use crate::protocol::{
     SubscribeProperties, SubscriptionOptions,
 };
 use crate::router::{ConnHandle, ConnectRequest, DisconnectKind, RouterMsg};
-use crate::session::{ClientId, Outgoing};
+use crate::session::{ClientId, Outgoing, ReplyKind};
 use crate::topic::TopicLimits;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -29,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The user property an imported message carries: a bridge never sends back
+/// out what it brought in (no loop when both sides bridge the same topics,
+/// also over 3.1.1, which has no No Local).
+pub const IMPORTED_BY: &str = "tern-bridge";
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Largest packet accepted from the remote.
 const MAX_PACKET: u32 = 16 * 1024 * 1024;
@@ -244,6 +248,26 @@ impl Link<'_> {
                     Event::Connected { session_present } => {
                         was_up = true;
                         info!(bridge = %self.b.name, address = %self.b.address, session_present, "bridge connected");
+                        // Incoming mappings: subscribed at every link (a kept
+                        // session has them already; subscribing again is
+                        // harmless). v5: No Local and Retain As Published, so
+                        // what we send is not sent back and retain flags hold.
+                        let v5 = self.version.is_v5();
+                        let filters: Vec<SubscribeFilter> = self
+                            .maps
+                            .iter()
+                            .filter(|m| m.direction.incoming())
+                            .map(|m| SubscribeFilter {
+                                filter: m.remote_filter(),
+                                options: SubscriptionOptions {
+                                    qos: m.qos,
+                                    no_local: v5,
+                                    retain_as_published: v5,
+                                    ..Default::default()
+                                },
+                            })
+                            .collect();
+                        client.subscribe(Instant::now(), filters);
                     }
                     Event::Acked { tag, reason } => {
                         let Some(pid) = u16::try_from(tag).ok().and_then(PacketId::new) else {
@@ -262,7 +286,26 @@ impl Link<'_> {
                             return Served::Stop;
                         }
                     }
-                    Event::Received(_) | Event::Subscribed(_) => {}
+                    Event::Received(p) => {
+                        if !self.import(p, client).await {
+                            return Served::Stop;
+                        }
+                    }
+                    Event::Released(pid) => {
+                        let rel = RouterMsg::PubRel {
+                            client: self.id.clone(),
+                            conn_id: self.ctx.conn_id,
+                            packet_id: pid,
+                        };
+                        if self.ctx.router.send(rel).await.is_err() {
+                            return Served::Stop;
+                        }
+                    }
+                    Event::Subscribed(codes) => {
+                        if codes.iter().any(|c| c.is_error()) {
+                            warn!(bridge = %self.b.name, ?codes, "the remote refused some of the bridge's subscriptions");
+                        }
+                    }
                     Event::Refused(code) => {
                         warn!(bridge = %self.b.name, code = code.0, "the remote refused the link");
                         return Served::Lost { was_up };
@@ -360,18 +403,111 @@ impl Link<'_> {
         }
     }
 
-    /// A delivery from the buffer: mapped to its remote topic and published
-    /// (or kept in order until the window has room).
+    /// A message from the remote for an incoming mapping: into the local
+    /// router under its local topic, with the remote's packet id (a QoS 2
+    /// re-send after a lost link is then recognised locally as the same
+    /// message [MQTT-4.3.3-10]). The remote's acknowledgement waits for the
+    /// router's (`answered`). False when the router is gone.
+    async fn import(&mut self, p: Publish, client: &mut Client) -> bool {
+        let Some((topic, _)) = topics::incoming(self.maps, &p.topic, self.ctx.topic_limits) else {
+            // Not ours (a subscription of an older configuration): taken and
+            // dropped, or the remote would send it for ever.
+            warn!(bridge = %self.b.name, topic = %p.topic, "a message for no incoming mapping: dropped");
+            if let Some(pid) = p.packet_id {
+                client.ack_incoming(Instant::now(), pid, p.qos);
+            }
+            return true;
+        };
+        let mut props: Vec<(String, String)> = p
+            .properties
+            .user_properties
+            .iter()
+            .filter(|(k, _)| *k != IMPORTED_BY)
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        props.push((IMPORTED_BY.to_owned(), self.b.name.clone()));
+        let mut properties = p.properties.clone();
+        properties.user_properties = props.into_iter().collect();
+        // Per hop, and only server -> client [MQTT-3.3.4-6].
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let local = Publish {
+            dup: p.dup,
+            qos: p.qos,
+            retain: p.retain,
+            topic,
+            packet_id: p.packet_id,
+            properties,
+            payload: p.payload,
+        };
+        self.ctx
+            .router
+            .send(RouterMsg::Publishes {
+                client: self.id.clone(),
+                conn_id: self.ctx.conn_id,
+                publishes: vec![local],
+            })
+            .await
+            .is_ok()
+    }
+
+    /// The router answered an imported message: the remote gets its
+    /// acknowledgement now (PUBACK; PUBREC; PUBCOMP once released locally).
+    fn answered(
+        &mut self,
+        kind: ReplyKind,
+        pid: PacketId,
+        reason: ReasonCode,
+        client: &mut Client,
+    ) {
+        if reason.is_error() {
+            warn!(bridge = %self.b.name, code = reason.0, "an incoming message was refused locally (ACL, quota): acknowledged to the remote and dropped");
+        }
+        let now = Instant::now();
+        match kind {
+            ReplyKind::PubAck => client.ack_incoming(now, pid, QoS::AtLeastOnce),
+            ReplyKind::PubRec => client.ack_incoming(now, pid, QoS::ExactlyOnce),
+            ReplyKind::PubComp => client.complete_incoming(now, pid),
+            ReplyKind::PubRel => {}
+        }
+    }
+
+    /// An item from the router: an answer to an imported message, or a
+    /// delivery from the buffer, mapped to its remote topic and published (or
+    /// kept in order until the window has room).
     async fn take(&mut self, item: Outgoing, client: &mut Client) {
-        let Outgoing::Publish {
-            delivery,
-            packet_id: Some(pid),
-            ..
-        } = item
-        else {
-            return;
+        let (delivery, pid) = match item {
+            Outgoing::Publish {
+                delivery,
+                packet_id: Some(pid),
+                ..
+            } => (delivery, pid),
+            Outgoing::Reply(r) => {
+                self.answered(r.kind, r.packet_id, r.reason, client);
+                return;
+            }
+            _ => return,
         };
         let m = &delivery.message;
+        let imported_here = m
+            .properties
+            .user_properties
+            .iter()
+            .any(|(k, v)| k == IMPORTED_BY && v == self.b.name);
+        if imported_here {
+            // Brought in by this bridge: never sent back out (no loop).
+            let _ = self
+                .ctx
+                .router
+                .send(RouterMsg::PubAck {
+                    client: self.id.clone(),
+                    conn_id: self.ctx.conn_id,
+                    packet_id: pid,
+                    reason: ReasonCode::SUCCESS,
+                })
+                .await;
+            return;
+        }
         let Some((topic, map)) = topics::outgoing(self.maps, &m.topic, self.ctx.topic_limits)
         else {
             // Bound by a mapping's filter, so it maps; if it ever does not,
