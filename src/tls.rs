@@ -79,6 +79,101 @@ pub fn server_config(t: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// A bridge's TLS client config: the remote's certificate checked against
+/// `ca` (there are no built-in roots: name the CA, e.g. Amazon's root for AWS
+/// IoT Core), an optional client certificate, ALPN protocols (AWS IoT Core on
+/// port 443 wants `x-amzn-mqtt-ca`). `insecure_skip_verify` accepts any server
+/// certificate: for a test bench only, said loudly in the log by the caller.
+pub fn client_config(
+    ca: Option<&Path>,
+    cert_key: Option<(&Path, &Path)>,
+    alpn: &[String],
+    insecure_skip_verify: bool,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = if insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+    } else {
+        let Some(ca) = ca else {
+            return Err(TlsError::Rustls(
+                "tls.ca is required: no root certificates are built in".into(),
+            ));
+        };
+        let mut roots = RootCertStore::empty();
+        for c in load_certs(ca)? {
+            roots.add(c).map_err(|e| file_err(ca, e))?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match cert_key {
+        Some((cert, key)) => {
+            let certs = load_certs(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| file_err(cert, e))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate (`insecure_skip_verify`); signatures are
+/// still checked, so the handshake itself is sound.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// A listener's current TLS config, replaced on reload.
 pub struct TlsCell {
     settings: TlsConfig,

@@ -41,6 +41,11 @@ fn free_port() -> u16 {
 
 impl Mosquitto {
     fn start(dir: &Path) -> Mosquitto {
+        Mosquitto::start_with(dir, "")
+    }
+
+    /// With `extra` config lines after the plain listener (another listener).
+    fn start_with(dir: &Path, extra: &str) -> Mosquitto {
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
@@ -49,7 +54,7 @@ impl Mosquitto {
                 // `user root`: run as root, Mosquitto would otherwise switch
                 // to its own user, which cannot write its sessions here (the
                 // option does nothing when not run as root).
-                "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nmax_inflight_messages 64\n",
+                "allow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nmax_inflight_messages 64\nlistener {port} 127.0.0.1\n{extra}",
                 dir.display()
             ),
         )
@@ -112,6 +117,17 @@ fn tern_config(dir: &Path, remote: SocketAddr) -> PathBuf {
 }
 
 fn tern_config_with(dir: &Path, remote: SocketAddr, protocol: &str, topics: &str) -> PathBuf {
+    tern_config_tls(dir, remote, protocol, topics, "")
+}
+
+/// `tls` is the bridge's `tls = {...}` line, or empty.
+fn tern_config_tls(
+    dir: &Path,
+    remote: SocketAddr,
+    protocol: &str,
+    topics: &str,
+    tls: &str,
+) -> PathBuf {
     let path = dir.join("tern.toml");
     std::fs::write(
         &path,
@@ -128,6 +144,7 @@ address = "{remote}"
 protocol = "{protocol}"
 keepalive = "5s"
 topics = [{topics}]
+{tls}
 "#,
             dir.display()
         ),
@@ -393,4 +410,91 @@ async fn in_and_both_mappings_bring_messages_in_without_loops() {
         }
         rsub.expect_silence(Duration::from_millis(500)).await;
     }
+}
+
+/// Certificates from `certs/make-dev-certs.sh` in `dir`.
+fn dev_certs(dir: &Path) {
+    require("openssl");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/make-dev-certs.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(script).arg(dir).arg("gw-1");
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A TLS bridge to Mosquitto with a CA and a client certificate (Mosquitto
+/// requires one) carries messages; a bridge with the wrong CA says why in the
+/// log and keeps retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_bridge_with_a_client_certificate_and_a_wrong_ca_that_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("certs");
+    dev_certs(&certs);
+    let other = dir.path().join("other");
+    dev_certs(&other);
+    let c = |n: &str| certs.join(n).display().to_string();
+    let tls_port = free_port();
+    let remote = Mosquitto::start_with(
+        dir.path(),
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            c("ca.pem"),
+            c("server.pem"),
+            c("server.key")
+        ),
+    );
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let (mut rsub, _) = raw_connected(remote.addr, V311, "remote-sub", true).await;
+    rsub.subscribe(1, "gw1/#", QoS::AtLeastOnce).await;
+
+    let good = tempfile::tempdir().expect("temp dir");
+    let conf = tern_config_tls(
+        good.path(),
+        tls_addr,
+        "5",
+        r#"{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "gw1/" }"#,
+        &format!(
+            r#"tls = {{ ca = "{}", cert = "{}", key = "{}" }}"#,
+            c("ca.pem"),
+            c("client.pem"),
+            c("client.key")
+        ),
+    );
+    let tern = BrokerProcess::spawn_config(&conf);
+    let addr = tern.listener_addrs(1)[0];
+    assert!(
+        tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)),
+        "{}",
+        tern.log_text()
+    );
+    publish_n(addr, "sensors/tls", 0..20).await;
+    let got = receive(&mut rsub, 20, Duration::from_secs(10)).await;
+    assert_eq!(first_seen(&got), (0..20).collect::<Vec<_>>());
+
+    // The wrong CA: refused, said, retried.
+    let bad = tempfile::tempdir().expect("temp dir");
+    let conf = tern_config_tls(
+        bad.path(),
+        tls_addr,
+        "5",
+        r#"{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "gw1/" }"#,
+        &format!(
+            r#"tls = {{ ca = "{}", cert = "{}", key = "{}" }}"#,
+            other.join("ca.pem").display(),
+            c("client.pem"),
+            c("client.key")
+        ),
+    );
+    let tern_bad = BrokerProcess::spawn_config(&conf);
+    assert!(
+        tern_bad.wait_log_count("TLS handshake failed", 2, Duration::from_secs(10)),
+        "{}",
+        tern_bad.log_text()
+    );
+    let log = tern_bad.log_text();
+    assert!(
+        log.contains("certificate") || log.contains("UnknownIssuer"),
+        "the reason is given: {log}"
+    );
+    assert!(!log.contains("bridge connected"), "{log}");
 }

@@ -22,7 +22,7 @@ use crate::topic::TopicLimits;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -156,6 +156,40 @@ pub async fn run(b: BridgeConfig, ctx: LinkContext) {
         max_inflight: b.max_inflight,
         connect_timeout: Duration::from_secs(10),
     });
+    let tls = match &b.tls {
+        None => None,
+        Some(t) => {
+            let cert_key = t.cert.as_deref().zip(t.key.as_deref());
+            let config = match crate::tls::client_config(
+                t.ca.as_deref(),
+                cert_key,
+                &t.alpn,
+                t.insecure_skip_verify,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(bridge = %b.name, "not started: TLS: {e}");
+                    return;
+                }
+            };
+            if t.insecure_skip_verify {
+                warn!(bridge = %b.name, "tls.insecure_skip_verify: the remote's certificate is NOT checked");
+            }
+            let host = b
+                .address
+                .rsplit_once(':')
+                .map_or(b.address.as_str(), |(h, _)| h);
+            let name = t
+                .server_name
+                .clone()
+                .unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned());
+            let Ok(name) = rustls_pki_types::ServerName::try_from(name.clone()) else {
+                warn!(bridge = %b.name, "not started: TLS server name {name:?} is not valid");
+                return;
+            };
+            Some((tokio_rustls::TlsConnector::from(config), name))
+        }
+    };
     let Some((mut outbox, mut kick)) = attach(&b, &ctx, &id).await else {
         return;
     };
@@ -174,21 +208,29 @@ pub async fn run(b: BridgeConfig, ctx: LinkContext) {
             _ = ctx.shutdown.cancelled() => break,
             _ = &mut kick => break,
         };
-        match stream {
+        let served = match stream {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
-                match link.serve(s, &mut client, &mut outbox, &mut kick).await {
-                    Served::Stop => break,
-                    Served::Lost { was_up } => {
-                        if was_up {
-                            backoff = BACKOFF_MIN;
+                match &tls {
+                    None => Some(link.serve(s, &mut client, &mut outbox, &mut kick).await),
+                    Some((connector, name)) => match connector.connect(name.clone(), s).await {
+                        Ok(s) => Some(link.serve(s, &mut client, &mut outbox, &mut kick).await),
+                        Err(e) => {
+                            warn!(bridge = %b.name, address = %b.address, "TLS handshake failed: {e}; retrying in about {backoff:?}");
+                            None
                         }
-                    }
+                    },
                 }
             }
             Err(e) => {
-                warn!(bridge = %b.name, address = %b.address, "cannot connect: {e}; retrying in about {backoff:?}")
+                warn!(bridge = %b.name, address = %b.address, "cannot connect: {e}; retrying in about {backoff:?}");
+                None
             }
+        };
+        match served {
+            Some(Served::Stop) => break,
+            Some(Served::Lost { was_up: true }) => backoff = BACKOFF_MIN,
+            _ => {}
         }
         client.link_lost();
         tokio::select! {
@@ -229,14 +271,14 @@ struct Link<'a> {
 
 impl Link<'_> {
     /// Serve one TCP link until it ends.
-    async fn serve(
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        stream: TcpStream,
+        stream: S,
         client: &mut Client,
         outbox: &mut OutboxReceiver,
         kick: &mut oneshot::Receiver<ReasonCode>,
     ) -> Served {
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(8 * 1024);
         let mut wbuf = BytesMut::new();
         let mut was_up = false;

@@ -57,6 +57,32 @@ pub struct BridgeConfig {
     pub overflow: String,
     #[serde(default)]
     pub topics: Vec<BridgeTopic>,
+    /// TLS to the remote; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<BridgeTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeTls {
+    /// PEM file of the CA(s) the remote's certificate must chain to.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// Our client certificate and key (PEM), for a remote that asks.
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+    /// The name the remote's certificate must carry (the address's host
+    /// when not set).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// ALPN protocols, e.g. `["x-amzn-mqtt-ca"]` for AWS IoT Core on 443.
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// Accept any server certificate (test benches only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -239,6 +265,27 @@ pub(super) fn validate(
         if b.keepalive.as_secs() > u64::from(u16::MAX) {
             err(i, "keepalive", "must be at most 65535 s".into());
         }
+        if let Some(t) = &b.tls {
+            if t.cert.is_some() != t.key.is_some() {
+                err(i, "tls", "cert and key go together".into());
+            }
+            if t.ca.is_none() && !t.insecure_skip_verify {
+                err(
+                    i,
+                    "tls.ca",
+                    "required: no root certificates are built in".into(),
+                );
+            }
+            let cert_key = t.cert.as_deref().zip(t.key.as_deref());
+            if let Err(e) = crate::tls::client_config(
+                t.ca.as_deref(),
+                cert_key,
+                &t.alpn,
+                t.insecure_skip_verify,
+            ) {
+                err(i, "tls", e.to_string());
+            }
+        }
         if b.max_inflight == 0 {
             err(i, "max_inflight", "must be at least 1".into());
         }
@@ -348,6 +395,22 @@ address = "h:1"
 overflow = "drop-all"
 topics = [{ filter = "x" }]"#,
                 "bridges[0].overflow",
+            ),
+            (
+                r#"[[bridges]]
+name = "a"
+address = "h:1"
+topics = [{ filter = "x" }]
+tls = { alpn = ["x-amzn-mqtt-ca"] }"#,
+                "bridges[0].tls.ca",
+            ),
+            (
+                r#"[[bridges]]
+name = "a"
+address = "h:1"
+topics = [{ filter = "x" }]
+tls = { ca = "/nonexistent/ca.pem" }"#,
+                "/nonexistent/ca.pem",
             ),
         ] {
             let e = parse(text).expect_err(text);
