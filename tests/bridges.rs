@@ -498,3 +498,95 @@ async fn a_tls_bridge_with_a_client_certificate_and_a_wrong_ca_that_is_refused()
     );
     assert!(!log.contains("bridge connected"), "{log}");
 }
+
+/// A remote that refuses one topic (Mosquitto's ACL, MQTT 5: PUBACK 0x87): those
+/// messages are retried, then end in the bridge's dead-letter queue
+/// `cloud-dlq` with the reason and the remote's code; the others flow
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_remote_refuses_end_in_the_dead_letter_queue() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite gw1/sensors/ok/#\n").expect("write acl");
+    let remote = Mosquitto::start_with(dir.path(), &format!("acl_file {}\n", acl.display()));
+    let (mut rsub, _) = raw_connected(remote.addr, V311, "remote-sub", true).await;
+    rsub.subscribe(1, "gw1/#", QoS::AtLeastOnce).await;
+    let path = dir.path().join("tern.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[[listeners]]
+bind = "127.0.0.1:0"
+[auth]
+allow_anonymous = true
+[storage]
+dir = "{}/data"
+[[bridges]]
+name = "cloud"
+address = "{}"
+protocol = "5"
+max_deliveries = 2
+retry_delay = "100ms"
+retry_delay_max = "200ms"
+topics = [{{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "gw1/" }}]
+"#,
+            dir.path().display(),
+            remote.addr
+        ),
+    )
+    .expect("write tern.toml");
+    let tern = BrokerProcess::spawn_config(&path);
+    let addr = tern.listener_addrs(1)[0];
+    assert!(tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)));
+    // A consumer of the dead-letter queue (v5, to read its properties).
+    let mut dlq = RawClient::connect(addr, ProtocolVersion::V5).await;
+    dlq.send(&connect_packet(ProtocolVersion::V5, "dlq-reader", true))
+        .await;
+    assert!(matches!(dlq.recv().await, Some(Packet::ConnAck(_))));
+    dlq.subscribe(1, "$queue/cloud-dlq", QoS::AtLeastOnce).await;
+
+    publish_n(addr, "sensors/bad/1", 0..3).await;
+    publish_n(addr, "sensors/ok/1", 3..6).await;
+    let got = receive(&mut rsub, 3, Duration::from_secs(10)).await;
+    assert_eq!(first_seen(&got), vec![3, 4, 5], "the others flow");
+
+    let mut dead = Vec::new();
+    while dead.len() < 3 {
+        match dlq.recv_within(Duration::from_secs(10)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                let props: Vec<(String, String)> = p
+                    .properties
+                    .user_properties
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                let reason = props
+                    .iter()
+                    .find(|(k, _)| k == "tern-dead-letter-reason")
+                    .map(|(_, v)| v.clone());
+                assert_eq!(reason.as_deref(), Some("max-deliveries"), "{props:?}");
+                assert!(
+                    props
+                        .iter()
+                        .any(|(k, v)| k == "tern-queue" && v == "bridge-cloud"),
+                    "{props:?}"
+                );
+                // The remote's own reason: 0x87 Not authorized.
+                assert!(
+                    props
+                        .iter()
+                        .any(|(k, v)| k == "tern-refused-code" && v == "0x87"),
+                    "{props:?}"
+                );
+                dead.push(p.topic.clone());
+                if let Some(id) = p.packet_id {
+                    dlq.send(&Packet::PubAck(PubResponse::success(id))).await;
+                }
+            }
+            other => panic!("dead-letter reader: {other:?}: {}", tern.log_text()),
+        }
+    }
+    assert!(dead.iter().all(|t| t == "sensors/bad/1"), "{dead:?}");
+    assert!(tern.log_text().contains("the remote refused a message"));
+    rsub.expect_silence(Duration::from_millis(300)).await;
+}

@@ -48,6 +48,12 @@ pub struct BridgeConfig {
     /// Tries of a message the remote refuses before it is dead-lettered.
     #[serde(default = "d_max_deliveries")]
     pub max_deliveries: u16,
+    /// The wait before a refused message is sent again, doubling up to
+    /// `retry_delay_max`.
+    #[serde(default = "d_retry_delay", deserialize_with = "de_duration")]
+    pub retry_delay: Duration,
+    #[serde(default = "d_retry_delay_max", deserialize_with = "de_duration")]
+    pub retry_delay_max: Duration,
     #[serde(default = "d_buffer_max_messages")]
     pub buffer_max_messages: usize,
     #[serde(default = "d_buffer_max_bytes")]
@@ -114,6 +120,12 @@ fn d_max_inflight() -> u16 {
 }
 fn d_max_deliveries() -> u16 {
     5
+}
+fn d_retry_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn d_retry_delay_max() -> Duration {
+    Duration::from_secs(60)
 }
 fn d_buffer_max_messages() -> usize {
     1_000_000
@@ -192,6 +204,8 @@ impl BridgeConfig {
         q.topics = topics;
         q.prefetch = self.max_inflight.max(1);
         q.max_deliveries = self.max_deliveries.max(1);
+        q.retry_delay = self.retry_delay;
+        q.retry_delay_max = self.retry_delay_max.max(self.retry_delay);
         q.max_length = self.buffer_max_messages;
         q.max_bytes = self.buffer_max_bytes;
         q.overflow = match self.overflow.as_str() {
@@ -291,6 +305,9 @@ pub(super) fn validate(
         }
         if b.max_deliveries == 0 {
             err(i, "max_deliveries", "must be at least 1".into());
+        }
+        if b.retry_delay_max < b.retry_delay {
+            err(i, "retry_delay_max", "must be at least retry_delay".into());
         }
         if !matches!(b.overflow.as_str(), "drop-oldest" | "drop-new") {
             err(

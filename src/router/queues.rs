@@ -64,6 +64,10 @@ pub(super) struct Queues {
     /// Queue deliveries that ended this turn (from sessions' events), acted on
     /// at its end (`queue_turn_end`).
     pub(super) ended: Vec<(ClientId, QueueTag, QueueOutcome)>,
+    /// The refusal code that sent a message to its dead-letter queue, by
+    /// message id, until the dead letter is written (it may wait for a read):
+    /// the dead letter carries it (`tern-refused-code`). Capped (`REFUSALS`).
+    pub(super) refusals: Map<MsgId, u8>,
 }
 
 /// Why a queue could not be created.
@@ -82,6 +86,13 @@ const DELIVERY_COUNT: &str = "tern-delivery-count";
 const DEAD_LETTER_REASON: &str = "tern-dead-letter-reason";
 const QUEUE: &str = "tern-queue";
 const FIRST_ENQUEUED: &str = "tern-first-enqueued";
+/// On a dead letter: the reason code of the refusal that ended its last
+/// delivery (a consumer's nack, or a bridge's remote broker's PUBACK).
+const REFUSED_CODE: &str = "tern-refused-code";
+/// Refusal codes remembered for dead letters waiting to be written (each is
+/// taken when its dead letter is; the cap only bounds what a purge between
+/// the two leaves behind).
+const REFUSALS: usize = 20_000;
 
 impl Queues {
     /// The queues the config declares, each with its dead-letter queue.
@@ -106,6 +117,7 @@ impl Queues {
             ),
             scratch: Matches::default(),
             ended: Vec::new(),
+            refusals: Map::default(),
         };
         // Config::validate checked names, filters and the count. Declared queues
         // first: one may be another's dead-letter queue with its own options.
@@ -940,6 +952,15 @@ impl Router {
             QueueOutcome::Acked => {}
             QueueOutcome::Refused(code) => {
                 q.core.nack(id, tag.id, code, now, &mut actions);
+                let dead = actions
+                    .iter()
+                    .any(|a| matches!(a, Action::DeadLetter { entry, .. } if entry.id == tag.id));
+                if dead {
+                    if self.queues.refusals.len() >= REFUSALS {
+                        self.queues.refusals.clear();
+                    }
+                    self.queues.refusals.insert(tag.id, code);
+                }
             }
             // Not processed by its consumer: another try (counted).
             QueueOutcome::Expired | QueueOutcome::Unreadable => {
@@ -1143,6 +1164,11 @@ impl Router {
         reason: DeadReason,
         now: Instant,
     ) {
+        let refused = self
+            .queues
+            .refusals
+            .remove(&entry.id)
+            .map(|c| format!("0x{c:02x}"));
         let Some(q) = self.queues.by_name.get_mut(from) else {
             return;
         };
@@ -1180,15 +1206,16 @@ impl Router {
             return;
         }
         let (count, first) = (entry.deliveries.to_string(), entry.enqueued_ms.to_string());
-        let mut m = relabel(
-            &m,
-            &[
-                (DELIVERY_COUNT, &count),
-                (DEAD_LETTER_REASON, reason.as_str()),
-                (QUEUE, from),
-                (FIRST_ENQUEUED, &first),
-            ],
-        );
+        let mut labels = vec![
+            (DELIVERY_COUNT, count.as_str()),
+            (DEAD_LETTER_REASON, reason.as_str()),
+            (QUEUE, &**from),
+            (FIRST_ENQUEUED, first.as_str()),
+        ];
+        if let Some(code) = &refused {
+            labels.push((REFUSED_CODE, code));
+        }
+        let mut m = relabel(&m, &labels);
         // A dead letter waits for a person: it does not expire (an expired
         // message would otherwise never leave the dead-letter queue).
         if let Some(mm) = Arc::get_mut(&mut m) {
