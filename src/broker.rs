@@ -192,15 +192,23 @@ impl Broker {
         }
         // Bridges: each a task with a local session of its own; connection ids
         // from the top of the range, which the listeners never reach.
+        let mut bridges = Vec::new();
         for (i, b) in config.bridges.iter().enumerate() {
+            let status = Arc::new(crate::bridge::status::BridgeStatus::new(
+                &b.name,
+                &b.queue_name(),
+            ));
+            bridges.push(status.clone());
             let ctx = crate::bridge::link::LinkContext {
                 router: router_tx.clone(),
                 shutdown: shutdown.clone(),
                 conn_id: u64::MAX - i as u64,
                 topic_limits: config.topic_limits(),
+                status,
             };
             tracker.spawn(crate::bridge::link::run(b.clone(), ctx));
         }
+        let bridges: Arc<[_]> = bridges.into();
         let mut admin_addr = None;
         if let Some(bind_addr) = config.admin.bind {
             let tcp = bind(bind_addr, 64).map_err(|e| {
@@ -216,6 +224,7 @@ impl Broker {
                 tcp,
                 router_tx.clone(),
                 config.admin.token.as_deref().map(Arc::from),
+                bridges.clone(),
                 shutdown.clone(),
             )));
         }

@@ -138,6 +138,8 @@ bind = "127.0.0.1:0"
 allow_anonymous = true
 [storage]
 dir = "{}/data"
+[admin]
+bind = "127.0.0.1:0"
 [[bridges]]
 name = "cloud"
 address = "{remote}"
@@ -151,6 +153,25 @@ topics = [{topics}]
     )
     .expect("write tern.toml");
     path
+}
+
+/// `GET /api/v1/bridges` on the broker's admin endpoint (its address from
+/// the log), parsed.
+async fn bridges_status(tern: &BrokerProcess) -> serde_json::Value {
+    assert!(tern.wait_log_count("admin endpoint on", 1, Duration::from_secs(5)));
+    let log = tern.log_text();
+    let addr: SocketAddr = log
+        .split("admin endpoint on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("the admin address in the log");
+    let (status, body) =
+        tern::admin::http::request(addr, "GET", "/api/v1/bridges", None, Duration::from_secs(5))
+            .await
+            .expect("admin answers");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
 }
 
 fn pid(v: u16) -> PacketId {
@@ -235,6 +256,14 @@ async fn out_mapping_reaches_mosquitto_with_the_remote_prefix_in_order() {
     assert!(got.iter().all(|(t, _)| t == "gw1/sensors/a"), "{got:?}");
     assert_eq!(first_seen(&got), (0..300).collect::<Vec<_>>());
     sub.expect_silence(Duration::from_millis(300)).await;
+    // What the admin endpoint says of it.
+    let st = bridges_status(&tern).await;
+    let b = &st["bridges"][0];
+    assert_eq!(b["name"], "cloud", "{st}");
+    assert_eq!(b["connected"], true, "{st}");
+    assert_eq!(b["forwarded"], 300, "{st}");
+    assert_eq!(b["buffered"], 0, "{st}");
+    assert_eq!(b["buffer"], "bridge-cloud", "{st}");
 }
 
 /// The remote is down while 2,000 messages are published; Tern is killed with
@@ -257,6 +286,13 @@ async fn an_outage_and_a_kill9_lose_nothing_and_keep_the_order() {
     remote.stop();
 
     publish_n(addr, "sensors/b", 0..N / 2).await;
+    // The admin endpoint tells the outage: not connected, why, what waits.
+    let st = bridges_status(&tern).await;
+    let b = &st["bridges"][0];
+    assert_eq!(b["connected"], false, "{st}");
+    assert!(b["last_error"].is_string(), "{st}");
+    let waiting = b["buffered"].as_u64().unwrap_or(0) + b["in_flight"].as_u64().unwrap_or(0);
+    assert_eq!(waiting, (N / 2) as u64, "{st}");
     tern.child.kill().expect("SIGKILL tern");
     tern.child.wait().expect("reap");
     let tern = BrokerProcess::spawn_config(&conf);

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod http;
 
+use crate::bridge::status::BridgeStatus;
 use crate::router::{AdminReply, AdminRequest, RouterMsg};
 use http::{read_request, write_response, HttpError, Request};
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub async fn serve(
     listener: TcpListener,
     router: mpsc::Sender<RouterMsg>,
     token: Option<Arc<str>>,
+    bridges: Arc<[Arc<BridgeStatus>]>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(CONCURRENT));
@@ -61,15 +63,20 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
-        let (router, token) = (router.clone(), token.clone());
+        let (router, token, bridges) = (router.clone(), token.clone(), bridges.clone());
         tokio::spawn(async move {
-            handle(stream, &router, token.as_deref()).await;
+            handle(stream, &router, token.as_deref(), &bridges).await;
             drop(permit);
         });
     }
 }
 
-async fn handle(mut s: TcpStream, router: &mpsc::Sender<RouterMsg>, token: Option<&str>) {
+async fn handle(
+    mut s: TcpStream,
+    router: &mpsc::Sender<RouterMsg>,
+    token: Option<&str>,
+    bridges: &[Arc<BridgeStatus>],
+) {
     let req = match read_request(&mut s, READ_TIMEOUT).await {
         Ok(r) => r,
         Err(HttpError::TooLarge) => return reply(&mut s, 413, error("request too large")).await,
@@ -86,6 +93,13 @@ async fn handle(mut s: TcpStream, router: &mpsc::Sender<RouterMsg>, token: Optio
             )
             .await;
         }
+    }
+    if req.path == ["api", "v1", "bridges"] {
+        if req.method != "GET" {
+            return reply(&mut s, 405, error("use GET")).await;
+        }
+        let body = bridges_json(router, bridges).await;
+        return reply(&mut s, 200, body).await;
     }
     let request = match route(&req) {
         Ok(r) => r,
@@ -108,6 +122,44 @@ async fn handle(mut s: TcpStream, router: &mpsc::Sender<RouterMsg>, token: Optio
     }
     let (status, body) = render(answer);
     reply(&mut s, status, body).await
+}
+
+/// `GET /api/v1/bridges`: each bridge's link state and counters, with its
+/// buffer's numbers (its work queue's stats, from the router).
+async fn bridges_json(
+    router: &mpsc::Sender<RouterMsg>,
+    bridges: &[Arc<BridgeStatus>],
+) -> serde_json::Value {
+    let mut out = Vec::with_capacity(bridges.len());
+    for b in bridges {
+        let mut v = b.to_json();
+        let (tx, rx) = oneshot::channel();
+        let request = AdminRequest::Queue(b.queue.clone());
+        if router
+            .send(RouterMsg::Admin { request, reply: tx })
+            .await
+            .is_ok()
+        {
+            if let Ok(AdminReply::Queue(q)) = rx.await {
+                if let (Some(obj), Ok(q)) = (v.as_object_mut(), serde_json::to_value(q)) {
+                    for (from, to) in [
+                        ("depth", "buffered"),
+                        ("bytes", "buffered_bytes"),
+                        ("oldest_age_ms", "oldest_buffered_age_ms"),
+                        ("in_flight", "in_flight"),
+                        ("dead_lettered", "dead_lettered"),
+                        ("dropped", "dropped"),
+                    ] {
+                        if let Some(x) = q.get(from) {
+                            obj.insert(to.into(), x.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out.push(v);
+    }
+    serde_json::json!({ "bridges": out })
 }
 
 async fn reply(s: &mut TcpStream, status: u16, body: serde_json::Value) {

@@ -9,6 +9,7 @@
 //! Reconnects back off exponentially (100 ms to 30 s) with jitter.
 
 use super::client::{Client, ClientConfig, Event};
+use super::status::BridgeStatus;
 use super::topics::{self, TopicMap};
 use crate::config::BridgeConfig;
 use crate::outbox::{outbox, OutboxReceiver};
@@ -44,6 +45,8 @@ pub struct LinkContext {
     /// The local connection id of this bridge (outside the listeners' range).
     pub conn_id: u64,
     pub topic_limits: TopicLimits,
+    /// What the link reports (the admin endpoint reads it).
+    pub status: std::sync::Arc<super::status::BridgeStatus>,
 }
 
 /// A delay of about `d` (75% to 125%), so a fleet of gateways does not
@@ -217,6 +220,7 @@ pub async fn run(b: BridgeConfig, ctx: LinkContext) {
                         Ok(s) => Some(link.serve(s, &mut client, &mut outbox, &mut kick).await),
                         Err(e) => {
                             warn!(bridge = %b.name, address = %b.address, "TLS handshake failed: {e}; retrying in about {backoff:?}");
+                            ctx.status.set_error(format!("TLS handshake failed: {e}"));
                             None
                         }
                     },
@@ -224,9 +228,11 @@ pub async fn run(b: BridgeConfig, ctx: LinkContext) {
             }
             Err(e) => {
                 warn!(bridge = %b.name, address = %b.address, "cannot connect: {e}; retrying in about {backoff:?}");
+                ctx.status.set_error(format!("cannot connect: {e}"));
                 None
             }
         };
+        ctx.status.set_connected(false);
         match served {
             Some(Served::Stop) => break,
             Some(Served::Lost { was_up: true }) => backoff = BACKOFF_MIN,
@@ -289,6 +295,7 @@ impl Link<'_> {
                 match e {
                     Event::Connected { session_present } => {
                         was_up = true;
+                        self.ctx.status.set_connected(true);
                         info!(bridge = %self.b.name, address = %self.b.address, session_present, "bridge connected");
                         // Incoming mappings: subscribed at every link (a kept
                         // session has them already; subscribing again is
@@ -316,7 +323,10 @@ impl Link<'_> {
                             continue;
                         };
                         if reason.is_error() {
+                            BridgeStatus::count(&self.ctx.status.refused);
                             warn!(bridge = %self.b.name, code = reason.0, "the remote refused a message: it is retried, then dead-lettered");
+                        } else {
+                            BridgeStatus::count(&self.ctx.status.forwarded);
                         }
                         let ack = RouterMsg::PubAck {
                             client: self.id.clone(),
@@ -329,6 +339,7 @@ impl Link<'_> {
                         }
                     }
                     Event::Received(p) => {
+                        BridgeStatus::count(&self.ctx.status.received);
                         if !self.import(p, client).await {
                             return Served::Stop;
                         }
@@ -350,10 +361,14 @@ impl Link<'_> {
                     }
                     Event::Refused(code) => {
                         warn!(bridge = %self.b.name, code = code.0, "the remote refused the link");
+                        self.ctx
+                            .status
+                            .set_error(format!("the remote refused the link: 0x{:02x}", code.0));
                         return Served::Lost { was_up };
                     }
                     Event::Dead(why) => {
                         warn!(bridge = %self.b.name, "link lost: {why}");
+                        self.ctx.status.set_error(format!("link lost: {why}"));
                         return Served::Lost { was_up };
                     }
                 }
