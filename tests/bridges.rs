@@ -120,13 +120,14 @@ fn tern_config_with(dir: &Path, remote: SocketAddr, protocol: &str, topics: &str
     tern_config_tls(dir, remote, protocol, topics, "")
 }
 
-/// `tls` is the bridge's `tls = {...}` line, or empty.
+/// `extra`: more lines of the bridge (its `tls = {...}`, retry options), or
+/// empty.
 fn tern_config_tls(
     dir: &Path,
     remote: SocketAddr,
     protocol: &str,
     topics: &str,
-    tls: &str,
+    extra: &str,
 ) -> PathBuf {
     let path = dir.join("tern.toml");
     std::fs::write(
@@ -146,7 +147,7 @@ address = "{remote}"
 protocol = "{protocol}"
 keepalive = "5s"
 topics = [{topics}]
-{tls}
+{extra}
 "#,
             dir.display()
         ),
@@ -547,30 +548,13 @@ async fn messages_the_remote_refuses_end_in_the_dead_letter_queue() {
     let remote = Mosquitto::start_with(dir.path(), &format!("acl_file {}\n", acl.display()));
     let (mut rsub, _) = raw_connected(remote.addr, V311, "remote-sub", true).await;
     rsub.subscribe(1, "gw1/#", QoS::AtLeastOnce).await;
-    let path = dir.path().join("tern.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[[listeners]]
-bind = "127.0.0.1:0"
-[auth]
-allow_anonymous = true
-[storage]
-dir = "{}/data"
-[[bridges]]
-name = "cloud"
-address = "{}"
-protocol = "5"
-max_deliveries = 2
-retry_delay = "100ms"
-retry_delay_max = "200ms"
-topics = [{{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "gw1/" }}]
-"#,
-            dir.path().display(),
-            remote.addr
-        ),
-    )
-    .expect("write tern.toml");
+    let path = tern_config_tls(
+        dir.path(),
+        remote.addr,
+        "5",
+        r#"{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "gw1/" }"#,
+        "max_deliveries = 2\nretry_delay = \"100ms\"\nretry_delay_max = \"200ms\"",
+    );
     let tern = BrokerProcess::spawn_config(&path);
     let addr = tern.listener_addrs(1)[0];
     assert!(tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)));

@@ -328,13 +328,7 @@ impl Link<'_> {
                         } else {
                             BridgeStatus::count(&self.ctx.status.forwarded);
                         }
-                        let ack = RouterMsg::PubAck {
-                            client: self.id.clone(),
-                            conn_id: self.ctx.conn_id,
-                            packet_id: pid,
-                            reason,
-                        };
-                        if self.ctx.router.send(ack).await.is_err() {
+                        if !self.ack_local(pid, reason).await {
                             return Served::Stop;
                         }
                     }
@@ -508,6 +502,18 @@ impl Link<'_> {
             .is_ok()
     }
 
+    /// Finish local delivery `pid` with `reason` (>= 0x80: a nack). False
+    /// when the router is gone.
+    async fn ack_local(&self, pid: PacketId, reason: ReasonCode) -> bool {
+        let ack = RouterMsg::PubAck {
+            client: self.id.clone(),
+            conn_id: self.ctx.conn_id,
+            packet_id: pid,
+            reason,
+        };
+        self.ctx.router.send(ack).await.is_ok()
+    }
+
     /// The router answered an imported message: the remote gets its
     /// acknowledgement now (PUBACK; PUBREC; PUBCOMP once released locally).
     fn answered(
@@ -553,32 +559,14 @@ impl Link<'_> {
             .any(|(k, v)| k == IMPORTED_BY && v == self.b.name);
         if imported_here {
             // Brought in by this bridge: never sent back out (no loop).
-            let _ = self
-                .ctx
-                .router
-                .send(RouterMsg::PubAck {
-                    client: self.id.clone(),
-                    conn_id: self.ctx.conn_id,
-                    packet_id: pid,
-                    reason: ReasonCode::SUCCESS,
-                })
-                .await;
+            self.ack_local(pid, ReasonCode::SUCCESS).await;
             return;
         }
         let Some((topic, map)) = topics::outgoing(self.maps, &m.topic, self.ctx.topic_limits)
         else {
             // Bound by a mapping's filter, so it maps; if it ever does not,
             // the queue retries it and dead-letters it, never drops it.
-            let _ = self
-                .ctx
-                .router
-                .send(RouterMsg::PubAck {
-                    client: self.id.clone(),
-                    conn_id: self.ctx.conn_id,
-                    packet_id: pid,
-                    reason: ReasonCode::TOPIC_NAME_INVALID,
-                })
-                .await;
+            self.ack_local(pid, ReasonCode::TOPIC_NAME_INVALID).await;
             return;
         };
         let mut properties = m.properties.clone();
