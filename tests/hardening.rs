@@ -596,7 +596,11 @@ async fn small_retained_messages_do_not_pin_large_read_buffers() {
     // Let the connection's buffers go (and malloc give them back).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let grown = proc_status(pid, "VmRSS").saturating_sub(idle) / 1024;
-    assert!(grown < 60, "200 tiny retained messages hold {grown} MB");
+    // Pinning holds at least the 200 read buffers (200 MB; 300 MB before the
+    // fix). What glibc keeps of freed 1 MB buffers without a trim (one closed
+    // connection does not trigger one) varied up to ~90 MB under CI load, so
+    // the bound sits between the two.
+    assert!(grown < 150, "200 tiny retained messages hold {grown} MB");
     // And they are all kept.
     let (mut s, _) = raw_connected(b.addr, V5, "pin-reader", true).await;
     s.subscribe(1, "pin/#", QoS::AtMostOnce).await;
