@@ -88,12 +88,9 @@ impl PendingQueue {
         self.bytes
     }
 
-    pub fn memory_len(&self) -> usize {
+    #[cfg(test)]
+    fn memory_len(&self) -> usize {
         self.memory_len
-    }
-
-    pub fn memory_bytes(&self) -> usize {
-        self.memory_bytes
     }
 
     /// Messages waiting on disk only.
@@ -187,24 +184,18 @@ impl PendingQueue {
         if !matches!(self.entries.front(), Some(Entry::Here(_))) {
             return None;
         }
-        match self.entries.pop_front() {
-            Some(Entry::Here(d)) => {
-                self.count_out(&d);
-                self.ready = self.ready.saturating_sub(1);
-                self.ready_bytes = self.ready_bytes.saturating_sub(cost_of(&d));
-                // A drained backlog gives its slots back.
-                let cap = self.entries.capacity();
-                if cap > 64 && self.entries.len() < cap / 4 {
-                    self.entries.shrink_to(cap / 2);
-                }
-                Some(*d)
-            }
-            Some(other) => {
-                self.entries.push_front(other);
-                None
-            }
-            None => None,
+        let Some(Entry::Here(d)) = self.entries.pop_front() else {
+            return None;
+        };
+        self.count_out(&d);
+        self.ready = self.ready.saturating_sub(1);
+        self.ready_bytes = self.ready_bytes.saturating_sub(cost_of(&d));
+        // A drained backlog gives its slots back.
+        let cap = self.entries.capacity();
+        if cap > 64 && self.entries.len() < cap / 4 {
+            self.entries.shrink_to(cap / 2);
         }
+        Some(*d)
     }
 
     /// The deliveries in memory, in order.
@@ -219,21 +210,25 @@ impl PendingQueue {
     /// (what applies to their message is checked when it is read back).
     pub fn remove_here(&mut self, mut keep: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
         let mut removed = Vec::new();
-        if self
+        // Entries before the first refused one stay where they are.
+        let Some(first) = self
             .entries
             .iter()
-            .all(|e| matches!(e, Entry::Here(d) if keep(d)) || matches!(e, Entry::Disk(_)))
-        {
+            .position(|e| matches!(e, Entry::Here(d) if !keep(d)))
+        else {
             return removed;
+        };
+        let tail = self.entries.split_off(first);
+        let mut tail = tail.into_iter();
+        if let Some(Entry::Here(d)) = tail.next() {
+            removed.push(*d);
         }
-        let mut kept = VecDeque::with_capacity(self.entries.len());
-        for e in self.entries.drain(..) {
+        for e in tail {
             match e {
                 Entry::Here(d) if !keep(&d) => removed.push(*d),
-                other => kept.push_back(other),
+                other => self.entries.push_back(other),
             }
         }
-        self.entries = kept;
         for d in &removed {
             self.count_out(d);
         }
@@ -492,6 +487,26 @@ mod tests {
         assert!(q.remove_stub(3));
         assert_eq!(q.len(), 8);
         assert_eq!(q.loading(), 1);
+    }
+
+    #[test]
+    fn removing_in_memory_deliveries_keeps_the_order_and_the_stubs() {
+        let mut q = PendingQueue::default();
+        for did in 1..=6 {
+            q.push_back(d(did));
+        }
+        q.to_disk(6, 0, 0, true);
+        q.push_back(d(7));
+        q.push_back(d(8));
+        q.push_back(d(9));
+        let gone = q.remove_here(|d| d.did != 8);
+        assert_eq!(gone.iter().map(|d| d.did).collect::<Vec<_>>(), vec![8]);
+        assert!(q.remove_here(|_| true).is_empty());
+        assert_eq!(q.len(), 8);
+        assert_eq!((q.on_disk(), q.durable_here()), (6, 2));
+        let mut want = Vec::new();
+        q.want(8, usize::MAX, &mut want);
+        assert_eq!(want, vec![1, 2, 3, 4, 5, 6], "the stubs stayed first");
     }
 
     #[test]

@@ -430,28 +430,23 @@ impl Link<'_> {
                     }
                 }
                 _ = sleep_until(deadline) => client.handle_timeout(Instant::now()),
-                _ = &mut *kick => {
-                    client.disconnect(Instant::now());
-                    if let Some(p) = client.poll_transmit() {
-                        let mut b = BytesMut::new();
-                        if protocol::encode(&p, self.version, &mut b).is_ok() {
-                            let _ = wr.write_all(&b).await;
-                        }
-                    }
-                    return Served::Stop;
-                }
-                _ = self.ctx.shutdown.cancelled() => {
-                    client.disconnect(Instant::now());
-                    if let Some(p) = client.poll_transmit() {
-                        let mut b = BytesMut::new();
-                        if protocol::encode(&p, self.version, &mut b).is_ok() {
-                            let _ = wr.write_all(&b).await;
-                        }
-                    }
-                    return Served::Stop;
-                }
+                _ = &mut *kick => return self.goodbye(client, &mut wr).await,
+                _ = self.ctx.shutdown.cancelled() => return self.goodbye(client, &mut wr).await,
             }
         }
+    }
+
+    /// The broker stops (or the router closed the local side): DISCONNECT
+    /// the remote politely.
+    async fn goodbye<W: AsyncWrite + Unpin>(&self, client: &mut Client, wr: &mut W) -> Served {
+        client.disconnect(Instant::now());
+        if let Some(p) = client.poll_transmit() {
+            let mut b = BytesMut::new();
+            if protocol::encode(&p, self.version, &mut b).is_ok() {
+                let _ = wr.write_all(&b).await;
+            }
+        }
+        Served::Stop
     }
 
     /// A message from the remote for an incoming mapping: into the local
@@ -463,7 +458,8 @@ impl Link<'_> {
         let Some((topic, _)) = topics::incoming(self.maps, &p.topic, self.ctx.topic_limits) else {
             // Not ours (a subscription of an older configuration): taken and
             // dropped, or the remote would send it for ever.
-            warn!(bridge = %self.b.name, topic = %p.topic, "a message for no incoming mapping: dropped");
+            warn!(bridge = %self.b.name, topic = %p.topic, "a message for no incoming mapping: dropped (counted in unmapped)");
+            BridgeStatus::count(&self.ctx.status.unmapped);
             if let Some(pid) = p.packet_id {
                 client.ack_incoming(Instant::now(), pid, p.qos);
             }

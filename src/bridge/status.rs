@@ -21,6 +21,8 @@ pub struct BridgeStatus {
     pub received: AtomicU64,
     /// Refusals by the remote (each retried, then dead-lettered).
     pub refused: AtomicU64,
+    /// Messages from the remote that no incoming mapping takes (dropped).
+    pub unmapped: AtomicU64,
 }
 
 fn unix_now() -> u64 {
@@ -66,6 +68,7 @@ impl BridgeStatus {
             "forwarded": self.forwarded.load(Ordering::Relaxed),
             "received": self.received.load(Ordering::Relaxed),
             "refused": self.refused.load(Ordering::Relaxed),
+            "unmapped": self.unmapped.load(Ordering::Relaxed),
             "buffer": self.queue,
         })
     }

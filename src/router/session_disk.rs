@@ -60,6 +60,15 @@ impl SessionDisk {
     }
 }
 
+/// The read-ahead a session keeps in memory: none while its client is away.
+fn keep_for(read_ahead: (usize, usize), online: bool) -> (usize, usize) {
+    if online {
+        read_ahead
+    } else {
+        (0, 0)
+    }
+}
+
 impl Router {
     /// `id`'s session may have durable messages to move to disk once synced
     /// (`full`: its client left, so all of them).
@@ -71,12 +80,7 @@ impl Router {
             return;
         }
         let p = c.session.pending();
-        // None of its backlog is kept in memory while its client is away.
-        let keep = if c.online() {
-            self.session_read_ahead.0
-        } else {
-            0
-        };
+        let (keep, _) = keep_for(self.session_read_ahead, c.online());
         if !full && p.durable_here() <= keep {
             return;
         }
@@ -101,7 +105,6 @@ impl Router {
         }
         let synced_did = self.session_disk.synced_did;
         let listed = std::mem::take(&mut self.session_disk.listed);
-        let (keep_on, keep_on_bytes) = self.session_read_ahead;
         for (id, full) in listed {
             let Some(c) = self.clients.get_mut(&id) else {
                 continue;
@@ -112,11 +115,7 @@ impl Router {
                 // what it holds stays in memory.
                 continue;
             }
-            let (keep, keep_bytes) = if c.online() {
-                (keep_on, keep_on_bytes)
-            } else {
-                (0, 0)
-            };
+            let (keep, keep_bytes) = keep_for(self.session_read_ahead, c.online());
             let unsynced = c
                 .session
                 .pending_to_disk(synced_did, keep, keep_bytes, full);
@@ -171,14 +170,13 @@ impl Router {
         let mut failed = false;
         let mut lost = 0u64;
         let mut denied = 0u64;
+        let user = self.clients.get(id).and_then(|c| c.username.clone());
         for (did, read, r) in deliveries {
             let readable = match (&read, &r) {
-                (Read::Message(m), Some(_)) => {
-                    let user = self.clients.get(id).and_then(|c| c.username.clone());
-                    self.acl
-                        .as_deref()
-                        .is_none_or(|a| a.can_read(user.as_deref(), id, &m.topic))
-                }
+                (Read::Message(m), Some(_)) => self
+                    .acl
+                    .as_deref()
+                    .is_none_or(|a| a.can_read(user.as_deref(), id, &m.topic)),
                 _ => true,
             };
             let Some(c) = self.clients.get_mut(id) else {
