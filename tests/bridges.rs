@@ -41,48 +41,86 @@ fn free_port() -> u16 {
 
 impl Mosquitto {
     fn start(dir: &Path) -> Mosquitto {
-        Mosquitto::start_with(dir, "")
+        Mosquitto::start_with(dir, |_| String::new()).0
     }
 
-    /// With `extra` config lines after the plain listener (another listener).
-    fn start_with(dir: &Path, extra: &str) -> Mosquitto {
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                // `user root`: run as root, Mosquitto would otherwise switch
-                // to its own user, which cannot write its sessions here (the
-                // option does nothing when not run as root).
-                "allow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nmax_inflight_messages 64\nlistener {port} 127.0.0.1\n{extra}",
-                dir.display()
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let mut m = Mosquitto {
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            conf,
-        };
-        m.resume();
-        m
+    /// With extra config lines after the plain listener, made by `extra` from a
+    /// second free port (for another listener); returns that port too.
+    ///
+    /// A free port is only free until someone binds it: tests run in parallel,
+    /// each starting brokers and opening connections, so a port picked here
+    /// can be taken before Mosquitto binds it (Mosquitto then exits, and the
+    /// test would talk to someone else's broker). The start is checked and
+    /// tried again on other ports.
+    fn start_with(dir: &Path, extra: impl Fn(u16) -> String) -> (Mosquitto, u16) {
+        for _ in 0..5 {
+            let (port, port2) = (free_port(), free_port());
+            let conf = dir.join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    // `user root`: run as root, Mosquitto would otherwise switch
+                    // to its own user, which cannot write its sessions here (the
+                    // option does nothing when not run as root).
+                    "allow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nmax_inflight_messages 64\nlistener {port} 127.0.0.1\n{}",
+                    dir.display(),
+                    extra(port2)
+                ),
+            )
+            .expect("write mosquitto.conf");
+            let mut m = Mosquitto {
+                child: None,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                conf,
+            };
+            if m.try_resume() {
+                return (m, port2);
+            }
+        }
+        panic!("mosquitto did not start on any of 5 free ports");
     }
 
     /// Start it (again) on its port, and wait until it accepts.
     fn resume(&mut self) {
-        let child = Command::new(mosquitto_bin())
+        assert!(
+            self.try_resume(),
+            "mosquitto did not start again on {}",
+            self.addr
+        );
+    }
+
+    /// Start it and wait until it accepts; false when it exited instead (its
+    /// port was taken) or did not listen within 5 s. Mosquitto binds every
+    /// listener before it accepts anything and exits at once when a bind
+    /// fails, so a live child a moment after a connect succeeded holds them.
+    fn try_resume(&mut self) -> bool {
+        let mut child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&self.conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
+        let mut up = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                up = true;
+                break;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        std::thread::sleep(Duration::from_millis(100));
+        if !up || !matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        self.child = Some(child);
+        true
     }
 
     /// Stop it gracefully (SIGTERM: it saves its sessions) and wait.
@@ -276,7 +314,7 @@ async fn an_outage_and_a_kill9_lose_nothing_and_keep_the_order() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut remote = Mosquitto::start(dir.path());
     // A persistent subscriber on the remote, away during the outage.
-    let (mut sub, _) = raw_connected(remote.addr, V311, "cloud-sub", false).await;
+    let (mut sub, _) = raw_connected(remote.addr, V311, "outage-sub", false).await;
     sub.subscribe(1, "gw1/#", QoS::AtLeastOnce).await;
     sub.send(&Packet::Disconnect(Default::default())).await;
     drop(sub);
@@ -301,7 +339,7 @@ async fn an_outage_and_a_kill9_lose_nothing_and_keep_the_order() {
     publish_n(addr, "sensors/b", N / 2..N).await;
 
     remote.resume();
-    let (mut sub, ack) = raw_connected(remote.addr, V311, "cloud-sub", false).await;
+    let (mut sub, ack) = raw_connected(remote.addr, V311, "outage-sub", false).await;
     assert!(
         ack.session_present,
         "mosquitto kept the subscriber's session"
@@ -470,16 +508,14 @@ async fn a_tls_bridge_with_a_client_certificate_and_a_wrong_ca_that_is_refused()
     let other = dir.path().join("other");
     dev_certs(&other);
     let c = |n: &str| certs.join(n).display().to_string();
-    let tls_port = free_port();
-    let remote = Mosquitto::start_with(
-        dir.path(),
-        &format!(
+    let (remote, tls_port) = Mosquitto::start_with(dir.path(), |tls_port| {
+        format!(
             "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
             c("ca.pem"),
             c("server.pem"),
             c("server.key")
-        ),
-    );
+        )
+    });
     let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
     let (mut rsub, _) = raw_connected(remote.addr, V311, "remote-sub", true).await;
     rsub.subscribe(1, "gw1/#", QoS::AtLeastOnce).await;
@@ -545,7 +581,8 @@ async fn messages_the_remote_refuses_end_in_the_dead_letter_queue() {
     let dir = tempfile::tempdir().expect("temp dir");
     let acl = dir.path().join("acl");
     std::fs::write(&acl, "topic readwrite gw1/sensors/ok/#\n").expect("write acl");
-    let remote = Mosquitto::start_with(dir.path(), &format!("acl_file {}\n", acl.display()));
+    let (remote, _) =
+        Mosquitto::start_with(dir.path(), |_| format!("acl_file {}\n", acl.display()));
     let (mut rsub, _) = raw_connected(remote.addr, V311, "remote-sub", true).await;
     rsub.subscribe(1, "gw1/#", QoS::AtLeastOnce).await;
     let path = tern_config_tls(
