@@ -91,6 +91,15 @@ pub struct Broker {
     store_thread: Option<crate::store::StoreThread>,
     shared: Arc<Shared>,
     transports: Vec<Arc<Transport>>,
+    /// What a reload with a new config changes; the lock also keeps two
+    /// reloads from interleaving.
+    reloadable: tokio::sync::Mutex<Reloadable>,
+}
+
+/// The parts of the config a reload applies, as last applied.
+struct Reloadable {
+    bridges: crate::bridge::registry::Bridges,
+    queues: Vec<crate::config::QueueConfig>,
 }
 
 impl Broker {
@@ -190,25 +199,15 @@ impl Broker {
                 tracker.clone(),
             )));
         }
-        // Bridges: each a task with a local session of its own; connection ids
-        // from the top of the range, which the listeners never reach.
-        let mut bridges = Vec::new();
-        for (i, b) in config.bridges.iter().enumerate() {
-            let status = Arc::new(crate::bridge::status::BridgeStatus::new(
-                &b.name,
-                &b.queue_name(),
-            ));
-            bridges.push(status.clone());
-            let ctx = crate::bridge::link::LinkContext {
-                router: router_tx.clone(),
-                shutdown: shutdown.clone(),
-                conn_id: u64::MAX - i as u64,
-                topic_limits: config.topic_limits(),
-                status,
-            };
-            tracker.spawn(crate::bridge::link::run(b.clone(), ctx));
-        }
-        let bridges: Arc<[_]> = bridges.into();
+        // Bridges: each a task with a local session of its own.
+        let mut bridges = crate::bridge::registry::Bridges::new(
+            router_tx.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+            config.topic_limits(),
+        );
+        bridges.start_missing(&config.bridges);
+        let statuses = bridges.statuses();
         let mut admin_addr = None;
         if let Some(bind_addr) = config.admin.bind {
             let tcp = bind(bind_addr, 64).map_err(|e| {
@@ -224,10 +223,11 @@ impl Broker {
                 tcp,
                 router_tx.clone(),
                 config.admin.token.as_deref().map(Arc::from),
-                bridges.clone(),
+                statuses,
                 shutdown.clone(),
             )));
         }
+        let declared = config.all_queues();
         Ok(Broker {
             addrs,
             admin_addr,
@@ -241,14 +241,23 @@ impl Broker {
             store_thread,
             shared,
             transports,
+            reloadable: tokio::sync::Mutex::new(Reloadable {
+                bridges,
+                queues: declared,
+            }),
         })
     }
 
     /// Re-read certificates, the password file and the ACL file (SIGHUP), without
     /// dropping connections. A file that fails to load keeps its old version; the
-    /// errors are logged and returned.
-    pub async fn reload(&self) -> Vec<String> {
+    /// errors are logged and returned. With `new` (the config file read again),
+    /// also apply its work queues and bridges: bridges added, changed or
+    /// removed, each without losing its buffer.
+    pub async fn reload(&self, new: Option<&Config>) -> Vec<String> {
         let mut errors = Vec::new();
+        if let Some(new) = new {
+            errors.extend(self.reload_queues_and_bridges(new).await);
+        }
         for t in &self.transports {
             if let Some(cell) = &t.tls {
                 match cell.reload() {
@@ -287,6 +296,31 @@ impl Broker {
             warn!("reload: {e}");
         }
         errors
+    }
+
+    /// Stop the bridges `new` removes or changes, make the declared queues
+    /// those of `new` (the bridges' buffers among them), then start the
+    /// bridges not running. A link starts after its buffer is declared, so it
+    /// never creates it with a subscription's small caps.
+    async fn reload_queues_and_bridges(&self, new: &Config) -> Vec<String> {
+        let mut r = self.reloadable.lock().await;
+        r.bridges.stop_changed(&new.bridges).await;
+        let declared = new.all_queues();
+        let mut problems = Vec::new();
+        if declared != r.queues {
+            let (tx, rx) = oneshot::channel();
+            let msg = RouterMsg::ReloadQueues {
+                declared: declared.clone(),
+                reply: tx,
+            };
+            match self.router_tx.send(msg).await {
+                Ok(()) => problems = rx.await.unwrap_or_default(),
+                Err(_) => problems.push("queues: the broker is shutting down".into()),
+            }
+            r.queues = declared;
+        }
+        r.bridges.start_missing(&new.bridges);
+        problems
     }
 
     /// Where the admin endpoint listens, if it is on.

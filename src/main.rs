@@ -71,6 +71,30 @@ enum Command {
         #[command(subcommand)]
         op: QueueCmd,
     },
+    /// Bridges of a running broker, through its admin endpoint (as for
+    /// `tern queue`).
+    Bridge {
+        /// The admin endpoint (default: [admin] bind of -c FILE, else
+        /// 127.0.0.1:8080).
+        #[arg(long = "admin", value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// The admin token (default: [admin] token of -c FILE).
+        #[arg(long = "token", value_name = "TOKEN")]
+        token: Option<String>,
+        #[command(subcommand)]
+        op: BridgeCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BridgeCmd {
+    /// Every bridge: connected or not, buffered, forwarded, received, refused,
+    /// dead-lettered, the last error; bridges a reload removed with their
+    /// buffer kept.
+    List,
+    /// Drop what waits in a bridge's buffer (not what is in flight); a bridge
+    /// a reload removed is forgotten with it.
+    Purge { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,7 +135,18 @@ fn main() -> anyhow::Result<()> {
         return passwd(file, user, *delete, *stdin);
     }
     if let Some(Command::Queue { admin, token, op }) = &cli.command {
-        return queue(cli.config.as_deref(), *admin, token.clone(), op);
+        let ep = admin_endpoint(cli.config.as_deref(), *admin, token.clone())?;
+        let op = queue_op(op);
+        return print_answer("tern queue", tern::admin::cli::run(&ep, op));
+    }
+    if let Some(Command::Bridge { admin, token, op }) = &cli.command {
+        use tern::admin::cli::{run_bridge, BridgeOp};
+        let ep = admin_endpoint(cli.config.as_deref(), *admin, token.clone())?;
+        let op = match op {
+            BridgeCmd::List => BridgeOp::List,
+            BridgeCmd::Purge { name } => BridgeOp::Purge(name.clone()),
+        };
+        return print_answer("tern bridge", run_bridge(&ep, op));
     }
     if let Some(Command::CheckConfig { file }) = &cli.command {
         let mut errors = tern::config::check_file(file).0;
@@ -169,7 +204,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         // Handlers first: a SIGHUP (or SIGTERM) arriving while the store is being
         // recovered must not kill the process with the default action.
-        let signals = Signals::new()?;
+        let signals = Signals::new(cli.config.clone())?;
         let broker = Broker::start(config).await?;
         signals.run_until_stop(&broker).await;
         broker.shutdown().await;
@@ -178,15 +213,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 struct Signals {
+    /// The config file to read again on SIGHUP.
+    config_file: Option<PathBuf>,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Signals> {
+    fn new(config_file: Option<PathBuf>) -> anyhow::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
+            config_file,
             term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
@@ -196,14 +234,33 @@ impl Signals {
     /// Serve until SIGINT or SIGTERM; SIGHUP reloads certificates, the password
     /// file and the ACL file (connections stay).
     async fn run_until_stop(mut self, broker: &Broker) {
-        let Signals { term, int, hup } = &mut self;
+        let Signals {
+            config_file,
+            term,
+            int,
+            hup,
+        } = &mut self;
         loop {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
-                    let errors = broker.reload().await;
+                    // The file again: its queues and bridges apply now. A file
+                    // that no longer parses changes nothing.
+                    let config = match config_file {
+                        Some(path) => match Config::load(Some(path)) {
+                            Ok(c) => Some(c),
+                            Err(errors) => {
+                                for e in &errors.0 {
+                                    tracing::error!("reload: {}: {e} (nothing reloaded)", path.display());
+                                }
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    let errors = broker.reload(config.as_ref()).await;
                     if errors.is_empty() {
                         tracing::info!("reload done");
                     }
@@ -305,13 +362,13 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 }
 
 /// `tern queue ...`.
-fn queue(
+/// The admin endpoint: `--admin` / `--token`, else `[admin]` of the config
+/// file, else 127.0.0.1:8080 without a token.
+fn admin_endpoint(
     config: Option<&std::path::Path>,
     admin: Option<SocketAddr>,
     token: Option<String>,
-    op: &QueueCmd,
-) -> anyhow::Result<()> {
-    use tern::admin::cli::{run, Endpoint, QueueOp};
+) -> anyhow::Result<tern::admin::cli::Endpoint> {
     let from_file = match config {
         Some(p) => Some(
             Config::load(Some(p))
@@ -324,7 +381,12 @@ fn queue(
         .or(from_file.as_ref().and_then(|a| a.bind))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     let token = token.or(from_file.and_then(|a| a.token));
-    let op = match op {
+    Ok(tern::admin::cli::Endpoint { addr, token })
+}
+
+fn queue_op(op: &QueueCmd) -> tern::admin::cli::QueueOp {
+    use tern::admin::cli::QueueOp;
+    match op {
         QueueCmd::List => QueueOp::List,
         QueueCmd::Stats { name } => QueueOp::Stats(name.clone()),
         QueueCmd::Peek { name, n } => QueueOp::Peek(name.clone(), *n),
@@ -334,17 +396,24 @@ fn queue(
             to: to.clone(),
             rate: *rate,
         },
-    };
+    }
+}
+
+/// Run an admin call; print its text, or its error and exit 1.
+fn print_answer(
+    what: &str,
+    call: impl std::future::Future<Output = Result<String, String>>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match rt.block_on(run(&Endpoint { addr, token }, op)) {
+    match rt.block_on(call) {
         Ok(text) => {
             println!("{}", text.trim_end());
             Ok(())
         }
         Err(e) => {
-            eprintln!("tern queue: {e}");
+            eprintln!("{what}: {e}");
             std::process::exit(1);
         }
     }

@@ -26,6 +26,18 @@ impl<T> Swap<T> {
         }
     }
 
+    /// Replace the value by `f` of it, with no other `set` or `update` in
+    /// between (read-modify-write from two places at once loses nothing).
+    pub fn update(&self, f: impl FnOnce(&T) -> T) {
+        match self.current.write() {
+            Ok(mut g) => *g = Arc::new(f(&g)),
+            Err(p) => {
+                let mut g = p.into_inner();
+                *g = Arc::new(f(&g));
+            }
+        }
+    }
+
     pub fn set(&self, value: Arc<T>) {
         match self.current.write() {
             Ok(mut g) => *g = value,

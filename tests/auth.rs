@@ -1073,7 +1073,7 @@ async fn acl_will_on_a_denied_topic_is_not_sent() {
         "user w\ntopic write wills/ok/#\ntopic deny wills/ok/late\n\nuser watcher\ntopic read wills/#\n",
     )
     .unwrap();
-    assert!(broker.reload().await.is_empty());
+    assert!(broker.reload(None).await.is_empty());
     drop(c);
     assert!(
         wait_until(Duration::from_secs(5), || count(
@@ -1593,7 +1593,7 @@ async fn reload_disconnects_users_removed_from_the_password_file() {
     let mut bob311 = logged_in(addr, V311, "bob-311", Some("bob"), Some("pw-b")).await;
 
     write_passwords(&pw, &[("alice", "pw-a")]);
-    assert!(broker.reload().await.is_empty());
+    assert!(broker.reload(None).await.is_empty());
     match bob5.recv().await {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::NOT_AUTHORIZED),
         other => panic!("bob (v5): expected DISCONNECT 0x87, got {other:?}"),

@@ -1221,3 +1221,45 @@ async fn a_consumer_that_refuses_everything_does_not_pull_the_backlog_into_memor
     assert_eq!(st["depth"], N as u64, "{st}");
     assert_eq!(st["in_memory"], 0, "{st}");
 }
+
+/// A reload with a new config changes the declared queues live: a queue's
+/// topics and options change (what it holds stays), a new queue collects.
+#[tokio::test]
+async fn a_reload_rebinds_a_queue_changes_its_options_and_adds_one() {
+    let mut c = test_config();
+    c.queues = vec![queue("jobs", &["jobs/#"])];
+    let (b, addr) = start(c.clone()).await;
+    let mut p = publisher(addr, "producer").await;
+    publish(&mut p, "jobs/1", 1, b"before").await;
+
+    let mut jobs = queue("jobs", &["work/#"]);
+    jobs.max_deliveries = 1;
+    c.queues = vec![jobs, queue("extra", &["extra/#"])];
+    assert_eq!(b.reload(Some(&c)).await, Vec::<String>::new());
+    publish(&mut p, "jobs/2", 2, b"unbound now").await;
+    publish(&mut p, "work/1", 3, b"after").await;
+    publish(&mut p, "extra/1", 4, b"new queue").await;
+
+    let mut w = consumer(addr, "w", "jobs", 10).await;
+    let first = next(&mut w, Duration::from_secs(5)).await.expect("held");
+    assert_eq!(
+        (first.topic.as_str(), &first.payload[..]),
+        ("jobs/1", &b"before"[..])
+    );
+    ack(&mut w, first.packet_id, ReasonCode::SUCCESS).await;
+    let second = next(&mut w, Duration::from_secs(5)).await.expect("rebound");
+    assert_eq!(second.topic, "work/1");
+    // max_deliveries is 1 now: one refusal dead-letters it.
+    ack(&mut w, second.packet_id, ReasonCode(0x80)).await;
+    assert!(next(&mut w, Duration::from_millis(300)).await.is_none());
+    let mut d = consumer(addr, "d", "jobs-dlq", 10).await;
+    let dead = next(&mut d, Duration::from_secs(5))
+        .await
+        .expect("dead letter");
+    assert_eq!(dead.topic, "work/1");
+    let mut e = consumer(addr, "e", "extra", 10).await;
+    let got = next(&mut e, Duration::from_secs(5))
+        .await
+        .expect("collected");
+    assert_eq!(got.topic, "extra/1");
+}

@@ -1,5 +1,5 @@
-//! `tern queue ...`: the queue operations against a running broker's admin
-//! endpoint, and the text they print.
+//! `tern queue ...` and `tern bridge ...`: the queue and bridge operations
+//! against a running broker's admin endpoint, and the text they print.
 
 use super::http::{percent_encode, request};
 use crate::router::REDRIVE_BATCH;
@@ -22,6 +22,15 @@ pub enum QueueOp {
         to: Option<String>,
         rate: Option<usize>,
     },
+}
+
+/// One `tern bridge` operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeOp {
+    List,
+    /// Drop what waits in a bridge's buffer; a bridge a reload removed is
+    /// forgotten with it.
+    Purge(String),
 }
 
 /// Where the admin endpoint is and its token.
@@ -100,6 +109,66 @@ pub async fn run(ep: &Endpoint, op: QueueOp) -> Result<String, String> {
             Ok(format!("moved {moved} messages out of {dlq}"))
         }
     }
+}
+
+/// Run a bridge operation; the text to print.
+pub async fn run_bridge(ep: &Endpoint, op: BridgeOp) -> Result<String, String> {
+    match op {
+        BridgeOp::List => {
+            let v = ep.call("GET", "/api/v1/bridges").await?;
+            Ok(bridge_table(
+                v.get("bridges")
+                    .and_then(|b| b.as_array())
+                    .map_or(&[][..], Vec::as_slice),
+            ))
+        }
+        BridgeOp::Purge(name) => {
+            let path = format!("/api/v1/bridges/{}/purge", percent_encode(&name));
+            let v = ep.call("POST", &path).await?;
+            Ok(format!(
+                "purged {} messages from the buffer of bridge {name}",
+                count(&v)
+            ))
+        }
+    }
+}
+
+/// The bridge list as a table.
+fn bridge_table(bridges: &[serde_json::Value]) -> String {
+    let mut out = format!(
+        "{:<20} {:<13} {:>10} {:>10} {:>10} {:>9} {:>13}  {}\n",
+        "NAME",
+        "STATE",
+        "BUFFERED",
+        "FORWARDED",
+        "RECEIVED",
+        "REFUSED",
+        "DEAD_LETTERED",
+        "LAST_ERROR"
+    );
+    let num = |b: &serde_json::Value, k: &str| b.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    for b in bridges {
+        let flag = |k: &str| b.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+        let state = if flag("removed") {
+            "removed"
+        } else if flag("connected") {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        out.push_str(&format!(
+            "{:<20} {:<13} {:>10} {:>10} {:>10} {:>9} {:>13}  {}\n",
+            b.get("name").and_then(|v| v.as_str()).unwrap_or("?"),
+            state,
+            num(b, "buffered"),
+            num(b, "forwarded"),
+            num(b, "received"),
+            num(b, "refused"),
+            num(b, "dead_lettered"),
+            b.get("last_error").and_then(|v| v.as_str()).unwrap_or("-"),
+        ));
+    }
+    out
 }
 
 fn count(v: &serde_json::Value) -> u64 {

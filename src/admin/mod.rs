@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod http;
 
+use crate::bridge::registry::StatusList;
 use crate::bridge::status::BridgeStatus;
 use crate::router::{AdminReply, AdminRequest, RouterMsg};
 use http::{read_request, write_response, HttpError, Request};
@@ -41,7 +42,7 @@ pub async fn serve(
     listener: TcpListener,
     router: mpsc::Sender<RouterMsg>,
     token: Option<Arc<str>>,
-    bridges: Arc<[Arc<BridgeStatus>]>,
+    bridges: Arc<StatusList>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(CONCURRENT));
@@ -75,7 +76,7 @@ async fn handle(
     mut s: TcpStream,
     router: &mpsc::Sender<RouterMsg>,
     token: Option<&str>,
-    bridges: &[Arc<BridgeStatus>],
+    bridges: &StatusList,
 ) {
     let req = match read_request(&mut s, READ_TIMEOUT).await {
         Ok(r) => r,
@@ -98,8 +99,16 @@ async fn handle(
         if req.method != "GET" {
             return reply(&mut s, 405, error("use GET")).await;
         }
-        let body = bridges_json(router, bridges).await;
+        let body = bridges_json(router, &bridges.get()).await;
         return reply(&mut s, 200, body).await;
+    }
+    let path: Vec<&str> = req.path.iter().map(String::as_str).collect();
+    if let ["api", "v1", "bridges", name, "purge"] = path.as_slice() {
+        if req.method != "POST" {
+            return reply(&mut s, 405, error("use POST")).await;
+        }
+        let (status, body) = purge_bridge(router, bridges, name).await;
+        return reply(&mut s, status, body).await;
     }
     let request = match route(&req) {
         Ok(r) => r,
@@ -122,6 +131,42 @@ async fn handle(
     }
     let (status, body) = render(answer);
     reply(&mut s, status, body).await
+}
+
+/// `POST /api/v1/bridges/<name>/purge`: drop what waits in a bridge's buffer
+/// (not what is in flight). A bridge a reload removed is then forgotten: its
+/// emptied queue goes with the next sweep.
+async fn purge_bridge(
+    router: &mpsc::Sender<RouterMsg>,
+    bridges: &StatusList,
+    name: &str,
+) -> (u16, serde_json::Value) {
+    let Some(b) = bridges.get().iter().find(|b| b.name == name).cloned() else {
+        return (404, error(&format!("no bridge named {name:?}")));
+    };
+    let (tx, rx) = oneshot::channel();
+    let request = AdminRequest::Purge(b.queue.clone());
+    let answer = match router.send(RouterMsg::Admin { request, reply: tx }).await {
+        Ok(()) => rx.await.ok(),
+        Err(_) => None,
+    };
+    let Some(answer) = answer else {
+        return (503, error("the broker is shutting down"));
+    };
+    if b.is_removed() {
+        bridges.update(|list| {
+            list.iter()
+                .filter(|s| !Arc::ptr_eq(s, &b))
+                .cloned()
+                .collect()
+        });
+    }
+    info!(bridge = %name, removed = b.is_removed(), "admin operation: bridge buffer purged");
+    match answer {
+        // A removed bridge whose buffer already went is purged all the same.
+        AdminReply::NoSuchQueue(_) => (200, serde_json::json!({ "count": 0 })),
+        other => render(other),
+    }
 }
 
 /// `GET /api/v1/bridges`: each bridge's link state and counters, with its

@@ -41,6 +41,7 @@ const MAX_PACKET: u32 = 16 * 1024 * 1024;
 /// What a bridge task needs from the broker.
 pub struct LinkContext {
     pub router: mpsc::Sender<RouterMsg>,
+    /// Cancelled at shutdown, or when a reload stops this bridge.
     pub shutdown: CancellationToken,
     /// The local connection id of this bridge (outside the listeners' range).
     pub conn_id: u64,
@@ -246,13 +247,15 @@ pub async fn run(b: BridgeConfig, ctx: LinkContext) {
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+    // A bridge a reload removed ends its local session: nobody consumes its
+    // buffer then, which stays until purged or the bridge comes back.
     let _ = ctx
         .router
         .send(RouterMsg::Disconnected {
             client: id.clone(),
             conn_id: ctx.conn_id,
             kind: DisconnectKind::Normal,
-            session_expiry: None,
+            session_expiry: ctx.status.is_removed().then_some(0),
         })
         .await;
 }

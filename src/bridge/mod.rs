@@ -2,9 +2,11 @@
 //! (`client.rs`), the topic mappings (`topics.rs`), and the task of one bridge
 //! (`link.rs`): a local client of the router consuming its buffer (the work
 //! queue `bridge-<name>`) and a TCP or TLS link to the remote; what it reports
-//! (`status.rs`). Reload comes next.
+//! (`status.rs`); the set of running bridges, changed by a reload
+//! (`registry.rs`).
 
 pub mod client;
 pub mod link;
+pub mod registry;
 pub mod status;
 pub mod topics;

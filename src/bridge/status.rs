@@ -23,6 +23,9 @@ pub struct BridgeStatus {
     pub refused: AtomicU64,
     /// Messages from the remote that no incoming mapping takes (dropped).
     pub unmapped: AtomicU64,
+    /// The bridge left the config (a reload): its link is stopped, its buffer
+    /// kept until purged (`tern bridge purge`) or the bridge comes back.
+    removed: AtomicBool,
 }
 
 fn unix_now() -> u64 {
@@ -45,6 +48,14 @@ impl BridgeStatus {
         if self.connected.swap(up, Ordering::Relaxed) != up {
             self.since.store(unix_now(), Ordering::Relaxed);
         }
+    }
+
+    pub fn set_removed(&self, removed: bool) {
+        self.removed.store(removed, Ordering::Relaxed);
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
     }
 
     pub fn set_error(&self, why: String) {
@@ -70,6 +81,7 @@ impl BridgeStatus {
             "refused": self.refused.load(Ordering::Relaxed),
             "unmapped": self.unmapped.load(Ordering::Relaxed),
             "buffer": self.queue,
+            "removed": self.is_removed(),
         })
     }
 }

@@ -202,6 +202,33 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         &self.policy
     }
 
+    /// Take a new policy (a reload). Caps, retries, timeouts and codes apply
+    /// from the next decision on; what the queue holds stays even when it is
+    /// now over a cap (nothing is dropped by a reload). The ordering key keys
+    /// entries as they are taken, so it changes only while the queue is empty:
+    /// otherwise the old one is kept and `Err` says so. A new dedup window
+    /// starts with no ids remembered.
+    pub fn set_policy(&mut self, mut policy: QueuePolicy) -> Result<(), &'static str> {
+        let mut kept = Ok(());
+        if policy.ordering != self.policy.ordering {
+            if self.is_empty() {
+                self.ready = Ready::new(policy.ordering.is_some());
+            } else {
+                policy.ordering = self.policy.ordering.clone();
+                kept = Err("ordering_key changes only while the queue is empty: kept the old one");
+            }
+        }
+        if (policy.dedup_window, policy.dedup_max_ids)
+            != (self.policy.dedup_window, self.policy.dedup_max_ids)
+        {
+            self.dedup = policy
+                .dedup_window
+                .map(|w| Dedup::new(w, policy.dedup_max_ids));
+        }
+        self.policy = policy;
+        kept
+    }
+
     /// `at` as an entry of this queue keeps it (`Entry::expires`).
     pub fn expiry(&self, at: Option<Instant>) -> u32 {
         expiry_ticks(self.epoch, at)

@@ -562,3 +562,44 @@ fn review_findings_in_the_core() {
     q.dispatch(t, &mut out);
     assert_eq!(delivered(&mut out), vec![("c", 2, 1)]);
 }
+
+#[test]
+fn a_new_policy_applies_to_what_comes_next_and_drops_nothing() {
+    let t = Instant::now();
+    let mut q = queue(QueuePolicy {
+        max_length: 5,
+        ..Default::default()
+    });
+    fill(&mut q, 1..=5, t);
+    // Smaller caps: the five stay, the next one is refused.
+    let smaller = QueuePolicy {
+        max_length: 2,
+        overflow: Overflow::Reject,
+        max_deliveries: 1,
+        ..Default::default()
+    };
+    assert_eq!(q.set_policy(smaller), Ok(()));
+    assert_eq!(q.len(), 5);
+    let mut out = Vec::new();
+    assert_eq!(q.enqueue(entry(6), None, t, &mut out), Enqueued::Refused);
+    // The new max_deliveries holds: one refused delivery dead-letters.
+    q.attach("a", 1);
+    q.dispatch(t, &mut out);
+    assert_eq!(delivered(&mut out), vec![("a", 1, 1)]);
+    q.nack(&"a", 1, 0x80, t, &mut out);
+    assert_eq!(dead(&mut out), vec![(1, DeadReason::MaxDeliveries, 1)]);
+    // The ordering key stays while the queue holds messages...
+    let ordered = QueuePolicy {
+        ordering: Some(OrderingKey::Topic),
+        ..Default::default()
+    };
+    assert!(q.set_policy(ordered.clone()).is_err());
+    assert_eq!(q.policy().ordering, None);
+    // ...and changes once it is empty.
+    q.detach(&"a", t, &mut out);
+    out.clear();
+    q.purge();
+    assert!(q.is_empty());
+    assert_eq!(q.set_policy(ordered), Ok(()));
+    assert_eq!(q.policy().ordering, Some(OrderingKey::Topic));
+}

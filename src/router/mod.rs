@@ -50,6 +50,7 @@ mod durable;
 mod fanout;
 mod inbound;
 mod msg;
+mod queue_reload;
 mod queues;
 mod recovery;
 mod retained;
@@ -233,6 +234,9 @@ impl Router {
             RouterMsg::SetAcl { acl, reply } => {
                 self.set_acl(acl, now);
                 let _ = reply.send(());
+            }
+            RouterMsg::ReloadQueues { declared, reply } => {
+                let _ = reply.send(self.reload_queues(declared, now));
             }
             RouterMsg::Revoke { passwords, reply } => {
                 self.revoke(&passwords);

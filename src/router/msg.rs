@@ -154,6 +154,12 @@ pub enum RouterMsg {
         acl: Option<Arc<Acl>>,
         reply: oneshot::Sender<()>,
     },
+    /// A reload: the declared work queues are now these (`Config::all_queues`).
+    /// Replies with what could not be done.
+    ReloadQueues {
+        declared: Vec<crate::config::QueueConfig>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
     /// The password file was reloaded: close connections that logged in with a
     /// password as a user it no longer has (DISCONNECT 0x87 on v5).
     Revoke {

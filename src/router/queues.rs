@@ -35,7 +35,10 @@ pub(super) struct QueueState {
     qos: Map<ClientId, QoS>,
     /// Declared in the config (or the dead-letter queue of one): kept while
     /// idle. Others (created by a subscription) go once idle and empty.
-    declared: bool,
+    pub(super) declared: bool,
+    /// The filters its config binds (a reload unbinds those it drops; those
+    /// subscriptions bound stay).
+    pub(super) config_filters: Vec<Arc<str>>,
 }
 
 /// Every queue, and which topics feed which queue.
@@ -127,6 +130,9 @@ impl Queues {
             for f in &qc.topics {
                 let _ = q.bind(&qc.name, f);
             }
+            if let Some(s) = q.by_name.get_mut(qc.name.as_str()) {
+                s.config_filters = qc.topics.iter().map(|f| Arc::from(f.as_str())).collect();
+            }
         }
         for qc in &declared {
             if let Some(dlq) = qc.dead_letter_name() {
@@ -142,7 +148,7 @@ impl Queues {
     }
 
     /// Create `qc.name` unless it exists.
-    fn declare(&mut self, qc: &QueueConfig) -> Result<(), NoQueue> {
+    pub(super) fn declare(&mut self, qc: &QueueConfig) -> Result<(), NoQueue> {
         if self.by_name.contains_key(qc.name.as_str()) {
             return Ok(());
         }
@@ -164,6 +170,7 @@ impl Queues {
                 mem: Resident::default(),
                 qos: Map::default(),
                 declared: false,
+                config_filters: Vec::new(),
             },
         );
         Ok(())
@@ -200,7 +207,7 @@ impl Queues {
     /// Some(false) when it was bound already. None when the queue has
     /// `MAX_BINDINGS` already (bindings made by subscriptions stay: without a
     /// cap a client could grow them without end).
-    fn bind(&mut self, name: &str, filter: &str) -> Option<bool> {
+    pub(super) fn bind(&mut self, name: &str, filter: &str) -> Option<bool> {
         let (Some((name, _)), Ok(spec)) = (
             self.by_name.get_key_value(name),
             FilterSpec::parse(filter, self.topic_limits),
@@ -219,6 +226,23 @@ impl Queues {
         self.bound.insert(key);
         self.bindings.insert(&spec, name.clone(), ());
         Some(true)
+    }
+
+    /// Unbind topic filter `filter` from queue `name`, if bound.
+    pub(super) fn unbind(&mut self, name: &str, filter: &str) {
+        let Some((name, _)) = self.by_name.get_key_value(name) else {
+            return;
+        };
+        let name = name.clone();
+        let Ok(spec) = FilterSpec::parse(filter, self.topic_limits) else {
+            return;
+        };
+        if self.bound.remove(&(name.clone(), spec.filter.clone())) {
+            self.bindings.remove(&spec, &name);
+            if let Some(n) = self.bindings_of.get_mut(&name) {
+                *n = n.saturating_sub(1);
+            }
+        }
     }
 
     fn next_id(&mut self) -> MsgId {
@@ -327,7 +351,7 @@ impl Queues {
 
 /// The config of a dead-letter queue made for another: it keeps what it gets
 /// (no dead-letter queue of its own, no limit on deliveries).
-fn dead_letter_queue(name: &str) -> QueueConfig {
+pub(super) fn dead_letter_queue(name: &str) -> QueueConfig {
     let mut d = QueueConfig::named(name);
     d.dead_letter = Some(String::new());
     d.max_deliveries = u16::MAX;
@@ -583,7 +607,7 @@ impl Router {
     }
 
     /// Create a queue while running, and store its name.
-    fn declare_queue(&mut self, qc: &QueueConfig) -> Result<(), NoQueue> {
+    pub(super) fn declare_queue(&mut self, qc: &QueueConfig) -> Result<(), NoQueue> {
         self.queues.declare(qc)?;
         let qid = self.qid(&qc.name);
         if qid != 0 {

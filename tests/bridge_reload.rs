@@ -1,0 +1,289 @@
+//! Bridges changed by a reload (SIGHUP), black-box: the real `tern` binary,
+//! bridging to a second `tern` process as the remote broker. What must hold:
+//! a bridge added by a reload starts; one removed stops collecting and keeps
+//! its buffered backlog (through a kill -9 too) until `tern bridge purge` or
+//! until it comes back, when the backlog drains in order; one changed
+//! restarts with its new options; the others are left alone.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tern::protocol::{Packet, PacketId, ProtocolVersion, PubResponse, QoS};
+
+const V311: ProtocolVersion = ProtocolVersion::V311;
+/// A port nothing listens on: a bridge to it buffers (connection refused).
+const NOWHERE: &str = "127.0.0.1:1";
+
+/// A bridge entry `name` to `address`, sending `sensors/#` out under
+/// `<prefix>/`.
+fn bridge(name: &str, address: &str, prefix: &str) -> String {
+    format!(
+        r#"[[bridges]]
+name = "{name}"
+address = "{address}"
+protocol = "5"
+keepalive = "5s"
+retry_delay = "100ms"
+topics = [{{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "{prefix}/" }}]
+"#
+    )
+}
+
+/// Write the local broker's config: a listener, the store and the admin
+/// endpoint in `dir`, and `bridges` (entries made by `bridge`).
+fn write_config(dir: &Path, bridges: &[String]) -> PathBuf {
+    let path = dir.join("tern.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = true\n[storage]\ndir = \"{}/data\"\n[admin]\nbind = \"127.0.0.1:0\"\n{}",
+            dir.display(),
+            bridges.concat()
+        ),
+    )
+    .expect("write tern.toml");
+    path
+}
+
+fn sighup(tern: &BrokerProcess) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &tern.child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -HUP");
+}
+
+/// The admin endpoint's address, from the log.
+fn admin_addr(tern: &BrokerProcess) -> SocketAddr {
+    assert!(tern.wait_log_count("admin endpoint on", 1, Duration::from_secs(5)));
+    tern.log_text()
+        .split("admin endpoint on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("the admin address in the log")
+}
+
+/// `GET /api/v1/bridges`, by bridge name.
+async fn bridges(tern: &BrokerProcess) -> HashMap<String, serde_json::Value> {
+    let (status, body) = tern::admin::http::request(
+        admin_addr(tern),
+        "GET",
+        "/api/v1/bridges",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("admin answers");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["bridges"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|b| (b["name"].as_str().expect("name").to_string(), b.clone()))
+        .collect()
+}
+
+/// Poll the bridge list until `cond` holds for it (at most 10 s).
+async fn bridges_until(
+    tern: &BrokerProcess,
+    what: &str,
+    cond: impl Fn(&HashMap<String, serde_json::Value>) -> bool,
+) -> HashMap<String, serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = bridges(tern).await;
+        if cond(&b) {
+            return b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {b:?}\n{}",
+            tern.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `tern bridge ARGS --admin ADDR`: its exit status and stdout.
+fn tern_bridge(tern: &BrokerProcess, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("bridge")
+        .args(["--admin", &admin_addr(tern).to_string()])
+        .args(args)
+        .output()
+        .expect("run tern bridge");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn pid(v: u16) -> PacketId {
+    PacketId::new(v).expect("non-zero")
+}
+
+/// Publish QoS 1 messages `m-<i>` to `sensors/x`, waiting for each PUBACK.
+async fn publish(addr: SocketAddr, range: std::ops::Range<usize>) {
+    let (mut c, _) = raw_connected(addr, V311, "local-pub", true).await;
+    for (k, i) in range.enumerate() {
+        let id = (k % 60_000) as u16 + 1;
+        c.send(&publish_packet(
+            "sensors/x",
+            QoS::AtLeastOnce,
+            id,
+            format!("m-{i}").as_bytes(),
+        ))
+        .await;
+        match c.recv().await {
+            Some(Packet::PubAck(a)) => assert_eq!(a.packet_id, pid(id)),
+            other => panic!("publisher: {other:?}"),
+        }
+    }
+}
+
+/// Receive (and acknowledge) QoS 1 messages until `n` arrived or 10 s of
+/// silence: (topic, index) in arrival order.
+async fn receive(c: &mut RawClient, n: usize) -> Vec<(String, usize)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match c.recv_within(Duration::from_secs(10)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                let s = String::from_utf8_lossy(&p.payload).into_owned();
+                let i = s
+                    .strip_prefix("m-")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("unexpected payload {s}"));
+                got.push((p.topic.clone(), i));
+                if let Some(id) = p.packet_id {
+                    c.send(&Packet::PubAck(PubResponse::success(id))).await;
+                }
+            }
+            Ok(Some(other)) => panic!("remote subscriber: unexpected {other:?}"),
+            Ok(None) | Err(()) => break,
+        }
+    }
+    got
+}
+
+/// What a bridge holds: buffered, and in flight to its link.
+fn waiting(b: &serde_json::Value) -> u64 {
+    b["buffered"].as_u64().unwrap_or(0) + b["in_flight"].as_u64().unwrap_or(0)
+}
+
+fn on(topic: &str, range: std::ops::Range<usize>) -> Vec<(String, usize)> {
+    range.map(|i| (topic.to_string(), i)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() {
+    // The remote: a second Tern, with a subscriber to everything.
+    let remote = BrokerProcess::spawn(&[]);
+    let (mut sub, _) = raw_connected(remote.addr, V311, "remote-sub", true).await;
+    sub.subscribe(1, "#", QoS::AtLeastOnce).await;
+    let there = remote.addr.to_string();
+
+    // Bridge `a` cannot reach its remote: 100 messages wait in its buffer.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = write_config(dir.path(), &[bridge("a", NOWHERE, "a")]);
+    let mut tern = BrokerProcess::spawn_config(&conf);
+    publish(tern.listener_addrs(1)[0], 0..100).await;
+    // (Up to its window of them are handed to its local session already:
+    // in flight there, not sent.)
+    bridges_until(&tern, "a holds 100", |b| waiting(&b["a"]) == 100).await;
+
+    // Reload: `a` removed, `b` added. `a` keeps its 100 and stops
+    // collecting; `b` connects and forwards what comes next.
+    write_config(dir.path(), &[bridge("b", &there, "b")]);
+    sighup(&tern);
+    assert!(
+        tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)),
+        "{}",
+        tern.log_text()
+    );
+    let st = bridges_until(&tern, "a removed", |b| b["a"]["removed"] == true).await;
+    assert_eq!(st["a"]["buffered"], 100, "{st:?}");
+    assert_eq!(st["b"]["connected"], true, "{st:?}");
+    publish(tern.listener_addrs(1)[0], 100..150).await;
+    assert_eq!(receive(&mut sub, 50).await, on("b/sensors/x", 100..150));
+    let (ok, list) = tern_bridge(&tern, &["list"]);
+    assert!(ok, "{list}");
+    let row_a = list.lines().find(|l| l.starts_with("a ")).unwrap_or("");
+    assert!(
+        row_a.contains("removed") && row_a.contains(" 100 "),
+        "{list}"
+    );
+
+    // A kill -9: the removed bridge's buffer survives it (and `b` starts
+    // again from the file).
+    tern.child.kill().expect("SIGKILL tern");
+    tern.child.wait().expect("reap");
+    let tern = BrokerProcess::spawn_config(&conf);
+    let addr = tern.listener_addrs(1)[0];
+    assert!(tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)));
+
+    // Reload: `a` back, now towards the remote: its 100 drain, in order;
+    // `b` is unchanged and not restarted.
+    write_config(
+        dir.path(),
+        &[bridge("a", &there, "a"), bridge("b", &there, "b")],
+    );
+    sighup(&tern);
+    assert_eq!(receive(&mut sub, 100).await, on("a/sensors/x", 0..100));
+    let st = bridges_until(&tern, "a drained", |b| {
+        b["a"]["buffered"] == 0 && b["a"]["forwarded"] == 100
+    })
+    .await;
+    assert_eq!(st["a"]["removed"], false, "{st:?}");
+    assert!(
+        !tern.log_text().contains("bridge changed"),
+        "{}",
+        tern.log_text()
+    );
+
+    // Reload: `b` changed (a new prefix): it restarts with it; `a` goes on.
+    write_config(
+        dir.path(),
+        &[bridge("a", &there, "a"), bridge("b", &there, "b2")],
+    );
+    sighup(&tern);
+    assert!(tern.wait_log_count("bridge changed", 1, Duration::from_secs(10)));
+    assert!(tern.wait_log_count("bridge connected", 3, Duration::from_secs(10)));
+    publish(addr, 150..160).await;
+    let mut got = receive(&mut sub, 20).await;
+    got.sort();
+    let mut want = [on("a/sensors/x", 150..160), on("b2/sensors/x", 150..160)].concat();
+    want.sort();
+    assert_eq!(got, want, "{}", tern.log_text());
+
+    // `a` cut off again (a change: its buffer stays), 20 wait; then removed
+    // by a reload, and purged: the buffer is gone and so is `a`.
+    write_config(
+        dir.path(),
+        &[bridge("a", NOWHERE, "a"), bridge("b", &there, "b2")],
+    );
+    sighup(&tern);
+    assert!(tern.wait_log_count("bridge changed", 2, Duration::from_secs(10)));
+    publish(addr, 160..180).await;
+    assert_eq!(receive(&mut sub, 20).await, on("b2/sensors/x", 160..180));
+    bridges_until(&tern, "a holds 20", |b| waiting(&b["a"]) == 20).await;
+    write_config(dir.path(), &[bridge("b", &there, "b2")]);
+    sighup(&tern);
+    bridges_until(&tern, "a removed", |b| b["a"]["removed"] == true).await;
+    let (ok, out) = tern_bridge(&tern, &["purge", "a"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("purged 20 messages"), "{out}");
+    let st = bridges(&tern).await;
+    assert!(!st.contains_key("a"), "{st:?}");
+    let (ok, out) = tern_bridge(&tern, &["purge", "nope"]);
+    assert!(!ok && out.contains("no bridge named"), "{out}");
+    // Nothing else reached the remote.
+    sub.expect_silence(Duration::from_millis(300)).await;
+}
