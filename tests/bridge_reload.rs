@@ -287,3 +287,95 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
     // Nothing else reached the remote.
     sub.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// QoS 0 and a link that is down: by default a QoS 0 message is not kept
+/// (at most once; counted as dropped), with `buffer_qos0 = true` it waits
+/// with the rest. Either way it goes out at QoS 0 (the smaller of the
+/// mapping's QoS and its own), and while the link is up it goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_waits_for_a_link_only_with_buffer_qos0() {
+    let remote = BrokerProcess::spawn(&[]);
+    let (mut sub, _) = raw_connected(remote.addr, V311, "remote-sub", true).await;
+    sub.subscribe(1, "#", QoS::ExactlyOnce).await;
+    let there = remote.addr.to_string();
+    let keep = |address: &str| bridge("keep", address, "k") + "buffer_qos0 = true\n";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = write_config(dir.path(), &[bridge("drop", NOWHERE, "d"), keep(NOWHERE)]);
+    let tern = BrokerProcess::spawn_config(&conf);
+    let addr = tern.listener_addrs(1)[0];
+    let (mut p, _) = raw_connected(addr, V311, "local-pub", true).await;
+    for i in 0..10 {
+        p.send(&publish_packet(
+            "sensors/q0",
+            QoS::AtMostOnce,
+            0,
+            format!("m-{i}").as_bytes(),
+        ))
+        .await;
+    }
+    drop(p);
+    publish(addr, 10..20).await;
+    let st = bridges_until(&tern, "both hold theirs", |b| {
+        waiting(&b["keep"]) == 20 && waiting(&b["drop"]) == 10
+    })
+    .await;
+    assert_eq!(st["drop"]["dropped"], 10, "{st:?}");
+    assert_eq!(st["keep"]["dropped"], 0, "{st:?}");
+
+    // The link comes up (a reload points both at the remote).
+    write_config(dir.path(), &[bridge("drop", &there, "d"), keep(&there)]);
+    sighup(&tern);
+    let mut got = Vec::new();
+    while got.len() < 30 {
+        match sub.recv_within(Duration::from_secs(10)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                let i: usize = String::from_utf8_lossy(&p.payload)
+                    .strip_prefix("m-")
+                    .and_then(|n| n.parse().ok())
+                    .expect("m-<i>");
+                got.push((p.topic.clone(), i, p.qos));
+                if let Some(id) = p.packet_id {
+                    sub.send(&Packet::PubRec(PubResponse::success(id))).await;
+                }
+            }
+            Ok(Some(Packet::PubRel(r))) => {
+                sub.send(&Packet::PubComp(PubResponse::success(r.packet_id)))
+                    .await
+            }
+            other => panic!("remote subscriber: {other:?}\n{}", tern.log_text()),
+        }
+    }
+    let of = |topic: &str| -> Vec<(usize, QoS)> {
+        got.iter()
+            .filter(|(t, ..)| t == topic)
+            .map(|(_, i, q)| (*i, *q))
+            .collect()
+    };
+    let q1: Vec<(usize, QoS)> = (10..20).map(|i| (i, QoS::AtLeastOnce)).collect();
+    let q0: Vec<(usize, QoS)> = (0..10).map(|i| (i, QoS::AtMostOnce)).collect();
+    assert_eq!(of("k/sensors/q0"), q0, "{got:?}");
+    assert_eq!(of("k/sensors/x"), q1, "{got:?}");
+    assert_eq!(of("d/sensors/x"), q1, "{got:?}");
+    assert_eq!(of("d/sensors/q0"), vec![], "{got:?}");
+
+    // While the link is up, QoS 0 goes out on both, at QoS 0.
+    assert!(tern.wait_log_count("bridge connected", 2, Duration::from_secs(10)));
+    let (mut p, _) = raw_connected(addr, V311, "local-pub", true).await;
+    p.send(&publish_packet("sensors/q0", QoS::AtMostOnce, 0, b"m-99"))
+        .await;
+    let mut live = Vec::new();
+    while live.len() < 2 {
+        match sub.recv_within(Duration::from_secs(10)).await {
+            Ok(Some(Packet::Publish(p))) => live.push((p.topic.clone(), p.qos)),
+            other => panic!("remote subscriber: {other:?}\n{}", tern.log_text()),
+        }
+    }
+    live.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        live,
+        vec![
+            ("d/sensors/q0".to_string(), QoS::AtMostOnce),
+            ("k/sensors/q0".to_string(), QoS::AtMostOnce)
+        ]
+    );
+}

@@ -234,6 +234,7 @@ pub async fn run(b: BridgeConfig, ctx: LinkContext) {
             }
         };
         ctx.status.set_connected(false);
+        link_up(&b, &ctx, false).await;
         match served {
             Some(Served::Stop) => break,
             Some(Served::Lost { was_up: true }) => backoff = BACKOFF_MIN,
@@ -256,6 +257,22 @@ pub async fn run(b: BridgeConfig, ctx: LinkContext) {
             conn_id: ctx.conn_id,
             kind: DisconnectKind::Normal,
             session_expiry: ctx.status.is_removed().then_some(0),
+        })
+        .await;
+}
+
+/// Tell the buffer whether the link is up: without `buffer_qos0` it takes
+/// QoS 0 messages only then (it is declared closed).
+async fn link_up(b: &BridgeConfig, ctx: &LinkContext, up: bool) {
+    if b.buffer_qos0 {
+        return;
+    }
+    let gate = Some(up);
+    let _ = ctx
+        .router
+        .send(RouterMsg::Qos0Gate {
+            queue: b.queue_name(),
+            gate,
         })
         .await;
 }
@@ -299,6 +316,7 @@ impl Link<'_> {
                     Event::Connected { session_present } => {
                         was_up = true;
                         self.ctx.status.set_connected(true);
+                        link_up(self.b, self.ctx, true).await;
                         info!(bridge = %self.b.name, address = %self.b.address, session_present, "bridge connected");
                         // Incoming mappings: subscribed at every link (a kept
                         // session has them already; subscribing again is
@@ -572,9 +590,11 @@ impl Link<'_> {
         if !self.version.is_v5() {
             properties = Default::default();
         }
+        // As a subscriber with the mapping's QoS gets it: at most that, at
+        // most what it was published with (QoS 0 stays at most once).
         let p = Publish {
             dup: false,
-            qos: map.qos,
+            qos: map.qos.min(m.qos),
             retain: delivery.retain,
             topic,
             packet_id: None,

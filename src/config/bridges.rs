@@ -61,6 +61,11 @@ pub struct BridgeConfig {
     /// A full buffer: `drop-oldest` or `drop-new` (counted either way).
     #[serde(default = "d_overflow")]
     pub overflow: String,
+    /// Buffer QoS 0 messages while the link is down too. By default a QoS 0
+    /// message goes out only while the link is up and is dropped (counted)
+    /// while it is down: at most once, as its publisher asked.
+    #[serde(default)]
+    pub buffer_qos0: bool,
     #[serde(default)]
     pub topics: Vec<BridgeTopic>,
     /// TLS to the remote; plain TCP when absent.
@@ -216,6 +221,7 @@ impl BridgeConfig {
         // A refusal by the remote is retried (its code may be passing, e.g.
         // quota exceeded) up to max_deliveries: no code dead-letters at once.
         q.reject_codes = Vec::new();
+        q.qos0_while_up = !self.buffer_qos0;
         Some(q)
     }
 }

@@ -53,6 +53,10 @@ pub struct QueueConfig {
     pub overflow: String,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub message_ttl: Option<Duration>,
+    /// Not a config option: set for a bridge's buffer without `buffer_qos0`,
+    /// which takes QoS 0 messages only while its link is up.
+    #[serde(skip)]
+    pub qos0_while_up: bool,
 }
 
 fn d_prefetch() -> u16 {
@@ -105,6 +109,7 @@ impl QueueConfig {
             max_bytes: d_max_bytes(),
             overflow: d_overflow(),
             message_ttl: None,
+            qos0_while_up: false,
         }
     }
 

@@ -198,6 +198,12 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         }
     }
 
+    /// A message the queue was offered and did not take for a reason of the
+    /// caller's (a bridge's QoS 0 while its link is down): counted as dropped.
+    pub fn count_dropped(&mut self) {
+        self.counters.dropped += 1;
+    }
+
     pub fn policy(&self) -> &QueuePolicy {
         &self.policy
     }

@@ -238,6 +238,11 @@ impl Router {
             RouterMsg::ReloadQueues { declared, reply } => {
                 let _ = reply.send(self.reload_queues(declared, now));
             }
+            RouterMsg::Qos0Gate { queue, gate } => {
+                if let Some(q) = self.queues.by_name.get_mut(queue.as_str()) {
+                    q.qos0_gate = gate;
+                }
+            }
             RouterMsg::Revoke { passwords, reply } => {
                 self.revoke(&passwords);
                 let _ = reply.send(());

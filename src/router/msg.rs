@@ -160,6 +160,9 @@ pub enum RouterMsg {
         declared: Vec<crate::config::QueueConfig>,
         reply: oneshot::Sender<Vec<String>>,
     },
+    /// Whether queue `queue` takes QoS 0 messages: None always, Some(open)
+    /// only while open (a bridge's link tells its buffer whether it is up).
+    Qos0Gate { queue: String, gate: Option<bool> },
     /// The password file was reloaded: close connections that logged in with a
     /// password as a user it no longer has (DISCONNECT 0x87 on v5).
     Revoke {

@@ -76,6 +76,10 @@ impl Router {
                 result = q.core.set_policy(policy).map_err(str::to_string);
             }
             q.dead_letter = qc.dead_letter_name().map(Arc::from);
+            if q.qos0_gate.is_some() != qc.qos0_while_up {
+                // Its link (started after this) opens it when it is up.
+                q.qos0_gate = qc.qos0_while_up.then_some(false);
+            }
         }
         let old = self
             .queues

@@ -39,6 +39,10 @@ pub(super) struct QueueState {
     /// The filters its config binds (a reload unbinds those it drops; those
     /// subscriptions bound stay).
     pub(super) config_filters: Vec<Arc<str>>,
+    /// None: it takes QoS 0 messages like any. Some(open): it takes them only
+    /// while open (a bridge's buffer without `buffer_qos0`: open while the
+    /// link is up), and drops them (counted) otherwise.
+    pub(super) qos0_gate: Option<bool>,
 }
 
 /// Every queue, and which topics feed which queue.
@@ -171,6 +175,8 @@ impl Queues {
                 qos: Map::default(),
                 declared: false,
                 config_filters: Vec::new(),
+                // Closed until its link says it is up.
+                qos0_gate: qc.qos0_while_up.then_some(false),
             },
         );
         Ok(())
@@ -546,6 +552,12 @@ impl Router {
         let Some(q) = self.queues.by_name.get_mut(name) else {
             return Enqueued::Refused;
         };
+        if msg.qos == QoS::AtMostOnce && q.qos0_gate == Some(false) {
+            // At most once, as published: not kept for a link that is down.
+            // Nobody waits for an answer to a QoS 0 publish.
+            q.core.count_dropped();
+            return Enqueued::Duplicate;
+        }
         if q.mem.dead_waiting() >= DEAD_LETTERS_WAITING {
             // Its dead letters wait to be read back: nothing more until they
             // are moved (see DEAD_LETTERS_WAITING).
