@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -105,6 +105,7 @@ struct Reloadable {
 impl Broker {
     /// Bind every listener and start serving. Fails if a bind fails.
     pub async fn start(config: Config) -> io::Result<Broker> {
+        let started = std::time::Instant::now();
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let (router_tx, router_rx) = mpsc::channel(config.limits.router_queue);
@@ -163,7 +164,8 @@ impl Broker {
             })?;
             listeners.push(tcp);
         }
-        let router_task = tokio::spawn(router::run(router, router_rx));
+        let (snapshots_tx, snapshots) = watch::channel(Arc::new(router::Snapshot::default()));
+        let router_task = tokio::spawn(router::run(router, router_rx, snapshots_tx));
         // Ends with the runtime; nothing to shut down.
         tokio::spawn(crate::memory::return_freed(
             metrics.clone(),
@@ -219,11 +221,17 @@ impl Broker {
             let addr = tcp.local_addr()?;
             info!("admin endpoint on http://{addr}");
             admin_addr = Some(addr);
+            let ctx = crate::admin::AdminContext {
+                router: router_tx.clone(),
+                token: config.admin.token.as_deref().map(Arc::from),
+                bridges: statuses,
+                metrics: metrics.clone(),
+                snapshots: snapshots.clone(),
+                started,
+            };
             accept_tasks.push(tokio::spawn(crate::admin::serve(
                 tcp,
-                router_tx.clone(),
-                config.admin.token.as_deref().map(Arc::from),
-                statuses,
+                Arc::new(ctx),
                 shutdown.clone(),
             )));
         }

@@ -1,9 +1,10 @@
 //! Broker-wide counters: lock-free atomics written by the router and connections.
 //!
-//! Owns the numbers only; exporting them ($SYS, Prometheus) is a later concern. Every
+//! Owns the numbers only; exporting them is `admin::prometheus` and `sys`. Every
 //! message the broker drops is counted here under its reason.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -12,6 +13,13 @@ pub struct Metrics {
     pub connections_current: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
+    /// PUBLISHes received from clients, by QoS (0, 1, 2).
+    pub received_by_qos: [AtomicU64; 3],
+    /// PUBLISHes handed to connections, by QoS.
+    pub sent_by_qos: [AtomicU64; 3],
+    /// MQTT bytes read from and written to clients (inside TLS / WebSocket).
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
     pub messages_no_subscribers: AtomicU64,
     /// Work-queue messages dropped by `overflow = "drop-head"`.
     pub queue_dropped: AtomicU64,
@@ -57,6 +65,8 @@ pub struct Metrics {
     pub store_bytes_written: AtomicU64,
     /// fsyncs by the store (one per group of writes).
     pub store_syncs: AtomicU64,
+    /// How long each of them took.
+    pub fsync_seconds: LatencyHistogram,
     /// QoS 1/2 messages refused because the disk budget (storage.max_bytes) was
     /// reached.
     pub store_refused: AtomicU64,
@@ -84,5 +94,69 @@ pub struct Metrics {
 impl Metrics {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the latency buckets, seconds (an fsync on an SD card takes
+/// milliseconds to a second; on an SSD tens of microseconds).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A latency histogram with fixed buckets, lock-free: written by one thread
+/// (the store), read by scrapes.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations at most each bound (not cumulative); the last is past all.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, cumulative counts per bound, +Inf last).
+    pub fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut cumulative = 0;
+        let mut out = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let bound = LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+            out.push((bound, cumulative));
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        // The count is the +Inf bucket's, so the two always agree.
+        (sum, cumulative, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_fall_in_cumulative_buckets() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(50));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(10));
+        let (sum, count, buckets) = h.read();
+        assert_eq!(count, 3);
+        assert!((sum - 10.00305).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets[0], (0.0001, 1));
+        assert_eq!(buckets[5], (0.005, 2));
+        assert_eq!(buckets[13], (2.5, 2));
+        assert_eq!(buckets[14], (f64::INFINITY, 3));
     }
 }

@@ -165,12 +165,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Write a JSON response and close.
 pub async fn write_response(s: &mut TcpStream, status: u16, body: &[u8]) {
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, write_all(s, status, body)).await;
+    write_typed(s, status, "application/json", body).await;
 }
 
-async fn write_all(s: &mut TcpStream, status: u16, body: &[u8]) {
+/// Write a response of `content_type` and close.
+pub async fn write_typed(s: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, write_all(s, status, content_type, body)).await;
+}
+
+async fn write_all(s: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         reason(status),
         body.len()

@@ -7,7 +7,13 @@
 //! - `POST /api/v1/queues/<name>/purge`: remove its waiting messages
 //! - `POST /api/v1/queues/<name>/redrive?to=<queue>&max=N`: move up to N
 //!   dead letters back (to the queue each came from, or `to`)
+//! - `GET /api/v1/bridges`, `POST /api/v1/bridges/<name>/purge`
+//! - `GET /api/v1/status`: the broker's numbers (the router's last snapshot
+//!   and the counters)
+//! - `GET /metrics`: Prometheus text (`prometheus.rs`)
 //!
+//! Reads of numbers (`/metrics`, `/api/v1/status`) never wait on the router:
+//! they take the snapshot it publishes every second.
 //! A request waits for the router like a client's SUBSCRIBE does (bounded
 //! channel, then a one-shot answer); a few at a time, each bounded in bytes and
 //! time, so the endpoint cannot be used to hold the broker's memory. With
@@ -15,15 +21,18 @@
 
 pub mod cli;
 pub mod http;
+pub mod process;
+pub mod prometheus;
 
 use crate::bridge::registry::StatusList;
 use crate::bridge::status::BridgeStatus;
-use crate::router::{AdminReply, AdminRequest, RouterMsg};
+use crate::metrics::Metrics;
+use crate::router::{AdminReply, AdminRequest, RouterMsg, Snapshot};
 use http::{read_request, write_response, HttpError, Request};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -37,14 +46,21 @@ const DEFAULT_PEEK: usize = 10;
 /// Dead letters one redrive request moves by default.
 const DEFAULT_REDRIVE: usize = 1_000;
 
+/// What the endpoint reads and whom it asks.
+pub struct AdminContext {
+    pub router: mpsc::Sender<RouterMsg>,
+    /// `[admin] token`: every request must carry it.
+    pub token: Option<Arc<str>>,
+    pub bridges: Arc<StatusList>,
+    pub metrics: Arc<Metrics>,
+    /// The router's latest numbers.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// When the broker started (uptime).
+    pub started: std::time::Instant,
+}
+
 /// Serve the admin endpoint on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    router: mpsc::Sender<RouterMsg>,
-    token: Option<Arc<str>>,
-    bridges: Arc<StatusList>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(CONCURRENT));
     loop {
         let permit = tokio::select! {
@@ -64,20 +80,16 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
-        let (router, token, bridges) = (router.clone(), token.clone(), bridges.clone());
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            handle(stream, &router, token.as_deref(), &bridges).await;
+            handle(stream, &ctx).await;
             drop(permit);
         });
     }
 }
 
-async fn handle(
-    mut s: TcpStream,
-    router: &mpsc::Sender<RouterMsg>,
-    token: Option<&str>,
-    bridges: &StatusList,
-) {
+async fn handle(mut s: TcpStream, ctx: &AdminContext) {
+    let (router, token, bridges) = (&ctx.router, ctx.token.as_deref(), &*ctx.bridges);
     let req = match read_request(&mut s, READ_TIMEOUT).await {
         Ok(r) => r,
         Err(HttpError::TooLarge) => return reply(&mut s, 413, error("request too large")).await,
@@ -94,6 +106,17 @@ async fn handle(
             )
             .await;
         }
+    }
+    if req.path == ["metrics"] || req.path == ["api", "v1", "status"] {
+        if req.method != "GET" {
+            return reply(&mut s, 405, error("use GET")).await;
+        }
+        let snapshot = ctx.snapshots.borrow().clone();
+        if req.path == ["metrics"] {
+            let text = prometheus::render(ctx.metrics.clone(), snapshot, bridges.get());
+            return http::write_typed(&mut s, 200, prometheus::CONTENT_TYPE, text.as_bytes()).await;
+        }
+        return reply(&mut s, 200, status_json(ctx, &snapshot)).await;
     }
     if req.path == ["api", "v1", "bridges"] {
         if req.method != "GET" {
@@ -131,6 +154,50 @@ async fn handle(
     }
     let (status, body) = render(answer);
     reply(&mut s, status, body).await
+}
+
+/// `GET /api/v1/status`: what the broker is doing, from the last snapshot
+/// and the counters.
+fn status_json(ctx: &AdminContext, s: &Snapshot) -> serde_json::Value {
+    let m = &ctx.metrics;
+    let get = |c: &std::sync::atomic::AtomicU64| Metrics::get(c);
+    let sum = |a: &[std::sync::atomic::AtomicU64; 3]| a.iter().map(get).sum::<u64>();
+    let dropped = [
+        &m.dropped_queue_full,
+        &m.dropped_qos0_slow,
+        &m.dropped_too_large,
+        &m.dropped_outbox_full,
+        &m.messages_expired,
+        &m.acl_denied_publish,
+        &m.acl_denied_deliver,
+        &m.messages_unreadable,
+        &m.store_refused,
+    ]
+    .into_iter()
+    .map(get)
+    .sum::<u64>();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": ctx.started.elapsed().as_secs(),
+        "snapshot_unix_ms": s.taken_unix_ms,
+        "connections": get(&m.connections_current),
+        "clients_connected": s.clients_connected,
+        "clients_maximum": s.clients_maximum,
+        "sessions": s.sessions,
+        "subscriptions": s.subscriptions,
+        "inflight": s.inflight,
+        "queued": s.queued,
+        "retained_messages": s.retained_messages,
+        "retained_bytes": s.retained_bytes,
+        "messages_received": sum(&m.received_by_qos),
+        "messages_sent": sum(&m.sent_by_qos),
+        "bytes_received": get(&m.bytes_received),
+        "bytes_sent": get(&m.bytes_sent),
+        "messages_dropped": dropped,
+        "store_written_bytes": get(&m.store_bytes_written),
+        "resident_bytes": process::ProcessStats::read().map(|p| p.resident_bytes),
+        "queues": s.queues,
+    })
 }
 
 /// `POST /api/v1/bridges/<name>/purge`: drop what waits in a bridge's buffer

@@ -50,6 +50,10 @@ impl BridgeStatus {
         }
     }
 
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
     pub fn set_removed(&self, removed: bool) {
         self.removed.store(removed, Ordering::Relaxed);
     }

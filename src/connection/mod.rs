@@ -122,6 +122,7 @@ where
     let mut charge = Charge {
         budget: &shared.pre_login,
         held: 0,
+        read: 0,
     };
     // (3.1.1 and 5.0 section 3.1) a server closes a connection that does not send CONNECT in
     // reasonable time (rumqttd lesson: without this, idle sockets pile up).
@@ -132,6 +133,10 @@ where
         read_connect(&mut stream, &mut rbuf, &cfg.limits, &mut charge),
     ))
     .await;
+    shared
+        .metrics
+        .bytes_received
+        .fetch_add(charge.read, Ordering::Relaxed);
     let connect = match first {
         Err(_) => {
             debug!("no CONNECT within {:?}", cfg.limits.connect_timeout);
@@ -390,7 +395,10 @@ impl Conn {
                             debug!(error = %e, "read error");
                             return Close::silent();
                         }
-                        Ok(n) => self.adapt_read_size(n, spare),
+                        Ok(n) => {
+                            self.shared.metrics.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                            self.adapt_read_size(n, spare)
+                        }
                     }
                     if !taken_over {
                         ka.as_mut().reset(next_deadline(self.keep_alive));
@@ -492,6 +500,10 @@ impl Conn {
         match res {
             Ok(Written::Bytes(0)) | Err(_) => return Some(Close::silent()),
             Ok(Written::Bytes(n)) => {
+                self.shared
+                    .metrics
+                    .bytes_sent
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 self.wbuf.advance(n);
                 if self.wbuf.is_empty() {
                     // Plain TCP (and most TLS writes) flush at once:

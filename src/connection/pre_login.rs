@@ -50,6 +50,8 @@ impl PreLoginBudget {
 pub(super) struct Charge<'a> {
     pub(super) budget: &'a PreLoginBudget,
     pub(super) held: usize,
+    /// Bytes read so far (the `bytes_received` metric).
+    pub(super) read: u64,
 }
 
 impl Drop for Charge<'_> {
@@ -147,7 +149,7 @@ pub(super) async fn read_connect<S: AsyncRead + Unpin>(
         }
         match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(NoConnect::Closed),
-            Ok(_) => {}
+            Ok(n) => charge.read += n as u64,
         }
     }
 }
@@ -269,6 +271,7 @@ mod tests {
         client.write_all(&bytes).await.unwrap();
         let mut buf = BytesMut::with_capacity(CONNECT_READ);
         let mut charge = Charge {
+            read: 0,
             budget: &budget,
             held: 0,
         };

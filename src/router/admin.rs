@@ -170,7 +170,7 @@ impl Router {
         }
     }
 
-    fn queue_info(&self, name: &str) -> Option<QueueInfo> {
+    pub(super) fn queue_info(&self, name: &str) -> Option<QueueInfo> {
         let (stats, dead_letter, in_memory) = self.queues.stats(name)?;
         let now_ms = self.turn.unix_ms;
         Some(QueueInfo {

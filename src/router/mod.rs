@@ -57,6 +57,7 @@ mod retained;
 mod room;
 mod run;
 mod session_disk;
+mod snapshot;
 mod subscribe;
 mod takeover;
 
@@ -66,15 +67,20 @@ use durable::{Held, StoreLink};
 pub use msg::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
 use queues::{Queues, Timer};
 pub use run::run;
+pub use snapshot::Snapshot;
 
 /// Push into a connection's outbox, counting what was sent and what a closing
 /// connection refused (the room checks make a refusal impossible otherwise).
 fn send_now(h: &ConnHandle, item: Outgoing, metrics: &Metrics) {
-    let delivery = matches!(item, Outgoing::Publish { .. });
+    let qos = match &item {
+        Outgoing::Publish { delivery, .. } => Some(delivery.qos),
+        _ => None,
+    };
     if h.outbox.try_send(item).is_err() {
         metrics.dropped_outbox_full.fetch_add(1, Ordering::Relaxed);
-    } else if delivery {
+    } else if let Some(qos) = qos {
         metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
+        metrics.sent_by_qos[usize::from(qos.as_u8())].fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -2,19 +2,27 @@
 //! Handles messages in order and in batches, fires deadlines on time, releases
 //! what waited for the store's sync, and sweeps expired retained messages.
 
+use super::snapshot::{Snapshot, SNAPSHOT_EVERY};
 use super::{Router, RouterMsg};
 use crate::clock::Clock;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 /// The router task: handle messages in order, fire deadlines on time, sweep
 /// expired retained messages. Stops after `Finish`, or when every sender is gone.
-pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
+pub async fn run(
+    mut router: Router,
+    mut rx: mpsc::Receiver<RouterMsg>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+) {
     // Limit work per turn so deadlines are not starved by a message flood.
     const BATCH: usize = 256;
     const SWEEP_EVERY: Duration = Duration::from_secs(60);
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    // The first one at once: readers see real numbers from the start.
+    let mut next_snapshot = Instant::now();
     let mut synced = router.synced_watch();
     let mut loaded = router.take_loaded();
     // What recovery wrote (sessions that were connected at the crash).
@@ -22,7 +30,8 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
     'turns: loop {
         let wake = router
             .next_deadline()
-            .map_or(next_sweep, |d| d.min(next_sweep));
+            .map_or(next_sweep, |d| d.min(next_sweep))
+            .min(next_snapshot);
         let msg = tokio::select! {
             m = rx.recv() => m,
             Some(t) = next_synced(&mut synced) => {
@@ -48,6 +57,10 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
                     router.sweep(now);
                     next_sweep = now + SWEEP_EVERY;
                 }
+                if now >= next_snapshot {
+                    publish_snapshot(&router, &snapshots);
+                    next_snapshot = now + SNAPSHOT_EVERY;
+                }
                 router.end_turn();
                 continue;
             }
@@ -72,6 +85,11 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>) {
         }
         if router.next_deadline().is_some_and(|d| d <= now) {
             router.tick(clock);
+        }
+        // Under a flood of messages too.
+        if now >= next_snapshot {
+            publish_snapshot(&router, &snapshots);
+            next_snapshot = now + SNAPSHOT_EVERY;
         }
         router.end_turn();
     }
@@ -124,4 +142,9 @@ async fn next_synced(rx: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
         },
         None => std::future::pending().await,
     }
+}
+
+fn publish_snapshot(router: &Router, snapshots: &watch::Sender<Arc<Snapshot>>) {
+    let s = router.snapshot(&snapshots.borrow());
+    snapshots.send_replace(Arc::new(s));
 }

@@ -624,7 +624,9 @@ impl Writer {
 
     fn sync(&mut self) {
         if self.unsynced {
+            let started = Instant::now();
             retry("fsync", || self.log.sync());
+            self.metrics.fsync_seconds.observe(started.elapsed());
             self.metrics.store_syncs.fetch_add(1, Ordering::Relaxed);
             self.unsynced = false;
         }

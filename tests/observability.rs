@@ -1,0 +1,140 @@
+//! What an operator sees without a shell: `GET /metrics` parsed by the
+//! reference Prometheus parser (the `prometheus_client` Python package,
+//! `tests/prometheus_parse.py`; missing, the test fails) with counters equal
+//! to the traffic the test sent, and `GET /api/v1/status`.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+use tern::protocol::{Packet, ProtocolVersion, PubResponse, QoS};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const PARSER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/prometheus_parse.py");
+
+async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
+    tern::admin::http::request(admin, "GET", path, None, Duration::from_secs(5))
+        .await
+        .expect("admin answers")
+}
+
+/// `/metrics`, through the reference parser: sample -> value.
+async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
+    let (status, text) = get(admin, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    require("python3");
+    let out = run_bounded_with_stdin(
+        {
+            let mut c = Command::new("python3");
+            c.arg(PARSER);
+            c
+        },
+        text.as_bytes(),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics (is the prometheus-client Python package installed?): {}\n{text}",
+        out.stderr
+    );
+    serde_json::from_str(&out.stdout).expect("parser output")
+}
+
+fn at(m: &HashMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in {m:?}"))
+}
+
+/// Scrape until `cond` holds (the router's snapshot is taken every second).
+async fn scrape_until(
+    admin: SocketAddr,
+    cond: impl Fn(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(admin).await;
+        if cond(&m) {
+            return m;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {m:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
+    let mut c = test_config();
+    c.admin.bind = Some("127.0.0.1:0".parse().expect("addr"));
+    let mut q = tern::config::QueueConfig::named("jobs");
+    q.topics = vec!["jobs/#".into()];
+    c.queues = vec![q];
+    let (broker, addr) = start(c).await;
+    let admin = broker.admin_addr().expect("admin on");
+
+    let (mut sub, _) = raw_connected(addr, V5, "watcher", true).await;
+    sub.subscribe(1, "data/#", QoS::AtLeastOnce).await;
+    let (mut p, _) = raw_connected(addr, V5, "producer", true).await;
+    for i in 0..7u16 {
+        p.send(&publish_packet("data/q1", QoS::AtLeastOnce, i + 1, b"x"))
+            .await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    for _ in 0..3 {
+        p.send(&publish_packet("data/q0", QoS::AtMostOnce, 0, b"y"))
+            .await;
+    }
+    for i in 0..4u16 {
+        p.send(&publish_packet("jobs/a", QoS::AtLeastOnce, 100 + i, b"job"))
+            .await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    let mut got = 0;
+    while got < 10 {
+        match sub.recv().await {
+            Some(Packet::Publish(m)) => {
+                got += 1;
+                if let Some(id) = m.packet_id {
+                    sub.send(&Packet::PubAck(PubResponse::success(id))).await;
+                }
+            }
+            other => panic!("subscriber: {other:?}"),
+        }
+    }
+
+    let m = scrape_until(admin, |m| {
+        m.get("tern_queue_depth{queue=jobs}") == Some(&4.0)
+            && m.get("tern_sessions_connected{}") == Some(&2.0)
+    })
+    .await;
+    assert_eq!(at(&m, "tern_messages_received_total{qos=1}"), 11.0);
+    assert_eq!(at(&m, "tern_messages_received_total{qos=0}"), 3.0);
+    assert_eq!(at(&m, "tern_messages_received_total{qos=2}"), 0.0);
+    assert_eq!(at(&m, "tern_messages_sent_total{qos=1}"), 7.0);
+    assert_eq!(at(&m, "tern_messages_sent_total{qos=0}"), 3.0);
+    assert_eq!(at(&m, "tern_queue_enqueued_total{queue=jobs}"), 4.0);
+    assert_eq!(at(&m, "tern_connections{}"), 2.0);
+    assert_eq!(at(&m, "tern_connections_accepted_total{}"), 2.0);
+    assert_eq!(at(&m, "tern_subscriptions{}"), 1.0);
+    assert!(at(&m, "tern_received_bytes_total{}") > 15.0 * 5.0);
+    assert!(at(&m, "tern_sent_bytes_total{}") > 10.0 * 5.0);
+    assert!(at(&m, "process_resident_memory_bytes{}") > 1e6);
+    assert!(
+        m.contains_key("tern_store_fsync_seconds_bucket{le=+Inf}"),
+        "{m:?}"
+    );
+    assert!(m.contains_key("process_cpu_seconds_total{}"), "{m:?}");
+
+    let (status, body) = get(admin, "/api/v1/status").await;
+    assert_eq!(status, 200, "{body}");
+    let s: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(s["clients_connected"], 2, "{s}");
+    assert_eq!(s["messages_received"], 14, "{s}");
+    assert_eq!(s["subscriptions"], 1, "{s}");
+    assert_eq!(s["queues"][0]["name"], "jobs", "{s}");
+    assert_eq!(s["queues"][0]["depth"], 4, "{s}");
+    drop((sub, p));
+    broker.shutdown().await;
+}
