@@ -321,6 +321,31 @@ async fn qos0_waits_for_a_link_only_with_buffer_qos0() {
     .await;
     assert_eq!(st["drop"]["dropped"], 10, "{st:?}");
     assert_eq!(st["keep"]["dropped"], 0, "{st:?}");
+    // The same in the Prometheus series (from the router's snapshot, taken
+    // every second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text) = tern::admin::http::request(
+            admin_addr(&tern),
+            "GET",
+            "/metrics",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("metrics");
+        let want = [
+            "tern_queue_dropped_total{queue=\"bridge-drop\"} 10",
+            "tern_bridge_buffered{bridge=\"keep\"} 20",
+            "tern_bridge_buffered{bridge=\"drop\"} 10",
+            "tern_bridge_connected{bridge=\"keep\"} 0",
+        ];
+        if want.iter().all(|w| text.lines().any(|l| l.starts_with(w))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{want:?} in\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The link comes up (a reload points both at the remote).
     write_config(dir.path(), &[bridge("drop", &there, "d"), keep(&there)]);
