@@ -164,8 +164,25 @@ impl Broker {
             })?;
             listeners.push(tcp);
         }
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        // Bridges: each a task with a local session of its own (started
+        // below, once the listeners are up).
+        let mut bridges = crate::bridge::registry::Bridges::new(
+            router_tx.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+            config.topic_limits(),
+        );
+        let statuses = bridges.statuses();
         let (snapshots_tx, snapshots) = watch::channel(Arc::new(router::Snapshot::default()));
-        let router_task = tokio::spawn(router::run(router, router_rx, snapshots_tx));
+        let publishing = router::Publishing {
+            snapshots: snapshots_tx,
+            sys_every: Some(config.mqtt.sys_interval).filter(|d| !d.is_zero()),
+            bridges: statuses.clone(),
+            started,
+        };
+        let router_task = tokio::spawn(router::run(router, router_rx, publishing));
         // Ends with the runtime; nothing to shut down.
         tokio::spawn(crate::memory::return_freed(
             metrics.clone(),
@@ -179,8 +196,6 @@ impl Broker {
             logins,
             pre_login: Default::default(),
         });
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
@@ -201,15 +216,7 @@ impl Broker {
                 tracker.clone(),
             )));
         }
-        // Bridges: each a task with a local session of its own.
-        let mut bridges = crate::bridge::registry::Bridges::new(
-            router_tx.clone(),
-            shutdown.clone(),
-            tracker.clone(),
-            config.topic_limits(),
-        );
         bridges.start_missing(&config.bridges);
-        let statuses = bridges.statuses();
         let mut admin_addr = None;
         if let Some(bind_addr) = config.admin.bind {
             let tcp = bind(bind_addr, 64).map_err(|e| {

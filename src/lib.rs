@@ -33,6 +33,7 @@ pub mod stall;
 pub mod store;
 pub mod subscription_index;
 pub mod subscriptions;
+pub mod sys;
 pub mod tls;
 pub mod topic;
 pub mod ws;

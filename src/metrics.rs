@@ -95,6 +95,26 @@ impl Metrics {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Messages or deliveries not made, every reason together (`$SYS`
+    /// `publish/messages/dropped`, `/api/v1/status`; `/metrics` has them by
+    /// reason).
+    pub fn messages_dropped(&self) -> u64 {
+        [
+            &self.dropped_queue_full,
+            &self.dropped_qos0_slow,
+            &self.dropped_too_large,
+            &self.dropped_outbox_full,
+            &self.messages_expired,
+            &self.acl_denied_publish,
+            &self.acl_denied_deliver,
+            &self.messages_unreadable,
+            &self.store_refused,
+        ]
+        .into_iter()
+        .map(Metrics::get)
+        .sum()
+    }
 }
 
 /// Upper bounds of the latency buckets, seconds (an fsync on an SD card takes

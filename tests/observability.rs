@@ -138,3 +138,84 @@ async fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
     drop((sub, p));
     broker.shutdown().await;
 }
+
+/// `$SYS`: retained, every `sys_interval`, Mosquitto's names; the values
+/// follow the traffic (and a wildcard `#` does not match `$SYS` topics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_topics_are_retained_and_follow_the_traffic() {
+    let mut c = test_config();
+    c.mqtt.sys_interval = Duration::from_millis(300);
+    let (broker, addr) = start(c).await;
+    let (mut all, _) = raw_connected(addr, V5, "everything", true).await;
+    all.subscribe(1, "#", QoS::AtMostOnce).await;
+    let (mut p, _) = raw_connected(addr, V5, "producer", true).await;
+    for _ in 0..5 {
+        p.send(&publish_packet("t", QoS::AtMostOnce, 0, b"x")).await;
+    }
+    // What `#` gets: the 5 messages, never a $SYS one [MQTT-4.7.2-1].
+    for _ in 0..5 {
+        match all.recv().await {
+            Some(Packet::Publish(m)) => assert_eq!(m.topic, "t"),
+            other => panic!("{other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // A late subscriber gets the tree at once, retained.
+    let (mut sys, _) = raw_connected(addr, V5, "sys-reader", true).await;
+    sys.subscribe(1, "$SYS/broker/#", QoS::AtMostOnce).await;
+    // First the retained tree as it was last published (retain set), then
+    // every interval anew.
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut first = true;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match sys.recv().await {
+            Some(Packet::Publish(m)) => {
+                if first {
+                    assert!(m.retain, "{m:?}");
+                    first = false;
+                }
+                let v = String::from_utf8_lossy(&m.payload).into_owned();
+                seen.insert(m.topic.clone(), v);
+            }
+            other => panic!("{other:?}"),
+        }
+        let v = |t: &str| seen.get(t).cloned().unwrap_or_default();
+        if v("$SYS/broker/clients/connected") == "3"
+            && v("$SYS/broker/clients/total") == "3"
+            && v("$SYS/broker/publish/messages/received") == "5"
+            && seen.contains_key("$SYS/broker/load/messages/received/15min")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{seen:?}");
+    }
+    let v = |t: &str| seen.get(t).cloned().unwrap_or_default();
+    assert!(
+        v("$SYS/broker/version").starts_with("tern version "),
+        "{seen:?}"
+    );
+    assert!(v("$SYS/broker/uptime").ends_with(" seconds"), "{seen:?}");
+    // More traffic: the next interval says so.
+    for _ in 0..4 {
+        p.send(&publish_packet("t", QoS::AtMostOnce, 0, b"x")).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match sys.recv_within(Duration::from_secs(2)).await {
+            Ok(Some(Packet::Publish(m))) if m.topic == "$SYS/broker/publish/messages/received" => {
+                if m.payload[..] == b"9"[..] {
+                    break;
+                }
+            }
+            Ok(Some(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "received never became 9"
+        );
+    }
+    drop((all, p, sys));
+    broker.shutdown().await;
+}

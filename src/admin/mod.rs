@@ -162,20 +162,7 @@ fn status_json(ctx: &AdminContext, s: &Snapshot) -> serde_json::Value {
     let m = &ctx.metrics;
     let get = |c: &std::sync::atomic::AtomicU64| Metrics::get(c);
     let sum = |a: &[std::sync::atomic::AtomicU64; 3]| a.iter().map(get).sum::<u64>();
-    let dropped = [
-        &m.dropped_queue_full,
-        &m.dropped_qos0_slow,
-        &m.dropped_too_large,
-        &m.dropped_outbox_full,
-        &m.messages_expired,
-        &m.acl_denied_publish,
-        &m.acl_denied_deliver,
-        &m.messages_unreadable,
-        &m.store_refused,
-    ]
-    .into_iter()
-    .map(get)
-    .sum::<u64>();
+    let dropped = m.messages_dropped();
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": ctx.started.elapsed().as_secs(),

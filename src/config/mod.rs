@@ -380,6 +380,10 @@ pub struct MqttConfig {
     /// How long a graceful shutdown waits for outgoing buffers to drain.
     #[serde(alias = "shutdown_timeout_secs", deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
+    /// How often the `$SYS` tree is published (retained, Mosquitto's
+    /// `sys_interval`); "0s" turns it off.
+    #[serde(deserialize_with = "de_duration")]
+    pub sys_interval: Duration,
 }
 
 impl Default for MqttConfig {
@@ -389,6 +393,7 @@ impl Default for MqttConfig {
             backpressure: true,
             backpressure_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
+            sys_interval: Duration::from_secs(10),
         }
     }
 }

@@ -66,7 +66,7 @@ use client::{Client, HeldAck};
 use durable::{Held, StoreLink};
 pub use msg::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
 use queues::{Queues, Timer};
-pub use run::run;
+pub use run::{run, Publishing};
 pub use snapshot::Snapshot;
 
 /// Push into a connection's outbox, counting what was sent and what a closing
@@ -88,7 +88,10 @@ pub struct Router {
     clients: Map<ClientId, Client>,
     subs: SubscriptionIndex<ClientId, Subscription>,
     retained: RetainTree<Arc<Message>>,
+    /// Bytes of retained messages, `$SYS` aside.
     retained_bytes: usize,
+    /// Retained `$SYS` messages (in `retained`, outside its caps and bytes).
+    sys_retained: usize,
     /// Deadlines for delayed wills, session expiry and backpressure timeouts,
     /// checked by `tick`.
     deadlines: Deadlines<Timer>,
@@ -143,6 +146,7 @@ impl Router {
             subs: SubscriptionIndex::new(),
             retained: RetainTree::new(),
             retained_bytes: 0,
+            sys_retained: 0,
             deadlines: Deadlines::new(),
             queues: Queues::from_config(config, now.now),
             limits: QueueLimits {

@@ -83,9 +83,15 @@ impl Router {
 
     /// Set, replace or clear a retained message [MQTT-3.3.1-5/6], within the caps.
     pub(super) fn store_retained(&mut self, topic: &str, msg: &Arc<Message>) {
+        // `$SYS` is the broker's own, rewritten every interval: in memory only.
+        let durable = !crate::topic::is_sys_topic(topic);
         if let Some(old) = self.retained.remove(topic) {
-            self.retained_bytes = self.retained_bytes.saturating_sub(old.cost());
-            if let Some(st) = self.store.as_mut() {
+            if durable {
+                self.retained_bytes = self.retained_bytes.saturating_sub(old.cost());
+            } else {
+                self.sys_retained -= 1;
+            }
+            if let Some(st) = self.store.as_mut().filter(|_| durable) {
                 st.ops.push(Op::RetainClear {
                     topic: old.topic.clone(),
                 });
@@ -95,8 +101,10 @@ impl Router {
             // [MQTT-3.3.1-6] an empty retained message clears the topic.
             return;
         }
-        if self.retained.len() >= self.max_retained_messages
-            || self.retained_bytes + msg.cost() > self.max_retained_bytes
+        // The caps are the clients': `$SYS` neither counts nor is refused.
+        if durable
+            && (self.retained.len() - self.sys_retained >= self.max_retained_messages
+                || self.retained_bytes + msg.cost() > self.max_retained_bytes)
         {
             self.metrics
                 .retained_refused
@@ -121,9 +129,13 @@ impl Router {
             },
             received: msg.received,
         });
-        self.retained_bytes += msg.cost();
+        if durable {
+            self.retained_bytes += msg.cost();
+        } else {
+            self.sys_retained += 1;
+        }
         self.retained.set(topic, msg.clone());
-        if let Some(st) = self.store.as_mut() {
+        if let Some(st) = self.store.as_mut().filter(|_| durable) {
             if let Some(Op::RetainClear { topic: t }) = st.ops.last() {
                 if **t == *topic {
                     // Replaced, not cleared: the new record supersedes the old.

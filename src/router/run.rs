@@ -4,7 +4,9 @@
 
 use super::snapshot::{Snapshot, SNAPSHOT_EVERY};
 use super::{Router, RouterMsg};
+use crate::bridge::registry::StatusList;
 use crate::clock::Clock;
+use crate::sys::{BridgeSys, Sys};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -12,11 +14,28 @@ use tracing::warn;
 
 /// The router task: handle messages in order, fire deadlines on time, sweep
 /// expired retained messages. Stops after `Finish`, or when every sender is gone.
-pub async fn run(
-    mut router: Router,
-    mut rx: mpsc::Receiver<RouterMsg>,
-    snapshots: watch::Sender<Arc<Snapshot>>,
-) {
+/// What the router task publishes about the broker.
+pub struct Publishing {
+    /// Where the snapshot goes (every `SNAPSHOT_EVERY`).
+    pub snapshots: watch::Sender<Arc<Snapshot>>,
+    /// `[mqtt] sys_interval`; None: no `$SYS`.
+    pub sys_every: Option<Duration>,
+    /// The bridges, for `$SYS/broker/bridges/...`.
+    pub bridges: Arc<StatusList>,
+    /// When the broker started (`$SYS/broker/uptime`).
+    pub started: Instant,
+}
+
+pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>, publishing: Publishing) {
+    let Publishing {
+        snapshots,
+        sys_every,
+        bridges,
+        started,
+    } = publishing;
+    let mut sys = Sys::new(started);
+    // The first $SYS at once, as the first snapshot.
+    let mut next_sys = sys_every.map(|_| Instant::now());
     // Limit work per turn so deadlines are not starved by a message flood.
     const BATCH: usize = 256;
     const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -32,6 +51,7 @@ pub async fn run(
             .next_deadline()
             .map_or(next_sweep, |d| d.min(next_sweep))
             .min(next_snapshot);
+        let wake = next_sys.map_or(wake, |s| wake.min(s));
         let msg = tokio::select! {
             m = rx.recv() => m,
             Some(t) = next_synced(&mut synced) => {
@@ -60,6 +80,15 @@ pub async fn run(
                 if now >= next_snapshot {
                     publish_snapshot(&router, &snapshots);
                     next_snapshot = now + SNAPSHOT_EVERY;
+                }
+                if let (Some(at), Some(every)) = (next_sys, sys_every) {
+                    if now >= at {
+                        publish_snapshot(&router, &snapshots);
+                        let s = snapshots.borrow().clone();
+                        let messages = sys.messages(now, router.sys_counters(), &s, &bridge_rows(&bridges, &s));
+                        router.publish_sys(messages, now);
+                        next_sys = Some(now + every);
+                    }
                 }
                 router.end_turn();
                 continue;
@@ -147,4 +176,25 @@ async fn next_synced(rx: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
 fn publish_snapshot(router: &Router, snapshots: &watch::Sender<Arc<Snapshot>>) {
     let s = router.snapshot(&snapshots.borrow());
     snapshots.send_replace(Arc::new(s));
+}
+
+/// The bridges' lines of `$SYS`, their buffers' sizes from the snapshot.
+fn bridge_rows(bridges: &StatusList, s: &Snapshot) -> Vec<BridgeSys> {
+    bridges
+        .get()
+        .iter()
+        .filter(|b| !b.is_removed())
+        .map(|b| BridgeSys {
+            name: b.name.clone(),
+            connected: b.is_connected(),
+            buffered: s
+                .queues
+                .iter()
+                .find(|q| q.name == b.queue)
+                .map_or(0, |q| (q.depth + q.in_flight) as u64),
+            forwarded: crate::metrics::Metrics::get(&b.forwarded),
+            received: crate::metrics::Metrics::get(&b.received),
+            refused: crate::metrics::Metrics::get(&b.refused),
+        })
+        .collect()
 }

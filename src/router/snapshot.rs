@@ -23,6 +23,7 @@ pub struct Snapshot {
     pub clients_maximum: usize,
     /// Subscriptions (a client's filter counts once), `$queue/` ones aside.
     pub subscriptions: usize,
+    /// Retained messages, `$SYS` aside.
     pub retained_messages: usize,
     pub retained_bytes: usize,
     /// QoS 1/2 deliveries sent and not yet acknowledged, all sessions.
@@ -40,7 +41,7 @@ impl Router {
             taken_unix_ms: self.turn.unix_ms,
             sessions: self.clients.len(),
             subscriptions: self.subs.len(),
-            retained_messages: self.retained.len(),
+            retained_messages: self.retained.len() - self.sys_retained,
             retained_bytes: self.retained_bytes,
             ..Snapshot::default()
         };
@@ -56,5 +57,38 @@ impl Router {
         names.sort();
         s.queues = names.iter().filter_map(|n| self.queue_info(n)).collect();
         s
+    }
+}
+
+impl Router {
+    /// Publish the `$SYS` tree: retained QoS 0 messages from the broker
+    /// itself (the ACL still decides who may read them).
+    pub(super) fn publish_sys(&mut self, messages: Vec<(String, String)>, now: Instant) {
+        for (topic, payload) in messages {
+            let p = Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                topic,
+                packet_id: None,
+                properties: Default::default(),
+                payload: payload.into(),
+            };
+            self.publish(None, p, now, false);
+        }
+    }
+
+    /// The counters `$SYS` reports.
+    pub(super) fn sys_counters(&self) -> crate::sys::SysCounters {
+        let m = &self.metrics;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        crate::sys::SysCounters {
+            publish_received: get(&m.messages_received),
+            publish_sent: get(&m.messages_sent),
+            publish_dropped: m.messages_dropped(),
+            bytes_received: get(&m.bytes_received),
+            bytes_sent: get(&m.bytes_sent),
+            connections_accepted: get(&m.connections_accepted),
+        }
     }
 }
