@@ -14,7 +14,7 @@ use common::*;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tern::protocol::{Packet, ProtocolVersion, PubResponse, QoS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,4 +389,107 @@ async fn messages_the_remote_refuses_end_in_the_dead_letter_queue() {
     assert!(dead.iter().all(|t| t == "sensors/bad/1"), "{dead:?}");
     assert!(tern.log_text().contains("the remote refused a message"));
     rsub.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// The issue's outage at its size: the remote is stopped, 100,000 QoS 1
+/// messages over 4 topics are published locally (pipelined), Tern is killed
+/// with SIGKILL after the first 50,000 and started again, the rest are
+/// published, then the remote comes back. The bridge sends at QoS 2 (the
+/// mapping's) to a persistent subscriber of the remote subscribed at QoS 2:
+/// every message arrives exactly once, at QoS 2, in publish order per topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_100k_messages_and_a_kill9_deliver_each_exactly_once_in_order() {
+    const N: usize = 100_000;
+    const TOPICS: usize = 4;
+    const WINDOW: usize = 256;
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut remote = Mosquitto::start(dir.path());
+    // A persistent subscriber on the remote, away during the outage.
+    let (mut sub, _) = raw_connected(remote.addr, V311, "outage-100k-sub", false).await;
+    sub.subscribe(1, "gw1/#", QoS::ExactlyOnce).await;
+    sub.send(&Packet::Disconnect(Default::default())).await;
+    drop(sub);
+    let conf = tern_config_with(
+        dir.path(),
+        remote.addr,
+        "5",
+        r#"{ filter = "sensors/#", direction = "out", qos = 2, remote_prefix = "gw1/" }"#,
+    );
+    let mut tern = BrokerProcess::spawn_config(&conf);
+    assert!(
+        tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)),
+        "{}",
+        tern.log_text()
+    );
+    remote.stop();
+
+    let messages = |range: std::ops::Range<usize>| {
+        range.map(|i| (format!("sensors/t{}", i % TOPICS), format!("m-{i}")))
+    };
+    let addr = tern.listener_addrs(1)[0];
+    let (mut publisher, _) = raw_connected(addr, V311, "local-pub", true).await;
+    let first_half = publish_pipelined(&mut publisher, messages(0..N / 2), WINDOW).await;
+    drop(publisher);
+    let st = bridges_status(&tern).await;
+    assert_eq!(st["bridges"][0]["connected"], false, "{st}");
+    assert_eq!(bridge_waiting(&st), (N / 2) as u64, "{st}");
+    let t_kill = Instant::now();
+    tern.child.kill().expect("SIGKILL tern");
+    tern.child.wait().expect("reap");
+    let tern = BrokerProcess::spawn_config(&conf);
+    let addr = tern.listener_addrs(1)[0];
+    let restart = t_kill.elapsed();
+    let (mut publisher, _) = raw_connected(addr, V311, "local-pub", true).await;
+    let second_half = publish_pipelined(&mut publisher, messages(N / 2..N), WINDOW).await;
+    drop(publisher);
+    let st = bridges_status(&tern).await;
+    assert_eq!(
+        bridge_waiting(&st),
+        N as u64,
+        "all {N} wait in the buffer after the kill -9: {st}"
+    );
+
+    let t_back = Instant::now();
+    remote.resume();
+    let (mut sub, ack) = raw_connected(remote.addr, V311, "outage-100k-sub", false).await;
+    assert!(
+        ack.session_present,
+        "mosquitto kept the subscriber's session"
+    );
+    let got = collect(&mut sub, N, Duration::from_secs(120)).await;
+    let drain = t_back.elapsed();
+    sub.expect_silence(Duration::from_millis(500)).await;
+    eprintln!(
+        "100k outage: publish {first_half:?} + {second_half:?}, kill -9 and restart {restart:?}, \
+         drain after the remote is back {drain:?}, whole test {:?}",
+        t0.elapsed()
+    );
+
+    assert_eq!(
+        got.len(),
+        N,
+        "each of the {N} arrives exactly once (received {}): {}",
+        got.len(),
+        bridges_status(&tern).await
+    );
+    assert!(
+        got.iter().all(|g| g.qos == QoS::ExactlyOnce),
+        "at the mapping's QoS 2"
+    );
+    let counts = payload_counts(&got);
+    assert_eq!(counts.len(), N, "none twice, none missing");
+    for (topic, indices) in per_topic(&got) {
+        let t: usize = topic
+            .strip_prefix("gw1/sensors/t")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected topic {topic}"));
+        let expected: Vec<usize> = (t..N).step_by(TOPICS).collect();
+        assert!(
+            indices == expected,
+            "{topic}: in publish order ({} received, first out of order at {:?})",
+            indices.len(),
+            indices.iter().zip(&expected).position(|(a, b)| a != b)
+        );
+    }
 }
