@@ -493,3 +493,141 @@ async fn an_outage_of_100k_messages_and_a_kill9_deliver_each_exactly_once_in_ord
         );
     }
 }
+
+/// QoS 0, 1 and 2 across the bridge, out and in, with a prefix on each side,
+/// over v5 and 3.1.1. What the bridge does (`src/bridge/link.rs`, `take`;
+/// `topics::outgoing`): it publishes what goes out at the mapping's QoS,
+/// whatever QoS the local publisher used (the buffer is a work queue: even a
+/// QoS 0 message waits on disk and is delivered to the bridge at QoS 1), so
+/// the remote subscriber gets min(mapping QoS, its subscription's QoS): a
+/// QoS 0 local message leaves a `qos = 2` mapping at QoS 2, a QoS 2 one leaves
+/// a `qos = 1` mapping at QoS 1. What comes in is subscribed on the remote at
+/// the mapping's QoS and enters the local router at the QoS the remote
+/// delivered: min(remote publish QoS, mapping QoS), and then the local
+/// subscription's maximum. Each message arrives exactly once (no link is
+/// lost here), QoS 0 too, and an imported one carries `tern-bridge=cloud`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_0_1_2_cross_out_and_in_with_prefixes_over_both_protocols() {
+    let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+    for protocol in ["5", "3.1.1"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let remote = Mosquitto::start(dir.path());
+        let (mut rsub, _) = raw_connected(remote.addr, V5, "remote-sub", true).await;
+        rsub.subscribe(1, "gw1/#", QoS::ExactlyOnce).await;
+        let conf = tern_config_with(
+            dir.path(),
+            remote.addr,
+            protocol,
+            r#"{ filter = "sensors/#", direction = "out", qos = 2, local_prefix = "site/", remote_prefix = "gw1/" },
+               { filter = "meters/#", direction = "out", qos = 1, local_prefix = "site/", remote_prefix = "gw1/" },
+               { filter = "cmd/#", direction = "in", qos = 2, local_prefix = "from-cloud/", remote_prefix = "cloud/gw1/" },
+               { filter = "cfg/#", direction = "in", qos = 1, local_prefix = "from-cloud/", remote_prefix = "cloud/gw1/" }"#,
+        );
+        let tern = BrokerProcess::spawn_config(&conf);
+        let addr = tern.listener_addrs(1)[0];
+        assert!(
+            tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)),
+            "{protocol}: {}",
+            tern.log_text()
+        );
+        let (mut local, _) = raw_connected(addr, V5, "local-sub", true).await;
+        local.subscribe(1, "from-cloud/#", QoS::ExactlyOnce).await;
+
+        // Out: site/<x> -> gw1/<x>, at the mapping's QoS.
+        let (mut lpub, _) = raw_connected(addr, V311, "local-pub", true).await;
+        for (i, q) in qos.into_iter().enumerate() {
+            let n = q.as_u8();
+            publish_one(
+                &mut lpub,
+                &format!("site/sensors/q{n}"),
+                q,
+                1,
+                format!("m-{i}").as_bytes(),
+            )
+            .await;
+            publish_one(
+                &mut lpub,
+                &format!("site/meters/q{n}"),
+                q,
+                2,
+                format!("m-{}", 10 + i).as_bytes(),
+            )
+            .await;
+        }
+        let got = collect(&mut rsub, 6, Duration::from_secs(10)).await;
+        let expected: Vec<(String, u8)> = [
+            ("gw1/meters/q0", 1),
+            ("gw1/meters/q1", 1),
+            ("gw1/meters/q2", 1),
+            ("gw1/sensors/q0", 2),
+            ("gw1/sensors/q1", 2),
+            ("gw1/sensors/q2", 2),
+        ]
+        .into_iter()
+        .map(|(t, q)| (t.to_string(), q))
+        .collect();
+        assert_eq!(
+            topics_and_qos(&got),
+            expected,
+            "{protocol}: out, each once at the mapping's QoS: {}",
+            tern.log_text()
+        );
+        rsub.expect_silence(Duration::from_millis(300)).await;
+
+        // In: cloud/gw1/<x> -> from-cloud/<x>, at min(publish QoS, mapping QoS).
+        // The bridge's SUBSCRIBE went out at its CONNACK, before the
+        // PUBLISHes that just arrived on the same link, so it is in force.
+        let (mut rpub, _) = raw_connected(remote.addr, V311, "remote-pub", true).await;
+        for (i, q) in qos.into_iter().enumerate() {
+            let n = q.as_u8();
+            publish_one(
+                &mut rpub,
+                &format!("cloud/gw1/cmd/q{n}"),
+                q,
+                1,
+                format!("m-{}", 20 + i).as_bytes(),
+            )
+            .await;
+            publish_one(
+                &mut rpub,
+                &format!("cloud/gw1/cfg/q{n}"),
+                q,
+                2,
+                format!("m-{}", 30 + i).as_bytes(),
+            )
+            .await;
+        }
+        let got = collect(&mut local, 6, Duration::from_secs(10)).await;
+        let expected: Vec<(String, u8)> = [
+            ("from-cloud/cfg/q0", 0),
+            ("from-cloud/cfg/q1", 1),
+            ("from-cloud/cfg/q2", 1),
+            ("from-cloud/cmd/q0", 0),
+            ("from-cloud/cmd/q1", 1),
+            ("from-cloud/cmd/q2", 2),
+        ]
+        .into_iter()
+        .map(|(t, q)| (t.to_string(), q))
+        .collect();
+        assert_eq!(
+            topics_and_qos(&got),
+            expected,
+            "{protocol}: in, each once at min(publish QoS, mapping QoS): {}",
+            tern.log_text()
+        );
+        for g in &got {
+            assert_eq!(
+                g.property("tern-bridge"),
+                Some("cloud"),
+                "{protocol}: {g:?}"
+            );
+        }
+        local.expect_silence(Duration::from_millis(300)).await;
+
+        let st = bridges_status(&tern).await;
+        let b = &st["bridges"][0];
+        assert_eq!(b["forwarded"], 6, "{protocol}: {st}");
+        assert_eq!(b["received"], 6, "{protocol}: {st}");
+        assert_eq!(bridge_waiting(&st), 0, "{protocol}: {st}");
+    }
+}
