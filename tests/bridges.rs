@@ -429,7 +429,8 @@ async fn an_outage_of_100k_messages_and_a_kill9_deliver_each_exactly_once_in_ord
     };
     let addr = tern.listener_addrs(1)[0];
     let (mut publisher, _) = raw_connected(addr, V311, "local-pub", true).await;
-    let first_half = publish_pipelined(&mut publisher, messages(0..N / 2), WINDOW).await;
+    let first_half =
+        publish_pipelined(&mut publisher, messages(0..N / 2), QoS::AtLeastOnce, WINDOW).await;
     drop(publisher);
     let st = bridges_status(&tern).await;
     assert_eq!(st["bridges"][0]["connected"], false, "{st}");
@@ -441,7 +442,8 @@ async fn an_outage_of_100k_messages_and_a_kill9_deliver_each_exactly_once_in_ord
     let addr = tern.listener_addrs(1)[0];
     let restart = t_kill.elapsed();
     let (mut publisher, _) = raw_connected(addr, V311, "local-pub", true).await;
-    let second_half = publish_pipelined(&mut publisher, messages(N / 2..N), WINDOW).await;
+    let second_half =
+        publish_pipelined(&mut publisher, messages(N / 2..N), QoS::AtLeastOnce, WINDOW).await;
     drop(publisher);
     let st = bridges_status(&tern).await;
     assert_eq!(

@@ -322,14 +322,17 @@ pub async fn publish_one(c: &mut RawClient, topic: &str, qos: QoS, id: u16, payl
     }
 }
 
-/// Publish QoS 1 messages `(topic, payload)` with up to `window` of them
-/// unacknowledged at once (written in batches), and wait for every PUBACK.
-/// Returns how long it took.
+/// Publish messages `(topic, payload)` at `qos` (1 or 2) with up to `window`
+/// of them unfinished at once (written in batches), and wait until every
+/// flow is complete (PUBACK; PUBREC, PUBREL, PUBCOMP). Returns how long it
+/// took.
 pub async fn publish_pipelined(
     c: &mut RawClient,
     messages: impl IntoIterator<Item = (String, String)>,
+    qos: QoS,
     window: usize,
 ) -> Duration {
+    assert!(qos != QoS::AtMostOnce, "QoS 0 has no flow to wait for");
     let start = Instant::now();
     let mut messages = messages.into_iter().peekable();
     let mut in_flight: HashSet<u16> = HashSet::new();
@@ -347,18 +350,18 @@ pub async fn publish_pipelined(
                 }
             }
             in_flight.insert(next_id);
-            let p = publish_packet(&topic, QoS::AtLeastOnce, next_id, payload.as_bytes());
+            let p = publish_packet(&topic, qos, next_id, payload.as_bytes());
             protocol::encode(&p, c.version, &mut wbuf).expect("encode");
         }
         if !wbuf.is_empty() {
             c.send_bytes(&wbuf).await;
             wbuf.clear();
         }
-        // One PUBACK (waiting for it), then whatever else already came.
+        // One answer (waiting for it), then whatever else already came.
         let mut wait = Duration::from_secs(30);
         loop {
             match c.recv_within(wait).await {
-                Ok(Some(Packet::PubAck(a))) => {
+                Ok(Some(Packet::PubAck(a))) if qos == QoS::AtLeastOnce => {
                     assert!(!a.reason_code.is_error(), "publish refused: {a:?}");
                     assert!(
                         in_flight.remove(&a.packet_id.get()),
@@ -366,11 +369,28 @@ pub async fn publish_pipelined(
                         a.packet_id.get()
                     );
                 }
+                Ok(Some(Packet::PubRec(a))) if qos == QoS::ExactlyOnce => {
+                    assert!(!a.reason_code.is_error(), "publish refused: {a:?}");
+                    assert!(
+                        in_flight.contains(&a.packet_id.get()),
+                        "PUBREC for {} that is not in flight",
+                        a.packet_id.get()
+                    );
+                    let rel = Packet::PubRel(PubResponse::success(a.packet_id));
+                    protocol::encode(&rel, c.version, &mut wbuf).expect("encode");
+                }
+                Ok(Some(Packet::PubComp(a))) if qos == QoS::ExactlyOnce => {
+                    assert!(
+                        in_flight.remove(&a.packet_id.get()),
+                        "PUBCOMP for {} that is not in flight",
+                        a.packet_id.get()
+                    );
+                }
                 Ok(Some(other)) => panic!("publisher: unexpected {other:?}"),
                 Ok(None) => panic!("publisher: the broker closed the connection"),
                 Err(()) if wait.is_zero() => break,
                 Err(()) => panic!(
-                    "publisher: no PUBACK within {wait:?} ({} in flight)",
+                    "publisher: no answer within {wait:?} ({} in flight)",
                     in_flight.len()
                 ),
             }
