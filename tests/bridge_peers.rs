@@ -10,7 +10,8 @@ mod common;
 use bridge::*;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 use tern::protocol::{Packet, QoS};
 
 /// A plain Tern (no bridge) listening on `127.0.0.1:port`, anonymous, its
@@ -173,4 +174,271 @@ async fn a_second_tern_as_the_remote_both_ways_and_through_its_restart() {
         remote.log_text()
     );
     assert_eq!(got.len(), 1000, "nothing else");
+}
+
+const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+
+/// A private RabbitMQ node (Debian's rabbitmq-server, as
+/// `benches/queue-compare.sh` runs one): its own node name, AMQP, MQTT,
+/// distribution and epmd ports (free loopback ports), mnesia, logs, config,
+/// cookie and enabled plugins (`rabbitmq_mqtt`) in a temp dir; nothing shared
+/// with a system service. The server runs in a process group of its own,
+/// killed on drop (also when the test panics), with its epmd.
+struct RabbitNode {
+    server: Option<Child>,
+    epmd: Option<Child>,
+    amqp: u16,
+    mqtt: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RabbitNode {
+    /// Start a node and wait (at most 60 s) until it has booted; tried again
+    /// on other ports when it exits during the boot (a port taken meanwhile).
+    fn start() -> RabbitNode {
+        let server = Path::new(RABBITMQ_BIN).join("rabbitmq-server");
+        assert!(
+            server.exists(),
+            "{} is missing: RabbitMQ is not installed (apt-get install rabbitmq-server); \
+             run `bash .ci/run`, it installs the test peers",
+            server.display()
+        );
+        require("epmd");
+        let mut why = String::new();
+        for _ in 0..3 {
+            match RabbitNode::try_start(&server) {
+                Ok(node) => return node,
+                Err(e) => why = e,
+            }
+        }
+        panic!("RabbitMQ did not start in 3 tries; the last one:\n{why}");
+    }
+
+    fn try_start(server: &Path) -> Result<RabbitNode, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        let (amqp, mqtt, dist, epmd_port) = (free_port(), free_port(), free_port(), free_port());
+        std::fs::write(d.join("enabled_plugins"), "[rabbitmq_mqtt].\n").expect("write");
+        std::fs::write(
+            d.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp.default = 127.0.0.1:{amqp}\nmqtt.listeners.tcp.default = 127.0.0.1:{mqtt}\nmqtt.allow_anonymous = true\nlog.file.level = warning\n"
+            ),
+        )
+        .expect("write rabbitmq.conf");
+        std::fs::write(d.join("advanced.config"), "[].\n").expect("write");
+        std::fs::write(d.join("rabbitmq-env.conf"), "").expect("write");
+        let epmd = Command::new("epmd")
+            .args(["-port", &epmd_port.to_string(), "-address", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start epmd");
+        let mut node = RabbitNode {
+            server: None,
+            epmd: Some(epmd),
+            amqp,
+            mqtt,
+            dir,
+        };
+        let d = node.dir.path();
+        let stdout = std::fs::File::create(d.join("stdout")).expect("create stdout");
+        let stderr = stdout.try_clone().expect("clone");
+        let name = format!("tern-test-{}-{}@localhost", std::process::id(), amqp);
+        let mut cmd = Command::new(server);
+        cmd.env("HOME", d)
+            .env("RABBITMQ_NODENAME", &name)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", amqp.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("ERL_EPMD_PORT", epmd_port.to_string())
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_CONF_ENV_FILE", d.join("rabbitmq-env.conf"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", d.join("advanced.config"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        node.server = Some(cmd.spawn().expect("start rabbitmq-server"));
+        // "Starting broker... completed with 1 plugins." ends the boot: every
+        // listener is bound by then (a failed bind stops the boot).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = node.output();
+            if out.contains("completed with") {
+                return Ok(node);
+            }
+            let exited = node
+                .server
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited || Instant::now() >= deadline {
+                let what = if exited {
+                    "exited"
+                } else {
+                    "did not boot within 60 s"
+                };
+                return Err(format!("rabbitmq-server {what}:\n{out}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server's stdout and stderr, and its log files.
+    fn output(&self) -> String {
+        let d = self.dir.path();
+        let mut s = std::fs::read_to_string(d.join("stdout")).unwrap_or_default();
+        if let Ok(entries) = std::fs::read_dir(d.join("log")) {
+            for e in entries.flatten() {
+                s += &std::fs::read_to_string(e.path()).unwrap_or_default();
+            }
+        }
+        s
+    }
+
+    /// Run `tests/rabbitmq_readback.py` with `args` (at most `limit`).
+    fn readback(&self, args: &[&str], limit: Duration) -> RunOutput {
+        require("python3");
+        let pika = run_bounded(
+            {
+                let mut c = Command::new("python3");
+                c.args(["-c", "import pika"]);
+                c
+            },
+            Duration::from_secs(30),
+        );
+        assert!(
+            pika.status.success(),
+            "pika (the Python AMQP client) is not installed: run `bash .ci/run`, it installs \
+             the test peers: {}",
+            pika.stderr
+        );
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/rabbitmq_readback.py"
+        ))
+        .args(args)
+        .args(["--port", &self.amqp.to_string()]);
+        let out = run_bounded(cmd, limit);
+        assert!(
+            out.status.success(),
+            "rabbitmq_readback.py {args:?}: {out:?}\n--- RabbitMQ:\n{}",
+            self.output()
+        );
+        out
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            // The whole group: the script, beam.smp and its helpers.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(mut e) = self.epmd.take() {
+            let _ = e.kill();
+            let _ = e.wait();
+        }
+    }
+}
+
+/// RabbitMQ's MQTT plugin as the remote (3.1.1, QoS 1): 500 messages on two
+/// topics under `sensors/` are bridged out under `gw1/` to RabbitMQ, whose
+/// MQTT plugin publishes them to `amq.topic` (routing key: the topic with `/`
+/// as `.`), into a durable quorum queue bound with `gw1.#` and declared over
+/// AMQP before the bridge sends; read back over AMQP they are all there, in
+/// publish order, payloads intact, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_mqtt_as_the_remote_500_in_order_read_back_over_amqp_from_a_quorum_queue() {
+    const N: usize = 500;
+    let t0 = Instant::now();
+    let node = RabbitNode::start();
+    let booted = t0.elapsed();
+    let out = node.readback(
+        &["declare", "--queue", "gw1-sensors", "--key", "gw1.#"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.stdout.trim(), "declared", "{out:?}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], node.mqtt));
+    let conf = tern_config_with(
+        dir.path(),
+        remote,
+        "3.1.1",
+        r#"{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "gw1/" }"#,
+    );
+    let tern = BrokerProcess::spawn_config(&conf);
+    let addr = tern.listener_addrs(1)[0];
+    assert!(
+        tern.wait_log_count("bridge connected", 1, Duration::from_secs(15)),
+        "{}\n--- RabbitMQ:\n{}",
+        tern.log_text(),
+        node.output()
+    );
+    // Payloads of different lengths and bytes, so a mix-up shows.
+    let payload = |i: usize| format!("{i:05}:{}-{i}", "abcdefghij".repeat(i % 20));
+    let topic = |i: usize| if i % 2 == 0 { "sensors/a" } else { "sensors/b" };
+    let (mut lpub, _) = raw_connected(addr, V311, "local-pub", true).await;
+    let messages = (0..N).map(|i| (topic(i).to_string(), payload(i)));
+    publish_pipelined(&mut lpub, messages, QoS::AtLeastOnce, 64).await;
+
+    let out = node.readback(
+        &[
+            "read",
+            "--queue",
+            "gw1-sensors",
+            "--count",
+            &N.to_string(),
+            "--timeout",
+            "30",
+        ],
+        Duration::from_secs(60),
+    );
+    let got: Vec<(&str, &str)> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_once(' ').unwrap_or((l, "")))
+        .collect();
+    let expected: Vec<(String, String)> = (0..N)
+        .map(|i| (format!("gw1.{}", topic(i).replace('/', ".")), payload(i)))
+        .collect();
+    let expected: Vec<(&str, &str)> = expected
+        .iter()
+        .map(|(k, p)| (k.as_str(), p.as_str()))
+        .collect();
+    assert_eq!(
+        got.len(),
+        N,
+        "all {N} in the quorum queue ({} read): {}\n--- RabbitMQ:\n{}",
+        got.len(),
+        tern.log_text(),
+        node.output()
+    );
+    assert!(
+        got == expected,
+        "in publish order, intact: first difference at {:?}",
+        got.iter().zip(&expected).position(|(a, b)| a != b)
+    );
+    let st = bridges_status(&tern).await;
+    assert_eq!(st["bridges"][0]["forwarded"], N as u64, "{st}");
+    assert_eq!(bridge_waiting(&st), 0, "{st}");
+    eprintln!(
+        "rabbitmq: booted in {booted:?}, whole test {:?}",
+        t0.elapsed()
+    );
 }
