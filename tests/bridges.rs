@@ -1,9 +1,12 @@
 //! Bridges to a remote broker, black-box: the real `tern` binary bridging to a
 //! real Mosquitto started here on a free loopback port (a missing Mosquitto
 //! fails the test: `.ci/run` installs it). What must hold: messages matching an
-//! `out` mapping reach the remote with the remote prefix, in order; while the
-//! remote is down they wait in the bridge's buffer on disk, through a kill -9
-//! of Tern, and all arrive, in order, once it is back.
+//! `out` mapping reach the remote with the remote prefix, in order, at the
+//! mapping's QoS; `in` mappings bring the remote's in at the QoS it delivered;
+//! while the remote is down they wait in the bridge's buffer on disk, through
+//! a kill -9 of Tern, and all arrive, in order, once it is back (100,000 of
+//! them exactly once at QoS 2). Other remotes: `tests/bridge_peers.rs`; the
+//! shared helpers: `tests/common/bridge.rs`.
 
 #[path = "common/bridge.rs"]
 mod bridge;
