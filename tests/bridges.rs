@@ -1,278 +1,24 @@
 //! Bridges to a remote broker, black-box: the real `tern` binary bridging to a
 //! real Mosquitto started here on a free loopback port (a missing Mosquitto
 //! fails the test: `.ci/run` installs it). What must hold: messages matching an
-//! `out` mapping reach the remote with the remote prefix, in order; while the
-//! remote is down they wait in the bridge's buffer on disk, through a kill -9
-//! of Tern, and all arrive, in order, once it is back.
+//! `out` mapping reach the remote with the remote prefix, in order, at the
+//! mapping's QoS; `in` mappings bring the remote's in at the QoS it delivered;
+//! while the remote is down they wait in the bridge's buffer on disk, through
+//! a kill -9 of Tern, and all arrive, in order, once it is back (100,000 of
+//! them exactly once at QoS 2). Other remotes: `tests/bridge_peers.rs`; the
+//! shared helpers: `tests/common/bridge.rs`.
 
+#[path = "common/bridge.rs"]
+mod bridge;
 mod common;
 
+use bridge::*;
 use common::*;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
-use tern::protocol::{Packet, PacketId, ProtocolVersion, PubResponse, QoS};
-
-const V311: ProtocolVersion = ProtocolVersion::V311;
-
-/// A Mosquitto on a fixed loopback port (so it can be stopped and started
-/// again where the bridge looks for it), with persistence in `dir`.
-struct Mosquitto {
-    child: Option<Child>,
-    addr: SocketAddr,
-    conf: PathBuf,
-}
-
-fn mosquitto_bin() -> PathBuf {
-    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
-        if Path::new(p).exists() {
-            return p.into();
-        }
-    }
-    require("mosquitto");
-    "mosquitto".into()
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-impl Mosquitto {
-    fn start(dir: &Path) -> Mosquitto {
-        Mosquitto::start_with(dir, |_| String::new()).0
-    }
-
-    /// With extra config lines after the plain listener, made by `extra` from a
-    /// second free port (for another listener); returns that port too.
-    ///
-    /// A free port is only free until someone binds it: tests run in parallel,
-    /// each starting brokers and opening connections, so a port picked here
-    /// can be taken before Mosquitto binds it (Mosquitto then exits, and the
-    /// test would talk to someone else's broker). The start is checked and
-    /// tried again on other ports.
-    fn start_with(dir: &Path, extra: impl Fn(u16) -> String) -> (Mosquitto, u16) {
-        for _ in 0..5 {
-            let (port, port2) = (free_port(), free_port());
-            let conf = dir.join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    // `user root`: run as root, Mosquitto would otherwise switch
-                    // to its own user, which cannot write its sessions here (the
-                    // option does nothing when not run as root).
-                    "allow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nmax_inflight_messages 64\nlistener {port} 127.0.0.1\n{}",
-                    dir.display(),
-                    extra(port2)
-                ),
-            )
-            .expect("write mosquitto.conf");
-            let mut m = Mosquitto {
-                child: None,
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                conf,
-            };
-            if m.try_resume() {
-                return (m, port2);
-            }
-        }
-        panic!("mosquitto did not start on any of 5 free ports");
-    }
-
-    /// Start it (again) on its port, and wait until it accepts.
-    fn resume(&mut self) {
-        assert!(
-            self.try_resume(),
-            "mosquitto did not start again on {}",
-            self.addr
-        );
-    }
-
-    /// Start it and wait until it accepts; false when it exited instead (its
-    /// port was taken) or did not listen within 5 s. Mosquitto binds every
-    /// listener before it accepts anything and exits at once when a bind
-    /// fails, so a live child a moment after a connect succeeded holds them.
-    fn try_resume(&mut self) -> bool {
-        let mut child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut up = false;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if std::net::TcpStream::connect(self.addr).is_ok() {
-                up = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        if !up || !matches!(child.try_wait(), Ok(None)) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return false;
-        }
-        self.child = Some(child);
-        true
-    }
-
-    /// Stop it gracefully (SIGTERM: it saves its sessions) and wait.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A Tern config with one listener on a free port, the store in `dir/data`,
-/// and one bridge to `remote` sending `sensors/#` out under `gw1/`.
-fn tern_config(dir: &Path, remote: SocketAddr) -> PathBuf {
-    tern_config_with(
-        dir,
-        remote,
-        "3.1.1",
-        r#"{ filter = "sensors/#", direction = "out", qos = 1, remote_prefix = "gw1/" }"#,
-    )
-}
-
-fn tern_config_with(dir: &Path, remote: SocketAddr, protocol: &str, topics: &str) -> PathBuf {
-    tern_config_tls(dir, remote, protocol, topics, "")
-}
-
-/// `extra`: more lines of the bridge (its `tls = {...}`, retry options), or
-/// empty.
-fn tern_config_tls(
-    dir: &Path,
-    remote: SocketAddr,
-    protocol: &str,
-    topics: &str,
-    extra: &str,
-) -> PathBuf {
-    let path = dir.join("tern.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[[listeners]]
-bind = "127.0.0.1:0"
-[auth]
-allow_anonymous = true
-[storage]
-dir = "{}/data"
-[admin]
-bind = "127.0.0.1:0"
-[[bridges]]
-name = "cloud"
-address = "{remote}"
-protocol = "{protocol}"
-keepalive = "5s"
-topics = [{topics}]
-{extra}
-"#,
-            dir.display()
-        ),
-    )
-    .expect("write tern.toml");
-    path
-}
-
-/// `GET /api/v1/bridges` on the broker's admin endpoint (its address from
-/// the log), parsed.
-async fn bridges_status(tern: &BrokerProcess) -> serde_json::Value {
-    assert!(tern.wait_log_count("admin endpoint on", 1, Duration::from_secs(5)));
-    let log = tern.log_text();
-    let addr: SocketAddr = log
-        .split("admin endpoint on http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .expect("the admin address in the log");
-    let (status, body) =
-        tern::admin::http::request(addr, "GET", "/api/v1/bridges", None, Duration::from_secs(5))
-            .await
-            .expect("admin answers");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("JSON")
-}
-
-fn pid(v: u16) -> PacketId {
-    PacketId::new(v).expect("non-zero")
-}
-
-/// Publish `n` QoS 1 messages `m-<i>` to `topic`, waiting for each PUBACK.
-async fn publish_n(addr: SocketAddr, topic: &str, range: std::ops::Range<usize>) {
-    let (mut c, _) = raw_connected(addr, V311, "local-pub", true).await;
-    for (k, i) in range.enumerate() {
-        let id = (k % 60_000) as u16 + 1;
-        c.send(&publish_packet(
-            topic,
-            QoS::AtLeastOnce,
-            id,
-            format!("m-{i}").as_bytes(),
-        ))
-        .await;
-        match c.recv().await {
-            Some(Packet::PubAck(a)) => assert_eq!(a.packet_id, pid(id)),
-            other => panic!("publisher: {other:?}"),
-        }
-    }
-}
-
-/// Receive QoS 1 messages (acknowledging each) until `n` distinct ones
-/// arrived or `limit` passes: their topics and indices, in arrival order.
-async fn receive(c: &mut RawClient, n: usize, limit: Duration) -> Vec<(String, usize)> {
-    let mut got = Vec::new();
-    let mut distinct = std::collections::HashSet::new();
-    let deadline = Instant::now() + limit;
-    while distinct.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match c.recv_within(left).await {
-            Ok(Some(Packet::Publish(p))) => {
-                let s = String::from_utf8_lossy(&p.payload).into_owned();
-                let i = s
-                    .strip_prefix("m-")
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("unexpected payload {s}"));
-                got.push((p.topic.clone(), i));
-                distinct.insert(i);
-                if let Some(id) = p.packet_id {
-                    c.send(&Packet::PubAck(PubResponse::success(id))).await;
-                }
-            }
-            Ok(Some(other)) => panic!("remote subscriber: unexpected {other:?}"),
-            Ok(None) | Err(()) => break,
-        }
-    }
-    got
-}
-
-/// Distinct indices in first-arrival order (a QoS 1 re-send after a lost link
-/// may come twice).
-fn first_seen(got: &[(String, usize)]) -> Vec<usize> {
-    let mut seen = std::collections::HashSet::new();
-    got.iter()
-        .filter(|(_, i)| seen.insert(*i))
-        .map(|(_, i)| *i)
-        .collect()
-}
+use tern::protocol::{Packet, ProtocolVersion, PubResponse, QoS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_mapping_reaches_mosquitto_with_the_remote_prefix_in_order() {
@@ -646,4 +392,247 @@ async fn messages_the_remote_refuses_end_in_the_dead_letter_queue() {
     assert!(dead.iter().all(|t| t == "sensors/bad/1"), "{dead:?}");
     assert!(tern.log_text().contains("the remote refused a message"));
     rsub.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// The issue's outage at its size: the remote is stopped, 100,000 QoS 1
+/// messages over 4 topics are published locally (pipelined), Tern is killed
+/// with SIGKILL after the first 50,000 and started again, the rest are
+/// published, then the remote comes back. The bridge sends at QoS 2 (the
+/// mapping's) to a persistent subscriber of the remote subscribed at QoS 2:
+/// every message arrives exactly once, at QoS 2, in publish order per topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_100k_messages_and_a_kill9_deliver_each_exactly_once_in_order() {
+    const N: usize = 100_000;
+    const TOPICS: usize = 4;
+    const WINDOW: usize = 256;
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut remote = Mosquitto::start(dir.path());
+    // A persistent subscriber on the remote, away during the outage.
+    let (mut sub, _) = raw_connected(remote.addr, V311, "outage-100k-sub", false).await;
+    sub.subscribe(1, "gw1/#", QoS::ExactlyOnce).await;
+    sub.send(&Packet::Disconnect(Default::default())).await;
+    drop(sub);
+    let conf = tern_config_with(
+        dir.path(),
+        remote.addr,
+        "5",
+        r#"{ filter = "sensors/#", direction = "out", qos = 2, remote_prefix = "gw1/" }"#,
+    );
+    let mut tern = BrokerProcess::spawn_config(&conf);
+    assert!(
+        tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)),
+        "{}",
+        tern.log_text()
+    );
+    remote.stop();
+
+    let messages = |range: std::ops::Range<usize>| {
+        range.map(|i| (format!("sensors/t{}", i % TOPICS), format!("m-{i}")))
+    };
+    let addr = tern.listener_addrs(1)[0];
+    let (mut publisher, _) = raw_connected(addr, V311, "local-pub", true).await;
+    let first_half =
+        publish_pipelined(&mut publisher, messages(0..N / 2), QoS::AtLeastOnce, WINDOW).await;
+    drop(publisher);
+    let st = bridges_status(&tern).await;
+    assert_eq!(st["bridges"][0]["connected"], false, "{st}");
+    assert_eq!(bridge_waiting(&st), (N / 2) as u64, "{st}");
+    let t_kill = Instant::now();
+    tern.child.kill().expect("SIGKILL tern");
+    tern.child.wait().expect("reap");
+    let tern = BrokerProcess::spawn_config(&conf);
+    let addr = tern.listener_addrs(1)[0];
+    let restart = t_kill.elapsed();
+    let (mut publisher, _) = raw_connected(addr, V311, "local-pub", true).await;
+    let second_half =
+        publish_pipelined(&mut publisher, messages(N / 2..N), QoS::AtLeastOnce, WINDOW).await;
+    drop(publisher);
+    let st = bridges_status(&tern).await;
+    assert_eq!(
+        bridge_waiting(&st),
+        N as u64,
+        "all {N} wait in the buffer after the kill -9: {st}"
+    );
+
+    let t_back = Instant::now();
+    remote.resume();
+    let (mut sub, ack) = raw_connected(remote.addr, V311, "outage-100k-sub", false).await;
+    assert!(
+        ack.session_present,
+        "mosquitto kept the subscriber's session"
+    );
+    let got = collect(&mut sub, N, Duration::from_secs(120)).await;
+    let drain = t_back.elapsed();
+    sub.expect_silence(Duration::from_millis(500)).await;
+    eprintln!(
+        "100k outage: publish {first_half:?} + {second_half:?}, kill -9 and restart {restart:?}, \
+         drain after the remote is back {drain:?}, whole test {:?}",
+        t0.elapsed()
+    );
+
+    assert_eq!(
+        got.len(),
+        N,
+        "each of the {N} arrives exactly once (received {}): {}",
+        got.len(),
+        bridges_status(&tern).await
+    );
+    assert!(
+        got.iter().all(|g| g.qos == QoS::ExactlyOnce),
+        "at the mapping's QoS 2"
+    );
+    let counts = payload_counts(&got);
+    assert_eq!(counts.len(), N, "none twice, none missing");
+    for (topic, indices) in per_topic(&got) {
+        let t: usize = topic
+            .strip_prefix("gw1/sensors/t")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected topic {topic}"));
+        let expected: Vec<usize> = (t..N).step_by(TOPICS).collect();
+        assert!(
+            indices == expected,
+            "{topic}: in publish order ({} received, first out of order at {:?})",
+            indices.len(),
+            indices.iter().zip(&expected).position(|(a, b)| a != b)
+        );
+    }
+}
+
+/// QoS 0, 1 and 2 across the bridge, out and in, with a prefix on each side,
+/// over v5 and 3.1.1. What the bridge does (`src/bridge/link.rs`, `take`;
+/// `topics::outgoing`): it publishes what goes out at the mapping's QoS,
+/// whatever QoS the local publisher used (the buffer is a work queue: even a
+/// QoS 0 message waits on disk and is delivered to the bridge at QoS 1), so
+/// the remote subscriber gets min(mapping QoS, its subscription's QoS): a
+/// QoS 0 local message leaves a `qos = 2` mapping at QoS 2, a QoS 2 one leaves
+/// a `qos = 1` mapping at QoS 1. What comes in is subscribed on the remote at
+/// the mapping's QoS and enters the local router at the QoS the remote
+/// delivered: min(remote publish QoS, mapping QoS), and then the local
+/// subscription's maximum. Each message arrives exactly once (no link is
+/// lost here), QoS 0 too, and an imported one carries `tern-bridge=cloud`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_0_1_2_cross_out_and_in_with_prefixes_over_both_protocols() {
+    let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+    for protocol in ["5", "3.1.1"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let remote = Mosquitto::start(dir.path());
+        let (mut rsub, _) = raw_connected(remote.addr, V5, "remote-sub", true).await;
+        rsub.subscribe(1, "gw1/#", QoS::ExactlyOnce).await;
+        let conf = tern_config_with(
+            dir.path(),
+            remote.addr,
+            protocol,
+            r#"{ filter = "sensors/#", direction = "out", qos = 2, local_prefix = "site/", remote_prefix = "gw1/" },
+               { filter = "meters/#", direction = "out", qos = 1, local_prefix = "site/", remote_prefix = "gw1/" },
+               { filter = "cmd/#", direction = "in", qos = 2, local_prefix = "from-cloud/", remote_prefix = "cloud/gw1/" },
+               { filter = "cfg/#", direction = "in", qos = 1, local_prefix = "from-cloud/", remote_prefix = "cloud/gw1/" }"#,
+        );
+        let tern = BrokerProcess::spawn_config(&conf);
+        let addr = tern.listener_addrs(1)[0];
+        assert!(
+            tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)),
+            "{protocol}: {}",
+            tern.log_text()
+        );
+        let (mut local, _) = raw_connected(addr, V5, "local-sub", true).await;
+        local.subscribe(1, "from-cloud/#", QoS::ExactlyOnce).await;
+
+        // Out: site/<x> -> gw1/<x>, at the mapping's QoS.
+        let (mut lpub, _) = raw_connected(addr, V311, "local-pub", true).await;
+        for (i, q) in qos.into_iter().enumerate() {
+            let n = q.as_u8();
+            publish_one(
+                &mut lpub,
+                &format!("site/sensors/q{n}"),
+                q,
+                1,
+                format!("m-{i}").as_bytes(),
+            )
+            .await;
+            publish_one(
+                &mut lpub,
+                &format!("site/meters/q{n}"),
+                q,
+                2,
+                format!("m-{}", 10 + i).as_bytes(),
+            )
+            .await;
+        }
+        let got = collect(&mut rsub, 6, Duration::from_secs(10)).await;
+        let expected: Vec<(String, u8)> = [
+            ("gw1/meters/q0", 1),
+            ("gw1/meters/q1", 1),
+            ("gw1/meters/q2", 1),
+            ("gw1/sensors/q0", 2),
+            ("gw1/sensors/q1", 2),
+            ("gw1/sensors/q2", 2),
+        ]
+        .into_iter()
+        .map(|(t, q)| (t.to_string(), q))
+        .collect();
+        assert_eq!(
+            topics_and_qos(&got),
+            expected,
+            "{protocol}: out, each once at the mapping's QoS: {}",
+            tern.log_text()
+        );
+        rsub.expect_silence(Duration::from_millis(300)).await;
+
+        // In: cloud/gw1/<x> -> from-cloud/<x>, at min(publish QoS, mapping QoS).
+        // The bridge's SUBSCRIBE went out at its CONNACK, before the
+        // PUBLISHes that just arrived on the same link, so it is in force.
+        let (mut rpub, _) = raw_connected(remote.addr, V311, "remote-pub", true).await;
+        for (i, q) in qos.into_iter().enumerate() {
+            let n = q.as_u8();
+            publish_one(
+                &mut rpub,
+                &format!("cloud/gw1/cmd/q{n}"),
+                q,
+                1,
+                format!("m-{}", 20 + i).as_bytes(),
+            )
+            .await;
+            publish_one(
+                &mut rpub,
+                &format!("cloud/gw1/cfg/q{n}"),
+                q,
+                2,
+                format!("m-{}", 30 + i).as_bytes(),
+            )
+            .await;
+        }
+        let got = collect(&mut local, 6, Duration::from_secs(10)).await;
+        let expected: Vec<(String, u8)> = [
+            ("from-cloud/cfg/q0", 0),
+            ("from-cloud/cfg/q1", 1),
+            ("from-cloud/cfg/q2", 1),
+            ("from-cloud/cmd/q0", 0),
+            ("from-cloud/cmd/q1", 1),
+            ("from-cloud/cmd/q2", 2),
+        ]
+        .into_iter()
+        .map(|(t, q)| (t.to_string(), q))
+        .collect();
+        assert_eq!(
+            topics_and_qos(&got),
+            expected,
+            "{protocol}: in, each once at min(publish QoS, mapping QoS): {}",
+            tern.log_text()
+        );
+        for g in &got {
+            assert_eq!(
+                g.property("tern-bridge"),
+                Some("cloud"),
+                "{protocol}: {g:?}"
+            );
+        }
+        local.expect_silence(Duration::from_millis(300)).await;
+
+        let st = bridges_status(&tern).await;
+        let b = &st["bridges"][0];
+        assert_eq!(b["forwarded"], 6, "{protocol}: {st}");
+        assert_eq!(b["received"], 6, "{protocol}: {st}");
+        assert_eq!(bridge_waiting(&st), 0, "{protocol}: {st}");
+    }
 }

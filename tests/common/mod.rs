@@ -120,13 +120,7 @@ impl BrokerProcess {
 
     /// `tern -c CONFIG --log info`: the file's own listeners and data dir.
     pub fn spawn_config(config: &std::path::Path) -> BrokerProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
-        cmd.arg("-c")
-            .arg(config)
-            .args(["--log", "info"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        Self::spawn_cmd(cmd)
+        Self::try_spawn_config(config).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The addresses of the first `n` listeners, from the log, in order.
@@ -155,7 +149,24 @@ impl BrokerProcess {
     /// Spawn a prepared command whose first listener line gives the address.
     /// Panics with the broker's stderr if it exits (or stays silent for 20 s)
     /// without printing one.
-    pub fn spawn_cmd(mut cmd: Command) -> BrokerProcess {
+    pub fn spawn_cmd(cmd: Command) -> BrokerProcess {
+        Self::try_spawn_cmd(cmd).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `spawn_config` that returns why the broker did not start (e.g. its
+    /// fixed port was taken: the caller may try another) instead of panicking.
+    pub fn try_spawn_config(config: &std::path::Path) -> Result<BrokerProcess, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.arg("-c")
+            .arg(config)
+            .args(["--log", "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Self::try_spawn_cmd(cmd)
+    }
+
+    /// `spawn_cmd`, with the failure (exit status and stderr) as an error.
+    pub fn try_spawn_cmd(mut cmd: Command) -> Result<BrokerProcess, String> {
         let mut child = cmd.spawn().expect("spawn tern");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -180,18 +191,18 @@ impl BrokerProcess {
             Err(e) => {
                 let _ = child.kill();
                 let status = child.wait();
-                panic!(
+                return Err(format!(
                     "tern did not print its listening address ({e}); exit {status:?}; stderr:\n{}",
                     log.lock().unwrap().join("\n")
-                );
+                ));
             }
         };
-        BrokerProcess {
+        Ok(BrokerProcess {
             child,
             addr: addr.parse().expect("address"),
             log,
             data_dir: None,
-        }
+        })
     }
 
     /// Send SIGTERM and wait (bounded) for the process to exit.
