@@ -290,8 +290,8 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
 
 /// QoS 0 and a link that is down: by default a QoS 0 message is not kept
 /// (at most once; counted as dropped), with `buffer_qos0 = true` it waits
-/// with the rest. Either way it goes out at QoS 0 (the smaller of the
-/// mapping's QoS and its own), and while the link is up it goes out.
+/// with the rest. Either way it goes out at QoS 0 (never raised to the
+/// mapping's QoS), and while the link is up it goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_waits_for_a_link_only_with_buffer_qos0() {
     let remote = BrokerProcess::spawn(&[]);

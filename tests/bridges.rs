@@ -501,12 +501,12 @@ async fn an_outage_of_100k_messages_and_a_kill9_deliver_each_exactly_once_in_ord
 
 /// QoS 0, 1 and 2 across the bridge, out and in, with a prefix on each side,
 /// over v5 and 3.1.1. What the bridge does (`src/bridge/link.rs`, `take`;
-/// `topics::outgoing`): it publishes what goes out at the mapping's QoS,
-/// whatever QoS the local publisher used (the buffer is a work queue: even a
-/// QoS 0 message waits on disk and is delivered to the bridge at QoS 1), so
-/// the remote subscriber gets min(mapping QoS, its subscription's QoS): a
-/// QoS 0 local message leaves a `qos = 2` mapping at QoS 2, a QoS 2 one leaves
-/// a `qos = 1` mapping at QoS 1. What comes in is subscribed on the remote at
+/// `topics::outgoing`): it publishes a QoS 1 or 2 message at the mapping's
+/// QoS, whatever QoS 1/2 the local publisher used (the buffer is on disk, so
+/// a QoS 1 message may go out at QoS 2), and a QoS 0 message at QoS 0; the
+/// remote subscriber gets the smaller of that and its subscription's QoS: a
+/// QoS 1 local message leaves a `qos = 2` mapping at QoS 2, a QoS 2 one leaves
+/// a `qos = 1` mapping at QoS 1, QoS 0 stays 0. What comes in is subscribed on the remote at
 /// the mapping's QoS and enters the local router at the QoS the remote
 /// delivered: min(remote publish QoS, mapping QoS), and then the local
 /// subscription's maximum. Each message arrives exactly once (no link is
@@ -538,7 +538,7 @@ async fn qos_0_1_2_cross_out_and_in_with_prefixes_over_both_protocols() {
         let (mut local, _) = raw_connected(addr, V5, "local-sub", true).await;
         local.subscribe(1, "from-cloud/#", QoS::ExactlyOnce).await;
 
-        // Out: site/<x> -> gw1/<x>, at the mapping's QoS.
+        // Out: site/<x> -> gw1/<x>, QoS 1/2 at the mapping's QoS.
         let (mut lpub, _) = raw_connected(addr, V311, "local-pub", true).await;
         for (i, q) in qos.into_iter().enumerate() {
             let n = q.as_u8();
@@ -561,10 +561,10 @@ async fn qos_0_1_2_cross_out_and_in_with_prefixes_over_both_protocols() {
         }
         let got = collect(&mut rsub, 6, Duration::from_secs(10)).await;
         let expected: Vec<(String, u8)> = [
-            ("gw1/meters/q0", 1),
+            ("gw1/meters/q0", 0),
             ("gw1/meters/q1", 1),
             ("gw1/meters/q2", 1),
-            ("gw1/sensors/q0", 2),
+            ("gw1/sensors/q0", 0),
             ("gw1/sensors/q1", 2),
             ("gw1/sensors/q2", 2),
         ]
@@ -574,7 +574,7 @@ async fn qos_0_1_2_cross_out_and_in_with_prefixes_over_both_protocols() {
         assert_eq!(
             topics_and_qos(&got),
             expected,
-            "{protocol}: out, each once at the mapping's QoS: {}",
+            "{protocol}: out, each once, QoS 1/2 at the mapping's QoS: {}",
             tern.log_text()
         );
         rsub.expect_silence(Duration::from_millis(300)).await;

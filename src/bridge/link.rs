@@ -590,11 +590,17 @@ impl Link<'_> {
         if !self.version.is_v5() {
             properties = Default::default();
         }
-        // As a subscriber with the mapping's QoS gets it: at most that, at
-        // most what it was published with (QoS 0 stays at most once).
+        // QoS 1 and 2 go out at the mapping's QoS: the buffer is on disk, so
+        // even a QoS 1 publish reaches the remote exactly once on a QoS 2
+        // mapping. QoS 0 stays at most once.
+        let qos = if m.qos == QoS::AtMostOnce {
+            QoS::AtMostOnce
+        } else {
+            map.qos
+        };
         let p = Publish {
             dup: false,
-            qos: map.qos.min(m.qos),
+            qos,
             retain: delivery.retain,
             topic,
             packet_id: None,
