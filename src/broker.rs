@@ -145,6 +145,18 @@ impl Broker {
                 websocket: l.websocket,
             }));
         }
+        // This broker's id for the bridges' loop check, kept with the store.
+        let node_id: Arc<str> = crate::bridge::origin::node_id(
+            (!config.storage.in_memory).then_some(config.storage.dir.as_path()),
+        )
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{}/node-id: {e}", config.storage.dir.display()),
+            )
+        })?
+        .into();
+        router.set_node_id(node_id.clone());
         let mut store_thread = None;
         if !config.storage.in_memory {
             let (handle, thread, recovered) = crate::store::open(&config.storage, metrics.clone())
@@ -173,6 +185,7 @@ impl Broker {
             shutdown.clone(),
             tracker.clone(),
             config.topic_limits(),
+            node_id,
         );
         let statuses = bridges.statuses();
         let (snapshots_tx, snapshots) = watch::channel(Arc::new(router::Snapshot::default()));

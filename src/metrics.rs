@@ -86,6 +86,9 @@ pub struct Metrics {
     pub acl_denied_subscribe: AtomicU64,
     /// Deliveries not made because the ACL denies the receiver reading the topic.
     pub acl_denied_deliver: AtomicU64,
+    /// PUBLISHes dropped as copies of messages that had passed here through a
+    /// bridge already (`bridge::origin`): a loop through other brokers.
+    pub bridge_loops: AtomicU64,
     /// CONNECTs refused because the connections not yet logged in held
     /// `limits.unauthenticated_buffer_bytes`.
     pub connects_over_budget: AtomicU64,
@@ -108,6 +111,7 @@ impl Metrics {
             &self.messages_expired,
             &self.acl_denied_publish,
             &self.acl_denied_deliver,
+            &self.bridge_loops,
             &self.messages_unreadable,
             &self.store_refused,
         ]

@@ -359,8 +359,14 @@ async fn qos0_waits_for_a_link_only_with_buffer_qos0() {
                     .and_then(|n| n.parse().ok())
                     .expect("m-<i>");
                 got.push((p.topic.clone(), i, p.qos));
-                if let Some(id) = p.packet_id {
-                    sub.send(&Packet::PubRec(PubResponse::success(id))).await;
+                match (p.qos, p.packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => {
+                        sub.send(&Packet::PubAck(PubResponse::success(id))).await
+                    }
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        sub.send(&Packet::PubRec(PubResponse::success(id))).await
+                    }
+                    _ => {}
                 }
             }
             Ok(Some(Packet::PubRel(r))) => {

@@ -216,6 +216,7 @@ impl Collector for Scrape {
                 ("expired", get(&m.messages_expired)),
                 ("acl_publish", get(&m.acl_denied_publish)),
                 ("acl_deliver", get(&m.acl_denied_deliver)),
+                ("bridge_loop", get(&m.bridge_loops)),
                 ("sys_publish", get(&m.sys_publish_denied)),
                 ("unreadable_on_disk", get(&m.messages_unreadable)),
                 ("disk_budget", get(&m.store_refused)),

@@ -9,6 +9,7 @@
 //! Reconnects back off exponentially (100 ms to 30 s) with jitter.
 
 use super::client::{Client, ClientConfig, Event};
+use super::origin;
 use super::status::BridgeStatus;
 use super::topics::{self, TopicMap};
 use crate::config::BridgeConfig;
@@ -48,6 +49,8 @@ pub struct LinkContext {
     pub topic_limits: TopicLimits,
     /// What the link reports (the admin endpoint reads it).
     pub status: std::sync::Arc<super::status::BridgeStatus>,
+    /// This broker's id (`origin`).
+    pub node_id: std::sync::Arc<str>,
 }
 
 /// A delay of about `d` (75% to 125%), so a fleet of gateways does not
@@ -79,6 +82,8 @@ async fn attach(
         by_password: false,
         addr: None,
         verified: true,
+        remote_bridge: false,
+        own_bridge: true,
         handle: ConnHandle {
             conn_id: ctx.conn_id,
             version: ProtocolVersion::V5,
@@ -315,8 +320,10 @@ impl Link<'_> {
                 match e {
                     Event::Connected { session_present } => {
                         was_up = true;
-                        self.ctx.status.set_connected(true);
+                        // The buffer first: once the link says it is up, QoS
+                        // 0 published after that goes out.
                         link_up(self.b, self.ctx, true).await;
+                        self.ctx.status.set_connected(true);
                         info!(bridge = %self.b.name, address = %self.b.address, session_present, "bridge connected");
                         // Incoming mappings: subscribed at every link (a kept
                         // session has them already; subscribing again is
@@ -486,6 +493,15 @@ impl Link<'_> {
             }
             return true;
         };
+        if origin::is_echo(&p.properties.user_properties, &self.ctx.node_id) {
+            // A copy of a message that already passed through this broker
+            // (a loop through other brokers' bridges): taken and dropped.
+            BridgeStatus::count(&self.ctx.status.looped);
+            if let Some(pid) = p.packet_id {
+                client.ack_incoming(Instant::now(), pid, p.qos);
+            }
+            return true;
+        }
         let mut props: Vec<(String, String)> = p
             .properties
             .user_properties
@@ -494,6 +510,9 @@ impl Link<'_> {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         props.push((IMPORTED_BY.to_owned(), self.b.name.clone()));
+        if !origin::has_origin(&p.properties.user_properties) {
+            props.push((origin::ORIGIN.to_owned(), self.ctx.node_id.to_string()));
+        }
         let mut properties = p.properties.clone();
         properties.user_properties = props.into_iter().collect();
         // Per hop, and only server -> client [MQTT-3.3.4-6].
@@ -569,13 +588,9 @@ impl Link<'_> {
             _ => return,
         };
         let m = &delivery.message;
-        let imported_here = m
-            .properties
-            .user_properties
-            .iter()
-            .any(|(k, v)| k == IMPORTED_BY && v == self.b.name);
-        if imported_here {
-            // Brought in by this bridge: never sent back out (no loop).
+        if crate::router::came_through_a_bridge(m) {
+            // Brought in by a bridge (this one, another of ours, or another
+            // broker's): never sent out through one (no loop).
             self.ack_local(pid, ReasonCode::SUCCESS).await;
             return;
         }
@@ -589,6 +604,15 @@ impl Link<'_> {
         let mut properties = m.properties.clone();
         if !self.version.is_v5() {
             properties = Default::default();
+        } else if !origin::has_origin(&properties.user_properties) {
+            // Stamped with where it passed first: if it comes back, it is
+            // known (`origin`).
+            properties.user_properties = properties
+                .user_properties
+                .iter()
+                .chain([(origin::ORIGIN, &*self.ctx.node_id)])
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
         }
         // QoS 1 and 2 go out at the mapping's QoS: the buffer is on disk, so
         // even a QoS 1 publish reaches the remote exactly once on a QoS 2

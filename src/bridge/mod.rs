@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod link;
+pub mod origin;
 pub mod registry;
 pub mod status;
 pub mod topics;

@@ -43,6 +43,8 @@ pub struct Bridges {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     topic_limits: TopicLimits,
+    /// This broker's id, stamped on what the bridges carry (`origin`).
+    node_id: Arc<str>,
     /// The next local connection id: from the top of the range down, which
     /// the listeners never reach; never reused, so a stopping link and its
     /// successor are never confused.
@@ -55,6 +57,7 @@ impl Bridges {
         shutdown: CancellationToken,
         tracker: TaskTracker,
         topic_limits: TopicLimits,
+        node_id: Arc<str>,
     ) -> Bridges {
         Bridges {
             running: BTreeMap::new(),
@@ -63,6 +66,7 @@ impl Bridges {
             shutdown,
             tracker,
             topic_limits,
+            node_id,
             next_conn_id: u64::MAX,
         }
     }
@@ -120,6 +124,7 @@ impl Bridges {
                 conn_id: self.next_conn_id,
                 topic_limits: self.topic_limits,
                 status: status.clone(),
+                node_id: self.node_id.clone(),
             };
             self.next_conn_id -= 1;
             let task = self.tracker.spawn(link::run(b.clone(), ctx));

@@ -23,6 +23,9 @@ pub struct BridgeStatus {
     pub refused: AtomicU64,
     /// Messages from the remote that no incoming mapping takes (dropped).
     pub unmapped: AtomicU64,
+    /// Messages from the remote that had passed through this broker already
+    /// (a loop through other brokers' bridges): dropped.
+    pub looped: AtomicU64,
     /// The bridge left the config (a reload): its link is stopped, its buffer
     /// kept until purged (`tern bridge purge`) or the bridge comes back.
     removed: AtomicBool,
@@ -84,6 +87,7 @@ impl BridgeStatus {
             "received": self.received.load(Ordering::Relaxed),
             "refused": self.refused.load(Ordering::Relaxed),
             "unmapped": self.unmapped.load(Ordering::Relaxed),
+            "looped": self.looped.load(Ordering::Relaxed),
             "buffer": self.queue,
             "removed": self.is_removed(),
         })

@@ -21,12 +21,13 @@ use tracing::debug;
 pub(super) async fn handshake<S: AsyncWrite + Unpin>(
     stream: &mut S,
     c: Connect,
+    remote_bridge: bool,
     peer: &Peer,
     conn_id: u64,
     shared: &Arc<Shared>,
 ) -> Option<Conn> {
     let version = c.version;
-    match admit(c, peer, conn_id, shared).await {
+    match admit(c, remote_bridge, peer, conn_id, shared).await {
         Ok(conn) => Some(conn),
         Err(r) => {
             refuse(stream, version, r.code, r.why).await;
@@ -38,6 +39,7 @@ pub(super) async fn handshake<S: AsyncWrite + Unpin>(
 /// The handshake up to a connection with its CONNACK in the write buffer.
 async fn admit(
     c: Connect,
+    remote_bridge: bool,
     peer: &Peer,
     conn_id: u64,
     shared: &Arc<Shared>,
@@ -70,6 +72,8 @@ async fn admit(
         by_password: login.by_password,
         addr: Some(peer.addr.ip()),
         verified: login.by_password || matches!(peer.cert, crate::login::CertIdentity::Name(_)),
+        remote_bridge,
+        own_bridge: false,
         handle: ConnHandle {
             conn_id,
             version: deal.version,

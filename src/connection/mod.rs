@@ -148,13 +148,22 @@ where
         }
         Ok(Ok(c)) => c,
     };
+    let (connect, remote_bridge) = connect;
     // A WebSocket's pre-login bytes are counted below tungstenite until now.
     if let Some(gate) = &peer.gate {
         gate.open();
     }
     // Boxed: the handshake runs once, and inline its state would be reserved in
     // every connection's future for its whole life.
-    let Some(mut conn) = Box::pin(handshake(&mut stream, *connect, &peer, conn_id, &shared)).await
+    let Some(mut conn) = Box::pin(handshake(
+        &mut stream,
+        *connect,
+        remote_bridge,
+        &peer,
+        conn_id,
+        &shared,
+    ))
+    .await
     else {
         drop(charge);
         Box::pin(graceful_close(&mut stream)).await;
@@ -171,7 +180,11 @@ where
     }
     drop(rbuf);
     tracing::Span::current().record("client", &*conn.client_id);
-    info!(version = ?conn.version, "connected");
+    if remote_bridge {
+        info!(version = ?conn.version, "connected: another broker's bridge (Mosquitto's bridge flag)");
+    } else {
+        info!(version = ?conn.version, "connected");
+    }
     let mut registration = Registration {
         router: shared.router.clone(),
         client: conn.client_id.clone(),

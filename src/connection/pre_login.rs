@@ -93,6 +93,35 @@ fn connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
     }
 }
 
+/// Mosquitto's bridge flag: a bridge (Mosquitto's `try_private`, its default)
+/// sends its protocol level with the top bit set (0x84, 0x85). Clear it in
+/// `buf` and say whether it was set, once the level byte has arrived. Tern
+/// then knows the client is another broker's bridge: nothing that came in
+/// through a bridge goes back out through one (no loop when both sides bridge
+/// the same topics).
+fn strip_bridge_flag(buf: &mut [u8]) -> bool {
+    if buf.first().is_none_or(|b| b >> 4 != 1) {
+        return false;
+    }
+    let Some(len_bytes) = buf
+        .iter()
+        .skip(1)
+        .take(4)
+        .position(|b| b & 0x80 == 0)
+        .map(|p| p + 1)
+    else {
+        return false;
+    };
+    let start = 1 + len_bytes;
+    match buf.get_mut(start..start + 7) {
+        Some([0, 4, b'M', b'Q', b'T', b'T', level @ (0x84 | 0x85)]) => {
+            *level &= 0x7F;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Read until one whole CONNECT is decoded, at most `max_connect_packet_size`
 /// (and `max_packet_size`) long. The buffer grows by doubling only as bytes
 /// arrive (never to a size the peer merely declares), and every byte of it
@@ -102,16 +131,18 @@ pub(super) async fn read_connect<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     limits: &crate::config::Limits,
     charge: &mut Charge<'_>,
-) -> Result<Box<Connect>, NoConnect> {
+) -> Result<(Box<Connect>, bool), NoConnect> {
     let decode_limits = crate::protocol::DecodeLimits {
         max_packet_size: limits.max_connect_packet_size.min(limits.max_packet_size),
         ..limits.decode_limits()
     };
+    let mut bridge = false;
     loop {
+        bridge |= strip_bridge_flag(buf);
         // Read before decoding: a decode error may have consumed the header.
         let version = connect_version(buf);
         match protocol::decode_with(buf, None, decode_limits) {
-            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(Packet::Connect(c))) => return Ok((c, bridge)),
             Ok(Some(_)) => {
                 return Err(NoConnect::Bad(
                     DecodeError::Protocol("first packet must be CONNECT"),
@@ -282,5 +313,27 @@ mod tests {
         assert_eq!(budget.used(), 7 * 1024);
         drop(charge);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn the_bridge_flag_is_cleared_and_reported() {
+        // CONNECT, remaining length 12, "MQTT", level 0x84 (3.1.1, bridge).
+        let mut b = vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 0x84, 2, 0, 60, 0, 0];
+        assert!(strip_bridge_flag(&mut b));
+        assert_eq!(b[8], 4);
+        assert!(!strip_bridge_flag(&mut b), "once");
+        let mut v5 = vec![0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 0x85];
+        assert!(strip_bridge_flag(&mut v5));
+        assert_eq!(v5[8], 5);
+        // Other levels, or too few bytes yet: left alone.
+        for mut other in [
+            vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 0x83],
+            vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T'],
+            vec![0x30, 12, 0, 4, b'M', b'Q', b'T', b'T', 0x84],
+        ] {
+            let before = other.clone();
+            assert!(!strip_bridge_flag(&mut other));
+            assert_eq!(other, before);
+        }
     }
 }

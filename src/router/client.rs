@@ -46,6 +46,10 @@ pub(super) struct Client {
     pub(super) username: Option<Arc<str>>,
     /// The current connection logged in with a password (see `Revoke`).
     pub(super) by_password: bool,
+    /// The current connection is another broker's bridge (`ConnectRequest`).
+    pub(super) remote_bridge: bool,
+    /// The current connection is one of this broker's bridges.
+    pub(super) own_bridge: bool,
     /// Retained messages still owed since a SUBSCRIBE (boxed: rare).
     pub(super) retained: Option<Box<RetainedBacklog>>,
     /// Whom this session counts against in `Router::quota`; None: it ends with
@@ -109,6 +113,8 @@ impl Client {
             disconnected_unix: 0,
             username: None,
             by_password: false,
+            remote_bridge: false,
+            own_bridge: false,
             retained: None,
             holder: None,
             consumes: Vec::new(),

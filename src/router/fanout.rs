@@ -100,12 +100,18 @@ impl Router {
         }
         let targets = self.targets(&topic, from);
         let no_subscribers = targets.is_empty();
+        let imported = came_through_a_bridge(&msg);
         let mut held_by = None;
         let mut receivers = Vec::new();
         for t in targets {
             // [convention: ACLs on publish and on delivery] the receiver must
             // be allowed to read this topic, whatever its filter matched.
             if !self.may_read(&t.client, &topic) {
+                continue;
+            }
+            // Never from one bridge into another: with both sides bridging
+            // the same topics that is a loop.
+            if imported && self.clients.get(&t.client).is_some_and(|c| c.remote_bridge) {
                 continue;
             }
             let d = Delivery {
@@ -406,4 +412,15 @@ impl Router {
             debug!(client = %gone.client_id(), to = %to, topic = %m.topic, "shared message handed on");
         }
     }
+}
+
+/// Did `m` come in through a bridge: one of ours (its `in` side), or another
+/// broker's bridge connected to us? Such a message is never sent out through
+/// a bridge again (`bridge::link` skips it; `publish` does not deliver it to
+/// another broker's bridge).
+pub fn came_through_a_bridge(m: &Message) -> bool {
+    m.properties
+        .user_properties
+        .iter()
+        .any(|(k, _)| k == crate::bridge::link::IMPORTED_BY)
 }

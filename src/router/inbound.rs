@@ -4,6 +4,7 @@
 //! full (backpressure), or held until what it acknowledges is durable.
 
 use super::*;
+use crate::bridge::link::IMPORTED_BY;
 
 impl Router {
     /// A PUBLISH from a connected client: QoS 2 duplicate suppression, routing, and
@@ -28,6 +29,14 @@ impl Router {
             return;
         }
         let v5 = c.conn.as_ref().is_some_and(|h| h.version.is_v5());
+        // A copy of a message that already passed here through a bridge (a
+        // loop through other brokers' bridges): its flow completes, it goes
+        // nowhere.
+        let echo = !c.own_bridge
+            && crate::bridge::origin::is_echo(&p.properties.user_properties, &self.node_id);
+        if echo {
+            self.metrics.bridge_loops.fetch_add(1, Ordering::Relaxed);
+        }
         let allowed = self.may_publish(id, &p.topic);
         if !allowed {
             match (p.qos, p.packet_id) {
@@ -63,6 +72,13 @@ impl Router {
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
+        let mut p = p;
+        if c.remote_bridge {
+            // Brought in by another broker's bridge: marked, so no bridge
+            // (ours or theirs) carries it back out.
+            p.properties.user_properties =
+                super::queues::with_properties(&p.properties.user_properties, &[(IMPORTED_BY, id)]);
+        }
         let (kind, pid) = match (p.qos, p.packet_id) {
             (QoS::AtLeastOnce, Some(pid)) => (ReplyKind::PubAck, pid),
             (QoS::ExactlyOnce, Some(pid)) => {
@@ -97,11 +113,13 @@ impl Router {
                 (ReplyKind::PubRec, pid)
             }
             _ => {
-                self.publish(Some(id), p, now, false);
+                if !echo {
+                    self.publish(Some(id), p, now, false);
+                }
                 return;
             }
         };
-        if !allowed {
+        if !allowed || echo {
             // A denied 3.1.1 QoS 2 message: its id is kept (above) so the
             // client's PUBREL gets its PUBCOMP; nothing is routed.
             self.reply(id, conn_id, kind, pid, ReasonCode::SUCCESS);

@@ -64,6 +64,7 @@ mod takeover;
 pub use admin::{AdminReply, AdminRequest, PeekedMessage, QueueInfo, REDRIVE_BATCH};
 use client::{Client, HeldAck};
 use durable::{Held, StoreLink};
+pub use fanout::came_through_a_bridge;
 pub use msg::{ConnHandle, ConnectAccepted, ConnectRequest, DisconnectKind, RouterMsg};
 use queues::{Queues, Timer};
 pub use run::{run, Publishing};
@@ -136,6 +137,9 @@ pub struct Router {
     turn: Clock,
     /// `auth.allow_cross_user_takeover`.
     cross_user_takeover: bool,
+    /// This broker's id: a PUBLISH stamped with it (`tern-origin`) is a copy
+    /// of a message that already passed here through a bridge, and is dropped.
+    node_id: Arc<str>,
 }
 
 impl Router {
@@ -163,6 +167,7 @@ impl Router {
             session_disk: session_disk::SessionDisk::default(),
             topic_limits: config.topic_limits(),
             cross_user_takeover: config.auth.allow_cross_user_takeover,
+            node_id: Arc::from(crate::bridge::origin::node_id(None).unwrap_or_default()),
             quota: SessionQuota::new(QuotaLimits {
                 max_sessions: config.limits.max_sessions,
                 per_address: config.limits.max_sessions_per_address,
@@ -236,6 +241,11 @@ impl Router {
         self.queue_turn_end();
         self.mark = None;
         go_on
+    }
+
+    /// Take this broker's kept id (`bridge::origin::node_id`).
+    pub fn set_node_id(&mut self, id: Arc<str>) {
+        self.node_id = id;
     }
 
     fn handle_msg(&mut self, msg: RouterMsg, now: Instant) -> bool {
@@ -731,6 +741,8 @@ impl Router {
         client.will = req.will.map(Box::new);
         client.username = req.username;
         client.by_password = req.by_password;
+        client.remote_bridge = req.remote_bridge;
+        client.own_bridge = req.own_bridge;
         client.session_expiry = req.session_expiry;
         client.expires_at = None;
         client.gated = 0;

@@ -60,6 +60,13 @@ pub struct ConnectRequest {
     /// The username was verified (password or certificate), not just claimed:
     /// only then do its sessions count against the user instead of the address.
     pub verified: bool,
+    /// Another broker's bridge (Mosquitto's bridge flag in its CONNECT): what
+    /// it publishes counts as brought in by a bridge, and nothing brought in
+    /// by a bridge is delivered to it.
+    pub remote_bridge: bool,
+    /// One of this broker's bridges (`bridge::link`): what it brings in is
+    /// stamped with this broker's own id (`bridge::origin`), and is no echo.
+    pub own_bridge: bool,
     pub handle: ConnHandle,
 }
 

@@ -365,7 +365,7 @@ pub(super) fn dead_letter_queue(name: &str) -> QueueConfig {
 }
 
 /// `props` with `pairs` set: earlier pairs of the same names are replaced.
-fn with_properties(props: &UserProperties, pairs: &[(&str, &str)]) -> UserProperties {
+pub(super) fn with_properties(props: &UserProperties, pairs: &[(&str, &str)]) -> UserProperties {
     let mut b = UserPropertiesBuilder::default();
     for (k, v) in props.iter() {
         if !pairs.iter().any(|(n, _)| *n == k) {

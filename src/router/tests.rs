@@ -45,6 +45,8 @@ fn request(
         by_password: false,
         addr: None,
         verified: false,
+        remote_bridge: false,
+        own_bridge: false,
         handle: ConnHandle {
             conn_id,
             version: ProtocolVersion::V5,
