@@ -23,9 +23,10 @@
 # The cross linkers are chosen with CARGO_TARGET_<TRIPLE>_LINKER, CC_<triple>
 # and AR_<triple> in this script's environment, so nobody else's builds change.
 #
-# Outputs, under target/package/: tern-<version>-<triple> (the stripped
-# binaries) and tern_<version>-1_<arch>.deb (amd64 or the host's, arm64, armhf);
-# the cargo builds themselves stay in target/<triple>/<profile>/.
+# Outputs, under target/package/ ($CARGO_TARGET_DIR/package/ when that is set):
+# tern-<version>-<triple> (the stripped binaries) and tern_<version>-1_<arch>.deb
+# (the host's architecture, arm64, armhf); the cargo builds themselves stay in
+# target/<triple>/<profile>/.
 #
 # TERN_CARGO_LOCK=FILE runs every cargo command under `flock FILE`, for
 # machines where several people build at once.
@@ -33,7 +34,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=${1:-all}
-OUT=target/package
+# Where cargo puts its builds (CARGO_TARGET_DIR moves them; a target-dir in a
+# cargo config file is not supported here).
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+OUT=$TARGET_DIR/package
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 # The newest glibc symbol version a packaged binary may need: the .deb's
@@ -101,7 +105,7 @@ build() {
   local triple=$1 profile=$2
   say "cargo build --profile $profile --target $triple" >&2
   run_cargo build --locked --profile "$profile" --target "$triple" --bin tern >&2
-  local bin=target/$triple/$profile/tern
+  local bin=$TARGET_DIR/$triple/$profile/tern
   [ -x "$bin" ] || die "no binary at $bin"
   local machine
   machine=$(readelf -h "$bin" | sed -n 's/^ *Machine: *//p')
@@ -229,10 +233,10 @@ sizes() {
   say "stripped binaries in $OUT:"
   local f
   for f in "$OUT"/tern-"$VERSION"-*; do
-    printf '  %-50s %9d bytes\n' "$f" "$(stat -c %s "$f")"
+    printf '  %-58s %9d bytes\n' "$f" "$(stat -c %s "$f")"
   done
   for f in "$OUT"/*.deb; do
-    printf '  %-50s %9d bytes\n' "$f" "$(stat -c %s "$f")"
+    printf '  %-58s %9d bytes\n' "$f" "$(stat -c %s "$f")"
   done
 }
 
