@@ -26,6 +26,7 @@ pub mod reload;
 pub mod retain;
 pub mod retained_backlog;
 pub mod router;
+pub mod sd_notify;
 pub mod session;
 pub mod session_pending;
 pub mod session_quota;

@@ -206,7 +206,9 @@ fn main() -> anyhow::Result<()> {
         // recovered must not kill the process with the default action.
         let signals = Signals::new(cli.config.clone())?;
         let broker = Broker::start(config).await?;
+        tern::sd_notify::ready();
         signals.run_until_stop(&broker).await;
+        tern::sd_notify::stopping();
         broker.shutdown().await;
         Ok(())
     })
