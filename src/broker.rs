@@ -145,7 +145,15 @@ impl Broker {
                 websocket: l.websocket,
             }));
         }
-        // This broker's id for the bridges' loop check, kept with the store.
+        let mut store_thread = None;
+        if !config.storage.in_memory {
+            let (handle, thread, recovered) = crate::store::open(&config.storage, metrics.clone())
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            router = router.with_store(handle, recovered, Clock::read());
+            store_thread = Some(thread);
+        }
+        // This broker's id for the bridges' loop check, kept with the store
+        // (after the store opened it: a bad data directory is reported there).
         let node_id: Arc<str> = crate::bridge::origin::node_id(
             (!config.storage.in_memory).then_some(config.storage.dir.as_path()),
         )
@@ -157,13 +165,6 @@ impl Broker {
         })?
         .into();
         router.set_node_id(node_id.clone());
-        let mut store_thread = None;
-        if !config.storage.in_memory {
-            let (handle, thread, recovered) = crate::store::open(&config.storage, metrics.clone())
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            router = router.with_store(handle, recovered, Clock::read());
-            store_thread = Some(thread);
-        }
         // After recovery, so stored subscriptions are checked against the ACL of
         // this start, which may have changed while Tern was down.
         if acl.is_some() {

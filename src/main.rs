@@ -71,6 +71,23 @@ enum Command {
         #[command(subcommand)]
         op: QueueCmd,
     },
+    /// A running broker's numbers, through its admin endpoint (as for
+    /// `tern queue`).
+    Status {
+        #[arg(long = "admin", value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        #[arg(long = "token", value_name = "TOKEN")]
+        token: Option<String>,
+    },
+    /// Clients of a running broker, through its admin endpoint.
+    Clients {
+        #[arg(long = "admin", value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        #[arg(long = "token", value_name = "TOKEN")]
+        token: Option<String>,
+        #[command(subcommand)]
+        op: ClientsCmd,
+    },
     /// Bridges of a running broker, through its admin endpoint (as for
     /// `tern queue`).
     Bridge {
@@ -84,6 +101,21 @@ enum Command {
         #[command(subcommand)]
         op: BridgeCmd,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientsCmd {
+    /// Sessions in client id order: state, protocol, address, keep-alive,
+    /// subscriptions, inflight, queued, user.
+    List {
+        /// Start after this client id (the last one of the previous page).
+        #[arg(long = "after", value_name = "ID")]
+        after: Option<String>,
+        #[arg(long = "limit", default_value_t = 100)]
+        limit: usize,
+    },
+    /// Close a client's connection (v5: DISCONNECT 0x98); its session stays.
+    Kick { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,6 +170,22 @@ fn main() -> anyhow::Result<()> {
         let ep = admin_endpoint(cli.config.as_deref(), *admin, token.clone())?;
         let op = queue_op(op);
         return print_answer("tern queue", tern::admin::cli::run(&ep, op));
+    }
+    if let Some(Command::Status { admin, token }) = &cli.command {
+        let ep = admin_endpoint(cli.config.as_deref(), *admin, token.clone())?;
+        return print_answer("tern status", tern::admin::cli::run_status(&ep));
+    }
+    if let Some(Command::Clients { admin, token, op }) = &cli.command {
+        use tern::admin::cli::{run_clients, ClientsOp};
+        let ep = admin_endpoint(cli.config.as_deref(), *admin, token.clone())?;
+        let op = match op {
+            ClientsCmd::List { after, limit } => ClientsOp::List {
+                after: after.clone(),
+                limit: *limit,
+            },
+            ClientsCmd::Kick { id } => ClientsOp::Kick(id.clone()),
+        };
+        return print_answer("tern clients", run_clients(&ep, op));
     }
     if let Some(Command::Bridge { admin, token, op }) = &cli.command {
         use tern::admin::cli::{run_bridge, BridgeOp};

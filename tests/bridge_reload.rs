@@ -5,17 +5,17 @@
 //! until it comes back, when the backlog drains in order; one changed
 //! restarts with its new options; the others are left alone.
 
+#[path = "common/bridge.rs"]
+mod bridge;
 mod common;
 
+use bridge::*;
 use common::*;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tern::protocol::{Packet, PacketId, ProtocolVersion, PubResponse, QoS};
-
-const V311: ProtocolVersion = ProtocolVersion::V311;
+use tern::protocol::{Packet, QoS};
 /// A port nothing listens on: a bridge to it buffers (connection refused).
 const NOWHERE: &str = "127.0.0.1:1";
 
@@ -59,31 +59,9 @@ fn sighup(tern: &BrokerProcess) {
     assert!(ok, "kill -HUP");
 }
 
-/// The admin endpoint's address, from the log.
-fn admin_addr(tern: &BrokerProcess) -> SocketAddr {
-    assert!(tern.wait_log_count("admin endpoint on", 1, Duration::from_secs(5)));
-    tern.log_text()
-        .split("admin endpoint on http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .expect("the admin address in the log")
-}
-
 /// `GET /api/v1/bridges`, by bridge name.
 async fn bridges(tern: &BrokerProcess) -> HashMap<String, serde_json::Value> {
-    let (status, body) = tern::admin::http::request(
-        admin_addr(tern),
-        "GET",
-        "/api/v1/bridges",
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("admin answers");
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    v["bridges"]
+    bridges_status(tern).await["bridges"]
         .as_array()
         .expect("a list")
         .iter()
@@ -126,56 +104,9 @@ fn tern_bridge(tern: &BrokerProcess, args: &[&str]) -> (bool, String) {
     )
 }
 
-fn pid(v: u16) -> PacketId {
-    PacketId::new(v).expect("non-zero")
-}
-
 /// Publish QoS 1 messages `m-<i>` to `sensors/x`, waiting for each PUBACK.
-async fn publish(addr: SocketAddr, range: std::ops::Range<usize>) {
-    let (mut c, _) = raw_connected(addr, V311, "local-pub", true).await;
-    for (k, i) in range.enumerate() {
-        let id = (k % 60_000) as u16 + 1;
-        c.send(&publish_packet(
-            "sensors/x",
-            QoS::AtLeastOnce,
-            id,
-            format!("m-{i}").as_bytes(),
-        ))
-        .await;
-        match c.recv().await {
-            Some(Packet::PubAck(a)) => assert_eq!(a.packet_id, pid(id)),
-            other => panic!("publisher: {other:?}"),
-        }
-    }
-}
-
-/// Receive (and acknowledge) QoS 1 messages until `n` arrived or 10 s of
-/// silence: (topic, index) in arrival order.
-async fn receive(c: &mut RawClient, n: usize) -> Vec<(String, usize)> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match c.recv_within(Duration::from_secs(10)).await {
-            Ok(Some(Packet::Publish(p))) => {
-                let s = String::from_utf8_lossy(&p.payload).into_owned();
-                let i = s
-                    .strip_prefix("m-")
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("unexpected payload {s}"));
-                got.push((p.topic.clone(), i));
-                if let Some(id) = p.packet_id {
-                    c.send(&Packet::PubAck(PubResponse::success(id))).await;
-                }
-            }
-            Ok(Some(other)) => panic!("remote subscriber: unexpected {other:?}"),
-            Ok(None) | Err(()) => break,
-        }
-    }
-    got
-}
-
-/// What a bridge holds: buffered, and in flight to its link.
-fn waiting(b: &serde_json::Value) -> u64 {
-    b["buffered"].as_u64().unwrap_or(0) + b["in_flight"].as_u64().unwrap_or(0)
+async fn publish(addr: std::net::SocketAddr, range: std::ops::Range<usize>) {
+    publish_n(addr, "sensors/x", range).await;
 }
 
 fn on(topic: &str, range: std::ops::Range<usize>) -> Vec<(String, usize)> {
@@ -212,7 +143,10 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
     assert_eq!(st["a"]["buffered"], 100, "{st:?}");
     assert_eq!(st["b"]["connected"], true, "{st:?}");
     publish(tern.listener_addrs(1)[0], 100..150).await;
-    assert_eq!(receive(&mut sub, 50).await, on("b/sensors/x", 100..150));
+    assert_eq!(
+        receive(&mut sub, 50, Duration::from_secs(10)).await,
+        on("b/sensors/x", 100..150)
+    );
     let (ok, list) = tern_bridge(&tern, &["list"]);
     assert!(ok, "{list}");
     let row_a = list.lines().find(|l| l.starts_with("a ")).unwrap_or("");
@@ -236,7 +170,10 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
         &[bridge("a", &there, "a"), bridge("b", &there, "b")],
     );
     sighup(&tern);
-    assert_eq!(receive(&mut sub, 100).await, on("a/sensors/x", 0..100));
+    assert_eq!(
+        receive(&mut sub, 100, Duration::from_secs(10)).await,
+        on("a/sensors/x", 0..100)
+    );
     let st = bridges_until(&tern, "a drained", |b| {
         b["a"]["buffered"] == 0 && b["a"]["forwarded"] == 100
     })
@@ -257,7 +194,11 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
     assert!(tern.wait_log_count("bridge changed", 1, Duration::from_secs(10)));
     assert!(tern.wait_log_count("bridge connected", 3, Duration::from_secs(10)));
     publish(addr, 150..160).await;
-    let mut got = receive(&mut sub, 20).await;
+    let mut got: Vec<(String, usize)> = collect(&mut sub, 20, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|g| (g.topic.clone(), g.index()))
+        .collect();
     got.sort();
     let mut want = [on("a/sensors/x", 150..160), on("b2/sensors/x", 150..160)].concat();
     want.sort();
@@ -272,7 +213,10 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
     sighup(&tern);
     assert!(tern.wait_log_count("bridge changed", 2, Duration::from_secs(10)));
     publish(addr, 160..180).await;
-    assert_eq!(receive(&mut sub, 20).await, on("b2/sensors/x", 160..180));
+    assert_eq!(
+        receive(&mut sub, 20, Duration::from_secs(10)).await,
+        on("b2/sensors/x", 160..180)
+    );
     bridges_until(&tern, "a holds 20", |b| waiting(&b["a"]) == 20).await;
     write_config(dir.path(), &[bridge("b", &there, "b2")]);
     sighup(&tern);
@@ -350,36 +294,12 @@ async fn qos0_waits_for_a_link_only_with_buffer_qos0() {
     // The link comes up (a reload points both at the remote).
     write_config(dir.path(), &[bridge("drop", &there, "d"), keep(&there)]);
     sighup(&tern);
-    let mut got = Vec::new();
-    while got.len() < 30 {
-        match sub.recv_within(Duration::from_secs(10)).await {
-            Ok(Some(Packet::Publish(p))) => {
-                let i: usize = String::from_utf8_lossy(&p.payload)
-                    .strip_prefix("m-")
-                    .and_then(|n| n.parse().ok())
-                    .expect("m-<i>");
-                got.push((p.topic.clone(), i, p.qos));
-                match (p.qos, p.packet_id) {
-                    (QoS::AtLeastOnce, Some(id)) => {
-                        sub.send(&Packet::PubAck(PubResponse::success(id))).await
-                    }
-                    (QoS::ExactlyOnce, Some(id)) => {
-                        sub.send(&Packet::PubRec(PubResponse::success(id))).await
-                    }
-                    _ => {}
-                }
-            }
-            Ok(Some(Packet::PubRel(r))) => {
-                sub.send(&Packet::PubComp(PubResponse::success(r.packet_id)))
-                    .await
-            }
-            other => panic!("remote subscriber: {other:?}\n{}", tern.log_text()),
-        }
-    }
+    let got = collect(&mut sub, 30, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 30, "{got:?}\n{}", tern.log_text());
     let of = |topic: &str| -> Vec<(usize, QoS)> {
         got.iter()
-            .filter(|(t, ..)| t == topic)
-            .map(|(_, i, q)| (*i, *q))
+            .filter(|g| g.topic == topic)
+            .map(|g| (g.index(), g.qos))
             .collect()
     };
     let q1: Vec<(usize, QoS)> = (10..20).map(|i| (i, QoS::AtLeastOnce)).collect();

@@ -219,3 +219,71 @@ async fn sys_topics_are_retained_and_follow_the_traffic() {
     drop((all, p, sys));
     broker.shutdown().await;
 }
+
+/// `GET /api/v1/clients` pages through the sessions in id order with their
+/// state; a kick closes a client's connection (v5: DISCONNECT 0x98) and
+/// keeps its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_listed_page_by_page_and_one_is_kicked() {
+    let mut c = test_config();
+    c.admin.bind = Some("127.0.0.1:0".parse().expect("addr"));
+    let (broker, addr) = start(c).await;
+    let admin = broker.admin_addr().expect("admin on");
+    let (mut a, _) = raw_connected(addr, V5, "client-a", true).await;
+    a.subscribe(1, "x/#", QoS::AtLeastOnce).await;
+    let (_b, _) = raw_connected(addr, ProtocolVersion::V311, "client-b", false).await;
+    let (_c, _) = raw_connected(addr, V5, "client-c", true).await;
+
+    let page = |after: Option<&str>| {
+        let q = after.map_or(String::new(), |a| format!("&after={a}"));
+        format!("/api/v1/clients?limit=2{q}")
+    };
+    let (status, body) = get(admin, &page(None)).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let ids: Vec<&str> = v["clients"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["client-a", "client-b"], "{v}");
+    assert_eq!(v["clients"][0]["subscriptions"], 1, "{v}");
+    assert_eq!(v["clients"][0]["protocol"], "5", "{v}");
+    assert_eq!(v["clients"][0]["keep_alive"], 60, "{v}");
+    assert!(v["clients"][0]["address"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("127.0.0.1:")));
+    assert_eq!(v["clients"][1]["protocol"], "3.1.1", "{v}");
+    assert_eq!(v["next_after"], "client-b", "{v}");
+    let (_, body) = get(admin, &page(Some("client-b"))).await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["clients"][0]["id"], "client-c", "{v}");
+    assert_eq!(v["clients"].as_array().map(Vec::len), Some(1), "{v}");
+
+    let (status, body) = tern::admin::http::request(
+        admin,
+        "POST",
+        "/api/v1/clients/client-a/kick",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("kick");
+    assert_eq!(status, 200, "{body}");
+    match a.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code.0, 0x98),
+        other => panic!("expected DISCONNECT 0x98, got {other:?}"),
+    }
+    let (status, _) = tern::admin::http::request(
+        admin,
+        "POST",
+        "/api/v1/clients/nobody/kick",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("kick");
+    assert_eq!(status, 404);
+    broker.shutdown().await;
+}

@@ -1,5 +1,6 @@
-//! `tern queue ...` and `tern bridge ...`: the queue and bridge operations
-//! against a running broker's admin endpoint, and the text they print.
+//! `tern status`, `tern clients ...`, `tern queue ...` and `tern bridge ...`:
+//! the operations against a running broker's admin endpoint, and the text
+//! they print.
 
 use super::http::{percent_encode, request};
 use crate::router::REDRIVE_BATCH;
@@ -31,6 +32,17 @@ pub enum BridgeOp {
     /// Drop what waits in a bridge's buffer; a bridge a reload removed is
     /// forgotten with it.
     Purge(String),
+}
+
+/// One `tern clients` operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientsOp {
+    /// A page after `after`, at most `limit`.
+    List {
+        after: Option<String>,
+        limit: usize,
+    },
+    Kick(String),
 }
 
 /// Where the admin endpoint is and its token.
@@ -107,6 +119,81 @@ pub async fn run(ep: &Endpoint, op: QueueOp) -> Result<String, String> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Ok(format!("moved {moved} messages out of {dlq}"))
+        }
+    }
+}
+
+/// `tern status`: the broker's numbers, one per line.
+pub async fn run_status(ep: &Endpoint) -> Result<String, String> {
+    let v = ep.call("GET", "/api/v1/status").await?;
+    let mut out = String::new();
+    if let Some(o) = v.as_object() {
+        for (k, val) in o {
+            if k == "queues" {
+                continue;
+            }
+            out.push_str(&format!("{k:<22} {val}\n"));
+        }
+    }
+    let queues = v
+        .get("queues")
+        .and_then(|q| q.as_array())
+        .map_or(&[][..], Vec::as_slice);
+    if !queues.is_empty() {
+        out.push('\n');
+        out.push_str(&table(queues));
+    }
+    Ok(out)
+}
+
+/// Run a clients operation; the text to print.
+pub async fn run_clients(ep: &Endpoint, op: ClientsOp) -> Result<String, String> {
+    match op {
+        ClientsOp::List { after, limit } => {
+            let after = after
+                .map(|a| format!("&after={}", percent_encode(&a)))
+                .unwrap_or_default();
+            let v = ep
+                .call("GET", &format!("/api/v1/clients?limit={limit}{after}"))
+                .await?;
+            let mut out = format!(
+                "{:<32} {:<9} {:<6} {:<22} {:>5} {:>5} {:>8} {:>8}  {}\n",
+                "ID", "STATE", "PROTO", "ADDRESS", "KA", "SUBS", "INFLIGHT", "QUEUED", "USER"
+            );
+            let clients = v
+                .get("clients")
+                .and_then(|c| c.as_array())
+                .map_or(&[][..], Vec::as_slice);
+            let s = |c: &serde_json::Value, k: &str| {
+                c.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string()
+            };
+            let n = |c: &serde_json::Value, k: &str| c.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            for c in clients {
+                let connected = c.get("connected").and_then(|v| v.as_bool()) == Some(true);
+                out.push_str(&format!(
+                    "{:<32} {:<9} {:<6} {:<22} {:>5} {:>5} {:>8} {:>8}  {}\n",
+                    s(c, "id"),
+                    if connected { "connected" } else { "offline" },
+                    s(c, "protocol"),
+                    s(c, "address"),
+                    n(c, "keep_alive"),
+                    n(c, "subscriptions"),
+                    n(c, "inflight"),
+                    n(c, "queued"),
+                    s(c, "username"),
+                ));
+            }
+            if let Some(next) = v.get("next_after").and_then(|n| n.as_str()) {
+                if clients.len() >= limit {
+                    out.push_str(&format!("(more: --after {next})\n"));
+                }
+            }
+            Ok(out)
+        }
+        ClientsOp::Kick(id) => {
+            let path = format!("/api/v1/clients/{}/kick", percent_encode(&id));
+            ep.call("POST", &path).await?;
+            Ok(format!("closed the connection of {id}"))
         }
     }
 }

@@ -8,6 +8,8 @@
 //! - `POST /api/v1/queues/<name>/redrive?to=<queue>&max=N`: move up to N
 //!   dead letters back (to the queue each came from, or `to`)
 //! - `GET /api/v1/bridges`, `POST /api/v1/bridges/<name>/purge`
+//! - `GET /api/v1/clients?after=<id>&limit=N`: a page of clients in id order
+//!   (`next_after` is the cursor for the next); `POST /api/v1/clients/<id>/kick`
 //! - `GET /api/v1/status`: the broker's numbers (the router's last snapshot
 //!   and the counters)
 //! - `GET /metrics`: Prometheus text (`prometheus.rs`)
@@ -139,7 +141,7 @@ async fn handle(mut s: TcpStream, ctx: &AdminContext) {
     };
     let mutation = matches!(
         request,
-        AdminRequest::Purge(_) | AdminRequest::Redrive { .. }
+        AdminRequest::Purge(_) | AdminRequest::Redrive { .. } | AdminRequest::Kick(_)
     );
     let (tx, rx) = oneshot::channel();
     let answer = match router.send(RouterMsg::Admin { request, reply: tx }).await {
@@ -298,6 +300,15 @@ fn route(req: &Request) -> Result<AdminRequest, (u16, String)> {
             },
         ),
         ["api", "v1", "queues", name, "purge"] => (false, AdminRequest::Purge(name.to_string())),
+        ["api", "v1", "clients"] => (
+            true,
+            AdminRequest::Clients {
+                after: query("after").filter(|a| !a.is_empty()).map(str::to_string),
+                limit: number("limit", crate::router::DEFAULT_CLIENTS_PAGE)?
+                    .min(crate::router::MAX_CLIENTS_PAGE),
+            },
+        ),
+        ["api", "v1", "clients", id, "kick"] => (false, AdminRequest::Kick(id.to_string())),
         ["api", "v1", "queues", name, "redrive"] => (
             false,
             AdminRequest::Redrive {
@@ -329,6 +340,15 @@ fn render(answer: AdminReply) -> (u16, serde_json::Value) {
         ),
         AdminReply::Count(n) => (200, serde_json::json!({ "count": n })),
         AdminReply::NoSuchQueue(n) => (404, error(&format!("no queue named {n:?}"))),
+        AdminReply::Clients(v) => {
+            // The cursor for the next page: the last id of this one.
+            let next = v.last().map(|c| c.id.clone());
+            (
+                200,
+                serde_json::json!({ "clients": json(serde_json::to_value(&v)), "next_after": next }),
+            )
+        }
+        AdminReply::NoSuchClient(n) => (404, error(&format!("no connected client {n:?}"))),
         AdminReply::NoTarget => (
             409,
             error("the messages name no queue that exists (tern-queue); give one with to="),

@@ -85,6 +85,8 @@ async fn attach(
         remote_bridge: false,
         own_bridge: true,
         handle: ConnHandle {
+            peer: None,
+            keep_alive: 0,
             conn_id: ctx.conn_id,
             version: ProtocolVersion::V5,
             outbox: tx,

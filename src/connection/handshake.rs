@@ -75,6 +75,8 @@ async fn admit(
         remote_bridge,
         own_bridge: false,
         handle: ConnHandle {
+            peer: Some(Box::new(peer.addr)),
+            keep_alive: deal.keep_alive,
             conn_id,
             version: deal.version,
             outbox: outbox_tx,

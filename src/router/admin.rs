@@ -28,6 +28,13 @@ pub enum AdminRequest {
         to: Option<String>,
         max: usize,
     },
+    /// A page of clients in id order, after `after`.
+    Clients {
+        after: Option<String>,
+        limit: usize,
+    },
+    /// Close a client's connection.
+    Kick(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,6 +77,8 @@ pub enum AdminReply {
     NoSuchQueue(String),
     /// A message to redrive names no queue that exists (and no `to` was given).
     NoTarget,
+    Clients(Vec<super::admin_clients::ClientInfo>),
+    NoSuchClient(String),
 }
 
 /// Messages one redrive request moves at most (they are read back into memory
@@ -122,6 +131,16 @@ impl Router {
             },
             AdminRequest::Redrive { from, to, max } => {
                 self.redrive(&from, to.as_deref(), max.min(REDRIVE_BATCH), now)
+            }
+            AdminRequest::Clients { after, limit } => {
+                AdminReply::Clients(self.clients_page(after.as_deref(), limit))
+            }
+            AdminRequest::Kick(id) => {
+                if self.kick(&id) {
+                    AdminReply::Count(1)
+                } else {
+                    AdminReply::NoSuchClient(id)
+                }
             }
         })
     }

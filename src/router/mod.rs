@@ -44,6 +44,7 @@ use tracing::{debug, error, info, warn};
 
 mod acl;
 mod admin;
+mod admin_clients;
 mod backlog;
 mod client;
 mod durable;
@@ -62,6 +63,7 @@ mod subscribe;
 mod takeover;
 
 pub use admin::{AdminReply, AdminRequest, PeekedMessage, QueueInfo, REDRIVE_BATCH};
+pub use admin_clients::{ClientInfo, DEFAULT_CLIENTS_PAGE, MAX_CLIENTS_PAGE};
 use client::{Client, HeldAck};
 use durable::{Held, StoreLink};
 pub use fanout::came_through_a_bridge;

@@ -28,6 +28,12 @@ pub struct ConnHandle {
     /// Outbox slots kept free for replies to the client's own packets; the
     /// connection stops reading before it could owe more than this.
     pub reply_reserve: usize,
+    /// The peer's address (None: not a socket, e.g. a bridge's own session).
+    /// Boxed: read only by the admin endpoint, and every client record
+    /// carries a handle.
+    pub peer: Option<Box<std::net::SocketAddr>>,
+    /// The keep-alive agreed at CONNECT, seconds.
+    pub keep_alive: u16,
 }
 
 impl ConnHandle {

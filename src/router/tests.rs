@@ -48,6 +48,8 @@ fn request(
         remote_bridge: false,
         own_bridge: false,
         handle: ConnHandle {
+            peer: None,
+            keep_alive: 60,
             conn_id,
             version: ProtocolVersion::V5,
             outbox: otx,

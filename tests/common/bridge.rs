@@ -202,29 +202,40 @@ topics = [{topics}]
     path
 }
 
-/// `GET /api/v1/bridges` on the broker's admin endpoint (its address from
-/// the log), parsed.
-pub async fn bridges_status(tern: &BrokerProcess) -> serde_json::Value {
+/// The broker's admin endpoint, from its log.
+pub fn admin_addr(tern: &BrokerProcess) -> SocketAddr {
     assert!(tern.wait_log_count("admin endpoint on", 1, Duration::from_secs(5)));
-    let log = tern.log_text();
-    let addr: SocketAddr = log
+    tern.log_text()
         .split("admin endpoint on http://")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|a| a.parse().ok())
-        .expect("the admin address in the log");
-    let (status, body) =
-        tern::admin::http::request(addr, "GET", "/api/v1/bridges", None, Duration::from_secs(5))
-            .await
-            .expect("admin answers");
+        .expect("the admin address in the log")
+}
+
+/// `GET /api/v1/bridges` on the broker's admin endpoint, parsed.
+pub async fn bridges_status(tern: &BrokerProcess) -> serde_json::Value {
+    let (status, body) = tern::admin::http::request(
+        admin_addr(tern),
+        "GET",
+        "/api/v1/bridges",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("admin answers");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("JSON")
 }
 
-/// What the bridge's buffer holds: waiting, plus sent and not yet
+/// What the (first) bridge's buffer holds: waiting, plus sent and not yet
 /// acknowledged by the remote.
 pub fn bridge_waiting(status: &serde_json::Value) -> u64 {
-    let b = &status["bridges"][0];
+    waiting(&status["bridges"][0])
+}
+
+/// What one bridge's entry in `/api/v1/bridges` says its buffer holds.
+pub fn waiting(b: &serde_json::Value) -> u64 {
     b["buffered"].as_u64().unwrap_or(0) + b["in_flight"].as_u64().unwrap_or(0)
 }
 
