@@ -609,12 +609,13 @@ impl Link<'_> {
         } else if !origin::has_origin(&properties.user_properties) {
             // Stamped with where it passed first: if it comes back, it is
             // known (`origin`).
-            properties.user_properties = properties
-                .user_properties
-                .iter()
-                .chain([(origin::ORIGIN, &*self.ctx.node_id)])
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
+            // Straight into the encoded form: one allocation per message.
+            let mut b = crate::protocol::UserPropertiesBuilder::default();
+            for (k, v) in properties.user_properties.iter() {
+                b.push(k, v);
+            }
+            b.push(origin::ORIGIN, &self.ctx.node_id);
+            properties.user_properties = b.build();
         }
         // QoS 1 and 2 go out at the mapping's QoS: the buffer is on disk, so
         // even a QoS 1 publish reaches the remote exactly once on a QoS 2
