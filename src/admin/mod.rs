@@ -13,6 +13,8 @@
 //! - `GET /api/v1/status`: the broker's numbers (the router's last snapshot
 //!   and the counters)
 //! - `GET /metrics`: Prometheus text (`prometheus.rs`)
+//! - `GET /`: the status page (`page.html`): live numbers, a throughput chart,
+//!   queues with a redrive button, bridges, clients
 //!
 //! Reads of numbers (`/metrics`, `/api/v1/status`) never wait on the router:
 //! they take the snapshot it publishes every second.
@@ -37,6 +39,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
+
+/// The status page (`GET /`): one self-contained file, no external assets.
+const PAGE: &str = include_str!("page.html");
 
 /// Requests served at once; more wait in the kernel's accept queue.
 const CONCURRENT: usize = 8;
@@ -98,6 +103,11 @@ async fn handle(mut s: TcpStream, ctx: &AdminContext) {
         Err(HttpError::Malformed) => return reply(&mut s, 400, error("malformed request")).await,
         Err(_) => return,
     };
+    // The status page itself holds no data (its scripts call the API, with
+    // the token when there is one): a browser can load it without one.
+    if req.path.is_empty() && req.method == "GET" {
+        return http::write_typed(&mut s, 200, "text/html; charset=utf-8", PAGE.as_bytes()).await;
+    }
     if let Some(t) = token {
         let given = req.bearer.as_deref().unwrap_or("");
         if !constant_time_eq(given.as_bytes(), t.as_bytes()) {
