@@ -236,14 +236,22 @@ fn main() -> anyhow::Result<()> {
         config.storage.dir = dir.clone();
     }
     let filter = cli.log.clone().unwrap_or_else(|| config.log.level.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter)
-                .with_context(|| format!("invalid log filter {filter:?}"))?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?;
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        // One JSON object per line, for collectors: the event's fields, its
+        // span (the connection: peer, id, client, user) and the time.
+        fmt.json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

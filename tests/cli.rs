@@ -378,3 +378,62 @@ async fn declared_listeners_refuse_anonymous_unless_allowed() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `[log] format = "json"`: every line on stderr is one JSON object with the
+/// time, the level and the event's fields, and a connection's events carry
+/// its span (peer, client). A bad format is a config error with its key.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        &dir,
+        "json.toml",
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n[storage]\nin_memory = true\n[auth]\nallow_anonymous = true\n[log]\nformat = \"json\"\n",
+    );
+    let mut child = Command::new(BIN)
+        .args(["-c", &file])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tern");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut addr = None;
+    let mut seen = Vec::new();
+    // Up to its listening line, then the line of one client's connection.
+    while let Some(Ok(line)) = lines.next() {
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["timestamp"].is_string(), "{v}");
+        assert!(v["level"].is_string(), "{v}");
+        let msg = v["fields"]["message"].as_str().unwrap_or("").to_string();
+        if let Some(a) = msg.strip_prefix("mqtt listening on ") {
+            addr = Some(a.parse::<std::net::SocketAddr>().expect("address"));
+            let s = std::net::TcpStream::connect(addr.expect("set")).expect("connect");
+            use std::io::Write;
+            let mut w = s.try_clone().expect("clone");
+            // A 3.1.1 CONNECT of client "j".
+            w.write_all(&hex("10 0d 00 04 4d 51 54 54 04 02 00 3c 00 01 6a"))
+                .expect("write");
+            seen.push((msg, v));
+            std::mem::forget(s);
+            continue;
+        }
+        if msg == "connected" {
+            assert_eq!(v["span"]["client"], "j", "{v}");
+            assert!(v["span"]["peer"].is_string(), "{v}");
+            seen.push((msg, v));
+            break;
+        }
+        seen.push((msg, v));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(addr.is_some(), "no listening line: {seen:?}");
+    assert!(seen.iter().any(|(m, _)| m == "connected"), "{seen:?}");
+
+    let bad = write_file(&dir, "bad.toml", "[log]\nformat = \"xml\"\n");
+    let out = tern(&["check-config", &bad]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("log.format"), "{}", out.stderr);
+}

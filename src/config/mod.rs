@@ -486,12 +486,28 @@ impl AdminConfig {
 pub struct LogConfig {
     /// A `tracing` filter: "info", "tern=debug,warn", ...
     pub level: String,
+    /// "human" (one readable line per event) or "json" (one JSON object per
+    /// line, for log collectors).
+    pub format: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: "human".into(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// The `[log]` checks of `Config::validate`.
+    fn validate(&self, errs: &mut Vec<ConfigError>) {
+        if !matches!(self.format.as_str(), "human" | "json") {
+            collector(errs)(
+                "log.format",
+                &format!("{:?}: \"human\" or \"json\"", self.format),
+            );
         }
     }
 }
@@ -633,6 +649,7 @@ impl Config {
         queues::validate(&self.queues, self.topic_limits(), &mut errs);
         bridges::validate(&self.bridges, &self.queues, self.topic_limits(), &mut errs);
         self.admin.validate(&mut errs);
+        self.log.validate(&mut errs);
         let all = self.all_queues();
         let declared = all.len()
             + all
