@@ -330,3 +330,59 @@ async fn qos0_waits_for_a_link_only_with_buffer_qos0() {
         ]
     );
 }
+
+/// Local ACLs apply to a bridge, as user `bridge:<name>` or the configured
+/// `local_user`: without a grant to read its buffer the bridge says so and
+/// sends nothing; with `local_user = "gateway"` and the grant to `gateway`
+/// it forwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_is_checked_by_the_acl_as_its_local_user() {
+    let remote = BrokerProcess::spawn(&[]);
+    let (mut sub, _) = raw_connected(remote.addr, V311, "remote-sub", true).await;
+    sub.subscribe(1, "#", QoS::AtLeastOnce).await;
+    let there = remote.addr.to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite sensors/#\nuser gateway\ntopic read $queue/bridge-b\ntopic read sensors/#\n",
+    )
+    .expect("acl");
+    let with_acl = |bridge: String| {
+        let conf = write_config(dir.path(), &[bridge]);
+        let text = std::fs::read_to_string(&conf).expect("read");
+        let text = text.replace(
+            "[auth]\nallow_anonymous = true\n",
+            &format!(
+                "[auth]\nallow_anonymous = true\nacl_file = \"{}\"\n",
+                acl.display()
+            ),
+        );
+        std::fs::write(&conf, text).expect("write");
+        conf
+    };
+    // As bridge:b, which the ACL does not name: refused, said in the log.
+    let conf = with_acl(bridge("b", &there, "b"));
+    let tern = BrokerProcess::spawn_config(&conf);
+    assert!(
+        tern.wait_log_count("grant user bridge:b read", 1, Duration::from_secs(10)),
+        "{}",
+        tern.log_text()
+    );
+    drop(tern);
+    // As gateway, granted: it forwards.
+    let conf = with_acl(bridge("b", &there, "b") + "local_user = \"gateway\"\n");
+    let tern = BrokerProcess::spawn_config(&conf);
+    assert!(
+        tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)),
+        "{}",
+        tern.log_text()
+    );
+    publish(tern.listener_addrs(1)[0], 0..5).await;
+    assert_eq!(
+        receive(&mut sub, 5, Duration::from_secs(10)).await,
+        on("b/sensors/x", 0..5),
+        "{}",
+        tern.log_text()
+    );
+}

@@ -78,7 +78,7 @@ async fn attach(
         clean_start: false,
         session_expiry: u32::MAX,
         will: None,
-        username: Some(id.clone()),
+        username: Some(b.local_user().into()),
         by_password: false,
         addr: None,
         verified: true,
@@ -129,7 +129,7 @@ async fn attach(
         .ok()?;
     let codes = sub_rx.await.ok()?;
     if codes.iter().any(|c| c.is_error()) {
-        warn!(bridge = %b.name, "the bridge may not consume its buffer $queue/{} ({codes:?}): grant user {id} read on it in the ACL", b.queue_name());
+        warn!(bridge = %b.name, "the bridge may not consume its buffer $queue/{} ({codes:?}): grant user {} read on it in the ACL", b.queue_name(), b.local_user());
         return None;
     }
     Some((rx, kick_rx))
@@ -137,7 +137,7 @@ async fn attach(
 
 /// Run bridge `b` until shutdown.
 pub async fn run(b: BridgeConfig, ctx: LinkContext) {
-    let id: ClientId = b.local_user().into();
+    let id: ClientId = b.local_client_id().into();
     let maps = match b.maps(ctx.topic_limits) {
         Ok(m) => m,
         Err(e) => {

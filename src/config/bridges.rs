@@ -71,6 +71,10 @@ pub struct BridgeConfig {
     /// TLS to the remote; plain TCP when absent.
     #[serde(default)]
     pub tls: Option<BridgeTls>,
+    /// The local user the bridge acts as, for the ACL (default
+    /// `bridge:<name>`, which is also its local client id).
+    #[serde(default)]
+    pub local_user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -164,8 +168,16 @@ impl BridgeConfig {
     }
 
     /// The local identity of the bridge (its session, and its user for the ACL).
-    pub fn local_user(&self) -> String {
+    /// Its local client id: `bridge:<name>`.
+    pub fn local_client_id(&self) -> String {
         format!("bridge:{}", self.name)
+    }
+
+    /// The local user the ACL sees: `local_user`, else the client id.
+    pub fn local_user(&self) -> String {
+        self.local_user
+            .clone()
+            .unwrap_or_else(|| self.local_client_id())
     }
 
     /// The work queue that buffers what goes out.
@@ -251,6 +263,9 @@ pub(super) fn validate(
                 .iter()
                 .any(|q| q.name == n || q.dead_letter_name().as_deref() == Some(n))
         };
+        if b.local_user.as_deref().is_some_and(str::is_empty) {
+            err(i, "local_user", "must not be empty".into());
+        }
         for n in [b.queue_name(), format!("{}-dlq", b.name)] {
             if taken(&n) {
                 err(

@@ -611,9 +611,14 @@ impl Router {
         }
         // A persistent session belongs to its user: another user may neither
         // resume it nor wipe it with a clean start (nor kick its connection), unless
-        // the operator allows it (then it starts clean, below).
+        // the operator allows it (then it starts clean, below). One of our own
+        // bridges keeps its session when its `local_user` changes.
         if let Some(c) = self.clients.get(id) {
-            if c.session_expiry > 0 && c.username != req.username && !self.cross_user_takeover {
+            if c.session_expiry > 0
+                && c.username != req.username
+                && !self.cross_user_takeover
+                && !req.own_bridge
+            {
                 warn!(client = %id, user = req.username.as_deref().unwrap_or(""),
                     owner = c.username.as_deref().unwrap_or(""),
                     "CONNECT refused: the client id's persistent session belongs to another user");
