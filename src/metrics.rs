@@ -11,9 +11,8 @@ pub struct Metrics {
     pub connections_accepted: AtomicU64,
     pub connections_refused_limit: AtomicU64,
     pub connections_current: AtomicU64,
-    pub messages_received: AtomicU64,
-    pub messages_sent: AtomicU64,
-    /// PUBLISHes received from clients, by QoS (0, 1, 2).
+    /// PUBLISHes received from clients, by QoS (0, 1, 2); the total is
+    /// `messages_received()`.
     pub received_by_qos: [AtomicU64; 3],
     /// PUBLISHes handed to connections, by QoS.
     pub sent_by_qos: [AtomicU64; 3],
@@ -97,6 +96,16 @@ pub struct Metrics {
 impl Metrics {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// PUBLISHes received from clients, every QoS.
+    pub fn messages_received(&self) -> u64 {
+        self.received_by_qos.iter().map(Metrics::get).sum()
+    }
+
+    /// PUBLISHes handed to connections, every QoS.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent_by_qos.iter().map(Metrics::get).sum()
     }
 
     /// Messages or deliveries not made, every reason together (`$SYS`

@@ -129,23 +129,19 @@ impl Sys {
             (s.queued + s.inflight + queue_messages).to_string(),
         );
         put("messages/inflight", s.inflight.to_string());
-        let names = [
-            "load/messages/received",
-            "load/messages/sent",
-            "load/bytes/received",
-            "load/bytes/sent",
-            "load/connections",
+        // Mosquitto has both load/messages/* (every packet) and
+        // load/publish/*; Tern counts PUBLISH packets for both.
+        let loads = [
+            ("load/messages/received", 0),
+            ("load/messages/sent", 1),
+            ("load/bytes/received", 2),
+            ("load/bytes/sent", 3),
+            ("load/connections", 4),
+            ("load/publish/received", 0),
+            ("load/publish/sent", 1),
         ];
-        for (name, load) in names.iter().zip(&self.loads) {
-            for (avg, (_, w)) in load.0.iter().zip(WINDOWS) {
-                put(&format!("{name}/{w}"), format!("{avg:.2}"));
-            }
-        }
-        for (name, load) in ["load/publish/received", "load/publish/sent"]
-            .iter()
-            .zip(&self.loads)
-        {
-            for (avg, (_, w)) in load.0.iter().zip(WINDOWS) {
+        for (name, i) in loads {
+            for (avg, (_, w)) in self.loads[i].0.iter().zip(WINDOWS) {
                 put(&format!("{name}/{w}"), format!("{avg:.2}"));
             }
         }

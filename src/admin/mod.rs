@@ -173,7 +173,6 @@ async fn handle(mut s: TcpStream, ctx: &AdminContext) {
 fn status_json(ctx: &AdminContext, s: &Snapshot) -> serde_json::Value {
     let m = &ctx.metrics;
     let get = |c: &std::sync::atomic::AtomicU64| Metrics::get(c);
-    let sum = |a: &[std::sync::atomic::AtomicU64; 3]| a.iter().map(get).sum::<u64>();
     let dropped = m.messages_dropped();
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -188,8 +187,8 @@ fn status_json(ctx: &AdminContext, s: &Snapshot) -> serde_json::Value {
         "queued": s.queued,
         "retained_messages": s.retained_messages,
         "retained_bytes": s.retained_bytes,
-        "messages_received": sum(&m.received_by_qos),
-        "messages_sent": sum(&m.sent_by_qos),
+        "messages_received": m.messages_received(),
+        "messages_sent": m.messages_sent(),
         "bytes_received": get(&m.bytes_received),
         "bytes_sent": get(&m.bytes_sent),
         "messages_dropped": dropped,

@@ -16,9 +16,6 @@ impl Router {
         p: Publish,
         now: Instant,
     ) {
-        self.metrics
-            .messages_received
-            .fetch_add(1, Ordering::Relaxed);
         self.metrics.received_by_qos[usize::from(p.qos.as_u8())].fetch_add(1, Ordering::Relaxed);
         let Some(c) = self.clients.get_mut(id) else {
             return;

@@ -82,7 +82,6 @@ fn send_now(h: &ConnHandle, item: Outgoing, metrics: &Metrics) {
     if h.outbox.try_send(item).is_err() {
         metrics.dropped_outbox_full.fetch_add(1, Ordering::Relaxed);
     } else if let Some(qos) = qos {
-        metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
         metrics.sent_by_qos[usize::from(qos.as_u8())].fetch_add(1, Ordering::Relaxed);
     }
 }

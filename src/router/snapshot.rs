@@ -83,8 +83,8 @@ impl Router {
         let m = &self.metrics;
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         crate::sys::SysCounters {
-            publish_received: get(&m.messages_received),
-            publish_sent: get(&m.messages_sent),
+            publish_received: m.messages_received(),
+            publish_sent: m.messages_sent(),
             publish_dropped: m.messages_dropped(),
             bytes_received: get(&m.bytes_received),
             bytes_sent: get(&m.bytes_sent),
