@@ -10,10 +10,12 @@
 //! any listener accepts, so the first client already sees every recovered session.
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::changes::Change;
+use crate::config::{Config, ListenerConfig, Overrides};
 use crate::connection::Shared;
 use crate::listener::Transport;
 use crate::metrics::Metrics;
+use crate::reload::Swap;
 use crate::router::{self, Router, RouterMsg};
 use crate::tls::TlsCell;
 use std::io;
@@ -39,6 +41,29 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+/// Bind a listener's socket, the error naming its address.
+fn bind_listener(l: &ListenerConfig, backlog: u32) -> io::Result<TcpListener> {
+    bind(l.bind, backlog)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind)))
+}
+
+/// The warning for a config under which no client can log in.
+fn warn_if_nobody_can_log_in(config: &Config, logins: &crate::login::Logins) {
+    if !logins.anonymous_allowed() && config.auth.password_file.is_none() {
+        let certs = config
+            .listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.identity_as_username));
+        if !certs {
+            warn!(
+                "anonymous clients are refused (the config declares listeners, or one is \
+                 not on loopback) and there is no password_file or certificate identity: no \
+                 client can log in; set [auth] allow_anonymous = true or a password_file"
+            );
+        }
+    }
 }
 
 /// Load every file the config names (certificates and keys, password file, ACL
@@ -78,19 +103,57 @@ async fn ask_router(
     router.send(msg(tx)).await.is_ok() && rx.await.is_ok()
 }
 
+/// What a file sent to `POST /api/v1/config/check` would change if the broker
+/// read it on a SIGHUP: it is loaded as a reload loads it (in the broker's
+/// environment, with its command-line overrides), the files it names are
+/// checked, and it is compared with the running configuration.
+pub fn against_running(
+    running: &Config,
+    overrides: &Overrides,
+    text: &str,
+) -> Result<Vec<Change>, Vec<crate::config::ConfigError>> {
+    let mut new = Config::load_str(Some(text)).map_err(|e| e.0)?;
+    overrides.apply(&mut new);
+    let errors = check_files(&new);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(crate::config::changes::diff(running, &new))
+}
+
+/// A listener as it runs: what it was configured as, where it is bound, and
+/// its accept loop, which hands its socket back when stopped.
+struct RunningListener {
+    config: ListenerConfig,
+    addr: SocketAddr,
+    transport: Arc<Transport>,
+    stop: CancellationToken,
+    task: JoinHandle<TcpListener>,
+}
+
+/// Where each listener is bound, for `local_addrs` and `/api/v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BoundListener {
+    /// "mqtt", "mqtts", "ws" or "wss".
+    pub scheme: &'static str,
+    pub address: SocketAddr,
+}
+
 pub struct Broker {
-    addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     router_tx: mpsc::Sender<RouterMsg>,
     router_task: JoinHandle<()>,
-    accept_tasks: Vec<JoinHandle<()>>,
+    /// The admin endpoint's accept loop.
+    admin_task: Option<JoinHandle<()>>,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
-    config: Arc<Config>,
     store_thread: Option<crate::store::StoreThread>,
     shared: Arc<Shared>,
-    transports: Vec<Arc<Transport>>,
+    /// Connection slots (`limits.max_connections`), resized by a reload.
+    slots: Arc<Semaphore>,
+    overrides: Overrides,
+    bound: Arc<Swap<Vec<BoundListener>>>,
     /// What a reload with a new config changes; the lock also keeps two
     /// reloads from interleaving.
     reloadable: tokio::sync::Mutex<Reloadable>,
@@ -100,11 +163,35 @@ pub struct Broker {
 struct Reloadable {
     bridges: crate::bridge::registry::Bridges,
     queues: Vec<crate::config::QueueConfig>,
+    listeners: Vec<RunningListener>,
+}
+
+/// The transport of a listener: its TLS certificates are loaded here.
+fn transport(l: &ListenerConfig) -> io::Result<Arc<Transport>> {
+    let tls = match &l.tls {
+        Some(t) => {
+            Some(Arc::new(TlsCell::new(t.clone()).map_err(|e| {
+                io::Error::other(format!("listener {}: {e}", l.bind))
+            })?))
+        }
+        None => None,
+    };
+    Ok(Arc::new(Transport {
+        tls,
+        websocket: l.websocket,
+    }))
 }
 
 impl Broker {
     /// Bind every listener and start serving. Fails if a bind fails.
     pub async fn start(config: Config) -> io::Result<Broker> {
+        Broker::start_with(config, Overrides::default()).await
+    }
+
+    /// [`Broker::start`] with what the command line set over the file; a
+    /// reload applies them again to the file it reads.
+    pub async fn start_with(mut config: Config, overrides: Overrides) -> io::Result<Broker> {
+        overrides.apply(&mut config);
         let started = std::time::Instant::now();
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
@@ -117,33 +204,10 @@ impl Broker {
             )),
             None => None,
         };
-        if !logins.anonymous_allowed() && config.auth.password_file.is_none() {
-            let certs = config
-                .listeners
-                .iter()
-                .any(|l| l.tls.as_ref().is_some_and(|t| t.identity_as_username));
-            if !certs {
-                warn!(
-                    "anonymous clients are refused (the config declares listeners, or one is \
-                     not on loopback) and there is no password_file or certificate identity: no \
-                     client can log in; set [auth] allow_anonymous = true or a password_file"
-                );
-            }
-        }
+        warn_if_nobody_can_log_in(&config, &logins);
         let mut transports = Vec::new();
         for l in &config.listeners {
-            let tls = match &l.tls {
-                Some(t) => {
-                    Some(Arc::new(TlsCell::new(t.clone()).map_err(|e| {
-                        io::Error::other(format!("listener {}: {e}", l.bind))
-                    })?))
-                }
-                None => None,
-            };
-            transports.push(Arc::new(Transport {
-                tls,
-                websocket: l.websocket,
-            }));
+            transports.push(transport(l)?);
         }
         let mut store_thread = None;
         if !config.storage.in_memory {
@@ -170,18 +234,15 @@ impl Broker {
         if acl.is_some() {
             router.set_acl(acl, std::time::Instant::now());
         }
-        let mut listeners = Vec::new();
+        let mut sockets = Vec::new();
         for l in &config.listeners {
-            let tcp = bind(l.bind, config.limits.listen_backlog).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
-            })?;
-            listeners.push(tcp);
+            sockets.push(bind_listener(l, config.limits.listen_backlog)?);
         }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         // Bridges: each a task with a local session of its own (started
         // below, once the listeners are up).
-        let mut bridges = crate::bridge::registry::Bridges::new(
+        let bridges = crate::bridge::registry::Bridges::new(
             router_tx.clone(),
             shutdown.clone(),
             tracker.clone(),
@@ -192,7 +253,6 @@ impl Broker {
         let (snapshots_tx, snapshots) = watch::channel(Arc::new(router::Snapshot::default()));
         let publishing = router::Publishing {
             snapshots: snapshots_tx,
-            sys_every: Some(config.mqtt.sys_interval).filter(|d| !d.is_zero()),
             bridges: statuses.clone(),
             started,
         };
@@ -203,35 +263,43 @@ impl Broker {
             std::time::Duration::from_secs(2),
         ));
         let shared = Arc::new(Shared {
-            config: config.clone(),
+            config: Swap::new(config.clone()),
             router: router_tx.clone(),
             metrics: metrics.clone(),
             next_conn_id: AtomicU64::new(1),
-            logins,
+            logins: Swap::new(Arc::new(logins)),
             pre_login: Default::default(),
         });
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
-        let mut addrs = Vec::new();
-        let mut accept_tasks = Vec::new();
-        for ((tcp, transport), l) in listeners
-            .into_iter()
-            .zip(&transports)
-            .zip(&config.listeners)
-        {
-            let addr = tcp.local_addr()?;
-            info!("{} listening on {addr}", l.scheme());
-            addrs.push(addr);
-            accept_tasks.push(tokio::spawn(crate::listener::accept_loop(
-                tcp,
-                transport.clone(),
-                shared.clone(),
-                slots.clone(),
-                shutdown.clone(),
-                tracker.clone(),
-            )));
+        let mut broker = Broker {
+            admin_addr: None,
+            shutdown,
+            router_tx,
+            router_task,
+            admin_task: None,
+            tracker,
+            metrics,
+            store_thread,
+            shared,
+            slots,
+            overrides,
+            bound: Arc::new(Swap::new(Arc::new(Vec::new()))),
+            reloadable: tokio::sync::Mutex::new(Reloadable {
+                bridges,
+                queues: config.all_queues(),
+                listeners: Vec::new(),
+            }),
+        };
+        let mut listeners = Vec::new();
+        for ((tcp, transport), l) in sockets.into_iter().zip(transports).zip(&config.listeners) {
+            listeners.push(broker.serve_listener(tcp, transport, l.clone())?);
         }
-        bridges.start_missing(&config.bridges);
-        let mut admin_addr = None;
+        broker.publish_bound(&listeners);
+        {
+            let r = broker.reloadable.get_mut();
+            r.listeners = listeners;
+            r.bridges.start_missing(&config.bridges);
+        }
         if let Some(bind_addr) = config.admin.bind {
             let tcp = bind(bind_addr, 64).map_err(|e| {
                 io::Error::new(
@@ -241,54 +309,118 @@ impl Broker {
             })?;
             let addr = tcp.local_addr()?;
             info!("admin endpoint on http://{addr}");
-            admin_addr = Some(addr);
+            broker.admin_addr = Some(addr);
             let ctx = crate::admin::AdminContext {
-                router: router_tx.clone(),
-                token: config.admin.token.as_deref().map(Arc::from),
+                router: broker.router_tx.clone(),
+                shared: broker.shared.clone(),
+                overrides: broker.overrides.clone(),
+                listeners: broker.bound.clone(),
                 bridges: statuses,
-                metrics: metrics.clone(),
+                metrics: broker.metrics.clone(),
                 snapshots: snapshots.clone(),
                 started,
             };
-            accept_tasks.push(tokio::spawn(crate::admin::serve(
+            broker.admin_task = Some(tokio::spawn(crate::admin::serve(
                 tcp,
                 Arc::new(ctx),
-                shutdown.clone(),
+                broker.shutdown.clone(),
             )));
         }
-        let declared = config.all_queues();
-        Ok(Broker {
-            addrs,
-            admin_addr,
-            shutdown,
-            router_tx,
-            router_task,
-            accept_tasks,
-            tracker,
-            metrics,
+        Ok(broker)
+    }
+
+    /// Start the accept loop of a bound listener.
+    fn serve_listener(
+        &self,
+        tcp: TcpListener,
+        transport: Arc<Transport>,
+        config: ListenerConfig,
+    ) -> io::Result<RunningListener> {
+        let addr = tcp.local_addr()?;
+        info!("{} listening on {addr}", config.scheme());
+        let stop = self.shutdown.child_token();
+        let task = tokio::spawn(crate::listener::accept_loop(
+            tcp,
+            transport.clone(),
+            self.shared.clone(),
+            self.slots.clone(),
+            stop.clone(),
+            self.tracker.clone(),
+        ));
+        Ok(RunningListener {
             config,
-            store_thread,
-            shared,
-            transports,
-            reloadable: tokio::sync::Mutex::new(Reloadable {
-                bridges,
-                queues: declared,
-            }),
+            addr,
+            transport,
+            stop,
+            task,
         })
+    }
+
+    fn publish_bound(&self, listeners: &[RunningListener]) {
+        let list = listeners
+            .iter()
+            .map(|l| BoundListener {
+                scheme: l.config.scheme(),
+                address: l.addr,
+            })
+            .collect();
+        self.bound.set(Arc::new(list));
     }
 
     /// Re-read certificates, the password file and the ACL file (SIGHUP), without
     /// dropping connections. A file that fails to load keeps its old version; the
     /// errors are logged and returned. With `new` (the config file read again),
-    /// also apply its work queues and bridges: bridges added, changed or
-    /// removed, each without losing its buffer.
+    /// apply all of it that can change live (`config::changes`): limits,
+    /// listeners added, removed or changed, `[auth]`, the admin token, work
+    /// queues and bridges (each without losing its buffer). What needs a
+    /// restart is logged, and the running value stays.
     pub async fn reload(&self, new: Option<&Config>) -> Vec<String> {
         let mut errors = Vec::new();
-        if let Some(new) = new {
-            errors.extend(self.reload_queues_and_bridges(new).await);
+        let running = self.shared.config.get();
+        let mut r = self.reloadable.lock().await;
+        let applied = match new {
+            Some(new) => {
+                let mut new = new.clone();
+                self.overrides.apply(&mut new);
+                for c in crate::config::changes::diff(&running, &new) {
+                    match c.needs_restart {
+                        Some(why) => warn!(
+                            key = %c.key,
+                            "reload: {} {}, but {why}: it takes a restart (the running value stays)",
+                            c.key,
+                            c.what
+                        ),
+                        None => info!(key = %c.key, "reload: {} {}", c.key, c.what),
+                    }
+                }
+                Arc::new(crate::config::changes::applicable(&running, &new))
+            }
+            None => running.clone(),
+        };
+        // Limits first: listeners and logins started below already see them.
+        if applied != running {
+            self.shared.config.set(applied.clone());
+            let config = applied.clone();
+            if !ask_router(&self.router_tx, |reply| RouterMsg::Reconfigure {
+                config,
+                reply,
+            })
+            .await
+            {
+                errors.push("limits: the broker is shutting down".into());
+            }
+            self.resize_slots(
+                running.limits.max_connections,
+                applied.limits.max_connections,
+            );
         }
-        for t in &self.transports {
-            if let Some(cell) = &t.tls {
+        if new.is_some() {
+            errors.extend(self.reload_queues_and_bridges(&mut r, &applied).await);
+            errors.extend(self.reload_listeners(&mut r, &applied).await);
+        }
+        errors.extend(self.reload_logins(&running, &applied).await);
+        for l in &r.listeners {
+            if let Some(cell) = &l.transport.tls {
                 match cell.reload() {
                     Ok(()) => {
                         info!(cert = %cell.settings().cert.display(), "TLS certificates reloaded")
@@ -297,19 +429,8 @@ impl Broker {
                 }
             }
         }
-        match self.shared.logins.reload() {
-            Ok(Some(passwords)) => {
-                ask_router(&self.router_tx, |reply| RouterMsg::Revoke {
-                    passwords,
-                    reply,
-                })
-                .await;
-            }
-            Ok(None) => {}
-            Err(e) => errors.push(format!("password file: {e} (keeping the old one)")),
-        }
-        if let Some(path) = &self.config.auth.acl_file {
-            match crate::login::load_acl(path) {
+        match &applied.auth.acl_file {
+            Some(path) => match crate::login::load_acl(path) {
                 Ok(acl) => {
                     let acl = Some(Arc::new(acl));
                     if ask_router(&self.router_tx, |reply| RouterMsg::SetAcl { acl, reply }).await {
@@ -319,7 +440,16 @@ impl Broker {
                     }
                 }
                 Err(e) => errors.push(format!("ACL file: {e} (keeping the old one)")),
+            },
+            None if running.auth.acl_file.is_some() => {
+                ask_router(&self.router_tx, |reply| RouterMsg::SetAcl {
+                    acl: None,
+                    reply,
+                })
+                .await;
+                info!("ACL file removed from the config: every client may publish and subscribe anywhere");
             }
+            None => {}
         }
         for e in &errors {
             warn!("reload: {e}");
@@ -327,12 +457,135 @@ impl Broker {
         errors
     }
 
+    /// `[auth]` changed: a new login checker (the password file read again,
+    /// failure counts kept); otherwise the password file read again. Clients
+    /// whose user the new file no longer has are disconnected.
+    async fn reload_logins(&self, running: &Config, applied: &Config) -> Option<String> {
+        let auth_changed = running.auth != applied.auth
+            || running.anonymous_allowed() != applied.anonymous_allowed();
+        let fresh = if auth_changed {
+            match crate::login::Logins::new(applied) {
+                Ok(l) => {
+                    let l = l.keep_failures_of(&self.shared.logins.get());
+                    warn_if_nobody_can_log_in(applied, &l);
+                    let passwords = l.passwords();
+                    self.shared.logins.set(Arc::new(l));
+                    info!("[auth] reloaded");
+                    passwords
+                }
+                Err(e) => return Some(format!("[auth]: {e} (keeping the old settings)")),
+            }
+        } else {
+            match self.shared.logins.get().reload() {
+                Ok(p) => p,
+                Err(e) => return Some(format!("password file: {e} (keeping the old one)")),
+            }
+        };
+        if let Some(passwords) = fresh {
+            ask_router(&self.router_tx, |reply| RouterMsg::Revoke {
+                passwords,
+                reply,
+            })
+            .await;
+        }
+        None
+    }
+
+    /// `limits.max_connections` changed. Lowered below the connections open:
+    /// they stay, and new ones wait until enough have closed.
+    fn resize_slots(&self, old: usize, new: usize) {
+        if new > old {
+            self.slots.add_permits(new - old);
+        } else if new < old {
+            let owed = (old - new) - self.slots.forget_permits(old - new);
+            if owed > 0 {
+                let slots = self.slots.clone();
+                // Each connection that closes gives its slot to this until the
+                // excess is gone.
+                tokio::spawn(async move {
+                    let n = u32::try_from(owed).unwrap_or(u32::MAX);
+                    if let Ok(p) = slots.acquire_many_owned(n).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+    }
+
+    /// Make the listeners those of `config`: stop those it removes (their
+    /// open connections stay until they end, as with nginx's reload), restart
+    /// those it changes on the same socket, bind those it adds.
+    async fn reload_listeners(&self, r: &mut Reloadable, config: &Config) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut kept = Vec::new();
+        for l in std::mem::take(&mut r.listeners) {
+            match config.listeners.iter().find(|c| c.bind == l.config.bind) {
+                Some(c) if *c == l.config => kept.push(l),
+                next => {
+                    l.stop.cancel();
+                    let tcp = match l.task.await {
+                        Ok(tcp) => tcp,
+                        Err(e) => {
+                            errors.push(format!("listener {}: {e}", l.config.bind));
+                            continue;
+                        }
+                    };
+                    let Some(c) = next else {
+                        info!(
+                            "{} listener on {} closed (its open connections stay)",
+                            l.config.scheme(),
+                            l.addr
+                        );
+                        continue;
+                    };
+                    // Changed (TLS or WebSocket): the same socket, a new transport.
+                    match transport(c) {
+                        Ok(t) => match self.serve_listener(tcp, t, c.clone()) {
+                            Ok(n) => kept.push(n),
+                            Err(e) => errors.push(format!("listener {}: {e}", c.bind)),
+                        },
+                        Err(e) => {
+                            errors.push(format!("{e} (keeping it as it was)"));
+                            match self.serve_listener(tcp, l.transport, l.config) {
+                                Ok(n) => kept.push(n),
+                                Err(e) => errors.push(format!("listener {}: {e}", c.bind)),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for c in &config.listeners {
+            if kept.iter().any(|l| l.config.bind == c.bind) {
+                continue;
+            }
+            let started = transport(c).and_then(|t| {
+                let tcp = bind_listener(c, config.limits.listen_backlog)?;
+                self.serve_listener(tcp, t, c.clone())
+            });
+            match started {
+                Ok(l) => kept.push(l),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        // In the order of the file, as at start.
+        kept.sort_by_key(|l| {
+            config
+                .listeners
+                .iter()
+                .position(|c| c.bind == l.config.bind)
+                .unwrap_or(usize::MAX)
+        });
+        self.publish_bound(&kept);
+        r.listeners = kept;
+        errors
+    }
+
     /// Stop the bridges `new` removes or changes, make the declared queues
     /// those of `new` (the bridges' buffers among them), then start the
     /// bridges not running. A link starts after its buffer is declared, so it
     /// never creates it with a subscription's small caps.
-    async fn reload_queues_and_bridges(&self, new: &Config) -> Vec<String> {
-        let mut r = self.reloadable.lock().await;
+    async fn reload_queues_and_bridges(&self, r: &mut Reloadable, new: &Config) -> Vec<String> {
         r.bridges.stop_changed(&new.bridges).await;
         let declared = new.all_queues();
         let mut problems = Vec::new();
@@ -358,8 +611,13 @@ impl Broker {
     }
 
     /// The bound addresses, in listener order (useful with port 0).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.bound.get().iter().map(|l| l.address).collect()
+    }
+
+    /// The configuration the broker runs (after the last reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.get()
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -370,12 +628,16 @@ impl Broker {
     pub async fn shutdown(self) {
         info!("shutting down");
         self.shutdown.cancel();
-        for t in self.accept_tasks {
+        for l in self.reloadable.into_inner().listeners {
+            let _ = l.task.await;
+        }
+        if let Some(t) = self.admin_task {
             let _ = t.await;
         }
         ask_router(&self.router_tx, |reply| RouterMsg::Shutdown { reply }).await;
         self.tracker.close();
-        if tokio::time::timeout(self.config.mqtt.shutdown_timeout, self.tracker.wait())
+        let timeout = self.shared.config.get().mqtt.shutdown_timeout;
+        if tokio::time::timeout(timeout, self.tracker.wait())
             .await
             .is_err()
         {

@@ -34,6 +34,8 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type BoxedIo = Box<dyn Io>;
 
+/// Accept until `shutdown`, then hand the socket back (a reload that changes
+/// a listener's TLS or WebSocket setting restarts it on the same socket).
 pub async fn accept_loop(
     listener: TcpListener,
     transport: Arc<Transport>,
@@ -41,7 +43,7 @@ pub async fn accept_loop(
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-) {
+) -> TcpListener {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -79,7 +81,7 @@ pub async fn accept_loop(
                 serve(socket, Peer::plain(peer), shared).await;
                 return;
             }
-            let limit = shared.config.limits.connect_timeout;
+            let limit = shared.config.get().limits.connect_timeout;
             let upgraded =
                 tokio::time::timeout(limit, upgrade(socket, peer, &transport, &shared)).await;
             match upgraded {
@@ -97,6 +99,7 @@ pub async fn accept_loop(
             }
         });
     }
+    listener
 }
 
 /// The TLS and/or WebSocket handshake. None when it failed (counted, logged at
@@ -155,7 +158,7 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 ) -> Option<(BoxedIo, Peer)> {
     let gate = crate::ws::PreLoginGate::new(shared.clone());
     let stream = crate::ws::Gated::new(stream, gate.clone());
-    match crate::ws::accept(stream, shared.config.limits.max_packet_size).await {
+    match crate::ws::accept(stream, shared.config.get().limits.max_packet_size).await {
         Ok(ws) => {
             peer.gate = Some(gate);
             Some((Box::new(ws) as BoxedIo, peer))

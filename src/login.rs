@@ -278,7 +278,9 @@ pub struct Logins {
     /// Set when there is a password file.
     passwords: Option<Swap<PasswordFile>>,
     anonymous: bool,
-    throttle: Mutex<LoginThrottle>,
+    /// Shared with the `Logins` a reload replaces this one by: an address's
+    /// failures are not forgiven by a SIGHUP.
+    throttle: Arc<Mutex<LoginThrottle>>,
     /// Set when there is a password file.
     pool: Option<HashPool>,
 }
@@ -302,14 +304,26 @@ impl Logins {
             path,
             passwords,
             anonymous: config.anonymous_allowed(),
-            throttle: Mutex::new(LoginThrottle::new(
+            throttle: Arc::new(Mutex::new(LoginThrottle::new(
                 config.auth.failed_login_delay,
                 config.auth.failed_login_max_delay,
                 THROTTLE_FORGET,
                 THROTTLE_ENTRIES,
-            )),
+            ))),
             pool,
         })
+    }
+
+    /// Keep `old`'s failure counts (a reload built this one from a new
+    /// `[auth]`), with this one's delays.
+    pub fn keep_failures_of(mut self, old: &Logins) -> Logins {
+        let (base, max) = {
+            let t = self.throttle();
+            (t.base_delay(), t.max_delay())
+        };
+        self.throttle = old.throttle.clone();
+        self.throttle().set_delays(base, max);
+        self
     }
 
     pub fn anonymous_allowed(&self) -> bool {
@@ -326,6 +340,11 @@ impl Logins {
         info!(users = fresh.len(), file = %path.display(), "password file reloaded");
         passwords.set(fresh.clone());
         Ok(Some(fresh))
+    }
+
+    /// The password file as loaded, if there is one.
+    pub fn passwords(&self) -> Option<Arc<PasswordFile>> {
+        self.snapshot()
     }
 
     fn snapshot(&self) -> Option<Arc<PasswordFile>> {

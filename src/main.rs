@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tern::broker::Broker;
-use tern::config::{Config, ListenerConfig};
+use tern::config::{Config, Overrides};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,9 +39,24 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Validate a configuration file and print every error with its key.
+    /// With --against-running, also ask the running broker (its admin
+    /// endpoint) what a SIGHUP would do with the file: each change, applied
+    /// live or taking a restart. Exit status: 0 valid (and, against the running
+    /// broker, every change applies live), 1 invalid, 3 valid but some changes
+    /// take a restart.
     CheckConfig {
         /// The TOML file to check.
         file: PathBuf,
+        /// Compare with the running broker's configuration.
+        #[arg(long = "against-running")]
+        against_running: bool,
+        /// The admin endpoint (default: [admin] bind of FILE, else
+        /// 127.0.0.1:8080).
+        #[arg(long = "admin", value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// The admin token (default: [admin] token of FILE).
+        #[arg(long = "token", value_name = "TOKEN")]
+        token: Option<String>,
     },
     /// Add a user to a Mosquitto-format password file or change their password
     /// (argon2id), or delete one with -D. The file is created if missing.
@@ -196,7 +211,13 @@ fn main() -> anyhow::Result<()> {
         };
         return print_answer("tern bridge", run_bridge(&ep, op));
     }
-    if let Some(Command::CheckConfig { file }) = &cli.command {
+    if let Some(Command::CheckConfig {
+        file,
+        against_running,
+        admin,
+        token,
+    }) = &cli.command
+    {
         let mut errors = tern::config::check_file(file).0;
         if errors.is_empty() {
             // The file is valid: now the files it names (as the environment
@@ -208,7 +229,25 @@ fn main() -> anyhow::Result<()> {
         }
         if errors.is_empty() {
             println!("{}: OK", file.display());
-            return Ok(());
+            if !against_running {
+                return Ok(());
+            }
+            let ep = admin_endpoint(Some(file), *admin, token.clone())?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match rt.block_on(tern::admin::cli::check_against_running(&ep, &text)) {
+                Ok((report, restart)) => {
+                    println!("{}", report.trim_end());
+                    std::process::exit(if restart { 3 } else { 0 });
+                }
+                Err(e) => {
+                    eprintln!("{}: against the running broker: {e}", file.display());
+                    std::process::exit(1);
+                }
+            }
         }
         for e in &errors {
             eprintln!("{}: {e}", file.display());
@@ -216,7 +255,7 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
 
-    let mut config = match Config::load(cli.config.as_deref()) {
+    let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors.0 {
@@ -225,33 +264,13 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    if !cli.listen.is_empty() {
-        config.listeners = cli
-            .listen
-            .iter()
-            .map(|&bind| ListenerConfig::plain(bind))
-            .collect();
-    }
-    if let Some(dir) = &cli.data_dir {
-        config.storage.dir = dir.clone();
-    }
+    let overrides = Overrides {
+        listen: cli.listen.clone(),
+        data_dir: cli.data_dir.clone(),
+        log: cli.log.clone(),
+    };
     let filter = cli.log.clone().unwrap_or_else(|| config.log.level.clone());
-    let env_filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .with_context(|| format!("invalid log filter {filter:?}"))?;
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
-    if config.log.format == "json" {
-        // One JSON object per line, for collectors: the event's fields, its
-        // span (the connection: peer, id, client, user) and the time.
-        fmt.json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
-    } else {
-        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+    let log_level = init_logging(&filter, &config.log.format)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -260,8 +279,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         // Handlers first: a SIGHUP (or SIGTERM) arriving while the store is being
         // recovered must not kill the process with the default action.
-        let signals = Signals::new(cli.config.clone())?;
-        let broker = Broker::start(config).await?;
+        let signals = Signals::new(cli.config.clone(), log_level)?;
+        let broker = Broker::start_with(config, overrides).await?;
         tern::sd_notify::ready();
         signals.run_until_stop(&broker).await;
         tern::sd_notify::stopping();
@@ -270,30 +289,67 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// The log filter a reload may change (`[log] level`).
+type LogLevel =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Log to stderr, human or JSON; returns the handle that changes the filter.
+fn init_logging(filter: &str, format: &str) -> anyhow::Result<LogLevel> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let env_filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(env_filter);
+    let json = format == "json";
+    // One JSON object per line, for collectors: the event's fields, its span
+    // (the connection: peer, id, client, user) and the time.
+    let as_json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    });
+    let as_text = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(as_json)
+        .with(as_text)
+        .init();
+    Ok(handle)
+}
+
 struct Signals {
     /// The config file to read again on SIGHUP.
     config_file: Option<PathBuf>,
+    log_level: LogLevel,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new(config_file: Option<PathBuf>) -> anyhow::Result<Signals> {
+    fn new(config_file: Option<PathBuf>, log_level: LogLevel) -> anyhow::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             config_file,
+            log_level,
             term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
         })
     }
 
-    /// Serve until SIGINT or SIGTERM; SIGHUP reloads certificates, the password
-    /// file and the ACL file (connections stay).
+    /// Serve until SIGINT or SIGTERM; SIGHUP reloads the config file, the
+    /// certificates, the password file and the ACL file (connections stay).
     async fn run_until_stop(mut self, broker: &Broker) {
         let Signals {
             config_file,
+            log_level,
             term,
             int,
             hup,
@@ -304,7 +360,8 @@ impl Signals {
                 _ = int.recv() => return,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
-                    // The file again: its queues and bridges apply now. A file
+                    tern::sd_notify::reloading();
+                    // The file again: what can change live applies now. A file
                     // that no longer parses changes nothing.
                     let config = match config_file {
                         Some(path) => match Config::load(Some(path)) {
@@ -313,15 +370,24 @@ impl Signals {
                                 for e in &errors.0 {
                                     tracing::error!("reload: {}: {e} (nothing reloaded)", path.display());
                                 }
+                                tern::sd_notify::ready();
                                 continue;
                             }
                         },
                         None => None,
                     };
                     let errors = broker.reload(config.as_ref()).await;
+                    // `--log` on the command line stays over the file.
+                    let level = broker.config().log.level.clone();
+                    if let Ok(filter) = tracing_subscriber::EnvFilter::try_new(&level) {
+                        if log_level.reload(filter).is_err() {
+                            tracing::warn!("reload: the log level could not be changed");
+                        }
+                    }
                     if errors.is_empty() {
                         tracing::info!("reload done");
                     }
+                    tern::sd_notify::ready();
                 }
             }
         }

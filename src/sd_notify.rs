@@ -20,6 +20,26 @@ pub fn ready() {
     log_failure("READY=1", notify("READY=1"));
 }
 
+/// Tell systemd a reload (SIGHUP) has begun; `ready` again when it is done.
+/// The monotonic time lets `Type=notify-reload` tell this reload from an
+/// earlier one (sd_notify(3)).
+pub fn reloading() {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC
+    // is always available on Linux.
+    let usec = if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0 {
+        u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000
+            + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000
+    } else {
+        0
+    };
+    let state = format!("RELOADING=1\nMONOTONIC_USEC={usec}");
+    log_failure("RELOADING=1", notify(&state));
+}
+
 /// Tell systemd a graceful shutdown has begun (sessions drain, wills go out).
 pub fn stopping() {
     log_failure("STOPPING=1", notify("STOPPING=1"));

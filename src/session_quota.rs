@@ -86,6 +86,11 @@ impl SessionQuota {
         }
     }
 
+    /// New caps (a reload): sessions over them stay, new ones wait for room.
+    pub fn set_limits(&mut self, limits: QuotaLimits) {
+        self.limits = limits;
+    }
+
     /// Persistent sessions counted.
     pub fn len(&self) -> usize {
         self.total

@@ -78,7 +78,8 @@ impl PreLoginGate {
         if self.open.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let limits = &self.shared.config.limits;
+        let cfg = self.shared.config.get();
+        let limits = &cfg.limits;
         let read = self.read.fetch_add(n, Ordering::Relaxed) + n;
         // Framing and the upgrade request on top of the largest CONNECT.
         let most = (limits.max_connect_packet_size as usize).saturating_add(64 * 1024);

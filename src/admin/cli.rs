@@ -1,8 +1,9 @@
-//! `tern status`, `tern clients ...`, `tern queue ...` and `tern bridge ...`:
+//! `tern status`, `tern clients ...`, `tern queue ...`, `tern bridge ...` and
+//! `tern check-config --against-running`:
 //! the operations against a running broker's admin endpoint, and the text
 //! they print.
 
-use super::http::{percent_encode, request};
+use super::http::{percent_encode, request_with_body};
 use crate::router::REDRIVE_BATCH;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,7 +55,17 @@ pub struct Endpoint {
 
 impl Endpoint {
     async fn call(&self, method: &str, path: &str) -> Result<serde_json::Value, String> {
-        let (status, body) = request(self.addr, method, path, self.token.as_deref(), TIMEOUT)
+        self.call_with(method, path, b"").await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<serde_json::Value, String> {
+        let token = self.token.as_deref();
+        let (status, body) = request_with_body(self.addr, method, path, token, body, TIMEOUT)
             .await
             .map_err(|e| format!("admin endpoint {}: {e}", self.addr))?;
         let json: serde_json::Value = serde_json::from_str(&body).map_err(|_| {
@@ -63,6 +74,18 @@ impl Endpoint {
                 self.addr
             )
         })?;
+        if status == 422 {
+            // The file would not load in the broker's environment.
+            let errors: Vec<&str> = json
+                .get("errors")
+                .and_then(|e| e.as_array())
+                .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
+                .unwrap_or_default();
+            return Err(format!(
+                "the broker would not load it: {}",
+                errors.join("; ")
+            ));
+        }
         if status != 200 {
             let why = json
                 .get("error")
@@ -296,4 +319,56 @@ fn table(queues: &[serde_json::Value]) -> String {
         ));
     }
     out
+}
+
+/// `tern check-config --against-running`: what a SIGHUP would do with `text`.
+/// The report, and whether any change takes a restart.
+pub async fn check_against_running(ep: &Endpoint, text: &str) -> Result<(String, bool), String> {
+    let v = ep
+        .call_with("POST", "/api/v1/config/check", text.as_bytes())
+        .await?;
+    let changes = v
+        .get("changes")
+        .and_then(|c| c.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Ok(changes_report(&changes))
+}
+
+/// The text of a list of changes (`config::changes::Change` as JSON).
+fn changes_report(changes: &[serde_json::Value]) -> (String, bool) {
+    if changes.is_empty() {
+        return ("no change from the running configuration".into(), false);
+    }
+    let line = |c: &serde_json::Value| {
+        let key = c.get("key").and_then(|k| k.as_str()).unwrap_or("?");
+        let what = c.get("what").and_then(|k| k.as_str()).unwrap_or("changed");
+        let mut l = format!("  {key} {what}");
+        if let Some(n) = c.get("note").and_then(|n| n.as_str()) {
+            l.push_str(&format!(" ({n})"));
+        }
+        if let Some(w) = c.get("needs_restart").and_then(|n| n.as_str()) {
+            l.push_str(&format!(": {w}"));
+        }
+        l
+    };
+    let (restart, live): (Vec<_>, Vec<_>) = changes
+        .iter()
+        .partition(|c| c.get("needs_restart").is_some_and(|w| !w.is_null()));
+    let mut out = String::new();
+    if !live.is_empty() {
+        out.push_str("a reload (SIGHUP) applies:\n");
+        for c in &live {
+            out.push_str(&line(c));
+            out.push('\n');
+        }
+    }
+    if !restart.is_empty() {
+        out.push_str("only a restart applies (a reload keeps the running value):\n");
+        for c in &restart {
+            out.push_str(&line(c));
+            out.push('\n');
+        }
+    }
+    (out, !restart.is_empty())
 }

@@ -1,5 +1,6 @@
 //! The little HTTP/1.1 the admin endpoint speaks, both ends: one request per
-//! connection (`Connection: close`), no body, bounded in bytes and time, and the
+//! connection (`Connection: close`), a body only by `Content-Length` (a
+//! configuration file to check), bounded in bytes and time, and the
 //! client `tern queue ...` uses. Hand-written on purpose: a handful of routes on
 //! a local port do not justify an HTTP stack on a Raspberry Pi.
 
@@ -10,6 +11,8 @@ use tokio::net::TcpStream;
 
 /// The largest request head accepted (request line and headers).
 pub const MAX_REQUEST: usize = 8 * 1024;
+/// The largest request body accepted: a configuration file, which is a few KB.
+pub const MAX_BODY: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -20,11 +23,14 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     /// The token of `Authorization: Bearer <token>`.
     pub bearer: Option<String>,
+    /// `Content-Length`: the body's size.
+    pub content_length: usize,
+    pub body: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HttpError {
-    #[error("request head over {MAX_REQUEST} bytes")]
+    #[error("request head over {MAX_REQUEST} bytes or body over {MAX_BODY}")]
     TooLarge,
     #[error("malformed request")]
     Malformed,
@@ -40,7 +46,24 @@ pub async fn read_request(s: &mut TcpStream, timeout: Duration) -> Result<Reques
     let read = async {
         loop {
             if let Some(end) = find_head_end(&buf) {
-                return parse_head(buf.get(..end).ok_or(HttpError::Malformed)?);
+                let mut req = parse_head(buf.get(..end).ok_or(HttpError::Malformed)?)?;
+                if req.content_length > MAX_BODY {
+                    return Err(HttpError::TooLarge);
+                }
+                let mut body = buf.split_off(end + 4);
+                body.truncate(req.content_length);
+                while body.len() < req.content_length {
+                    let mut chunk = [0u8; 4096];
+                    let want = (req.content_length - body.len()).min(chunk.len());
+                    let part = chunk.get_mut(..want).ok_or(HttpError::Malformed)?;
+                    let n = s.read(part).await.map_err(|_| HttpError::Closed)?;
+                    if n == 0 {
+                        return Err(HttpError::Closed);
+                    }
+                    body.extend_from_slice(part.get(..n).unwrap_or_default());
+                }
+                req.body = body;
+                return Ok(req);
             }
             if buf.len() >= MAX_REQUEST {
                 return Err(HttpError::TooLarge);
@@ -90,9 +113,16 @@ pub fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
         })
         .collect::<Result<Vec<_>, HttpError>>()?;
     let mut bearer = None;
+    let mut content_length = 0;
     for line in lines.filter(|l| !l.is_empty()) {
         let (name, value) = line.split_once(':').ok_or(HttpError::Malformed)?;
-        if name.trim().eq_ignore_ascii_case("authorization") {
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = value.trim().parse().map_err(|_| HttpError::Malformed)?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only Content-Length bodies: a chunked one is refused, not misread.
+            return Err(HttpError::Malformed);
+        } else if name.eq_ignore_ascii_case("authorization") {
             bearer = value
                 .trim()
                 .strip_prefix("Bearer ")
@@ -104,6 +134,8 @@ pub fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
         path,
         query,
         bearer,
+        content_length,
+        body: Vec::new(),
     })
 }
 
@@ -154,6 +186,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         409 => "Conflict",
         413 => "Payload Too Large",
+        422 => "Unprocessable Content",
         503 => "Service Unavailable",
         _ => "Error",
     }
@@ -194,15 +227,29 @@ pub async fn request(
     token: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    request_with_body(addr, method, path, token, b"", timeout).await
+}
+
+/// [`request`] with a body.
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let run = async {
         let mut s = TcpStream::connect(addr).await?;
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
         );
         s.write_all(req.as_bytes()).await?;
+        s.write_all(body).await?;
         let mut resp = Vec::new();
         s.read_to_end(&mut resp).await?;
         let text = String::from_utf8_lossy(&resp).into_owned();

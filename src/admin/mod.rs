@@ -56,8 +56,13 @@ const DEFAULT_REDRIVE: usize = 1_000;
 /// What the endpoint reads and whom it asks.
 pub struct AdminContext {
     pub router: mpsc::Sender<RouterMsg>,
-    /// `[admin] token`: every request must carry it.
-    pub token: Option<Arc<str>>,
+    /// The running configuration (`[admin] token`: every request must carry
+    /// it; a reload may change it).
+    pub shared: Arc<crate::connection::Shared>,
+    /// What the command line set over the file, for `/api/v1/config/check`.
+    pub overrides: crate::config::Overrides,
+    /// Where the MQTT listeners are bound.
+    pub listeners: Arc<crate::reload::Swap<Vec<crate::broker::BoundListener>>>,
     pub bridges: Arc<StatusList>,
     pub metrics: Arc<Metrics>,
     /// The router's latest numbers.
@@ -96,7 +101,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, shutdown: Canc
 }
 
 async fn handle(mut s: TcpStream, ctx: &AdminContext) {
-    let (router, token, bridges) = (&ctx.router, ctx.token.as_deref(), &*ctx.bridges);
+    let config = ctx.shared.config.get();
+    let (router, token, bridges) = (&ctx.router, config.admin.token.as_deref(), &*ctx.bridges);
     let req = match read_request(&mut s, READ_TIMEOUT).await {
         Ok(r) => r,
         Err(HttpError::TooLarge) => return reply(&mut s, 413, error("request too large")).await,
@@ -129,6 +135,13 @@ async fn handle(mut s: TcpStream, ctx: &AdminContext) {
             return http::write_typed(&mut s, 200, prometheus::CONTENT_TYPE, text.as_bytes()).await;
         }
         return reply(&mut s, 200, status_json(ctx, &snapshot)).await;
+    }
+    if req.path == ["api", "v1", "config", "check"] {
+        if req.method != "POST" {
+            return reply(&mut s, 405, error("use POST with the file as the body")).await;
+        }
+        let (status, body) = check_config(ctx, &config, &req.body);
+        return reply(&mut s, status, body).await;
     }
     if req.path == ["api", "v1", "bridges"] {
         if req.method != "GET" {
@@ -168,6 +181,26 @@ async fn handle(mut s: TcpStream, ctx: &AdminContext) {
     reply(&mut s, status, body).await
 }
 
+/// `POST /api/v1/config/check`: what a SIGHUP would do with this file (its
+/// text is the body): 200 with every change, each applied live or needing a
+/// restart; 422 with the errors when the file would not load.
+fn check_config(
+    ctx: &AdminContext,
+    running: &crate::config::Config,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return (400, error("the file is not UTF-8"));
+    };
+    match crate::broker::against_running(running, &ctx.overrides, text) {
+        Ok(changes) => (200, serde_json::json!({ "changes": changes })),
+        Err(errors) => {
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            (422, serde_json::json!({ "errors": errors }))
+        }
+    }
+}
+
 /// `GET /api/v1/status`: what the broker is doing, from the last snapshot
 /// and the counters.
 fn status_json(ctx: &AdminContext, s: &Snapshot) -> serde_json::Value {
@@ -194,6 +227,7 @@ fn status_json(ctx: &AdminContext, s: &Snapshot) -> serde_json::Value {
         "messages_dropped": dropped,
         "store_written_bytes": get(&m.store_bytes_written),
         "resident_bytes": process::ProcessStats::read().map(|p| p.resident_bytes),
+        "listeners": *ctx.listeners.get(),
         "queues": s.queues,
     })
 }

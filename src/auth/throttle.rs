@@ -46,6 +46,20 @@ fn throttle_key(ip: IpAddr) -> IpAddr {
 }
 
 impl LoginThrottle {
+    pub fn base_delay(&self) -> Duration {
+        self.base_delay
+    }
+
+    pub fn max_delay(&self) -> Duration {
+        self.max_delay
+    }
+
+    /// New delays (a reload); the failures counted so far stay.
+    pub fn set_delays(&mut self, base_delay: Duration, max_delay: Duration) {
+        self.base_delay = base_delay;
+        self.max_delay = max_delay;
+    }
+
     /// `delay` is `base_delay * 2^(failures - 3)` from the third failure on, at most
     /// `max_delay`; an address is forgotten `forget_after` its last failure; at most
     /// `max_entries` addresses are tracked.

@@ -7,10 +7,10 @@
 use super::{de_duration, ConfigError, QueueConfig};
 use crate::bridge::topics::{Direction, TopicMap};
 use crate::protocol::{ProtocolVersion, QoS};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeConfig {
     /// Names its buffer (`bridge-<name>`), dead-letter queue (`<name>-dlq`)
@@ -77,7 +77,7 @@ pub struct BridgeConfig {
     pub local_user: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeTls {
     /// PEM file of the CA(s) the remote's certificate must chain to.
@@ -100,7 +100,7 @@ pub struct BridgeTls {
     pub insecure_skip_verify: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeTopic {
     pub filter: String,

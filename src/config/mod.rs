@@ -6,11 +6,15 @@
 //! first, so an operator fixes a file in one pass.
 
 pub mod bridges;
+pub mod changes;
+mod overrides;
 pub mod queues;
+
 pub use bridges::BridgeConfig;
+pub use overrides::Overrides;
 pub use queues::QueueConfig;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -58,7 +62,7 @@ impl ConfigErrors {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listeners: Vec<ListenerConfig>,
@@ -96,7 +100,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     #[serde(deserialize_with = "de_socket_addr")]
@@ -138,7 +142,7 @@ impl Default for ListenerConfig {
 
 /// A listener's TLS settings (`tls = { cert = "...", key = "..." }`). Files are PEM;
 /// they are read at start and again on SIGHUP.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The server's certificate chain, leaf first.
@@ -159,7 +163,7 @@ pub struct TlsConfig {
 }
 
 /// Who may connect and what they may do: Mosquitto's password and ACL files.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Let clients in without a verified identity. Unset: allowed only in
@@ -220,7 +224,7 @@ impl Config {
 }
 
 /// Every cap on what a peer controls. See `configs/tern.toml` for the meaning of each.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_connections: usize,
@@ -361,7 +365,7 @@ impl Default for Limits {
 }
 
 /// Protocol behaviour switches.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// Queue QoS 0 messages for offline persistent sessions (Mosquitto's
@@ -399,7 +403,7 @@ impl Default for MqttConfig {
 }
 
 /// When the store's writes reach the disk, relative to acknowledgements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// fsync before every acknowledgement that depends on the write, batched: one
@@ -414,7 +418,7 @@ pub enum Durability {
 }
 
 /// The durable store (`src/store/`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Directory of the message log. `tern --data-dir DIR` overrides it.
@@ -449,7 +453,7 @@ impl Default for StorageConfig {
 
 /// The admin endpoint (HTTP: the queue operations, `tern queue ...`). Off unless
 /// `bind` is set.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     #[serde(deserialize_with = "de_opt_socket_addr")]
@@ -481,7 +485,7 @@ impl AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter: "info", "tern=debug,warn", ...
@@ -579,21 +583,32 @@ fn config_env(
 impl Config {
     /// Load `path` (if any) and apply `TERN_<SECTION>__<KEY>` environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
-        if let Some(p) = path {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigErrors::one("", format!("cannot read {}: {e}", p.display()))
+                })?;
+                Config::load_str(Some(&text))
+            }
+            None => Config::load_str(None),
+        }
+    }
+
+    /// [`Config::load`] of a file's text (the admin endpoint checks a file a
+    /// client sends against the running configuration, in the broker's own
+    /// environment, as a SIGHUP would read it).
+    pub fn load_str(text: Option<&str>) -> Result<Config, ConfigErrors> {
+        if let Some(t) = text {
             // Report every problem of the file itself with its key first: the
             // layered loader below stops at the first.
-            let errors = check_file(p);
+            let errors = check_str(t);
             if !errors.0.is_empty() {
                 return Err(errors);
             }
         }
         let mut builder = config::Config::builder();
-        if let Some(p) = path {
-            builder = builder.add_source(
-                config::File::from(p)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+        if let Some(t) = text {
+            builder = builder.add_source(config::File::from_str(t, config::FileFormat::Toml));
         }
         // The config crate's pitfall: with the default prefix separator equal to the
         // key separator, TERN__LIMITS... would be needed; and a single '_' separator
@@ -610,13 +625,10 @@ impl Config {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigErrors::one("", e.to_string()))?;
-        if let Some(p) = path {
-            // check_file above has parsed this text already: it is valid TOML.
-            cfg.listeners_configured = std::fs::read_to_string(p)
-                .ok()
-                .and_then(|t| t.parse::<toml::Table>().ok())
-                .is_some_and(|t| t.contains_key("listeners"));
-        }
+        // check_str above has parsed this text already: it is valid TOML.
+        cfg.listeners_configured = text
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .is_some_and(|t| t.contains_key("listeners"));
         let errors = cfg.validate();
         if errors.is_empty() {
             Ok(cfg)

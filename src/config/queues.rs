@@ -4,13 +4,13 @@
 //! connected; its dead-letter queue is declared with it.
 
 use super::{de_duration, ConfigError};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::time::Duration;
 
 /// The longest queue name: it is one topic level of `$queue/<name>`.
 pub const MAX_QUEUE_NAME: usize = 128;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// Consumed as `$queue/<name>`: one topic level, no wildcards.

@@ -44,10 +44,11 @@ async fn admit(
     conn_id: u64,
     shared: &Arc<Shared>,
 ) -> Result<Conn, Refusal> {
-    let lim = &shared.config.limits;
-    let deal = negotiate(&c, lim, shared.config.topic_limits(), || {
-        random_suffix(conn_id)
-    })?;
+    // The configuration as of this CONNECT: the connection keeps it for its
+    // life (what CONNACK announces must hold), whatever a reload changes later.
+    let cfg = shared.config.get();
+    let lim = &cfg.limits;
+    let deal = negotiate(&c, lim, cfg.topic_limits(), || random_suffix(conn_id))?;
     let login = log_in(&c, peer, shared)
         .await
         .map_err(|why| Refusal::login(c.version, why))?;
@@ -88,7 +89,7 @@ async fn admit(
     };
     let accepted = register(shared, request).await?;
     let props = deal.connack_properties(lim);
-    let mut conn = Conn::new(deal, conn_id, outbox_rx, kick_rx, shared);
+    let mut conn = Conn::new(deal, conn_id, outbox_rx, kick_rx, shared, cfg.clone());
     conn.write_packet(&Packet::ConnAck(ConnAck {
         // [MQTT-3.2.2-2/3] session present only when a session was resumed.
         session_present: accepted.session_present,
@@ -102,13 +103,14 @@ async fn admit(
 async fn log_in(c: &Connect, peer: &Peer, shared: &Shared) -> Result<Login, Refused> {
     // Bounded like the CONNECT itself: a throttled or queued login must not hold
     // its connection slot longer than `connect_timeout`.
-    let check = shared.logins.check(
+    let logins = shared.logins.get();
+    let check = logins.check(
         peer,
         c.username.as_deref(),
         c.password.as_ref(),
         &shared.metrics,
     );
-    let login = tokio::time::timeout(shared.config.limits.connect_timeout, check)
+    let login = tokio::time::timeout(shared.config.get().limits.connect_timeout, check)
         .await
         .unwrap_or_else(|_| {
             debug!("login not decided within connect_timeout");

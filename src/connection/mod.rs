@@ -29,6 +29,7 @@ use crate::protocol::{
     self, AckProperties, Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
     SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
+use crate::reload::Swap;
 use crate::router::{DisconnectKind, RouterMsg};
 use crate::session::ClientId;
 use crate::topic::{validate_topic_name, FilterSpec};
@@ -50,11 +51,14 @@ use tracing::{debug, info, warn, Instrument};
 
 /// What every connection task shares: configuration, the router's inbox, counters.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The configuration as of now: a reload replaces it. A connection takes
+    /// its own snapshot at CONNECT.
+    pub config: Swap<Config>,
     pub router: mpsc::Sender<RouterMsg>,
     pub metrics: Arc<Metrics>,
     pub next_conn_id: AtomicU64,
-    pub logins: crate::login::Logins,
+    /// Replaced by a reload that changes `[auth]`.
+    pub logins: Swap<crate::login::Logins>,
     /// Read-buffer bytes held by connections that have not logged in yet.
     pub pre_login: PreLoginBudget,
 }
@@ -117,7 +121,7 @@ async fn serve_inner<S>(mut stream: S, peer: Box<Peer>, conn_id: u64, shared: Ar
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let cfg = shared.config.clone();
+    let cfg = shared.config.get();
     let mut rbuf = BytesMut::with_capacity(CONNECT_READ);
     let mut charge = Charge {
         budget: &shared.pre_login,
@@ -277,6 +281,8 @@ struct Conn {
     outbox: crate::outbox::OutboxReceiver,
     kick: Option<oneshot::Receiver<ReasonCode>>,
     shared: Arc<Shared>,
+    /// The configuration this connection was accepted under.
+    cfg: Arc<Config>,
 }
 
 impl Conn {
@@ -286,6 +292,7 @@ impl Conn {
         outbox: crate::outbox::OutboxReceiver,
         kick: oneshot::Receiver<ReasonCode>,
         shared: &Arc<Shared>,
+        cfg: Arc<Config>,
     ) -> Conn {
         Conn {
             keep_alive: deal.keep_alive_timeout(),
@@ -307,11 +314,12 @@ impl Conn {
             outbox,
             kick: Some(kick),
             shared: shared.clone(),
+            cfg,
         }
     }
 
     fn limits(&self) -> &crate::config::Limits {
-        &self.shared.config.limits
+        &self.cfg.limits
     }
 
     fn write_packet(&mut self, p: &Packet) {
@@ -770,7 +778,7 @@ impl Conn {
         if let Err(close) = self.in_aliases.resolve(&mut p, max) {
             return Some(close);
         }
-        if validate_topic_name(&p.topic, self.shared.config.topic_limits()).is_err() {
+        if validate_topic_name(&p.topic, self.cfg.topic_limits()).is_err() {
             return Some(Close::error(
                 ReasonCode::TOPIC_NAME_INVALID,
                 "topic name invalid or over the limits",
@@ -842,11 +850,13 @@ mod tests {
     fn connection_future_stays_small() {
         let (tx, _rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
-            config: Arc::new(Config::default()),
+            config: Swap::new(Arc::new(Config::default())),
             router: tx,
             metrics: Arc::new(Metrics::default()),
             next_conn_id: AtomicU64::new(1),
-            logins: crate::login::Logins::new(&Config::default()).unwrap(),
+            logins: Swap::new(Arc::new(
+                crate::login::Logins::new(&Config::default()).unwrap(),
+            )),
             pre_login: PreLoginBudget::default(),
         });
         let (a, _b) = tokio::io::duplex(64);

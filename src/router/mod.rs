@@ -117,6 +117,8 @@ pub struct Router {
     max_retained_messages: usize,
     max_retained_bytes: usize,
     backpressure: Option<Duration>,
+    /// `[mqtt] sys_interval`; None: no `$SYS`.
+    sys_every: Option<Duration>,
     shutting_down: bool,
     metrics: Arc<Metrics>,
     /// Reused by every `publish` so matching does not allocate per message.
@@ -146,7 +148,7 @@ pub struct Router {
 impl Router {
     /// A router starting at `now` (the clock is the caller's: see `turn`).
     pub fn new(config: &Config, metrics: Arc<Metrics>, now: Clock) -> Router {
-        Router {
+        let mut r = Router {
             clients: Map::default(),
             subs: SubscriptionIndex::new(),
             retained: RetainTree::new(),
@@ -155,35 +157,30 @@ impl Router {
             deadlines: Deadlines::new(),
             queues: Queues::from_config(config, now.now),
             limits: QueueLimits {
-                max_messages: config.limits.max_queued_messages,
-                max_bytes: config.limits.max_queued_bytes,
-                max_messages_in_memory: config.limits.max_queued_messages_in_memory,
-                max_bytes_in_memory: config.limits.max_queued_bytes_in_memory,
-                queue_qos0_offline: config.mqtt.queue_qos0_offline,
+                max_messages: 0,
+                max_bytes: 0,
+                max_messages_in_memory: 0,
+                max_bytes_in_memory: 0,
+                queue_qos0_offline: false,
             },
-            session_read_ahead: (
-                config.limits.session_read_ahead,
-                config.limits.session_read_ahead_bytes,
-            ),
+            session_read_ahead: (0, 0),
             session_disk: session_disk::SessionDisk::default(),
             topic_limits: config.topic_limits(),
-            cross_user_takeover: config.auth.allow_cross_user_takeover,
+            cross_user_takeover: false,
             node_id: Arc::from(crate::bridge::origin::node_id(None).unwrap_or_default()),
             quota: SessionQuota::new(QuotaLimits {
-                max_sessions: config.limits.max_sessions,
-                per_address: config.limits.max_sessions_per_address,
-                per_user: config.limits.max_sessions_per_user,
+                max_sessions: 0,
+                per_address: 0,
+                per_user: 0,
             }),
             evictable: Vec::new(),
-            max_subscriptions: config.limits.max_subscriptions_per_client,
-            max_subscription_bytes: config.limits.max_subscription_bytes,
-            max_inbound_qos2: usize::from(config.limits.receive_maximum),
-            max_retained_messages: config.limits.max_retained_messages,
-            max_retained_bytes: config.limits.max_retained_bytes,
-            backpressure: config
-                .mqtt
-                .backpressure
-                .then_some(config.mqtt.backpressure_timeout),
+            max_subscriptions: 0,
+            max_subscription_bytes: 0,
+            max_inbound_qos2: 0,
+            max_retained_messages: 0,
+            max_retained_bytes: 0,
+            backpressure: None,
+            sys_every: None,
             shutting_down: false,
             metrics,
             scratch_matches: Matches::default(),
@@ -193,7 +190,47 @@ impl Router {
             mark: None,
             acl: None,
             turn: now,
-        }
+        };
+        r.apply_config(config);
+        r
+    }
+
+    /// Take the limits and options of `config` (at start, and on a reload).
+    /// Nothing already admitted is undone: a session over a lowered cap keeps
+    /// what it holds, and the cap applies to what comes next.
+    pub fn apply_config(&mut self, config: &Config) {
+        let l = &config.limits;
+        self.limits = QueueLimits {
+            max_messages: l.max_queued_messages,
+            max_bytes: l.max_queued_bytes,
+            max_messages_in_memory: l.max_queued_messages_in_memory,
+            max_bytes_in_memory: l.max_queued_bytes_in_memory,
+            queue_qos0_offline: config.mqtt.queue_qos0_offline,
+        };
+        self.session_read_ahead = (l.session_read_ahead, l.session_read_ahead_bytes);
+        self.topic_limits = config.topic_limits();
+        self.cross_user_takeover = config.auth.allow_cross_user_takeover;
+        self.quota.set_limits(QuotaLimits {
+            max_sessions: l.max_sessions,
+            per_address: l.max_sessions_per_address,
+            per_user: l.max_sessions_per_user,
+        });
+        self.max_subscriptions = l.max_subscriptions_per_client;
+        self.max_subscription_bytes = l.max_subscription_bytes;
+        self.max_inbound_qos2 = usize::from(l.receive_maximum);
+        self.max_retained_messages = l.max_retained_messages;
+        self.max_retained_bytes = l.max_retained_bytes;
+        self.backpressure = config
+            .mqtt
+            .backpressure
+            .then_some(config.mqtt.backpressure_timeout);
+        self.sys_every = Some(config.mqtt.sys_interval).filter(|d| !d.is_zero());
+        self.queues.apply_limits(config);
+    }
+
+    /// `[mqtt] sys_interval`, as last configured.
+    pub fn sys_every(&self) -> Option<Duration> {
+        self.sys_every
     }
 
     /// Answer `reply` with `codes` now, or once what this turn wrote is durable.
@@ -254,6 +291,10 @@ impl Router {
             RouterMsg::Connect { request, reply } => self.connect_or_park(*request, reply, now),
             RouterMsg::SetAcl { acl, reply } => {
                 self.set_acl(acl, now);
+                let _ = reply.send(());
+            }
+            RouterMsg::Reconfigure { config, reply } => {
+                self.apply_config(&config);
                 let _ = reply.send(());
             }
             RouterMsg::ReloadQueues { declared, reply } => {

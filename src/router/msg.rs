@@ -167,6 +167,12 @@ pub enum RouterMsg {
         acl: Option<Arc<Acl>>,
         reply: oneshot::Sender<()>,
     },
+    /// A reload: the limits and options are now those of `config` (its
+    /// queues and bridges come with `ReloadQueues`).
+    Reconfigure {
+        config: Arc<crate::config::Config>,
+        reply: oneshot::Sender<()>,
+    },
     /// A reload: the declared work queues are now these (`Config::all_queues`).
     /// Replies with what could not be done.
     ReloadQueues {

@@ -103,6 +103,20 @@ const REFUSALS: usize = 20_000;
 
 impl Queues {
     /// The queues the config declares, each with its dead-letter queue.
+    /// The limits of `config` that apply to every queue (a reload).
+    pub(super) fn apply_limits(&mut self, config: &Config) {
+        self.max_queues = config.limits.max_queues;
+        self.auto_caps = (
+            config.limits.auto_queue_max_length,
+            config.limits.auto_queue_max_bytes,
+        );
+        self.topic_limits = config.topic_limits();
+        self.read_ahead = (
+            config.limits.queue_read_ahead,
+            config.limits.queue_read_ahead_bytes,
+        );
+    }
+
     pub(super) fn from_config(config: &Config, epoch: Instant) -> Queues {
         let mut q = Queues {
             epoch,

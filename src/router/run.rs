@@ -18,8 +18,6 @@ use tracing::warn;
 pub struct Publishing {
     /// Where the snapshot goes (every `SNAPSHOT_EVERY`).
     pub snapshots: watch::Sender<Arc<Snapshot>>,
-    /// `[mqtt] sys_interval`; None: no `$SYS`.
-    pub sys_every: Option<Duration>,
     /// The bridges, for `$SYS/broker/bridges/...`.
     pub bridges: Arc<StatusList>,
     /// When the broker started (`$SYS/broker/uptime`).
@@ -29,12 +27,12 @@ pub struct Publishing {
 pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>, publishing: Publishing) {
     let Publishing {
         snapshots,
-        sys_every,
         bridges,
         started,
     } = publishing;
     let mut sys = Sys::new(started);
     // The first $SYS at once, as the first snapshot.
+    let mut sys_every = router.sys_every();
     let mut next_sys = sys_every.map(|_| Instant::now());
     // Limit work per turn so deadlines are not starved by a message flood.
     const BATCH: usize = 256;
@@ -47,6 +45,11 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>, publishi
     // What recovery wrote (sessions that were connected at the crash).
     router.end_turn();
     'turns: loop {
+        // A reload may have changed the interval: it applies from now.
+        if router.sys_every() != sys_every {
+            sys_every = router.sys_every();
+            next_sys = sys_every.map(|_| Instant::now());
+        }
         let wake = router
             .next_deadline()
             .map_or(next_sweep, |d| d.min(next_sweep))
