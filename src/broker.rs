@@ -80,6 +80,11 @@ pub fn check_files(config: &Config) -> Vec<crate::config::ConfigError> {
             }
         }
     }
+    if let Some(t) = &config.admin.tls {
+        if let Err(e) = crate::tls::server_config(t) {
+            err("admin.tls".into(), e.to_string());
+        }
+    }
     if let Some(p) = &config.auth.password_file {
         if let Err(e) = crate::login::load_password_file(p) {
             err("auth.password_file".into(), e.to_string());
@@ -146,6 +151,8 @@ pub struct Broker {
     router_task: JoinHandle<()>,
     /// The admin endpoint's accept loop.
     admin_task: Option<JoinHandle<()>>,
+    /// `[admin] tls`: its certificates, read again by a reload.
+    admin_tls: Option<Arc<TlsCell>>,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
     store_thread: Option<crate::store::StoreThread>,
@@ -277,6 +284,7 @@ impl Broker {
             router_tx,
             router_task,
             admin_task: None,
+            admin_tls: None,
             tracker,
             metrics,
             store_thread,
@@ -308,8 +316,16 @@ impl Broker {
                 )
             })?;
             let addr = tcp.local_addr()?;
-            info!("admin endpoint on http://{addr}");
+            let tls = match &config.admin.tls {
+                Some(t) => Some(Arc::new(
+                    TlsCell::new(t.clone()).map_err(|e| io::Error::other(format!("admin: {e}")))?,
+                )),
+                None => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            info!("admin endpoint on {scheme}://{addr}");
             broker.admin_addr = Some(addr);
+            broker.admin_tls = tls.clone();
             let ctx = crate::admin::AdminContext {
                 router: broker.router_tx.clone(),
                 shared: broker.shared.clone(),
@@ -323,6 +339,7 @@ impl Broker {
             broker.admin_task = Some(tokio::spawn(crate::admin::serve(
                 tcp,
                 Arc::new(ctx),
+                tls,
                 broker.shutdown.clone(),
             )));
         }
@@ -419,14 +436,14 @@ impl Broker {
             errors.extend(self.reload_listeners(&mut r, &applied).await);
         }
         errors.extend(self.reload_logins(&running, &applied).await);
-        for l in &r.listeners {
-            if let Some(cell) = &l.transport.tls {
-                match cell.reload() {
-                    Ok(()) => {
-                        info!(cert = %cell.settings().cert.display(), "TLS certificates reloaded")
-                    }
-                    Err(e) => errors.push(format!("TLS: {e} (keeping the old certificates)")),
+        let admin_tls = self.admin_tls.iter();
+        let listeners_tls = r.listeners.iter().filter_map(|l| l.transport.tls.as_ref());
+        for cell in listeners_tls.chain(admin_tls) {
+            match cell.reload() {
+                Ok(()) => {
+                    info!(cert = %cell.settings().cert.display(), "TLS certificates reloaded")
                 }
+                Err(e) => errors.push(format!("TLS: {e} (keeping the old certificates)")),
             }
         }
         match &applied.auth.acl_file {

@@ -47,16 +47,12 @@ enum Command {
     CheckConfig {
         /// The TOML file to check.
         file: PathBuf,
-        /// Compare with the running broker's configuration.
+        /// Compare with the running broker's configuration (its [admin]
+        /// endpoint: from FILE unless given below).
         #[arg(long = "against-running")]
         against_running: bool,
-        /// The admin endpoint (default: [admin] bind of FILE, else
-        /// 127.0.0.1:8080).
-        #[arg(long = "admin", value_name = "ADDR")]
-        admin: Option<SocketAddr>,
-        /// The admin token (default: [admin] token of FILE).
-        #[arg(long = "token", value_name = "TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Add a user to a Mosquitto-format password file or change their password
     /// (argon2id), or delete one with -D. The file is created if missing.
@@ -76,46 +72,49 @@ enum Command {
     /// Work queues of a running broker, through its admin endpoint ([admin]
     /// bind; the address and token come from -c FILE, or --admin / --token).
     Queue {
-        /// The admin endpoint (default: [admin] bind of -c FILE, else
-        /// 127.0.0.1:8080).
-        #[arg(long = "admin", value_name = "ADDR")]
-        admin: Option<SocketAddr>,
-        /// The admin token (default: [admin] token of -c FILE).
-        #[arg(long = "token", value_name = "TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
         #[command(subcommand)]
         op: QueueCmd,
     },
     /// A running broker's numbers, through its admin endpoint (as for
     /// `tern queue`).
     Status {
-        #[arg(long = "admin", value_name = "ADDR")]
-        admin: Option<SocketAddr>,
-        #[arg(long = "token", value_name = "TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Clients of a running broker, through its admin endpoint.
     Clients {
-        #[arg(long = "admin", value_name = "ADDR")]
-        admin: Option<SocketAddr>,
-        #[arg(long = "token", value_name = "TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
         #[command(subcommand)]
         op: ClientsCmd,
     },
     /// Bridges of a running broker, through its admin endpoint (as for
     /// `tern queue`).
     Bridge {
-        /// The admin endpoint (default: [admin] bind of -c FILE, else
-        /// 127.0.0.1:8080).
-        #[arg(long = "admin", value_name = "ADDR")]
-        admin: Option<SocketAddr>,
-        /// The admin token (default: [admin] token of -c FILE).
-        #[arg(long = "token", value_name = "TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
         #[command(subcommand)]
         op: BridgeCmd,
     },
+}
+
+/// Where the admin endpoint of a running broker is, and how to reach it.
+#[derive(clap::Args, Debug)]
+struct AdminArgs {
+    /// The admin endpoint (default: [admin] bind of the config file, else
+    /// 127.0.0.1:8080).
+    #[arg(long = "admin", value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// The admin token (default: [admin] token of the config file).
+    #[arg(long = "token", value_name = "TOKEN")]
+    token: Option<String>,
+    /// Use HTTPS, trusting the CA certificates in FILE (PEM). Default, when
+    /// the config file sets [admin] tls: its certificate file, which works
+    /// for a self-signed certificate or a file that holds the CA too.
+    #[arg(long = "ca", value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,18 +180,18 @@ fn main() -> anyhow::Result<()> {
     {
         return passwd(file, user, *delete, *stdin);
     }
-    if let Some(Command::Queue { admin, token, op }) = &cli.command {
-        let ep = admin_endpoint(cli.config.as_deref(), *admin, token.clone())?;
+    if let Some(Command::Queue { admin, op }) = &cli.command {
+        let ep = admin_endpoint(cli.config.as_deref(), admin)?;
         let op = queue_op(op);
         return print_answer("tern queue", tern::admin::cli::run(&ep, op));
     }
-    if let Some(Command::Status { admin, token }) = &cli.command {
-        let ep = admin_endpoint(cli.config.as_deref(), *admin, token.clone())?;
+    if let Some(Command::Status { admin }) = &cli.command {
+        let ep = admin_endpoint(cli.config.as_deref(), admin)?;
         return print_answer("tern status", tern::admin::cli::run_status(&ep));
     }
-    if let Some(Command::Clients { admin, token, op }) = &cli.command {
+    if let Some(Command::Clients { admin, op }) = &cli.command {
         use tern::admin::cli::{run_clients, ClientsOp};
-        let ep = admin_endpoint(cli.config.as_deref(), *admin, token.clone())?;
+        let ep = admin_endpoint(cli.config.as_deref(), admin)?;
         let op = match op {
             ClientsCmd::List { after, limit } => ClientsOp::List {
                 after: after.clone(),
@@ -202,9 +201,9 @@ fn main() -> anyhow::Result<()> {
         };
         return print_answer("tern clients", run_clients(&ep, op));
     }
-    if let Some(Command::Bridge { admin, token, op }) = &cli.command {
+    if let Some(Command::Bridge { admin, op }) = &cli.command {
         use tern::admin::cli::{run_bridge, BridgeOp};
-        let ep = admin_endpoint(cli.config.as_deref(), *admin, token.clone())?;
+        let ep = admin_endpoint(cli.config.as_deref(), admin)?;
         let op = match op {
             BridgeCmd::List => BridgeOp::List,
             BridgeCmd::Purge { name } => BridgeOp::Purge(name.clone()),
@@ -215,7 +214,6 @@ fn main() -> anyhow::Result<()> {
         file,
         against_running,
         admin,
-        token,
     }) = &cli.command
     {
         let mut errors = tern::config::check_file(file).0;
@@ -232,7 +230,7 @@ fn main() -> anyhow::Result<()> {
             if !against_running {
                 return Ok(());
             }
-            let ep = admin_endpoint(Some(file), *admin, token.clone())?;
+            let ep = admin_endpoint(Some(file), admin)?;
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -485,13 +483,11 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     result
 }
 
-/// `tern queue ...`.
-/// The admin endpoint: `--admin` / `--token`, else `[admin]` of the config
-/// file, else 127.0.0.1:8080 without a token.
+/// The admin endpoint: `--admin` / `--token` / `--ca`, else `[admin]` of the
+/// config file, else 127.0.0.1:8080 over plain HTTP without a token.
 fn admin_endpoint(
     config: Option<&std::path::Path>,
-    admin: Option<SocketAddr>,
-    token: Option<String>,
+    args: &AdminArgs,
 ) -> anyhow::Result<tern::admin::cli::Endpoint> {
     let from_file = match config {
         Some(p) => Some(
@@ -501,11 +497,25 @@ fn admin_endpoint(
         ),
         None => None,
     };
-    let addr = admin
+    let addr = args
+        .admin
         .or(from_file.as_ref().and_then(|a| a.bind))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let token = token.or(from_file.and_then(|a| a.token));
-    Ok(tern::admin::cli::Endpoint { addr, token })
+    let ca = args.ca.clone().or_else(|| {
+        from_file
+            .as_ref()
+            .and_then(|a| a.tls.as_ref())
+            .map(|t| t.cert.clone())
+    });
+    let tls = match ca {
+        Some(ca) => Some(
+            tern::tls::client_config(Some(&ca), None, &[], false)
+                .map_err(|e| anyhow::anyhow!("admin TLS: {e}"))?,
+        ),
+        None => None,
+    };
+    let token = args.token.clone().or(from_file.and_then(|a| a.token));
+    Ok(tern::admin::cli::Endpoint { addr, token, tls })
 }
 
 fn queue_op(op: &QueueCmd) -> tern::admin::cli::QueueOp {

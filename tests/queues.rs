@@ -619,6 +619,7 @@ async fn the_admin_endpoint_lists_peeks_purges_and_redrives() {
     c.admin.token = Some("a-token-of-16-chars".into());
     let (b, addr) = start(c).await;
     let ep = Endpoint {
+        tls: None,
         addr: b.admin_addr().expect("admin on"),
         token: Some("a-token-of-16-chars".into()),
     };
@@ -699,6 +700,7 @@ async fn the_admin_endpoint_lists_peeks_purges_and_redrives() {
         "{err}"
     );
     let wrong = Endpoint {
+        tls: None,
         addr: ep.addr,
         token: Some("wrong".into()),
     };
@@ -930,6 +932,7 @@ async fn broker_with_admin(
     c.admin.bind = Some("127.0.0.1:0".parse().unwrap());
     let (b, addr) = start(c).await;
     let ep = tern::admin::cli::Endpoint {
+        tls: None,
         addr: b.admin_addr().expect("admin on"),
         token: None,
     };

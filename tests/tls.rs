@@ -483,3 +483,93 @@ async fn tls_client_that_stops_reading_is_still_closed_by_keep_alive() {
     drop(stuck);
     broker.shutdown().await;
 }
+
+/// `[admin] tls`: the admin endpoint speaks HTTPS only, and the CLI reaches
+/// it with `--ca` (or, from the config file, trusting its certificate file).
+#[tokio::test]
+async fn the_admin_endpoint_over_https() {
+    let pki = Pki::new();
+    let token = "admin-token-0123456789";
+    let file = pki.path("tern.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[storage]\nin_memory = true\n\n\
+             [auth]\nallow_anonymous = true\n\n\
+             [admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{token}\"\ntls = {}\n",
+            pki.tls_toml(false, false, false)
+        ),
+    )
+    .unwrap();
+    let tern = BrokerProcess::spawn_config(&file);
+    assert!(
+        tern.wait_log_count("admin endpoint on https://", 1, Duration::from_secs(5)),
+        "{}",
+        tern.log_text()
+    );
+    let admin = tern
+        .log_text()
+        .lines()
+        .find_map(|l| l.split("admin endpoint on https://").nth(1))
+        .map(|a| a.trim().to_string())
+        .expect("admin address");
+    let status = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
+        c.args(["status", "--admin", &admin, "--token", token])
+            .args(extra);
+        run_bounded(c, Duration::from_secs(20))
+    };
+    // With the CA: the numbers.
+    let ca = pki.path("ca.pem");
+    let out = status(&["--ca", ca.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("connections"), "{}", out.stdout);
+    // Another CA's certificate does not verify it.
+    let other = Ca::new("Someone else");
+    let other_ca = pki.path("other-ca.pem");
+    std::fs::write(&other_ca, &other.cert_pem).unwrap();
+    let out = status(&["--ca", other_ca.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", out.stdout);
+    // Plain HTTP gets no answer.
+    let out = status(&[]);
+    assert!(!out.status.success(), "{}", out.stdout);
+    let raw = tern::admin::http::request(
+        admin.parse().unwrap(),
+        "GET",
+        "/api/v1/status",
+        Some(token),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        raw.as_ref().map_or(true, |(s, _)| *s != 200),
+        "plain HTTP was answered: {raw:?}"
+    );
+    // The token is still required over HTTPS.
+    let tls = pki.client_config(None);
+    let (code, _) = tern::admin::http::request_with_body(
+        admin.parse().unwrap(),
+        Some(tls.clone()),
+        "GET",
+        "/api/v1/status",
+        None,
+        b"",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("HTTPS request");
+    assert_eq!(code, 401);
+    let (code, body) = tern::admin::http::request_with_body(
+        admin.parse().unwrap(),
+        Some(tls),
+        "GET",
+        "/metrics",
+        Some(token),
+        b"",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("HTTPS request");
+    assert_eq!(code, 200);
+    assert!(body.contains("tern_connections"), "{body}");
+}

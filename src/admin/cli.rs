@@ -51,6 +51,9 @@ pub enum ClientsOp {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub token: Option<String>,
+    /// HTTPS (`[admin] tls`): the client config that checks the endpoint's
+    /// certificate.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Endpoint {
@@ -65,7 +68,8 @@ impl Endpoint {
         body: &[u8],
     ) -> Result<serde_json::Value, String> {
         let token = self.token.as_deref();
-        let (status, body) = request_with_body(self.addr, method, path, token, body, TIMEOUT)
+        let tls = self.tls.clone();
+        let (status, body) = request_with_body(self.addr, tls, method, path, token, body, TIMEOUT)
             .await
             .map_err(|e| format!("admin endpoint {}: {e}", self.addr))?;
         let json: serde_json::Value = serde_json::from_str(&body).map_err(|_| {

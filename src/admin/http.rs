@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The largest request head accepted (request line and headers).
@@ -41,7 +41,10 @@ pub enum HttpError {
 }
 
 /// Read one request head from `s`.
-pub async fn read_request(s: &mut TcpStream, timeout: Duration) -> Result<Request, HttpError> {
+pub async fn read_request<S: AsyncRead + Unpin>(
+    s: &mut S,
+    timeout: Duration,
+) -> Result<Request, HttpError> {
     let mut buf = Vec::with_capacity(1024);
     let read = async {
         loop {
@@ -197,16 +200,21 @@ fn reason(status: u16) -> &'static str {
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Write a JSON response and close.
-pub async fn write_response(s: &mut TcpStream, status: u16, body: &[u8]) {
+pub async fn write_response<S: AsyncWrite + Unpin>(s: &mut S, status: u16, body: &[u8]) {
     write_typed(s, status, "application/json", body).await;
 }
 
 /// Write a response of `content_type` and close.
-pub async fn write_typed(s: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
+pub async fn write_typed<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) {
     let _ = tokio::time::timeout(WRITE_TIMEOUT, write_all(s, status, content_type, body)).await;
 }
 
-async fn write_all(s: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
+async fn write_all<S: AsyncWrite + Unpin>(s: &mut S, status: u16, content_type: &str, body: &[u8]) {
     let head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n\r\n",
@@ -227,31 +235,39 @@ pub async fn request(
     token: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    request_with_body(addr, method, path, token, b"", timeout).await
+    request_with_body(addr, None, method, path, token, b"", timeout).await
 }
 
-/// [`request`] with a body.
+/// [`request`] with a body, over TLS when `tls` is given (the server's
+/// certificate must be valid for `addr`'s IP address).
 pub async fn request_with_body(
     addr: SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: &[u8],
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     let run = async {
-        let mut s = TcpStream::connect(addr).await?;
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await?;
-        s.write_all(body).await?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await?;
+        let tcp = TcpStream::connect(addr).await?;
+        let resp = match tls {
+            None => exchange(tcp, head.as_bytes(), body).await?,
+            Some(config) => {
+                let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
+                exchange(stream, head.as_bytes(), body).await?
+            }
+        };
         let text = String::from_utf8_lossy(&resp).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = head
@@ -264,6 +280,20 @@ pub async fn request_with_body(
     tokio::time::timeout(timeout, run)
         .await
         .map_err(|_| std::io::Error::other("no answer within the timeout"))?
+}
+
+/// Write a request, read the whole response.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    head: &[u8],
+    body: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    s.write_all(head).await?;
+    s.write_all(body).await?;
+    s.flush().await?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await?;
+    Ok(resp)
 }
 
 #[cfg(test)]

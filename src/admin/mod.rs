@@ -21,7 +21,10 @@
 //! A request waits for the router like a client's SUBSCRIBE does (bounded
 //! channel, then a one-shot answer); a few at a time, each bounded in bytes and
 //! time, so the endpoint cannot be used to hold the broker's memory. With
-//! `[admin] token` every request must carry `Authorization: Bearer <token>`.
+//! `[admin] token` every request must carry `Authorization: Bearer <token>`;
+//! with `[admin] tls` it is HTTPS (the listeners' certificate options).
+//! - `POST /api/v1/config/check`: what a SIGHUP would do with the file sent
+//!   as the body (`config::changes`)
 
 pub mod cli;
 pub mod http;
@@ -35,7 +38,8 @@ use crate::router::{AdminReply, AdminRequest, RouterMsg, Snapshot};
 use http::{read_request, write_response, HttpError, Request};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -71,8 +75,14 @@ pub struct AdminContext {
     pub started: std::time::Instant,
 }
 
-/// Serve the admin endpoint on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, shutdown: CancellationToken) {
+/// Serve the admin endpoint on `listener` until `shutdown`; over HTTPS with
+/// `tls` (whose certificates a reload reads again).
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<AdminContext>,
+    tls: Option<Arc<crate::tls::TlsCell>>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(CONCURRENT));
     loop {
         let permit = tokio::select! {
@@ -93,14 +103,26 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, shutdown: Canc
             _ = shutdown.cancelled() => return,
         };
         let ctx = ctx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            handle(stream, &ctx).await;
+            match tls {
+                None => handle(stream, &ctx).await,
+                Some(cell) => {
+                    // The handshake counts against the request's time.
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cell.current());
+                    match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => handle(s, &ctx).await,
+                        Ok(Err(e)) => debug!("admin TLS handshake failed: {e}"),
+                        Err(_) => debug!("admin TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
 }
 
-async fn handle(mut s: TcpStream, ctx: &AdminContext) {
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, ctx: &AdminContext) {
     let config = ctx.shared.config.get();
     let (router, token, bridges) = (&ctx.router, config.admin.token.as_deref(), &*ctx.bridges);
     let req = match read_request(&mut s, READ_TIMEOUT).await {
@@ -306,7 +328,7 @@ async fn bridges_json(
     serde_json::json!({ "bridges": out })
 }
 
-async fn reply(s: &mut TcpStream, status: u16, body: serde_json::Value) {
+async fn reply<S: AsyncWrite + Unpin>(s: &mut S, status: u16, body: serde_json::Value) {
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     write_response(s, status, &bytes).await;
 }

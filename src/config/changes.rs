@@ -9,7 +9,8 @@
 //! - `limits.router_queue`: the router's inbox is a channel sized at start.
 //! - `limits.listen_backlog`: a bound socket keeps the backlog it listened with.
 //! - `log.format`: the log writer is set up once, at start.
-//! - `admin.bind`: the admin endpoint is bound at start.
+//! - `admin.bind`, `admin.tls`: the admin endpoint is set up at start (its
+//!   certificate files are read again all the same).
 //!
 //! Everything else applies. Limits a client was told in its CONNACK (packet
 //! size, receive maximum, topic aliases, keep alive, session expiry) apply to new
@@ -34,7 +35,7 @@ pub struct Change {
 
 /// Keys that only a restart changes, with the reason.
 const RESTART_ONLY: &[(&str, &str)] = &[
-    ("storage.", "the store is opened once, at start"),
+    ("storage", "the store is opened once, at start"),
     (
         "limits.router_queue",
         "the router's inbox is sized at start",
@@ -45,6 +46,10 @@ const RESTART_ONLY: &[(&str, &str)] = &[
     ),
     ("log.format", "the log format is set at start"),
     ("admin.bind", "the admin endpoint is bound at start"),
+    (
+        "admin.tls",
+        "the admin endpoint's TLS is set up at start (a reload reads its files again)",
+    ),
 ];
 
 /// Limits announced in CONNACK or fixed for a connection at CONNECT.
@@ -107,13 +112,17 @@ pub fn applicable(running: &Config, new: &Config) -> Config {
     c.limits.listen_backlog = running.limits.listen_backlog;
     c.log.format = running.log.format.clone();
     c.admin.bind = running.admin.bind;
+    c.admin.tls = running.admin.tls.clone();
     c
 }
 
 fn change(key: String, what: &'static str, note: Option<&'static str>) -> Change {
     let needs_restart = RESTART_ONLY
         .iter()
-        .find(|(prefix, _)| key == *prefix || (prefix.ends_with('.') && key.starts_with(prefix)))
+        .find(|(prefix, _)| {
+            key.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        })
         .map(|(_, why)| *why);
     let note = note.or_else(|| {
         PER_CONNECTION

@@ -461,6 +461,9 @@ pub struct AdminConfig {
     /// A request must carry `Authorization: Bearer <token>`; required when
     /// `bind` is not a loopback address.
     pub token: Option<String>,
+    /// HTTPS, with the listeners' TLS options (`cert`, `key`; `client_ca` and
+    /// `require_client_cert` to ask clients for a certificate too).
+    pub tls: Option<TlsConfig>,
 }
 
 fn de_opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -470,17 +473,28 @@ fn de_opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAd
 impl AdminConfig {
     /// The `[admin]` checks of `Config::validate`.
     fn validate(&self, errs: &mut Vec<ConfigError>) {
-        let mut err = collector(errs);
-        if let Some(b) = self.bind {
-            if !b.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
+        {
+            let mut err = collector(errs);
+            if let Some(b) = self.bind {
+                if !b.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
+                    err(
+                        "admin.token",
+                        "required when admin.bind is not a loopback address",
+                    );
+                }
+            }
+            if self.token.as_deref().is_some_and(|t| t.len() < 16) {
+                err("admin.token", "must be at least 16 characters");
+            }
+            if self.tls.as_ref().is_some_and(|t| t.identity_as_username) {
                 err(
-                    "admin.token",
-                    "required when admin.bind is not a loopback address",
+                    "admin.tls.identity_as_username",
+                    "not used by the admin endpoint (its clients are not MQTT users)",
                 );
             }
         }
-        if self.token.as_deref().is_some_and(|t| t.len() < 16) {
-            err("admin.token", "must be at least 16 characters");
+        if let Some(t) = &self.tls {
+            t.validate("admin.tls", errs);
         }
     }
 }
@@ -653,7 +667,7 @@ impl Config {
         }
         for (i, ls) in self.listeners.iter().enumerate() {
             if let Some(t) = &ls.tls {
-                t.validate(i, &mut errs);
+                t.validate(&format!("listeners[{i}].tls"), &mut errs);
             }
         }
         self.auth.validate(&mut errs);
@@ -804,18 +818,19 @@ impl Limits {
 }
 
 impl TlsConfig {
-    /// The checks of `Config::validate` for the TLS settings of listener `i`.
-    fn validate(&self, i: usize, errs: &mut Vec<ConfigError>) {
+    /// The checks of `Config::validate` for TLS settings at `key`
+    /// (`listeners[i].tls`, `admin.tls`).
+    fn validate(&self, key: &str, errs: &mut Vec<ConfigError>) {
         if self.require_client_cert && self.client_ca.is_none() {
             errs.push(ConfigError {
-                key: format!("listeners[{i}].tls.require_client_cert"),
+                key: format!("{key}.require_client_cert"),
                 message: "needs tls.client_ca (the CA that client certificates must come from)"
                     .into(),
             });
         }
         if self.identity_as_username && !self.require_client_cert {
             errs.push(ConfigError {
-                key: format!("listeners[{i}].tls.identity_as_username"),
+                key: format!("{key}.identity_as_username"),
                 message: "needs tls.require_client_cert = true".into(),
             });
         }
@@ -1131,10 +1146,46 @@ level = "info"
     }
 
     #[test]
+    fn admin_checks_name_their_keys() {
+        let keys = |text: &str| -> Vec<String> {
+            let c: Config = toml::from_str(text).expect("parses");
+            c.validate().into_iter().map(|e| e.key).collect()
+        };
+        assert_eq!(
+            keys("[admin]\nbind = \"0.0.0.0:8080\"\n"),
+            vec!["admin.token"]
+        );
+        assert_eq!(
+            keys("[admin]\nbind = \"127.0.0.1:8080\"\ntoken = \"short\"\n"),
+            vec!["admin.token"]
+        );
+        assert_eq!(
+            keys(
+                "[admin]\nbind = \"127.0.0.1:8080\"\n\
+                 tls = { cert = \"a.pem\", key = \"a.key\", require_client_cert = true, \
+                 identity_as_username = true }\n"
+            ),
+            vec![
+                "admin.tls.identity_as_username",
+                "admin.tls.require_client_cert"
+            ]
+        );
+        assert!(keys(
+            "[admin]\nbind = \"127.0.0.1:8080\"\n\
+             tls = { cert = \"a.pem\", key = \"a.key\" }\n"
+        )
+        .is_empty());
+    }
+
+    #[test]
     fn example_config_is_valid_and_default() {
         let text = include_str!("../../configs/tern.toml");
         assert!(check_str(text).0.is_empty(), "{}", check_str(text));
-        let c: Config = toml::from_str(text).unwrap();
+        let mut c: Config = toml::from_str(text).unwrap();
+        // The one departure: the example turns the admin endpoint on, on
+        // loopback (off by default).
+        assert_eq!(c.admin.bind, Some("127.0.0.1:8080".parse().unwrap()));
+        c.admin.bind = None;
         assert_eq!(
             c,
             Config::default(),
