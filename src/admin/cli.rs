@@ -1,4 +1,5 @@
-//! `tern status`, `tern clients ...`, `tern queue ...` and `tern bridge ...`:
+//! `tern status`, `tern clients ...`, `tern retained ...`, `tern queue ...` and
+//! `tern bridge ...`:
 //! the operations against a running broker's admin endpoint, and the text
 //! they print.
 
@@ -43,6 +44,21 @@ pub enum ClientsOp {
         limit: usize,
     },
     Kick(String),
+}
+
+/// One `tern retained` operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetainedOp {
+    /// A page after `after`, at most `limit`, only topics `filter` matches,
+    /// `$SYS` with `sys`.
+    List {
+        after: Option<String>,
+        limit: usize,
+        filter: Option<String>,
+        sys: bool,
+    },
+    /// Clear one topic's retained message.
+    Clear(String),
 }
 
 /// Where the admin endpoint is and its token.
@@ -196,6 +212,86 @@ pub async fn run_clients(ep: &Endpoint, op: ClientsOp) -> Result<String, String>
             Ok(format!("closed the connection of {id}"))
         }
     }
+}
+
+/// Run a retained operation; the text to print.
+pub async fn run_retained(ep: &Endpoint, op: RetainedOp) -> Result<String, String> {
+    match op {
+        RetainedOp::List {
+            after,
+            limit,
+            filter,
+            sys,
+        } => {
+            // Every value percent-encoded: a filter's `+` would otherwise
+            // read as a space and its `#` as the start of a fragment.
+            let mut path = format!("/api/v1/retained?limit={limit}");
+            for (k, v) in [("after", after), ("filter", filter)] {
+                if let Some(v) = v {
+                    path.push_str(&format!("&{k}={}", percent_encode(&v)));
+                }
+            }
+            if sys {
+                path.push_str("&sys=true");
+            }
+            let v = ep.call("GET", &path).await?;
+            Ok(retained_table(&v))
+        }
+        RetainedOp::Clear(topic) => {
+            let path = format!("/api/v1/retained/clear?topic={}", percent_encode(&topic));
+            ep.call("POST", &path).await?;
+            Ok(format!(
+                "cleared the retained message of {}",
+                printable(&topic)
+            ))
+        }
+    }
+}
+
+/// A page of retained messages as a table, and where the next starts.
+fn retained_table(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:<40} {:>3} {:>8} {:>8}  {}\n",
+        "TOPIC", "QOS", "BYTES", "EXPIRES", "PREVIEW"
+    );
+    let entries = v
+        .get("retained")
+        .and_then(|r| r.as_array())
+        .map_or(&[][..], Vec::as_slice);
+    for e in entries {
+        let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let n = |k: &str| e.get(k).and_then(|v| v.as_u64());
+        let preview = match s("preview_encoding") {
+            "utf8" => format!("{:?}", s("preview")),
+            other => format!("{other}:{}", s("preview")),
+        };
+        out.push_str(&format!(
+            "{:<40} {:>3} {:>8} {:>8}  {}\n",
+            printable(s("topic")),
+            n("qos").unwrap_or(0),
+            n("payload_bytes").unwrap_or(0),
+            n("expires_in").map_or("-".to_string(), |s| format!("{s}s")),
+            preview,
+        ));
+    }
+    if let Some(next) = v.get("next_after").and_then(|n| n.as_str()) {
+        out.push_str(&format!("(more: --after {})\n", printable(next)));
+    }
+    out
+}
+
+/// `s` with control characters escaped: a topic is the publisher's text, and
+/// a terminal must not take it for escape sequences.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Run a bridge operation; the text to print.
