@@ -393,3 +393,30 @@ fn table(queues: &[serde_json::Value]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retained_table_escapes_what_a_terminal_would_obey() {
+        let page = serde_json::json!({
+            "retained": [
+                {"topic": "a/\u{1b}[2J", "qos": 1, "payload_bytes": 9, "expires_in": 5,
+                 "preview": "evil\u{1b}[31m", "preview_encoding": "utf8"},
+                {"topic": "b", "qos": 0, "payload_bytes": 2, "expires_in": null,
+                 "preview": "//4=", "preview_encoding": "base64"},
+            ],
+            "next_after": "b",
+        });
+        let text = retained_table(&page);
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("a/\\u{1b}[2J"), "{text}");
+        assert!(text.contains("\"evil\\u{1b}[31m\""), "{text}");
+        assert!(
+            text.contains("5s") && text.contains("base64://4="),
+            "{text}"
+        );
+        assert!(text.ends_with("(more: --after b)\n"), "{text}");
+    }
+}

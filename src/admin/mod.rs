@@ -173,10 +173,11 @@ async fn handle(mut s: TcpStream, ctx: &AdminContext) {
     let Some(answer) = answer else {
         return reply(&mut s, 503, error("the broker is shutting down")).await;
     };
-    if mutation {
-        info!(method = %req.method, path = %req.path.join("/"), "admin operation");
-    }
     let (status, body) = render(answer);
+    if mutation {
+        // With the status: a refused operation (404) is no change.
+        info!(method = %req.method, path = %req.path.join("/"), status, "admin operation");
+    }
     reply(&mut s, status, body).await
 }
 
