@@ -326,10 +326,14 @@ impl<'t, V, K: Fn(&V) -> bool> Walk<'t, V, K> {
         }
         let mut rest = &mut candidates[..];
         while !rest.is_empty() {
-            // Without a filter each child yields at least one entry (empty
-            // branches are pruned), so sorting as many as the page still
-            // takes is enough; a filter may need another round.
-            let take = (self.limit - self.entries.len()).clamp(1, rest.len());
+            // Each child holds at least one value (empty branches are
+            // pruned), so sorting as many as the page still takes is usually
+            // enough; a filter, or values `keep` refuses, may need another
+            // round.
+            let take = self
+                .limit
+                .saturating_sub(self.entries.len())
+                .clamp(1, rest.len());
             if take < rest.len() {
                 rest.select_nth_unstable_by(take - 1, |a, b| a.0.cmp(b.0));
             }
