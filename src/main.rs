@@ -90,6 +90,14 @@ enum Command {
         #[command(subcommand)]
         op: ClientsCmd,
     },
+    /// Retained messages of a running broker, through its admin endpoint (as
+    /// for `tern queue`).
+    Retained {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        op: RetainedCmd,
+    },
     /// Bridges of a running broker, through its admin endpoint (as for
     /// `tern queue`).
     Bridge {
@@ -130,6 +138,28 @@ enum ClientsCmd {
     },
     /// Close a client's connection (v5: DISCONNECT 0x98); its session stays.
     Kick { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum RetainedCmd {
+    /// Retained messages in topic order (level by level): QoS, size, expiry
+    /// left, the first 64 bytes (quoted text, or base64: when not UTF-8).
+    List {
+        /// Start after this topic (the last one of the previous page).
+        #[arg(long = "after", value_name = "TOPIC")]
+        after: Option<String>,
+        #[arg(long = "limit", default_value_t = 100)]
+        limit: usize,
+        /// Only topics this MQTT filter matches (e.g. 'sensors/+/temp').
+        #[arg(long = "filter", value_name = "FILTER")]
+        filter: Option<String>,
+        /// Include the $SYS tree.
+        #[arg(long = "sys")]
+        sys: bool,
+    },
+    /// Clear a topic's retained message, as an empty retained PUBLISH would
+    /// (also on disk).
+    Clear { topic: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -200,6 +230,25 @@ fn main() -> anyhow::Result<()> {
             ClientsCmd::Kick { id } => ClientsOp::Kick(id.clone()),
         };
         return print_answer("tern clients", run_clients(&ep, op));
+    }
+    if let Some(Command::Retained { admin, op }) = &cli.command {
+        use tern::admin::cli::{run_retained, RetainedOp};
+        let ep = admin_endpoint(cli.config.as_deref(), admin)?;
+        let op = match op {
+            RetainedCmd::List {
+                after,
+                limit,
+                filter,
+                sys,
+            } => RetainedOp::List {
+                after: after.clone(),
+                limit: *limit,
+                filter: filter.clone(),
+                sys: *sys,
+            },
+            RetainedCmd::Clear { topic } => RetainedOp::Clear(topic.clone()),
+        };
+        return print_answer("tern retained", run_retained(&ep, op));
     }
     if let Some(Command::Bridge { admin, op }) = &cli.command {
         use tern::admin::cli::{run_bridge, BridgeOp};

@@ -287,3 +287,204 @@ async fn clients_are_listed_page_by_page_and_one_is_kicked() {
     assert_eq!(status, 404);
     broker.shutdown().await;
 }
+
+/// A retained PUBLISH at QoS 1, acknowledged (so the router has it).
+async fn retain(p: &mut RawClient, id: u16, topic: &str, payload: &[u8], expiry: Option<u32>) {
+    let mut packet = publish_packet(topic, QoS::AtLeastOnce, id, payload);
+    if let Packet::Publish(m) = &mut packet {
+        m.retain = true;
+        m.properties.message_expiry_interval = expiry;
+    }
+    p.send(&packet).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(_))), "{topic}");
+}
+
+/// The retained topics a fresh subscriber to `filter` is sent.
+async fn retained_for_new_subscriber(addr: SocketAddr, filter: &str) -> Vec<String> {
+    let (mut s, _) = raw_connected(addr, V5, "late-subscriber", true).await;
+    s.subscribe(1, filter, QoS::AtLeastOnce).await;
+    let mut topics = Vec::new();
+    while let Ok(Some(p)) = s.recv_within(Duration::from_millis(500)).await {
+        match p {
+            Packet::Publish(m) => {
+                assert!(m.retain, "{m:?}");
+                if let Some(id) = m.packet_id {
+                    s.send(&Packet::PubAck(PubResponse::success(id))).await;
+                }
+                topics.push(m.topic.clone());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    topics.sort();
+    topics
+}
+
+/// `GET /api/v1/retained` pages through the retained messages in topic order
+/// (previews as text or base64, a filter, `$SYS` only when asked for), the
+/// token guards it, and `POST /api/v1/retained/clear` removes one for good:
+/// a new subscriber does not get it, before or after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_are_listed_page_by_page_and_one_is_cleared() {
+    use tern::admin::cli::{run_retained, Endpoint, RetainedOp};
+    const TOKEN: &str = "a-token-of-16-chars";
+    let mut c = test_config();
+    with_store(&mut c);
+    c.admin.bind = Some("127.0.0.1:0".parse().expect("addr"));
+    c.admin.token = Some(TOKEN.into());
+    c.mqtt.sys_interval = Duration::from_millis(200);
+    let (broker, addr) = start(c.clone()).await;
+    let admin = broker.admin_addr().expect("admin on");
+    let call = |method: &'static str, path: String| async move {
+        let (status, body) =
+            tern::admin::http::request(admin, method, &path, Some(TOKEN), Duration::from_secs(5))
+                .await
+                .expect("admin answers");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        (status, json)
+    };
+    let topics = |v: &serde_json::Value| -> Vec<String> {
+        v["retained"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|e| e["topic"].as_str().expect("topic").to_string())
+            .collect()
+    };
+
+    let (mut p, _) = raw_connected(addr, V5, "producer", true).await;
+    let long = "0123456789".repeat(10);
+    let binary = [0xffu8, 0x00, 0x10, 0x80, 0xfe];
+    retain(&mut p, 1, "sensors/b/temp", b"19.0", None).await;
+    retain(&mut p, 2, "sensors/a/temp", b"21.5", None).await;
+    retain(&mut p, 3, "sensors/b/hum", b"40", Some(3600)).await;
+    retain(&mut p, 4, "notes/long", long.as_bytes(), None).await;
+    retain(&mut p, 5, "notes/binary", &binary, None).await;
+    retain(&mut p, 6, "sensors", b"root", None).await;
+
+    // Without the token (or with a wrong one): 401 on both routes.
+    for (method, path) in [
+        ("GET", "/api/v1/retained"),
+        ("POST", "/api/v1/retained/clear?topic=sensors"),
+    ] {
+        for token in [None, Some("not-the-token-at-all")] {
+            let (status, _) =
+                tern::admin::http::request(admin, method, path, token, Duration::from_secs(5))
+                    .await
+                    .expect("admin answers");
+            assert_eq!(status, 401, "{method} {path} with {token:?}");
+        }
+    }
+
+    // Two full pages and an empty last one, in level order ("sensors"
+    // before what is below it); `$SYS` left out.
+    let (status, v) = call("GET", "/api/v1/retained?limit=3".into()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(topics(&v), ["notes/binary", "notes/long", "sensors"], "{v}");
+    assert_eq!(v["next_after"], "sensors", "{v}");
+    let binary_entry = &v["retained"][0];
+    assert_eq!(binary_entry["preview_encoding"], "base64", "{v}");
+    assert_eq!(binary_entry["preview"], "/wAQgP4=", "{v}");
+    assert_eq!(binary_entry["payload_bytes"], 5, "{v}");
+    let long_entry = &v["retained"][1];
+    assert_eq!(long_entry["preview_encoding"], "utf8", "{v}");
+    assert_eq!(long_entry["preview"], &long[..64], "{v}");
+    assert_eq!(long_entry["payload_bytes"], 100, "{v}");
+    assert_eq!(long_entry["qos"], 1, "{v}");
+    assert!(long_entry["expires_in"].is_null(), "{v}");
+    let (_, v) = call("GET", "/api/v1/retained?limit=3&after=sensors".into()).await;
+    assert_eq!(
+        topics(&v),
+        ["sensors/a/temp", "sensors/b/hum", "sensors/b/temp"],
+        "{v}"
+    );
+    let hum = v["retained"][1]["expires_in"].as_u64().expect("expiry");
+    assert!((3590..=3600).contains(&hum), "{v}");
+    let (_, v) = call(
+        "GET",
+        "/api/v1/retained?limit=3&after=sensors/b/temp".into(),
+    )
+    .await;
+    assert!(topics(&v).is_empty(), "{v}");
+    assert!(v["next_after"].is_null(), "{v}");
+
+    // A filter (its `+` percent-encoded), and an invalid one.
+    let (_, v) = call("GET", "/api/v1/retained?filter=sensors/%2B/temp".into()).await;
+    assert_eq!(topics(&v), ["sensors/a/temp", "sensors/b/temp"], "{v}");
+    let (status, v) = call("GET", "/api/v1/retained?filter=sensors/%23/temp".into()).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid topic filter")),
+        "{v}"
+    );
+
+    // `$SYS` (published every 200 ms) only with sys=true or a filter naming it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, v) = call("GET", "/api/v1/retained?sys=true&limit=1000".into()).await;
+        if topics(&v).iter().any(|t| t == "$SYS/broker/uptime") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no $SYS: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, v) = call("GET", "/api/v1/retained?limit=1000".into()).await;
+    assert_eq!(topics(&v).len(), 6, "{v}");
+    let (_, v) = call("GET", "/api/v1/retained?filter=%24SYS/broker/uptime".into()).await;
+    assert_eq!(topics(&v), ["$SYS/broker/uptime"], "{v}");
+
+    // The CLI's table, then clearing through the CLI's call.
+    let ep = Endpoint {
+        tls: None,
+        addr: admin,
+        token: Some(TOKEN.into()),
+    };
+    let list = RetainedOp::List {
+        after: None,
+        limit: 2,
+        filter: Some("notes/#".into()),
+        sys: false,
+    };
+    let table = run_retained(&ep, list).await.expect("list");
+    assert!(
+        table.contains("base64:/wAQgP4=")
+            && table.contains(&format!("{:?}", &long[..64]))
+            && table.contains("(more: --after notes/long)"),
+        "{table}"
+    );
+    run_retained(&ep, RetainedOp::Clear("sensors/b/temp".into()))
+        .await
+        .expect("cleared");
+    let again = run_retained(&ep, RetainedOp::Clear("sensors/b/temp".into())).await;
+    assert!(
+        again.as_ref().is_err_and(|e| e.contains("HTTP 404")),
+        "{again:?}"
+    );
+    let (status, _) = call("POST", "/api/v1/retained/clear?topic=sensors/%2B".into()).await;
+    assert_eq!(status, 400);
+
+    let want = ["sensors", "sensors/a/temp", "sensors/b/hum"];
+    assert_eq!(retained_for_new_subscriber(addr, "sensors/#").await, want);
+    drop(p);
+    broker.shutdown().await;
+
+    // The same data directory: the clear was stored.
+    let (broker, addr) = start(c).await;
+    assert_eq!(retained_for_new_subscriber(addr, "sensors/#").await, want);
+    let admin = broker.admin_addr().expect("admin on");
+    let (status, body) = tern::admin::http::request(
+        admin,
+        "GET",
+        "/api/v1/retained?filter=sensors/%23",
+        Some(TOKEN),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("admin answers");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(topics(&v), want, "{v}");
+    broker.shutdown().await;
+}

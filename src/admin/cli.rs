@@ -1,5 +1,5 @@
-//! `tern status`, `tern clients ...`, `tern queue ...`, `tern bridge ...` and
-//! `tern check-config --against-running`:
+//! `tern status`, `tern clients ...`, `tern retained ...`, `tern queue ...`,
+//! `tern bridge ...` and `tern check-config --against-running`:
 //! the operations against a running broker's admin endpoint, and the text
 //! they print.
 
@@ -44,6 +44,21 @@ pub enum ClientsOp {
         limit: usize,
     },
     Kick(String),
+}
+
+/// One `tern retained` operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetainedOp {
+    /// A page after `after`, at most `limit`, only topics `filter` matches,
+    /// `$SYS` with `sys`.
+    List {
+        after: Option<String>,
+        limit: usize,
+        filter: Option<String>,
+        sys: bool,
+    },
+    /// Clear one topic's retained message.
+    Clear(String),
 }
 
 /// Where the admin endpoint is and its token.
@@ -225,6 +240,86 @@ pub async fn run_clients(ep: &Endpoint, op: ClientsOp) -> Result<String, String>
     }
 }
 
+/// Run a retained operation; the text to print.
+pub async fn run_retained(ep: &Endpoint, op: RetainedOp) -> Result<String, String> {
+    match op {
+        RetainedOp::List {
+            after,
+            limit,
+            filter,
+            sys,
+        } => {
+            // Every value percent-encoded: a filter's `+` would otherwise
+            // read as a space and its `#` as the start of a fragment.
+            let mut path = format!("/api/v1/retained?limit={limit}");
+            for (k, v) in [("after", after), ("filter", filter)] {
+                if let Some(v) = v {
+                    path.push_str(&format!("&{k}={}", percent_encode(&v)));
+                }
+            }
+            if sys {
+                path.push_str("&sys=true");
+            }
+            let v = ep.call("GET", &path).await?;
+            Ok(retained_table(&v))
+        }
+        RetainedOp::Clear(topic) => {
+            let path = format!("/api/v1/retained/clear?topic={}", percent_encode(&topic));
+            ep.call("POST", &path).await?;
+            Ok(format!(
+                "cleared the retained message of {}",
+                printable(&topic)
+            ))
+        }
+    }
+}
+
+/// A page of retained messages as a table, and where the next starts.
+fn retained_table(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:<40} {:>3} {:>8} {:>8}  {}\n",
+        "TOPIC", "QOS", "BYTES", "EXPIRES", "PREVIEW"
+    );
+    let entries = v
+        .get("retained")
+        .and_then(|r| r.as_array())
+        .map_or(&[][..], Vec::as_slice);
+    for e in entries {
+        let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let n = |k: &str| e.get(k).and_then(|v| v.as_u64());
+        let preview = match s("preview_encoding") {
+            "utf8" => format!("{:?}", s("preview")),
+            other => format!("{other}:{}", s("preview")),
+        };
+        out.push_str(&format!(
+            "{:<40} {:>3} {:>8} {:>8}  {}\n",
+            printable(s("topic")),
+            n("qos").unwrap_or(0),
+            n("payload_bytes").unwrap_or(0),
+            n("expires_in").map_or("-".to_string(), |s| format!("{s}s")),
+            preview,
+        ));
+    }
+    if let Some(next) = v.get("next_after").and_then(|n| n.as_str()) {
+        out.push_str(&format!("(more: --after {})\n", printable(next)));
+    }
+    out
+}
+
+/// `s` with control characters escaped: a topic is the publisher's text, and
+/// a terminal must not take it for escape sequences.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Run a bridge operation; the text to print.
 pub async fn run_bridge(ep: &Endpoint, op: BridgeOp) -> Result<String, String> {
     match op {
@@ -375,4 +470,31 @@ fn changes_report(changes: &[serde_json::Value]) -> (String, bool) {
         }
     }
     (out, !restart.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retained_table_escapes_what_a_terminal_would_obey() {
+        let page = serde_json::json!({
+            "retained": [
+                {"topic": "a/\u{1b}[2J", "qos": 1, "payload_bytes": 9, "expires_in": 5,
+                 "preview": "evil\u{1b}[31m", "preview_encoding": "utf8"},
+                {"topic": "b", "qos": 0, "payload_bytes": 2, "expires_in": null,
+                 "preview": "//4=", "preview_encoding": "base64"},
+            ],
+            "next_after": "b",
+        });
+        let text = retained_table(&page);
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("a/\\u{1b}[2J"), "{text}");
+        assert!(text.contains("\"evil\\u{1b}[31m\""), "{text}");
+        assert!(
+            text.contains("5s") && text.contains("base64://4="),
+            "{text}"
+        );
+        assert!(text.ends_with("(more: --after b)\n"), "{text}");
+    }
 }

@@ -10,6 +10,12 @@
 //! - `GET /api/v1/bridges`, `POST /api/v1/bridges/<name>/purge`
 //! - `GET /api/v1/clients?after=<id>&limit=N`: a page of clients in id order
 //!   (`next_after` is the cursor for the next); `POST /api/v1/clients/<id>/kick`
+//! - `GET /api/v1/retained?after=<topic>&limit=N&filter=<filter>&sys=true`: a
+//!   page of retained messages in topic order, level by level (topic, QoS,
+//!   size, expiry left, a preview of the first 64 bytes as text or base64);
+//!   `next_after` is the cursor, null at the end; `$SYS` only with `sys=true`
+//!   or a filter naming it. `POST /api/v1/retained/clear?topic=<topic>`:
+//!   clear one, as an empty retained PUBLISH does
 //! - `GET /api/v1/status`: the broker's numbers (the router's last snapshot
 //!   and the counters)
 //! - `GET /metrics`: Prometheus text (`prometheus.rs`)
@@ -34,7 +40,10 @@ pub mod prometheus;
 use crate::bridge::registry::StatusList;
 use crate::bridge::status::BridgeStatus;
 use crate::metrics::Metrics;
-use crate::router::{AdminReply, AdminRequest, RouterMsg, Snapshot};
+use crate::router::{
+    AdminReply, AdminRequest, RetainedQuery, RouterMsg, Snapshot, DEFAULT_RETAINED_PAGE,
+    MAX_RETAINED_PAGE,
+};
 use http::{read_request, write_response, HttpError, Request};
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,7 +195,10 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, ctx: &AdminContext)
     };
     let mutation = matches!(
         request,
-        AdminRequest::Purge(_) | AdminRequest::Redrive { .. } | AdminRequest::Kick(_)
+        AdminRequest::Purge(_)
+            | AdminRequest::Redrive { .. }
+            | AdminRequest::Kick(_)
+            | AdminRequest::ClearRetained(_)
     );
     let (tx, rx) = oneshot::channel();
     let answer = match router.send(RouterMsg::Admin { request, reply: tx }).await {
@@ -196,10 +208,11 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, ctx: &AdminContext)
     let Some(answer) = answer else {
         return reply(&mut s, 503, error("the broker is shutting down")).await;
     };
-    if mutation {
-        info!(method = %req.method, path = %req.path.join("/"), "admin operation");
-    }
     let (status, body) = render(answer);
+    if mutation {
+        // With the status: a refused operation (404) is no change.
+        info!(method = %req.method, path = %req.path.join("/"), status, "admin operation");
+    }
     reply(&mut s, status, body).await
 }
 
@@ -374,6 +387,26 @@ fn route(req: &Request) -> Result<AdminRequest, (u16, String)> {
             },
         ),
         ["api", "v1", "clients", id, "kick"] => (false, AdminRequest::Kick(id.to_string())),
+        ["api", "v1", "retained"] => (
+            true,
+            AdminRequest::Retained(RetainedQuery {
+                after: query("after").filter(|a| !a.is_empty()).map(str::to_string),
+                filter: match query("filter").filter(|f| !f.is_empty()) {
+                    Some(f) => Some(listing_filter(f)?),
+                    None => None,
+                },
+                sys: match query("sys") {
+                    None | Some("false") | Some("0") => false,
+                    Some("true") | Some("1") | Some("") => true,
+                    Some(_) => return Err((400, "sys must be true or false".into())),
+                },
+                limit: number("limit", DEFAULT_RETAINED_PAGE)?.min(MAX_RETAINED_PAGE),
+            }),
+        ),
+        ["api", "v1", "retained", "clear"] => (
+            false,
+            AdminRequest::ClearRetained(topic_name(query("topic"))?),
+        ),
         ["api", "v1", "queues", name, "redrive"] => (
             false,
             AdminRequest::Redrive {
@@ -389,6 +422,34 @@ fn route(req: &Request) -> Result<AdminRequest, (u16, String)> {
         (true, ..) => Err((405, "use GET".into())),
         (false, ..) => Err((405, "use POST".into())),
     }
+}
+
+/// The `filter` of a retained listing: a topic filter as a SUBSCRIBE would
+/// carry it (wildcards whole levels, `#` last), not a shared one.
+fn listing_filter(f: &str) -> Result<String, (u16, String)> {
+    crate::topic::FilterSpec::check_syntax(f)
+        .map_err(|e| (400, format!("invalid topic filter {f:?}: {e}")))?;
+    if f.starts_with("$share/") {
+        return Err((
+            400,
+            format!("{f:?} is a shared subscription; give its topic filter alone"),
+        ));
+    }
+    Ok(f.to_string())
+}
+
+/// The `topic` of a retained clear: a topic name (no wildcards: one topic).
+fn topic_name(t: Option<&str>) -> Result<String, (u16, String)> {
+    let t = t
+        .filter(|t| !t.is_empty())
+        .ok_or((400, "give the topic: ?topic=<topic>".to_string()))?;
+    let unlimited = crate::topic::TopicLimits {
+        max_levels: usize::MAX,
+        max_len: usize::MAX,
+    };
+    crate::topic::validate_topic_name(t, unlimited)
+        .map_err(|e| (400, format!("invalid topic name {t:?}: {e}")))?;
+    Ok(t.to_string())
 }
 
 fn render(answer: AdminReply) -> (u16, serde_json::Value) {
@@ -414,6 +475,14 @@ fn render(answer: AdminReply) -> (u16, serde_json::Value) {
             )
         }
         AdminReply::NoSuchClient(n) => (404, error(&format!("no connected client {n:?}"))),
+        AdminReply::Retained(page) => (
+            200,
+            serde_json::json!({
+                "retained": json(serde_json::to_value(&page.entries)),
+                "next_after": page.next_after,
+            }),
+        ),
+        AdminReply::NoSuchRetained(t) => (404, error(&format!("no retained message on {t:?}"))),
         AdminReply::NoTarget => (
             409,
             error("the messages name no queue that exists (tern-queue); give one with to="),
@@ -477,5 +546,61 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn retained_routes_check_their_parameters() {
+        let listing = |after: Option<&str>, filter: Option<&str>, sys, limit| {
+            Ok(AdminRequest::Retained(RetainedQuery {
+                after: after.map(str::to_string),
+                filter: filter.map(str::to_string),
+                sys,
+                limit,
+            }))
+        };
+        assert_eq!(
+            route(&req("GET", "/api/v1/retained")),
+            listing(None, None, false, DEFAULT_RETAINED_PAGE)
+        );
+        // `+` decodes to a space in a query, so a filter's wildcards come
+        // percent-encoded (as the CLI sends them).
+        assert_eq!(
+            route(&req(
+                "GET",
+                "/api/v1/retained?after=a%2Fb&filter=a/%2B/%23&sys=true&limit=5000"
+            )),
+            listing(Some("a/b"), Some("a/+/#"), true, MAX_RETAINED_PAGE)
+        );
+        assert_eq!(
+            route(&req("GET", "/api/v1/retained?filter=&after=&sys=0&limit=3")),
+            listing(None, None, false, 3)
+        );
+        for bad in [
+            "filter=a/%23/b",
+            "filter=a%2B",
+            "filter=%24share/g/x",
+            "filter=%24share",
+            "sys=maybe",
+            "limit=-1",
+        ] {
+            let got = route(&req("GET", &format!("/api/v1/retained?{bad}")));
+            assert_eq!(got.as_ref().map_err(|e| e.0), Err(400), "{bad}: {got:?}");
+        }
+        assert_eq!(
+            route(&req("POST", "/api/v1/retained/clear?topic=a%2Fb%20c")),
+            Ok(AdminRequest::ClearRetained("a/b c".into()))
+        );
+        for bad in ["", "?topic=", "?topic=a/%2B", "?topic=%23"] {
+            let got = route(&req("POST", &format!("/api/v1/retained/clear{bad}")));
+            assert_eq!(got.as_ref().map_err(|e| e.0), Err(400), "{bad}: {got:?}");
+        }
+        assert_eq!(
+            route(&req("GET", "/api/v1/retained/clear?topic=a")).map_err(|e| e.0),
+            Err(405)
+        );
+        assert_eq!(
+            route(&req("POST", "/api/v1/retained")).map_err(|e| e.0),
+            Err(405)
+        );
     }
 }

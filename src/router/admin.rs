@@ -35,6 +35,10 @@ pub enum AdminRequest {
     },
     /// Close a client's connection.
     Kick(String),
+    /// A page of retained messages in topic order.
+    Retained(super::admin_retained::RetainedQuery),
+    /// Clear the retained message of a topic.
+    ClearRetained(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -79,6 +83,8 @@ pub enum AdminReply {
     NoTarget,
     Clients(Vec<super::admin_clients::ClientInfo>),
     NoSuchClient(String),
+    Retained(super::admin_retained::RetainedPage),
+    NoSuchRetained(String),
 }
 
 /// Messages one redrive request moves at most (they are read back into memory
@@ -142,7 +148,32 @@ impl Router {
                     AdminReply::NoSuchClient(id)
                 }
             }
+            AdminRequest::Retained(q) => AdminReply::Retained(self.retained_page(&q, now)),
+            AdminRequest::ClearRetained(topic) => {
+                if self.clear_retained(&topic) {
+                    AdminReply::Count(1)
+                } else {
+                    AdminReply::NoSuchRetained(topic)
+                }
+            }
         })
+    }
+
+    /// Send an admin answer now, or once what this turn wrote is durable: an
+    /// operation reported done (a purge, a redrive, a retained message
+    /// cleared) is not undone by a crash after the answer.
+    pub(super) fn answer_admin(&mut self, reply: oneshot::Sender<AdminReply>, answer: AdminReply) {
+        let mark = self.mark;
+        match self
+            .store
+            .as_mut()
+            .filter(|s| s.wrote_since(mark) && s.gating())
+        {
+            Some(st) => st.hold(Held::Admin { reply, answer }),
+            None => {
+                let _ = reply.send(answer);
+            }
+        }
     }
 
     /// Are the first `n` ready messages of `name` in memory? Those that are
@@ -181,9 +212,7 @@ impl Router {
                 tries
             };
             match self.admin(request.clone(), now, tries >= ADMIN_TRIES) {
-                Some(r) => {
-                    let _ = reply.send(r);
-                }
+                Some(r) => self.answer_admin(reply, r),
                 None => self.admin_parked.push((request, reply, tries)),
             }
         }

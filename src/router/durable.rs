@@ -16,6 +16,11 @@ pub(super) enum Held {
         reply: oneshot::Sender<Vec<ReasonCode>>,
         codes: Vec<ReasonCode>,
     },
+    /// The admin endpoint's answer to an operation that wrote something.
+    Admin {
+        reply: oneshot::Sender<AdminReply>,
+        answer: AdminReply,
+    },
 }
 
 /// The router's side of the durable store.
@@ -215,6 +220,9 @@ impl Router {
             match held {
                 Held::Codes { reply, codes } => {
                     let _ = reply.send(codes);
+                }
+                Held::Admin { reply, answer } => {
+                    let _ = reply.send(answer);
                 }
                 Held::Out {
                     client,

@@ -45,6 +45,7 @@ use tracing::{debug, error, info, warn};
 mod acl;
 mod admin;
 mod admin_clients;
+mod admin_retained;
 mod backlog;
 mod client;
 mod durable;
@@ -64,6 +65,9 @@ mod takeover;
 
 pub use admin::{AdminReply, AdminRequest, PeekedMessage, QueueInfo, REDRIVE_BATCH};
 pub use admin_clients::{ClientInfo, DEFAULT_CLIENTS_PAGE, MAX_CLIENTS_PAGE};
+pub use admin_retained::{
+    RetainedInfo, RetainedPage, RetainedQuery, DEFAULT_RETAINED_PAGE, MAX_RETAINED_PAGE,
+};
 use client::{Client, HeldAck};
 use durable::{Held, StoreLink};
 pub use fanout::came_through_a_bridge;
@@ -319,9 +323,7 @@ impl Router {
                 }
             }
             RouterMsg::Admin { request, reply } => match self.admin(request.clone(), now, false) {
-                Some(r) => {
-                    let _ = reply.send(r);
-                }
+                Some(r) => self.answer_admin(reply, r),
                 // It needs messages read back first.
                 None => self.admin_parked.push((request, reply, 0)),
             },

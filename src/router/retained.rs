@@ -1,5 +1,6 @@
 //! Retained messages in the router: setting, replacing and clearing them within
 //! the caps, and sending what a SUBSCRIBE is owed as the subscriber makes room.
+//! (The admin endpoint's listing and clear are `admin_retained.rs`.)
 
 use super::*;
 
@@ -81,22 +82,32 @@ impl Router {
         }
     }
 
-    /// Set, replace or clear a retained message [MQTT-3.3.1-5/6], within the caps.
-    pub(super) fn store_retained(&mut self, topic: &str, msg: &Arc<Message>) {
+    /// Remove the retained message of `topic` and write its removal; whether
+    /// there was one. The first half of every set, replace or clear (an empty
+    /// retained PUBLISH, the admin endpoint's clear).
+    pub(super) fn unset_retained(&mut self, topic: &str) -> bool {
         // `$SYS` is the broker's own, rewritten every interval: in memory only.
         let durable = !crate::topic::is_sys_topic(topic);
-        if let Some(old) = self.retained.remove(topic) {
-            if durable {
-                self.retained_bytes = self.retained_bytes.saturating_sub(old.cost());
-            } else {
-                self.sys_retained -= 1;
-            }
-            if let Some(st) = self.store.as_mut().filter(|_| durable) {
-                st.ops.push(Op::RetainClear {
-                    topic: old.topic.clone(),
-                });
-            }
+        let Some(old) = self.retained.remove(topic) else {
+            return false;
+        };
+        if durable {
+            self.retained_bytes = self.retained_bytes.saturating_sub(old.cost());
+        } else {
+            self.sys_retained -= 1;
         }
+        if let Some(st) = self.store.as_mut().filter(|_| durable) {
+            st.ops.push(Op::RetainClear {
+                topic: old.topic.clone(),
+            });
+        }
+        true
+    }
+
+    /// Set, replace or clear a retained message [MQTT-3.3.1-5/6], within the caps.
+    pub(super) fn store_retained(&mut self, topic: &str, msg: &Arc<Message>) {
+        let durable = !crate::topic::is_sys_topic(topic);
+        self.unset_retained(topic);
         if msg.payload.is_empty() {
             // [MQTT-3.3.1-6] an empty retained message clears the topic.
             return;
