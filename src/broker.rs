@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::changes::Change;
 use crate::config::{Config, ListenerConfig, Overrides};
 use crate::connection::Shared;
+use crate::connection_slots::ConnectionSlots;
 use crate::listener::Transport;
 use crate::metrics::Metrics;
 use crate::reload::Swap;
@@ -23,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -110,8 +111,9 @@ async fn ask_router(
 
 /// What a file sent to `POST /api/v1/config/check` would change if the broker
 /// read it on a SIGHUP: it is loaded as a reload loads it (in the broker's
-/// environment, with its command-line overrides), the files it names are
-/// checked, and it is compared with the running configuration.
+/// environment, with its command-line overrides) and compared with the
+/// running configuration. The files it names are not opened: the caller
+/// chose them, and `tern check-config` loads them on its own side.
 pub fn against_running(
     running: &Config,
     overrides: &Overrides,
@@ -119,10 +121,6 @@ pub fn against_running(
 ) -> Result<Vec<Change>, Vec<crate::config::ConfigError>> {
     let mut new = Config::load_str(Some(text)).map_err(|e| e.0)?;
     overrides.apply(&mut new);
-    let errors = check_files(&new);
-    if !errors.is_empty() {
-        return Err(errors);
-    }
     Ok(crate::config::changes::diff(running, &new))
 }
 
@@ -158,7 +156,7 @@ pub struct Broker {
     store_thread: Option<crate::store::StoreThread>,
     shared: Arc<Shared>,
     /// Connection slots (`limits.max_connections`), resized by a reload.
-    slots: Arc<Semaphore>,
+    slots: ConnectionSlots,
     overrides: Overrides,
     bound: Arc<Swap<Vec<BoundListener>>>,
     /// What a reload with a new config changes; the lock also keeps two
@@ -277,7 +275,7 @@ impl Broker {
             logins: Swap::new(Arc::new(logins)),
             pre_login: Default::default(),
         });
-        let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+        let slots = ConnectionSlots::new(config.limits.max_connections);
         let mut broker = Broker {
             admin_addr: None,
             shutdown,
@@ -393,9 +391,11 @@ impl Broker {
     /// restart is logged, and the running value stays.
     pub async fn reload(&self, new: Option<&Config>) -> Vec<String> {
         let mut errors = Vec::new();
-        let running = self.shared.config.get();
+        // First: two reloads never interleave, and each compares with what
+        // the one before it applied.
         let mut r = self.reloadable.lock().await;
-        let applied = match new {
+        let running = self.shared.config.get();
+        let mut applied = match new {
             Some(new) => {
                 let mut new = new.clone();
                 self.overrides.apply(&mut new);
@@ -410,11 +410,20 @@ impl Broker {
                         None => info!(key = %c.key, "reload: {} {}", c.key, c.what),
                     }
                 }
-                Arc::new(crate::config::changes::applicable(&running, &new))
+                crate::config::changes::applicable(&running, &new)
             }
-            None => running.clone(),
+            None => (*running).clone(),
         };
-        // Limits first: listeners and logins started below already see them.
+        // What can fail comes first. What failed keeps its running value in
+        // `applied`, so the next reload (and `check-config --against-running`)
+        // sees it as still to do. The logins before the listeners: a listener
+        // added now must not accept under the old `[auth]`.
+        let passwords = self.reload_logins(&running, &mut applied, &mut errors);
+        if new.is_some() {
+            self.reload_listeners(&mut r, &mut applied, &mut errors)
+                .await;
+        }
+        let applied = Arc::new(applied);
         if applied != running {
             self.shared.config.set(applied.clone());
             let config = applied.clone();
@@ -426,16 +435,18 @@ impl Broker {
             {
                 errors.push("limits: the broker is shutting down".into());
             }
-            self.resize_slots(
-                running.limits.max_connections,
-                applied.limits.max_connections,
-            );
+            self.slots.set_limit(applied.limits.max_connections);
         }
         if new.is_some() {
             errors.extend(self.reload_queues_and_bridges(&mut r, &applied).await);
-            errors.extend(self.reload_listeners(&mut r, &applied).await);
         }
-        errors.extend(self.reload_logins(&running, &applied).await);
+        if let Some(passwords) = passwords {
+            ask_router(&self.router_tx, |reply| RouterMsg::Revoke {
+                passwords,
+                reply,
+            })
+            .await;
+        }
         let admin_tls = self.admin_tls.iter();
         let listeners_tls = r.listeners.iter().filter_map(|l| l.transport.tls.as_ref());
         for cell in listeners_tls.chain(admin_tls) {
@@ -475,127 +486,120 @@ impl Broker {
     }
 
     /// `[auth]` changed: a new login checker (the password file read again,
-    /// failure counts kept); otherwise the password file read again. Clients
-    /// whose user the new file no longer has are disconnected.
-    async fn reload_logins(&self, running: &Config, applied: &Config) -> Option<String> {
+    /// failure counts kept), in use from now on; if it cannot be built, the
+    /// running `[auth]` stays, in `applied` too. Otherwise the password file
+    /// read again. The password file to revoke logins against, if there is one.
+    fn reload_logins(
+        &self,
+        running: &Config,
+        applied: &mut Config,
+        errors: &mut Vec<String>,
+    ) -> Option<Arc<crate::auth::PasswordFile>> {
         let auth_changed = running.auth != applied.auth
             || running.anonymous_allowed() != applied.anonymous_allowed();
-        let fresh = if auth_changed {
-            match crate::login::Logins::new(applied) {
-                Ok(l) => {
-                    let l = l.keep_failures_of(&self.shared.logins.get());
-                    warn_if_nobody_can_log_in(applied, &l);
-                    let passwords = l.passwords();
-                    self.shared.logins.set(Arc::new(l));
-                    info!("[auth] reloaded");
-                    passwords
-                }
-                Err(e) => return Some(format!("[auth]: {e} (keeping the old settings)")),
-            }
-        } else {
-            match self.shared.logins.get().reload() {
+        if !auth_changed {
+            return match self.shared.logins.get().reload() {
                 Ok(p) => p,
-                Err(e) => return Some(format!("password file: {e} (keeping the old one)")),
-            }
-        };
-        if let Some(passwords) = fresh {
-            ask_router(&self.router_tx, |reply| RouterMsg::Revoke {
-                passwords,
-                reply,
-            })
-            .await;
+                Err(e) => {
+                    errors.push(format!("password file: {e} (keeping the old one)"));
+                    None
+                }
+            };
         }
-        None
-    }
-
-    /// `limits.max_connections` changed. Lowered below the connections open:
-    /// they stay, and new ones wait until enough have closed.
-    fn resize_slots(&self, old: usize, new: usize) {
-        if new > old {
-            self.slots.add_permits(new - old);
-        } else if new < old {
-            let owed = (old - new) - self.slots.forget_permits(old - new);
-            if owed > 0 {
-                let slots = self.slots.clone();
-                // Each connection that closes gives its slot to this until the
-                // excess is gone.
-                tokio::spawn(async move {
-                    let n = u32::try_from(owed).unwrap_or(u32::MAX);
-                    if let Ok(p) = slots.acquire_many_owned(n).await {
-                        p.forget();
-                    }
-                });
+        match crate::login::Logins::new(applied) {
+            Ok(l) => {
+                let l = l.keep_failures_of(&self.shared.logins.get());
+                warn_if_nobody_can_log_in(applied, &l);
+                let passwords = l.passwords();
+                self.shared.logins.set(Arc::new(l));
+                info!("[auth] reloaded");
+                passwords
+            }
+            Err(e) => {
+                errors.push(format!("[auth]: {e} (keeping the running [auth])"));
+                applied.auth = running.auth.clone();
+                None
             }
         }
     }
 
     /// Make the listeners those of `config`: stop those it removes (their
     /// open connections stay until they end, as with nginx's reload), restart
-    /// those it changes on the same socket, bind those it adds.
-    async fn reload_listeners(&self, r: &mut Reloadable, config: &Config) -> Vec<String> {
-        let mut errors = Vec::new();
-        let mut kept = Vec::new();
+    /// those it changes on the same socket, bind those it adds. Listeners are
+    /// matched by address (several on one address, e.g. port 0, in order).
+    /// `config.listeners` becomes what runs: a change that failed keeps the
+    /// running listener, an address that could not be bound is left out.
+    async fn reload_listeners(
+        &self,
+        r: &mut Reloadable,
+        config: &mut Config,
+        errors: &mut Vec<String>,
+    ) {
+        let wanted = &config.listeners;
+        let mut claimed = vec![false; wanted.len()];
+        let mut claim = |same: &dyn Fn(&ListenerConfig) -> bool| {
+            let i = (0..wanted.len()).find(|&i| !claimed[i] && wanted.get(i).is_some_and(same))?;
+            claimed[i] = true;
+            Some(i)
+        };
+        let mut kept: Vec<(usize, RunningListener)> = Vec::new();
+        let mut rest = Vec::new();
         for l in std::mem::take(&mut r.listeners) {
-            match config.listeners.iter().find(|c| c.bind == l.config.bind) {
-                Some(c) if *c == l.config => kept.push(l),
-                next => {
-                    l.stop.cancel();
-                    let tcp = match l.task.await {
-                        Ok(tcp) => tcp,
-                        Err(e) => {
-                            errors.push(format!("listener {}: {e}", l.config.bind));
-                            continue;
-                        }
-                    };
-                    let Some(c) = next else {
-                        info!(
-                            "{} listener on {} closed (its open connections stay)",
-                            l.config.scheme(),
-                            l.addr
-                        );
-                        continue;
-                    };
-                    // Changed (TLS or WebSocket): the same socket, a new transport.
-                    match transport(c) {
-                        Ok(t) => match self.serve_listener(tcp, t, c.clone()) {
-                            Ok(n) => kept.push(n),
-                            Err(e) => errors.push(format!("listener {}: {e}", c.bind)),
-                        },
-                        Err(e) => {
-                            errors.push(format!("{e} (keeping it as it was)"));
-                            match self.serve_listener(tcp, l.transport, l.config) {
-                                Ok(n) => kept.push(n),
-                                Err(e) => errors.push(format!("listener {}: {e}", c.bind)),
-                            }
-                        }
-                    }
-                }
+            match claim(&|c| *c == l.config) {
+                Some(i) => kept.push((i, l)),
+                None => rest.push(l),
             }
         }
-        for c in &config.listeners {
-            if kept.iter().any(|l| l.config.bind == c.bind) {
+        for l in rest {
+            l.stop.cancel();
+            let tcp = match l.task.await {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    errors.push(format!("listener {}: {e}", l.config.bind));
+                    continue;
+                }
+            };
+            let bind = l.config.bind;
+            let Some(i) = claim(&|c| c.bind == bind) else {
+                info!(
+                    "{} listener on {} closed (its open connections stay)",
+                    l.config.scheme(),
+                    l.addr
+                );
                 continue;
+            };
+            let Some(c) = wanted.get(i) else { continue };
+            // Changed (TLS or WebSocket): the same socket, a new transport.
+            let (transport, settings) = match transport(c) {
+                Ok(t) => (t, c.clone()),
+                Err(e) => {
+                    errors.push(format!("{e} (keeping the listener as it was)"));
+                    (l.transport, l.config)
+                }
+            };
+            match self.serve_listener(tcp, transport, settings) {
+                Ok(n) => kept.push((i, n)),
+                Err(e) => errors.push(format!("listener {bind}: {e}")),
             }
+        }
+        let added: Vec<usize> = (0..wanted.len()).filter(|&i| !claimed[i]).collect();
+        for i in added {
+            let Some(c) = wanted.get(i) else { continue };
             let started = transport(c).and_then(|t| {
                 let tcp = bind_listener(c, config.limits.listen_backlog)?;
                 self.serve_listener(tcp, t, c.clone())
             });
             match started {
-                Ok(l) => kept.push(l),
-                Err(e) => errors.push(e.to_string()),
+                Ok(l) => kept.push((i, l)),
+                Err(e) => errors.push(format!("{e} (not listening there)")),
             }
         }
         // In the order of the file, as at start.
-        kept.sort_by_key(|l| {
-            config
-                .listeners
-                .iter()
-                .position(|c| c.bind == l.config.bind)
-                .unwrap_or(usize::MAX)
-        });
-        self.publish_bound(&kept);
-        r.listeners = kept;
-        errors
+        kept.sort_by_key(|(i, _)| *i);
+        let running: Vec<RunningListener> = kept.into_iter().map(|(_, l)| l).collect();
+        config.listeners = running.iter().map(|l| l.config.clone()).collect();
+        self.publish_bound(&running);
+        r.listeners = running;
     }
 
     /// Stop the bridges `new` removes or changes, make the declared queues
@@ -604,6 +608,8 @@ impl Broker {
     /// never creates it with a subscription's small caps.
     async fn reload_queues_and_bridges(&self, r: &mut Reloadable, new: &Config) -> Vec<String> {
         r.bridges.stop_changed(&new.bridges).await;
+        // Links started from now on check topics against the new limits.
+        r.bridges.set_topic_limits(new.topic_limits());
         let declared = new.all_queues();
         let mut problems = Vec::new();
         if declared != r.queues {

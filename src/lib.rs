@@ -13,6 +13,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod connection_slots;
 pub mod deadlines;
 mod hash;
 pub mod listener;

@@ -2,12 +2,13 @@
 //! No MQTT semantics.
 //!
 //! Owns the accept loop and the transport handshakes. A connection over
-//! `max_connections` is closed at once; the permit moves into the connection task,
-//! so a finished task frees its slot however it ends. TLS and WebSocket handshakes
+//! `max_connections` is closed at once; its slot (`connection_slots.rs`) moves
+//! into the connection task, so a finished task frees it however it ends. TLS and WebSocket handshakes
 //! run in the connection's own task, bounded by `connect_timeout`, so a slow or
 //! silent peer never holds up the accept loop.
 
 use crate::connection::{serve, Shared};
+use crate::connection_slots::{ConnectionSlots, Slot};
 use crate::login::{CertIdentity, Peer};
 use crate::tls::TlsCell;
 use std::net::SocketAddr;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -40,7 +40,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     transport: Arc<Transport>,
     shared: Arc<Shared>,
-    slots: Arc<Semaphore>,
+    slots: ConnectionSlots,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) -> TcpListener {
@@ -58,7 +58,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = slots.try_take() else {
             shared
                 .metrics
                 .connections_refused_limit
@@ -78,7 +78,7 @@ pub async fn accept_loop(
             peer,
             transport.clone(),
             shared.clone(),
-            permit,
+            slot,
         ));
     }
     listener
@@ -94,9 +94,9 @@ async fn serve_accepted(
     peer: SocketAddr,
     transport: Arc<Transport>,
     shared: Arc<Shared>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    slot: Slot,
 ) {
-    let _permit = permit;
+    let _slot = slot;
     if transport.tls.is_none() && !transport.websocket {
         serve(socket, Peer::plain(peer), shared).await;
         return;
@@ -218,12 +218,12 @@ mod tests {
             )),
             pre_login: Default::default(),
         });
-        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let slot = ConnectionSlots::new(1).try_take().unwrap();
         let transport = Arc::new(Transport {
             tls: None,
             websocket: false,
         });
-        let fut = serve_accepted(socket, peer, transport, shared, permit);
+        let fut = serve_accepted(socket, peer, transport, shared, slot);
         let size = std::mem::size_of_val(&fut);
         eprintln!("accepted connection's future: {size} bytes");
         assert!(

@@ -42,8 +42,10 @@ enum Command {
     /// With --against-running, also ask the running broker (its admin
     /// endpoint) what a SIGHUP would do with the file: each change, applied
     /// live or taking a restart. Exit status: 0 valid (and, against the running
-    /// broker, every change applies live), 1 invalid, 3 valid but some changes
-    /// take a restart.
+    /// broker, every change applies live), 1 invalid, 2 the running broker
+    /// could not be asked, 3 valid but some changes take a restart. When the
+    /// file changes [admin] bind or token, give the running ones with
+    /// --admin / --token.
     CheckConfig {
         /// The TOML file to check.
         file: PathBuf,
@@ -200,6 +202,7 @@ enum QueueCmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    tern::memory::configure();
     let cli = Cli::parse();
     if let Some(Command::Passwd {
         delete,
@@ -290,9 +293,18 @@ fn main() -> anyhow::Result<()> {
                     println!("{}", report.trim_end());
                     std::process::exit(if restart { 3 } else { 0 });
                 }
-                Err(e) => {
-                    eprintln!("{}: against the running broker: {e}", file.display());
+                // The broker's own verdict on the file is a refusal too.
+                Err(e) if e.starts_with("the broker would not load it") => {
+                    eprintln!("{}: {e}", file.display());
                     std::process::exit(1);
+                }
+                Err(e) => {
+                    eprintln!(
+                        "{}: cannot ask the running broker: {e} (its [admin] bind and token \
+                         come from this file unless --admin / --token say otherwise)",
+                        file.display()
+                    );
+                    std::process::exit(2);
                 }
             }
         }
@@ -426,10 +438,11 @@ impl Signals {
                     let errors = broker.reload(config.as_ref()).await;
                     // `--log` on the command line stays over the file.
                     let level = broker.config().log.level.clone();
-                    if let Ok(filter) = tracing_subscriber::EnvFilter::try_new(&level) {
-                        if log_level.reload(filter).is_err() {
-                            tracing::warn!("reload: the log level could not be changed");
-                        }
+                    let changed = tracing_subscriber::EnvFilter::try_new(&level)
+                        .map_err(|e| e.to_string())
+                        .and_then(|f| log_level.reload(f).map_err(|e| e.to_string()));
+                    if let Err(e) = changed {
+                        tracing::warn!("reload: log level {level:?} not applied: {e}");
                     }
                     if errors.is_empty() {
                         tracing::info!("reload done");

@@ -153,7 +153,7 @@ async fn a_sighup_changes_a_limit_adds_a_listener_and_removes_one() {
     // one, which the broker does not take yet; with the old one given, the
     // check answers.
     let (code, out) = check_against_running(&file, admin);
-    assert_eq!(code, Some(1), "the new token is not valid yet:\n{out}");
+    assert_eq!(code, Some(2), "the new token is not valid yet:\n{out}");
     assert!(out.contains("401"), "{out}");
     let out = run_bounded(
         {
@@ -270,4 +270,39 @@ async fn a_file_that_does_not_load_changes_nothing() {
     // The check says why, through the broker, too.
     let (code, out) = check_against_running(&file, admin);
     assert_eq!(code, Some(1), "{out}");
+
+    // Review finding: the check endpoint opened the files a posted config
+    // names, as the broker's user, and its errors quoted them. It compares
+    // keys only now.
+    let probe = config_text(&["127.0.0.1:0"], 10_000, OLD_TOKEN, "1s").replace(
+        "[auth]\n",
+        "[auth]\nacl_file = \"/proc/self/environ\"\npassword_file = \"/etc/shadow\"\n",
+    );
+    let (status, body) = tern::admin::http::request_with_body(
+        admin,
+        None,
+        "POST",
+        "/api/v1/config/check",
+        Some(OLD_TOKEN),
+        probe.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("check");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("auth.acl_file"), "{body}");
+    assert!(!body.contains("PATH=") && !body.contains("root:"), "{body}");
+    // Without the token, no body is read and nothing is answered but 401.
+    let (status, _) = tern::admin::http::request_with_body(
+        admin,
+        None,
+        "POST",
+        "/api/v1/config/check",
+        None,
+        probe.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("check");
+    assert_eq!(status, 401);
 }

@@ -40,7 +40,10 @@ pub enum HttpError {
     Timeout,
 }
 
-/// Read one request head from `s`.
+/// Read one request head from `s`. Body bytes that came with it are kept in
+/// `body` (at most `content_length`); the rest is read by [`read_body`], only
+/// for a route that takes one and only after the token was checked, so a peer
+/// without it cannot make the endpoint buffer a body.
 pub async fn read_request<S: AsyncRead + Unpin>(
     s: &mut S,
     timeout: Duration,
@@ -50,21 +53,8 @@ pub async fn read_request<S: AsyncRead + Unpin>(
         loop {
             if let Some(end) = find_head_end(&buf) {
                 let mut req = parse_head(buf.get(..end).ok_or(HttpError::Malformed)?)?;
-                if req.content_length > MAX_BODY {
-                    return Err(HttpError::TooLarge);
-                }
                 let mut body = buf.split_off(end + 4);
                 body.truncate(req.content_length);
-                while body.len() < req.content_length {
-                    let mut chunk = [0u8; 4096];
-                    let want = (req.content_length - body.len()).min(chunk.len());
-                    let part = chunk.get_mut(..want).ok_or(HttpError::Malformed)?;
-                    let n = s.read(part).await.map_err(|_| HttpError::Closed)?;
-                    if n == 0 {
-                        return Err(HttpError::Closed);
-                    }
-                    body.extend_from_slice(part.get(..n).unwrap_or_default());
-                }
                 req.body = body;
                 return Ok(req);
             }
@@ -78,6 +68,35 @@ pub async fn read_request<S: AsyncRead + Unpin>(
             }
             buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| HttpError::Timeout)?
+}
+
+/// Read the rest of `req`'s body (`Content-Length`, at most `MAX_BODY`),
+/// bounded by `timeout`.
+pub async fn read_body<S: AsyncRead + Unpin>(
+    s: &mut S,
+    req: &mut Request,
+    timeout: Duration,
+) -> Result<(), HttpError> {
+    if req.content_length > MAX_BODY {
+        return Err(HttpError::TooLarge);
+    }
+    let read = async {
+        while req.body.len() < req.content_length {
+            let mut chunk = [0u8; 4096];
+            let want = (req.content_length - req.body.len()).min(chunk.len());
+            let part = chunk.get_mut(..want).ok_or(HttpError::Malformed)?;
+            let n = s.read(part).await.map_err(|_| HttpError::Closed)?;
+            if n == 0 {
+                return Err(HttpError::Closed);
+            }
+            req.body
+                .extend_from_slice(part.get(..n).unwrap_or_default());
+        }
+        Ok(())
     };
     tokio::time::timeout(timeout, read)
         .await

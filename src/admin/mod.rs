@@ -117,7 +117,7 @@ pub async fn serve(
             match tls {
                 None => handle(stream, &ctx).await,
                 Some(cell) => {
-                    // The handshake counts against the request's time.
+                    // Bounded like a request head: a silent peer cannot hold a slot.
                     let acceptor = tokio_rustls::TlsAcceptor::from(cell.current());
                     match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => handle(s, &ctx).await,
@@ -171,6 +171,14 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, ctx: &AdminContext)
         if req.method != "POST" {
             return reply(&mut s, 405, error("use POST with the file as the body")).await;
         }
+        let mut req = req;
+        match http::read_body(&mut s, &mut req, READ_TIMEOUT).await {
+            Ok(()) => {}
+            Err(HttpError::TooLarge) => {
+                return reply(&mut s, 413, error("a config file over 256 KiB")).await
+            }
+            Err(_) => return reply(&mut s, 400, error("the body did not arrive")).await,
+        }
         let (status, body) = check_config(ctx, &config, &req.body);
         return reply(&mut s, status, body).await;
     }
@@ -218,7 +226,9 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, ctx: &AdminContext)
 
 /// `POST /api/v1/config/check`: what a SIGHUP would do with this file (its
 /// text is the body): 200 with every change, each applied live or needing a
-/// restart; 422 with the errors when the file would not load.
+/// restart; 422 with the errors when the file would not load. The files it
+/// names are not opened here (`tern check-config` loads them on its side): a
+/// caller must not make the broker read paths of its choosing.
 fn check_config(
     ctx: &AdminContext,
     running: &crate::config::Config,

@@ -87,6 +87,7 @@ async fn attach(
         handle: ConnHandle {
             peer: None,
             keep_alive: 0,
+            receive_maximum: 0,
             conn_id: ctx.conn_id,
             version: ProtocolVersion::V5,
             outbox: tx,

@@ -71,6 +71,11 @@ impl Bridges {
         }
     }
 
+    /// The topic limits links started from now on use (a reload).
+    pub fn set_topic_limits(&mut self, limits: TopicLimits) {
+        self.topic_limits = limits;
+    }
+
     pub fn statuses(&self) -> Arc<StatusList> {
         self.statuses.clone()
     }

@@ -62,12 +62,35 @@ const PER_CONNECTION: &[&str] = &[
     "limits.max_session_expiry",
     "limits.max_user_properties",
     "limits.max_property_bytes",
-    "limits.max_topic_levels",
-    "limits.max_topic_length",
+    "limits.max_inflight",
+    "limits.outgoing_qos0_buffer",
+    "limits.connect_timeout",
+    "limits.max_connect_packet_size",
 ];
 
 const PER_CONNECTION_NOTE: &str =
     "for new connections; an open one keeps what it was told at CONNECT";
+
+/// Other keys that apply in a way worth saying.
+const NOTES: &[(&str, &str)] = &[
+    (
+        "limits.max_topic_levels",
+        "subscriptions at once; a connection checks the topics it publishes to with the limit it started with",
+    ),
+    (
+        "limits.max_topic_length",
+        "subscriptions at once; a connection checks the topics it publishes to with the limit it started with",
+    ),
+    (
+        "limits.auto_queue_max_length",
+        "for queues created from now on",
+    ),
+    ("limits.auto_queue_max_bytes", "for queues created from now on"),
+    (
+        "limits.max_connections",
+        "open connections over a lowered limit stay; new ones are refused until there is room",
+    ),
+];
 
 /// Every difference between `running` and `new`, in key order within each
 /// section.
@@ -124,11 +147,13 @@ fn change(key: String, what: &'static str, note: Option<&'static str>) -> Change
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
         })
         .map(|(_, why)| *why);
-    let note = note.or_else(|| {
-        PER_CONNECTION
-            .contains(&key.as_str())
-            .then_some(PER_CONNECTION_NOTE)
-    });
+    let note = note
+        .or_else(|| {
+            PER_CONNECTION
+                .contains(&key.as_str())
+                .then_some(PER_CONNECTION_NOTE)
+        })
+        .or_else(|| NOTES.iter().find(|(k, _)| *k == key).map(|(_, n)| *n));
     Change {
         key,
         what,
@@ -163,22 +188,27 @@ fn leaves(key: &str, old: &Value, new: &Value, out: &mut Vec<Change>) {
 
 /// A list whose entries are named by `id` (listeners by address, queues and
 /// bridges by name): added, removed or changed, by name, whatever the order.
+/// A name met again (two listeners on port 0) is told apart by its rank:
+/// `127.0.0.1:0#2`.
 fn keyed(section: &str, old: &Value, new: &Value, id: &str, out: &mut Vec<Change>) {
     let entries = |v: &Value| -> Vec<(String, Value)> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| {
-                        let name = match e.get(id) {
-                            Some(Value::String(s)) => s.clone(),
-                            Some(other) => other.to_string(),
-                            None => String::new(),
-                        };
-                        (name, e.clone())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut named: Vec<(String, Value)> = Vec::new();
+        for e in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let mut name = match e.get(id) {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            let seen = named
+                .iter()
+                .filter(|(n, _)| n == &name || n.starts_with(&format!("{name}#")))
+                .count();
+            if seen > 0 {
+                name = format!("{name}#{}", seen + 1);
+            }
+            named.push((name, e.clone()));
+        }
+        named
     };
     let (a, b) = (entries(old), entries(new));
     for (name, v) in &a {
@@ -284,6 +314,31 @@ mod tests {
         assert_eq!(
             keys(&diff(&b, &c)),
             vec![("listeners[127.0.0.1:1884]", "changed", false)]
+        );
+    }
+
+    #[test]
+    fn listeners_on_one_address_are_told_apart_by_rank() {
+        let l = |s: &str| ListenerConfig::plain(s.parse().expect("address"));
+        let mut ws = l("127.0.0.1:0");
+        ws.websocket = true;
+        let a = Config {
+            listeners: vec![l("127.0.0.1:0"), ws.clone()],
+            ..Config::default()
+        };
+        let mut b = a.clone();
+        b.listeners.push(l("127.0.0.1:0"));
+        assert_eq!(
+            keys(&diff(&a, &b)),
+            vec![("listeners[127.0.0.1:0#3]", "added", false)]
+        );
+        let c = Config {
+            listeners: vec![l("127.0.0.1:0")],
+            ..Config::default()
+        };
+        assert_eq!(
+            keys(&diff(&a, &c)),
+            vec![("listeners[127.0.0.1:0#2]", "removed", false)]
         );
     }
 

@@ -153,11 +153,12 @@ pub(super) async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     conn.wbuf = BytesMut::new();
     conn.rbuf = BytesMut::new();
     graceful_close(&mut stream).await;
+    let client = &*conn.client_id;
     match close.reason {
         Some(r) if r.is_error() => {
-            info!(reason = %r, why = close.reason_string.unwrap_or(""), "closed")
+            info!(id = conn_id, client, reason = %r, why = close.reason_string.unwrap_or(""), "closed")
         }
-        _ => info!("disconnected"),
+        _ => info!(id = conn_id, client, "disconnected"),
     }
 }
 

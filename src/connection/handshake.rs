@@ -14,7 +14,7 @@ use crate::router::{ConnHandle, ConnectAccepted, ConnectRequest, RouterMsg};
 use std::sync::Arc;
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// Negotiate the CONNECT, log in, register with the router, queue the CONNACK;
 /// or refuse.
@@ -69,7 +69,7 @@ async fn admit(
             w.payload = bytes::Bytes::copy_from_slice(&w.payload);
             w
         }),
-        username: login.username.map(Arc::from),
+        username: login.username.clone().map(Arc::from),
         by_password: login.by_password,
         addr: Some(peer.addr.ip()),
         verified: login.by_password || matches!(peer.cert, crate::login::CertIdentity::Name(_)),
@@ -78,6 +78,7 @@ async fn admit(
         handle: ConnHandle {
             peer: Some(Box::new(peer.addr)),
             keep_alive: deal.keep_alive,
+            receive_maximum: lim.receive_maximum,
             conn_id,
             version: deal.version,
             outbox: outbox_tx,
@@ -96,6 +97,15 @@ async fn admit(
         reason_code: ReasonCode::SUCCESS,
         properties: props,
     }));
+    // Who connected, in the event itself: the connection's span is on at
+    // debug level only (see `serve`).
+    let user = login.username.as_deref().unwrap_or("");
+    let client = &*conn.client_id;
+    if remote_bridge {
+        info!(peer = %peer.addr, id = conn_id, client, user, version = ?conn.version, "connected: another broker's bridge (Mosquitto's bridge flag)");
+    } else {
+        info!(peer = %peer.addr, id = conn_id, client, user, version = ?conn.version, "connected");
+    }
     Ok(conn)
 }
 

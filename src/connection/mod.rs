@@ -47,7 +47,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use topic_alias::{InboundAliases, OutboundAliases};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 /// What every connection task shares: configuration, the router's inbox, counters.
 pub struct Shared {
@@ -95,7 +95,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!(
+    // At debug level: at info, a span per connection kept about 330 bytes
+    // per connection ever open in tracing's registry (its slab never shrinks)
+    // and pinned 20 MB of heap after 10,000 connections closed (issue 15).
+    // The info events of a connection name it in their own fields instead.
+    let span = tracing::debug_span!(
         "conn",
         peer = %peer.addr,
         id = conn_id,
@@ -184,11 +188,6 @@ where
     }
     drop(rbuf);
     tracing::Span::current().record("client", &*conn.client_id);
-    if remote_bridge {
-        info!(version = ?conn.version, "connected: another broker's bridge (Mosquitto's bridge flag)");
-    } else {
-        info!(version = ?conn.version, "connected");
-    }
     let mut registration = Registration {
         router: shared.router.clone(),
         client: conn.client_id.clone(),

@@ -90,9 +90,17 @@ impl Router {
                 // [MQTT-3.3.4-9]; 3.1.1 has none, so a client that never sends
                 // PUBREL could hold 65,535 ids per session (5 MB, stored). The
                 // same cap applies: beyond it the connection is closed.
-                if c.session.inbound_qos2_len() >= self.max_inbound_qos2 {
+                // The limit this connection was told at CONNECT, which a
+                // reload does not lower under it.
+                let limit = c
+                    .conn
+                    .as_ref()
+                    .map(|h| usize::from(h.receive_maximum))
+                    .filter(|&m| m > 0)
+                    .unwrap_or(self.max_inbound_qos2);
+                if c.session.inbound_qos2_len() >= limit {
                     self.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(client = %id, limit = self.max_inbound_qos2, "QoS 2 messages waiting for PUBREL over receive_maximum: closing the connection");
+                    warn!(client = %id, limit, "QoS 2 messages waiting for PUBREL over receive_maximum: closing the connection");
                     if let Some(h) = c.conn.as_mut().filter(|h| h.conn_id == conn_id) {
                         h.close_with(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
                     }

@@ -34,6 +34,11 @@ pub struct ConnHandle {
     pub peer: Option<Box<std::net::SocketAddr>>,
     /// The keep-alive agreed at CONNECT, seconds.
     pub keep_alive: u16,
+    /// The Receive Maximum this connection was told in its CONNACK (inbound
+    /// QoS 2 ids it may hold before PUBREL), which a reload does not change
+    /// for it; 0: the router's current `receive_maximum` (a bridge's own
+    /// session).
+    pub receive_maximum: u16,
 }
 
 impl ConnHandle {

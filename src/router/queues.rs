@@ -102,7 +102,6 @@ const REFUSED_CODE: &str = "tern-refused-code";
 const REFUSALS: usize = 20_000;
 
 impl Queues {
-    /// The queues the config declares, each with its dead-letter queue.
     /// The limits of `config` that apply to every queue (a reload).
     pub(super) fn apply_limits(&mut self, config: &Config) {
         self.max_queues = config.limits.max_queues;
@@ -117,6 +116,7 @@ impl Queues {
         );
     }
 
+    /// The queues the config declares, each with its dead-letter queue.
     pub(super) fn from_config(config: &Config, epoch: Instant) -> Queues {
         let mut q = Queues {
             epoch,

@@ -50,6 +50,7 @@ fn request(
         handle: ConnHandle {
             peer: None,
             keep_alive: 60,
+            receive_maximum: 0,
             conn_id,
             version: ProtocolVersion::V5,
             outbox: otx,
@@ -924,4 +925,45 @@ fn retained_messages_are_listed_and_one_cleared_for_good() {
     let page = retained_page(&mut r, None, 10, c1);
     let topics: Vec<&str> = page.entries.iter().map(|e| e.topic.as_str()).collect();
     assert_eq!(topics, ["s/1", "s/3"], "the cleared topic came back");
+}
+
+/// Review finding: the inbound QoS 2 cap was the router's, so a reload that
+/// lowered `receive_maximum` closed open v5 clients that stayed within what
+/// their CONNACK had told them. A connection keeps its own.
+#[test]
+fn a_lowered_receive_maximum_spares_open_connections() {
+    let mut r = router();
+    let t0 = Instant::now();
+    let (mut req, mut conn) = request("p", 1, true, 0, None);
+    req.handle.receive_maximum = 4;
+    r.connect(req, t0).expect("accepted");
+    let mut lowered = Config::default();
+    lowered.limits.receive_maximum = 2;
+    r.apply_config(&lowered);
+    let publishes: Vec<Publish> = (1..=4)
+        .map(|pid| publish_packet("t", QoS::ExactlyOnce, pid, false))
+        .collect();
+    r.handle(
+        RouterMsg::Publishes {
+            client: "p".into(),
+            conn_id: 1,
+            publishes,
+        },
+        at(t0),
+    );
+    assert_eq!(replies(&mut conn), 4, "four PUBRECs, within the CONNACK's 4");
+    assert!(conn.kick.try_recv().is_err(), "not closed");
+    // A fifth is over what it was told: closed with 0x93.
+    r.handle(
+        RouterMsg::Publishes {
+            client: "p".into(),
+            conn_id: 1,
+            publishes: vec![publish_packet("t", QoS::ExactlyOnce, 5, false)],
+        },
+        at(t0),
+    );
+    assert_eq!(
+        conn.kick.try_recv().ok(),
+        Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)
+    );
 }
