@@ -951,7 +951,11 @@ fn a_lowered_receive_maximum_spares_open_connections() {
         },
         at(t0),
     );
-    assert_eq!(replies(&mut conn), 4, "four PUBRECs, within the CONNACK's 4");
+    assert_eq!(
+        replies(&mut conn),
+        4,
+        "four PUBRECs, within the CONNACK's 4"
+    );
     assert!(conn.kick.try_recv().is_err(), "not closed");
     // A fifth is over what it was told: closed with 0x93.
     r.handle(
