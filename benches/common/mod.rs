@@ -1,7 +1,7 @@
 //! Helpers shared by the benches that drive the real `tern` binary
-//! (`login_storm`, `under_attack`): bench or smoke mode, the broker's memory from
-//! /proc, starting a broker on a config file, `tern passwd`, and a login from a
-//! chosen loopback address. Each bench includes this file with `mod common;`,
+//! (`login_storm`, `under_attack`, `idle_connections`): bench or smoke mode, the
+//! broker's memory from /proc, the file-descriptor limit, starting a broker on a
+//! config file, `tern passwd`, and a login from a chosen loopback address. Each bench includes this file with `mod common;`,
 //! so a helper one bench does not use is dead code there.
 #![allow(dead_code)]
 
@@ -44,6 +44,53 @@ pub fn try_status(pid: u32) -> Option<Status> {
         hwm_mib: field("VmHWM:")? as f64 / 1024.0,
         threads: field("Threads:")?,
     })
+}
+
+/// VmRSS in KiB, exactly as /proc/PID/status gives it; None once the process
+/// is gone.
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Raise this process's soft RLIMIT_NOFILE to its hard limit (children inherit
+/// it) and return that limit. Many idle connections need a descriptor each, and
+/// the soft limit is often 1024.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// A process's soft "Max open files" from /proc/PID/limits (None when
+/// unreadable; u64::MAX for "unlimited").
+pub fn fd_limit_of(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let soft = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?;
+    if soft == "unlimited" {
+        Some(u64::MAX)
+    } else {
+        soft.parse().ok()
+    }
 }
 
 pub fn status(pid: u32) -> Status {
