@@ -13,8 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Trim after enough connections have closed since the last trim: a quarter
-/// of those still open, and at least 64. Counted from the totals (accepted less
+/// Trim after enough connections have closed since the last trim (a quarter
+/// of those still open, and at least 64), after a work-queue backlog drained,
+/// or after a burst of traffic ended (10,000 messages or more since the last
+/// trim, and under 1% of that in the last tick). Counted from the totals (accepted less
 /// open), not sampled, so a burst that comes and goes between two looks still
 /// counts.
 pub async fn return_freed(metrics: Arc<Metrics>, every: Duration) {
@@ -27,6 +29,12 @@ pub async fn return_freed(metrics: Arc<Metrics>, every: Duration) {
     // The most messages work queues held since the last trim.
     let queued = || metrics.queue_messages.load(Ordering::Relaxed);
     let mut queued_peak = queued();
+    // Messages moved in and out: a burst of traffic that has passed freed
+    // its buffers (measured: 16 publishers for 5 s left RSS at 140% of idle
+    // with no connection closed, so no trim).
+    let moved = || metrics.messages_received() + metrics.messages_sent();
+    let mut moved_at_trim = moved();
+    let mut moved_last = moved_at_trim;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -38,10 +46,19 @@ pub async fn return_freed(metrics: Arc<Metrics>, every: Duration) {
         // A drained backlog (its index entries and read-back messages) is
         // memory freed like closed connections.
         let drained = queued_peak.saturating_sub(queued_now);
-        if (since >= 64 && since >= open / 4) || (drained >= 10_000 && drained >= queued_now) {
+        let moved_now = moved();
+        let this_tick = moved_now.saturating_sub(moved_last);
+        moved_last = moved_now;
+        let burst = moved_now.saturating_sub(moved_at_trim);
+        let burst_over = burst >= 10_000 && this_tick < burst / 100;
+        if (since >= 64 && since >= open / 4)
+            || (drained >= 10_000 && drained >= queued_now)
+            || burst_over
+        {
             trim();
             closed_at_trim = closed_now;
             queued_peak = queued_now;
+            moved_at_trim = moved_now;
         }
     }
 }
