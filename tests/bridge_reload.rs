@@ -50,15 +50,6 @@ fn write_config(dir: &Path, bridges: &[String]) -> PathBuf {
     path
 }
 
-fn sighup(tern: &BrokerProcess) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &tern.child.id().to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill -HUP");
-}
-
 /// `GET /api/v1/bridges`, by bridge name.
 async fn bridges(tern: &BrokerProcess) -> HashMap<String, serde_json::Value> {
     bridges_status(tern).await["bridges"]
@@ -133,7 +124,7 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
     // Reload: `a` removed, `b` added. `a` keeps its 100 and stops
     // collecting; `b` connects and forwards what comes next.
     write_config(dir.path(), &[bridge("b", &there, "b")]);
-    sighup(&tern);
+    tern.sighup();
     assert!(
         tern.wait_log_count("bridge connected", 1, Duration::from_secs(10)),
         "{}",
@@ -169,7 +160,7 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
         dir.path(),
         &[bridge("a", &there, "a"), bridge("b", &there, "b")],
     );
-    sighup(&tern);
+    tern.sighup();
     assert_eq!(
         receive(&mut sub, 100, Duration::from_secs(10)).await,
         on("a/sensors/x", 0..100)
@@ -190,7 +181,7 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
         dir.path(),
         &[bridge("a", &there, "a"), bridge("b", &there, "b2")],
     );
-    sighup(&tern);
+    tern.sighup();
     assert!(tern.wait_log_count("bridge changed", 1, Duration::from_secs(10)));
     assert!(tern.wait_log_count("bridge connected", 3, Duration::from_secs(10)));
     publish(addr, 150..160).await;
@@ -210,7 +201,7 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
         dir.path(),
         &[bridge("a", NOWHERE, "a"), bridge("b", &there, "b2")],
     );
-    sighup(&tern);
+    tern.sighup();
     assert!(tern.wait_log_count("bridge changed", 2, Duration::from_secs(10)));
     publish(addr, 160..180).await;
     assert_eq!(
@@ -219,7 +210,7 @@ async fn a_reload_adds_changes_and_removes_bridges_and_keeps_a_removed_buffer() 
     );
     bridges_until(&tern, "a holds 20", |b| waiting(&b["a"]) == 20).await;
     write_config(dir.path(), &[bridge("b", &there, "b2")]);
-    sighup(&tern);
+    tern.sighup();
     bridges_until(&tern, "a removed", |b| b["a"]["removed"] == true).await;
     let (ok, out) = tern_bridge(&tern, &["purge", "a"]);
     assert!(ok, "{out}");
@@ -293,7 +284,7 @@ async fn qos0_waits_for_a_link_only_with_buffer_qos0() {
 
     // The link comes up (a reload points both at the remote).
     write_config(dir.path(), &[bridge("drop", &there, "d"), keep(&there)]);
-    sighup(&tern);
+    tern.sighup();
     let got = collect(&mut sub, 30, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 30, "{got:?}\n{}", tern.log_text());
     let of = |topic: &str| -> Vec<(usize, QoS)> {

@@ -34,15 +34,6 @@ fn config_text(listeners: &[&str], max_packet: u32, token: &str, sync: &str) -> 
     t
 }
 
-fn sighup(tern: &BrokerProcess) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &tern.child.id().to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill -HUP");
-}
-
 fn admin_addr(tern: &BrokerProcess) -> SocketAddr {
     assert!(
         tern.wait_log_count("admin endpoint on http://", 1, Duration::from_secs(5)),
@@ -182,7 +173,7 @@ async fn a_sighup_changes_a_limit_adds_a_listener_and_removes_one() {
     assert!(restart.contains("storage.sync_interval changed"), "{text}");
     assert!(!text.contains(NEW_TOKEN), "a secret was printed:\n{text}");
 
-    sighup(&tern);
+    tern.sighup();
     wait_for("the new listener", async || {
         get(admin, "/api/v1/status", NEW_TOKEN).await.0 == 200
             && listeners(admin, NEW_TOKEN).await.len() == 2
@@ -258,7 +249,7 @@ async fn a_file_that_does_not_load_changes_nothing() {
     let bad = config_text(&["127.0.0.1:0"], 10_000, OLD_TOKEN, "1s")
         .replace("[limits]\n", "[limits]\nbogus = 1\n");
     std::fs::write(&file, bad).unwrap();
-    sighup(&tern);
+    tern.sighup();
     assert!(
         tern.wait_log_count("nothing reloaded", 1, Duration::from_secs(5)),
         "{}",

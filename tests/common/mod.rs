@@ -205,6 +205,16 @@ impl BrokerProcess {
         })
     }
 
+    /// Send SIGHUP (reload).
+    pub fn sighup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -HUP");
+    }
+
     /// Send SIGTERM and wait (bounded) for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
