@@ -100,7 +100,7 @@ impl Router {
             }
             let will_due = c.pending_will.as_ref().map(|w| w.due);
             let disconnected = c.disconnected_unix;
-            self.clients.insert(id.clone(), c);
+            self.clients.insert(id.clone(), Box::new(c));
             if s.rec.expiry != u32::MAX {
                 let at =
                     clock.instant_of_secs(disconnected.saturating_add(u64::from(s.rec.expiry)));

@@ -56,7 +56,7 @@ impl Router {
                 self.evictable = all.into_iter().map(|(_, k)| k.clone()).collect();
             }
             while let Some(k) = self.evictable.pop() {
-                if &k != except && self.clients.get(&k).is_some_and(evictable) {
+                if &k != except && self.clients.get(&k).is_some_and(|c| evictable(c)) {
                     return Some(k);
                 }
             }
