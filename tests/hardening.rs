@@ -549,8 +549,10 @@ async fn memory_of_closed_connections_is_returned() {
     }
     let peak = proc_status(pid, "VmRSS");
     let grown = peak - idle;
+    // Enough to measure a return by (3,000 connections cost ~3 KB each in a
+    // debug build since issue 15's work; ~15 KB before).
     assert!(
-        grown > 10_000,
+        grown > 4_000,
         "3,000 connections grew RSS by only {grown} kB"
     );
     drop(conns);
