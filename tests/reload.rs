@@ -297,3 +297,47 @@ async fn a_file_that_does_not_load_changes_nothing() {
     .expect("check");
     assert_eq!(status, 401);
 }
+
+/// `$SYS` turned off by a reload: its retained topics go, not stay frozen.
+#[tokio::test]
+async fn sys_turned_off_by_a_reload_leaves_no_frozen_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tern.toml");
+    let text = config_text(&["127.0.0.1:0"], 10_000, OLD_TOKEN, "1s");
+    std::fs::write(&file, &text).unwrap();
+    let tern = BrokerProcess::spawn_config(&file);
+    let uptime = |id: &'static str| async move {
+        let (mut c, _) = connect_v5(tern.addr, id).await;
+        c.send(&subscribe_packet(1, "$SYS/broker/uptime", QoS::AtMostOnce))
+            .await;
+        assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
+        c.recv_within(Duration::from_secs(1)).await
+    };
+    // The first $SYS goes out at start.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(Some(Packet::Publish(p))) = uptime("before").await {
+            assert!(p.retain);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retained $SYS/broker/uptime");
+    }
+    std::fs::write(&file, text + "\n[mqtt]\nsys_interval = \"0s\"\n").unwrap();
+    tern.sighup();
+    assert!(
+        tern.wait_log_count("mqtt.sys_interval changed", 1, Duration::from_secs(5)),
+        "{}",
+        tern.log_text()
+    );
+    // Cleared: a new subscriber gets nothing retained.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match uptime("after").await {
+            Ok(None) | Err(()) => break,
+            Ok(Some(p)) => {
+                assert!(Instant::now() < deadline, "still retained: {p:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

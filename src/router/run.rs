@@ -34,6 +34,9 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>, publishi
     // The first $SYS at once, as the first snapshot.
     let mut sys_every = router.sys_every();
     let mut next_sys = sys_every.map(|_| Instant::now());
+    // The `$SYS` topics last published: cleared if a reload turns `$SYS` off,
+    // so no frozen numbers stay retained.
+    let mut sys_topics: Vec<String> = Vec::new();
     // Limit work per turn so deadlines are not starved by a message flood.
     const BATCH: usize = 256;
     const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -49,6 +52,16 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>, publishi
         if router.sys_every() != sys_every {
             sys_every = router.sys_every();
             next_sys = sys_every.map(|_| Instant::now());
+            if sys_every.is_none() {
+                // An empty retained payload removes the retained message
+                // [MQTT-3.3.1-6].
+                let clear = std::mem::take(&mut sys_topics)
+                    .into_iter()
+                    .map(|t| (t, String::new()))
+                    .collect();
+                router.publish_sys(clear, Instant::now());
+                router.end_turn();
+            }
         }
         let wake = router
             .next_deadline()
@@ -89,6 +102,7 @@ pub async fn run(mut router: Router, mut rx: mpsc::Receiver<RouterMsg>, publishi
                         publish_snapshot(&router, &snapshots);
                         let s = snapshots.borrow().clone();
                         let messages = sys.messages(now, router.sys_counters(), &s, &bridge_rows(&bridges, &s));
+                        sys_topics = messages.iter().map(|(t, _)| t.clone()).collect();
                         router.publish_sys(messages, now);
                         next_sys = Some(now + every);
                     }
