@@ -43,6 +43,15 @@ pub struct TopicLimits {
     pub max_len: usize,
 }
 
+impl TopicLimits {
+    /// No limit beyond the spec's: for what the operator writes (ACL files,
+    /// admin requests) and for syntax checks; peers get the configured ones.
+    pub const UNLIMITED: TopicLimits = TopicLimits {
+        max_levels: usize::MAX,
+        max_len: usize::MAX,
+    };
+}
+
 impl Default for TopicLimits {
     fn default() -> Self {
         TopicLimits {
@@ -142,11 +151,7 @@ impl FilterSpec {
     /// numbering; 5.0's [MQTT-4.7.1-1/2]), a `$share/` without a ShareName or a
     /// filter [MQTT-4.8.2-1] [MQTT-4.8.2-2].
     pub fn check_syntax(s: &str) -> Result<(), TopicError> {
-        let unlimited = TopicLimits {
-            max_levels: usize::MAX,
-            max_len: usize::MAX,
-        };
-        FilterSpec::parse(s, unlimited).map(drop)
+        FilterSpec::parse(s, TopicLimits::UNLIMITED).map(drop)
     }
 
     pub fn is_shared(&self) -> bool {

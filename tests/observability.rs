@@ -66,13 +66,7 @@ async fn scrape_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
-    let mut c = test_config();
-    c.admin.bind = Some("127.0.0.1:0".parse().expect("addr"));
-    let mut q = tern::config::QueueConfig::named("jobs");
-    q.topics = vec!["jobs/#".into()];
-    c.queues = vec![q];
-    let (broker, addr) = start(c).await;
-    let admin = broker.admin_addr().expect("admin on");
+    let (broker, addr, admin) = start_with_admin_and_jobs().await;
 
     let (mut sub, _) = raw_connected(addr, V5, "watcher", true).await;
     sub.subscribe(1, "data/#", QoS::AtLeastOnce).await;

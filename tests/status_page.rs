@@ -46,13 +46,7 @@ fn browse(url: &str, args: &[&str], profile: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_live_clients_and_queue_depth_in_a_browser() {
-    let mut c = test_config();
-    c.admin.bind = Some("127.0.0.1:0".parse().expect("addr"));
-    let mut q = tern::config::QueueConfig::named("jobs");
-    q.topics = vec!["jobs/#".into()];
-    c.queues = vec![q];
-    let (broker, addr) = start(c).await;
-    let admin = broker.admin_addr().expect("admin on");
+    let (broker, addr, admin) = start_with_admin_and_jobs().await;
     let (mut p, _) = raw_connected(addr, V5, "page-producer", true).await;
     for i in 0..3u16 {
         p.send(&publish_packet("jobs/x", QoS::AtLeastOnce, i + 1, b"job"))

@@ -19,6 +19,8 @@
 //! - `GET /api/v1/status`: the broker's numbers (the router's last snapshot
 //!   and the counters)
 //! - `GET /metrics`: Prometheus text (`prometheus.rs`)
+//! - `POST /api/v1/config/check`: what a SIGHUP would do with the file sent
+//!   as the body (`config::changes`)
 //! - `GET /`: the status page (`page.html`): live numbers, a throughput chart,
 //!   queues with a redrive button, bridges, clients
 //!
@@ -29,8 +31,6 @@
 //! time, so the endpoint cannot be used to hold the broker's memory. With
 //! `[admin] token` every request must carry `Authorization: Bearer <token>`;
 //! with `[admin] tls` it is HTTPS (the listeners' certificate options).
-//! - `POST /api/v1/config/check`: what a SIGHUP would do with the file sent
-//!   as the body (`config::changes`)
 
 pub mod cli;
 pub mod http;
@@ -453,11 +453,7 @@ fn topic_name(t: Option<&str>) -> Result<String, (u16, String)> {
     let t = t
         .filter(|t| !t.is_empty())
         .ok_or((400, "give the topic: ?topic=<topic>".to_string()))?;
-    let unlimited = crate::topic::TopicLimits {
-        max_levels: usize::MAX,
-        max_len: usize::MAX,
-    };
-    crate::topic::validate_topic_name(t, unlimited)
+    crate::topic::validate_topic_name(t, crate::topic::TopicLimits::UNLIMITED)
         .map_err(|e| (400, format!("invalid topic name {t:?}: {e}")))?;
     Ok(t.to_string())
 }

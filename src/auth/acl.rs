@@ -179,10 +179,7 @@ fn covers(levels: &[Level], filter: &str, who: &Who<'_>) -> bool {
 
 /// Topic filters in the ACL file may be as long and deep as the admin likes; the
 /// peer-facing limits are checked elsewhere.
-const ACL_TOPIC_LIMITS: TopicLimits = TopicLimits {
-    max_levels: usize::MAX,
-    max_len: usize::MAX,
-};
+const ACL_TOPIC_LIMITS: TopicLimits = TopicLimits::UNLIMITED;
 
 fn parse_levels(topic: &str, is_pattern: bool) -> Vec<Level> {
     topic

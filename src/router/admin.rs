@@ -163,12 +163,7 @@ impl Router {
     /// operation reported done (a purge, a redrive, a retained message
     /// cleared) is not undone by a crash after the answer.
     pub(super) fn answer_admin(&mut self, reply: oneshot::Sender<AdminReply>, answer: AdminReply) {
-        let mark = self.mark;
-        match self
-            .store
-            .as_mut()
-            .filter(|s| s.wrote_since(mark) && s.gating())
-        {
+        match self.durable_gate() {
             Some(st) => st.hold(Held::Admin { reply, answer }),
             None => {
                 let _ = reply.send(answer);

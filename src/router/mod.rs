@@ -240,14 +240,18 @@ impl Router {
         self.sys_every
     }
 
-    /// Answer `reply` with `codes` now, or once what this turn wrote is durable.
-    fn answer(&mut self, reply: oneshot::Sender<Vec<ReasonCode>>, codes: Vec<ReasonCode>) {
+    /// The store, when an answer given now must wait for it: this turn wrote
+    /// something and acknowledgements wait for the disk.
+    fn durable_gate(&mut self) -> Option<&mut StoreLink> {
         let mark = self.mark;
-        match self
-            .store
+        self.store
             .as_mut()
             .filter(|s| s.wrote_since(mark) && s.gating())
-        {
+    }
+
+    /// Answer `reply` with `codes` now, or once what this turn wrote is durable.
+    fn answer(&mut self, reply: oneshot::Sender<Vec<ReasonCode>>, codes: Vec<ReasonCode>) {
+        match self.durable_gate() {
             Some(st) => st.hold(Held::Codes { reply, codes }),
             None => {
                 let _ = reply.send(codes);

@@ -58,6 +58,20 @@ pub async fn start_default() -> (tern::broker::Broker, SocketAddr) {
     start(test_config()).await
 }
 
+/// A broker with the admin endpoint on (127.0.0.1, port picked by the OS) and
+/// a declared work queue `jobs` bound to `jobs/#`: (broker, MQTT address,
+/// admin address).
+pub async fn start_with_admin_and_jobs() -> (tern::broker::Broker, SocketAddr, SocketAddr) {
+    let mut c = test_config();
+    c.admin.bind = Some("127.0.0.1:0".parse().expect("addr"));
+    let mut q = tern::config::QueueConfig::named("jobs");
+    q.topics = vec!["jobs/#".into()];
+    c.queues = vec![q];
+    let (broker, addr) = start(c).await;
+    let admin = broker.admin_addr().expect("admin on");
+    (broker, addr, admin)
+}
+
 /// The real `tern` binary as a child process. Killed (SIGKILL) on drop.
 pub struct BrokerProcess {
     pub child: Child,
