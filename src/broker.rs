@@ -171,18 +171,21 @@ struct Reloadable {
     listeners: Vec<RunningListener>,
 }
 
+/// TLS settings loaded (certificates and keys read), the error naming `what`.
+fn tls_cell(t: &Option<crate::config::TlsConfig>, what: &str) -> io::Result<Option<Arc<TlsCell>>> {
+    t.as_ref()
+        .map(|t| {
+            TlsCell::new(t.clone())
+                .map(Arc::new)
+                .map_err(|e| io::Error::other(format!("{what}: {e}")))
+        })
+        .transpose()
+}
+
 /// The transport of a listener: its TLS certificates are loaded here.
 fn transport(l: &ListenerConfig) -> io::Result<Arc<Transport>> {
-    let tls = match &l.tls {
-        Some(t) => {
-            Some(Arc::new(TlsCell::new(t.clone()).map_err(|e| {
-                io::Error::other(format!("listener {}: {e}", l.bind))
-            })?))
-        }
-        None => None,
-    };
     Ok(Arc::new(Transport {
-        tls,
+        tls: tls_cell(&l.tls, &format!("listener {}", l.bind))?,
         websocket: l.websocket,
     }))
 }
@@ -314,12 +317,7 @@ impl Broker {
                 )
             })?;
             let addr = tcp.local_addr()?;
-            let tls = match &config.admin.tls {
-                Some(t) => Some(Arc::new(
-                    TlsCell::new(t.clone()).map_err(|e| io::Error::other(format!("admin: {e}")))?,
-                )),
-                None => None,
-            };
+            let tls = tls_cell(&config.admin.tls, "admin")?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             info!("admin endpoint on {scheme}://{addr}");
             broker.admin_addr = Some(addr);
