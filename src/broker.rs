@@ -270,6 +270,10 @@ impl Broker {
             metrics.clone(),
             std::time::Duration::from_secs(2),
         ));
+        let (hibernation, watcher) =
+            crate::connection::hibernate::Hibernation::start(tracker.clone(), metrics.clone())?;
+        // Ends at shutdown (`Hibernation::close`) or with the runtime.
+        tokio::spawn(watcher);
         let shared = Arc::new(Shared {
             config: Swap::new(config.clone()),
             router: router_tx.clone(),
@@ -277,6 +281,7 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             logins: Swap::new(Arc::new(logins)),
             pre_login: Default::default(),
+            hibernation: Some(hibernation),
         });
         let slots = ConnectionSlots::new(config.limits.max_connections);
         let mut broker = Broker {
@@ -666,6 +671,11 @@ impl Broker {
                 "shutdown timeout: {} connections still open",
                 self.tracker.len()
             );
+        }
+        // Every hibernating connection was woken by its kick; any left (a
+        // timeout) end here.
+        if let Some(h) = &self.shared.hibernation {
+            h.close();
         }
         ask_router(&self.router_tx, |reply| RouterMsg::Finish { reply }).await;
         drop(self.router_tx);

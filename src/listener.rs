@@ -30,7 +30,7 @@ pub struct Transport {
 /// TLS and WebSocket streams are served through one boxed type, so the connection
 /// code is compiled twice (plain TCP, boxed) rather than once per combination;
 /// plain TCP, the common case, keeps static dispatch.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type BoxedIo = Box<dyn Io>;
 
@@ -92,16 +92,15 @@ pub async fn accept_loop(
     listener
 }
 
-/// A plain TCP connection's task. A combinator, not an `async fn`, which
-/// would hold its arguments beside the future they move into.
+/// A plain TCP connection's task: `serve` itself, not an `async fn` around
+/// it, which would hold its arguments beside the future they move into.
 fn serve_plain(
     socket: TcpStream,
     peer: Box<Peer>,
     shared: Arc<Shared>,
     slot: Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
-    use futures_util::FutureExt;
-    serve(socket, peer, shared).map(move |()| drop(slot))
+    serve(socket, peer, shared, slot)
 }
 
 /// A TLS or WebSocket connection's task: its transport handshake, then MQTT.
@@ -116,12 +115,11 @@ async fn serve_upgraded(
     shared: Arc<Shared>,
     slot: Slot,
 ) {
-    let _slot = slot;
     let limit = shared.config.get().limits.connect_timeout;
     let upgraded =
         tokio::time::timeout(limit, Box::pin(upgrade(socket, peer, &transport, &shared))).await;
     match upgraded {
-        Ok(Some((io, peer))) => serve(io, Box::new(peer), shared).await,
+        Ok(Some((io, peer))) => serve(io, Box::new(peer), shared, slot).await,
         Ok(None) => {}
         Err(_) => {
             let counter = if transport.tls.is_some() {
@@ -233,6 +231,7 @@ mod tests {
                 crate::login::Logins::new(&Config::default()).unwrap(),
             )),
             pre_login: Default::default(),
+            hibernation: None,
         });
         let slots = ConnectionSlots::new(2);
         let plain = serve_plain(

@@ -11,6 +11,8 @@ pub struct Metrics {
     pub connections_accepted: AtomicU64,
     pub connections_refused_limit: AtomicU64,
     pub connections_current: AtomicU64,
+    /// Of those, hibernating (`connection/hibernate.rs`).
+    pub connections_hibernating: AtomicU64,
     /// PUBLISHes received from clients, by QoS (0, 1, 2); the total is
     /// `messages_received()`.
     pub received_by_qos: [AtomicU64; 3],

@@ -6,11 +6,32 @@
 //! once drained, and keeps the same contract: bounded (`try_send` refuses when
 //! full, the router never waits), one sender (the router), one receiver (the
 //! connection), `recv` returns None once the sender is gone.
+//!
+//! It also carries the alarm of a hibernating connection
+//! (`connection::hibernate`): while the receiver sleeps outside any task, a
+//! push, a wake (the router's kick) or the sender's end rings it.
 
 use crate::session::Outgoing;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
+
+/// Wakes a hibernating receiver, known to it by `key`.
+pub trait Alarm: Send + Sync {
+    fn ring(&self, key: usize);
+}
+
+/// Whether the receiver is awake, falling asleep, or asleep.
+#[derive(Default)]
+enum Sleep {
+    #[default]
+    Awake,
+    /// Between `begin_sleep` and `asleep`: a ring now is kept for `asleep`.
+    Falling,
+    /// Rung while falling asleep: `asleep` refuses.
+    Rung,
+    Asleep(Arc<dyn Alarm>, usize),
+}
 
 /// Drained queues keep at most this many slots of capacity.
 const KEEP: usize = 16;
@@ -22,6 +43,28 @@ struct Inner {
     bytes: usize,
     sender_gone: bool,
     receiver_gone: bool,
+    sleep: Sleep,
+}
+
+impl Inner {
+    /// Something for the receiver: the alarm to ring (after the lock is
+    /// released) if it is asleep.
+    fn ring(&mut self) -> Option<(Arc<dyn Alarm>, usize)> {
+        match std::mem::take(&mut self.sleep) {
+            Sleep::Asleep(alarm, key) => Some((alarm, key)),
+            Sleep::Falling | Sleep::Rung => {
+                self.sleep = Sleep::Rung;
+                None
+            }
+            Sleep::Awake => None,
+        }
+    }
+}
+
+fn ring(alarm: Option<(Arc<dyn Alarm>, usize)>) {
+    if let Some((alarm, key)) = alarm {
+        alarm.ring(key);
+    }
 }
 
 struct Shared {
@@ -45,6 +88,7 @@ pub fn outbox(capacity: usize) -> (OutboxSender, OutboxReceiver) {
             bytes: 0,
             sender_gone: false,
             receiver_gone: false,
+            sleep: Sleep::Awake,
         }),
         notify: Notify::new(),
         capacity,
@@ -73,17 +117,25 @@ impl std::fmt::Debug for Shared {
 impl OutboxSender {
     /// Queue `item` unless the outbox is full or the connection is gone.
     pub fn try_send(&self, item: Outgoing) -> Result<(), Outgoing> {
-        {
+        let alarm = {
             let mut g = self.shared.lock();
             if g.receiver_gone || g.items.len() >= self.shared.capacity {
                 return Err(item);
             }
             g.bytes += cost(&item);
             g.items.push_back(item);
-        }
+            g.ring()
+        };
         // Stores a permit if the receiver is not waiting yet: no lost wake-up.
         self.shared.notify.notify_one();
+        ring(alarm);
         Ok(())
+    }
+
+    /// Wake the receiver if it hibernates (it has been kicked).
+    pub fn wake(&self) {
+        let alarm = self.shared.lock().ring();
+        ring(alarm);
     }
 
     /// Message bytes waiting in the outbox.
@@ -101,8 +153,13 @@ impl OutboxSender {
 
 impl Drop for OutboxSender {
     fn drop(&mut self) {
-        self.shared.lock().sender_gone = true;
+        let alarm = {
+            let mut g = self.shared.lock();
+            g.sender_gone = true;
+            g.ring()
+        };
         self.shared.notify.notify_one();
+        ring(alarm);
     }
 }
 
@@ -131,6 +188,38 @@ impl OutboxReceiver {
 
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         pop(&mut self.shared.lock())
+    }
+
+    /// The receiver is about to hibernate: false if anything is waiting for
+    /// it (it stays awake). A ring from now on is kept for `asleep`.
+    pub fn begin_sleep(&self) -> bool {
+        let mut g = self.shared.lock();
+        if !g.items.is_empty() || g.sender_gone {
+            return false;
+        }
+        g.sleep = Sleep::Falling;
+        true
+    }
+
+    /// The receiver sleeps and `alarm` wakes it as `key`; false if it was
+    /// rung since `begin_sleep` (it must wake at once).
+    pub fn asleep(&self, alarm: Arc<dyn Alarm>, key: usize) -> bool {
+        let mut g = self.shared.lock();
+        match g.sleep {
+            Sleep::Falling => {
+                g.sleep = Sleep::Asleep(alarm, key);
+                true
+            }
+            _ => {
+                g.sleep = Sleep::Awake;
+                false
+            }
+        }
+    }
+
+    /// Awake again (woken, or it did not fall asleep after all).
+    pub fn awake(&self) {
+        self.shared.lock().sleep = Sleep::Awake;
     }
 }
 

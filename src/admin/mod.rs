@@ -257,6 +257,7 @@ fn status_json(ctx: &AdminContext, s: &Snapshot) -> serde_json::Value {
         "uptime_seconds": ctx.started.elapsed().as_secs(),
         "snapshot_unix_ms": s.taken_unix_ms,
         "connections": get(&m.connections_current),
+        "connections_hibernating": get(&m.connections_hibernating),
         "clients_connected": s.clients_connected,
         "clients_maximum": s.clients_maximum,
         "sessions": s.sessions,

@@ -110,6 +110,12 @@ impl Collector for Scrape {
             "Client connections open now",
             get(&m.connections_current) as f64,
         )?;
+        gauge(
+            e,
+            "tern_connections_hibernating",
+            "Client connections open now that hibernate (idle, held outside any task)",
+            get(&m.connections_hibernating) as f64,
+        )?;
         counter(
             e,
             "tern_connections_accepted",

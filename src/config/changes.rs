@@ -66,6 +66,7 @@ const PER_CONNECTION: &[&str] = &[
     "limits.outgoing_qos0_buffer",
     "limits.connect_timeout",
     "limits.max_connect_packet_size",
+    "limits.hibernate_after",
 ];
 
 const PER_CONNECTION_NOTE: &str =

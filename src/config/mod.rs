@@ -272,6 +272,12 @@ pub struct Limits {
     pub outbound_topic_alias_maximum: u16,
     #[serde(alias = "connect_timeout_secs", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
+    /// A plain TCP connection silent this long, with nothing in flight,
+    /// hibernates: its task ends and its state waits outside it, its socket
+    /// watched, until its client sends, the router has something for it, or
+    /// its keep-alive runs out (`connection/hibernate.rs`). Zero: never.
+    #[serde(alias = "hibernate_after_secs", deserialize_with = "de_duration")]
+    pub hibernate_after: Duration,
     /// Largest first packet (the CONNECT) accepted, in bytes; `max_packet_size`
     /// applies after login. A CONNECT is small, and before login nobody is
     /// accountable for what its buffer holds.
@@ -346,6 +352,9 @@ impl Default for Limits {
             // topics that gain most, ~10 KiB per connection at max_topic_length.
             outbound_topic_alias_maximum: 10,
             connect_timeout: Duration::from_secs(10),
+            // Waking costs a task and a socket registration (~10 us): a client
+            // busy at least every 10 s never sleeps; an idle one costs a third.
+            hibernate_after: Duration::from_secs(10),
             // A Will payload of up to ~63 KiB still fits.
             max_connect_packet_size: 64 * 1024,
             // 256 CONNECTs of 64 KiB in flight at once.

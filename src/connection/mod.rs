@@ -16,6 +16,7 @@
 
 mod close;
 mod handshake;
+pub mod hibernate;
 mod negotiate;
 mod outgoing;
 mod pre_login;
@@ -23,6 +24,7 @@ mod receive_window;
 mod topic_alias;
 
 use crate::config::Config;
+use crate::connection_slots::Slot;
 use crate::login::Peer;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -61,7 +63,36 @@ pub struct Shared {
     pub logins: Swap<crate::login::Logins>,
     /// Read-buffer bytes held by connections that have not logged in yet.
     pub pre_login: PreLoginBudget,
+    /// Where idle plain TCP connections hibernate (None: they never do).
+    pub hibernation: Option<Arc<hibernate::Hibernation>>,
 }
+
+/// A byte stream a connection is served on. Only a plain TCP socket can
+/// hibernate: TLS and WebSocket keep their state in the stream.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    const HIBERNATES: bool = false;
+
+    /// The socket out of tokio's reactor, to be watched while hibernating.
+    fn into_socket(self) -> std::io::Result<std::net::TcpStream>
+    where
+        Self: Sized,
+    {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+impl Transport for tokio::net::TcpStream {
+    const HIBERNATES: bool = true;
+
+    fn into_socket(self) -> std::io::Result<std::net::TcpStream> {
+        self.into_std()
+    }
+}
+
+impl Transport for Box<dyn crate::listener::Io> {}
+
+#[cfg(test)]
+impl Transport for tokio::io::DuplexStream {}
 
 /// Stop reading from the socket while this much is waiting to be written: a client
 /// that does not read its acks must not make us buffer without bound.
@@ -89,15 +120,13 @@ const OUTBOX_BATCH: usize = 256;
 /// old connection costs the new one this much before its CONNACK.
 const TAKEOVER_GRACE: Duration = Duration::from_millis(100);
 
-/// Serve one accepted connection until it ends.
+/// Serve one accepted connection until it ends (or hibernates: then the
+/// connection goes on in `hibernate.rs`, which holds its `slot`).
 ///
 /// The peer comes boxed: it is read at CONNECT only, and inline it would take
 /// its room (twice: as the argument and as a local) in every connection's
 /// future for the connection's whole life.
-pub async fn serve<S>(stream: S, peer: Box<Peer>, shared: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+pub async fn serve<S: Transport>(stream: S, peer: Box<Peer>, shared: Arc<Shared>, slot: Slot) {
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     // At debug level: at info, a span per connection kept about 330 bytes
     // per connection ever open in tracing's registry (its slab never shrinks)
@@ -114,36 +143,90 @@ where
         .metrics
         .connections_current
         .fetch_add(1, Ordering::Relaxed);
-    serve_inner(stream, peer, conn_id, shared.clone())
+    serve_inner(stream, peer, conn_id, shared, slot)
         .instrument(span)
         .await;
+}
+
+async fn serve_inner<S: Transport>(
+    mut stream: S,
+    peer: Box<Peer>,
+    conn_id: u64,
+    shared: Arc<Shared>,
+    slot: Slot,
+) {
+    // Boxed: everything up to the CONNACK runs once, and inline its state
+    // (the CONNECT's buffer, the pre-login charge, the handshake) would be
+    // reserved in every connection's future for the connection's whole life.
+    let Some(conn) = Box::pin(open(&mut stream, peer, conn_id, &shared)).await else {
+        ended(&shared);
+        return;
+    };
+    drop(shared);
+    tracing::Span::current().record("client", &*conn.client_id);
+    let registration = Registration {
+        router: conn.shared.router.clone(),
+        client: conn.client_id.clone(),
+        conn_id,
+        armed: true,
+    };
+    live(stream, conn, registration, slot).await;
+}
+
+/// A connection is gone.
+fn ended(shared: &Shared) {
     shared
         .metrics
         .connections_current
         .fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve_inner<S>(mut stream: S, peer: Box<Peer>, conn_id: u64, shared: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    // Boxed: everything up to the CONNACK runs once, and inline its state
-    // (the CONNECT's buffer, the pre-login charge, the handshake) would be
-    // reserved in every connection's future for the connection's whole life.
-    let Some(mut conn) = Box::pin(open(&mut stream, peer, conn_id, &shared)).await else {
-        return;
+/// A logged-in connection from here until it ends, or until it hibernates
+/// (its state, registration and slot then go to `hibernate.rs`, which calls
+/// this again when it wakes).
+async fn live<S: Transport>(
+    mut stream: S,
+    mut conn: Conn,
+    mut registration: Registration,
+    slot: Slot,
+) {
+    let close = match conn.run(&mut stream).await {
+        Step::Close(close) => close,
+        Step::Hibernate => {
+            let shared = conn.shared.clone();
+            match (&shared.hibernation, stream.into_socket()) {
+                (Some(h), Ok(socket)) => {
+                    h.put_to_sleep(hibernate::Sleeper {
+                        conn,
+                        registration,
+                        socket,
+                        slot,
+                    });
+                }
+                (h, socket) => {
+                    // Not reached: `run` hibernates only with somewhere to go,
+                    // and a plain socket leaves the reactor unless its
+                    // deregistration fails. The socket is closed; the armed
+                    // registration reports the end as it drops.
+                    debug!(
+                        hibernation = h.is_some(),
+                        error = ?socket.err(),
+                        "cannot hibernate: closed"
+                    );
+                    drop((conn, registration, slot));
+                    ended(&shared);
+                }
+            }
+            return;
+        }
     };
-    tracing::Span::current().record("client", &*conn.client_id);
-    let mut registration = Registration {
-        router: shared.router.clone(),
-        client: conn.client_id.clone(),
-        conn_id,
-        armed: true,
-    };
-    let close = conn.run(&mut stream).await;
     // `finish` reports the end itself, in order with the final writes.
     registration.armed = false;
+    let shared = conn.shared.clone();
+    let conn_id = conn.conn_id;
     Box::pin(finish(stream, conn, close, conn_id, &shared)).await;
+    ended(&shared);
+    drop(slot);
 }
 
 /// A connection up to its CONNACK: the CONNECT within `connect_timeout` and
@@ -305,6 +388,25 @@ struct Conn {
     shared: Arc<Shared>,
     /// The configuration this connection was accepted under.
     cfg: Arc<Config>,
+    /// When the keep-alive runs out unless the client sends something
+    /// [MQTT-3.1.2-24] (far away without a keep-alive); kept while hibernating.
+    ka_at: tokio::time::Instant,
+}
+
+/// How `Conn::run` stopped.
+enum Step {
+    Close(Close),
+    /// Idle for `hibernate_after` with nothing in flight: the state goes to
+    /// `hibernate.rs`, the kick back in `Conn::kick`.
+    Hibernate,
+}
+
+/// The keep-alive deadline after a packet read at `now`.
+fn keep_alive_deadline(
+    now: tokio::time::Instant,
+    keep_alive: Option<Duration>,
+) -> tokio::time::Instant {
+    now + keep_alive.unwrap_or(Duration::from_secs(100 * 365 * 86_400))
 }
 
 impl Conn {
@@ -316,7 +418,9 @@ impl Conn {
         shared: &Arc<Shared>,
         cfg: Arc<Config>,
     ) -> Conn {
+        let ka_at = keep_alive_deadline(tokio::time::Instant::now(), deal.keep_alive_timeout());
         Conn {
+            ka_at,
             keep_alive: deal.keep_alive_timeout(),
             client_id: deal.client_id,
             conn_id,
@@ -358,8 +462,17 @@ impl Conn {
         }
     }
 
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Close {
-        let close = self.run_loop(stream).await;
+    async fn run<S: Transport>(&mut self, stream: &mut S) -> Step {
+        let hibernate_after = match &self.shared.hibernation {
+            Some(_) if S::HIBERNATES => {
+                Some(self.limits().hibernate_after).filter(|d| !d.is_zero())
+            }
+            _ => None,
+        };
+        let close = match self.run_loop(stream, hibernate_after).await {
+            Step::Close(close) => close,
+            Step::Hibernate => return Step::Hibernate,
+        };
         let ours = close.reason.is_some_and(|r| {
             r.is_error()
                 && r != ReasonCode::SESSION_TAKEN_OVER
@@ -368,7 +481,7 @@ impl Conn {
         if ours {
             self.settle().await;
         }
-        close
+        Step::Close(close)
     }
 
     /// Before closing on the client's protocol error: let the replies owed for
@@ -384,27 +497,31 @@ impl Conn {
         }
     }
 
-    async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Close {
+    async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        hibernate_after: Option<Duration>,
+    ) -> Step {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut kick = match self.kick.take() {
             Some(k) => k,
-            None => return Close::silent(),
+            None => return Step::Close(Close::silent()),
         };
-        // One keep-alive timer for the connection's life, moved only after reads
-        // [MQTT-3.1.2-24]; without a keep alive it never fires.
-        let far = || tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
-        let next_deadline = |keep_alive: Option<Duration>| match keep_alive {
-            Some(k) => tokio::time::Instant::now() + k,
-            None => far(),
+        // One timer for the connection's life: the keep-alive deadline
+        // (`ka_at`, moved only by reads [MQTT-3.1.2-24]), or before it the
+        // moment to hibernate, `hibernate_after` past the last activity.
+        let mut active_at = tokio::time::Instant::now();
+        let wake_at = |ka_at: tokio::time::Instant, active_at: tokio::time::Instant| {
+            hibernate_after.map_or(ka_at, |h| ka_at.min(active_at + h))
         };
-        let ka = tokio::time::sleep_until(next_deadline(self.keep_alive));
+        let ka = tokio::time::sleep_until(wake_at(self.ka_at, active_at));
         tokio::pin!(ka);
-        // Taken over: the keep-alive timer now ends the grace (`TAKEOVER_GRACE`).
+        // Taken over: the timer now ends the grace (`TAKEOVER_GRACE`).
         let mut taken_over = false;
         // Packets pipelined behind CONNECT arrived with it.
         if !self.rbuf.is_empty() {
             if let Some(close) = Box::pin(self.process_input()).await {
-                return close;
+                return Step::Close(close);
             }
         }
         loop {
@@ -419,7 +536,7 @@ impl Conn {
                 reason = &mut kick, if !taken_over => {
                     let close = self.kicked(reason);
                     if close.reason != Some(ReasonCode::SESSION_TAKEN_OVER) {
-                        return close;
+                        return Step::Close(close);
                     }
                     // [MQTT-3.1.4-3] this connection closes, but first it handles
                     // what its client already sent: the router waits for our report
@@ -432,11 +549,11 @@ impl Conn {
                     match res {
                         Ok(0) => {
                             debug!("peer closed the connection");
-                            return Close::silent();
+                            return Step::Close(Close::silent());
                         }
                         Err(e) => {
                             debug!(error = %e, "read error");
-                            return Close::silent();
+                            return Step::Close(Close::silent());
                         }
                         Ok(n) => {
                             self.shared.metrics.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
@@ -444,20 +561,26 @@ impl Conn {
                         }
                     }
                     if !taken_over {
-                        ka.as_mut().reset(next_deadline(self.keep_alive));
+                        active_at = tokio::time::Instant::now();
+                        self.ka_at = keep_alive_deadline(active_at, self.keep_alive);
+                        ka.as_mut().reset(wake_at(self.ka_at, active_at));
                     }
                     if let Some(close) = Box::pin(self.process_input()).await {
-                        return close;
+                        return Step::Close(close);
                     }
                 }
                 o = self.outbox.recv(), if self.wbuf.len() < WRITE_HIGH_WATER => {
-                    let Some(o) = o else { return Close::silent() };
+                    let Some(o) = o else { return Step::Close(Close::silent()) };
+                    // Not moving the timer: hibernating waits for it anyway.
+                    if hibernate_after.is_some() {
+                        active_at = tokio::time::Instant::now();
+                    }
                     self.push_outgoing(o);
                     self.push_outbox_batch();
                     // Replies written: packets held back by flow control can go on.
                     if !self.rbuf.is_empty() {
                         if let Some(close) = Box::pin(self.process_input()).await {
-                            return close;
+                            return Step::Close(close);
                         }
                     }
                     for packet_id in std::mem::take(&mut self.skipped) {
@@ -469,7 +592,7 @@ impl Conn {
                         // Boxed: a send to the router holds the message and
                         // its place in the queue (456 bytes), rarely.
                         if let Some(close) = Box::pin(self.to_router(msg)).await {
-                            return close;
+                            return Step::Close(close);
                         }
                     }
                 }
@@ -481,19 +604,57 @@ impl Conn {
                 // this is cancel-safe. (Plain TCP's flush is immediate.)
                 res = write_or_flush(&mut wr, &self.wbuf), if !self.wbuf.is_empty() || self.flush_owed => {
                     if let Some(close) = self.wrote(res, &mut wr) {
-                        return close;
+                        return Step::Close(close);
                     }
                 }
                 _ = &mut ka => {
                     if taken_over {
-                        return self.kicked(Ok(ReasonCode::SESSION_TAKEN_OVER));
+                        return Step::Close(self.kicked(Ok(ReasonCode::SESSION_TAKEN_OVER)));
                     }
-                    // [MQTT-3.1.2-24] nothing for 1.5 x keep alive: close.
-                    debug!("keep alive timeout");
-                    return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                    let now = tokio::time::Instant::now();
+                    if now >= self.ka_at {
+                        // [MQTT-3.1.2-24] nothing for 1.5 x keep alive: close.
+                        debug!("keep alive timeout");
+                        return Step::Close(Close::error(
+                            ReasonCode::KEEP_ALIVE_TIMEOUT,
+                            "keep alive timeout",
+                        ));
+                    }
+                    if hibernate_after.is_some_and(|h| now >= active_at + h) {
+                        if self.may_hibernate(&kick) {
+                            self.kick = Some(kick);
+                            return Step::Hibernate;
+                        }
+                        // Something is in flight: look again a period later.
+                        active_at = now;
+                    }
+                    ka.as_mut().reset(wake_at(self.ka_at, active_at));
                 }
             }
         }
+    }
+
+    /// Idle: may this connection hibernate? Only with nothing half-read,
+    /// unwritten, owed by the router or waiting in the outbox, and not
+    /// kicked. True: from now on, what the router sends rings the alarm the
+    /// hibernation sets (`OutboxReceiver::asleep`).
+    fn may_hibernate(&self, kick: &oneshot::Receiver<ReasonCode>) -> bool {
+        let quiet = self.rbuf.is_empty()
+            && self.wbuf.is_empty()
+            && !self.flush_owed
+            && self.inbound.owed() == 0
+            && self.skipped.is_empty()
+            && self.batch.is_empty();
+        if !quiet || !self.outbox.begin_sleep() {
+            return false;
+        }
+        // After `begin_sleep`: the router sends a kick before it rings, so a
+        // kick sent before this point is seen here and one sent after rings.
+        if !kick.is_empty() || kick.is_terminated() {
+            self.outbox.awake();
+            return false;
+        }
+        true
     }
 
     /// Kicked by the router: taken over, or the broker is shutting down.
@@ -882,12 +1043,15 @@ mod tests {
                 crate::login::Logins::new(&Config::default()).unwrap(),
             )),
             pre_login: PreLoginBudget::default(),
+            hibernation: None,
         });
         let (a, _b) = tokio::io::duplex(64);
+        let slots = crate::connection_slots::ConnectionSlots::new(1);
         let fut = serve(
             a,
             Box::new(Peer::plain("127.0.0.1:1".parse().unwrap())),
             shared,
+            slots.try_take().unwrap(),
         );
         let size = std::mem::size_of_val(&fut);
         eprintln!(

@@ -531,7 +531,7 @@ impl Router {
                 // [MQTT-4.13] and reports back as Disconnected, which is
                 // ignored because the handle is gone; so the will is
                 // scheduled here.
-                let _ = h.kick.send(ReasonCode::SERVER_SHUTTING_DOWN);
+                h.kick(ReasonCode::SERVER_SHUTTING_DOWN);
                 if let Some(will) = c.will.take() {
                     c.pend_will(will, now);
                 }
@@ -712,7 +712,7 @@ impl Router {
         let mut taken_over = false;
         if let Some(c) = self.clients.get_mut(id) {
             if let Some(old) = c.conn.take() {
-                let _ = old.kick.send(ReasonCode::SESSION_TAKEN_OVER);
+                old.kick(ReasonCode::SESSION_TAKEN_OVER);
                 c.arm_will(now);
                 // A session with expiry 0 ends with its connection: nothing to
                 // resume [MQTT-3.1.2-?, 3.1.2.11.2].

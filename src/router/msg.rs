@@ -52,6 +52,13 @@ impl ConnHandle {
     pub(super) fn close_with(&mut self, reason: ReasonCode) {
         let kick = std::mem::replace(&mut self.kick, oneshot::channel().0);
         let _ = kick.send(reason);
+        // A hibernating connection is woken to read it.
+        self.outbox.wake();
+    }
+
+    /// Tell the connection to close with `reason`, letting the handle go.
+    pub(super) fn kick(mut self, reason: ReasonCode) {
+        self.close_with(reason);
     }
 }
 

@@ -1,0 +1,339 @@
+//! Hibernation: idle plain TCP connections held outside any task.
+//!
+//! An idle connection's cost is mostly what its task keeps for its whole
+//! life: the task itself (sized for its largest state), tokio's registration
+//! of its socket, its read buffer. After `limits.hibernate_after` of silence,
+//! with nothing half-read, unwritten or owed, a plain TCP connection's task
+//! ends (`Step::Hibernate`) and hands its state here (`Sleeper`: the
+//! connection's `Conn`, its registration with the router, its slot, the
+//! socket taken out of tokio's reactor). Owns those sleepers, the epoll set
+//! (`mio::Poll`) that watches their sockets, and the keep-alive deadlines.
+//!
+//! A sleeper wakes, in a new task, on the first of: its socket readable (a
+//! packet, or the peer closing; epoll reports a socket that was readable
+//! before it was added), the router pushing to its outbox or kicking it (the
+//! outbox rings `Alarm`), its keep-alive deadline (the new task closes it
+//! with 0x8D), the broker shutting down. It then carries on from where it
+//! stopped: nothing the connection knew is lost, since everything is in its
+//! `Conn`. The idea is EMQX's and Erlang's `hibernate_after`.
+//!
+//! Only plain TCP hibernates: TLS and WebSocket keep state in their stream.
+
+use super::{ended, live, Conn, Registration};
+use crate::connection_slots::Slot;
+use crate::outbox::Alarm;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn, Instrument};
+
+/// Socket events taken per `epoll_wait`.
+const EVENTS: usize = 256;
+
+/// One hibernating connection: everything its task held that outlives an
+/// idle moment.
+pub struct Sleeper {
+    pub(super) conn: Conn,
+    pub(super) registration: Registration,
+    pub(super) socket: std::net::TcpStream,
+    pub(super) slot: Slot,
+}
+
+/// A sleeper in its room, with the token that keeps the broker's shutdown
+/// waiting for it as for a task.
+struct Room {
+    sleeper: Sleeper,
+    _token: TaskTrackerToken,
+}
+
+#[derive(Default)]
+struct Lot {
+    /// Sleepers by key (the epoll token and the outbox alarm's key).
+    rooms: Vec<Option<Box<Room>>>,
+    free: Vec<usize>,
+    asleep: usize,
+    /// Keys rung since the watcher last looked.
+    rung: Vec<usize>,
+    /// Keep-alive deadlines by key. A woken sleeper's entry stays until it is
+    /// due or the heap is rebuilt; a stale one is known by the room's own
+    /// deadline.
+    alarms: BinaryHeap<Reverse<(Instant, usize)>>,
+    closed: bool,
+}
+
+impl Lot {
+    /// Take the sleeper in `key`'s room, if any.
+    fn take(&mut self, key: usize) -> Option<Box<Room>> {
+        let room = self.rooms.get_mut(key)?.take()?;
+        self.free.push(key);
+        self.asleep -= 1;
+        Some(room)
+    }
+}
+
+/// Where idle plain TCP connections hibernate (one per broker).
+pub struct Hibernation {
+    lot: Mutex<Lot>,
+    registry: Registry,
+    /// Wakes the watcher: a ring, or a new deadline.
+    notify: Notify,
+    /// Woken connections' tasks are tracked like accepted ones.
+    tracker: TaskTracker,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Alarm for Hibernation {
+    fn ring(&self, key: usize) {
+        self.lock().rung.push(key);
+        self.notify.notify_one();
+    }
+}
+
+impl Hibernation {
+    /// The hibernation and the task that watches it (spawn it; it ends with
+    /// `close` or with the runtime).
+    pub fn start(
+        tracker: TaskTracker,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> std::io::Result<(Arc<Hibernation>, impl std::future::Future<Output = ()>)> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let h = Arc::new(Hibernation {
+            lot: Mutex::new(Lot::default()),
+            registry,
+            notify: Notify::new(),
+            tracker,
+            metrics,
+        });
+        // SAFETY: `Poll` owns its epoll descriptor until it drops, and its
+        // `as_raw_fd` always returns that descriptor; the `AsyncFd` owns the
+        // `Poll`, so the descriptor outlives the registration.
+        let poll = unsafe { AsyncFd::register(poll) }?;
+        Ok((h.clone(), h.watch(poll)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lot> {
+        // Every change under this lock is a push or a take: a panic cannot
+        // leave it half done.
+        self.lot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connections hibernating now.
+    pub fn asleep(&self) -> usize {
+        self.lock().asleep
+    }
+
+    /// Take a connection whose task has just ended to hibernate.
+    pub(super) fn put_to_sleep(self: &Arc<Self>, sleeper: Sleeper) {
+        let fd = sleeper.socket.as_raw_fd();
+        let ka_at = sleeper.conn.ka_at;
+        let mut lot = self.lock();
+        if lot.closed {
+            // Shutting down: the connection ends here (its registration
+            // reports it to the router as it drops).
+            drop(lot);
+            let shared = sleeper.conn.shared.clone();
+            drop(sleeper);
+            ended(&shared);
+            return;
+        }
+        let key = match lot.free.pop() {
+            Some(k) => k,
+            None => {
+                lot.rooms.push(None);
+                lot.rooms.len() - 1
+            }
+        };
+        if let Err(e) = self
+            .registry
+            .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)
+        {
+            // Cannot watch it: it stays awake.
+            lot.free.push(key);
+            drop(lot);
+            warn!(error = %e, "cannot watch a hibernating connection's socket");
+            self.wake(Box::new(Room {
+                sleeper,
+                _token: self.tracker.token(),
+            }));
+            return;
+        }
+        let alarm: Arc<dyn Alarm> = self.clone();
+        let quiet = sleeper.conn.outbox.asleep(alarm, key);
+        lot.rooms[key] = Some(Box::new(Room {
+            sleeper,
+            _token: self.tracker.token(),
+        }));
+        lot.asleep += 1;
+        if !quiet {
+            // Rung while falling asleep: wake at once.
+            lot.rung.push(key);
+        }
+        lot.alarms.push(Reverse((ka_at, key)));
+        // Stale deadlines (of sleepers since woken) are dropped when they
+        // outnumber the live ones.
+        if lot.alarms.len() > 2 * lot.asleep + 64 {
+            let live: Vec<_> = lot
+                .rooms
+                .iter()
+                .enumerate()
+                .filter_map(|(k, r)| r.as_ref().map(|r| Reverse((r.sleeper.conn.ka_at, k))))
+                .collect();
+            lot.alarms = BinaryHeap::from(live);
+        }
+        drop(lot);
+        self.metrics
+            .connections_hibernating
+            .fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// A sleeper wakes: out of the epoll set, into a new task that serves it
+    /// as before.
+    fn wake(&self, room: Box<Room>) {
+        let Room { sleeper, _token } = *room;
+        let Sleeper {
+            conn,
+            registration,
+            socket,
+            slot,
+        } = sleeper;
+        let _ = self.registry.deregister(&mut SourceFd(&socket.as_raw_fd()));
+        conn.outbox.awake();
+        let span = tracing::debug_span!("conn", id = conn.conn_id, client = %&*conn.client_id);
+        self.tracker.spawn(
+            async move {
+                let _token = _token;
+                let stream = match tokio::net::TcpStream::from_std(socket) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Its registration reports the end as it drops.
+                        debug!(error = %e, "cannot wake a hibernating connection");
+                        let shared = conn.shared.clone();
+                        drop((conn, registration, slot));
+                        ended(&shared);
+                        return;
+                    }
+                };
+                debug!("woken");
+                live(stream, conn, registration, slot).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The watcher: wakes sleepers whose socket is readable, who were rung,
+    /// or whose keep-alive deadline came.
+    async fn watch(self: Arc<Self>, mut poll: AsyncFd<Poll>) {
+        // Sleepers hold the broker's shared state, which holds this: if the
+        // runtime drops this task, the sleepers go with it.
+        struct Clear(Arc<Hibernation>);
+        impl Drop for Clear {
+            fn drop(&mut self) {
+                self.0.close();
+            }
+        }
+        let me = Clear(self);
+        let h = &me.0;
+        let mut events = Events::with_capacity(EVENTS);
+        let mut ready = Vec::new();
+        loop {
+            let next = h.lock().alarms.peek().map(|r| r.0 .0);
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                guard = poll.readable_mut() => {
+                    let Ok(mut guard) = guard else {
+                        warn!("hibernation: the epoll set failed; sleepers wake by their alarms only");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    };
+                    events.clear();
+                    if let Err(e) = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                        if e.kind() != std::io::ErrorKind::Interrupted {
+                            warn!(error = %e, "hibernation: epoll_wait failed");
+                        }
+                    }
+                    let n = events.iter().count();
+                    ready.extend(events.iter().map(|e| e.token().0));
+                    if n < EVENTS {
+                        guard.clear_ready();
+                    }
+                }
+                _ = h.notify.notified() => {}
+                _ = tokio::time::sleep_until(next.unwrap_or(far)) => {}
+            }
+            let woken: Vec<Box<Room>> = {
+                let mut lot = h.lock();
+                if lot.closed {
+                    return;
+                }
+                let mut keys = std::mem::take(&mut ready);
+                keys.append(&mut lot.rung);
+                let now = Instant::now();
+                while let Some(Reverse((at, key))) = lot.alarms.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    lot.alarms.pop();
+                    // Only if this deadline is still the sleeper's own.
+                    if lot
+                        .rooms
+                        .get(key)
+                        .and_then(|r| r.as_ref())
+                        .is_some_and(|r| r.sleeper.conn.ka_at <= now)
+                    {
+                        keys.push(key);
+                    }
+                }
+                let woken = keys.iter().filter_map(|&k| lot.take(k)).collect();
+                ready = keys;
+                ready.clear();
+                if lot.rung.capacity() > 1024 && lot.rung.is_empty() {
+                    lot.rung = Vec::new();
+                }
+                woken
+            };
+            if !woken.is_empty() {
+                h.metrics
+                    .connections_hibernating
+                    .fetch_sub(woken.len() as u64, Ordering::Relaxed);
+            }
+            for room in woken {
+                h.wake(room);
+            }
+        }
+    }
+
+    /// The broker is done with connections (after shutdown's wait, or the
+    /// runtime ending): the sleepers left end here, and sleepers to come end
+    /// at once.
+    pub fn close(&self) {
+        let rooms: Vec<Box<Room>> = {
+            let mut lot = self.lock();
+            lot.closed = true;
+            lot.alarms.clear();
+            let n = lot.asleep;
+            lot.asleep = 0;
+            self.metrics
+                .connections_hibernating
+                .fetch_sub(n as u64, Ordering::Relaxed);
+            lot.rooms.drain(..).flatten().collect()
+        };
+        self.notify.notify_one();
+        for room in rooms {
+            let shared = room.sleeper.conn.shared.clone();
+            drop(room);
+            ended(&shared);
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Hibernating connections (`limits.hibernate_after`, issue 15): an idle plain
+//! TCP connection's task ends and its state waits outside it. Checked over real
+//! sockets: it wakes for a delivery from the router, for a packet of its
+//! client, for a takeover, for the peer closing, for its keep-alive running
+//! out (0x8D, the Will published) and for the broker's shutdown (0x8B); and
+//! nothing it knew is lost across a sleep (QoS 2 state, topic aliases).
+
+mod common;
+
+use common::*;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tern::protocol::{
+    self, Connect, LastWill, Packet, PacketId, ProtocolVersion, PubResponse, QoS, ReasonCode,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn broker(after: Duration) -> (tern::broker::Broker, std::net::SocketAddr) {
+    let mut c = test_config();
+    c.limits.hibernate_after = after;
+    start(c).await
+}
+
+/// Wait until `n` connections hibernate.
+async fn asleep(b: &tern::broker::Broker, n: u64) {
+    let m = b.metrics();
+    assert!(
+        wait_until(WAIT, || m.connections_hibernating.load(Ordering::Relaxed)
+            == n)
+        .await,
+        "expected {n} hibernating, got {}",
+        m.connections_hibernating.load(Ordering::Relaxed)
+    );
+}
+
+fn connect(version: ProtocolVersion, id: &str, keep_alive: u16, will: Option<LastWill>) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        version,
+        clean_start: true,
+        keep_alive,
+        client_id: id.into(),
+        will,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    }))
+}
+
+/// A v5 PUBLISH with topic alias 1 (an empty topic: by the alias alone).
+fn aliased(topic: &str, qos: QoS, packet_id: u16, dup: bool, payload: &[u8]) -> Packet {
+    let Packet::Publish(mut p) = publish_packet(topic, qos, packet_id, payload) else {
+        unreachable!()
+    };
+    p.dup = dup;
+    p.properties.topic_alias = Some(1);
+    Packet::Publish(p)
+}
+
+async fn expect_publish(c: &mut RawClient, topic: &str, payload: &[u8]) -> protocol::Publish {
+    match c.recv_within(WAIT).await {
+        Ok(Some(Packet::Publish(p))) => {
+            assert_eq!(p.topic, topic);
+            assert_eq!(&p.payload[..], payload);
+            p
+        }
+        other => panic!("expected PUBLISH on {topic}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernating_connection_wakes_for_a_delivery_and_for_its_client() {
+    let (b, addr) = broker(Duration::from_millis(200)).await;
+    let (mut sub, _) = raw_connected(addr, ProtocolVersion::V5, "sub", true).await;
+    sub.subscribe(1, "t/#", QoS::AtLeastOnce).await;
+    let (mut publ, _) = raw_connected(addr, ProtocolVersion::V311, "pub", true).await;
+    asleep(&b, 2).await;
+    assert_eq!(b.metrics().connections_current.load(Ordering::Relaxed), 2);
+
+    // The publisher's packet wakes it (its socket); the delivery wakes the
+    // subscriber (the router's push to its outbox).
+    publ.send(&publish_packet("t/1", QoS::AtLeastOnce, 7, b"one"))
+        .await;
+    match publ.recv_within(WAIT).await {
+        Ok(Some(Packet::PubAck(a))) => assert_eq!(a.packet_id.get(), 7),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    let p = expect_publish(&mut sub, "t/1", b"one").await;
+    // Asleep again with the delivery unacknowledged: the PUBACK wakes it and
+    // the next delivery follows.
+    asleep(&b, 2).await;
+    sub.send(&Packet::PubAck(PubResponse::success(p.packet_id.unwrap())))
+        .await;
+    publ.send(&publish_packet("t/2", QoS::AtMostOnce, 0, b"two"))
+        .await;
+    expect_publish(&mut sub, "t/2", b"two").await;
+    // A PINGREQ is answered by a woken connection.
+    asleep(&b, 2).await;
+    sub.send(&Packet::PingReq).await;
+    match sub.recv_within(WAIT).await {
+        Ok(Some(Packet::PingResp)) => {}
+        other => panic!("expected PINGRESP, got {other:?}"),
+    }
+    // Many sleeps and wakes lose nothing, in order.
+    for i in 0..5u16 {
+        asleep(&b, 2).await;
+        let body = format!("m{i}");
+        publ.send(&publish_packet(
+            "t/3",
+            QoS::AtLeastOnce,
+            10 + i,
+            body.as_bytes(),
+        ))
+        .await;
+        assert!(matches!(
+            publ.recv_within(WAIT).await,
+            Ok(Some(Packet::PubAck(_)))
+        ));
+        let p = expect_publish(&mut sub, "t/3", body.as_bytes()).await;
+        sub.send(&Packet::PubAck(PubResponse::success(p.packet_id.unwrap())))
+            .await;
+    }
+    assert!(b.metrics().connections_hibernating.load(Ordering::Relaxed) <= 2);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_state_and_topic_aliases_survive_a_sleep() {
+    let (b, addr) = broker(Duration::from_millis(200)).await;
+    let (mut sub, _) = raw_connected(addr, ProtocolVersion::V311, "q2sub", true).await;
+    sub.subscribe(1, "q/#", QoS::ExactlyOnce).await;
+    let (mut publ, _) = raw_connected(addr, ProtocolVersion::V5, "q2pub", true).await;
+    // A QoS 2 publish with a topic alias, then sleep before PUBREL.
+    publ.send(&aliased("q/a", QoS::ExactlyOnce, 3, false, b"x"))
+        .await;
+    match publ.recv_within(WAIT).await {
+        Ok(Some(Packet::PubRec(r))) => assert_eq!(r.packet_id.get(), 3),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    let d = expect_publish(&mut sub, "q/a", b"x").await;
+    asleep(&b, 2).await;
+    // The re-sent PUBLISH (DUP) before PUBREL is recognised, not delivered
+    // twice [MQTT-4.3.3-10]; the alias set before the sleep still resolves.
+    publ.send(&aliased("", QoS::ExactlyOnce, 3, true, b"x"))
+        .await;
+    assert!(matches!(
+        publ.recv_within(WAIT).await,
+        Ok(Some(Packet::PubRec(_)))
+    ));
+    publ.send(&Packet::PubRel(PubResponse::success(
+        PacketId::new(3).unwrap(),
+    )))
+    .await;
+    assert!(matches!(
+        publ.recv_within(WAIT).await,
+        Ok(Some(Packet::PubComp(_)))
+    ));
+    // The subscriber completes its QoS 2 flow after a sleep, and got it once.
+    asleep(&b, 2).await;
+    sub.send(&Packet::PubRec(PubResponse::success(d.packet_id.unwrap())))
+        .await;
+    assert!(matches!(
+        sub.recv_within(WAIT).await,
+        Ok(Some(Packet::PubRel(_)))
+    ));
+    sub.send(&Packet::PubComp(PubResponse::success(d.packet_id.unwrap())))
+        .await;
+    sub.expect_silence(Duration::from_millis(500)).await;
+    // A new message by alias alone, after another sleep.
+    asleep(&b, 2).await;
+    publ.send(&aliased("", QoS::AtMostOnce, 0, false, b"y"))
+        .await;
+    expect_publish(&mut sub, "q/a", b"y").await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_runs_out_while_hibernating() {
+    let (b, addr) = broker(Duration::from_millis(200)).await;
+    let (mut watcher, _) = raw_connected(addr, ProtocolVersion::V5, "watch", true).await;
+    watcher.subscribe(1, "will/#", QoS::AtLeastOnce).await;
+    let mut c = RawClient::connect(addr, ProtocolVersion::V5).await;
+    let will = LastWill {
+        topic: "will/quiet".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        delay_interval: 0,
+        properties: Default::default(),
+    };
+    let started = Instant::now();
+    c.send(&connect(ProtocolVersion::V5, "quiet", 1, Some(will)))
+        .await;
+    assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
+    // Keep alive 1 s: closed 1.5 s after the CONNACK [MQTT-3.1.2-24], asleep
+    // most of that time.
+    asleep(&b, 2).await;
+    match c.recv_within(WAIT).await {
+        Ok(Some(Packet::Disconnect(d))) => {
+            assert_eq!(d.reason_code, ReasonCode::KEEP_ALIVE_TIMEOUT)
+        }
+        other => panic!("expected DISCONNECT 0x8D, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    expect_publish(&mut watcher, "will/quiet", b"gone").await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_and_a_peer_closing_wake_a_hibernating_connection() {
+    let (b, addr) = broker(Duration::from_millis(200)).await;
+    let (mut old, _) = raw_connected(addr, ProtocolVersion::V5, "same", true).await;
+    let (gone, _) = raw_connected(addr, ProtocolVersion::V311, "leaver", true).await;
+    asleep(&b, 2).await;
+    // The peer closing: its socket wakes it, and the connection ends.
+    drop(gone);
+    let m = b.metrics();
+    assert!(
+        wait_until(WAIT, || m.connections_current.load(Ordering::Relaxed) == 1).await,
+        "the closed connection is still counted"
+    );
+    assert_eq!(m.connections_hibernating.load(Ordering::Relaxed), 1);
+    // A takeover: the router's kick wakes the old connection, which gets
+    // 0x8E, and the new one its CONNACK without waiting for a timeout.
+    let started = Instant::now();
+    let (_new, _) = raw_connected(addr, ProtocolVersion::V5, "same", true).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "CONNACK after {:?}",
+        started.elapsed()
+    );
+    match old.recv_within(WAIT).await {
+        Ok(Some(Packet::Disconnect(d))) => {
+            assert_eq!(d.reason_code, ReasonCode::SESSION_TAKEN_OVER)
+        }
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_wakes_hibernating_connections_with_0x8b() {
+    let (b, addr) = broker(Duration::from_millis(200)).await;
+    let (mut v5, _) = raw_connected(addr, ProtocolVersion::V5, "h5", false).await;
+    let (mut v3, _) = raw_connected(addr, ProtocolVersion::V311, "h3", true).await;
+    asleep(&b, 2).await;
+    tokio::time::timeout(Duration::from_secs(10), b.shutdown())
+        .await
+        .expect("shutdown finishes");
+    match v5.recv_within(WAIT).await {
+        Ok(Some(Packet::Disconnect(d))) => {
+            assert_eq!(d.reason_code, ReasonCode::SERVER_SHUTTING_DOWN)
+        }
+        other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+    }
+    assert!(matches!(v3.recv_within(WAIT).await, Ok(None)), "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_turns_hibernation_off() {
+    let (b, addr) = broker(Duration::ZERO).await;
+    let (mut c, _) = raw_connected(addr, ProtocolVersion::V5, "awake", true).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        b.metrics().connections_hibernating.load(Ordering::Relaxed),
+        0
+    );
+    c.send(&Packet::PingReq).await;
+    assert!(matches!(
+        c.recv_within(WAIT).await,
+        Ok(Some(Packet::PingResp))
+    ));
+    b.shutdown().await;
+}
