@@ -22,9 +22,11 @@
 //! 3. N idle MQTT 3.1.1 connections (`N`, default 10,000), 256 handshakes at a
 //!    time, each a CONNECT with a 64-byte client id, clean session, keep alive
 //!    600 s, waiting for its CONNACK; 2 s later VmRSS again: "open". KB per
-//!    connection = (open - idle) / N. Every connection must still be open then
-//!    (a peek at each socket) and the broker must hold a descriptor for each,
-//!    else the run fails.
+//!    connection = (open - idle) / N. Then VmRSS once more 10 s later
+//!    ("asleep": Tern's idle connections hibernate after `limits.hibernate_after`,
+//!    10 s by default, written into its config). Every connection must still
+//!    be open then (a peek at each socket) and the broker must hold a
+//!    descriptor for each, else the run fails.
 //! 4. Each sends DISCONNECT and closes (TLS close_notify, WebSocket close);
 //!    once the broker is back to its idle descriptors, VmRSS is polled until
 //!    it stops moving (at least 3 s after closing: Tern hands freed memory back
@@ -107,6 +109,9 @@ struct Scale {
     idle_max: Duration,
     /// After the last CONNACK, before "open" is read.
     open_wait: Duration,
+    /// Tern's `limits.hibernate_after` (the default under `cargo bench`);
+    /// "asleep" is read this long plus `open_wait` after the last CONNACK.
+    hibernate_after: Duration,
     after_min: Duration,
     after_max: Duration,
     /// RSS has settled once it moved less than 1% (and 256 KiB) over this long.
@@ -123,6 +128,7 @@ fn scale() -> Scale {
             idle_min: Duration::from_secs(1),
             idle_max: Duration::from_secs(5),
             open_wait: Duration::from_secs(2),
+            hibernate_after: Duration::from_secs(10),
             after_min: Duration::from_secs(3),
             after_max: Duration::from_secs(10),
             window: Duration::from_secs(2),
@@ -136,6 +142,7 @@ fn scale() -> Scale {
             idle_min: Duration::from_millis(200),
             idle_max: Duration::from_secs(1),
             open_wait: Duration::from_millis(200),
+            hibernate_after: Duration::from_millis(300),
             after_min: Duration::from_millis(200),
             after_max: Duration::from_secs(1),
             window: Duration::from_millis(250),
@@ -382,19 +389,31 @@ fn measure_all(ctx: &Ctx, out: &Path, notes: Vec<String>) -> Res<()> {
     );
     md += "| transport |";
     for t in &titles {
-        md += &format!(" {t} KB/conn |");
+        md += &format!(
+            " {t} KB/conn after {:.0} s |",
+            ctx.sc.open_wait.as_secs_f64()
+        );
+    }
+    for t in &titles {
+        md += &format!(
+            " {t} KB/conn after {:.0} s |",
+            (ctx.sc.open_wait + ctx.sc.hibernate_after).as_secs_f64()
+        );
     }
     for t in &titles {
         md += &format!(" {t} RSS idle / open / after (after % of idle) |");
     }
     md += "\n|---|";
-    md += &"---:|".repeat(titles.len());
+    md += &"---:|".repeat(2 * titles.len());
     md += &"---|".repeat(titles.len());
     md += "\n";
     for (t, by) in &rows {
         md += &format!("| {} |", t.title());
         for b in &brokers {
             md += &format!(" {:.2} |", by[b.key()].kb_per_conn(n));
+        }
+        for b in &brokers {
+            md += &format!(" {:.2} |", by[b.key()].kb_per_conn_asleep(n));
         }
         for b in &brokers {
             let r = &by[b.key()];
@@ -415,7 +434,7 @@ fn measure_all(ctx: &Ctx, out: &Path, notes: Vec<String>) -> Res<()> {
         ctx.sc.burst,
         ctx.sc.burst_after.as_secs_f64()
     );
-    md += &" - |".repeat(brokers.len());
+    md += &" - |".repeat(2 * brokers.len());
     for b in &brokers {
         let r = &bursts[b.key()];
         md += &format!(
@@ -509,7 +528,10 @@ fn pct(after: u64, idle: u64) -> f64 {
 /// One broker's figures for one transport.
 struct Idle {
     idle: u64,
+    /// `open_wait` after the last CONNACK: Tern's connections still awake.
     open: u64,
+    /// `hibernate_after` later: Tern's hibernating.
+    asleep: u64,
     after: u64,
     settled: bool,
     open_time: Duration,
@@ -526,6 +548,9 @@ impl Idle {
     fn kb_per_conn(&self, n: usize) -> f64 {
         (self.open as f64 - self.idle as f64) / n as f64
     }
+    fn kb_per_conn_asleep(&self, n: usize) -> f64 {
+        (self.asleep as f64 - self.idle as f64) / n as f64
+    }
     fn json(&self, b: Broker, t: Transport, n: usize) -> serde_json::Value {
         json!({
             "broker": b.key(),
@@ -534,8 +559,10 @@ impl Idle {
             "connections": n,
             "rss_idle_kb": self.idle,
             "rss_open_kb": self.open,
+            "rss_asleep_kb": self.asleep,
             "rss_after_kb": self.after,
             "kb_per_conn": self.kb_per_conn(n),
+            "kb_per_conn_asleep": self.kb_per_conn_asleep(n),
             "after_pct_of_idle": pct(self.after, self.idle),
             "after_settled": self.settled,
             "after_secs": self.after_wait.as_secs_f64(),
@@ -570,13 +597,19 @@ fn idle(ctx: &Ctx, broker: Broker, transport: Transport) -> Res<Idle> {
         .block_on(open_all(b.addr, transport, n, ctx.tls.clone(), &tag))
         .map_err(|e| format!("{label}: {e}{}", b.log_tail()))?;
     let open_time = t0.elapsed();
+    let opened = Instant::now();
     std::thread::sleep(sc.open_wait);
     let open = b.rss()?;
+    // Tern's idle connections hibernate `hibernate_after` after their CONNACK.
+    std::thread::sleep(
+        (opened + sc.open_wait + sc.hibernate_after).saturating_duration_since(Instant::now()),
+    );
+    let asleep = b.rss()?;
     let dropped = conns.iter().filter(|c| c.closed_by_peer()).count();
     if dropped > 0 {
         return Err(format!(
             "{label}: the broker closed {dropped} of {n} idle connections within {:.1} s{}",
-            sc.open_wait.as_secs_f64(),
+            (sc.open_wait + sc.hibernate_after).as_secs_f64(),
             b.log_tail()
         ));
     }
@@ -589,10 +622,14 @@ fn idle(ctx: &Ctx, broker: Broker, transport: Transport) -> Res<Idle> {
         ));
     }
     eprintln!(
-        "   opened in {:.1} s; open {:.1} MiB ({:.2} KB/conn); closing",
+        "   opened in {:.1} s; open {:.1} MiB ({:.2} KB/conn), {:.1} s later {:.1} MiB ({:.2} \
+         KB/conn); closing",
         open_time.as_secs_f64(),
         open as f64 / 1024.0,
-        (open as f64 - idle as f64) / n as f64
+        (open as f64 - idle as f64) / n as f64,
+        sc.hibernate_after.as_secs_f64(),
+        asleep as f64 / 1024.0,
+        (asleep as f64 - idle as f64) / n as f64
     );
     let close_failures = ctx.rt.block_on(close_all(conns));
     // Back to about its idle descriptors (a few may come and go: log files,
@@ -624,6 +661,7 @@ fn idle(ctx: &Ctx, broker: Broker, transport: Transport) -> Res<Idle> {
     Ok(Idle {
         idle,
         open,
+        asleep,
         after,
         settled,
         open_time,
@@ -860,9 +898,10 @@ fn start(ctx: &Ctx, broker: Broker, transport: Transport, name: &str) -> Res<Run
             }
             c += &format!(
                 "[auth]\nallow_anonymous = true\n[storage]\nin_memory = false\ndir = {:?}\n\
-                 [limits]\nmax_connections = {}\n",
+                 [limits]\nmax_connections = {}\nhibernate_after = \"{}ms\"\n",
                 dir.join("data"),
-                ctx.n + 100
+                ctx.n + 100,
+                ctx.sc.hibernate_after.as_millis()
             );
             (ctx.tern.clone(), ("tern.toml", c))
         }

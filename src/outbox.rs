@@ -290,6 +290,54 @@ mod tests {
         assert!(tx.try_send(item(8)).is_err(), "connection gone");
     }
 
+    /// Counts rings by key.
+    #[derive(Default)]
+    struct Bell(Mutex<Vec<usize>>);
+
+    impl Alarm for Bell {
+        fn ring(&self, key: usize) {
+            self.0.lock().unwrap().push(key);
+        }
+    }
+
+    #[test]
+    fn a_sleeping_receiver_is_rung_once_by_a_push_a_wake_or_the_senders_end() {
+        let bell = Arc::new(Bell::default());
+        let (tx, mut rx) = outbox(4);
+        // Asleep: a push rings, once; it is awake until it sleeps again.
+        assert!(rx.begin_sleep());
+        assert!(rx.asleep(bell.clone(), 7));
+        tx.try_send(item(1)).unwrap();
+        tx.try_send(item(2)).unwrap();
+        assert_eq!(*bell.0.lock().unwrap(), vec![7]);
+        // Not while something waits.
+        assert!(!rx.begin_sleep());
+        assert_eq!(rx.try_recv(), Some(item(1)));
+        assert_eq!(rx.try_recv(), Some(item(2)));
+        // A wake (the router's kick) rings.
+        assert!(rx.begin_sleep());
+        assert!(rx.asleep(bell.clone(), 8));
+        tx.wake();
+        assert_eq!(*bell.0.lock().unwrap(), vec![7, 8]);
+        // Rung while falling asleep: `asleep` refuses, nobody is rung.
+        assert!(rx.begin_sleep());
+        tx.wake();
+        assert!(!rx.asleep(bell.clone(), 9));
+        assert_eq!(bell.0.lock().unwrap().len(), 2);
+        // Fell asleep, then woken by other means and awake: no ring.
+        assert!(rx.begin_sleep());
+        assert!(rx.asleep(bell.clone(), 10));
+        rx.awake();
+        tx.wake();
+        assert_eq!(bell.0.lock().unwrap().len(), 2);
+        // The sender's end rings a sleeper, and nothing sleeps after it.
+        assert!(rx.begin_sleep());
+        assert!(rx.asleep(bell.clone(), 11));
+        drop(tx);
+        assert_eq!(*bell.0.lock().unwrap(), vec![7, 8, 11]);
+        assert!(!rx.begin_sleep());
+    }
+
     #[tokio::test]
     async fn recv_is_cancel_safe() {
         let (tx, mut rx) = outbox(4);

@@ -337,3 +337,19 @@ impl Hibernation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a hibernating connection costs is mostly its room: guard its size.
+    #[test]
+    fn a_sleeper_stays_small() {
+        let room = std::mem::size_of::<Room>();
+        eprintln!("room: {room} bytes, Conn: {}", std::mem::size_of::<Conn>());
+        assert!(
+            room <= 464,
+            "a hibernating connection's room grew to {room} bytes"
+        );
+    }
+}

@@ -126,7 +126,13 @@ const TAKEOVER_GRACE: Duration = Duration::from_millis(100);
 /// The peer comes boxed: it is read at CONNECT only, and inline it would take
 /// its room (twice: as the argument and as a local) in every connection's
 /// future for the connection's whole life.
-pub async fn serve<S: Transport>(stream: S, peer: Box<Peer>, shared: Arc<Shared>, slot: Slot) {
+pub fn serve<S: Transport>(
+    mut stream: S,
+    peer: Box<Peer>,
+    shared: Arc<Shared>,
+    slot: Slot,
+) -> impl std::future::Future<Output = ()> + Send {
+    // Not an `async fn`, which would hold its arguments twice (see `live`).
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     // At debug level: at info, a span per connection kept about 330 bytes
     // per connection ever open in tracing's registry (its slab never shrinks)
@@ -143,34 +149,31 @@ pub async fn serve<S: Transport>(stream: S, peer: Box<Peer>, shared: Arc<Shared>
         .metrics
         .connections_current
         .fetch_add(1, Ordering::Relaxed);
-    serve_inner(stream, peer, conn_id, shared, slot)
-        .instrument(span)
-        .await;
-}
-
-async fn serve_inner<S: Transport>(
-    mut stream: S,
-    peer: Box<Peer>,
-    conn_id: u64,
-    shared: Arc<Shared>,
-    slot: Slot,
-) {
-    // Boxed: everything up to the CONNACK runs once, and inline its state
-    // (the CONNECT's buffer, the pre-login charge, the handshake) would be
-    // reserved in every connection's future for the connection's whole life.
-    let Some(conn) = Box::pin(open(&mut stream, peer, conn_id, &shared)).await else {
-        ended(&shared);
-        return;
-    };
-    drop(shared);
-    tracing::Span::current().record("client", &*conn.client_id);
-    let registration = Registration {
-        router: conn.shared.router.clone(),
-        client: conn.client_id.clone(),
-        conn_id,
-        armed: true,
-    };
-    live(stream, conn, registration, slot).await;
+    async move {
+        // Its locals end before the await below: held across it, they would
+        // be reserved in the connection's future beside the moved copies.
+        let live = {
+            // Boxed: everything up to the CONNACK runs once, and inline its
+            // state (the CONNECT's buffer, the pre-login charge, the
+            // handshake) would be reserved in every connection's future for
+            // the connection's whole life.
+            let Some(conn) = Box::pin(open(&mut stream, peer, conn_id, &shared)).await else {
+                ended(&shared);
+                return;
+            };
+            drop(shared);
+            tracing::Span::current().record("client", &*conn.client_id);
+            let registration = Registration {
+                router: conn.shared.router.clone(),
+                client: conn.client_id.clone(),
+                conn_id,
+                armed: true,
+            };
+            live(stream, conn, registration, slot)
+        };
+        live.await;
+    }
+    .instrument(span)
 }
 
 /// A connection is gone.
@@ -184,49 +187,58 @@ fn ended(shared: &Shared) {
 /// A logged-in connection from here until it ends, or until it hibernates
 /// (its state, registration and slot then go to `hibernate.rs`, which calls
 /// this again when it wakes).
-async fn live<S: Transport>(
+///
+/// A function returning an `async move` block, not an `async fn`: that would
+/// keep its arguments (the whole `Conn`) twice in the connection's future,
+/// as arguments and as locals.
+fn live<S: Transport>(
     mut stream: S,
     mut conn: Conn,
     mut registration: Registration,
     slot: Slot,
-) {
-    let close = match conn.run(&mut stream).await {
-        Step::Close(close) => close,
-        Step::Hibernate => {
-            let shared = conn.shared.clone();
-            match (&shared.hibernation, stream.into_socket()) {
-                (Some(h), Ok(socket)) => {
-                    h.put_to_sleep(hibernate::Sleeper {
-                        conn,
-                        registration,
-                        socket,
-                        slot,
-                    });
-                }
-                (h, socket) => {
-                    // Not reached: `run` hibernates only with somewhere to go,
-                    // and a plain socket leaves the reactor unless its
-                    // deregistration fails. The socket is closed; the armed
-                    // registration reports the end as it drops.
-                    debug!(
-                        hibernation = h.is_some(),
-                        error = ?socket.err(),
-                        "cannot hibernate: closed"
-                    );
-                    drop((conn, registration, slot));
-                    ended(&shared);
-                }
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let close = match conn.run(&mut stream).await {
+            Step::Close(close) => close,
+            Step::Hibernate => {
+                hibernate(stream, conn, registration, slot);
+                return;
             }
-            return;
-        }
-    };
-    // `finish` reports the end itself, in order with the final writes.
-    registration.armed = false;
+        };
+        // `finish` reports the end itself, in order with the final writes.
+        registration.armed = false;
+        let shared = conn.shared.clone();
+        let conn_id = conn.conn_id;
+        Box::pin(finish(stream, conn, close, conn_id, &shared)).await;
+        ended(&shared);
+        drop(slot);
+    }
+}
+
+/// Hand an idle connection to the hibernation.
+fn hibernate<S: Transport>(stream: S, conn: Conn, registration: Registration, slot: Slot) {
     let shared = conn.shared.clone();
-    let conn_id = conn.conn_id;
-    Box::pin(finish(stream, conn, close, conn_id, &shared)).await;
-    ended(&shared);
-    drop(slot);
+    match (&shared.hibernation, stream.into_socket()) {
+        (Some(h), Ok(socket)) => h.put_to_sleep(hibernate::Sleeper {
+            conn,
+            registration,
+            socket,
+            slot,
+        }),
+        (h, socket) => {
+            // Not reached: `run` hibernates only with somewhere to go, and a
+            // plain socket leaves the reactor unless its deregistration
+            // fails. The socket is closed; the armed registration reports the
+            // end as it drops.
+            debug!(
+                hibernation = h.is_some(),
+                error = ?socket.err(),
+                "cannot hibernate: closed"
+            );
+            drop((conn, registration, slot));
+            ended(&shared);
+        }
+    }
 }
 
 /// A connection up to its CONNACK: the CONNECT within `connect_timeout` and
@@ -463,13 +475,10 @@ impl Conn {
     }
 
     async fn run<S: Transport>(&mut self, stream: &mut S) -> Step {
-        let hibernate_after = match &self.shared.hibernation {
-            Some(_) if S::HIBERNATES => {
-                Some(self.limits().hibernate_after).filter(|d| !d.is_zero())
-            }
-            _ => None,
-        };
-        let close = match self.run_loop(stream, hibernate_after).await {
+        let hibernates = S::HIBERNATES
+            && self.shared.hibernation.is_some()
+            && !self.limits().hibernate_after.is_zero();
+        let close = match self.run_loop(stream, hibernates).await {
             Step::Close(close) => close,
             Step::Hibernate => return Step::Hibernate,
         };
@@ -500,7 +509,7 @@ impl Conn {
     async fn run_loop<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         stream: &mut S,
-        hibernate_after: Option<Duration>,
+        hibernates: bool,
     ) -> Step {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut kick = match self.kick.take() {
@@ -511,10 +520,7 @@ impl Conn {
         // (`ka_at`, moved only by reads [MQTT-3.1.2-24]), or before it the
         // moment to hibernate, `hibernate_after` past the last activity.
         let mut active_at = tokio::time::Instant::now();
-        let wake_at = |ka_at: tokio::time::Instant, active_at: tokio::time::Instant| {
-            hibernate_after.map_or(ka_at, |h| ka_at.min(active_at + h))
-        };
-        let ka = tokio::time::sleep_until(wake_at(self.ka_at, active_at));
+        let ka = tokio::time::sleep_until(self.wake_at(hibernates, active_at));
         tokio::pin!(ka);
         // Taken over: the timer now ends the grace (`TAKEOVER_GRACE`).
         let mut taken_over = false;
@@ -563,7 +569,7 @@ impl Conn {
                     if !taken_over {
                         active_at = tokio::time::Instant::now();
                         self.ka_at = keep_alive_deadline(active_at, self.keep_alive);
-                        ka.as_mut().reset(wake_at(self.ka_at, active_at));
+                        ka.as_mut().reset(self.wake_at(hibernates, active_at));
                     }
                     if let Some(close) = Box::pin(self.process_input()).await {
                         return Step::Close(close);
@@ -572,7 +578,7 @@ impl Conn {
                 o = self.outbox.recv(), if self.wbuf.len() < WRITE_HIGH_WATER => {
                     let Some(o) = o else { return Step::Close(Close::silent()) };
                     // Not moving the timer: hibernating waits for it anyway.
-                    if hibernate_after.is_some() {
+                    if hibernates {
                         active_at = tokio::time::Instant::now();
                     }
                     self.push_outgoing(o);
@@ -620,7 +626,7 @@ impl Conn {
                             "keep alive timeout",
                         ));
                     }
-                    if hibernate_after.is_some_and(|h| now >= active_at + h) {
+                    if hibernates && now >= active_at + self.limits().hibernate_after {
                         if self.may_hibernate(&kick) {
                             self.kick = Some(kick);
                             return Step::Hibernate;
@@ -628,9 +634,19 @@ impl Conn {
                         // Something is in flight: look again a period later.
                         active_at = now;
                     }
-                    ka.as_mut().reset(wake_at(self.ka_at, active_at));
+                    ka.as_mut().reset(self.wake_at(hibernates, active_at));
                 }
             }
+        }
+    }
+
+    /// When the connection's timer is due: its keep-alive deadline, or before
+    /// it, if it `hibernates`, `hibernate_after` past its last activity.
+    fn wake_at(&self, hibernates: bool, active_at: tokio::time::Instant) -> tokio::time::Instant {
+        if hibernates {
+            self.ka_at.min(active_at + self.limits().hibernate_after)
+        } else {
+            self.ka_at
         }
     }
 
