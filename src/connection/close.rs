@@ -103,6 +103,13 @@ pub(super) struct Registration {
     pub armed: bool,
 }
 
+impl Registration {
+    /// The connection reports its end itself.
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         if self.armed {

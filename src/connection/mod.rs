@@ -194,7 +194,7 @@ fn ended(shared: &Shared) {
 fn live<S: Transport>(
     mut stream: S,
     mut conn: Conn,
-    mut registration: Registration,
+    registration: Registration,
     slot: Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
@@ -206,7 +206,7 @@ fn live<S: Transport>(
             }
         };
         // `finish` reports the end itself, in order with the final writes.
-        registration.armed = false;
+        registration.disarm();
         let shared = conn.shared.clone();
         let conn_id = conn.conn_id;
         Box::pin(finish(stream, conn, close, conn_id, &shared)).await;
@@ -627,8 +627,12 @@ impl Conn {
                         ));
                     }
                     if hibernates && now >= active_at + self.limits().hibernate_after {
-                        if self.may_hibernate(&kick) {
+                        if self.may_hibernate(&mut kick) {
                             self.kick = Some(kick);
+                            // Empty, but holding their allocations.
+                            self.rbuf = BytesMut::new();
+                            self.wbuf = BytesMut::new();
+                            self.read_size = READ_MIN;
                             return Step::Hibernate;
                         }
                         // Something is in flight: look again a period later.
@@ -654,7 +658,7 @@ impl Conn {
     /// unwritten, owed by the router or waiting in the outbox, and not
     /// kicked. True: from now on, what the router sends rings the alarm the
     /// hibernation sets (`OutboxReceiver::asleep`).
-    fn may_hibernate(&self, kick: &oneshot::Receiver<ReasonCode>) -> bool {
+    fn may_hibernate(&self, kick: &mut oneshot::Receiver<ReasonCode>) -> bool {
         let quiet = self.rbuf.is_empty()
             && self.wbuf.is_empty()
             && !self.flush_owed
@@ -666,7 +670,19 @@ impl Conn {
         }
         // After `begin_sleep`: the router sends a kick before it rings, so a
         // kick sent before this point is seen here and one sent after rings.
-        if !kick.is_empty() || kick.is_terminated() {
+        // Polled with a waker that does nothing, which also takes this task's
+        // waker out of the channel: kept there, it would keep the ended
+        // task's whole allocation alive for as long as the connection sleeps.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(r) =
+            std::future::Future::poll(std::pin::Pin::new(&mut *kick), &mut cx)
+        {
+            // Kicked after all: put the kick back for the loop to handle.
+            let (tx, rx) = oneshot::channel();
+            if let Ok(reason) = r {
+                let _ = tx.send(reason);
+            }
+            *kick = rx;
             self.outbox.awake();
             return false;
         }
