@@ -282,6 +282,10 @@ impl Broker {
             logins: Swap::new(Arc::new(logins)),
             pre_login: Default::default(),
             hibernation: Some(hibernation),
+            spawner: Some(Arc::new(crate::connection::Spawner::start(
+                tokio::runtime::Handle::current(),
+                tracker.clone(),
+            )?)),
         });
         let slots = ConnectionSlots::new(config.limits.max_connections);
         let mut broker = Broker {

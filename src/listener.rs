@@ -78,7 +78,12 @@ pub async fn accept_loop(
         // would be reserved in every plain connection too.
         if transport.tls.is_none() && !transport.websocket {
             let peer = Box::new(Peer::plain(peer));
-            tracker.spawn(serve_plain(socket, peer, shared.clone(), slot));
+            match &shared.spawner {
+                Some(spawner) => spawner.accepted(socket, peer, shared.clone(), slot),
+                None => {
+                    tracker.spawn(serve_plain(socket, peer, shared.clone(), slot));
+                }
+            }
         } else {
             tracker.spawn(serve_upgraded(
                 socket,
@@ -232,6 +237,7 @@ mod tests {
             )),
             pre_login: Default::default(),
             hibernation: None,
+            spawner: None,
         });
         let slots = ConnectionSlots::new(2);
         let plain = serve_plain(

@@ -35,6 +35,8 @@ pub async fn return_freed(metrics: Arc<Metrics>, every: Duration) {
     let moved = || metrics.messages_received() + metrics.messages_sent();
     let mut moved_at_trim = moved();
     let mut moved_last = moved_at_trim;
+    let asleep = || metrics.connections_hibernating.load(Ordering::Relaxed);
+    let mut asleep_at_trim = asleep();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -51,10 +53,15 @@ pub async fn return_freed(metrics: Arc<Metrics>, every: Duration) {
         moved_last = moved_now;
         let burst = moved_now.saturating_sub(moved_at_trim);
         let burst_over = burst >= 10_000 && this_tick < burst / 100;
+        let asleep_now = asleep();
+        let fell_asleep = asleep_now.saturating_sub(asleep_at_trim);
+        asleep_at_trim = asleep_at_trim.min(asleep_now);
         if (since >= 64 && since >= open / 4)
             || (drained >= 10_000 && drained >= queued_now)
             || burst_over
+            || (fell_asleep >= 64 && fell_asleep >= open / 4)
         {
+            asleep_at_trim = asleep_now;
             trim();
             closed_at_trim = closed_now;
             queued_peak = queued_now;

@@ -51,7 +51,7 @@ pub struct Sleeper {
 
 /// A sleeper in its room, with the token that keeps the broker's shutdown
 /// waiting for it as for a task.
-struct Room {
+pub(super) struct Room {
     sleeper: Sleeper,
     _token: TaskTrackerToken,
 }
@@ -199,37 +199,18 @@ impl Hibernation {
     }
 
     /// A sleeper wakes: out of the epoll set, into a new task that serves it
-    /// as before.
+    /// as before (allocated on the spawner's thread, see `spawner.rs`).
     fn wake(&self, room: Box<Room>) {
-        let Room { sleeper, _token } = *room;
-        let Sleeper {
-            conn,
-            registration,
-            socket,
-            slot,
-        } = sleeper;
-        let _ = self.registry.deregister(&mut SourceFd(&socket.as_raw_fd()));
-        conn.outbox.awake();
-        let span = tracing::debug_span!("conn", id = conn.conn_id, client = %&*conn.client_id);
-        self.tracker.spawn(
-            async move {
-                let _token = _token;
-                let stream = match tokio::net::TcpStream::from_std(socket) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // Its registration reports the end as it drops.
-                        debug!(error = %e, "cannot wake a hibernating connection");
-                        let shared = conn.shared.clone();
-                        drop((conn, registration, slot));
-                        ended(&shared);
-                        return;
-                    }
-                };
-                debug!("woken");
-                live(stream, conn, registration, slot).await;
+        let _ = self
+            .registry
+            .deregister(&mut SourceFd(&room.sleeper.socket.as_raw_fd()));
+        room.sleeper.conn.outbox.awake();
+        match room.sleeper.conn.shared.spawner.clone() {
+            Some(spawner) => spawner.woken(room),
+            None => {
+                self.tracker.spawn(woken(room));
             }
-            .instrument(span),
-        );
+        }
     }
 
     /// The watcher: wakes sleepers whose socket is readable, who were rung,
@@ -336,6 +317,36 @@ impl Hibernation {
             ended(&shared);
         }
     }
+}
+
+/// A woken connection's task: its socket back in tokio's reactor, then
+/// served from where it stopped.
+pub(super) fn woken(room: Box<Room>) -> impl std::future::Future<Output = ()> + Send {
+    let Room { sleeper, _token } = *room;
+    let Sleeper {
+        conn,
+        registration,
+        socket,
+        slot,
+    } = sleeper;
+    let span = tracing::debug_span!("conn", id = conn.conn_id, client = %&*conn.client_id);
+    async move {
+        let _token = _token;
+        let stream = match tokio::net::TcpStream::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                // Its registration reports the end as it drops.
+                debug!(error = %e, "cannot wake a hibernating connection");
+                let shared = conn.shared.clone();
+                drop((conn, registration, slot));
+                ended(&shared);
+                return;
+            }
+        };
+        debug!("woken");
+        live(stream, conn, registration, slot).await;
+    }
+    .instrument(span)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod negotiate;
 mod outgoing;
 mod pre_login;
 mod receive_window;
+mod spawner;
 mod topic_alias;
 
 use crate::config::Config;
@@ -43,6 +44,7 @@ use negotiate::Negotiated;
 pub use pre_login::PreLoginBudget;
 use pre_login::{no_connect, read_connect, Charge, CONNECT_READ};
 use receive_window::ReceiveWindow;
+pub use spawner::Spawner;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +67,9 @@ pub struct Shared {
     pub pre_login: PreLoginBudget,
     /// Where idle plain TCP connections hibernate (None: they never do).
     pub hibernation: Option<Arc<hibernate::Hibernation>>,
+    /// The thread plain TCP connections' tasks are allocated on (None: the
+    /// accepting worker's).
+    pub spawner: Option<Arc<Spawner>>,
 }
 
 /// A byte stream a connection is served on. Only a plain TCP socket can
@@ -1076,6 +1081,7 @@ mod tests {
             )),
             pre_login: PreLoginBudget::default(),
             hibernation: None,
+            spawner: None,
         });
         let (a, _b) = tokio::io::duplex(64);
         let slots = crate::connection_slots::ConnectionSlots::new(1);
