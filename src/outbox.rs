@@ -7,11 +7,15 @@
 //! full, the router never waits), one sender (the router), one receiver (the
 //! connection), `recv` returns None once the sender is gone.
 //!
-//! It also carries the alarm of a hibernating connection
+//! It also carries the router's kick (close, with this reason: a takeover, a
+//! shutdown), which a oneshot channel used to carry at the cost of one more
+//! allocation per connection, and the alarm of a hibernating connection
 //! (`connection::hibernate`): while the receiver sleeps outside any task, a
-//! push, a wake (the router's kick) or the sender's end rings it.
+//! push, a kick or the sender's end rings it.
 
+use crate::protocol::ReasonCode;
 use crate::session::Outgoing;
+use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -44,6 +48,8 @@ struct Inner {
     sender_gone: bool,
     receiver_gone: bool,
     sleep: Sleep,
+    /// The router's kick, until the receiver takes it (the first one counts).
+    kick: Option<ReasonCode>,
 }
 
 impl Inner {
@@ -70,6 +76,8 @@ fn ring(alarm: Option<(Arc<dyn Alarm>, usize)>) {
 struct Shared {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// The receiver waiting for a kick (or the sender's end).
+    kicked: AtomicWaker,
     capacity: usize,
 }
 
@@ -89,8 +97,10 @@ pub fn outbox(capacity: usize) -> (OutboxSender, OutboxReceiver) {
             sender_gone: false,
             receiver_gone: false,
             sleep: Sleep::Awake,
+            kick: None,
         }),
         notify: Notify::new(),
+        kicked: AtomicWaker::new(),
         capacity,
     });
     (
@@ -132,9 +142,15 @@ impl OutboxSender {
         Ok(())
     }
 
-    /// Wake the receiver if it hibernates (it has been kicked).
-    pub fn wake(&self) {
-        let alarm = self.shared.lock().ring();
+    /// Tell the receiver to close with `reason` (unless an earlier kick is
+    /// still waiting for it), waking it wherever it is.
+    pub fn kick(&self, reason: ReasonCode) {
+        let alarm = {
+            let mut g = self.shared.lock();
+            g.kick.get_or_insert(reason);
+            g.ring()
+        };
+        self.shared.kicked.wake();
         ring(alarm);
     }
 
@@ -159,6 +175,7 @@ impl Drop for OutboxSender {
             g.ring()
         };
         self.shared.notify.notify_one();
+        self.shared.kicked.wake();
         ring(alarm);
     }
 }
@@ -171,7 +188,7 @@ pub struct OutboxReceiver {
 impl OutboxReceiver {
     /// The next item, or None once the sender is gone and the queue is empty.
     /// Cancel-safe: an item is only taken when this returns it.
-    pub async fn recv(&mut self) -> Option<Outgoing> {
+    pub async fn recv(&self) -> Option<Outgoing> {
         loop {
             {
                 let mut g = self.shared.lock();
@@ -190,14 +207,40 @@ impl OutboxReceiver {
         pop(&mut self.shared.lock())
     }
 
+    /// The router's kick: Some(reason) once kicked, None once the sender is
+    /// gone. Cancel-safe: the kick is taken only when this returns it.
+    pub async fn kicked(&self) -> Option<ReasonCode> {
+        std::future::poll_fn(|cx| {
+            self.shared.kicked.register(cx.waker());
+            let mut g = self.shared.lock();
+            if let Some(reason) = g.kick.take() {
+                return std::task::Poll::Ready(Some(reason));
+            }
+            if g.sender_gone {
+                return std::task::Poll::Ready(None);
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// The kick waiting to be taken, if any (tests).
+    pub fn kick_waiting(&self) -> Option<ReasonCode> {
+        self.shared.lock().kick
+    }
+
     /// The receiver is about to hibernate: false if anything is waiting for
-    /// it (it stays awake). A ring from now on is kept for `asleep`.
+    /// it, a kick included (it stays awake). A ring from now on is kept for
+    /// `asleep`. The waker of the task that waited for a kick is let go: kept,
+    /// it would keep that ended task's whole allocation alive.
     pub fn begin_sleep(&self) -> bool {
         let mut g = self.shared.lock();
-        if !g.items.is_empty() || g.sender_gone {
+        if !g.items.is_empty() || g.sender_gone || g.kick.is_some() {
             return false;
         }
         g.sleep = Sleep::Falling;
+        drop(g);
+        drop(self.shared.kicked.take());
         true
     }
 
@@ -255,6 +298,7 @@ impl Drop for OutboxReceiver {
 mod tests {
     use super::*;
     use crate::protocol::PacketId;
+    use futures_util::FutureExt;
 
     fn item(n: u16) -> Outgoing {
         Outgoing::PubRel(PacketId::new(n).unwrap())
@@ -277,7 +321,7 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_a_waiting_receiver_and_refuses_after_receiver_drop() {
-        let (tx, mut rx) = outbox(4);
+        let (tx, rx) = outbox(4);
         let waiter = tokio::spawn(async move {
             let got = rx.recv().await;
             (got, rx)
@@ -314,33 +358,44 @@ mod tests {
         assert!(!rx.begin_sleep());
         assert_eq!(rx.try_recv(), Some(item(1)));
         assert_eq!(rx.try_recv(), Some(item(2)));
-        // A wake (the router's kick) rings.
+        // A kick rings, and no sleep while it waits.
         assert!(rx.begin_sleep());
         assert!(rx.asleep(bell.clone(), 8));
-        tx.wake();
+        tx.kick(ReasonCode::SESSION_TAKEN_OVER);
         assert_eq!(*bell.0.lock().unwrap(), vec![7, 8]);
-        // Rung while falling asleep: `asleep` refuses, nobody is rung.
+        assert!(!rx.begin_sleep());
+        assert_eq!(
+            rx.kicked().now_or_never(),
+            Some(Some(ReasonCode::SESSION_TAKEN_OVER))
+        );
+        // Kicked while falling asleep: `asleep` refuses, nobody is rung.
         assert!(rx.begin_sleep());
-        tx.wake();
+        tx.kick(ReasonCode::SERVER_SHUTTING_DOWN);
         assert!(!rx.asleep(bell.clone(), 9));
         assert_eq!(bell.0.lock().unwrap().len(), 2);
+        assert_eq!(
+            rx.kicked().now_or_never(),
+            Some(Some(ReasonCode::SERVER_SHUTTING_DOWN))
+        );
         // Fell asleep, then woken by other means and awake: no ring.
         assert!(rx.begin_sleep());
         assert!(rx.asleep(bell.clone(), 10));
         rx.awake();
-        tx.wake();
+        tx.try_send(item(3)).unwrap();
         assert_eq!(bell.0.lock().unwrap().len(), 2);
+        assert_eq!(rx.try_recv(), Some(item(3)));
         // The sender's end rings a sleeper, and nothing sleeps after it.
         assert!(rx.begin_sleep());
         assert!(rx.asleep(bell.clone(), 11));
         drop(tx);
         assert_eq!(*bell.0.lock().unwrap(), vec![7, 8, 11]);
         assert!(!rx.begin_sleep());
+        assert_eq!(rx.kicked().now_or_never(), Some(None), "sender gone");
     }
 
     #[tokio::test]
     async fn recv_is_cancel_safe() {
-        let (tx, mut rx) = outbox(4);
+        let (tx, rx) = outbox(4);
         // A recv that loses a select race takes nothing.
         tokio::select! {
             biased;

@@ -64,14 +64,9 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// The local side: attach to the router and consume the buffer.
-async fn attach(
-    b: &BridgeConfig,
-    ctx: &LinkContext,
-    id: &ClientId,
-) -> Option<(OutboxReceiver, oneshot::Receiver<ReasonCode>)> {
+async fn attach(b: &BridgeConfig, ctx: &LinkContext, id: &ClientId) -> Option<OutboxReceiver> {
     let window = usize::from(b.max_inflight.max(1));
     let (tx, rx) = outbox(window + 16);
-    let (kick_tx, kick_rx) = oneshot::channel();
     let (reply_tx, reply_rx) = oneshot::channel();
     let request = ConnectRequest {
         client_id: id.clone(),
@@ -91,7 +86,6 @@ async fn attach(
             conn_id: ctx.conn_id,
             version: ProtocolVersion::V5,
             outbox: tx,
-            kick: kick_tx,
             max_packet_size: None,
             window,
             reply_reserve: 16,
@@ -133,7 +127,7 @@ async fn attach(
         warn!(bridge = %b.name, "the bridge may not consume its buffer $queue/{} ({codes:?}): grant user {} read on it in the ACL", b.queue_name(), b.local_user());
         return None;
     }
-    Some((rx, kick_rx))
+    Some(rx)
 }
 
 /// Run bridge `b` until shutdown.
@@ -202,7 +196,7 @@ pub async fn run(b: BridgeConfig, ctx: LinkContext) {
             Some((tokio_rustls::TlsConnector::from(config), name))
         }
     };
-    let Some((mut outbox, mut kick)) = attach(&b, &ctx, &id).await else {
+    let Some(mut outbox) = attach(&b, &ctx, &id).await else {
         return;
     };
     let mut link = Link {
@@ -218,15 +212,15 @@ pub async fn run(b: BridgeConfig, ctx: LinkContext) {
         let stream = tokio::select! {
             s = TcpStream::connect(&b.address) => s,
             _ = ctx.shutdown.cancelled() => break,
-            _ = &mut kick => break,
+            _ = outbox.kicked() => break,
         };
         let served = match stream {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 match &tls {
-                    None => Some(link.serve(s, &mut client, &mut outbox, &mut kick).await),
+                    None => Some(link.serve(s, &mut client, &mut outbox).await),
                     Some((connector, name)) => match connector.connect(name.clone(), s).await {
-                        Ok(s) => Some(link.serve(s, &mut client, &mut outbox, &mut kick).await),
+                        Ok(s) => Some(link.serve(s, &mut client, &mut outbox).await),
                         Err(e) => {
                             warn!(bridge = %b.name, address = %b.address, "TLS handshake failed: {e}; retrying in about {backoff:?}");
                             ctx.status.set_error(format!("TLS handshake failed: {e}"));
@@ -252,7 +246,7 @@ pub async fn run(b: BridgeConfig, ctx: LinkContext) {
         tokio::select! {
             _ = tokio::time::sleep(jitter(backoff)) => {}
             _ = ctx.shutdown.cancelled() => break,
-            _ = &mut kick => break,
+            _ = outbox.kicked() => break,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
@@ -310,7 +304,6 @@ impl Link<'_> {
         stream: S,
         client: &mut Client,
         outbox: &mut OutboxReceiver,
-        kick: &mut oneshot::Receiver<ReasonCode>,
     ) -> Served {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(8 * 1024);
@@ -461,7 +454,7 @@ impl Link<'_> {
                     }
                 }
                 _ = sleep_until(deadline) => client.handle_timeout(Instant::now()),
-                _ = &mut *kick => return self.goodbye(client, &mut wr).await,
+                _ = outbox.kicked() => return self.goodbye(client, &mut wr).await,
                 _ = self.ctx.shutdown.cancelled() => return self.goodbye(client, &mut wr).await,
             }
         }

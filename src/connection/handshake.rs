@@ -57,7 +57,6 @@ async fn admit(
     let (outbox_tx, outbox_rx) = crate::outbox::outbox(
         usize::from(lim.max_inflight) + lim.outgoing_qos0_buffer + reply_reserve,
     );
-    let (kick_tx, kick_rx) = oneshot::channel();
     let request = ConnectRequest {
         client_id: deal.client_id.clone(),
         clean_start: c.clean_start,
@@ -82,7 +81,6 @@ async fn admit(
             conn_id,
             version: deal.version,
             outbox: outbox_tx,
-            kick: kick_tx,
             max_packet_size: deal.client_max_packet,
             window: deal.window,
             reply_reserve,
@@ -90,7 +88,7 @@ async fn admit(
     };
     let accepted = register(shared, request).await?;
     let props = deal.connack_properties(lim);
-    let mut conn = Conn::new(deal, conn_id, outbox_rx, kick_rx, shared, cfg.clone());
+    let mut conn = Conn::new(deal, conn_id, outbox_rx, shared, cfg.clone());
     conn.write_packet(&Packet::ConnAck(ConnAck {
         // [MQTT-3.2.2-2/3] session present only when a session was resumed.
         session_present: accepted.session_present,

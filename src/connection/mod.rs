@@ -196,6 +196,7 @@ fn ended(shared: &Shared) {
 /// A function returning an `async move` block, not an `async fn`: that would
 /// keep its arguments (the whole `Conn`) twice in the connection's future,
 /// as arguments and as locals.
+#[allow(clippy::manual_async_fn)]
 fn live<S: Transport>(
     mut stream: S,
     mut conn: Conn,
@@ -400,8 +401,8 @@ struct Conn {
     /// Everything was written but not yet flushed: TLS records and WebSocket
     /// frames may still sit in the transport's own buffer.
     flush_owed: bool,
+    /// The router's deliveries and replies, and its kick.
     outbox: crate::outbox::OutboxReceiver,
-    kick: Option<oneshot::Receiver<ReasonCode>>,
     shared: Arc<Shared>,
     /// The configuration this connection was accepted under.
     cfg: Arc<Config>,
@@ -414,7 +415,7 @@ struct Conn {
 enum Step {
     Close(Close),
     /// Idle for `hibernate_after` with nothing in flight: the state goes to
-    /// `hibernate.rs`, the kick back in `Conn::kick`.
+    /// `hibernate.rs`.
     Hibernate,
 }
 
@@ -431,7 +432,6 @@ impl Conn {
         deal: Negotiated,
         conn_id: u64,
         outbox: crate::outbox::OutboxReceiver,
-        kick: oneshot::Receiver<ReasonCode>,
         shared: &Arc<Shared>,
         cfg: Arc<Config>,
     ) -> Conn {
@@ -455,7 +455,6 @@ impl Conn {
             problem_info: deal.problem_info,
             flush_owed: false,
             outbox,
-            kick: Some(kick),
             shared: shared.clone(),
             cfg,
         }
@@ -517,10 +516,6 @@ impl Conn {
         hibernates: bool,
     ) -> Step {
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut kick = match self.kick.take() {
-            Some(k) => k,
-            None => return Step::Close(Close::silent()),
-        };
         // One timer for the connection's life: the keep-alive deadline
         // (`ka_at`, moved only by reads [MQTT-3.1.2-24]), or before it the
         // moment to hibernate, `hibernate_after` past the last activity.
@@ -544,7 +539,7 @@ impl Conn {
             let spare = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 biased;
-                reason = &mut kick, if !taken_over => {
+                reason = self.outbox.kicked(), if !taken_over => {
                     let close = self.kicked(reason);
                     if close.reason != Some(ReasonCode::SESSION_TAKEN_OVER) {
                         return Step::Close(close);
@@ -620,7 +615,7 @@ impl Conn {
                 }
                 _ = &mut ka => {
                     if taken_over {
-                        return Step::Close(self.kicked(Ok(ReasonCode::SESSION_TAKEN_OVER)));
+                        return Step::Close(self.kicked(Some(ReasonCode::SESSION_TAKEN_OVER)));
                     }
                     let now = tokio::time::Instant::now();
                     if now >= self.ka_at {
@@ -632,8 +627,7 @@ impl Conn {
                         ));
                     }
                     if hibernates && now >= active_at + self.limits().hibernate_after {
-                        if self.may_hibernate(&mut kick) {
-                            self.kick = Some(kick);
+                        if self.may_hibernate() {
                             // Empty, but holding their allocations.
                             self.rbuf = BytesMut::new();
                             self.wbuf = BytesMut::new();
@@ -663,39 +657,19 @@ impl Conn {
     /// unwritten, owed by the router or waiting in the outbox, and not
     /// kicked. True: from now on, what the router sends rings the alarm the
     /// hibernation sets (`OutboxReceiver::asleep`).
-    fn may_hibernate(&self, kick: &mut oneshot::Receiver<ReasonCode>) -> bool {
+    fn may_hibernate(&self) -> bool {
         let quiet = self.rbuf.is_empty()
             && self.wbuf.is_empty()
             && !self.flush_owed
             && self.inbound.owed() == 0
             && self.skipped.is_empty()
             && self.batch.is_empty();
-        if !quiet || !self.outbox.begin_sleep() {
-            return false;
-        }
-        // After `begin_sleep`: the router sends a kick before it rings, so a
-        // kick sent before this point is seen here and one sent after rings.
-        // Polled with a waker that does nothing, which also takes this task's
-        // waker out of the channel: kept there, it would keep the ended
-        // task's whole allocation alive for as long as the connection sleeps.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if let std::task::Poll::Ready(r) =
-            std::future::Future::poll(std::pin::Pin::new(&mut *kick), &mut cx)
-        {
-            // Kicked after all: put the kick back for the loop to handle.
-            let (tx, rx) = oneshot::channel();
-            if let Ok(reason) = r {
-                let _ = tx.send(reason);
-            }
-            *kick = rx;
-            self.outbox.awake();
-            return false;
-        }
-        true
+        // `begin_sleep` refuses with anything in the outbox, a kick included.
+        quiet && self.outbox.begin_sleep()
     }
 
     /// Kicked by the router: taken over, or the broker is shutting down.
-    fn kicked(&mut self, reason: Result<ReasonCode, oneshot::error::RecvError>) -> Close {
+    fn kicked(&mut self, reason: Option<ReasonCode>) -> Close {
         let reason = reason.unwrap_or(ReasonCode::SERVER_SHUTTING_DOWN);
         if reason == ReasonCode::SERVER_SHUTTING_DOWN {
             // Graceful shutdown: hand over what is already queued.

@@ -15,10 +15,9 @@ use tokio::sync::oneshot;
 pub struct ConnHandle {
     pub conn_id: u64,
     pub version: ProtocolVersion,
+    /// Also closes the connection from the router side (takeover, shutdown),
+    /// with the reason to put in a v5 DISCONNECT (`OutboxSender::kick`).
     pub outbox: crate::outbox::OutboxSender,
-    /// Closing the connection from the router side (takeover, shutdown), with the
-    /// reason to put in a v5 DISCONNECT.
-    pub kick: oneshot::Sender<ReasonCode>,
     /// The client's Maximum Packet Size (v5), for skipping oversized deliveries
     /// [MQTT-3.1.2-25].
     pub max_packet_size: Option<u32>,
@@ -50,15 +49,12 @@ impl ConnHandle {
     /// Tell the connection to close with `reason`, keeping the handle: the
     /// connection reports back as usual when it has gone.
     pub(super) fn close_with(&mut self, reason: ReasonCode) {
-        let kick = std::mem::replace(&mut self.kick, oneshot::channel().0);
-        let _ = kick.send(reason);
-        // A hibernating connection is woken to read it.
-        self.outbox.wake();
+        self.outbox.kick(reason);
     }
 
     /// Tell the connection to close with `reason`, letting the handle go.
-    pub(super) fn kick(mut self, reason: ReasonCode) {
-        self.close_with(reason);
+    pub(super) fn kick(self, reason: ReasonCode) {
+        self.outbox.kick(reason);
     }
 }
 

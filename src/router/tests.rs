@@ -9,7 +9,13 @@ use bytes::Bytes;
 
 struct TestConn {
     outbox: crate::outbox::OutboxReceiver,
-    kick: oneshot::Receiver<ReasonCode>,
+}
+
+impl TestConn {
+    /// The router's kick, if it sent one.
+    fn kick(&self) -> Option<ReasonCode> {
+        self.outbox.kick_waiting()
+    }
 }
 
 fn router() -> Router {
@@ -26,7 +32,7 @@ fn at(now: Instant) -> Clock {
     Clock::at(now, 0)
 }
 
-/// A CONNECT request of a v5 client with a fresh outbox and kick channel.
+/// A CONNECT request of a v5 client with a fresh outbox.
 fn request(
     id: &str,
     conn_id: u64,
@@ -35,7 +41,6 @@ fn request(
     will: Option<LastWill>,
 ) -> (ConnectRequest, TestConn) {
     let (otx, orx) = crate::outbox::outbox(64);
-    let (ktx, krx) = oneshot::channel();
     let req = ConnectRequest {
         client_id: id.into(),
         clean_start: clean,
@@ -54,19 +59,12 @@ fn request(
             conn_id,
             version: ProtocolVersion::V5,
             outbox: otx,
-            kick: ktx,
             max_packet_size: None,
             window: 10,
             reply_reserve: 8,
         },
     };
-    (
-        req,
-        TestConn {
-            outbox: orx,
-            kick: krx,
-        },
-    )
+    (req, TestConn { outbox: orx })
 }
 
 fn connect(
@@ -186,11 +184,11 @@ fn normal_disconnect_discards_will_and_zero_expiry_ends_session() {
 fn takeover_kicks_old_connection_and_ignores_its_late_report() {
     let t0 = Instant::now();
     let mut r = router();
-    let (_, mut old) = connect(&mut r, "c", 1, false, 100, None, t0);
+    let (_, old) = connect(&mut r, "c", 1, false, 100, None, t0);
     subscribe(&mut r, "c", 1, "t", QoS::AtLeastOnce, t0);
     let (acc, mut new) = connect(&mut r, "c", 2, false, 100, None, t0);
     assert!(acc.session_present);
-    assert_eq!(old.kick.try_recv(), Ok(ReasonCode::SESSION_TAKEN_OVER));
+    assert_eq!(old.kick(), Some(ReasonCode::SESSION_TAKEN_OVER));
     // The old connection reports its end after the takeover: ignored.
     drop_conn(&mut r, "c", 1, DisconnectKind::WithWill, t0);
     let p = Publish {
@@ -721,15 +719,15 @@ fn takeover_decides_the_old_will_from_the_old_connections_report() {
     let (_, mut watcher) = connect(&mut r, "w", 1, true, 0, None, t0);
     subscribe(&mut r, "w", 1, "will/#", QoS::AtMostOnce, t0);
     let with_will = |conn_id| request("c", conn_id, true, 0, Some(will("will/c", 0)));
-    let (req, mut old) = with_will(2);
+    let (req, old) = with_will(2);
     assert!(connect_msg(&mut r, req, t0)
         .try_recv()
         .is_ok_and(|a| a.is_ok()));
 
     // The old connection reports its client's DISCONNECT after the CONNECT came.
-    let (req, mut second) = with_will(3);
+    let (req, second) = with_will(3);
     let mut reply = connect_msg(&mut r, req, t0);
-    assert_eq!(old.kick.try_recv(), Ok(ReasonCode::SESSION_TAKEN_OVER));
+    assert_eq!(old.kick(), Some(ReasonCode::SESSION_TAKEN_OVER));
     assert!(reply.try_recv().is_err(), "waits for the old connection");
     report(&mut r, "c", 2, DisconnectKind::Normal, t0);
     assert!(reply.try_recv().is_ok_and(|a| a.is_ok()));
@@ -739,9 +737,9 @@ fn takeover_decides_the_old_will_from_the_old_connections_report() {
     );
 
     // It ends without DISCONNECT: the Will goes, then the new one is let in.
-    let (req, mut third) = with_will(4);
+    let (req, third) = with_will(4);
     let mut reply = connect_msg(&mut r, req, t0);
-    assert_eq!(second.kick.try_recv(), Ok(ReasonCode::SESSION_TAKEN_OVER));
+    assert_eq!(second.kick(), Some(ReasonCode::SESSION_TAKEN_OVER));
     report(&mut r, "c", 3, DisconnectKind::WithWill, t0);
     assert!(reply.try_recv().is_ok_and(|a| a.is_ok()));
     assert_eq!(topics(&mut watcher), vec!["will/c"]);
@@ -749,7 +747,7 @@ fn takeover_decides_the_old_will_from_the_old_connections_report() {
     // It never reports: the wait is bounded.
     let (req, _fourth) = with_will(5);
     let mut reply = connect_msg(&mut r, req, t0);
-    assert_eq!(third.kick.try_recv(), Ok(ReasonCode::SESSION_TAKEN_OVER));
+    assert_eq!(third.kick(), Some(ReasonCode::SESSION_TAKEN_OVER));
     r.tick(at(t0 + takeover::TAKEOVER_WAIT - Duration::from_millis(1)));
     assert!(reply.try_recv().is_err(), "still within the wait");
     r.tick(at(t0 + takeover::TAKEOVER_WAIT));
@@ -776,14 +774,14 @@ fn takeover_decides_the_old_will_from_the_old_connections_report() {
 fn a_waiting_connect_is_refused_by_a_newer_one_and_by_shutdown() {
     let t0 = Instant::now();
     let mut r = router();
-    let (_, mut old) = connect(&mut r, "c", 1, true, 0, None, t0);
+    let (_, old) = connect(&mut r, "c", 1, true, 0, None, t0);
     let (req, _) = request("c", 2, true, 0, None);
     let mut first = connect_msg(&mut r, req, t0);
     let (req, _) = request("c", 3, true, 0, None);
     let mut second = connect_msg(&mut r, req, t0);
     assert_eq!(refusal(&mut first), Some(ReasonCode::SERVER_BUSY));
     assert!(second.try_recv().is_err());
-    assert_eq!(old.kick.try_recv(), Ok(ReasonCode::SESSION_TAKEN_OVER));
+    assert_eq!(old.kick(), Some(ReasonCode::SESSION_TAKEN_OVER));
     let (tx, _rx) = oneshot::channel();
     r.handle(RouterMsg::Shutdown { reply: tx }, at(t0));
     assert_eq!(refusal(&mut second), Some(ReasonCode::SERVER_UNAVAILABLE));
@@ -792,11 +790,11 @@ fn a_waiting_connect_is_refused_by_a_newer_one_and_by_shutdown() {
     let mut r = router();
     let acl = crate::auth::Acl::parse("topic write allowed/#\n").expect("acl");
     r.set_acl(Some(Arc::new(acl)), t0);
-    let (_, mut live) = connect(&mut r, "d", 1, true, 0, None, t0);
+    let (_, live) = connect(&mut r, "d", 1, true, 0, None, t0);
     let (req, _) = request("d", 2, true, 0, Some(will("denied", 0)));
     let mut reply = connect_msg(&mut r, req, t0);
     assert_eq!(refusal(&mut reply), Some(ReasonCode::NOT_AUTHORIZED));
-    assert!(live.kick.try_recv().is_err(), "not kicked");
+    assert!(live.kick().is_none(), "not kicked");
     assert!(r.clients["d"].live(1).is_some());
 }
 
@@ -956,7 +954,7 @@ fn a_lowered_receive_maximum_spares_open_connections() {
         4,
         "four PUBRECs, within the CONNACK's 4"
     );
-    assert!(conn.kick.try_recv().is_err(), "not closed");
+    assert!(conn.kick().is_none(), "not closed");
     // A fifth is over what it was told: closed with 0x93.
     r.handle(
         RouterMsg::Publishes {
@@ -966,8 +964,5 @@ fn a_lowered_receive_maximum_spares_open_connections() {
         },
         at(t0),
     );
-    assert_eq!(
-        conn.kick.try_recv().ok(),
-        Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)
-    );
+    assert_eq!(conn.kick(), Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
 }
