@@ -256,7 +256,7 @@ mod tests {
         let upgraded = std::mem::size_of_val(&upgraded);
         eprintln!("a plain connection's task: {plain} bytes; TLS / WebSocket: {upgraded}");
         assert!(
-            plain < 1300,
+            plain < 1100,
             "a plain connection's future grew to {plain} bytes"
         );
         assert!(

@@ -15,7 +15,9 @@ use std::collections::HashSet;
 #[derive(Debug, Default)]
 pub(super) struct ReceiveWindow {
     /// Inbound QoS 1/2 packet ids not yet completed by PUBACK / PUBCOMP.
-    unacked: HashSet<u16>,
+    /// Boxed, made at the first and let go when empty at `compact`: a
+    /// subscriber that never publishes QoS 1/2 keeps no empty set.
+    unacked: Option<Box<HashSet<u16>>>,
     /// Replies the router still owes us for packets we forwarded (QoS 1/2
     /// PUBLISH, PUBREL, PUBREC).
     owed: usize,
@@ -36,8 +38,9 @@ impl ReceiveWindow {
     /// A QoS 1/2 PUBLISH with `packet_id` arrived. `max` is our Receive Maximum
     /// when the client must keep to it (v5); a resent id is not counted twice.
     pub fn admit(&mut self, packet_id: u16, max: Option<usize>) -> Result<(), Close> {
+        let unacked = self.unacked.get_or_insert_with(Default::default);
         if let Some(max) = max {
-            if !self.unacked.contains(&packet_id) && self.unacked.len() >= max {
+            if !unacked.contains(&packet_id) && unacked.len() >= max {
                 // [MQTT-3.3.4-9] more unacknowledged QoS 1/2 PUBLISHes than our
                 // Receive Maximum. 3.1.1 has no such limit: a 3.1.1 client that
                 // pipelines more is slowed by flow control instead.
@@ -47,7 +50,7 @@ impl ReceiveWindow {
                 ));
             }
         }
-        self.unacked.insert(packet_id);
+        unacked.insert(packet_id);
         // The router answers with PUBACK / PUBREC once the message is routed
         // (and, while a receiver's queue is full, only when it drains).
         self.owed += 1;
@@ -64,7 +67,16 @@ impl ReceiveWindow {
             ReplyKind::PubRel => false,
         };
         if completes {
-            self.unacked.remove(&r.packet_id.get());
+            if let Some(unacked) = &mut self.unacked {
+                unacked.remove(&r.packet_id.get());
+            }
+        }
+    }
+
+    /// Let an empty set of ids go (the connection goes idle).
+    pub fn compact(&mut self) {
+        if self.unacked.as_ref().is_some_and(|u| u.is_empty()) {
+            self.unacked = None;
         }
     }
 }
