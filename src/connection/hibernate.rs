@@ -279,8 +279,18 @@ impl Hibernation {
                 let woken = keys.iter().filter_map(|&k| lot.take(k)).collect();
                 ready = keys;
                 ready.clear();
+                if lot.asleep == 0 && lot.rooms.len() > 64 {
+                    // Everyone is awake: the tables of a crowd that slept
+                    // (8 bytes a room, 24 a deadline) go back.
+                    lot.rooms = Vec::new();
+                    lot.free = Vec::new();
+                    lot.alarms = BinaryHeap::new();
+                }
                 if lot.rung.capacity() > 1024 && lot.rung.is_empty() {
                     lot.rung = Vec::new();
+                }
+                if ready.capacity() > 1024 {
+                    ready = Vec::new();
                 }
                 woken
             };
