@@ -128,11 +128,6 @@ impl Hibernation {
         self.lot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Connections hibernating now.
-    pub fn asleep(&self) -> usize {
-        self.lock().asleep
-    }
-
     /// Take a connection whose task has just ended to hibernate.
     pub(super) fn put_to_sleep(self: &Arc<Self>, sleeper: Sleeper) {
         let fd = sleeper.socket.as_raw_fd();
@@ -369,7 +364,7 @@ mod tests {
         let room = std::mem::size_of::<Room>();
         eprintln!("room: {room} bytes, Conn: {}", std::mem::size_of::<Conn>());
         assert!(
-            room <= 464,
+            room <= 336,
             "a hibernating connection's room grew to {room} bytes"
         );
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 /// made at the first alias: most clients set none, and an empty map inline
 /// would cost every connection 48 bytes for its whole life.
 #[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // 8 bytes inline, not 48: the point
 pub(super) struct InboundAliases(Option<Box<HashMap<u16, String>>>);
 
 impl InboundAliases {
@@ -52,6 +53,7 @@ impl InboundAliases {
 /// (boxed and made at the first, as `InboundAliases`).
 #[derive(Debug)]
 pub(super) struct OutboundAliases {
+    #[allow(clippy::box_collection)] // as `InboundAliases`
     map: Option<Box<HashMap<Arc<str>, u16>>>,
     /// The client's Topic Alias Maximum, capped by ours (0 for 3.1.1).
     max: u16,
