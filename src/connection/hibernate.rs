@@ -5,9 +5,9 @@
 //! of its socket, its read buffer. After `limits.hibernate_after` of silence,
 //! with nothing half-read, unwritten or owed, a plain TCP connection's task
 //! ends (`Step::Hibernate`) and hands its state here (`Sleeper`: the
-//! connection's `Conn`, its registration with the router, its slot, the
-//! socket taken out of tokio's reactor). Owns those sleepers, the epoll set
-//! (`mio::Poll`) that watches their sockets, and the keep-alive deadlines.
+//! connection's `Conn`, its slot, the socket taken out of tokio's reactor).
+//! Owns those sleepers, the epoll set (`mio::Poll`) that watches their
+//! sockets, and the keep-alive deadlines.
 //!
 //! A sleeper wakes, in a new task, on the first of: its socket readable (a
 //! packet, or the peer closing; epoll reports a socket that was readable
@@ -19,7 +19,7 @@
 //!
 //! Only plain TCP hibernates: TLS and WebSocket keep state in their stream.
 
-use super::{ended, live, Conn, Registration};
+use super::{ended, live, Conn};
 use crate::connection_slots::Slot;
 use crate::outbox::Alarm;
 use mio::unix::SourceFd;
@@ -44,9 +44,19 @@ const EVENTS: usize = 256;
 /// idle moment.
 pub struct Sleeper {
     pub(super) conn: Conn,
-    pub(super) registration: Registration,
     pub(super) socket: std::net::TcpStream,
     pub(super) slot: Slot,
+}
+
+impl Sleeper {
+    /// It ends asleep (shutdown): the router hears of it as of a connection
+    /// that dropped.
+    fn end(self) {
+        let shared = self.conn.shared.clone();
+        drop(self.conn.registration());
+        drop(self);
+        ended(&shared);
+    }
 }
 
 /// A sleeper in its room, with the token that keeps the broker's shutdown
@@ -134,12 +144,9 @@ impl Hibernation {
         let ka_at = sleeper.conn.ka_at;
         let mut lot = self.lock();
         if lot.closed {
-            // Shutting down: the connection ends here (its registration
-            // reports it to the router as it drops).
+            // Shutting down: the connection ends here.
             drop(lot);
-            let shared = sleeper.conn.shared.clone();
-            drop(sleeper);
-            ended(&shared);
+            sleeper.end();
             return;
         }
         let key = match lot.free.pop() {
@@ -317,9 +324,7 @@ impl Hibernation {
         };
         self.notify.notify_one();
         for room in rooms {
-            let shared = room.sleeper.conn.shared.clone();
-            drop(room);
-            ended(&shared);
+            room.sleeper.end();
         }
     }
 }
@@ -328,12 +333,8 @@ impl Hibernation {
 /// served from where it stopped.
 pub(super) fn woken(room: Box<Room>) -> impl std::future::Future<Output = ()> + Send {
     let Room { sleeper, _token } = *room;
-    let Sleeper {
-        conn,
-        registration,
-        socket,
-        slot,
-    } = sleeper;
+    let Sleeper { conn, socket, slot } = sleeper;
+    let registration = conn.registration();
     let span = tracing::debug_span!("conn", id = conn.conn_id, client = %&*conn.client_id);
     async move {
         let _token = _token;
@@ -364,7 +365,7 @@ mod tests {
         let room = std::mem::size_of::<Room>();
         eprintln!("room: {room} bytes, Conn: {}", std::mem::size_of::<Conn>());
         assert!(
-            room <= 336,
+            room <= 296,
             "a hibernating connection's room grew to {room} bytes"
         );
     }

@@ -168,12 +168,7 @@ pub fn serve<S: Transport>(
             };
             drop(shared);
             tracing::Span::current().record("client", &*conn.client_id);
-            let registration = Registration {
-                router: conn.shared.router.clone(),
-                client: conn.client_id.clone(),
-                conn_id,
-                armed: true,
-            };
+            let registration = conn.registration();
             live(stream, conn, registration, slot)
         };
         live.await;
@@ -221,16 +216,16 @@ fn live<S: Transport>(
     }
 }
 
-/// Hand an idle connection to the hibernation.
+/// Hand an idle connection to the hibernation. Its registration is not kept
+/// (40 bytes a sleeper): the hibernation reports a sleeper that ends asleep
+/// itself, and a woken one gets a new registration.
 fn hibernate<S: Transport>(stream: S, conn: Conn, registration: Registration, slot: Slot) {
     let shared = conn.shared.clone();
     match (&shared.hibernation, stream.into_socket()) {
-        (Some(h), Ok(socket)) => h.put_to_sleep(hibernate::Sleeper {
-            conn,
-            registration,
-            socket,
-            slot,
-        }),
+        (Some(h), Ok(socket)) => {
+            registration.disarm();
+            h.put_to_sleep(hibernate::Sleeper { conn, socket, slot });
+        }
         (h, socket) => {
             // Not reached: `run` hibernates only with somewhere to go, and a
             // plain socket leaves the reactor unless its deregistration
@@ -462,6 +457,17 @@ impl Conn {
 
     fn limits(&self) -> &crate::config::Limits {
         &self.cfg.limits
+    }
+
+    /// Its registration with the router, armed: dropped so, it reports the
+    /// connection's end.
+    fn registration(&self) -> Registration {
+        Registration {
+            router: self.shared.router.clone(),
+            client: self.client_id.clone(),
+            conn_id: self.conn_id,
+            armed: true,
+        }
     }
 
     fn write_packet(&mut self, p: &Packet) {

@@ -361,7 +361,9 @@ fn client_record_stays_small() {
         "Client: {c} bytes, Session: {s}, LastWill: {}",
         std::mem::size_of::<LastWill>()
     );
-    assert!(c <= 512, "Client grew to {c} bytes");
+    // 496 before the kick moved into the outbox and the inbound QoS 2 ids
+    // were boxed at first use.
+    assert!(c <= 464, "Client grew to {c} bytes");
 }
 
 // ---- Restarts with fake time: what the router writes and rebuilds is read from
