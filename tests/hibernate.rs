@@ -276,3 +276,70 @@ async fn zero_turns_hibernation_off() {
     ));
     b.shutdown().await;
 }
+
+/// Many connections falling asleep and woken over and over, with deliveries
+/// racing their sleep: every subscriber gets every message, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_sleeping_and_waking_loses_nothing() {
+    const SUBS: usize = 100;
+    const MESSAGES: u16 = 12;
+    let (b, addr) = broker(Duration::from_millis(30)).await;
+    let mut subs = Vec::new();
+    for i in 0..SUBS {
+        let version = if i % 2 == 0 {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V311
+        };
+        let (mut s, _) = raw_connected(addr, version, &format!("crowd-{i}"), true).await;
+        s.subscribe(1, "crowd/#", QoS::AtLeastOnce).await;
+        subs.push(s);
+    }
+    let readers: Vec<_> = subs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            tokio::spawn(async move {
+                for n in 0..MESSAGES {
+                    let p = match s.recv_within(WAIT).await {
+                        Ok(Some(Packet::Publish(p))) => p,
+                        other => panic!("subscriber {i}: expected message {n}, got {other:?}"),
+                    };
+                    assert_eq!(&p.payload[..], format!("m{n}").as_bytes(), "subscriber {i}");
+                    s.send(&Packet::PubAck(PubResponse::success(p.packet_id.unwrap())))
+                        .await;
+                }
+                s.expect_silence(Duration::from_millis(200)).await;
+            })
+        })
+        .collect();
+    let (mut publ, _) = raw_connected(addr, ProtocolVersion::V5, "crowd-pub", true).await;
+    let mut slept = 0;
+    for n in 0..MESSAGES {
+        // Sleep spans around the deadline, so some deliveries meet a
+        // connection falling asleep; one long enough for all to sleep.
+        let pause = if n == 6 {
+            200
+        } else {
+            20 + 7 * u64::from(n % 5)
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        slept = slept.max(b.metrics().connections_hibernating.load(Ordering::Relaxed));
+        publ.send(&publish_packet(
+            "crowd/t",
+            QoS::AtLeastOnce,
+            n + 1,
+            format!("m{n}").as_bytes(),
+        ))
+        .await;
+        assert!(matches!(
+            publ.recv_within(WAIT).await,
+            Ok(Some(Packet::PubAck(_)))
+        ));
+    }
+    for r in readers {
+        r.await.expect("subscriber");
+    }
+    assert!(slept > 10, "the crowd never slept ({slept} at most)");
+    b.shutdown().await;
+}
