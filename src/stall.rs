@@ -87,6 +87,39 @@ impl StallMeter {
     }
 }
 
+/// A `StallMeter` made when its subscriber first holds publishers back:
+/// most subscribers never do, and every client record would carry the
+/// 40-byte meter (8 bytes here). Kept once made: the bucket leaks with time.
+#[derive(Debug, Default)]
+pub struct LazyStall(Option<Box<StallMeter>>);
+
+impl LazyStall {
+    pub fn is_holding(&self) -> bool {
+        self.0.as_ref().is_some_and(|m| m.is_holding())
+    }
+
+    pub fn start(&mut self, now: Instant) {
+        self.0.get_or_insert_with(Default::default).start(now);
+    }
+
+    pub fn stop(&mut self, now: Instant) {
+        if let Some(m) = &mut self.0 {
+            m.stop(now);
+        }
+    }
+
+    pub fn stalled(&self, now: Instant, budget: Duration) -> bool {
+        // Never held back: an empty bucket (stalled only at a zero budget).
+        self.0
+            .as_ref()
+            .map_or(budget.is_zero(), |m| m.stalled(now, budget))
+    }
+
+    pub fn stalls_at(&self, now: Instant, budget: Duration) -> Option<Instant> {
+        self.0.as_ref().and_then(|m| m.stalls_at(now, budget))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,7 +75,7 @@ async fn admit(
         remote_bridge,
         own_bridge: false,
         handle: ConnHandle {
-            peer: Some(Box::new(peer.addr)),
+            peer: Some(peer.addr),
             keep_alive: deal.keep_alive,
             receive_maximum: lim.receive_maximum,
             conn_id,

@@ -56,7 +56,7 @@ impl Router {
                 Some(ClientInfo {
                     id: id.to_string(),
                     connected: h.is_some(),
-                    address: h.and_then(|h| h.peer.as_deref()).map(|a| a.to_string()),
+                    address: h.and_then(|h| h.peer).map(|a| a.to_string()),
                     protocol: h.map(|h| if h.version.is_v5() { "5" } else { "3.1.1" }),
                     keep_alive: h.map(|h| h.keep_alive),
                     username: c.username.as_deref().map(str::to_string),

@@ -27,7 +27,7 @@ pub(super) struct Client {
     /// Set while offline: when the session ends.
     pub(super) expires_at: Option<Instant>,
     /// How long this (connected) client has held publishers back.
-    pub(super) stall: StallMeter,
+    pub(super) stall: crate::stall::LazyStall,
     /// Publishers' acknowledgements waiting for this client's queue to drain.
     pub(super) held_acks: Vec<HeldAck>,
     /// The store's id for this session; 0 when it is not persisted (no store, or
@@ -105,7 +105,7 @@ impl Client {
             pending_will: None,
             session_expiry: 0,
             expires_at: None,
-            stall: StallMeter::default(),
+            stall: Default::default(),
             held_acks: Vec::new(),
             sid: 0,
             gated: 0,

@@ -27,7 +27,6 @@ use crate::session::{
     ReplyKind, Session, Subscription,
 };
 use crate::session_quota::{Full, Holder, QuotaLimits, SessionQuota};
-use crate::stall::StallMeter;
 use crate::store::record::{Op, Receiver, SessionRec};
 use crate::store::state::Recovered;
 use crate::store::StoreHandle;

@@ -28,9 +28,8 @@ pub struct ConnHandle {
     /// connection stops reading before it could owe more than this.
     pub reply_reserve: usize,
     /// The peer's address (None: not a socket, e.g. a bridge's own session).
-    /// Boxed: read only by the admin endpoint, and every client record
-    /// carries a handle.
-    pub peer: Option<Box<std::net::SocketAddr>>,
+    /// Inline: boxed, it cost a 48-byte allocation to save 24 bytes here.
+    pub peer: Option<std::net::SocketAddr>,
     /// The keep-alive agreed at CONNECT, seconds.
     pub keep_alive: u16,
     /// The Receive Maximum this connection was told in its CONNACK (inbound

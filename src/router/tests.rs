@@ -361,9 +361,10 @@ fn client_record_stays_small() {
         "Client: {c} bytes, Session: {s}, LastWill: {}",
         std::mem::size_of::<LastWill>()
     );
-    // 496 before the kick moved into the outbox and the inbound QoS 2 ids
-    // were boxed at first use.
-    assert!(c <= 464, "Client grew to {c} bytes");
+    // 496 before the kick moved into the outbox, the inbound QoS 2 ids and
+    // the stall meter were boxed at first use (the peer address, 24 bytes,
+    // is inline again: boxed, it cost a 48-byte allocation).
+    assert!(c <= 448, "Client grew to {c} bytes");
 }
 
 // ---- Restarts with fake time: what the router writes and rebuilds is read from
