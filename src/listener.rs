@@ -81,7 +81,7 @@ pub async fn accept_loop(
             match &shared.spawner {
                 Some(spawner) => spawner.accepted(socket, peer, shared.clone(), slot),
                 None => {
-                    tracker.spawn(serve_plain(socket, peer, shared.clone(), slot));
+                    tracker.spawn(serve(socket, peer, shared.clone(), slot));
                 }
             }
         } else {
@@ -95,17 +95,6 @@ pub async fn accept_loop(
         }
     }
     listener
-}
-
-/// A plain TCP connection's task: `serve` itself, not an `async fn` around
-/// it, which would hold its arguments beside the future they move into.
-fn serve_plain(
-    socket: TcpStream,
-    peer: Box<Peer>,
-    shared: Arc<Shared>,
-    slot: Slot,
-) -> impl std::future::Future<Output = ()> + Send {
-    serve(socket, peer, shared, slot)
 }
 
 /// A TLS or WebSocket connection's task: its transport handshake, then MQTT.
@@ -240,7 +229,7 @@ mod tests {
             spawner: None,
         });
         let slots = ConnectionSlots::new(2);
-        let plain = serve_plain(
+        let plain = serve(
             socket,
             Box::new(Peer::plain(peer)),
             shared.clone(),

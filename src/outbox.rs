@@ -345,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sleeping_receiver_is_rung_once_by_a_push_a_wake_or_the_senders_end() {
+    fn a_sleeping_receiver_is_rung_once_by_a_push_a_kick_or_the_senders_end() {
         let bell = Arc::new(Bell::default());
         let (tx, mut rx) = outbox(4);
         // Asleep: a push rings, once; it is awake until it sleeps again.

@@ -634,13 +634,7 @@ impl Conn {
                     }
                     if hibernates && now >= active_at + self.limits().hibernate_after {
                         if self.may_hibernate() {
-                            // Empty, but holding their allocations.
-                            self.rbuf = BytesMut::new();
-                            self.wbuf = BytesMut::new();
-                            self.skipped = Vec::new();
-                            self.batch = Vec::new();
-                            self.inbound.compact();
-                            self.read_size = READ_MIN;
+                            self.release_buffers();
                             return Step::Hibernate;
                         }
                         // Something is in flight: look again a period later.
@@ -675,6 +669,17 @@ impl Conn {
             && self.batch.is_empty();
         // `begin_sleep` refuses with anything in the outbox, a kick included.
         quiet && self.outbox.begin_sleep()
+    }
+
+    /// Going to sleep: the buffers are empty, but still hold their
+    /// allocations.
+    fn release_buffers(&mut self) {
+        self.rbuf = BytesMut::new();
+        self.wbuf = BytesMut::new();
+        self.skipped = Vec::new();
+        self.batch = Vec::new();
+        self.inbound.compact();
+        self.read_size = READ_MIN;
     }
 
     /// Kicked by the router: taken over, or the broker is shutting down.

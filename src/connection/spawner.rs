@@ -21,7 +21,7 @@ use super::Shared;
 use crate::connection_slots::Slot;
 use crate::login::Peer;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
@@ -39,9 +39,7 @@ enum Job {
 /// The queue to the spawning thread. The thread ends once the spawner is
 /// dropped and its queue is empty.
 pub struct Spawner {
-    /// A `Mutex` for `Sync` (std's `Sender` is `Sync` only from Rust 1.72 on,
-    /// and a lock held for one push is no contention at accept rates).
-    tx: Mutex<mpsc::Sender<(Job, TaskTrackerToken)>>,
+    tx: mpsc::Sender<(Job, TaskTrackerToken)>,
     tracker: TaskTracker,
 }
 
@@ -73,17 +71,12 @@ impl Spawner {
                     drop(token);
                 }
             })?;
-        Ok(Spawner {
-            tx: Mutex::new(tx),
-            tracker,
-        })
+        Ok(Spawner { tx, tracker })
     }
 
     fn send(&self, job: Job) {
-        let token = self.tracker.token();
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        // The thread ends only when this sender is gone.
-        let _ = tx.send((job, token));
+        // The thread ends only when this sender is gone, so this cannot fail.
+        let _ = self.tx.send((job, self.tracker.token()));
     }
 
     /// Serve an accepted plain TCP connection (`connection::serve`).

@@ -530,7 +530,7 @@ impl Router {
                 // [MQTT-4.13] and reports back as Disconnected, which is
                 // ignored because the handle is gone; so the will is
                 // scheduled here.
-                h.kick(ReasonCode::SERVER_SHUTTING_DOWN);
+                h.close_with(ReasonCode::SERVER_SHUTTING_DOWN);
                 if let Some(will) = c.will.take() {
                     c.pend_will(will, now);
                 }
@@ -711,7 +711,7 @@ impl Router {
         let mut taken_over = false;
         if let Some(c) = self.clients.get_mut(id) {
             if let Some(old) = c.conn.take() {
-                old.kick(ReasonCode::SESSION_TAKEN_OVER);
+                old.close_with(ReasonCode::SESSION_TAKEN_OVER);
                 c.arm_will(now);
                 // A session with expiry 0 ends with its connection: nothing to
                 // resume [MQTT-3.1.2-?, 3.1.2.11.2].

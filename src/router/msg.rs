@@ -45,14 +45,9 @@ impl ConnHandle {
         self.outbox.capacity().saturating_sub(self.reply_reserve)
     }
 
-    /// Tell the connection to close with `reason`, keeping the handle: the
-    /// connection reports back as usual when it has gone.
-    pub(super) fn close_with(&mut self, reason: ReasonCode) {
-        self.outbox.kick(reason);
-    }
-
-    /// Tell the connection to close with `reason`, letting the handle go.
-    pub(super) fn kick(self, reason: ReasonCode) {
+    /// Tell the connection to close with `reason`; it reports back as usual
+    /// when it has gone.
+    pub(super) fn close_with(&self, reason: ReasonCode) {
         self.outbox.kick(reason);
     }
 }
