@@ -314,6 +314,8 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
 
+    // Serving: first of all (no thread yet), the allocator's settings.
+    let tcache_kept = tern::memory::reexec_without_tcache().err();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(errors) => {
@@ -330,6 +332,9 @@ fn main() -> anyhow::Result<()> {
     };
     let filter = cli.log.clone().unwrap_or_else(|| config.log.level.clone());
     let log_level = init_logging(&filter, &config.log.format)?;
+    if let Some(reason) = tcache_kept {
+        tracing::warn!("{reason}: memory freed by closed connections may stay resident");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -440,3 +440,55 @@ fn json_logs_are_one_object_per_line() {
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("log.format"), "{}", out.stderr);
 }
+
+/// The broker's environment as the kernel holds it (after its own exec).
+/// glibc 2.36 parses `GLIBC_TUNABLES` in place, writing a NUL over each `:`
+/// between tunables: joined back here.
+fn environ(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    String::from_utf8_lossy(&raw)
+        .replace("\0glibc.", ":glibc.")
+        .split('\0')
+        .map(str::to_string)
+        .collect()
+}
+
+/// Serving, the broker runs itself again with glibc's per-thread cache off
+/// (`memory::reexec_without_tcache`: cached blocks pin pages that
+/// `malloc_trim` cannot give back after connections leave), keeping the
+/// tunables already set and an operator's own `tcache_count`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn serving_runs_without_glibcs_thread_cache_unless_told_otherwise() {
+    let tunables = |b: &BrokerProcess| {
+        environ(b.child.id())
+            .into_iter()
+            .filter(|v| v.starts_with("GLIBC_TUNABLES="))
+            .collect::<Vec<_>>()
+    };
+    let broker = BrokerProcess::spawn(&[]);
+    assert_eq!(
+        tunables(&broker),
+        ["GLIBC_TUNABLES=glibc.malloc.tcache_count=0"]
+    );
+    // Still the one process the caller started (exec keeps the pid), serving.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = RawClient::connect(broker.addr, ProtocolVersion::V311).await;
+        c.send(&connect_packet(ProtocolVersion::V311, "tc", true))
+            .await;
+        assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
+    });
+    drop(broker);
+
+    let broker = BrokerProcess::spawn_with_env(&[], &[("GLIBC_TUNABLES", "glibc.malloc.check=0")]);
+    assert_eq!(
+        tunables(&broker),
+        ["GLIBC_TUNABLES=glibc.malloc.check=0:glibc.malloc.tcache_count=0"]
+    );
+    drop(broker);
+
+    let own = "glibc.malloc.tcache_count=7";
+    let broker = BrokerProcess::spawn_with_env(&[], &[("GLIBC_TUNABLES", own)]);
+    assert_eq!(tunables(&broker), [format!("GLIBC_TUNABLES={own}")]);
+}
