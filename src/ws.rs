@@ -2,24 +2,23 @@
 //! with subprotocol `mqtt`, and a byte-stream view of the WebSocket so the
 //! connection task (`connection::serve`) runs on it unchanged.
 //!
-//! Owns framing only. MQTT packets are carried in binary messages; one packet may
+//! Owns the stream; the handshake is in `ws/handshake.rs`, the framing in
+//! `ws/frame.rs`. MQTT packets are carried in binary messages; one packet may
 //! span messages and one message may hold several packets [MQTT-6.0.0-2], so
-//! reads simply concatenate message payloads. Pings are answered by tungstenite.
+//! reads are the messages' payloads, unmasked in the reader's own buffer, and
+//! each write is one binary message. Pings are answered with pongs.
+
+mod frame;
+mod handshake;
 
 use crate::connection::Shared;
-use bytes::{Buf, Bytes};
-use futures_util::{Sink, Stream};
+use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 
 /// Bytes a WebSocket client may send before its CONNECT has been read without
 /// being charged to the pre-login budget: the HTTP upgrade request and an
@@ -28,10 +27,11 @@ const PRE_LOGIN_FREE: usize = 4096;
 
 /// What a WebSocket client sent before its CONNECT was read, charged to the
 /// connections' shared pre-login budget (`unauthenticated_buffer_bytes`) like a
-/// TCP client's CONNECT buffer. tungstenite collects a message before handing it
-/// on, up to the message size limit (`max_packet_size`): without this, 400
-/// half-sent 1 MB messages held 400 MB before anyone logged in. The connection
-/// opens the gate once it has its CONNECT; from then on nothing is counted.
+/// TCP client's CONNECT buffer: the upgrade request and the frames around the
+/// CONNECT. (The framing itself buffers no message; with tungstenite, which
+/// did, 400 half-sent 1 MB messages once held 400 MB before anyone logged in.)
+/// The connection opens the gate once it has its CONNECT; from then on nothing
+/// is counted.
 pub struct PreLoginGate {
     shared: Arc<Shared>,
     /// Bytes read from the socket so far (before the gate opened).
@@ -119,7 +119,7 @@ impl Drop for PreLoginGate {
     }
 }
 
-/// The socket under tungstenite, counting what it reads until the gate opens.
+/// The socket under the WebSocket, counting what it reads until the gate opens.
 pub struct Gated<S> {
     inner: S,
     gate: Arc<PreLoginGate>,
@@ -153,6 +153,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
+    // A message's header and payload go in one write.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -162,91 +175,67 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
     }
 }
 
-/// The subprotocols we answer to, in order of preference: `mqtt` (MQTT 3.1.1 and
-/// 5.0, [MQTT-6.0.0-3]) and `mqttv3.1` (older clients).
-const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
-
-/// Which subprotocol to answer for a client's `Sec-WebSocket-Protocol` offer.
-/// `Ok(None)`: the client offered none (accepted; some embedded clients omit it).
-/// `Err`: it offered only others.
-fn choose_subprotocol(offer: Option<&str>) -> Result<Option<&'static str>, ()> {
-    let Some(offer) = offer else {
-        return Ok(None);
-    };
-    let offered: Vec<&str> = offer.split(',').map(str::trim).collect();
-    SUBPROTOCOLS
-        .iter()
-        .find(|p| offered.iter().any(|o| o.eq_ignore_ascii_case(p)))
-        .map(|p| Some(*p))
-        .ok_or(())
-}
-
 /// Accept the WebSocket upgrade on `stream` (any path). `max_packet_size` bounds
-/// the messages and frames we take.
-pub async fn accept<S>(stream: S, max_packet_size: u32) -> Result<WsStream<S>, WsError>
+/// the frames we take.
+pub async fn accept<S>(mut stream: S, max_packet_size: u32) -> io::Result<WsStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The error type is tungstenite's (an HTTP response), not ours to shrink.
-    #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        let offer = req
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok());
-        match choose_subprotocol(offer) {
-            Ok(Some(p)) => {
-                resp.headers_mut()
-                    .insert("sec-websocket-protocol", HeaderValue::from_static(p));
-                Ok(resp)
-            }
-            Ok(None) => Ok(resp),
-            Err(()) => {
-                let mut e = ErrorResponse::new(Some(
-                    "MQTT over WebSocket needs the subprotocol \"mqtt\"".into(),
-                ));
-                *e.status_mut() = StatusCode::BAD_REQUEST;
-                Err(e)
-            }
-        }
-    };
-    // A message may hold a whole packet plus a little more (some clients pack
-    // a PUBACK behind a PUBLISH); 64 KiB of slack keeps small limits usable.
-    let max_message = (max_packet_size as usize).saturating_add(64 * 1024);
-    let config = WebSocketConfig::default()
-        // The read buffer is allocated up front and kept for the connection's
-        // life (the default is 128 KiB). 1 KiB: an idle WebSocket connection
-        // cost 8.2 KB with 4 KiB here (issue 15); a larger message still gets
-        // room for its whole length, read at most 1 KiB per call.
-        .read_buffer_size(1024)
-        // The connection already batches its writes: send each at once.
-        .write_buffer_size(0)
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message));
-    let ws =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
+    let early = handshake::accept(&mut stream).await?;
+    // A frame may hold a whole packet plus a little more (some clients pack a
+    // PUBACK behind a PUBLISH); 64 KiB of slack keeps small limits usable.
+    // Frames are not collected, so this bounds nothing in memory: it refuses
+    // lengths no client of ours sends.
+    let max_frame = u64::from(max_packet_size).saturating_add(64 * 1024);
     Ok(WsStream {
-        inner: ws,
-        pending: Bytes::new(),
+        inner: stream,
+        unframer: frame::Unframer::new(max_frame),
+        out: BytesMut::new(),
+        early,
+        close_code: frame::CLOSE_NORMAL,
+        close_sent: false,
     })
 }
 
-/// A WebSocket seen as a byte stream. Writes become one binary message each;
-/// `flush` (which the connection calls whenever its buffer empties) drives them
-/// out.
+/// A WebSocket seen as a byte stream. Each write is sent as one binary message
+/// straight from the caller's buffer; only what the socket did not take is
+/// copied, and it goes before anything else.
 pub struct WsStream<S> {
-    inner: WebSocketStream<S>,
-    /// The rest of the last binary message not yet read.
-    pending: Bytes,
+    inner: S,
+    unframer: frame::Unframer,
+    /// Frames owed to the client and not yet written (the rest of a message,
+    /// pongs, our Close). No allocation while empty.
+    out: BytesMut,
+    /// What the client sent behind its upgrade request, decoded first.
+    early: Bytes,
+    /// The code of our Close: 1000, or why its frames were refused.
+    close_code: u16,
+    close_sent: bool,
 }
 
-fn to_io(e: WsError) -> io::Error {
-    match e {
-        WsError::Io(e) => e,
-        WsError::ConnectionClosed | WsError::AlreadyClosed => {
-            io::Error::new(io::ErrorKind::BrokenPipe, "websocket closed")
+impl<S: AsyncWrite + Unpin> WsStream<S> {
+    /// Write out what `out` holds; Ready(Ok) once it is empty.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.advance(n);
         }
-        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+        if self.out.capacity() > 0 {
+            // Let the buffer go: an idle connection holds none.
+            self.out = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queue our Close (once).
+    fn close(&mut self, code: u16) {
+        if !self.close_sent {
+            self.close_sent = true;
+            frame::put_close(&mut self.out, code);
+        }
     }
 }
 
@@ -256,28 +245,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        // Pongs and a Close reply owed go out as soon as the socket takes them;
+        // if it does not now, the next write or flush sends them.
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
         loop {
-            if !self.pending.is_empty() {
-                let n = self.pending.len().min(buf.remaining());
-                buf.put_slice(&self.pending[..n]);
-                self.pending.advance(n);
+            if this.unframer.closed() || buf.remaining() == 0 {
+                // After the client's Close: end of stream.
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                // End of stream (or after a Close): EOF.
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
-                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
-                Some(Ok(Message::Binary(b))) => self.pending = b,
-                // [MQTT-6.0.0-1] MQTT travels in binary messages only: close.
-                Some(Ok(Message::Text(_))) => {
+            let start = buf.filled().len();
+            if this.early.is_empty() {
+                ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                if buf.filled().len() == start {
+                    return Poll::Ready(Ok(())); // The socket's end.
+                }
+            } else {
+                let n = this.early.len().min(buf.remaining());
+                buf.put_slice(&this.early[..n]);
+                this.early.advance(n);
+            }
+            let data = match this.unframer.decode(&mut buf.filled_mut()[start..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    buf.set_filled(start);
+                    this.close_code = e.code;
+                    // The Close with the reason goes now, as far as the socket
+                    // takes it: the caller may drop the stream on the error.
+                    this.close(e.code);
+                    let _ = this.poll_drain(cx);
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        "text WebSocket message: MQTT needs binary",
-                    )))
+                        e.to_string(),
+                    )));
                 }
-                // Ping (answered by tungstenite), Pong: nothing for MQTT.
-                Some(Ok(_)) => {}
+            };
+            buf.set_filled(start + data);
+            let replies = this.unframer.take_replies();
+            if let Some(payload) = replies.pong {
+                frame::put_pong(&mut this.out, &payload);
             }
+            if let Some(code) = replies.close {
+                // RFC 6455 section 5.5.1: answer with a Close, echoing its code.
+                this.close(code);
+            }
+            if !this.out.is_empty() {
+                if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            if data > 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // Only headers or control frames so far: read on.
         }
     }
 }
@@ -288,45 +310,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        // poll_ready first sends whatever an earlier message left unsent, so at
-        // most one message waits in tungstenite's buffer.
-        ready!(Pin::new(&mut self.inner).poll_ready(cx)).map_err(to_io)?;
-        Pin::new(&mut self.inner)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(to_io)?;
+        let this = &mut *self;
+        // Frames stay whole and in order: what an earlier write left goes first.
+        ready!(this.poll_drain(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let (h, hl) = frame::binary_header(buf.len());
+        let parts = [io::IoSlice::new(&h[..hl]), io::IoSlice::new(buf)];
+        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &parts))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        // The message is ours now: keep what the socket did not take.
+        if n < hl {
+            this.out.extend_from_slice(&h[n..hl]);
+            this.out.extend_from_slice(buf);
+        } else if n - hl < buf.len() {
+            this.out.extend_from_slice(&buf[n - hl..]);
+        }
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx).map_err(to_io)
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Sends a Close frame and flushes.
-        match ready!(Pin::new(&mut self.inner).poll_close(cx)) {
-            Ok(()) | Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
-                Poll::Ready(Ok(()))
-            }
-            Err(e) => Poll::Ready(Err(to_io(e))),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subprotocol_choice() {
-        assert_eq!(choose_subprotocol(None), Ok(None));
-        assert_eq!(choose_subprotocol(Some("mqtt")), Ok(Some("mqtt")));
-        assert_eq!(choose_subprotocol(Some("mqttv3.1")), Ok(Some("mqttv3.1")));
-        assert_eq!(
-            choose_subprotocol(Some("mqttv3.1, mqtt")),
-            Ok(Some("mqtt")),
-            "mqtt is preferred"
-        );
-        assert_eq!(choose_subprotocol(Some(" MQTT ")), Ok(Some("mqtt")));
-        assert_eq!(choose_subprotocol(Some("chat, wamp")), Err(()));
+        let code = self.close_code;
+        self.close(code);
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -372,3 +372,149 @@ async fn half_sent_websocket_messages_before_connect_are_bounded() {
     }
     drop(held);
 }
+
+/// Our own framing (`ws/frame.rs`), over real sockets: a Ping is answered with
+/// a Pong echoing it, between the fragments of a message that carries a
+/// CONNECT; the client's Close is answered with a Close echoing its code and
+/// ends the connection (the Will of a session closed without DISCONNECT is
+/// published: the socket closing is what counts). Raw bytes, since a client
+/// library would not send what is refused next: an unmasked frame gets Close
+/// 1002, a wrong version HTTP 426.
+#[tokio::test]
+async fn pings_closes_and_violations_over_real_sockets() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (broker, _) = start(config_with_ws(None)).await;
+    let ws_addr = broker.local_addrs()[1];
+    let v = ProtocolVersion::V311;
+
+    let (mut ws, _) = ws_connect(ws_addr, Some("mqtt")).await.unwrap();
+    let connect = encode(&connect_packet(v, "ws-ping", true), v);
+    let (a, b) = connect.split_at(5);
+    // A fragmented message with a Ping between its fragments.
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::*, Frame, FrameHeader};
+    let fragment = |fin: bool, opcode: OpCode, payload: &[u8]| {
+        Frame::from_payload(
+            FrameHeader {
+                is_final: fin,
+                opcode,
+                ..FrameHeader::default()
+            },
+            payload.to_vec().into(),
+        )
+    };
+    ws.send(Message::Frame(fragment(
+        false,
+        OpCode::Data(Data::Binary),
+        a,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Frame(fragment(
+        true,
+        OpCode::Data(Data::Continue),
+        b,
+    )))
+    .await
+    .unwrap();
+    let mut pong = None;
+    let mut buf = BytesMut::new();
+    let connack = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("answer") {
+            Some(Ok(Message::Pong(p))) => pong = Some(p.to_vec()),
+            Some(Ok(Message::Binary(m))) => {
+                buf.extend_from_slice(&m);
+                if let Some(p) = protocol::decode(&mut buf, Some(v), 1 << 20).unwrap() {
+                    break p;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(matches!(connack, Packet::ConnAck(_)), "{connack:?}");
+    // The Pong may follow the CONNACK: wait for it if it has not come.
+    if pong.is_none() {
+        ws.send(Message::Binary(encode(&Packet::PingReq, v).into()))
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, ws.next()).await.expect("pong") {
+                Some(Ok(Message::Pong(p))) => {
+                    pong = Some(p.to_vec());
+                    break;
+                }
+                Some(Ok(Message::Binary(_))) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(pong.as_deref(), Some(&b"are you there"[..]));
+    // Close with 4000: echoed, then the end.
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: 4000.into(),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    let mut echoed = None;
+    while let Ok(Some(m)) = tokio::time::timeout(WAIT, ws.next()).await {
+        match m {
+            Ok(Message::Close(Some(f))) => echoed = Some(u16::from(f.code)),
+            Ok(Message::Binary(_)) | Ok(Message::Close(None)) => {}
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(echoed, Some(4000));
+
+    // Raw: an upgrade, then an unmasked binary frame.
+    let mut raw = tokio::net::TcpStream::connect(ws_addr).await.unwrap();
+    raw.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Protocol: mqtt\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, raw.read(&mut chunk))
+            .await
+            .expect("101")
+            .unwrap();
+        assert!(n > 0, "closed during the handshake");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+    assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    let mut unmasked = vec![0x82, connect.len() as u8];
+    unmasked.extend_from_slice(&connect);
+    raw.write_all(&unmasked).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, raw.read_to_end(&mut rest)).await;
+    assert_eq!(
+        rest.get(..4),
+        Some(&[0x88, 0x02, 0x03, 0xEA][..]),
+        "Close 1002 (protocol error), then the end: {rest:?}"
+    );
+
+    // Raw: version 8 is answered 426 with the version we speak.
+    let mut raw = tokio::net::TcpStream::connect(ws_addr).await.unwrap();
+    raw.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(WAIT, raw.read_to_end(&mut resp)).await;
+    let resp = String::from_utf8_lossy(&resp).to_string();
+    assert!(resp.starts_with("HTTP/1.1 426 "), "{resp}");
+    assert!(resp.contains("Sec-WebSocket-Version: 13\r\n"), "{resp}");
+    broker.shutdown().await;
+}
