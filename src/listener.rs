@@ -30,8 +30,35 @@ pub struct Transport {
 /// TLS and WebSocket streams are served through one boxed type, so the connection
 /// code is compiled twice (plain TCP, boxed) rather than once per combination;
 /// plain TCP, the common case, keeps static dispatch.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// A WebSocket on plain TCP: it can hibernate (`into_asleep`).
+    fn hibernates(&self) -> bool {
+        false
+    }
+
+    /// The socket out of tokio's reactor, and the WebSocket's framing to put
+    /// back on it when it wakes (`ws::wake`). Only when `hibernates`.
+    fn into_asleep(self: Box<Self>) -> std::io::Result<(std::net::TcpStream, crate::ws::Asleep)> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+impl Io for tokio_rustls::server::TlsStream<TcpStream> {}
+
+impl Io for crate::ws::WsStream<crate::ws::Gated<tokio_rustls::server::TlsStream<TcpStream>>> {}
+
+impl<S> Io for crate::ws::WsStream<S>
+where
+    S: crate::ws::PlainSocket + AsyncRead + AsyncWrite + Unpin + Send,
+{
+    fn hibernates(&self) -> bool {
+        true
+    }
+
+    fn into_asleep(self: Box<Self>) -> std::io::Result<(std::net::TcpStream, crate::ws::Asleep)> {
+        (*self).into_asleep()
+    }
+}
 type BoxedIo = Box<dyn Io>;
 
 /// Accept until `shutdown`, then hand the socket back (a reload that changes
@@ -180,7 +207,10 @@ async fn websocket<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     mut peer: Peer,
     shared: &Arc<Shared>,
-) -> Option<(BoxedIo, Peer)> {
+) -> Option<(BoxedIo, Peer)>
+where
+    crate::ws::WsStream<crate::ws::Gated<S>>: Io,
+{
     let gate = crate::ws::PreLoginGate::new(shared.clone());
     let stream = crate::ws::Gated::new(stream, gate.clone());
     match crate::ws::accept(stream, shared.config.get().limits.max_packet_size).await {

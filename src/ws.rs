@@ -189,11 +189,13 @@ where
     let max_frame = u64::from(max_packet_size).saturating_add(64 * 1024);
     Ok(WsStream {
         inner: stream,
-        unframer: frame::Unframer::new(max_frame),
-        out: BytesMut::new(),
-        early,
-        close_code: frame::CLOSE_NORMAL,
-        close_sent: false,
+        state: Framing {
+            unframer: frame::Unframer::new(max_frame),
+            out: BytesMut::new(),
+            early,
+            close_code: frame::CLOSE_NORMAL,
+            close_sent: false,
+        },
     })
 }
 
@@ -202,6 +204,12 @@ where
 /// copied, and it goes before anything else.
 pub struct WsStream<S> {
     inner: S,
+    state: Framing,
+}
+
+/// Everything of a WebSocket but its socket: what a hibernating connection
+/// keeps of it (`Asleep`), whatever frame it is in.
+pub struct Framing {
     unframer: frame::Unframer,
     /// Frames owed to the client and not yet written (the rest of a message,
     /// pongs, our Close). No allocation while empty.
@@ -213,28 +221,67 @@ pub struct WsStream<S> {
     close_sent: bool,
 }
 
+/// A hibernating WebSocket's framing, boxed: a plain TCP sleeper carries
+/// only the pointer (`connection/hibernate.rs`).
+pub type Asleep = Box<Framing>;
+
+/// A WebSocket's socket when it is plain TCP: only such a WebSocket
+/// hibernates (TLS keeps its state in its stream).
+pub trait PlainSocket {
+    fn into_std(self) -> io::Result<std::net::TcpStream>;
+}
+
+impl PlainSocket for tokio::net::TcpStream {
+    fn into_std(self) -> io::Result<std::net::TcpStream> {
+        tokio::net::TcpStream::into_std(self)
+    }
+}
+
+impl PlainSocket for Gated<tokio::net::TcpStream> {
+    fn into_std(self) -> io::Result<std::net::TcpStream> {
+        // The gate opened with the CONNECT: nothing is counted any more.
+        self.inner.into_std()
+    }
+}
+
+impl<S: PlainSocket> WsStream<S> {
+    /// The socket out of tokio's reactor, and the framing to put back on it.
+    pub fn into_asleep(self) -> io::Result<(std::net::TcpStream, Asleep)> {
+        Ok((self.inner.into_std()?, Box::new(self.state)))
+    }
+}
+
+/// A hibernated WebSocket back on its socket.
+#[allow(clippy::boxed_local)] // It comes boxed from the sleeper's room.
+pub fn wake(socket: tokio::net::TcpStream, framing: Asleep) -> WsStream<tokio::net::TcpStream> {
+    WsStream {
+        inner: socket,
+        state: *framing,
+    }
+}
+
 impl<S: AsyncWrite + Unpin> WsStream<S> {
     /// Write out what `out` holds; Ready(Ok) once it is empty.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out))?;
+        while !self.state.out.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.state.out))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.out.advance(n);
+            self.state.out.advance(n);
         }
-        if self.out.capacity() > 0 {
+        if self.state.out.capacity() > 0 {
             // Let the buffer go: an idle connection holds none.
-            self.out = BytesMut::new();
+            self.state.out = BytesMut::new();
         }
         Poll::Ready(Ok(()))
     }
 
     /// Queue our Close (once).
     fn close(&mut self, code: u16) {
-        if !self.close_sent {
-            self.close_sent = true;
-            frame::put_close(&mut self.out, code);
+        if !self.state.close_sent {
+            self.state.close_sent = true;
+            frame::put_close(&mut self.state.out, code);
         }
     }
 }
@@ -252,26 +299,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             return Poll::Ready(Err(e));
         }
         loop {
-            if this.unframer.closed() || buf.remaining() == 0 {
+            if this.state.unframer.closed() || buf.remaining() == 0 {
                 // After the client's Close: end of stream.
                 return Poll::Ready(Ok(()));
             }
             let start = buf.filled().len();
-            if this.early.is_empty() {
+            if this.state.early.is_empty() {
                 ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
                 if buf.filled().len() == start {
                     return Poll::Ready(Ok(())); // The socket's end.
                 }
             } else {
-                let n = this.early.len().min(buf.remaining());
-                buf.put_slice(&this.early[..n]);
-                this.early.advance(n);
+                let n = this.state.early.len().min(buf.remaining());
+                buf.put_slice(&this.state.early[..n]);
+                this.state.early.advance(n);
             }
-            let data = match this.unframer.decode(&mut buf.filled_mut()[start..]) {
+            let data = match this.state.unframer.decode(&mut buf.filled_mut()[start..]) {
                 Ok(n) => n,
                 Err(e) => {
                     buf.set_filled(start);
-                    this.close_code = e.code;
+                    this.state.close_code = e.code;
                     // The Close with the reason goes now, as far as the socket
                     // takes it: the caller may drop the stream on the error.
                     this.close(e.code);
@@ -283,15 +330,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 }
             };
             buf.set_filled(start + data);
-            let replies = this.unframer.take_replies();
+            let replies = this.state.unframer.take_replies();
             if let Some(payload) = replies.pong {
-                frame::put_pong(&mut this.out, &payload);
+                frame::put_pong(&mut this.state.out, &payload);
             }
             if let Some(code) = replies.close {
                 // RFC 6455 section 5.5.1: answer with a Close, echoing its code.
                 this.close(code);
             }
-            if !this.out.is_empty() {
+            if !this.state.out.is_empty() {
                 if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                     return Poll::Ready(Err(e));
                 }
@@ -324,10 +371,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         }
         // The message is ours now: keep what the socket did not take.
         if n < hl {
-            this.out.extend_from_slice(&h[n..hl]);
-            this.out.extend_from_slice(buf);
+            this.state.out.extend_from_slice(&h[n..hl]);
+            this.state.out.extend_from_slice(buf);
         } else if n - hl < buf.len() {
-            this.out.extend_from_slice(&buf[n - hl..]);
+            this.state.out.extend_from_slice(&buf[n - hl..]);
         }
         Poll::Ready(Ok(buf.len()))
     }
@@ -338,7 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let code = self.close_code;
+        let code = self.state.close_code;
         self.close(code);
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)

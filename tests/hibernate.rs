@@ -343,3 +343,124 @@ async fn a_crowd_sleeping_and_waking_loses_nothing() {
     assert!(slept > 10, "the crowd never slept ({slept} at most)");
     b.shutdown().await;
 }
+
+/// WebSocket over plain TCP hibernates too, its framing kept aside: it wakes
+/// for a Ping (answered), for the rest of a fragmented message it slept in
+/// the middle of, and for a delivery; asleep, its Close is echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_hibernates_with_its_framing() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::*, Frame, FrameHeader};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut c = test_config();
+    c.limits.hibernate_after = Duration::from_millis(200);
+    let mut l = tern::config::ListenerConfig::plain("127.0.0.1:0".parse().unwrap());
+    l.websocket = true;
+    c.listeners.push(l);
+    let (b, addr) = start(c).await;
+    let ws_addr = b.local_addrs()[1];
+    let v = ProtocolVersion::V311;
+    let encode = |p: &Packet| {
+        let mut buf = bytes::BytesMut::new();
+        protocol::encode(p, v, &mut buf).unwrap();
+        buf.to_vec()
+    };
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{ws_addr}/mqtt"),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut inbox = bytes::BytesMut::new();
+    macro_rules! next_packet {
+        () => {
+            loop {
+                if let Some(p) = protocol::decode(&mut inbox, Some(v), 1 << 20).unwrap() {
+                    break p;
+                }
+                match tokio::time::timeout(WAIT, ws.next())
+                    .await
+                    .expect("a message")
+                {
+                    Some(Ok(Message::Binary(m))) => inbox.extend_from_slice(&m),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+    }
+    ws.send(Message::Binary(
+        encode(&connect_packet(v, "ws-sleeper", true)).into(),
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(next_packet!(), Packet::ConnAck(_)));
+    let sub = encode(&subscribe_packet(1, "w/#", QoS::AtMostOnce));
+    let (first, rest) = sub.split_at(3);
+    let fragment = |fin: bool, opcode: OpCode, payload: &[u8]| {
+        Message::Frame(Frame::from_payload(
+            FrameHeader {
+                is_final: fin,
+                opcode,
+                ..FrameHeader::default()
+            },
+            payload.to_vec().into(),
+        ))
+    };
+    // A packet split across two fragments.
+    ws.send(fragment(false, OpCode::Data(Data::Binary), first))
+        .await
+        .unwrap();
+    ws.send(fragment(true, OpCode::Data(Data::Continue), rest))
+        .await
+        .unwrap();
+    assert!(matches!(next_packet!(), Packet::SubAck(_)));
+    asleep(&b, 1).await;
+    // A Ping wakes it and is answered.
+    ws.send(Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(WAIT, ws.next()).await.expect("pong") {
+        Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"still there?"),
+        other => panic!("{other:?}"),
+    }
+    // Asleep in the middle of a fragmented message: its first fragment holds
+    // a whole PINGREQ, answered; the connection sleeps with the message open;
+    // the final fragment (a continuation, which a fresh framing would refuse
+    // with Close 1002) wakes it and its PINGREQ is answered too.
+    asleep(&b, 1).await;
+    let ping = encode(&Packet::PingReq);
+    ws.send(fragment(false, OpCode::Data(Data::Binary), &ping))
+        .await
+        .unwrap();
+    assert!(matches!(next_packet!(), Packet::PingResp));
+    asleep(&b, 1).await;
+    ws.send(fragment(true, OpCode::Data(Data::Continue), &ping))
+        .await
+        .unwrap();
+    assert!(matches!(next_packet!(), Packet::PingResp));
+    // A delivery wakes it (the router's push), over the framing kept asleep.
+    asleep(&b, 1).await;
+    let mut publ = RawClient::connect(addr, v).await;
+    publ.send(&connect_packet(v, "pub", true)).await;
+    assert!(matches!(publ.recv().await, Some(Packet::ConnAck(_))));
+    publ.send(&publish_packet("w/1", QoS::AtMostOnce, 0, b"to a sleeper"))
+        .await;
+    match next_packet!() {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"to a sleeper"),
+        other => panic!("{other:?}"),
+    }
+    // Asleep, a Close is echoed.
+    asleep(&b, 2).await;
+    ws.send(Message::Close(None)).await.unwrap();
+    let mut closed = false;
+    while let Ok(Some(m)) = tokio::time::timeout(WAIT, ws.next()).await {
+        match m {
+            Ok(Message::Close(_)) => closed = true,
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert!(closed, "the Close echoed");
+    b.shutdown().await;
+}

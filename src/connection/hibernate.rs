@@ -1,4 +1,4 @@
-//! Hibernation: idle plain TCP connections held outside any task.
+//! Hibernation: idle plain TCP (and WebSocket) connections held outside any task.
 //!
 //! An idle connection's cost is mostly what its task keeps for its whole
 //! life: the task itself (sized for its largest state), tokio's registration
@@ -17,7 +17,8 @@
 //! stopped: nothing the connection knew is lost, since everything is in its
 //! `Conn`. The idea is EMQX's and Erlang's `hibernate_after`.
 //!
-//! Only plain TCP hibernates: TLS and WebSocket keep state in their stream.
+//! Plain TCP hibernates, and WebSocket over it (its framing, boxed, waits in
+//! the room); TLS keeps its state in its stream and does not.
 
 use super::{ended, live, Conn};
 use crate::connection_slots::Slot;
@@ -45,6 +46,8 @@ const EVENTS: usize = 256;
 pub struct Sleeper {
     pub(super) conn: Conn,
     pub(super) socket: std::net::TcpStream,
+    /// A WebSocket's framing (None: plain MQTT over TCP).
+    pub(super) ws: Option<crate::ws::Asleep>,
     pub(super) slot: Slot,
 }
 
@@ -333,7 +336,12 @@ impl Hibernation {
 /// served from where it stopped.
 pub(super) fn woken(room: Box<Room>) -> impl std::future::Future<Output = ()> + Send {
     let Room { sleeper, _token } = *room;
-    let Sleeper { conn, socket, slot } = sleeper;
+    let Sleeper {
+        conn,
+        socket,
+        ws,
+        slot,
+    } = sleeper;
     let registration = conn.registration();
     let span = tracing::debug_span!("conn", id = conn.conn_id, client = %&*conn.client_id);
     async move {
@@ -350,7 +358,14 @@ pub(super) fn woken(room: Box<Room>) -> impl std::future::Future<Output = ()> + 
             }
         };
         debug!("woken");
-        live(stream, conn, registration, slot).await;
+        match ws {
+            None => live(stream, conn, registration, slot).await,
+            Some(framing) => {
+                let stream: Box<dyn crate::listener::Io> =
+                    Box::new(crate::ws::wake(stream, framing));
+                live(stream, conn, registration, slot).await
+            }
+        }
     }
     .instrument(span)
 }

@@ -72,13 +72,17 @@ pub struct Shared {
     pub spawner: Option<Arc<Spawner>>,
 }
 
-/// A byte stream a connection is served on. Only a plain TCP socket can
-/// hibernate: TLS and WebSocket keep their state in the stream.
+/// A byte stream a connection is served on. Plain TCP can hibernate, and
+/// WebSocket over it (its framing waits with the connection); TLS keeps its
+/// state in the stream.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
-    const HIBERNATES: bool = false;
+    fn hibernates(&self) -> bool {
+        false
+    }
 
-    /// The socket out of tokio's reactor, to be watched while hibernating.
-    fn into_socket(self) -> std::io::Result<std::net::TcpStream>
+    /// The socket out of tokio's reactor, to be watched while hibernating,
+    /// and a WebSocket's framing.
+    fn into_socket(self) -> std::io::Result<(std::net::TcpStream, Option<crate::ws::Asleep>)>
     where
         Self: Sized,
     {
@@ -87,14 +91,25 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
 }
 
 impl Transport for tokio::net::TcpStream {
-    const HIBERNATES: bool = true;
+    fn hibernates(&self) -> bool {
+        true
+    }
 
-    fn into_socket(self) -> std::io::Result<std::net::TcpStream> {
-        self.into_std()
+    fn into_socket(self) -> std::io::Result<(std::net::TcpStream, Option<crate::ws::Asleep>)> {
+        Ok((self.into_std()?, None))
     }
 }
 
-impl Transport for Box<dyn crate::listener::Io> {}
+impl Transport for Box<dyn crate::listener::Io> {
+    fn hibernates(&self) -> bool {
+        (**self).hibernates()
+    }
+
+    fn into_socket(self) -> std::io::Result<(std::net::TcpStream, Option<crate::ws::Asleep>)> {
+        let (socket, framing) = self.into_asleep()?;
+        Ok((socket, Some(framing)))
+    }
+}
 
 #[cfg(test)]
 impl Transport for tokio::io::DuplexStream {}
@@ -222,9 +237,14 @@ fn live<S: Transport>(
 fn hibernate<S: Transport>(stream: S, conn: Conn, registration: Registration, slot: Slot) {
     let shared = conn.shared.clone();
     match (&shared.hibernation, stream.into_socket()) {
-        (Some(h), Ok(socket)) => {
+        (Some(h), Ok((socket, ws))) => {
             registration.disarm();
-            h.put_to_sleep(hibernate::Sleeper { conn, socket, slot });
+            h.put_to_sleep(hibernate::Sleeper {
+                conn,
+                socket,
+                ws,
+                slot,
+            });
         }
         (h, socket) => {
             // Not reached: `run` hibernates only with somewhere to go, and a
@@ -485,7 +505,7 @@ impl Conn {
     }
 
     async fn run<S: Transport>(&mut self, stream: &mut S) -> Step {
-        let hibernates = S::HIBERNATES
+        let hibernates = stream.hibernates()
             && self.shared.hibernation.is_some()
             && !self.limits().hibernate_after.is_zero();
         let close = match self.run_loop(stream, hibernates).await {

@@ -158,7 +158,9 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> io::Re
         Ok(resp) => {
             stream.write_all(resp.as_bytes()).await?;
             stream.flush().await?;
-            Ok(buf.split_off(end).freeze())
+            // A copy (usually of nothing): a slice would keep the whole
+            // request buffer for the connection's life.
+            Ok(Bytes::copy_from_slice(&buf[end..]))
         }
         Err(refusal) => Err(reply_error(stream, refusal).await),
     }
