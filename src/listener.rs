@@ -112,13 +112,22 @@ pub async fn accept_loop(
                 }
             }
         } else {
-            tracker.spawn(serve_upgraded(
-                socket,
-                peer,
-                transport.clone(),
-                shared.clone(),
-                slot,
-            ));
+            match &shared.spawner {
+                // WebSocket connections hibernate too: their tasks are
+                // allocated where the plain ones are.
+                Some(spawner) => {
+                    spawner.upgraded(socket, peer, transport.clone(), shared.clone(), slot)
+                }
+                None => {
+                    tracker.spawn(serve_upgraded(
+                        socket,
+                        peer,
+                        transport.clone(),
+                        shared.clone(),
+                        slot,
+                    ));
+                }
+            }
         }
     }
     listener
@@ -129,7 +138,7 @@ pub async fn accept_loop(
 /// the connection's whole life, so the one-off handshake (rustls and
 /// tungstenite keep kilobytes of state inline) is boxed: inline, it made
 /// every connection cost about 12 KB (issue 15).
-async fn serve_upgraded(
+pub(crate) async fn serve_upgraded(
     socket: TcpStream,
     peer: SocketAddr,
     transport: Arc<Transport>,

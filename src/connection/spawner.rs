@@ -1,4 +1,4 @@
-//! Plain TCP connections' tasks, allocated on a thread of their own.
+//! Connections' tasks, allocated on a thread of their own.
 //!
 //! glibc's malloc serves each thread from its own arena. A task allocated by
 //! a worker thread (about 1.3 KB, its future's largest state) lies between
@@ -11,8 +11,9 @@
 //! at 10,000 hibernating connections: 2.0 KB of RSS each against 2.9 KB with
 //! the tasks among the rest).
 //!
-//! Owns that thread and the queue to it: accepted plain connections and
-//! woken hibernating ones come in, tasks on the broker's runtime go out.
+//! Owns that thread and the queue to it: accepted connections (plain, TLS and
+//! WebSocket) and woken hibernating ones come in, tasks on the broker's
+//! runtime go out.
 //! The futures are built here too, so nothing of theirs is allocated
 //! elsewhere first.
 
@@ -30,6 +31,13 @@ enum Job {
     Accepted {
         socket: TcpStream,
         peer: Box<Peer>,
+        shared: Arc<Shared>,
+        slot: Slot,
+    },
+    Upgraded {
+        socket: TcpStream,
+        peer: std::net::SocketAddr,
+        transport: Arc<crate::listener::Transport>,
         shared: Arc<Shared>,
         slot: Slot,
     },
@@ -64,6 +72,20 @@ impl Spawner {
                             spawn_tracker
                                 .spawn_on(super::serve(socket, peer, shared, slot), &handle);
                         }
+                        Job::Upgraded {
+                            socket,
+                            peer,
+                            transport,
+                            shared,
+                            slot,
+                        } => {
+                            spawn_tracker.spawn_on(
+                                crate::listener::serve_upgraded(
+                                    socket, peer, transport, shared, slot,
+                                ),
+                                &handle,
+                            );
+                        }
                         Job::Woken(room) => {
                             spawn_tracker.spawn_on(woken(room), &handle);
                         }
@@ -84,6 +106,25 @@ impl Spawner {
         self.send(Job::Accepted {
             socket,
             peer,
+            shared,
+            slot,
+        });
+    }
+
+    /// Serve an accepted TLS or WebSocket connection
+    /// (`listener::serve_upgraded`).
+    pub fn upgraded(
+        &self,
+        socket: TcpStream,
+        peer: std::net::SocketAddr,
+        transport: Arc<crate::listener::Transport>,
+        shared: Arc<Shared>,
+        slot: Slot,
+    ) {
+        self.send(Job::Upgraded {
+            socket,
+            peer,
+            transport,
             shared,
             slot,
         });
