@@ -31,35 +31,39 @@ pub struct Transport {
 /// code is compiled twice (plain TCP, boxed) rather than once per combination;
 /// plain TCP, the common case, keeps static dispatch.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
-    /// A WebSocket on plain TCP: it can hibernate (`into_asleep`).
-    fn hibernates(&self) -> bool {
-        false
-    }
+    /// What a hibernating connection keeps of this stream.
+    fn into_bed(self: Box<Self>) -> std::io::Result<Bed>;
+}
 
-    /// The socket out of tokio's reactor, and the WebSocket's framing to put
-    /// back on it when it wakes (`ws::wake`). Only when `hibernates`.
-    fn into_asleep(self: Box<Self>) -> std::io::Result<(std::net::TcpStream, crate::ws::Asleep)> {
-        Err(std::io::ErrorKind::Unsupported.into())
+impl Io for TlsStream<TcpStream> {
+    fn into_bed(self: Box<Self>) -> std::io::Result<Bed> {
+        let fd = self.get_ref().0.as_raw_fd();
+        Ok(Bed::Whole(self, fd))
     }
 }
 
-impl Io for tokio_rustls::server::TlsStream<TcpStream> {}
+impl Io for WsStream<Gated<TlsStream<TcpStream>>> {
+    fn into_bed(self: Box<Self>) -> std::io::Result<Bed> {
+        let fd = self.get_ref().get_ref().get_ref().0.as_raw_fd();
+        Ok(Bed::Whole(self, fd))
+    }
+}
 
-impl Io for crate::ws::WsStream<crate::ws::Gated<tokio_rustls::server::TlsStream<TcpStream>>> {}
-
-impl<S> Io for crate::ws::WsStream<S>
+impl<S> Io for WsStream<S>
 where
     S: crate::ws::PlainSocket + AsyncRead + AsyncWrite + Unpin + Send,
 {
-    fn hibernates(&self) -> bool {
-        true
-    }
-
-    fn into_asleep(self: Box<Self>) -> std::io::Result<(std::net::TcpStream, crate::ws::Asleep)> {
-        (*self).into_asleep()
+    fn into_bed(self: Box<Self>) -> std::io::Result<Bed> {
+        let (socket, framing) = (*self).into_asleep()?;
+        Ok(Bed::Ws(socket, framing))
     }
 }
+
 type BoxedIo = Box<dyn Io>;
+use crate::connection::hibernate::Bed;
+use crate::ws::{Gated, WsStream};
+use std::os::fd::AsRawFd;
+use tokio_rustls::server::TlsStream;
 
 /// Accept until `shutdown`, then hand the socket back (a reload that changes
 /// a listener's TLS or WebSocket setting restarts it on the same socket).

@@ -244,6 +244,18 @@ impl PlainSocket for Gated<tokio::net::TcpStream> {
     }
 }
 
+impl<S> Gated<S> {
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S> WsStream<S> {
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S: PlainSocket> WsStream<S> {
     /// The socket out of tokio's reactor, and the framing to put back on it.
     pub fn into_asleep(self) -> io::Result<(std::net::TcpStream, Asleep)> {

@@ -464,3 +464,65 @@ async fn a_websocket_hibernates_with_its_framing() {
     assert!(closed, "the Close echoed");
     b.shutdown().await;
 }
+
+/// A TLS connection hibernates as its whole stream (rustls's state kept, its
+/// socket watched): it wakes for a delivery, for its client's packet, and
+/// for its client closing (the broker counts it gone, asleep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_hibernates_whole() {
+    let pki = common::pki::Pki::new();
+    let mut c = test_config();
+    c.limits.hibernate_after = Duration::from_millis(200);
+    let mut l = tern::config::ListenerConfig::plain("127.0.0.1:0".parse().unwrap());
+    l.tls = Some(pki.tls_config(false, false, false));
+    c.listeners.push(l);
+    let (b, addr) = start(c).await;
+    let tls_addr = b.local_addrs()[1];
+    let v = ProtocolVersion::V311;
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(pki.client_config(None))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut sub = RawIo::new(tls, v);
+    sub.send(&connect_packet(v, "tls-sleeper", true)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::ConnAck(_))));
+    sub.send(&subscribe_packet(1, "s/#", QoS::AtLeastOnce))
+        .await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let (mut publ, _) = raw_connected(addr, v, "pub", true).await;
+    for i in 0..3u16 {
+        // Both asleep; the delivery wakes the TLS one.
+        asleep(&b, 2).await;
+        let body = format!("to a TLS sleeper {i}");
+        publ.send(&publish_packet(
+            "s/1",
+            QoS::AtLeastOnce,
+            1 + i,
+            body.as_bytes(),
+        ))
+        .await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+        let p = match sub.recv().await {
+            Some(Packet::Publish(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(&p.payload[..], body.as_bytes());
+        // Its client's PUBACK, after it slept again, wakes it.
+        asleep(&b, 2).await;
+        sub.send(&Packet::PubAck(PubResponse::success(p.packet_id.unwrap())))
+            .await;
+        sub.send(&Packet::PingReq).await;
+        assert!(matches!(sub.recv().await, Some(Packet::PingResp)));
+    }
+    // Closed by its client while asleep: gone.
+    asleep(&b, 2).await;
+    drop(sub);
+    let m = b.metrics();
+    assert!(
+        wait_until(WAIT, || m.connections_current.load(Ordering::Relaxed) == 1).await,
+        "the closed TLS sleeper is still counted"
+    );
+    b.shutdown().await;
+}

@@ -1,4 +1,4 @@
-//! Hibernation: idle plain TCP (and WebSocket) connections held outside any task.
+//! Hibernation: idle connections held outside any task.
 //!
 //! An idle connection's cost is mostly what its task keeps for its whole
 //! life: the task itself (sized for its largest state), tokio's registration
@@ -17,8 +17,10 @@
 //! stopped: nothing the connection knew is lost, since everything is in its
 //! `Conn`. The idea is EMQX's and Erlang's `hibernate_after`.
 //!
-//! Plain TCP hibernates, and WebSocket over it (its framing, boxed, waits in
-//! the room); TLS keeps its state in its stream and does not.
+//! Every transport hibernates (`Bed`): plain TCP with its socket taken out of
+//! tokio's reactor, WebSocket over it likewise with its framing boxed aside,
+//! TLS (and WebSocket over TLS) as the whole stream, rustls's state and all,
+//! its socket left in the reactor and watched here too.
 
 use super::{ended, live, Conn};
 use crate::connection_slots::Slot;
@@ -45,10 +47,30 @@ const EVENTS: usize = 256;
 /// idle moment.
 pub struct Sleeper {
     pub(super) conn: Conn,
-    pub(super) socket: std::net::TcpStream,
-    /// A WebSocket's framing (None: plain MQTT over TCP).
-    pub(super) ws: Option<crate::ws::Asleep>,
+    pub(super) bed: Bed,
     pub(super) slot: Slot,
+}
+
+/// What a sleeper keeps of its transport.
+pub enum Bed {
+    /// Plain TCP: the socket, out of tokio's reactor.
+    Plain(std::net::TcpStream),
+    /// WebSocket over plain TCP: the socket out of the reactor, the framing
+    /// aside (boxed, whatever frame it is in).
+    Ws(std::net::TcpStream, crate::ws::Asleep),
+    /// TLS, and WebSocket over it: the whole stream (rustls's state cannot be
+    /// taken apart and put back). Its socket stays registered with tokio's
+    /// reactor, with no task to wake; the fd is watched here as well.
+    Whole(Box<dyn crate::listener::Io>, std::os::fd::RawFd),
+}
+
+impl Bed {
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Bed::Plain(s) | Bed::Ws(s, _) => s.as_raw_fd(),
+            Bed::Whole(_, fd) => *fd,
+        }
+    }
 }
 
 impl Sleeper {
@@ -143,7 +165,7 @@ impl Hibernation {
 
     /// Take a connection whose task has just ended to hibernate.
     pub(super) fn put_to_sleep(self: &Arc<Self>, sleeper: Sleeper) {
-        let fd = sleeper.socket.as_raw_fd();
+        let fd = sleeper.bed.fd();
         let ka_at = sleeper.conn.ka_at;
         let mut lot = self.lock();
         if lot.closed {
@@ -208,7 +230,7 @@ impl Hibernation {
     fn wake(&self, room: Box<Room>) {
         let _ = self
             .registry
-            .deregister(&mut SourceFd(&room.sleeper.socket.as_raw_fd()));
+            .deregister(&mut SourceFd(&room.sleeper.bed.fd()));
         room.sleeper.conn.outbox.awake();
         match room.sleeper.conn.shared.spawner.clone() {
             Some(spawner) => spawner.woken(room),
@@ -336,16 +358,19 @@ impl Hibernation {
 /// served from where it stopped.
 pub(super) fn woken(room: Box<Room>) -> impl std::future::Future<Output = ()> + Send {
     let Room { sleeper, _token } = *room;
-    let Sleeper {
-        conn,
-        socket,
-        ws,
-        slot,
-    } = sleeper;
+    let Sleeper { conn, bed, slot } = sleeper;
     let registration = conn.registration();
     let span = tracing::debug_span!("conn", id = conn.conn_id, client = %&*conn.client_id);
     async move {
         let _token = _token;
+        let (socket, framing) = match bed {
+            Bed::Whole(stream, _) => {
+                debug!("woken");
+                return live(stream, conn, registration, slot).await;
+            }
+            Bed::Plain(socket) => (socket, None),
+            Bed::Ws(socket, framing) => (socket, Some(framing)),
+        };
         let stream = match tokio::net::TcpStream::from_std(socket) {
             Ok(s) => s,
             Err(e) => {
@@ -358,7 +383,7 @@ pub(super) fn woken(room: Box<Room>) -> impl std::future::Future<Output = ()> + 
             }
         };
         debug!("woken");
-        match ws {
+        match framing {
             None => live(stream, conn, registration, slot).await,
             Some(framing) => {
                 let stream: Box<dyn crate::listener::Io> =

@@ -72,17 +72,15 @@ pub struct Shared {
     pub spawner: Option<Arc<Spawner>>,
 }
 
-/// A byte stream a connection is served on. Plain TCP can hibernate, and
-/// WebSocket over it (its framing waits with the connection); TLS keeps its
-/// state in the stream.
+/// A byte stream a connection is served on. Every transport of a listener
+/// can hibernate (`hibernate::Bed`); the test stream cannot.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
     fn hibernates(&self) -> bool {
         false
     }
 
-    /// The socket out of tokio's reactor, to be watched while hibernating,
-    /// and a WebSocket's framing.
-    fn into_socket(self) -> std::io::Result<(std::net::TcpStream, Option<crate::ws::Asleep>)>
+    /// What a hibernating connection keeps of its transport.
+    fn into_bed(self) -> std::io::Result<hibernate::Bed>
     where
         Self: Sized,
     {
@@ -95,19 +93,18 @@ impl Transport for tokio::net::TcpStream {
         true
     }
 
-    fn into_socket(self) -> std::io::Result<(std::net::TcpStream, Option<crate::ws::Asleep>)> {
-        Ok((self.into_std()?, None))
+    fn into_bed(self) -> std::io::Result<hibernate::Bed> {
+        Ok(hibernate::Bed::Plain(self.into_std()?))
     }
 }
 
 impl Transport for Box<dyn crate::listener::Io> {
     fn hibernates(&self) -> bool {
-        (**self).hibernates()
+        true
     }
 
-    fn into_socket(self) -> std::io::Result<(std::net::TcpStream, Option<crate::ws::Asleep>)> {
-        let (socket, framing) = self.into_asleep()?;
-        Ok((socket, Some(framing)))
+    fn into_bed(self) -> std::io::Result<hibernate::Bed> {
+        crate::listener::Io::into_bed(self)
     }
 }
 
@@ -236,15 +233,10 @@ fn live<S: Transport>(
 /// itself, and a woken one gets a new registration.
 fn hibernate<S: Transport>(stream: S, conn: Conn, registration: Registration, slot: Slot) {
     let shared = conn.shared.clone();
-    match (&shared.hibernation, stream.into_socket()) {
-        (Some(h), Ok((socket, ws))) => {
+    match (&shared.hibernation, stream.into_bed()) {
+        (Some(h), Ok(bed)) => {
             registration.disarm();
-            h.put_to_sleep(hibernate::Sleeper {
-                conn,
-                socket,
-                ws,
-                slot,
-            });
+            h.put_to_sleep(hibernate::Sleeper { conn, bed, slot });
         }
         (h, socket) => {
             // Not reached: `run` hibernates only with somewhere to go, and a
