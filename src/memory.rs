@@ -13,9 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Trim after enough connections have closed since the last trim (a quarter
-/// of those still open, and at least 64) and once more when the closing has
-/// stopped (a tick without one), after a work-queue backlog drained,
+/// Trim after enough connections have closed or fallen asleep since the last
+/// trim (a quarter of those still open, and at least 64) and once more when
+/// the closing or falling asleep has stopped (a tick without one), after a
+/// work-queue backlog drained,
 /// or after a burst of traffic ended (10,000 messages or more since the last
 /// trim, and under 1% of that in the last tick). Counted from the totals (accepted less
 /// open), not sampled, so a burst that comes and goes between two looks still
@@ -39,6 +40,7 @@ pub async fn return_freed(metrics: Arc<Metrics>, every: Duration) {
     let mut moved_last = moved_at_trim;
     let asleep = || metrics.connections_hibernating.load(Ordering::Relaxed);
     let mut asleep_at_trim = asleep();
+    let mut asleep_last = asleep_at_trim;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -63,11 +65,15 @@ pub async fn return_freed(metrics: Arc<Metrics>, every: Duration) {
         let asleep_now = asleep();
         let fell_asleep = asleep_now.saturating_sub(asleep_at_trim);
         asleep_at_trim = asleep_at_trim.min(asleep_now);
+        // As with closing: once a wave of connections falling asleep is over.
+        let sleeping_over = asleep_now == asleep_last && fell_asleep >= 64;
+        asleep_last = asleep_now;
         if (since >= 64 && since >= open / 4)
             || closing_over
             || (drained >= 10_000 && drained >= queued_now)
             || burst_over
             || (fell_asleep >= 64 && fell_asleep >= open / 4)
+            || sleeping_over
         {
             asleep_at_trim = asleep_now;
             trim();
