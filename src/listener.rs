@@ -33,6 +33,12 @@ pub struct Transport {
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
     /// What a hibernating connection keeps of this stream.
     fn into_bed(self: Box<Self>) -> std::io::Result<Bed>;
+
+    /// Nothing of the stream's own is waiting to be written (see
+    /// `WsStream::quiet`).
+    fn quiet(&self) -> bool {
+        true
+    }
 }
 
 impl Io for TlsStream<TcpStream> {
@@ -47,6 +53,10 @@ impl Io for WsStream<Gated<TlsStream<TcpStream>>> {
         let fd = let_go_of_the_task(self.get_ref().get_ref().get_ref().0);
         Ok(Bed::Whole(self, fd))
     }
+
+    fn quiet(&self) -> bool {
+        WsStream::quiet(self)
+    }
 }
 
 /// A socket that stays in tokio's reactor while its connection hibernates:
@@ -55,10 +65,17 @@ impl Io for WsStream<Gated<TlsStream<TcpStream>>> {
 /// with a no-op waker, it holds that instead. Readiness that comes while the
 /// connection sleeps is seen by the hibernation's own epoll. The socket's fd.
 fn let_go_of_the_task(socket: &TcpStream) -> std::os::fd::RawFd {
+    use std::future::Future;
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    // Ready: nothing was stored; the hibernation sees it as readable too.
-    let _ = socket.poll_read_ready(&mut cx);
-    let _ = socket.poll_write_ready(&mut cx);
+    // Unconstrained: with the task's budget spent, tokio would answer Pending
+    // without storing the no-op waker. Ready: nothing was stored; the
+    // hibernation sees the socket as readable too.
+    let polls = std::future::poll_fn(|cx| {
+        let _ = socket.poll_read_ready(cx);
+        let _ = socket.poll_write_ready(cx);
+        std::task::Poll::Ready(())
+    });
+    let _ = std::pin::pin!(tokio::task::unconstrained(polls)).poll(&mut cx);
     socket.as_raw_fd()
 }
 
@@ -69,6 +86,10 @@ where
     fn into_bed(self: Box<Self>) -> std::io::Result<Bed> {
         let (socket, framing) = (*self).into_asleep()?;
         Ok(Bed::Ws(socket, framing))
+    }
+
+    fn quiet(&self) -> bool {
+        WsStream::quiet(self)
     }
 }
 

@@ -130,29 +130,75 @@ const REEXECUTED: &str = "TERN_REEXECUTED";
 pub fn reexec_without_tcache() -> Result<(), String> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        use std::os::unix::process::CommandExt;
+        use std::ffi::{CString, OsString};
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
         let current = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
-        let current = current.to_string_lossy();
         // The marker: never a second time, whatever a glibc makes of the
         // variable it parsed (2.36 writes NULs into its original text).
-        if current.contains(TCACHE_TUNABLE) || std::env::var_os(REEXECUTED).is_some() {
+        let named = current
+            .as_bytes()
+            .windows(TCACHE_TUNABLE.len())
+            .any(|w| w == TCACHE_TUNABLE.as_bytes());
+        if named || std::env::var_os(REEXECUTED).is_some() {
             return Ok(());
         }
-        let tunables = if current.is_empty() {
-            format!("{TCACHE_TUNABLE}=0")
-        } else {
-            format!("{current}:{TCACHE_TUNABLE}=0")
+        // SAFETY: getauxval only reads the auxiliary vector.
+        if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+            // Set-id or with file capabilities (to bind port 443, say): glibc
+            // ignores this tunable there, so an exec would change nothing.
+            return Err(format!(
+                "{TCACHE_TUNABLE}=0 is ignored by glibc for a privileged binary"
+            ));
+        }
+        let exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+        if exe
+            .file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(b"ld-"))
+        {
+            // Started through the dynamic loader (`ld.so tern ...`): this
+            // binary is not /proc/self/exe.
+            return Err(format!(
+                "not run again with {TCACHE_TUNABLE}=0 under the dynamic loader"
+            ));
+        }
+        let mut tunables = current;
+        if !tunables.is_empty() {
+            tunables.push(":");
+        }
+        tunables.push(format!("{TCACHE_TUNABLE}=0"));
+        let cstr = |v: OsString| CString::new(v.into_vec()).ok();
+        let args: Option<Vec<CString>> = std::env::args_os().map(cstr).collect();
+        let mut env: Vec<OsString> = std::env::vars_os()
+            .filter(|(k, _)| k != "GLIBC_TUNABLES")
+            .map(|(mut k, v)| {
+                k.push("=");
+                k.push(v);
+                k
+            })
+            .collect();
+        let mut tunables_var = OsString::from("GLIBC_TUNABLES=");
+        tunables_var.push(tunables);
+        env.push(tunables_var);
+        env.push(format!("{REEXECUTED}=1").into());
+        let env: Option<Vec<CString>> = env.into_iter().map(cstr).collect();
+        let (Some(args), Some(env)) = (args, env) else {
+            return Err("an argument or variable holds a NUL".into());
         };
-        let mut args = std::env::args_os();
-        let arg0 = args.next().unwrap_or_else(|| "tern".into());
-        // /proc/self/exe: this very binary, even if the file was replaced
-        // since (an upgrade in place).
-        let err = std::process::Command::new("/proc/self/exe")
-            .arg0(arg0)
-            .args(args)
-            .env("GLIBC_TUNABLES", tunables)
-            .env(REEXECUTED, "1")
-            .exec();
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // execve itself, not execvp (what `Command::exec` calls): on a binary
+        // the kernel cannot run (an aarch64 build under qemu-user without
+        // binfmt, CI's smoke test) execve fails and the broker carries on,
+        // where execvp handed the file to /bin/sh. /proc/self/exe: this very
+        // binary, even if the file was replaced since (an upgrade in place).
+        // SAFETY: the path, argv and envp are NUL-terminated strings and
+        // NULL-terminated arrays that outlive the call; no thread exists yet.
+        unsafe {
+            libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+        let err = std::io::Error::last_os_error();
         return Err(format!(
             "could not run again with {TCACHE_TUNABLE}=0: {err}"
         ));

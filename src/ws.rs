@@ -254,7 +254,17 @@ impl<S> WsStream<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// Nothing owed to the client is left unwritten (a pong the socket did not
+    /// take): the connection may hibernate. Asleep, nothing would send it.
+    pub fn quiet(&self) -> bool {
+        self.state.out.is_empty()
+    }
 }
+
+/// Frames owed (pongs, the rest of a message) past which reading waits for
+/// the socket to take them.
+const OUT_HIGH_WATER: usize = 4 * 1024;
 
 impl<S: PlainSocket> WsStream<S> {
     /// The socket out of tokio's reactor, and the framing to put back on it.
@@ -306,9 +316,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         // Pongs and a Close reply owed go out as soon as the socket takes them;
-        // if it does not now, the next write or flush sends them.
-        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-            return Poll::Ready(Err(e));
+        // if it does not now, the next write, flush or read sends them. A
+        // client that sends Pings but reads nothing must not make them pile
+        // up: past OUT_HIGH_WATER, reading waits for the socket to take them.
+        match this.poll_drain(cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending if this.state.out.len() >= OUT_HIGH_WATER => return Poll::Pending,
+            _ => {}
         }
         loop {
             if this.state.unframer.closed() || buf.remaining() == 0 {
@@ -354,6 +368,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                     return Poll::Ready(Err(e));
                 }
+                // Below may be TLS, which holds records until flushed.
+                if let Poll::Ready(Err(e)) = Pin::new(&mut this.inner).poll_flush(cx) {
+                    return Poll::Ready(Err(e));
+                }
             }
             if data > 0 {
                 return Poll::Ready(Ok(()));
@@ -374,6 +392,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         ready!(this.poll_drain(cx))?;
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
+        }
+        if this.state.close_sent {
+            // Nothing may follow our Close (RFC 6455 section 5.5.1): the
+            // connection is ending, what it still writes is dropped.
+            return Poll::Ready(Ok(buf.len()));
         }
         let (h, hl) = frame::binary_header(buf.len());
         let parts = [io::IoSlice::new(&h[..hl]), io::IoSlice::new(buf)];

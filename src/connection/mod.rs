@@ -79,6 +79,11 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
         false
     }
 
+    /// Nothing of the transport's own waits to be written: it may sleep now.
+    fn quiet(&self) -> bool {
+        true
+    }
+
     /// What a hibernating connection keeps of its transport.
     fn into_bed(self) -> std::io::Result<hibernate::Bed>
     where
@@ -101,6 +106,10 @@ impl Transport for tokio::net::TcpStream {
 impl Transport for Box<dyn crate::listener::Io> {
     fn hibernates(&self) -> bool {
         true
+    }
+
+    fn quiet(&self) -> bool {
+        (**self).quiet()
     }
 
     fn into_bed(self) -> std::io::Result<hibernate::Bed> {
@@ -500,9 +509,14 @@ impl Conn {
         let hibernates = stream.hibernates()
             && self.shared.hibernation.is_some()
             && !self.limits().hibernate_after.is_zero();
-        let close = match self.run_loop(stream, hibernates).await {
-            Step::Close(close) => close,
-            Step::Hibernate => return Step::Hibernate,
+        let close = loop {
+            match self.run_loop(stream, hibernates).await {
+                Step::Close(close) => break close,
+                Step::Hibernate if stream.quiet() => return Step::Hibernate,
+                // The transport still owes its client a frame (a pong the
+                // socket did not take): awake for another period.
+                Step::Hibernate => self.outbox.awake(),
+            }
         };
         let ours = close.reason.is_some_and(|r| {
             r.is_error()

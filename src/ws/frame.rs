@@ -235,6 +235,10 @@ impl Unframer {
         }
         let (len, at) = match h[1] & 0x7F {
             126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
+            127 if h[2] & 0x80 != 0 => {
+                // RFC 6455 section 5.2: the most significant bit must be 0.
+                return Err(FrameError::protocol("64-bit length with its top bit set"));
+            }
             127 => (
                 u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
                 10,
@@ -288,9 +292,16 @@ impl Unframer {
         match self.opcode {
             OP_PING => self.replies.pong = Some(payload),
             OP_CLOSE => {
+                // RFC 6455 section 7.4: a code a peer may send is echoed; a
+                // one-byte body or a reserved code is a protocol error. 1005,
+                // 1006 and 1015 are never sent on the wire.
                 let code = match payload.as_slice() {
-                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                    _ => CLOSE_NORMAL,
+                    [] => CLOSE_NORMAL,
+                    [a, b, ..] => match u16::from_be_bytes([*a, *b]) {
+                        c @ (1000..=1003 | 1007..=1014 | 3000..=4999) => c,
+                        _ => CLOSE_PROTOCOL_ERROR,
+                    },
+                    [_] => CLOSE_PROTOCOL_ERROR,
                 };
                 self.replies.close = Some(code);
                 self.closed = true;
@@ -376,6 +387,17 @@ mod tests {
         let mut empty = frame(true, OP_CLOSE, b"", [7, 7, 7, 7]);
         assert_eq!(u.decode(&mut empty).unwrap(), 0);
         assert_eq!(u.take_replies().close, Some(CLOSE_NORMAL));
+        // A one-byte body, or a code no peer may send: answered 1002.
+        for body in [&[3u8][..], &1005u16.to_be_bytes(), &999u16.to_be_bytes()] {
+            let mut u = Unframer::new(1024);
+            let mut bad = frame(true, OP_CLOSE, body, [7, 7, 7, 7]);
+            assert_eq!(u.decode(&mut bad).unwrap(), 0);
+            assert_eq!(
+                u.take_replies().close,
+                Some(CLOSE_PROTOCOL_ERROR),
+                "{body:?}"
+            );
+        }
     }
 
     #[test]
@@ -419,6 +441,9 @@ mod tests {
             CLOSE_PROTOCOL_ERROR,
             "unmasked"
         );
+        let mut top = vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        top.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(code(top), CLOSE_PROTOCOL_ERROR, "64-bit length, top bit");
     }
 
     #[test]

@@ -136,10 +136,14 @@ fn request_end(buf: &[u8]) -> Option<usize> {
 /// failed; the caller drops the connection.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> io::Result<Bytes> {
     let mut buf = BytesMut::with_capacity(1024);
+    // Where the search for the blank line goes on (a request sent a byte at
+    // a time is not searched from the start each time).
+    let mut scanned = 0;
     let end = loop {
-        if let Some(end) = request_end(&buf) {
-            break end;
+        if let Some(end) = request_end(&buf[scanned..]) {
+            break scanned + end;
         }
+        scanned = buf.len().saturating_sub(3);
         if buf.len() >= MAX_REQUEST {
             let why = "upgrade request larger than 8 KiB";
             return Err(
