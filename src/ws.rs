@@ -364,9 +364,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 // RFC 6455 section 5.5.1: answer with a Close, echoing its code.
                 this.close(code);
             }
+            let mut stalled = false;
             if !this.state.out.is_empty() {
-                if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-                    return Poll::Ready(Err(e));
+                match this.poll_drain(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => stalled = this.state.out.len() >= OUT_HIGH_WATER,
+                    Poll::Ready(Ok(())) => {}
                 }
                 // Below may be TLS, which holds records until flushed.
                 if let Poll::Ready(Err(e)) = Pin::new(&mut this.inner).poll_flush(cx) {
@@ -375,6 +378,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             }
             if data > 0 {
                 return Poll::Ready(Ok(()));
+            }
+            if stalled {
+                // The drain's write registered the waker.
+                return Poll::Pending;
             }
             // Only headers or control frames so far: read on.
         }
@@ -424,5 +431,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         self.close(code);
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client that sends Pings and reads nothing: once 4 KiB of Pongs wait
+    /// for the socket, reading stops (its Pings stay in the socket, which
+    /// fills, and its writes stall), so the Pongs held stay bounded.
+    #[tokio::test]
+    async fn pongs_the_client_does_not_read_pause_reading() {
+        let (mut client, server) = tokio::io::duplex(16 * 1024);
+        let mut ws = WsStream {
+            inner: server,
+            state: Framing {
+                unframer: frame::Unframer::new(1 << 20),
+                out: BytesMut::new(),
+                early: Bytes::new(),
+                close_code: frame::CLOSE_NORMAL,
+                close_sent: false,
+            },
+        };
+        let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+        ping.extend(std::iter::repeat_n(b'p', 125));
+        let writer = tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < 5_000 && client.write_all(&ping).await.is_ok() {
+                sent += 1;
+            }
+            (client, sent)
+        });
+        // One Ping per read (131 bytes each), so each one is answered.
+        let mut buf = [0u8; 131];
+        let read = tokio::time::timeout(std::time::Duration::from_millis(500), ws.read(&mut buf));
+        assert!(read.await.is_err(), "a read returned while only Pings came");
+        assert!(
+            ws.state.out.len() < OUT_HIGH_WATER + 256,
+            "{} bytes of Pongs held",
+            ws.state.out.len()
+        );
+        assert!(!writer.is_finished(), "all 5,000 Pings were read");
+        writer.abort();
     }
 }
