@@ -272,7 +272,7 @@ pub struct Limits {
     pub outbound_topic_alias_maximum: u16,
     #[serde(alias = "connect_timeout_secs", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
-    /// A plain TCP connection silent this long, with nothing in flight,
+    /// A connection silent this long, with nothing in flight,
     /// hibernates: its task ends and its state waits outside it, its socket
     /// watched, until its client sends, the router has something for it, or
     /// its keep-alive runs out (`connection/hibernate.rs`). Zero: never.

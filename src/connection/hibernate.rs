@@ -3,9 +3,9 @@
 //! An idle connection's cost is mostly what its task keeps for its whole
 //! life: the task itself (sized for its largest state), tokio's registration
 //! of its socket, its read buffer. After `limits.hibernate_after` of silence,
-//! with nothing half-read, unwritten or owed, a plain TCP connection's task
-//! ends (`Step::Hibernate`) and hands its state here (`Sleeper`: the
-//! connection's `Conn`, its slot, the socket taken out of tokio's reactor).
+//! with nothing half-read, unwritten or owed, a connection's task ends
+//! (`Step::Hibernate`) and hands its state here (`Sleeper`: the connection's
+//! `Conn`, its slot, its transport's `Bed`).
 //! Owns those sleepers, the epoll set (`mio::Poll`) that watches their
 //! sockets, and the keep-alive deadlines.
 //!
@@ -116,7 +116,7 @@ impl Lot {
     }
 }
 
-/// Where idle plain TCP connections hibernate (one per broker).
+/// Where idle connections hibernate (one per broker).
 pub struct Hibernation {
     lot: Mutex<Lot>,
     registry: Registry,

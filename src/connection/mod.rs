@@ -65,9 +65,9 @@ pub struct Shared {
     pub logins: Swap<crate::login::Logins>,
     /// Read-buffer bytes held by connections that have not logged in yet.
     pub pre_login: PreLoginBudget,
-    /// Where idle plain TCP connections hibernate (None: they never do).
+    /// Where idle connections hibernate (None: they never do).
     pub hibernation: Option<Arc<hibernate::Hibernation>>,
-    /// The thread plain TCP connections' tasks are allocated on (None: the
+    /// The thread connections' tasks are allocated on (None: the
     /// accepting worker's).
     pub spawner: Option<Arc<Spawner>>,
 }
