@@ -7,16 +7,20 @@
 //! run in the connection's own task, bounded by `connect_timeout`, so a slow or
 //! silent peer never holds up the accept loop.
 
+use crate::connection::hibernate::Bed;
 use crate::connection::{serve, Shared};
 use crate::connection_slots::{ConnectionSlots, Slot};
 use crate::login::{CertIdentity, Peer};
 use crate::tls::TlsCell;
+use crate::ws::{Gated, WsStream};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -94,10 +98,6 @@ where
 }
 
 type BoxedIo = Box<dyn Io>;
-use crate::connection::hibernate::Bed;
-use crate::ws::{Gated, WsStream};
-use std::os::fd::AsRawFd;
-use tokio_rustls::server::TlsStream;
 
 /// Accept until `shutdown`, then hand the socket back (a reload that changes
 /// a listener's TLS or WebSocket setting restarts it on the same socket).
@@ -151,8 +151,8 @@ pub async fn accept_loop(
             }
         } else {
             match &shared.spawner {
-                // WebSocket connections hibernate too: their tasks are
-                // allocated where the plain ones are.
+                // Every connection may hibernate: its task is allocated
+                // where the plain ones are (`connection/spawner.rs`).
                 Some(spawner) => {
                     spawner.upgraded(socket, peer, transport.clone(), shared.clone(), slot)
                 }
@@ -174,7 +174,7 @@ pub async fn accept_loop(
 /// A TLS or WebSocket connection's task: its transport handshake, then MQTT.
 /// The task's allocation is sized for the largest state of this future for
 /// the connection's whole life, so the one-off handshake (rustls and
-/// tungstenite keep kilobytes of state inline) is boxed: inline, it made
+/// the WebSocket upgrade's buffers are kilobytes) is boxed: inline, it made
 /// every connection cost about 12 KB (issue 15).
 pub(crate) async fn serve_upgraded(
     socket: TcpStream,

@@ -105,7 +105,7 @@ pub fn configure() {
 }
 
 /// The glibc tunable `reexec_without_tcache` sets.
-pub const TCACHE_TUNABLE: &str = "glibc.malloc.tcache_count";
+const TCACHE_TUNABLE: &str = "glibc.malloc.tcache_count";
 
 /// Set in the environment of the re-executed broker.
 const REEXECUTED: &str = "TERN_REEXECUTED";

@@ -193,7 +193,6 @@ where
             unframer: frame::Unframer::new(max_frame),
             out: BytesMut::new(),
             early,
-            close_code: frame::CLOSE_NORMAL,
             close_sent: false,
         },
     })
@@ -216,8 +215,6 @@ pub struct Framing {
     out: BytesMut,
     /// What the client sent behind its upgrade request, decoded first.
     early: Bytes,
-    /// The code of our Close: 1000, or why its frames were refused.
-    close_code: u16,
     close_sent: bool,
 }
 
@@ -225,8 +222,9 @@ pub struct Framing {
 /// only the pointer (`connection/hibernate.rs`).
 pub type Asleep = Box<Framing>;
 
-/// A WebSocket's socket when it is plain TCP: only such a WebSocket
-/// hibernates (TLS keeps its state in its stream).
+/// A WebSocket's socket when it is plain TCP: only such a socket leaves
+/// tokio's reactor while its connection hibernates (under TLS the whole
+/// stream is kept, `hibernate::Bed::Whole`).
 pub trait PlainSocket {
     fn into_std(self) -> io::Result<std::net::TcpStream>;
 }
@@ -344,7 +342,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 Ok(n) => n,
                 Err(e) => {
                     buf.set_filled(start);
-                    this.state.close_code = e.code;
                     // The Close with the reason goes now, as far as the socket
                     // takes it: the caller may drop the stream on the error.
                     this.close(e.code);
@@ -427,8 +424,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let code = self.state.close_code;
-        self.close(code);
+        // A refused frame queued its own Close already (`close` sends one).
+        self.close(frame::CLOSE_NORMAL);
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
@@ -451,7 +448,6 @@ mod tests {
                 unframer: frame::Unframer::new(1 << 20),
                 out: BytesMut::new(),
                 early: Bytes::new(),
-                close_code: frame::CLOSE_NORMAL,
                 close_sent: false,
             },
         };
