@@ -38,6 +38,9 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
     /// What a hibernating connection keeps of this stream.
     fn into_bed(self: Box<Self>) -> std::io::Result<Bed>;
 
+    /// Its socket's fd (a hibernating TLS stream's, watched while it sleeps).
+    fn fd(&self) -> std::os::fd::RawFd;
+
     /// Nothing of the stream's own is waiting to be written (see
     /// `WsStream::quiet`).
     fn quiet(&self) -> bool {
@@ -47,15 +50,23 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
 
 impl Io for TlsStream<TcpStream> {
     fn into_bed(self: Box<Self>) -> std::io::Result<Bed> {
-        let fd = let_go_of_the_task(self.get_ref().0);
-        Ok(Bed::Whole(self, fd))
+        let_go_of_the_task(self.get_ref().0);
+        Ok(Bed::Whole(Box::new(self)))
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.get_ref().0.as_raw_fd()
     }
 }
 
 impl Io for WsStream<Gated<TlsStream<TcpStream>>> {
     fn into_bed(self: Box<Self>) -> std::io::Result<Bed> {
-        let fd = let_go_of_the_task(self.get_ref().get_ref().get_ref().0);
-        Ok(Bed::Whole(self, fd))
+        let_go_of_the_task(self.get_ref().get_ref().get_ref().0);
+        Ok(Bed::Whole(Box::new(self)))
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.get_ref().get_ref().get_ref().0.as_raw_fd()
     }
 
     fn quiet(&self) -> bool {
@@ -67,8 +78,8 @@ impl Io for WsStream<Gated<TlsStream<TcpStream>>> {
 /// the reactor still holds the wakers of the task's last reads and writes,
 /// and a waker keeps its task's allocation (about 1.3 KB) alive. Polled once
 /// with a no-op waker, it holds that instead. Readiness that comes while the
-/// connection sleeps is seen by the hibernation's own epoll. The socket's fd.
-fn let_go_of_the_task(socket: &TcpStream) -> std::os::fd::RawFd {
+/// connection sleeps is seen by the hibernation's own epoll.
+fn let_go_of_the_task(socket: &TcpStream) {
     use std::future::Future;
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     // Unconstrained: with the task's budget spent, tokio would answer Pending
@@ -80,7 +91,6 @@ fn let_go_of_the_task(socket: &TcpStream) -> std::os::fd::RawFd {
         std::task::Poll::Ready(())
     });
     let _ = std::pin::pin!(tokio::task::unconstrained(polls)).poll(&mut cx);
-    socket.as_raw_fd()
 }
 
 impl<S> Io for WsStream<S>
@@ -88,8 +98,11 @@ where
     S: crate::ws::PlainSocket + AsyncRead + AsyncWrite + Unpin + Send,
 {
     fn into_bed(self: Box<Self>) -> std::io::Result<Bed> {
-        let (socket, framing) = (*self).into_asleep()?;
-        Ok(Bed::Ws(socket, framing))
+        Ok(Bed::Ws((*self).into_asleep()?))
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.get_ref().fd()
     }
 
     fn quiet(&self) -> bool {

@@ -218,20 +218,36 @@ pub struct Framing {
     close_sent: bool,
 }
 
-/// A hibernating WebSocket's framing, boxed: a plain TCP sleeper carries
-/// only the pointer (`connection/hibernate.rs`).
-pub type Asleep = Box<Framing>;
+/// A hibernating WebSocket over plain TCP: its socket, out of tokio's
+/// reactor, and its framing. Boxed in the sleeper's room
+/// (`connection/hibernate.rs`), which carries only the pointer.
+pub struct Asleep {
+    socket: std::net::TcpStream,
+    framing: Framing,
+}
+
+impl Asleep {
+    /// Its socket's fd, which the hibernation watches.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.socket)
+    }
+}
 
 /// A WebSocket's socket when it is plain TCP: only such a socket leaves
 /// tokio's reactor while its connection hibernates (under TLS the whole
 /// stream is kept, `hibernate::Bed::Whole`).
 pub trait PlainSocket {
     fn into_std(self) -> io::Result<std::net::TcpStream>;
+    fn fd(&self) -> std::os::fd::RawFd;
 }
 
 impl PlainSocket for tokio::net::TcpStream {
     fn into_std(self) -> io::Result<std::net::TcpStream> {
         tokio::net::TcpStream::into_std(self)
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self)
     }
 }
 
@@ -239,6 +255,10 @@ impl PlainSocket for Gated<tokio::net::TcpStream> {
     fn into_std(self) -> io::Result<std::net::TcpStream> {
         // The gate opened with the CONNECT: nothing is counted any more.
         self.inner.into_std()
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.inner.fd()
     }
 }
 
@@ -265,19 +285,23 @@ impl<S> WsStream<S> {
 const OUT_HIGH_WATER: usize = 4 * 1024;
 
 impl<S: PlainSocket> WsStream<S> {
-    /// The socket out of tokio's reactor, and the framing to put back on it.
-    pub fn into_asleep(self) -> io::Result<(std::net::TcpStream, Asleep)> {
-        Ok((self.inner.into_std()?, Box::new(self.state)))
+    /// The socket out of tokio's reactor, with the framing to put back on it.
+    pub fn into_asleep(self) -> io::Result<Box<Asleep>> {
+        Ok(Box::new(Asleep {
+            socket: self.inner.into_std()?,
+            framing: self.state,
+        }))
     }
 }
 
-/// A hibernated WebSocket back on its socket.
+/// A hibernated WebSocket back on its socket, in tokio's reactor again.
 #[allow(clippy::boxed_local)] // It comes boxed from the sleeper's room.
-pub fn wake(socket: tokio::net::TcpStream, framing: Asleep) -> WsStream<tokio::net::TcpStream> {
-    WsStream {
-        inner: socket,
-        state: *framing,
-    }
+pub fn wake(asleep: Box<Asleep>) -> io::Result<WsStream<tokio::net::TcpStream>> {
+    let Asleep { socket, framing } = *asleep;
+    Ok(WsStream {
+        inner: tokio::net::TcpStream::from_std(socket)?,
+        state: framing,
+    })
 }
 
 impl<S: AsyncWrite + Unpin> WsStream<S> {

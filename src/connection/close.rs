@@ -104,6 +104,17 @@ pub(super) struct Registration {
 }
 
 impl Registration {
+    /// The registration of connection `conn_id` of `client`, armed: dropped
+    /// so, it reports the connection's end to the router.
+    pub(super) fn armed(shared: &Shared, client: &ClientId, conn_id: u64) -> Registration {
+        Registration {
+            router: shared.router.clone(),
+            client: client.clone(),
+            conn_id,
+            armed: true,
+        }
+    }
+
     /// The connection reports its end itself.
     pub(super) fn disarm(mut self) {
         self.armed = false;

@@ -22,7 +22,8 @@
 //! TLS (and WebSocket over TLS) as the whole stream, rustls's state and all,
 //! its socket left in the reactor and watched here too.
 
-use super::{ended, live, Conn};
+use super::dormant::Dormant;
+use super::{ended, live};
 use crate::connection_slots::Slot;
 use crate::outbox::Alarm;
 use mio::unix::SourceFd;
@@ -46,7 +47,7 @@ const EVENTS: usize = 256;
 /// One hibernating connection: everything its task held that outlives an
 /// idle moment.
 pub struct Sleeper {
-    pub(super) conn: Conn,
+    pub(super) conn: Dormant,
     pub(super) bed: Bed,
     pub(super) slot: Slot,
 }
@@ -55,20 +56,24 @@ pub struct Sleeper {
 pub enum Bed {
     /// Plain TCP: the socket, out of tokio's reactor.
     Plain(std::net::TcpStream),
-    /// WebSocket over plain TCP: the socket out of the reactor, the framing
-    /// aside (boxed, whatever frame it is in).
-    Ws(std::net::TcpStream, crate::ws::Asleep),
+    /// WebSocket over plain TCP: the socket out of the reactor, with the
+    /// framing (boxed, whatever frame it is in).
+    Ws(Box<crate::ws::Asleep>),
     /// TLS, and WebSocket over it: the whole stream (rustls's state cannot be
     /// taken apart and put back). Its socket stays registered with tokio's
     /// reactor, with no task to wake; the fd is watched here as well.
-    Whole(Box<dyn crate::listener::Io>, std::os::fd::RawFd),
+    /// Boxed twice: a thin pointer keeps every room 8 bytes smaller (Rust
+    /// finds no room for the tag beside a fat one).
+    #[allow(clippy::redundant_allocation)]
+    Whole(Box<Box<dyn crate::listener::Io>>),
 }
 
 impl Bed {
     fn fd(&self) -> std::os::fd::RawFd {
         match self {
-            Bed::Plain(s) | Bed::Ws(s, _) => s.as_raw_fd(),
-            Bed::Whole(_, fd) => *fd,
+            Bed::Plain(s) => s.as_raw_fd(),
+            Bed::Ws(a) => a.fd(),
+            Bed::Whole(io) => io.fd(),
         }
     }
 }
@@ -91,28 +96,112 @@ pub(super) struct Room {
     _token: TaskTrackerToken,
 }
 
-#[derive(Default)]
+/// Rooms per block of the lot. Rooms are kept in blocks rather than each in
+/// an allocation of its own: allocated one by one as connections fell
+/// asleep, they lay among what the connections' tasks had just let go, and
+/// the holes between them (under a page) never went back to the system.
+/// A block of 64 is about 9 KB.
+const BLOCK: usize = 64;
+
+/// A keep-alive deadline as the heap keeps it: in the high half, tenths of
+/// a second since the lot's epoch, rounded up (a sleeper is never woken
+/// early, and late by under 100 ms); in the low half, the room's key. Eight
+/// bytes an entry instead of 24.
+type Alarm64 = Reverse<u64>;
+
 struct Lot {
-    /// Sleepers by key (the epoll token and the outbox alarm's key).
-    rooms: Vec<Option<Box<Room>>>,
+    /// Sleepers by key (the epoll token and the outbox alarm's key): key k
+    /// is room k % BLOCK of block k / BLOCK.
+    blocks: Vec<Box<[Option<Room>]>>,
+    /// Keys handed out so far; free ones below it are in `free`.
+    keys: usize,
     free: Vec<usize>,
     asleep: usize,
     /// Keys rung since the watcher last looked.
     rung: Vec<usize>,
-    /// Keep-alive deadlines by key. A woken sleeper's entry stays until it is
-    /// due or the heap is rebuilt; a stale one is known by the room's own
-    /// deadline.
-    alarms: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Keep-alive deadlines. A woken sleeper's entry stays until it is due or
+    /// the heap is rebuilt; a stale one is known by the room's own deadline.
+    alarms: BinaryHeap<Alarm64>,
+    /// Where the deadlines in `alarms` count from.
+    epoch: Instant,
     closed: bool,
 }
 
 impl Lot {
+    fn new() -> Lot {
+        Lot {
+            blocks: Vec::new(),
+            keys: 0,
+            free: Vec::new(),
+            asleep: 0,
+            rung: Vec::new(),
+            alarms: BinaryHeap::new(),
+            epoch: Instant::now(),
+            closed: false,
+        }
+    }
+
+    fn room(&self, key: usize) -> Option<&Room> {
+        self.blocks.get(key / BLOCK)?[key % BLOCK].as_ref()
+    }
+
+    /// A free key, its block made if need be.
+    fn vacant(&mut self) -> usize {
+        if let Some(k) = self.free.pop() {
+            return k;
+        }
+        let k = self.keys;
+        self.keys += 1;
+        if k / BLOCK == self.blocks.len() {
+            self.blocks.push((0..BLOCK).map(|_| None).collect());
+        }
+        k
+    }
+
+    /// Put `room` in `key`'s place (from `vacant`).
+    fn put(&mut self, key: usize, room: Room) {
+        self.blocks[key / BLOCK][key % BLOCK] = Some(room);
+        self.asleep += 1;
+    }
+
     /// Take the sleeper in `key`'s room, if any.
-    fn take(&mut self, key: usize) -> Option<Box<Room>> {
-        let room = self.rooms.get_mut(key)?.take()?;
+    fn take(&mut self, key: usize) -> Option<Room> {
+        let room = self.blocks.get_mut(key / BLOCK)?[key % BLOCK].take()?;
         self.free.push(key);
         self.asleep -= 1;
         Some(room)
+    }
+
+    /// Every sleeper, out of its room.
+    fn take_all(&mut self) -> Vec<Room> {
+        let rooms = self
+            .blocks
+            .iter_mut()
+            .flat_map(|b| b.iter_mut())
+            .filter_map(Option::take)
+            .collect();
+        self.asleep = 0;
+        rooms
+    }
+
+    /// `at` in the heap's tenths of a second (see `Alarm64`).
+    fn tick(&self, at: Instant) -> u64 {
+        let tenths = at
+            .saturating_duration_since(self.epoch)
+            .as_millis()
+            .div_ceil(100);
+        u64::from(u32::try_from(tenths).unwrap_or(u32::MAX))
+    }
+
+    fn alarm(&self, at: Instant, key: usize) -> Alarm64 {
+        Reverse(self.tick(at) << 32 | key as u64)
+    }
+
+    /// The next deadline in the heap, and its key.
+    fn next_alarm(&self) -> Option<(Instant, usize)> {
+        let Reverse(a) = *self.alarms.peek()?;
+        let at = self.epoch + Duration::from_millis((a >> 32) * 100);
+        Some((at, (a & u64::from(u32::MAX)) as usize))
     }
 }
 
@@ -144,7 +233,7 @@ impl Hibernation {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let h = Arc::new(Hibernation {
-            lot: Mutex::new(Lot::default()),
+            lot: Mutex::new(Lot::new()),
             registry,
             notify: Notify::new(),
             tracker,
@@ -168,19 +257,13 @@ impl Hibernation {
         let fd = sleeper.bed.fd();
         let ka_at = sleeper.conn.ka_at;
         let mut lot = self.lock();
-        if lot.closed {
-            // Shutting down: the connection ends here.
+        if lot.closed || lot.keys >= u32::MAX as usize {
+            // Shutting down (or four billion sleepers): the connection ends here.
             drop(lot);
             sleeper.end();
             return;
         }
-        let key = match lot.free.pop() {
-            Some(k) => k,
-            None => {
-                lot.rooms.push(None);
-                lot.rooms.len() - 1
-            }
-        };
+        let key = lot.vacant();
         if let Err(e) = self
             .registry
             .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)
@@ -189,32 +272,32 @@ impl Hibernation {
             lot.free.push(key);
             drop(lot);
             warn!(error = %e, "cannot watch a hibernating connection's socket");
-            self.wake(Box::new(Room {
+            self.wake(Room {
                 sleeper,
                 _token: self.tracker.token(),
-            }));
+            });
             return;
         }
         let alarm: Arc<dyn Alarm> = self.clone();
         let quiet = sleeper.conn.outbox.asleep(alarm, key);
-        lot.rooms[key] = Some(Box::new(Room {
-            sleeper,
-            _token: self.tracker.token(),
-        }));
-        lot.asleep += 1;
+        lot.put(
+            key,
+            Room {
+                sleeper,
+                _token: self.tracker.token(),
+            },
+        );
         if !quiet {
             // Rung while falling asleep: wake at once.
             lot.rung.push(key);
         }
-        lot.alarms.push(Reverse((ka_at, key)));
+        let alarm = lot.alarm(ka_at, key);
+        lot.alarms.push(alarm);
         // Stale deadlines (of sleepers since woken) are dropped when they
         // outnumber the live ones.
         if lot.alarms.len() > 2 * lot.asleep + 64 {
-            let live: Vec<_> = lot
-                .rooms
-                .iter()
-                .enumerate()
-                .filter_map(|(k, r)| r.as_ref().map(|r| Reverse((r.sleeper.conn.ka_at, k))))
+            let live: Vec<_> = (0..lot.keys)
+                .filter_map(|k| lot.room(k).map(|r| lot.alarm(r.sleeper.conn.ka_at, k)))
                 .collect();
             lot.alarms = BinaryHeap::from(live);
         }
@@ -227,7 +310,7 @@ impl Hibernation {
 
     /// A sleeper wakes: out of the epoll set, into a new task that serves it
     /// as before (allocated on the spawner's thread, see `spawner.rs`).
-    fn wake(&self, room: Box<Room>) {
+    fn wake(&self, room: Room) {
         let _ = self
             .registry
             .deregister(&mut SourceFd(&room.sleeper.bed.fd()));
@@ -256,7 +339,7 @@ impl Hibernation {
         let mut events = Events::with_capacity(EVENTS);
         let mut ready = Vec::new();
         loop {
-            let next = h.lock().alarms.peek().map(|r| r.0 .0);
+            let next = h.lock().next_alarm().map(|(at, _)| at);
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 guard = poll.readable_mut() => {
@@ -280,7 +363,7 @@ impl Hibernation {
                 _ = h.notify.notified() => {}
                 _ = tokio::time::sleep_until(next.unwrap_or(far)) => {}
             }
-            let woken: Vec<Box<Room>> = {
+            let woken: Vec<Room> = {
                 let mut lot = h.lock();
                 if lot.closed {
                     return;
@@ -288,28 +371,24 @@ impl Hibernation {
                 let mut keys = std::mem::take(&mut ready);
                 keys.append(&mut lot.rung);
                 let now = Instant::now();
-                while let Some(Reverse((at, key))) = lot.alarms.peek().copied() {
+                while let Some((at, key)) = lot.next_alarm() {
                     if at > now {
                         break;
                     }
                     lot.alarms.pop();
                     // Only if this deadline is still the sleeper's own.
-                    if lot
-                        .rooms
-                        .get(key)
-                        .and_then(|r| r.as_ref())
-                        .is_some_and(|r| r.sleeper.conn.ka_at <= now)
-                    {
+                    if lot.room(key).is_some_and(|r| r.sleeper.conn.ka_at <= now) {
                         keys.push(key);
                     }
                 }
                 let woken = keys.iter().filter_map(|&k| lot.take(k)).collect();
                 ready = keys;
                 ready.clear();
-                if lot.asleep == 0 && lot.rooms.len() > 64 {
-                    // Everyone is awake: the tables of a crowd that slept
-                    // (8 bytes a room, 24 a deadline) go back.
-                    lot.rooms = Vec::new();
+                if lot.asleep == 0 && lot.keys > BLOCK {
+                    // Everyone is awake: the rooms and tables of a crowd
+                    // that slept go back.
+                    lot.blocks = Vec::new();
+                    lot.keys = 0;
                     lot.free = Vec::new();
                     lot.alarms = BinaryHeap::new();
                 }
@@ -336,16 +415,15 @@ impl Hibernation {
     /// runtime ending): the sleepers left end here, and sleepers to come end
     /// at once.
     pub fn close(&self) {
-        let rooms: Vec<Box<Room>> = {
+        let rooms: Vec<Room> = {
             let mut lot = self.lock();
             lot.closed = true;
             lot.alarms.clear();
             let n = lot.asleep;
-            lot.asleep = 0;
             self.metrics
                 .connections_hibernating
                 .fetch_sub(n as u64, Ordering::Relaxed);
-            lot.rooms.drain(..).flatten().collect()
+            lot.take_all()
         };
         self.notify.notify_one();
         for room in rooms {
@@ -356,23 +434,25 @@ impl Hibernation {
 
 /// A woken connection's task: its socket back in tokio's reactor, then
 /// served from where it stopped.
-pub(super) fn woken(room: Box<Room>) -> impl std::future::Future<Output = ()> + Send {
-    let Room { sleeper, _token } = *room;
+pub(super) fn woken(room: Room) -> impl std::future::Future<Output = ()> + Send {
+    let Room { sleeper, _token } = room;
     let Sleeper { conn, bed, slot } = sleeper;
     let registration = conn.registration();
     let span = tracing::debug_span!("conn", id = conn.conn_id, client = %&*conn.client_id);
     async move {
         let _token = _token;
-        let (socket, framing) = match bed {
-            Bed::Whole(stream, _) => {
-                debug!("woken");
-                return live(stream, conn, registration, slot).await;
-            }
-            Bed::Plain(socket) => (socket, None),
-            Bed::Ws(socket, framing) => (socket, Some(framing)),
+        enum Awake {
+            Plain(tokio::net::TcpStream),
+            Io(Box<dyn crate::listener::Io>),
+        }
+        // Its socket back in tokio's reactor.
+        let awake = match bed {
+            Bed::Whole(stream) => Ok(Awake::Io(*stream)),
+            Bed::Plain(socket) => tokio::net::TcpStream::from_std(socket).map(Awake::Plain),
+            Bed::Ws(asleep) => crate::ws::wake(asleep).map(|ws| Awake::Io(Box::new(ws))),
         };
-        let stream = match tokio::net::TcpStream::from_std(socket) {
-            Ok(s) => s,
+        let awake = match awake {
+            Ok(awake) => awake,
             Err(e) => {
                 // Its registration reports the end as it drops.
                 debug!(error = %e, "cannot wake a hibernating connection");
@@ -383,13 +463,10 @@ pub(super) fn woken(room: Box<Room>) -> impl std::future::Future<Output = ()> + 
             }
         };
         debug!("woken");
-        match framing {
-            None => live(stream, conn, registration, slot).await,
-            Some(framing) => {
-                let stream: Box<dyn crate::listener::Io> =
-                    Box::new(crate::ws::wake(stream, framing));
-                live(stream, conn, registration, slot).await
-            }
+        let conn = conn.rouse();
+        match awake {
+            Awake::Plain(stream) => live(stream, conn, registration, slot).await,
+            Awake::Io(stream) => live(stream, conn, registration, slot).await,
         }
     }
     .instrument(span)
@@ -402,10 +479,15 @@ mod tests {
     /// What a hibernating connection costs is mostly its room: guard its size.
     #[test]
     fn a_sleeper_stays_small() {
-        let room = std::mem::size_of::<Room>();
-        eprintln!("room: {room} bytes, Conn: {}", std::mem::size_of::<Conn>());
+        let room = std::mem::size_of::<Option<Room>>();
+        eprintln!(
+            "room: {room} bytes, Dormant: {}, Bed: {}",
+            std::mem::size_of::<Dormant>(),
+            std::mem::size_of::<Bed>()
+        );
+        // 296 with the whole `Conn`, each room an allocation of its own.
         assert!(
-            room <= 296,
+            room <= 144,
             "a hibernating connection's room grew to {room} bytes"
         );
     }

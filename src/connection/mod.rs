@@ -15,6 +15,7 @@
 //! outbox hands us) and `close.rs` (how a connection ends).
 
 mod close;
+mod dormant;
 mod handshake;
 pub mod hibernate;
 mod negotiate;
@@ -245,7 +246,11 @@ fn hibernate<S: Transport>(stream: S, conn: Conn, registration: Registration, sl
     match (&shared.hibernation, stream.into_bed()) {
         (Some(h), Ok(bed)) => {
             registration.disarm();
-            h.put_to_sleep(hibernate::Sleeper { conn, bed, slot });
+            h.put_to_sleep(hibernate::Sleeper {
+                conn: conn.doze(),
+                bed,
+                slot,
+            });
         }
         (h, socket) => {
             // Not reached: `run` hibernates only with somewhere to go, and a
@@ -483,12 +488,7 @@ impl Conn {
     /// Its registration with the router, armed: dropped so, it reports the
     /// connection's end.
     fn registration(&self) -> Registration {
-        Registration {
-            router: self.shared.router.clone(),
-            client: self.client_id.clone(),
-            conn_id: self.conn_id,
-            armed: true,
-        }
+        Registration::armed(&self.shared, &self.client_id, self.conn_id)
     }
 
     fn write_packet(&mut self, p: &Packet) {

@@ -80,6 +80,26 @@ impl ReceiveWindow {
             self.unacked = None;
         }
     }
+
+    /// The connection hibernates, owed nothing (`Conn::may_hibernate`): only
+    /// its ids are kept (a QoS 2 id waits for its PUBREL while it sleeps).
+    pub fn doze(self) -> DozingWindow {
+        debug_assert_eq!(self.owed, 0);
+        DozingWindow(self.unacked)
+    }
+}
+
+/// What a hibernating connection keeps of its `ReceiveWindow`: 8 bytes.
+#[allow(clippy::box_collection)] // as `ReceiveWindow::unacked`
+pub(super) struct DozingWindow(Option<Box<HashSet<u16>>>);
+
+impl DozingWindow {
+    pub fn rouse(self) -> ReceiveWindow {
+        ReceiveWindow {
+            unacked: self.0,
+            owed: 0,
+        }
+    }
 }
 
 #[cfg(test)]
