@@ -44,8 +44,15 @@ pub enum Filled {
     Stale,
 }
 
+/// The queue. Boxed, made with its first entry and let go with its last:
+/// most sessions wait for nothing most of the time, and every client the
+/// router knows, connected, hibernating or away, would carry its 96 bytes
+/// (issue 15). Its counters are all zero when it is empty.
 #[derive(Debug, Default)]
-pub struct PendingQueue {
+pub struct PendingQueue(Option<Box<Queue>>);
+
+#[derive(Debug, Default)]
+struct Queue {
     entries: VecDeque<Entry>,
     /// Bytes of every entry (what `max_queued_bytes` caps).
     bytes: usize,
@@ -77,27 +84,131 @@ fn cost_of(d: &Delivery) -> usize {
 
 impl PendingQueue {
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.0.as_ref().map_or(0, |q| q.entries.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.0.is_none()
     }
 
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.0.as_ref().map_or(0, |q| q.bytes)
     }
 
     #[cfg(test)]
     fn memory_len(&self) -> usize {
-        self.memory_len
+        self.0.as_ref().map_or(0, |q| q.memory_len)
     }
 
     /// Messages waiting on disk only.
     pub fn on_disk(&self) -> usize {
-        self.on_disk
+        self.0.as_ref().map_or(0, |q| q.on_disk)
     }
 
+    /// Entries held in memory, and their bytes (see `Queue::in_memory`).
+    pub fn in_memory(&self) -> (usize, usize) {
+        self.0.as_ref().map_or((0, 0), |q| q.in_memory())
+    }
+
+    /// Durable messages held in memory (once synced, they may go to disk).
+    pub fn durable_here(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.durable_here)
+    }
+
+    /// Would `d` fit under the caps? (see `Queue::fits`)
+    pub fn fits(
+        &self,
+        d: &Delivery,
+        max_len: usize,
+        max_bytes: usize,
+        memory_len: usize,
+        memory_bytes: usize,
+    ) -> bool {
+        match &self.0 {
+            Some(q) => q.fits(d, max_len, max_bytes, memory_len, memory_bytes),
+            None => Queue::default().fits(d, max_len, max_bytes, memory_len, memory_bytes),
+        }
+    }
+
+    /// The queue, made if need be.
+    fn made(&mut self) -> &mut Queue {
+        self.0.get_or_insert_with(Default::default)
+    }
+
+    /// Run `f` on the queue, if there is one, and let it go if it is empty
+    /// after.
+    fn with<T>(&mut self, none: T, f: impl FnOnce(&mut Queue) -> T) -> T {
+        let Some(q) = self.0.as_mut() else {
+            return none;
+        };
+        let out = f(q);
+        if q.entries.is_empty() {
+            self.0 = None;
+        }
+        out
+    }
+
+    pub fn push_back(&mut self, d: Delivery) {
+        self.made().push_back(d);
+    }
+
+    /// Recovery: a delivery whose message waits on disk.
+    pub fn push_stub(&mut self, did: u64, cost: u32) {
+        self.made().push_stub(did, cost);
+    }
+
+    /// The first entry, if it is in memory (None: empty, or it waits for a read).
+    pub fn front(&self) -> Option<&Delivery> {
+        self.0.as_ref()?.front()
+    }
+
+    /// Take the first entry if it is in memory.
+    pub fn pop_front(&mut self) -> Option<Delivery> {
+        self.with(None, Queue::pop_front)
+    }
+
+    /// The deliveries in memory, in order.
+    pub fn iter_here(&self) -> impl Iterator<Item = &Delivery> {
+        self.0.iter().flat_map(|q| q.iter_here())
+    }
+
+    /// See `Queue::remove_here`.
+    pub fn remove_here(&mut self, keep: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        self.with(Vec::new(), |q| q.remove_here(keep))
+    }
+
+    /// See `Queue::to_disk`.
+    pub fn to_disk(&mut self, synced_did: u64, keep: usize, keep_bytes: usize, full: bool) -> bool {
+        self.with(false, |q| q.to_disk(synced_did, keep, keep_bytes, full))
+    }
+
+    /// See `Queue::want`.
+    pub fn want(&mut self, keep: usize, keep_bytes: usize, out: &mut Vec<u64>) {
+        self.with((), |q| q.want(keep, keep_bytes, out))
+    }
+
+    /// See `Queue::fill`.
+    pub fn fill(&mut self, d: Delivery) -> Filled {
+        self.with(Filled::Stale, |q| q.fill(d))
+    }
+
+    /// See `Queue::unload`.
+    pub fn unload(&mut self, did: u64) -> u8 {
+        self.with(0, |q| q.unload(did))
+    }
+
+    /// See `Queue::remove_stub`.
+    pub fn remove_stub(&mut self, did: u64) -> bool {
+        self.with(false, |q| q.remove_stub(did))
+    }
+
+    #[cfg(test)]
+    fn loading(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.loading())
+    }
+}
+
+impl Queue {
     /// Entries held in memory, and their bytes (what a connected client's
     /// backpressure counts: a backlog on disk is not its publishers' doing).
     pub fn in_memory(&self) -> (usize, usize) {
@@ -105,11 +216,6 @@ impl PendingQueue {
             self.entries.len() - self.on_disk,
             self.bytes.saturating_sub(self.disk_bytes),
         )
-    }
-
-    /// Durable messages held in memory (once synced, they may go to disk).
-    pub fn durable_here(&self) -> usize {
-        self.durable_here
     }
 
     /// Would `d` fit under the caps? (`memory_*`: the caps of what can only
@@ -262,6 +368,7 @@ impl PendingQueue {
     /// before it everything that can is on disk already, unless `full` (the
     /// read-ahead shrank: the client left). Returns whether durable messages
     /// past the read-ahead still wait for their sync.
+    #[allow(clippy::wrong_self_convention)] // `PendingQueue::to_disk`'s body
     pub fn to_disk(&mut self, synced_did: u64, keep: usize, keep_bytes: usize, full: bool) -> bool {
         let start = self.boundary(keep, keep_bytes);
         let mut unsynced = false;
@@ -444,6 +551,23 @@ mod tests {
     #[test]
     fn an_entry_is_16_bytes() {
         assert_eq!(std::mem::size_of::<Entry>(), 16);
+    }
+
+    /// Every client the router knows carries a `PendingQueue`: a null
+    /// pointer while it is empty, its queue made with the first entry and let
+    /// go with the last.
+    #[test]
+    fn an_empty_queue_holds_nothing() {
+        assert_eq!(std::mem::size_of::<PendingQueue>(), 8);
+        let mut q = PendingQueue::default();
+        q.push_back(d(1));
+        q.push_stub(2, 10);
+        assert!(q.0.is_some() && q.len() == 2);
+        assert_eq!(q.pop_front().map(|d| d.did), Some(1));
+        assert!(q.0.is_some(), "the stub still waits");
+        assert!(q.remove_stub(2));
+        assert!(q.0.is_none() && q.is_empty());
+        assert_eq!((q.bytes(), q.on_disk(), q.in_memory()), (0, 0, (0, 0)));
     }
 
     #[test]
