@@ -13,7 +13,7 @@ use super::origin;
 use super::status::BridgeStatus;
 use super::topics::{self, TopicMap};
 use crate::config::BridgeConfig;
-use crate::outbox::{outbox, OutboxReceiver};
+use crate::outbox::OutboxReceiver;
 use crate::protocol::{
     self, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter,
     SubscribeProperties, SubscriptionOptions,
@@ -66,7 +66,6 @@ fn jitter(d: Duration) -> Duration {
 /// The local side: attach to the router and consume the buffer.
 async fn attach(b: &BridgeConfig, ctx: &LinkContext, id: &ClientId) -> Option<OutboxReceiver> {
     let window = usize::from(b.max_inflight.max(1));
-    let (tx, rx) = outbox(window + 16);
     let (reply_tx, reply_rx) = oneshot::channel();
     let request = ConnectRequest {
         client_id: id.clone(),
@@ -85,7 +84,7 @@ async fn attach(b: &BridgeConfig, ctx: &LinkContext, id: &ClientId) -> Option<Ou
             receive_maximum: 0,
             conn_id: ctx.conn_id,
             version: ProtocolVersion::V5,
-            outbox: tx,
+            outbox: window + 16,
             max_packet_size: None,
             window,
             reply_reserve: 16,
@@ -98,10 +97,13 @@ async fn attach(b: &BridgeConfig, ctx: &LinkContext, id: &ClientId) -> Option<Ou
         })
         .await
         .ok()?;
-    if let Err(code) = reply_rx.await.ok()? {
-        warn!(bridge = %b.name, "the router refused the bridge's local session: {code:?}");
-        return None;
-    }
+    let rx = match reply_rx.await.ok()? {
+        Ok(accepted) => accepted.outbox,
+        Err(code) => {
+            warn!(bridge = %b.name, "the router refused the bridge's local session: {code:?}");
+            return None;
+        }
+    };
     let (sub_tx, sub_rx) = oneshot::channel();
     ctx.router
         .send(RouterMsg::Subscribe {

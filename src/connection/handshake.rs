@@ -54,9 +54,6 @@ async fn admit(
         .map_err(|why| Refusal::login(c.version, why))?;
     // Replies we may owe at once: we stop reading at `receive_maximum` owed.
     let reply_reserve = usize::from(lim.receive_maximum) + 1;
-    let (outbox_tx, outbox_rx) = crate::outbox::outbox(
-        usize::from(lim.max_inflight) + lim.outgoing_qos0_buffer + reply_reserve,
-    );
     let request = ConnectRequest {
         client_id: deal.client_id.clone(),
         clean_start: c.clean_start,
@@ -80,7 +77,8 @@ async fn admit(
             receive_maximum: lim.receive_maximum,
             conn_id,
             version: deal.version,
-            outbox: outbox_tx,
+            // The router makes the outbox (see `ConnHandle`).
+            outbox: usize::from(lim.max_inflight) + lim.outgoing_qos0_buffer + reply_reserve,
             max_packet_size: deal.client_max_packet,
             window: deal.window,
             reply_reserve,
@@ -88,7 +86,10 @@ async fn admit(
     };
     let accepted = register(shared, request).await?;
     let props = deal.connack_properties(lim);
-    let mut conn = Conn::new(deal, conn_id, outbox_rx, shared, cfg.clone());
+    // The router's copy of the id: ours goes.
+    let mut deal = deal;
+    deal.client_id = accepted.client_id;
+    let mut conn = Conn::new(deal, conn_id, accepted.outbox, shared, cfg.clone());
     conn.write_packet(&Packet::ConnAck(ConnAck {
         // [MQTT-3.2.2-2/3] session present only when a session was resumed.
         session_present: accepted.session_present,

@@ -100,8 +100,10 @@ pub(super) struct Room {
 /// an allocation of its own: allocated one by one as connections fell
 /// asleep, they lay among what the connections' tasks had just let go, and
 /// the holes between them (under a page) never went back to the system.
-/// A block of 64 is about 9 KB.
-const BLOCK: usize = 64;
+/// A block of 256 is 36 KB: few blocks, so few pages shared with what was
+/// let go around them (with blocks of 64, such pages held 60 bytes for
+/// each sleeper).
+const BLOCK: usize = 256;
 
 /// A keep-alive deadline as the heap keeps it: in the high half, tenths of
 /// a second since the lot's epoch, rounded up (a sleeper is never woken

@@ -627,8 +627,12 @@ impl Router {
         let ended = self.take_over(&id, now);
         let session_present = self.start_or_resume(&id, &req, ended, now);
         self.unschedule(&id);
-        self.attach(req, holder, now);
-        Ok(ConnectAccepted { session_present })
+        let (client_id, outbox) = self.attach(req, holder, now);
+        Ok(ConnectAccepted {
+            session_present,
+            client_id,
+            outbox,
+        })
     }
 
     /// The router's refusals of a CONNECT (shutting down, a Will the ACL denies,
@@ -772,8 +776,21 @@ impl Router {
     /// The accepted connection becomes `id`'s: identity, will, expiry, window and
     /// store id set, what the ACL no longer allows forgotten, and what was in flight
     /// or queued sent again.
-    fn attach(&mut self, req: ConnectRequest, holder: Option<Holder>, now: Instant) {
-        let id = req.client_id.clone();
+    /// Returns the client id as the router keeps it and the connection's end
+    /// of its outbox. Both are allocated here, on the router's thread, among
+    /// its other long-lived records (see `ConnHandle`): a new client's id is
+    /// copied out of the request.
+    fn attach(
+        &mut self,
+        req: ConnectRequest,
+        holder: Option<Holder>,
+        now: Instant,
+    ) -> (ClientId, crate::outbox::OutboxReceiver) {
+        let id = match self.clients.get_key_value(&req.client_id) {
+            Some((kept, _)) => kept.clone(),
+            None => ClientId::from(&*req.client_id),
+        };
+        let (handle, outbox) = req.handle.with_outbox();
         let client = self
             .clients
             .entry(id.clone())
@@ -802,7 +819,7 @@ impl Router {
         client.expires_at = None;
         client.gated = 0;
         client.held_out = 0;
-        client.session.set_window(req.handle.window);
+        client.session.set_window(handle.window);
         let mut gone_sid = 0;
         if let Some(st) = self.store.as_mut() {
             if req.session_expiry > 0 && client.sid == 0 {
@@ -833,9 +850,9 @@ impl Router {
         }
         // Redeliver what was in flight with DUP, then queued messages
         // [MQTT-4.4.0-1], as far as the window and outbox allow.
-        let conn_id = req.handle.conn_id;
-        let out = client.session.resume(now, req.handle.room());
-        client.conn = Some(req.handle);
+        let conn_id = handle.conn_id;
+        let out = client.session.resume(now, handle.room());
+        client.conn = Some(handle);
         if let Some(st) = self.store.as_mut() {
             if gone_sid != 0 {
                 st.ops.push(Op::SessionGone { sid: gone_sid });
@@ -847,6 +864,7 @@ impl Router {
         self.read_ahead_session(&id);
         self.pump_retained(&id, now);
         self.attach_consumes(&id, now);
+        (id, outbox)
     }
 
     /// A receiver acknowledged (or skipped) a delivery: run `f` on its session if

@@ -10,14 +10,21 @@ use crate::session::ClientId;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// The handle a connection gives the router so it can reach the socket.
+/// The handle through which the router reaches a connection's socket.
+///
+/// A connection describes itself with a `ConnHandle<usize>` in its CONNECT
+/// request, `outbox` the capacity of its outbox, and the router makes the
+/// outbox (`with_outbox`): its memory then lies among the router's other
+/// long-lived records of the client, not among what the connection's task
+/// allocated and let go while logging in (holes under a page that are never
+/// returned: issue 15).
 #[derive(Debug)]
-pub struct ConnHandle {
+pub struct ConnHandle<O = crate::outbox::OutboxSender> {
     pub conn_id: u64,
     pub version: ProtocolVersion,
     /// Also closes the connection from the router side (takeover, shutdown),
     /// with the reason to put in a v5 DISCONNECT (`OutboxSender::kick`).
-    pub outbox: crate::outbox::OutboxSender,
+    pub outbox: O,
     /// The client's Maximum Packet Size (v5), for skipping oversized deliveries
     /// [MQTT-3.1.2-25].
     pub max_packet_size: Option<u32>,
@@ -37,6 +44,37 @@ pub struct ConnHandle {
     /// for it; 0: the router's current `receive_maximum` (a bridge's own
     /// session).
     pub receive_maximum: u16,
+}
+
+impl ConnHandle<usize> {
+    /// The handle with its outbox made, and the outbox's receiving end for
+    /// the connection.
+    pub fn with_outbox(self) -> (ConnHandle, crate::outbox::OutboxReceiver) {
+        let ConnHandle {
+            conn_id,
+            version,
+            outbox,
+            max_packet_size,
+            window,
+            reply_reserve,
+            peer,
+            keep_alive,
+            receive_maximum,
+        } = self;
+        let (tx, rx) = crate::outbox::outbox(outbox);
+        let handle = ConnHandle {
+            conn_id,
+            version,
+            outbox: tx,
+            max_packet_size,
+            window,
+            reply_reserve,
+            peer,
+            keep_alive,
+            receive_maximum,
+        };
+        (handle, rx)
+    }
 }
 
 impl ConnHandle {
@@ -75,12 +113,18 @@ pub struct ConnectRequest {
     /// One of this broker's bridges (`bridge::link`): what it brings in is
     /// stamped with this broker's own id (`bridge::origin`), and is no echo.
     pub own_bridge: bool,
-    pub handle: ConnHandle,
+    /// The outbox is made by the router (see `ConnHandle`).
+    pub handle: ConnHandle<usize>,
 }
 
 #[derive(Debug)]
 pub struct ConnectAccepted {
     pub session_present: bool,
+    /// The client id as the router keeps it: the connection shares this
+    /// allocation rather than keep its own.
+    pub client_id: ClientId,
+    /// The connection's end of the outbox the router made for it.
+    pub outbox: crate::outbox::OutboxReceiver,
 }
 
 /// Why a connection ended, as the router needs to know it for the Will.
