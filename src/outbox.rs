@@ -18,11 +18,10 @@ use crate::session::Outgoing;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::Notify;
 
 /// Wakes a hibernating receiver, known to it by `key`.
 pub trait Alarm: Send + Sync {
-    fn ring(&self, key: usize);
+    fn ring(&self, key: u32);
 }
 
 /// Whether the receiver is awake, falling asleep, or asleep.
@@ -34,7 +33,8 @@ enum Sleep {
     Falling,
     /// Rung while falling asleep: `asleep` refuses.
     Rung,
-    Asleep(Arc<dyn Alarm>, usize),
+    /// The key is 32 bits so that the tag fits beside it: 24 bytes, not 32.
+    Asleep(Arc<dyn Alarm>, u32),
 }
 
 /// Drained queues keep at most this many slots of capacity.
@@ -50,12 +50,15 @@ struct Inner {
     sleep: Sleep,
     /// The router's kick, until the receiver takes it (the first one counts).
     kick: Option<ReasonCode>,
+    /// Items it may hold. Here, in what would be padding, rather than beside
+    /// the lock: every connection has an outbox (issue 15).
+    capacity: u32,
 }
 
 impl Inner {
     /// Something for the receiver: the alarm to ring (after the lock is
     /// released) if it is asleep.
-    fn ring(&mut self) -> Option<(Arc<dyn Alarm>, usize)> {
+    fn ring(&mut self) -> Option<(Arc<dyn Alarm>, u32)> {
         match std::mem::take(&mut self.sleep) {
             Sleep::Asleep(alarm, key) => Some((alarm, key)),
             Sleep::Falling | Sleep::Rung => {
@@ -67,7 +70,7 @@ impl Inner {
     }
 }
 
-fn ring(alarm: Option<(Arc<dyn Alarm>, usize)>) {
+fn ring(alarm: Option<(Arc<dyn Alarm>, u32)>) {
     if let Some((alarm, key)) = alarm {
         alarm.ring(key);
     }
@@ -75,10 +78,11 @@ fn ring(alarm: Option<(Arc<dyn Alarm>, usize)>) {
 
 struct Shared {
     inner: Mutex<Inner>,
-    notify: Notify,
-    /// The receiver waiting for a kick (or the sender's end).
-    kicked: AtomicWaker,
-    capacity: usize,
+    /// The receiver's task, waiting for an item, a kick or the sender's end.
+    /// One waker for all three (not a `Notify` beside it: 32 bytes more in
+    /// every connection's outbox): the receiver is one task, which waits for
+    /// them together.
+    waker: AtomicWaker,
 }
 
 impl Shared {
@@ -98,10 +102,9 @@ pub fn outbox(capacity: usize) -> (OutboxSender, OutboxReceiver) {
             receiver_gone: false,
             sleep: Sleep::Awake,
             kick: None,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
         }),
-        notify: Notify::new(),
-        kicked: AtomicWaker::new(),
-        capacity,
+        waker: AtomicWaker::new(),
     });
     (
         OutboxSender {
@@ -119,7 +122,7 @@ pub struct OutboxSender {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox")
-            .field("capacity", &self.capacity)
+            .field("capacity", &self.lock().capacity)
             .finish()
     }
 }
@@ -129,15 +132,15 @@ impl OutboxSender {
     pub fn try_send(&self, item: Outgoing) -> Result<(), Outgoing> {
         let alarm = {
             let mut g = self.shared.lock();
-            if g.receiver_gone || g.items.len() >= self.shared.capacity {
+            if g.receiver_gone || g.items.len() >= g.capacity as usize {
                 return Err(item);
             }
             g.bytes += cost(&item);
             g.items.push_back(item);
             g.ring()
         };
-        // Stores a permit if the receiver is not waiting yet: no lost wake-up.
-        self.shared.notify.notify_one();
+        // The receiver registers before it looks: no lost wake-up.
+        self.shared.waker.wake();
         ring(alarm);
         Ok(())
     }
@@ -150,7 +153,7 @@ impl OutboxSender {
             g.kick.get_or_insert(reason);
             g.ring()
         };
-        self.shared.kicked.wake();
+        self.shared.waker.wake();
         ring(alarm);
     }
 
@@ -161,9 +164,8 @@ impl OutboxSender {
 
     /// Free slots.
     pub fn capacity(&self) -> usize {
-        self.shared
-            .capacity
-            .saturating_sub(self.shared.lock().items.len())
+        let g = self.shared.lock();
+        (g.capacity as usize).saturating_sub(g.items.len())
     }
 }
 
@@ -174,8 +176,7 @@ impl Drop for OutboxSender {
             g.sender_gone = true;
             g.ring()
         };
-        self.shared.notify.notify_one();
-        self.shared.kicked.wake();
+        self.shared.waker.wake();
         ring(alarm);
     }
 }
@@ -187,20 +188,21 @@ pub struct OutboxReceiver {
 
 impl OutboxReceiver {
     /// The next item, or None once the sender is gone and the queue is empty.
-    /// Cancel-safe: an item is only taken when this returns it.
+    /// Cancel-safe: an item is only taken when this returns it. Only one task
+    /// waits on a receiver (see `Shared::waker`).
     pub async fn recv(&self) -> Option<Outgoing> {
-        loop {
-            {
-                let mut g = self.shared.lock();
-                if let Some(item) = pop(&mut g) {
-                    return Some(item);
-                }
-                if g.sender_gone {
-                    return None;
-                }
+        std::future::poll_fn(|cx| {
+            self.shared.waker.register(cx.waker());
+            let mut g = self.shared.lock();
+            if let Some(item) = pop(&mut g) {
+                return std::task::Poll::Ready(Some(item));
             }
-            self.shared.notify.notified().await;
-        }
+            if g.sender_gone {
+                return std::task::Poll::Ready(None);
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     pub fn try_recv(&mut self) -> Option<Outgoing> {
@@ -211,7 +213,7 @@ impl OutboxReceiver {
     /// gone. Cancel-safe: the kick is taken only when this returns it.
     pub async fn kicked(&self) -> Option<ReasonCode> {
         std::future::poll_fn(|cx| {
-            self.shared.kicked.register(cx.waker());
+            self.shared.waker.register(cx.waker());
             let mut g = self.shared.lock();
             if let Some(reason) = g.kick.take() {
                 return std::task::Poll::Ready(Some(reason));
@@ -231,8 +233,8 @@ impl OutboxReceiver {
 
     /// The receiver is about to hibernate: false if anything is waiting for
     /// it, a kick included (it stays awake). A ring from now on is kept for
-    /// `asleep`. The waker of the task that waited for a kick is let go: kept,
-    /// it would keep that ended task's whole allocation alive.
+    /// `asleep`. The waker of the task that waited is let go: kept, it would
+    /// keep that ended task's whole allocation alive.
     pub fn begin_sleep(&self) -> bool {
         let mut g = self.shared.lock();
         if !g.items.is_empty() || g.sender_gone || g.kick.is_some() {
@@ -240,13 +242,13 @@ impl OutboxReceiver {
         }
         g.sleep = Sleep::Falling;
         drop(g);
-        drop(self.shared.kicked.take());
+        drop(self.shared.waker.take());
         true
     }
 
     /// The receiver sleeps and `alarm` wakes it as `key`; false if it was
     /// rung since `begin_sleep` (it must wake at once).
-    pub fn asleep(&self, alarm: Arc<dyn Alarm>, key: usize) -> bool {
+    pub fn asleep(&self, alarm: Arc<dyn Alarm>, key: u32) -> bool {
         let mut g = self.shared.lock();
         match g.sleep {
             Sleep::Falling => {
@@ -336,10 +338,10 @@ mod tests {
 
     /// Counts rings by key.
     #[derive(Default)]
-    struct Bell(Mutex<Vec<usize>>);
+    struct Bell(Mutex<Vec<u32>>);
 
     impl Alarm for Bell {
-        fn ring(&self, key: usize) {
+        fn ring(&self, key: u32) {
             self.0.lock().unwrap().push(key);
         }
     }
@@ -391,6 +393,14 @@ mod tests {
         assert_eq!(*bell.0.lock().unwrap(), vec![7, 8, 11]);
         assert!(!rx.begin_sleep());
         assert_eq!(rx.kicked().now_or_never(), Some(None), "sender gone");
+    }
+
+    /// Every connection has an outbox, hibernating or not: keep it small.
+    /// With its `Arc` counts, 120 bytes is one 128-byte malloc chunk.
+    #[test]
+    fn an_outbox_stays_small() {
+        let size = std::mem::size_of::<Shared>();
+        assert!(size <= 104, "an outbox grew to {size} bytes");
     }
 
     #[tokio::test]

@@ -94,6 +94,11 @@ impl StallMeter {
 pub struct LazyStall(Option<Box<StallMeter>>);
 
 impl LazyStall {
+    /// Never made: this client never held anyone back.
+    pub fn is_unmade(&self) -> bool {
+        self.0.is_none()
+    }
+
     pub fn is_holding(&self) -> bool {
         self.0.as_ref().is_some_and(|m| m.is_holding())
     }

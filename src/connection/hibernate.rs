@@ -219,8 +219,8 @@ pub struct Hibernation {
 }
 
 impl Alarm for Hibernation {
-    fn ring(&self, key: usize) {
-        self.lock().rung.push(key);
+    fn ring(&self, key: u32) {
+        self.lock().rung.push(key as usize);
         self.notify.notify_one();
     }
 }
@@ -281,7 +281,8 @@ impl Hibernation {
             return;
         }
         let alarm: Arc<dyn Alarm> = self.clone();
-        let quiet = sleeper.conn.outbox.asleep(alarm, key);
+        // Keys stay below u32::MAX (checked above).
+        let quiet = sleeper.conn.outbox.asleep(alarm, key as u32);
         lot.put(
             key,
             Room {

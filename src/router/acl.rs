@@ -22,7 +22,7 @@ impl Router {
         // connected consumer holds stays until it acknowledges it).
         let mut unconsumed: Vec<(ClientId, Arc<str>)> = Vec::new();
         for (id, c) in self.clients.iter() {
-            for (name, _) in &c.consumes {
+            for (name, _) in c.consumes() {
                 if !acl.can_subscribe(c.username.as_deref(), id, &format!("$queue/{name}")) {
                     unconsumed.push((id.clone(), name.clone()));
                 }

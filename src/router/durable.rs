@@ -130,9 +130,9 @@ impl Router {
             return;
         }
         let (disconnected_at, will, will_due) = if c.online() {
-            (None, c.will.clone(), None)
+            (None, c.rare().and_then(|r| r.will.clone()), None)
         } else {
-            match &c.pending_will {
+            match c.pending_will() {
                 Some(pw) => (
                     Some(c.disconnected_unix),
                     Some(pw.will.clone()),
@@ -149,7 +149,7 @@ impl Router {
             will,
             will_due,
             username: c.username.clone(),
-            verified: c.holder.as_ref().is_some_and(|h| h.user.is_some()),
+            verified: c.holder().is_some_and(|h| h.user.is_some()),
         }));
     }
 

@@ -310,10 +310,15 @@ impl Router {
         let mut hold = false;
         if may_hold && online && d.qos != QoS::AtMostOnce && c.session.queue_full(&self.limits) {
             if let Some(budget) = self.backpressure {
-                hold = !c.stall.stalled(now, budget);
-                if hold && !c.stall.is_holding() {
-                    c.stall.start(now);
-                    if let Some(at) = c.stall.stalls_at(now, budget) {
+                // Never held anyone back: an empty bucket (stalled only at
+                // a zero budget).
+                hold = !c
+                    .rare()
+                    .map_or(budget.is_zero(), |r| r.stall.stalled(now, budget));
+                if hold && !c.rare().is_some_and(|r| r.stall.is_holding()) {
+                    let stall = &mut c.rare_mut().stall;
+                    stall.start(now);
+                    if let Some(at) = stall.stalls_at(now, budget) {
                         self.schedule(at, id);
                     }
                 }

@@ -152,7 +152,7 @@ impl Router {
         match routed.held_by.and_then(|t| self.clients.get_mut(&t)) {
             Some(target) => {
                 self.metrics.acks_held.fetch_add(1, Ordering::Relaxed);
-                target.held_acks.push(HeldAck {
+                target.rare_mut().held_acks.push(HeldAck {
                     publisher: id.clone(),
                     conn_id,
                     reply,
@@ -254,7 +254,9 @@ impl Router {
     /// Send the acknowledgements held back by `id`'s full queue.
     pub(super) fn release_held(&mut self, id: &ClientId) {
         let held = match self.clients.get_mut(id) {
-            Some(c) => std::mem::take(&mut c.held_acks),
+            Some(c) => c
+                .take_rare(|r| Some(std::mem::take(&mut r.held_acks)))
+                .unwrap_or_default(),
             None => return,
         };
         // These acknowledge publishes of earlier turns whose writes may still be

@@ -274,7 +274,7 @@ impl Router {
         self.deadlines.cancel(&Timer::Client(client.clone()));
         if let Some(c) = self.clients.get_mut(client) {
             // Its wake-up is gone with the rest: the next pump schedules anew.
-            if let Some(b) = c.retained.as_mut() {
+            if let Some(b) = c.rare.as_mut().and_then(|r| r.retained.as_mut()) {
                 b.wake_scheduled = false;
             }
         }
@@ -457,14 +457,14 @@ impl Router {
             let Some(c) = self.clients.get_mut(&id) else {
                 continue;
             };
-            if let Some(b) = c.retained.as_mut() {
+            if let Some(b) = c.rare.as_mut().and_then(|r| r.retained.as_mut()) {
                 b.wake_scheduled = false;
                 self.pump_retained(&id, now);
             }
             let Some(c) = self.clients.get_mut(&id) else {
                 continue;
             };
-            if c.pending_will.as_ref().is_some_and(|w| w.due <= now) {
+            if c.pending_will().is_some_and(|w| w.due <= now) {
                 self.fire_will(&id, now);
             }
             // A read of its backlog that failed is asked again.
@@ -476,17 +476,20 @@ impl Router {
                 self.flush_session(&id, now);
             }
             if let (Some(c), Some(budget)) = (self.clients.get_mut(&id), self.backpressure) {
-                if c.stall.is_holding() && c.stall.stalled(now, budget) {
+                let stalled = c
+                    .rare()
+                    .is_some_and(|r| r.stall.is_holding() && r.stall.stalled(now, budget));
+                if stalled {
                     // Stalled: let the publishers go; its further overflow drops
                     // until its holding time has leaked below the budget.
-                    c.stall.stop(now);
+                    c.rare_mut().stall.stop(now);
                     self.release_held(&id);
                 }
             }
             let expired = self
                 .clients
                 .get(&id)
-                .is_some_and(|c| !c.online() && c.expires_at.is_some_and(|t| t <= now));
+                .is_some_and(|c| !c.online() && c.expires_at().is_some_and(|t| t <= now));
             if expired {
                 self.end_session(&id, now);
                 self.metrics
@@ -518,7 +521,7 @@ impl Router {
         let now_unix = self.turn.unix_secs_of(now);
         let mut persisted = Vec::new();
         for (id, c) in self.clients.iter_mut() {
-            if let Some(p) = c.parked.take() {
+            if let Some(p) = c.take_rare(|r| r.parked.take()) {
                 p.refuse(ReasonCode::SERVER_UNAVAILABLE);
             }
             if let Some(h) = c.conn.take() {
@@ -531,7 +534,7 @@ impl Router {
                 // ignored because the handle is gone; so the will is
                 // scheduled here.
                 h.close_with(ReasonCode::SERVER_SHUTTING_DOWN);
-                if let Some(will) = c.will.take() {
+                if let Some(will) = c.take_rare(|r| r.will.take()) {
                     c.pend_will(will, now);
                 }
             }
@@ -547,7 +550,7 @@ impl Router {
         let due: Vec<ClientId> = self
             .clients
             .iter()
-            .filter(|(_, c)| c.pending_will.is_some())
+            .filter(|(_, c)| c.pending_will().is_some())
             .map(|(k, _)| k.clone())
             .collect();
         for id in due {
@@ -556,7 +559,11 @@ impl Router {
     }
 
     fn fire_will(&mut self, id: &ClientId, now: Instant) {
-        let Some(pw) = self.clients.get_mut(id).and_then(|c| c.pending_will.take()) else {
+        let Some(pw) = self
+            .clients
+            .get_mut(id)
+            .and_then(|c| c.take_rare(|r| r.pending_will.take()))
+        else {
             return;
         };
         let w = *pw.will;
@@ -588,7 +595,7 @@ impl Router {
         if self
             .clients
             .get(id)
-            .is_some_and(|c| c.pending_will.is_some())
+            .is_some_and(|c| c.pending_will().is_some())
         {
             self.fire_will(id, now);
         }
@@ -596,7 +603,7 @@ impl Router {
         self.detach_consumer(id, None, now);
         self.unschedule(id);
         if let Some(c) = self.clients.remove(id) {
-            if let Some(h) = &c.holder {
+            if let Some(h) = c.holder() {
                 self.quota.remove(h);
             }
             let subscriptions = self.subs.remove_client(id);
@@ -689,7 +696,7 @@ impl Router {
             let counted = self
                 .clients
                 .get(id)
-                .and_then(|c| c.holder.as_ref())
+                .and_then(|c| c.holder())
                 .is_some_and(|old| old.user == h.user);
             if !counted {
                 if let Err(why) = self.make_room(h, id, now) {
@@ -723,7 +730,9 @@ impl Router {
                 // Publishers it held back no longer wait for it (as on a
                 // disconnect): its stall deadline goes with `unschedule` below,
                 // and the new connection may never read.
-                c.stall.stop(now);
+                if let Some(r) = c.rare.as_mut() {
+                    r.stall.stop(now);
+                }
                 taken_over = true;
             }
         }
@@ -763,8 +772,8 @@ impl Router {
         } else if let Some(c) = self.clients.get_mut(id) {
             // Resuming: a will still waiting for its delay is not sent
             // [MQTT-3.1.3-9]; one already due goes out now.
-            if c.pending_will.as_ref().is_some_and(|pw| pw.due > now) {
-                c.pending_will = None;
+            if c.pending_will().is_some_and(|pw| pw.due > now) {
+                c.take_rare(|r| r.pending_will.take());
             }
             self.fire_will(id, now);
             true
@@ -797,26 +806,29 @@ impl Router {
             .or_insert_with(|| Box::new(Client::new(id.clone())));
         // Count the session against its holder, or stop counting one that now
         // ends with its connection.
-        let keep = match (&holder, &client.holder) {
+        let keep = match (&holder, client.holder()) {
             (Some(h), Some(old)) => old.user == h.user,
             _ => false,
         };
         if !keep {
-            if let Some(old) = client.holder.take() {
+            if let Some(old) = client.take_rare(|r| r.holder.take()) {
                 self.quota.remove(&old);
             }
             if let Some(h) = holder {
                 self.quota.add(&h);
-                client.holder = Some(Box::new(h));
+                client.rare_mut().holder = Some(Box::new(h));
             }
         }
-        client.will = req.will.map(Box::new);
+        let will = req.will.map(Box::new);
+        client.update_rare(|r| {
+            r.will = will;
+            r.expires_at = None;
+        });
         client.username = req.username;
         client.by_password = req.by_password;
         client.remote_bridge = req.remote_bridge;
         client.own_bridge = req.own_bridge;
         client.session_expiry = req.session_expiry;
-        client.expires_at = None;
         client.gated = 0;
         client.held_out = 0;
         client.session.set_window(handle.window);
@@ -971,12 +983,18 @@ impl Router {
             return;
         };
         if c.session.queue_drained(&self.limits) {
-            c.stall.stop(now);
-            if !c.held_acks.is_empty() {
-                self.release_held(id);
+            if let Some(r) = c.rare.as_mut() {
+                r.stall.stop(now);
+                if !r.held_acks.is_empty() {
+                    self.release_held(id);
+                }
             }
         }
-        if self.clients.get(id).is_some_and(|c| c.retained.is_some()) {
+        if self
+            .clients
+            .get(id)
+            .is_some_and(|c| c.rare().is_some_and(|r| r.retained.is_some()))
+        {
             self.pump_retained(id, now);
         }
     }
@@ -998,7 +1016,9 @@ impl Router {
             return;
         }
         c.conn = None;
-        c.stall.stop(now);
+        if let Some(r) = c.rare.as_mut() {
+            r.stall.stop(now);
+        }
         if let Some(e) = session_expiry {
             c.session_expiry = e;
         }
@@ -1006,7 +1026,7 @@ impl Router {
             c.arm_will(now);
         } else {
             // DISCONNECT 0x00: the Will is discarded [MQTT-3.1.2-10].
-            c.will = None;
+            c.take_rare(|r| r.will.take());
         }
         // Publishers held back by this client no longer wait for it: offline
         // sessions drop at their cap instead.
@@ -1021,11 +1041,11 @@ impl Router {
             self.end_session(id, now);
             return;
         }
-        let will_due = c.pending_will.as_ref().map(|w| w.due);
+        let will_due = c.pending_will().map(|w| w.due);
         c.disconnected_unix = self.turn.unix_secs_of(now);
         if expiry != u32::MAX {
             let at = now + Duration::from_secs(u64::from(expiry));
-            c.expires_at = Some(at);
+            c.rare_mut().expires_at = Some(at);
             self.schedule(at, id);
         }
         // While it is away, its whole backlog waits on disk.

@@ -628,7 +628,7 @@ impl Router {
             return;
         }
         if let Some((name, _)) = self.queues.by_name.get_key_value(qf.name) {
-            c.consumes.push((name.clone(), qos));
+            c.rare_mut().consumes.push((name.clone(), qos));
         }
     }
 
@@ -790,7 +790,8 @@ impl Router {
         // Work is delivered at least once: QoS 0 asks for QoS 1.
         let qos = qos.max(QoS::AtLeastOnce);
         if let Some(c) = self.clients.get_mut(id) {
-            let known = c.consumes.iter_mut().find(|(n, _)| *n == name);
+            let consumes = &mut c.rare_mut().consumes;
+            let known = consumes.iter_mut().find(|(n, _)| *n == name);
             let changed = match known {
                 Some((_, q)) if *q == qos => false,
                 Some((_, q)) => {
@@ -799,7 +800,7 @@ impl Router {
                     true
                 }
                 None => {
-                    c.consumes.push((name.clone(), qos));
+                    consumes.push((name.clone(), qos));
                     true
                 }
             };
@@ -849,7 +850,7 @@ impl Router {
         let consumes = self
             .clients
             .get(id)
-            .map(|c| c.consumes.clone())
+            .map(|c| c.consumes().to_vec())
             .unwrap_or_default();
         for (name, qos) in consumes {
             self.attach_consumer(id, &name, qos, now);
@@ -861,9 +862,14 @@ impl Router {
         let Some(c) = self.clients.get_mut(id) else {
             return false;
         };
-        let before = c.consumes.len();
-        c.consumes.retain(|(n, _)| &**n != name);
-        if c.consumes.len() == before {
+        let before = c.consumes().len();
+        let after = c
+            .take_rare(|r| {
+                r.consumes.retain(|(n, _)| &**n != name);
+                Some(r.consumes.len())
+            })
+            .unwrap_or(0);
+        if after == before {
             return false;
         }
         if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
@@ -892,7 +898,7 @@ impl Router {
                 .map(|(k, _)| k.clone())
                 .into_iter()
                 .collect(),
-            None if c.consumes.is_empty() && !self.queues.any_consumer(id) => return,
+            None if c.consumes().is_empty() && !self.queues.any_consumer(id) => return,
             None => self
                 .queues
                 .by_name
@@ -1041,7 +1047,7 @@ impl Router {
                 !self
                     .clients
                     .values()
-                    .any(|c| c.consumes.iter().any(|(m, _)| m == n))
+                    .any(|c| c.consumes().iter().any(|(m, _)| m == n))
             })
             .collect();
         for name in idle {

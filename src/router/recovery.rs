@@ -86,7 +86,7 @@ impl Router {
             let user = c.username.clone().filter(|_| s.rec.verified);
             let holder = Holder::new(user, None);
             self.quota.add(&holder);
-            c.holder = Some(Box::new(holder));
+            c.rare_mut().holder = Some(Box::new(holder));
             // A session that was connected when Tern stopped counts as
             // disconnected now, without DISCONNECT: its Will applies.
             let was_online = s.rec.disconnected_at.is_none();
@@ -98,14 +98,14 @@ impl Router {
                 };
                 c.pend_will(will, due);
             }
-            let will_due = c.pending_will.as_ref().map(|w| w.due);
+            let will_due = c.pending_will().map(|w| w.due);
             let disconnected = c.disconnected_unix;
             self.clients.insert(id.clone(), Box::new(c));
             if s.rec.expiry != u32::MAX {
                 let at =
                     clock.instant_of_secs(disconnected.saturating_add(u64::from(s.rec.expiry)));
                 if let Some(c) = self.clients.get_mut(&id) {
-                    c.expires_at = Some(at);
+                    c.rare_mut().expires_at = Some(at);
                 }
                 self.schedule(at, &id);
             }

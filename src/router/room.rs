@@ -37,8 +37,7 @@ impl Router {
     /// of new sessions at a full table costs one scan per 64 of them.
     pub(super) fn next_evictable(&mut self, except: &ClientId) -> Option<ClientId> {
         const BATCH: usize = 64;
-        let evictable =
-            |c: &Client| !c.online() && c.holder.as_ref().is_some_and(|h| h.anonymous());
+        let evictable = |c: &Client| !c.online() && c.holder().is_some_and(|h| h.anonymous());
         for refill in [false, true] {
             if refill {
                 let mut all: Vec<(u64, &ClientId)> = self

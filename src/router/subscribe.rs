@@ -112,7 +112,7 @@ impl Router {
             let Some(c) = self.clients.get_mut(id) else {
                 break;
             };
-            let backlog = c.retained.get_or_insert_with(Default::default);
+            let backlog = c.rare_mut().retained.get_or_insert_with(Default::default);
             let dropped = backlog.push(filter, qos, identifier, matching, cap);
             if dropped > 0 {
                 self.metrics
@@ -148,7 +148,7 @@ impl Router {
                 Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
                 Ok(spec) => {
                     if self.subs.remove(id, &spec) {
-                        if let Some(b) = c.retained.as_mut() {
+                        if let Some(b) = c.rare.as_mut().and_then(|r| r.retained.as_mut()) {
                             b.forget_filter(&spec.filter);
                         }
                         if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {

@@ -56,7 +56,7 @@ impl Router {
             let _ = reply.send(self.connect(req, now));
             return;
         };
-        match c.parked.take() {
+        match c.take_rare(|r| r.parked.take()) {
             // A CONNECT already waiting is itself taken over before its CONNACK:
             // refused (v5 0x89 Server busy, 3.1.1 0x03 Server unavailable).
             Some(earlier) => earlier.refuse(ReasonCode::SERVER_BUSY),
@@ -70,7 +70,7 @@ impl Router {
             }
         }
         let due = now + TAKEOVER_WAIT;
-        c.parked = Some(Box::new(ParkedConnect {
+        c.rare_mut().parked = Some(Box::new(ParkedConnect {
             request: req,
             reply,
             due,
@@ -92,7 +92,7 @@ impl Router {
             .clients
             .get_mut(id)
             .filter(|c| c.live(conn_id).is_some())
-            .and_then(|c| c.parked.take());
+            .and_then(|c| c.take_rare(|r| r.parked.take()));
         self.disconnected(id, conn_id, kind, session_expiry, now);
         if let Some(p) = parked {
             self.let_in(p, now);
@@ -106,7 +106,7 @@ impl Router {
         let Some(p) = self
             .clients
             .get_mut(id)
-            .and_then(|c| c.parked.take_if(|p| p.due <= now))
+            .and_then(|c| c.take_rare(|r| r.parked.take_if(|p| p.due <= now)))
         else {
             return;
         };
