@@ -146,8 +146,7 @@ pub struct Broker {
     admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     router_tx: mpsc::Sender<RouterMsg>,
-    /// Answered (or dropped) as the router's thread ends.
-    router_done: oneshot::Receiver<()>,
+    router_task: JoinHandle<()>,
     /// The admin endpoint's accept loop.
     admin_task: Option<JoinHandle<()>>,
     /// `[admin] tls`: its certificates, read again by a reload.
@@ -265,7 +264,7 @@ impl Broker {
             bridges: statuses.clone(),
             started,
         };
-        let router_done = spawn_router(router, router_rx, publishing)?;
+        let router_task = tokio::spawn(router::run(router, router_rx, publishing));
         // Ends with the runtime; nothing to shut down.
         tokio::spawn(crate::memory::return_freed(
             metrics.clone(),
@@ -293,7 +292,7 @@ impl Broker {
             admin_addr: None,
             shutdown,
             router_tx,
-            router_done,
+            router_task,
             admin_task: None,
             admin_tls: None,
             tracker,
@@ -684,40 +683,10 @@ impl Broker {
         }
         ask_router(&self.router_tx, |reply| RouterMsg::Finish { reply }).await;
         drop(self.router_tx);
-        let _ = self.router_done.await;
+        let _ = self.router_task.await;
         if let Some(t) = self.store_thread {
             let _ = tokio::task::spawn_blocking(move || t.close()).await;
         }
         info!("stopped");
     }
-}
-
-/// The router on a thread of its own, with a single-threaded runtime for its
-/// channels and timers.
-///
-/// The router allocates each client's long-lived records: its `Client`, its
-/// outbox, its id (`ConnHandle`). glibc's malloc serves each thread from an
-/// arena of its own. As a task on the runtime's workers, the router
-/// allocated those records among what the connections' tasks allocate and
-/// let go while they log in, read and write (about 5 KB a connection);
-/// between records that stay, such holes are under a page and never go back
-/// to the system (measured at 10,000 hibernating connections: 0.7 KB of
-/// holes each). On its own thread, the records lie together, and the
-/// workers' arenas empty out once connections hibernate or close (issue 15).
-fn spawn_router(
-    router: Router,
-    rx: mpsc::Receiver<RouterMsg>,
-    publishing: router::Publishing,
-) -> io::Result<oneshot::Receiver<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()?;
-    let (done_tx, done_rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("tern-router".into())
-        .spawn(move || {
-            runtime.block_on(router::run(router, rx, publishing));
-            let _ = done_tx.send(());
-        })?;
-    Ok(done_rx)
 }

@@ -41,7 +41,7 @@ enum Job {
         shared: Arc<Shared>,
         slot: Slot,
     },
-    Woken(Room),
+    Woken(Box<Room>),
 }
 
 /// The queue to the spawning thread. The thread ends once the spawner is
@@ -131,7 +131,7 @@ impl Spawner {
     }
 
     /// Serve a hibernating connection again.
-    pub(super) fn woken(&self, room: Room) {
+    pub(super) fn woken(&self, room: Box<Room>) {
         self.send(Job::Woken(room));
     }
 }

@@ -786,9 +786,8 @@ impl Router {
     /// store id set, what the ACL no longer allows forgotten, and what was in flight
     /// or queued sent again.
     /// Returns the client id as the router keeps it and the connection's end
-    /// of its outbox. Both are allocated here, on the router's thread, among
-    /// its other long-lived records (see `ConnHandle`): a new client's id is
-    /// copied out of the request.
+    /// of its outbox, both allocated here with the client's record (see
+    /// `ConnHandle`): a new client's id is copied out of the request.
     fn attach(
         &mut self,
         req: ConnectRequest,

@@ -14,10 +14,11 @@ use tokio::sync::oneshot;
 ///
 /// A connection describes itself with a `ConnHandle<usize>` in its CONNECT
 /// request, `outbox` the capacity of its outbox, and the router makes the
-/// outbox (`with_outbox`): its memory then lies among the router's other
-/// long-lived records of the client, not among what the connection's task
-/// allocated and let go while logging in (holes under a page that are never
-/// returned: issue 15).
+/// outbox (`with_outbox`), as it makes the client's other long-lived records
+/// (its `Client`, its id): one place that allocates what a client keeps for
+/// its whole life, apart from what a connection allocates and lets go while
+/// it logs in (issue 15: such records among transient blocks leave holes
+/// under a page that are never returned).
 #[derive(Debug)]
 pub struct ConnHandle<O = crate::outbox::OutboxSender> {
     pub conn_id: u64,
