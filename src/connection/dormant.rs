@@ -32,7 +32,7 @@ pub(super) struct Dormant {
     /// The keep-alive deadline: the hibernation wakes the connection at it.
     pub(super) ka_at: tokio::time::Instant,
     /// The keep-alive timeout in milliseconds (1.5 times the keep-alive,
-    /// whole seconds): 4 bytes, not an `Option<Duration>`'s 16.
+    /// whole seconds, so exact): 4 bytes, not an `Option<Duration>`'s 16.
     keep_alive_ms: Option<NonZeroU32>,
     inbound: DozingWindow,
     in_aliases: InboundAliases,

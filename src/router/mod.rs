@@ -786,7 +786,7 @@ impl Router {
     /// store id set, what the ACL no longer allows forgotten, and what was in flight
     /// or queued sent again.
     /// Returns the client id as the router keeps it and the connection's end
-    /// of its outbox, both allocated here with the client's record (see
+    /// of its outbox, both made here with the client's record (see
     /// `ConnHandle`): a new client's id is copied out of the request.
     fn attach(
         &mut self,
@@ -819,10 +819,13 @@ impl Router {
             }
         }
         let will = req.will.map(Box::new);
-        client.update_rare(|r| {
-            r.will = will;
-            r.expires_at = None;
-        });
+        // A clean client without a Will makes no `Rare` to let go at once.
+        if will.is_some() || client.rare.is_some() {
+            client.update_rare(|r| {
+                r.will = will;
+                r.expires_at = None;
+            });
+        }
         client.username = req.username;
         client.by_password = req.by_password;
         client.remote_bridge = req.remote_bridge;

@@ -15,16 +15,18 @@ use tokio::sync::oneshot;
 /// A connection describes itself with a `ConnHandle<usize>` in its CONNECT
 /// request, `outbox` the capacity of its outbox, and the router makes the
 /// outbox (`with_outbox`), as it makes the client's other long-lived records
-/// (its `Client`, its id): one place that allocates what a client keeps for
-/// its whole life, apart from what a connection allocates and lets go while
-/// it logs in (issue 15: such records among transient blocks leave holes
-/// under a page that are never returned).
+/// (its `Client`, its id): one place makes what a client keeps for its whole
+/// life, which is where keeping those apart from what a connection allocates
+/// and lets go while it logs in must happen (issue 15: such records among
+/// transient blocks leave holes under a page that are never returned; the
+/// router's own thread did that, at a cost in throughput, and was dropped).
 #[derive(Debug)]
 pub struct ConnHandle<O = crate::outbox::OutboxSender> {
     pub conn_id: u64,
     pub version: ProtocolVersion,
     /// Also closes the connection from the router side (takeover, shutdown),
-    /// with the reason to put in a v5 DISCONNECT (`OutboxSender::kick`).
+    /// with the reason to put in a v5 DISCONNECT (`OutboxSender::kick`). In
+    /// a CONNECT request, the capacity to make it with.
     pub outbox: O,
     /// The client's Maximum Packet Size (v5), for skipping oversized deliveries
     /// [MQTT-3.1.2-25].
