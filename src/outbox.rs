@@ -47,9 +47,16 @@ struct Inner {
     bytes: usize,
     sender_gone: bool,
     receiver_gone: bool,
+    /// `recv` found the queue empty and waits: the next push wakes the
+    /// receiver. Without it, a push would wake a receiver that waits only for
+    /// its kick (its writes backed up, it takes no items), for nothing.
+    recv_waiting: bool,
     sleep: Sleep,
-    /// The router's kick, until the receiver takes it (the first one counts).
-    kick: Option<ReasonCode>,
+    /// The router's kick, until the receiver takes it (the first one counts):
+    /// its reason code, 0 for none (a kick's reason is an error, 0x80 or
+    /// above; one byte where an `Option` took two, so the flags and the
+    /// capacity fit in one word).
+    kick: u8,
     /// Items it may hold. Here, in what would be padding, rather than beside
     /// the lock: every connection has an outbox (issue 15).
     capacity: u32,
@@ -99,9 +106,10 @@ pub fn outbox(capacity: usize) -> (OutboxSender, OutboxReceiver) {
             items: VecDeque::new(),
             bytes: 0,
             sender_gone: false,
+            recv_waiting: false,
             receiver_gone: false,
             sleep: Sleep::Awake,
-            kick: None,
+            kick: 0,
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
         }),
         waker: AtomicWaker::new(),
@@ -137,10 +145,13 @@ impl OutboxSender {
             }
             g.bytes += cost(&item);
             g.items.push_back(item);
-            g.ring()
+            (std::mem::take(&mut g.recv_waiting), g.ring())
         };
-        // The receiver registers before it looks: no lost wake-up.
-        self.shared.waker.wake();
+        let (waiting, alarm) = alarm;
+        if waiting {
+            // `recv` registered before it looked: no lost wake-up.
+            self.shared.waker.wake();
+        }
         ring(alarm);
         Ok(())
     }
@@ -150,7 +161,10 @@ impl OutboxSender {
     pub fn kick(&self, reason: ReasonCode) {
         let alarm = {
             let mut g = self.shared.lock();
-            g.kick.get_or_insert(reason);
+            debug_assert!(reason.is_error(), "a kick with {reason:?}");
+            if g.kick == 0 {
+                g.kick = reason.0.max(ReasonCode::UNSPECIFIED_ERROR.0);
+            }
             g.ring()
         };
         self.shared.waker.wake();
@@ -200,6 +214,7 @@ impl OutboxReceiver {
             if g.sender_gone {
                 return std::task::Poll::Ready(None);
             }
+            g.recv_waiting = true;
             std::task::Poll::Pending
         })
         .await
@@ -215,8 +230,8 @@ impl OutboxReceiver {
         std::future::poll_fn(|cx| {
             self.shared.waker.register(cx.waker());
             let mut g = self.shared.lock();
-            if let Some(reason) = g.kick.take() {
-                return std::task::Poll::Ready(Some(reason));
+            if g.kick != 0 {
+                return std::task::Poll::Ready(Some(ReasonCode(std::mem::take(&mut g.kick))));
             }
             if g.sender_gone {
                 return std::task::Poll::Ready(None);
@@ -228,7 +243,8 @@ impl OutboxReceiver {
 
     /// The kick waiting to be taken, if any (tests).
     pub fn kick_waiting(&self) -> Option<ReasonCode> {
-        self.shared.lock().kick
+        let kick = self.shared.lock().kick;
+        (kick != 0).then_some(ReasonCode(kick))
     }
 
     /// The receiver is about to hibernate: false if anything is waiting for
@@ -237,7 +253,7 @@ impl OutboxReceiver {
     /// keep that ended task's whole allocation alive.
     pub fn begin_sleep(&self) -> bool {
         let mut g = self.shared.lock();
-        if !g.items.is_empty() || g.sender_gone || g.kick.is_some() {
+        if !g.items.is_empty() || g.sender_gone || g.kick != 0 {
             return false;
         }
         g.sleep = Sleep::Falling;
@@ -393,6 +409,57 @@ mod tests {
         assert_eq!(*bell.0.lock().unwrap(), vec![7, 8, 11]);
         assert!(!rx.begin_sleep());
         assert_eq!(rx.kicked().now_or_never(), Some(None), "sender gone");
+    }
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A push wakes a receiver waiting in `recv`, and not one that waits only
+    /// for its kick (its writes backed up: it takes no items); the kick wakes
+    /// either.
+    #[test]
+    fn a_push_wakes_only_a_receiver_that_takes_items() {
+        use std::future::Future;
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let count = || wakes.0.load(std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = outbox(4);
+        {
+            let kicked = std::pin::pin!(rx.kicked());
+            assert!(kicked.poll(&mut cx).is_pending());
+        }
+        tx.try_send(item(1)).unwrap();
+        assert_eq!(count(), 0, "not taking items: not woken");
+        {
+            let recv = std::pin::pin!(rx.recv());
+            assert_eq!(recv.poll(&mut cx), std::task::Poll::Ready(Some(item(1))));
+        }
+        {
+            let recv = std::pin::pin!(rx.recv());
+            assert!(recv.poll(&mut cx).is_pending());
+        }
+        tx.try_send(item(2)).unwrap();
+        assert_eq!(count(), 1, "waiting in recv: woken");
+        tx.try_send(item(3)).unwrap();
+        assert_eq!(count(), 1, "once, until it looks again");
+        {
+            // Its writes backed up: it waits for its kick only.
+            let kicked = std::pin::pin!(rx.kicked());
+            assert!(kicked.poll(&mut cx).is_pending());
+        }
+        tx.try_send(item(4))
+            .unwrap_or_else(|_| panic!("room for a 4th"));
+        assert_eq!(count(), 1, "a push does not wake it");
+        tx.kick(ReasonCode::SESSION_TAKEN_OVER);
+        assert_eq!(count(), 2, "the kick wakes it");
     }
 
     /// Every connection has an outbox, hibernating or not: keep it small.
