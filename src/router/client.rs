@@ -135,6 +135,18 @@ impl Client {
         self.rare()?.holder.as_deref()
     }
 
+    /// Its retained backlog, if it has one.
+    pub(super) fn retained_mut(&mut self) -> Option<&mut RetainedBacklog> {
+        self.rare.as_mut()?.retained.as_deref_mut()
+    }
+
+    /// It no longer holds publishers back (a no-op if it never did).
+    pub(super) fn stop_stall(&mut self, now: Instant) {
+        if let Some(r) = self.rare.as_mut() {
+            r.stall.stop(now);
+        }
+    }
+
     /// The work queues it consumes (see `Rare::consumes`).
     pub(super) fn consumes(&self) -> &[(Arc<str>, QoS)] {
         self.rare().map_or(&[], |r| &r.consumes)

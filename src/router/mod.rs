@@ -274,7 +274,7 @@ impl Router {
         self.deadlines.cancel(&Timer::Client(client.clone()));
         if let Some(c) = self.clients.get_mut(client) {
             // Its wake-up is gone with the rest: the next pump schedules anew.
-            if let Some(b) = c.rare.as_mut().and_then(|r| r.retained.as_mut()) {
+            if let Some(b) = c.retained_mut() {
                 b.wake_scheduled = false;
             }
         }
@@ -457,7 +457,7 @@ impl Router {
             let Some(c) = self.clients.get_mut(&id) else {
                 continue;
             };
-            if let Some(b) = c.rare.as_mut().and_then(|r| r.retained.as_mut()) {
+            if let Some(b) = c.retained_mut() {
                 b.wake_scheduled = false;
                 self.pump_retained(&id, now);
             }
@@ -730,9 +730,7 @@ impl Router {
                 // Publishers it held back no longer wait for it (as on a
                 // disconnect): its stall deadline goes with `unschedule` below,
                 // and the new connection may never read.
-                if let Some(r) = c.rare.as_mut() {
-                    r.stall.stop(now);
-                }
+                c.stop_stall(now);
                 taken_over = true;
             }
         }
@@ -985,11 +983,9 @@ impl Router {
             return;
         };
         if c.session.queue_drained(&self.limits) {
-            if let Some(r) = c.rare.as_mut() {
-                r.stall.stop(now);
-                if !r.held_acks.is_empty() {
-                    self.release_held(id);
-                }
+            c.stop_stall(now);
+            if c.rare().is_some_and(|r| !r.held_acks.is_empty()) {
+                self.release_held(id);
             }
         }
         if self
@@ -1018,9 +1014,7 @@ impl Router {
             return;
         }
         c.conn = None;
-        if let Some(r) = c.rare.as_mut() {
-            r.stall.stop(now);
-        }
+        c.stop_stall(now);
         if let Some(e) = session_expiry {
             c.session_expiry = e;
         }

@@ -25,7 +25,7 @@ impl Router {
             let room_qos0 = c.room() > h.window;
             let outbox_bytes = h.outbox.bytes();
             let queue_empty = c.session.pending_len() == 0;
-            let Some(backlog) = c.rare.as_mut().and_then(|r| r.retained.as_mut()) else {
+            let Some(backlog) = c.retained_mut() else {
                 return;
             };
             let Some(owed) = backlog.pop() else {
@@ -74,12 +74,7 @@ impl Router {
         }
         // More left and room for it: go on after other work (just after `now`,
         // so a `tick` at `now` does not take it up again at once).
-        if let Some(b) = self
-            .clients
-            .get_mut(id)
-            .and_then(|c| c.rare.as_mut())
-            .and_then(|r| r.retained.as_mut())
-        {
+        if let Some(b) = self.clients.get_mut(id).and_then(|c| c.retained_mut()) {
             if !b.wake_scheduled {
                 b.wake_scheduled = true;
                 self.schedule(now + Duration::from_micros(1), id);

@@ -148,7 +148,7 @@ impl Router {
                 Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
                 Ok(spec) => {
                     if self.subs.remove(id, &spec) {
-                        if let Some(b) = c.rare.as_mut().and_then(|r| r.retained.as_mut()) {
+                        if let Some(b) = c.retained_mut() {
                             b.forget_filter(&spec.filter);
                         }
                         if let (true, Some(st)) = (c.sid != 0, self.store.as_mut()) {
