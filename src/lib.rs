@@ -37,5 +37,6 @@ pub mod subscription_index;
 pub mod subscriptions;
 pub mod sys;
 pub mod tls;
+pub mod tls_stream;
 pub mod topic;
 pub mod ws;

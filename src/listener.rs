@@ -12,15 +12,14 @@ use crate::connection::{serve, Shared};
 use crate::connection_slots::{ConnectionSlots, Slot};
 use crate::login::{CertIdentity, Peer};
 use crate::tls::TlsCell;
+use crate::tls_stream::TlsStream;
 use crate::ws::{Gated, WsStream};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -48,29 +47,34 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
     }
 }
 
-impl Io for TlsStream<TcpStream> {
+impl Io for TlsStream {
     fn into_bed(self: Box<Self>) -> std::io::Result<Bed> {
-        let_go_of_the_task(self.get_ref().0);
-        Ok(Bed::Whole(Box::new(self)))
+        Ok(Bed::Tls((*self).into_asleep()?))
     }
 
     fn fd(&self) -> std::os::fd::RawFd {
-        self.get_ref().0.as_raw_fd()
-    }
-}
-
-impl Io for WsStream<Gated<TlsStream<TcpStream>>> {
-    fn into_bed(self: Box<Self>) -> std::io::Result<Bed> {
-        let_go_of_the_task(self.get_ref().get_ref().get_ref().0);
-        Ok(Bed::Whole(Box::new(self)))
-    }
-
-    fn fd(&self) -> std::os::fd::RawFd {
-        self.get_ref().get_ref().get_ref().0.as_raw_fd()
+        TlsStream::fd(self)
     }
 
     fn quiet(&self) -> bool {
-        WsStream::quiet(self)
+        TlsStream::quiet(self)
+    }
+}
+
+impl Io for WsStream<Gated<TlsStream>> {
+    fn into_bed(mut self: Box<Self>) -> std::io::Result<Bed> {
+        let tls = self.get_mut().get_mut();
+        tls.let_go_of_buffers();
+        let_go_of_the_task(tls.socket());
+        Ok(Bed::Whole(Box::new(self)))
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.get_ref().get_ref().fd()
+    }
+
+    fn quiet(&self) -> bool {
+        WsStream::quiet(self) && self.get_ref().get_ref().quiet()
     }
 }
 
@@ -225,8 +229,7 @@ async fn upgrade(
     let Some(cell) = &transport.tls else {
         return websocket(socket, Peer::plain(addr), shared).await;
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(cell.current());
-    let tls = match acceptor.accept(socket).await {
+    let tls = match TlsStream::accept(socket, cell.current()).await {
         Ok(t) => t,
         Err(e) => {
             shared
@@ -239,8 +242,6 @@ async fn upgrade(
     };
     let cert = if cell.settings().identity_as_username {
         match tls
-            .get_ref()
-            .1
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|c| crate::tls::common_name(c))

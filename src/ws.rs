@@ -266,11 +266,19 @@ impl<S> Gated<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
 }
 
 impl<S> WsStream<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 
     /// Nothing owed to the client is left unwritten (a pong the socket did not

@@ -60,7 +60,10 @@ pub enum Bed {
     /// WebSocket over plain TCP: the socket out of the reactor, with the
     /// framing (boxed, whatever frame it is in).
     Ws(Box<crate::ws::Asleep>),
-    /// TLS, and WebSocket over it: the whole stream (rustls's state cannot be
+    /// TLS: rustls's state, the socket out of the reactor (its buffers were
+    /// empty and are gone).
+    Tls(Box<crate::tls_stream::Asleep>),
+    /// WebSocket over TLS: the whole stream (rustls's state cannot be
     /// taken apart and put back). Its socket stays registered with tokio's
     /// reactor, with no task to wake; the fd is watched here as well.
     /// Boxed twice: a thin pointer keeps every room 8 bytes smaller (Rust
@@ -74,6 +77,7 @@ impl Bed {
         match self {
             Bed::Plain(s) => s.as_raw_fd(),
             Bed::Ws(a) => a.fd(),
+            Bed::Tls(a) => a.fd(),
             Bed::Whole(io) => io.fd(),
         }
     }
@@ -451,6 +455,7 @@ pub(super) fn woken(room: Box<Room>) -> impl std::future::Future<Output = ()> + 
             Bed::Whole(stream) => Ok(Awake::Io(*stream)),
             Bed::Plain(socket) => tokio::net::TcpStream::from_std(socket).map(Awake::Plain),
             Bed::Ws(asleep) => crate::ws::wake(asleep).map(|ws| Awake::Io(Box::new(ws))),
+            Bed::Tls(asleep) => asleep.wake().map(|tls| Awake::Io(Box::new(tls))),
         };
         let awake = match awake {
             Ok(awake) => awake,
