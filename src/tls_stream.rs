@@ -60,6 +60,10 @@ struct Bufs {
     peer_closed: bool,
     /// Ours was queued: nothing more may be written.
     close_sent: bool,
+    /// rustls reported an error (and queued its alert, which went into
+    /// `outgoing`): it is not called again, since it would read the same
+    /// bytes and fail, and alert, a second time.
+    failed: bool,
 }
 
 /// A hibernating TLS stream: its socket out of tokio's reactor and rustls's
@@ -122,59 +126,51 @@ fn emptied(buf: &mut Vec<u8>, start: &mut usize) {
     }
 }
 
-/// Put one handshake or alert record rustls has ready at the end of
-/// `outgoing`.
-fn encode(
+/// Let rustls write at the end of `outgoing`: `room` bytes are offered,
+/// then what it says it `needs` if that is more.
+fn put<E: std::error::Error + Send + Sync + 'static>(
     outgoing: &mut Vec<u8>,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    needs: impl Fn(&E) -> Option<usize>,
 ) -> io::Result<()> {
-    let mut room = 512;
     loop {
         let at = outgoing.len();
         outgoing.resize(at + room, 0);
-        match encode(&mut outgoing[at..]) {
-            Ok(n) => {
-                outgoing.truncate(at + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(e)) if e.required_size > room => {
-                outgoing.truncate(at);
-                room = e.required_size;
-            }
-            Err(e) => {
-                outgoing.truncate(at);
-                return Err(tls_error(e));
-            }
+        let written = write(&mut outgoing[at..]);
+        outgoing.truncate(at + *written.as_ref().unwrap_or(&0));
+        match written {
+            Ok(_) => return Ok(()),
+            Err(e) => match needs(&e) {
+                Some(more) if more > room => room = more,
+                _ => return Err(tls_error(e)),
+            },
         }
     }
 }
 
-/// Encrypt at the end of `outgoing`: `data`, or a close_notify.
+/// One handshake or alert record rustls has ready, into `outgoing`.
+fn encode(
+    outgoing: &mut Vec<u8>,
+    encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> io::Result<()> {
+    put(outgoing, 512, encode, |e| match e {
+        EncodeError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    })
+}
+
+/// `len` bytes of data (or a close_notify, 0) encrypted into `outgoing`.
 fn encrypt(
     outgoing: &mut Vec<u8>,
-    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
     len: usize,
 ) -> io::Result<()> {
     // A record's header, tag and content type take under 64 bytes.
-    let mut room = len + 64;
-    loop {
-        let at = outgoing.len();
-        outgoing.resize(at + room, 0);
-        match encrypt(&mut outgoing[at..]) {
-            Ok(n) => {
-                outgoing.truncate(at + n);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(e)) if e.required_size > room => {
-                outgoing.truncate(at);
-                room = e.required_size;
-            }
-            Err(e) => {
-                outgoing.truncate(at);
-                return Err(tls_error(e));
-            }
-        }
-    }
+    put(outgoing, len + 64, encrypt, |e| match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    })
 }
 
 impl Bufs {
@@ -201,6 +197,12 @@ fn process(
     bufs: &mut Bufs,
     mut write: Write<'_>,
 ) -> io::Result<Stop> {
+    if bufs.failed {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the TLS connection failed",
+        ));
+    }
     let result = loop {
         let UnbufferedStatus { discard, state } =
             conn.process_tls_records(&mut bufs.incoming[bufs.in_start..]);
@@ -255,17 +257,17 @@ fn process(
         }
     };
     if result.is_err() {
-        // The alert describing the failure, if rustls queued one. The
-        // buffer passed must be the one rustls saw last (its handshake
-        // reassembly keeps offsets into it).
-        while let UnbufferedStatus {
+        bufs.failed = true;
+        // The alert describing the failure (one record), if rustls queued
+        // one: it comes before anything else on the next call. The buffer
+        // passed must be the one rustls saw last (its handshake reassembly
+        // keeps offsets into it).
+        if let UnbufferedStatus {
             state: Ok(ConnectionState::EncodeTlsData(mut e)),
             ..
         } = conn.process_tls_records(&mut bufs.incoming[bufs.in_start..])
         {
-            if encode(&mut bufs.outgoing, |out| e.encode(out)).is_err() {
-                break;
-            }
+            let _ = encode(&mut bufs.outgoing, |out| e.encode(out));
         }
     }
     if bufs.in_start == bufs.incoming.len() {
