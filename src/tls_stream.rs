@@ -327,7 +327,10 @@ impl TlsStream {
         debug_assert!(self.quiet());
         Ok(Box::new(Asleep {
             socket: self.socket.into_std()?,
-            conn: self.conn,
+            // Moved to a new allocation: made now, it takes a hole the
+            // awake connection has just let go, where the old one lay among
+            // the handshake's leftovers.
+            conn: Box::new(*self.conn),
             peer_closed: self.bufs.peer_closed,
             close_sent: self.bufs.close_sent,
         }))
