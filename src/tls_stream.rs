@@ -30,6 +30,15 @@ const READ_CHUNK: usize = 4096;
 /// Plaintext taken by one write: one full record.
 const MAX_WRITE: usize = 16 * 1024;
 
+/// Received bytes held unprocessed, at most: the largest handshake message
+/// (0xFFFF) plus one record at its largest (5 + 16 KiB + 2 KiB). rustls's
+/// unbuffered reassembly keeps every record of a split handshake message
+/// until the whole message is in, and counts only the message's own bytes:
+/// a peer sending it in tiny or padded records would otherwise make it keep
+/// hundreds of KB to a GB. The buffered rustls has the same cap ("message
+/// buffer full").
+const MAX_INCOMING: usize = 0xFFFF + 5 + 16 * 1024 + 2048;
+
 /// One accepted TLS connection.
 pub struct TlsStream {
     socket: TcpStream,
@@ -360,6 +369,12 @@ impl TlsStream {
     /// Append what the socket has to `incoming`: Ready(0) at its end.
     fn poll_read_socket(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let incoming = &mut self.bufs.incoming;
+        if incoming.len() - self.bufs.in_start >= MAX_INCOMING {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS handshake message in too many records",
+            )));
+        }
         if incoming.capacity() - incoming.len() < READ_CHUNK / 4 {
             incoming.reserve(READ_CHUNK);
         }
@@ -415,15 +430,19 @@ impl AsyncRead for TlsStream {
             let stop = process(&mut this.conn, &mut this.bufs, Write::Nothing);
             // Records rustls answers on its own (a key update, an alert) go
             // out now if the socket takes them; the rest with the next write
-            // or flush.
-            if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
-                return Poll::Ready(Err(e));
-            }
-            if stop? == Stop::Closed {
-                return Poll::Ready(Ok(()));
-            }
-            if this.bufs.plain_start < this.bufs.plain.len() || this.bufs.peer_closed {
-                continue;
+            // or flush, which also reports a failed socket: here it would
+            // lose what was just decrypted (a DISCONNECT from a client that
+            // then reset the connection).
+            let _ = this.poll_write_out(cx);
+            let unread = this.bufs.plain_start < this.bufs.plain.len();
+            match stop {
+                // What came before the error or the close is read first; the
+                // next call ends the stream (rustls is not called again
+                // after an error, and says Closed again).
+                _ if unread || this.bufs.peer_closed => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(Stop::Closed) => return Poll::Ready(Ok(())),
+                Ok(_) => {}
             }
             // A client that closes without close_notify ends the stream like
             // one that sends it: MQTT frames its own packets, so nothing can
@@ -644,6 +663,43 @@ mod tests {
         s.shutdown().await.unwrap();
         assert_eq!(peer.await.unwrap(), b"last");
         assert!(s.write_all(b"more").await.is_err());
+    }
+
+    /// A handshake message split into one-byte records: rustls keeps every
+    /// record until the message is whole, so the stream caps what it holds
+    /// (without the cap, the 20,000 records here, 120 KB, would be kept and
+    /// the handshake would wait for the remaining 45,000).
+    #[tokio::test]
+    async fn a_handshake_message_in_tiny_records_is_capped() {
+        let (server_config, _) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            // A ClientHello declaring 0xFFFF bytes, one byte per record.
+            let mut bytes = Vec::new();
+            for b in [1u8, 0x00, 0xFF, 0xFF]
+                .into_iter()
+                .chain(std::iter::repeat(0u8))
+                .take(20_000)
+            {
+                bytes.extend_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x01, b]);
+            }
+            let _ = c.write_all(&bytes).await;
+            // Held open: only the cap can end the handshake.
+            let mut answer = Vec::new();
+            let _ = c.read_to_end(&mut answer).await;
+        });
+        let (socket, _) = listener.accept().await.unwrap();
+        let accepted = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            TlsStream::accept(socket, server_config),
+        )
+        .await
+        .expect("the cap must end the handshake");
+        let err = accepted.err().expect("the handshake must fail");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        peer.await.unwrap();
     }
 
     /// Bytes that are not TLS fail the handshake at once, with an error
