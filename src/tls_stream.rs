@@ -349,16 +349,10 @@ impl TlsStream {
     /// TLS hibernates with its stream whole).
     pub fn let_go_of_buffers(&mut self) {
         if self.quiet() {
-            let Bufs {
-                peer_closed,
-                close_sent,
-                ..
-            } = self.bufs;
-            self.bufs = Bufs {
-                peer_closed,
-                close_sent,
-                ..Bufs::default()
-            };
+            let b = &mut self.bufs;
+            emptied(&mut b.incoming, &mut b.in_start);
+            emptied(&mut b.plain, &mut b.plain_start);
+            emptied(&mut b.outgoing, &mut b.out_start);
         }
     }
 
@@ -551,6 +545,13 @@ mod tests {
             .unwrap()
     }
 
+    /// A listener on a port the OS picks, and its address.
+    async fn listen() -> (TcpListener, std::net::SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
     fn pattern(n: usize, seed: u8) -> Vec<u8> {
         (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
     }
@@ -562,8 +563,7 @@ mod tests {
     async fn a_stream_carries_bytes_both_ways_and_through_a_sleep() {
         for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
             let (server_config, client_config) = configs(version);
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
+            let (listener, addr) = listen().await;
             let up = pattern(100_000, 1);
             let down = pattern(100_000, 2);
             let (up2, down2) = (up.clone(), down.clone());
@@ -643,8 +643,7 @@ mod tests {
     #[tokio::test]
     async fn close_notify_ends_the_stream_both_ways() {
         let (server_config, client_config) = configs(&rustls::version::TLS13);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let peer = tokio::spawn(async move {
             let mut c = client(addr, client_config).await;
             c.write_all(b"bye").await.unwrap();
@@ -672,8 +671,7 @@ mod tests {
     #[tokio::test]
     async fn a_handshake_message_in_tiny_records_is_capped() {
         let (server_config, _) = configs(&rustls::version::TLS13);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let peer = tokio::spawn(async move {
             let mut c = TcpStream::connect(addr).await.unwrap();
             // A ClientHello declaring 0xFFFF bytes, one byte per record.
@@ -707,8 +705,7 @@ mod tests {
     #[tokio::test]
     async fn not_tls_fails_the_handshake() {
         let (server_config, _) = configs(&rustls::version::TLS13);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let peer = tokio::spawn(async move {
             let mut c = TcpStream::connect(addr).await.unwrap();
             c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

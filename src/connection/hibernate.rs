@@ -19,9 +19,10 @@
 //! `hibernate_after`.
 //!
 //! Every transport hibernates (`Bed`): plain TCP with its socket taken out of
-//! tokio's reactor, WebSocket over it likewise, boxed with its framing,
-//! TLS (and WebSocket over TLS) as the whole stream, rustls's state and all,
-//! its socket left in the reactor and watched here too.
+//! tokio's reactor, WebSocket over it likewise, boxed with its framing, TLS
+//! as rustls's state with its socket likewise out of the reactor; WebSocket
+//! over TLS as the whole stream, its socket left in the reactor and watched
+//! here too.
 
 use super::dormant::Dormant;
 use super::{ended, live};
@@ -63,8 +64,8 @@ pub enum Bed {
     /// TLS: rustls's state, the socket out of the reactor (its buffers were
     /// empty and are gone).
     Tls(Box<crate::tls_stream::Asleep>),
-    /// WebSocket over TLS: the whole stream (rustls's state cannot be
-    /// taken apart and put back). Its socket stays registered with tokio's
+    /// WebSocket over TLS: the whole stream (not yet taken apart like a
+    /// WebSocket's or a TLS stream's alone). Its socket stays registered with tokio's
     /// reactor, with no task to wake; the fd is watched here as well.
     /// Boxed twice: a thin pointer keeps every room 8 bytes smaller (Rust
     /// finds no room for the tag beside a fat one).
